@@ -1,0 +1,10 @@
+//! stsync-proxy: a live SRT relay. See the README for what it does and how to run it.
+
+pub mod access;
+pub mod config;
+pub mod datapath;
+pub mod driver;
+pub mod http;
+pub mod metrics;
+pub mod relay;
+pub mod srt;

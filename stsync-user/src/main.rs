@@ -1,0 +1,141 @@
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stsync_user::access::Sessions;
+use stsync_user::config::Config;
+use stsync_user::datapath::{userspace::Userspace, Datapath};
+use stsync_user::http::{self, AppState, StreamEntry};
+use stsync_user::metrics::{Metrics, StreamStats};
+use stsync_user::relay::{Relay, RelayConfig};
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(version, about = "Live SRT relay")]
+struct Args {
+    /// Configuration file.
+    #[arg(long, default_value = "config.json")]
+    config: PathBuf,
+    /// Which datapath fans data out to viewers.
+    #[arg(long, value_enum, default_value_t = DatapathArg::Auto)]
+    datapath: DatapathArg,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum DatapathArg {
+    Auto,
+    Ebpf,
+    Userspace,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let cfg = Config::load(&args.config)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(serve(cfg, args.datapath))
+}
+
+fn udp_socket(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Room for bursts: a full fan-out of one packet to many viewers is queued at once.
+    let _ = sock.set_send_buffer_size(8 << 20);
+    let _ = sock.set_recv_buffer_size(8 << 20);
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into()).with_context(|| format!("cannot bind SRT socket {addr}"))?;
+    Ok(tokio::net::UdpSocket::from_std(sock.into())?)
+}
+
+async fn serve(cfg: Config, datapath: DatapathArg) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let sessions = Arc::new(Sessions::new(Duration::from_secs(cfg.session_ttl_secs)));
+    let entries: Vec<StreamEntry> = cfg
+        .streams
+        .iter()
+        .map(|s| StreamEntry {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            token: s.token.clone(),
+            stats: Arc::new(StreamStats::default()),
+        })
+        .collect();
+    let relay = Relay::new(
+        RelayConfig {
+            latency: cfg.latency(),
+            buffer_packets: cfg.buffer_packets,
+            idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
+            max_connections: cfg.max_connections,
+            max_viewers_per_stream: cfg.max_viewers_per_stream,
+        },
+        entries.iter().map(|e| (e.id.clone(), e.stats.clone())).collect(),
+        sessions.clone(),
+        metrics.clone(),
+        rand::random(),
+        Instant::now(),
+    );
+    let socket = udp_socket(cfg.srt_listen)?;
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("cannot bind HTTP listener {}", cfg.http_listen))?;
+
+    let dp: Box<dyn Datapath> = match datapath {
+        DatapathArg::Ebpf => anyhow::bail!("--datapath ebpf: the kernel fast path is not built into this binary"),
+        DatapathArg::Auto | DatapathArg::Userspace => {
+            if datapath == DatapathArg::Auto {
+                warn!("eBPF datapath not available in this build; serving viewers from userspace");
+            }
+            Box::new(Userspace::new(&socket, metrics.clone()))
+        }
+    };
+    metrics.set_datapath(dp.kind());
+    info!(
+        srt = %socket.local_addr()?,
+        http = %http_listener.local_addr()?,
+        streams = entries.len(),
+        "stsync-proxy listening, datapath={}",
+        dp.kind()
+    );
+
+    let state = Arc::new(AppState { streams: entries, sessions, metrics });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, http::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+    });
+    stop_on_signal(stop_tx);
+    let mut relay_stop = stop_rx;
+    stsync_user::driver::run(relay, &socket, dp, async move {
+        let _ = relay_stop.changed().await;
+    })
+    .await?;
+    http.await??;
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM and SIGINT both stop the relay gracefully.
+fn stop_on_signal(stop: tokio::sync::watch::Sender<bool>) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT"),
+        }
+        let _ = stop.send(true);
+    });
+}

@@ -1,0 +1,264 @@
+//! Prometheus metrics. Connections count into plain atomics on their own `ConnStats` (no
+//! lock, no label lookup per packet); a scrape copies them into the labelled series.
+
+use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// What a connection is doing, as the `mode` label of `srt_connections_current`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnMode {
+    Handshake = 0,
+    Request = 1,
+    Publish = 2,
+}
+
+const MODES: [&str; 3] = ["handshake", "request", "publish"];
+
+/// Per-connection counters, written by the relay, read by scrapes.
+#[derive(Default)]
+pub struct ConnStats {
+    mode: AtomicU8,
+    pub ctrl_packets_sent: AtomicU64,
+    pub ctrl_packets_recv: AtomicU64,
+    pub ctrl_packets_lost: AtomicU64,
+    pub ctrl_bytes_sent: AtomicU64,
+    pub ctrl_bytes_recv: AtomicU64,
+    pub ctrl_bytes_lost: AtomicU64,
+    pub data_packets_sent: AtomicU64,
+    pub data_packets_recv: AtomicU64,
+    pub data_packets_lost: AtomicU64,
+    pub data_bytes_sent: AtomicU64,
+    pub data_bytes_recv: AtomicU64,
+    pub data_bytes_lost: AtomicU64,
+    /// Data packets sent again (NAK answers), a subset of `data_packets_sent`.
+    pub data_packets_retrans: AtomicU64,
+    pub rtt_us: AtomicU64,
+    pub rtt_var_us: AtomicU64,
+}
+
+impl ConnStats {
+    pub fn set_mode(&self, m: ConnMode) {
+        self.mode.store(m as u8, Relaxed);
+    }
+
+    pub fn mode(&self) -> ConnMode {
+        match self.mode.load(Relaxed) {
+            1 => ConnMode::Request,
+            2 => ConnMode::Publish,
+            _ => ConnMode::Handshake,
+        }
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    fn counters(&self) -> [(&'static str, &AtomicU64); 12] {
+        [
+            ("ctrl_packets_sent", &self.ctrl_packets_sent),
+            ("ctrl_packets_recv", &self.ctrl_packets_recv),
+            ("ctrl_packets_lost", &self.ctrl_packets_lost),
+            ("ctrl_bytes_sent", &self.ctrl_bytes_sent),
+            ("ctrl_bytes_recv", &self.ctrl_bytes_recv),
+            ("ctrl_bytes_lost", &self.ctrl_bytes_lost),
+            ("data_packets_sent", &self.data_packets_sent),
+            ("data_packets_recv", &self.data_packets_recv),
+            ("data_packets_lost", &self.data_packets_lost),
+            ("data_bytes_sent", &self.data_bytes_sent),
+            ("data_bytes_recv", &self.data_bytes_recv),
+            ("data_bytes_lost", &self.data_bytes_lost),
+        ]
+    }
+}
+
+/// Live state of one configured stream, for `GET /v1/streams`.
+#[derive(Default)]
+pub struct StreamStats {
+    pub publisher: AtomicBool,
+    pub viewers: AtomicU64,
+    pub bitrate_bps: AtomicU64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections_total: IntCounter,
+    connections_current: IntGaugeVec,
+    conn_counters: Vec<IntCounterVec>,
+    retrans: IntCounterVec,
+    rtt: GaugeVec,
+    rtt_var: GaugeVec,
+    pub dropped: IntCounterVec,
+    pub datapath: IntGaugeVec,
+    conns: Mutex<HashMap<u32, Arc<ConnStats>>>,
+    exported: Mutex<HashSet<u32>>,
+}
+
+const COUNTER_HELP: [(&str, &str); 12] = [
+    ("ctrl_packets_sent", "Control packets sent to the peer."),
+    ("ctrl_packets_recv", "Control packets received from the peer."),
+    ("ctrl_packets_lost", "Control packets lost (estimate: full ACKs never answered by ACKACK)."),
+    ("ctrl_bytes_sent", "Bytes sent to the peer in control packets."),
+    ("ctrl_bytes_recv", "Bytes received from the peer in control packets."),
+    ("ctrl_bytes_lost", "Bytes lost in control packets (estimate)."),
+    ("data_packets_sent", "Data packets sent to the peer, retransmissions included."),
+    ("data_packets_recv", "Data packets received from the peer."),
+    ("data_packets_lost", "Data packets lost: reported missing by a viewer, or found missing from a publisher."),
+    ("data_bytes_sent", "Bytes sent to the peer in data packets."),
+    ("data_bytes_recv", "Bytes received from the peer in data packets."),
+    ("data_bytes_lost", "Bytes lost in data packets (estimate: lost packets times the payload size)."),
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let connections_total = IntCounter::new("srt_connections_total", "Connections accepted since start.").unwrap();
+        let connections_current = IntGaugeVec::new(
+            Opts::new("srt_connections_current", "Open connections by mode (handshake, request, publish)."),
+            &["mode"],
+        )
+        .unwrap();
+        let conn_counters: Vec<IntCounterVec> = COUNTER_HELP
+            .iter()
+            .map(|(name, help)| IntCounterVec::new(Opts::new(format!("srt_connection_{name}"), *help), &["id"]).unwrap())
+            .collect();
+        let retrans = IntCounterVec::new(
+            Opts::new("srt_connection_data_packets_retransmitted", "Data packets sent again on the peer's NAK."),
+            &["id"],
+        )
+        .unwrap();
+        let rtt = GaugeVec::new(Opts::new("srt_connection_rtt", "Round-trip time to the peer, seconds."), &["id"]).unwrap();
+        let rtt_var =
+            GaugeVec::new(Opts::new("srt_connection_rtt_variance", "Round-trip time variance, seconds."), &["id"])
+                .unwrap();
+        let dropped = IntCounterVec::new(
+            Opts::new("srt_packets_dropped_total", "Datagrams dropped without effect, by reason."),
+            &["reason"],
+        )
+        .unwrap();
+        let datapath = IntGaugeVec::new(
+            Opts::new("stsync_datapath", "The datapath serving viewers' data (1 = active)."),
+            &["kind"],
+        )
+        .unwrap();
+        registry.register(Box::new(connections_total.clone())).unwrap();
+        registry.register(Box::new(connections_current.clone())).unwrap();
+        for c in &conn_counters {
+            registry.register(Box::new(c.clone())).unwrap();
+        }
+        for c in [&retrans, &dropped] {
+            registry.register(Box::new(c.clone())).unwrap();
+        }
+        registry.register(Box::new(rtt.clone())).unwrap();
+        registry.register(Box::new(rtt_var.clone())).unwrap();
+        registry.register(Box::new(datapath.clone())).unwrap();
+        for m in MODES {
+            connections_current.with_label_values(&[m]).set(0);
+        }
+        Metrics {
+            registry,
+            connections_total,
+            connections_current,
+            conn_counters,
+            retrans,
+            rtt,
+            rtt_var,
+            dropped,
+            datapath,
+            conns: Mutex::new(HashMap::new()),
+            exported: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn open_connection(&self, id: u32, mode: ConnMode) -> Arc<ConnStats> {
+        let stats = Arc::new(ConnStats::default());
+        stats.set_mode(mode);
+        self.conns.lock().unwrap().insert(id, stats.clone());
+        self.connections_total.inc();
+        stats
+    }
+
+    pub fn close_connection(&self, id: u32) {
+        self.conns.lock().unwrap().remove(&id);
+    }
+
+    pub fn drop_packet(&self, reason: &str) {
+        self.dropped.with_label_values(&[reason]).inc();
+    }
+
+    pub fn set_datapath(&self, kind: &str) {
+        self.datapath.reset();
+        self.datapath.with_label_values(&[kind]).set(1);
+    }
+
+    /// Copies the connections' counters into the labelled series and encodes everything.
+    pub fn render(&self) -> String {
+        let conns: Vec<(u32, Arc<ConnStats>)> =
+            self.conns.lock().unwrap().iter().map(|(id, s)| (*id, s.clone())).collect();
+        let mut exported = self.exported.lock().unwrap();
+        let live: HashSet<u32> = conns.iter().map(|(id, _)| *id).collect();
+        for gone in exported.difference(&live) {
+            let label = gone.to_string();
+            for c in &self.conn_counters {
+                let _ = c.remove_label_values(&[&label]);
+            }
+            let _ = self.retrans.remove_label_values(&[&label]);
+            let _ = self.rtt.remove_label_values(&[&label]);
+            let _ = self.rtt_var.remove_label_values(&[&label]);
+        }
+        let mut by_mode = [0i64; 3];
+        for (id, s) in &conns {
+            by_mode[s.mode() as usize] += 1;
+            let label = id.to_string();
+            for (series, (_, v)) in self.conn_counters.iter().zip(s.counters()) {
+                let c = series.with_label_values(&[&label]);
+                c.inc_by(v.load(Relaxed).saturating_sub(c.get()));
+            }
+            let c = self.retrans.with_label_values(&[&label]);
+            c.inc_by(s.data_packets_retrans.load(Relaxed).saturating_sub(c.get()));
+            self.rtt.with_label_values(&[&label]).set(s.rtt_us.load(Relaxed) as f64 / 1e6);
+            self.rtt_var.with_label_values(&[&label]).set(s.rtt_var_us.load(Relaxed) as f64 / 1e6);
+        }
+        *exported = live;
+        for (m, n) in MODES.iter().zip(by_mode) {
+            self.connections_current.with_label_values(&[m]).set(n);
+        }
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_series_follow_open_and_close() {
+        let m = Metrics::new();
+        let s = m.open_connection(42, ConnMode::Handshake);
+        ConnStats::add(&s.data_packets_sent, 5);
+        s.rtt_us.store(1500, Relaxed);
+        s.set_mode(ConnMode::Request);
+        let text = m.render();
+        assert!(text.contains("srt_connection_data_packets_sent{id=\"42\"} 5"), "{text}");
+        assert!(text.contains("srt_connection_rtt{id=\"42\"} 0.0015"), "{text}");
+        assert!(text.contains("srt_connections_current{mode=\"request\"} 1"));
+        assert!(text.contains("srt_connections_total 1"));
+        assert!(text.contains("# TYPE srt_connection_ctrl_bytes_lost counter"));
+        ConnStats::add(&s.data_packets_sent, 2);
+        assert!(m.render().contains("srt_connection_data_packets_sent{id=\"42\"} 7"));
+        m.close_connection(42);
+        let text = m.render();
+        assert!(!text.contains("id=\"42\""), "{text}");
+        assert!(text.contains("srt_connections_current{mode=\"request\"} 0"));
+    }
+}

@@ -1,0 +1,604 @@
+//! The relay: every connection, every stream, the handshake listener and the fan-out. It is
+//! sans-IO like the protocol core under it: datagrams and `now` go in through
+//! [`Relay::handle_datagram`] and [`Relay::handle_timeout`], datagrams to send come out of
+//! [`Relay::outbox`], and [`Relay::poll_timeout`] says when to call again.
+
+mod handshake;
+mod outbox;
+pub mod ring;
+pub mod viewer;
+
+pub use outbox::{Outbox, Payload, Transmit};
+
+use crate::access::{Denied, Sessions};
+use crate::metrics::{ConnMode, ConnStats, Metrics, StreamStats};
+use crate::srt::cookie::CookieJar;
+use crate::srt::packet::{be32, loss_ranges, Ack, ControlPacket, DataPacket, Packet};
+use crate::srt::receiver::{Arrival, Feedback, Receiver};
+use crate::srt::seq::Seq;
+use crate::srt::streamid::Mode;
+use handshake::{Conclusion, HandshakeOutcome};
+use ring::Ring;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stsync_common::srt::{ctrl, HEADER_LEN, MAX_PAYLOAD, MSG_REXMIT_FLAG};
+use tracing::{debug, info};
+use viewer::ViewerSend;
+
+/// Settings the relay core needs (a subset of config.json).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub latency: Duration,
+    pub buffer_packets: u32,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_viewers_per_stream: usize,
+}
+
+const KEEPALIVE: Duration = Duration::from_secs(1);
+const SWEEP: Duration = Duration::from_millis(100);
+
+/// A configured resource and its live state.
+struct Stream {
+    resource: String,
+    publisher: Option<u32>,
+    viewers: Vec<u32>,
+    /// Bumped on every publisher change: viewers re-anchor their offsets to the new one.
+    epoch: u64,
+    ring: Option<Ring>,
+    stats: Arc<StreamStats>,
+}
+
+enum Role {
+    Publisher(Box<Receiver>),
+    Viewer(ViewerSend),
+}
+
+struct Conn {
+    peer: SocketAddr,
+    peer_id: u32,
+    stream: usize,
+    /// The connection's clock starts here: every timestamp we send it is µs since `start`.
+    start: Instant,
+    last_recv: Instant,
+    last_sent: Instant,
+    /// The conclusion answer, sent again if the caller repeats its conclusion.
+    response: Vec<u8>,
+    role: Role,
+    /// The kernel fans data out to this viewer; the relay only retransmits.
+    kernel_fanout: bool,
+    stats: Arc<ConnStats>,
+}
+
+impl Conn {
+    fn clock(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.start).as_micros() as u32
+    }
+}
+
+/// What the datapath must learn about viewers (the kernel fast path keeps maps in step).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteEvent {
+    ViewerAdded { conn: u32, resource: String, peer: SocketAddr, peer_id: u32 },
+    /// The viewer's offsets for the stream's current publisher.
+    ViewerMapped { conn: u32, epoch: u64, seq_off: u32, ts_off: u32 },
+    ViewerRemoved { conn: u32 },
+    PublisherChanged { resource: String, publisher: Option<(SocketAddr, u32)>, epoch: u64 },
+}
+
+pub struct Relay {
+    cfg: RelayConfig,
+    cookies: CookieJar,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
+    streams: Vec<Stream>,
+    by_resource: HashMap<String, usize>,
+    conns: HashMap<u32, Conn>,
+    /// (peer address, peer socket ID) → our socket ID, to recognise repeated conclusions.
+    by_peer: HashMap<(SocketAddr, u32), u32>,
+    out: Outbox,
+    events: Vec<RouteEvent>,
+    feedback: Vec<Feedback>,
+    next_sweep: Instant,
+    /// Source of socket IDs; the driver seeds it randomly.
+    id_state: u64,
+}
+
+impl Relay {
+    /// `streams` pairs each resource (normalised hex) with the stats the HTTP side reads.
+    pub fn new(
+        cfg: RelayConfig,
+        streams: Vec<(String, Arc<StreamStats>)>,
+        sessions: Arc<Sessions>,
+        metrics: Arc<Metrics>,
+        secret: [u8; 16],
+        now: Instant,
+    ) -> Self {
+        let by_resource = streams.iter().enumerate().map(|(i, (r, _))| (r.clone(), i)).collect();
+        let streams = streams
+            .into_iter()
+            .map(|(resource, stats)| Stream { resource, publisher: None, viewers: Vec::new(), epoch: 0, ring: None, stats })
+            .collect();
+        Relay {
+            cfg,
+            cookies: CookieJar::new(secret, now),
+            sessions,
+            metrics,
+            streams,
+            by_resource,
+            conns: HashMap::new(),
+            by_peer: HashMap::new(),
+            out: Outbox::default(),
+            events: Vec::new(),
+            feedback: Vec::new(),
+            next_sweep: now + SWEEP,
+            id_state: u64::from_le_bytes(secret[..8].try_into().unwrap()) | 1,
+        }
+    }
+
+    /// Datagrams queued for sending; the driver sends and clears them.
+    pub fn outbox(&mut self) -> &mut Outbox {
+        &mut self.out
+    }
+
+    pub fn outbox_ref(&self) -> &Outbox {
+        &self.out
+    }
+
+    /// The payload bytes of a queued data transmit.
+    pub fn payload(&self, p: Payload) -> &[u8] {
+        match p {
+            Payload::None => &[],
+            Payload::Ring { stream, slot } => {
+                self.streams[stream as usize].ring.as_ref().map_or(&[][..], |r| r.payload(slot as usize))
+            }
+        }
+    }
+
+    pub fn take_events(&mut self) -> Vec<RouteEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Marks a viewer as served by the kernel (the relay then sends it only retransmissions).
+    pub fn set_kernel_fanout(&mut self, conn: u32, on: bool) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.kernel_fanout = on;
+        }
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
+        let pkt = match Packet::parse(buf) {
+            Ok(p) => p,
+            Err(e) => return self.metrics.drop_packet(e.reason()),
+        };
+        match pkt {
+            Packet::Control(c) if c.typ == ctrl::HANDSHAKE && c.dest == 0 => self.on_handshake(now, from, c),
+            _ => {
+                let id = pkt.dest();
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return self.metrics.drop_packet("unknown_socket");
+                };
+                if conn.peer != from {
+                    return self.metrics.drop_packet("wrong_peer");
+                }
+                conn.last_recv = now;
+                if conn.stats.mode() == ConnMode::Handshake {
+                    conn.stats.set_mode(match conn.role {
+                        Role::Publisher(_) => ConnMode::Publish,
+                        Role::Viewer(_) => ConnMode::Request,
+                    });
+                }
+                match pkt {
+                    Packet::Data(d) => self.on_data(now, id, d),
+                    Packet::Control(c) => self.on_control(now, id, c, buf.len()),
+                }
+            }
+        }
+    }
+
+    fn on_handshake(&mut self, now: Instant, from: SocketAddr, c: ControlPacket) {
+        let existing = |peer_id| self.by_peer.get(&(from, peer_id)).copied();
+        match handshake::process(&self.cookies, now, from, c.body, existing) {
+            HandshakeOutcome::Reply(bytes) => self.out.push_bytes(from, &bytes),
+            HandshakeOutcome::Repeat(id) => {
+                if let Some(conn) = self.conns.get(&id) {
+                    self.out.push_bytes(from, &conn.response.clone());
+                }
+            }
+            HandshakeOutcome::Ignore(reason) => self.metrics.drop_packet(reason),
+            HandshakeOutcome::Reject(req, rej) => {
+                info!(peer = %from, code = rej.code(), reason = %rej, "reject code={}", rej.code());
+                self.out.push_bytes(from, &handshake::rejection(&req, rej.code()));
+            }
+            HandshakeOutcome::Conclusion(hs) => {
+                if let Err(rej) = self.admit(now, from, &hs) {
+                    info!(peer = %from, code = rej.code(), reason = %rej, "reject code={}", rej.code());
+                    self.out.push_bytes(from, &handshake::rejection(&hs.hs, rej.code()));
+                }
+            }
+        }
+    }
+
+    /// Checks a proven conclusion against the resource, limits and session key, then opens
+    /// the connection and answers.
+    fn admit(&mut self, now: Instant, from: SocketAddr, hs: &Conclusion) -> Result<(), handshake::Rejection> {
+        use handshake::Rejection as R;
+        let sid = &hs.stream_id;
+        let &stream = self.by_resource.get(&sid.resource).ok_or(R::NotFound)?;
+        if self.conns.len() >= self.cfg.max_connections {
+            return Err(R::Overload);
+        }
+        if sid.mode == Mode::Request && self.streams[stream].viewers.len() >= self.cfg.max_viewers_per_stream {
+            return Err(R::Overload);
+        }
+        self.sessions.redeem(&sid.resource, &sid.session, now).map_err(|d| match d {
+            Denied::Unknown => R::Unauthorized,
+            Denied::Used => R::Forbidden,
+            Denied::Expired => R::Expired,
+        })?;
+
+        let id = self.new_socket_id();
+        let (rcv_latency, snd_latency) = hs.latencies(self.cfg.latency);
+        let response = handshake::accept(&hs.hs, id, from, rcv_latency, snd_latency);
+        let stats = self.metrics.open_connection(id, ConnMode::Handshake);
+        let role = match sid.mode {
+            Mode::Publish => Role::Publisher(Box::new(Receiver::new(
+                hs.hs.isn,
+                Duration::from_millis(rcv_latency.into()),
+                self.cfg.buffer_packets,
+                now,
+            ))),
+            Mode::Request => Role::Viewer(ViewerSend::new(hs.hs.isn)),
+        };
+        info!(
+            conn = id,
+            peer = %from,
+            resource = %sid.resource,
+            mode = sid.mode.as_str(),
+            latency_ms = rcv_latency.max(snd_latency),
+            "connection accepted"
+        );
+        self.out.push_bytes(from, &response);
+        let conn = Conn {
+            peer: from,
+            peer_id: hs.hs.socket_id,
+            stream,
+            start: now,
+            last_recv: now,
+            last_sent: now,
+            response,
+            role,
+            kernel_fanout: false,
+            stats,
+        };
+        self.conns.insert(id, conn);
+        self.by_peer.insert((from, hs.hs.socket_id), id);
+        let s = &mut self.streams[stream];
+        match sid.mode {
+            Mode::Publish => {
+                let old = s.publisher.replace(id);
+                s.epoch += 1;
+                match &mut s.ring {
+                    Some(r) => r.clear(),
+                    None => s.ring = Some(Ring::new(self.cfg.buffer_packets)),
+                }
+                s.stats.publisher.store(true, Relaxed);
+                self.events.push(RouteEvent::PublisherChanged {
+                    resource: s.resource.clone(),
+                    publisher: Some((from, id)),
+                    epoch: s.epoch,
+                });
+                if let Some(old) = old {
+                    info!(conn = old, "publisher taken over by conn {id}");
+                    self.close(now, old, true);
+                }
+            }
+            Mode::Request => {
+                s.viewers.push(id);
+                s.stats.viewers.store(s.viewers.len() as u64, Relaxed);
+                self.events.push(RouteEvent::ViewerAdded {
+                    conn: id,
+                    resource: s.resource.clone(),
+                    peer: from,
+                    peer_id: hs.hs.socket_id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn new_socket_id(&mut self) -> u32 {
+        loop {
+            // splitmix64: well spread, and unpredictable enough with a random seed.
+            self.id_state = self.id_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.id_state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let id = ((z ^ (z >> 31)) as u32) & 0x3FFF_FFFF;
+            if id != 0 && !self.conns.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, id: u32, d: DataPacket) {
+        let conn = self.conns.get_mut(&id).expect("caller checked");
+        ConnStats::add(&conn.stats.data_packets_recv, 1);
+        ConnStats::add(&conn.stats.data_bytes_recv, (HEADER_LEN + d.payload.len()) as u64);
+        let Role::Publisher(rx) = &mut conn.role else {
+            return self.metrics.drop_packet("data_from_viewer");
+        };
+        let mut fb = std::mem::take(&mut self.feedback);
+        let arrival = rx.on_data(now, d.seq, d.payload.len(), &mut fb);
+        ConnStats::add(&conn.stats.data_packets_lost, rx.stats.lost - conn.stats.data_packets_lost.load(Relaxed));
+        conn.stats.data_bytes_lost.store(conn.stats.data_packets_lost.load(Relaxed) * MAX_PAYLOAD as u64, Relaxed);
+        let stream = conn.stream;
+        self.send_feedback(now, id, &mut fb);
+        self.feedback = fb;
+        if arrival == Arrival::Duplicate {
+            return;
+        }
+        self.fan_out(now, stream, d);
+    }
+
+    /// Stores a publisher packet and sends it to every viewer the kernel does not serve.
+    fn fan_out(&mut self, now: Instant, stream: usize, d: DataPacket) {
+        let s = &mut self.streams[stream];
+        let msg = d.msg & !MSG_REXMIT_FLAG;
+        let slot = s.ring.get_or_insert_with(|| Ring::new(self.cfg.buffer_packets)).insert(d.seq, msg, d.ts, d.payload);
+        let epoch = s.epoch;
+        for &vid in &s.viewers {
+            let Some(conn) = self.conns.get_mut(&vid) else { continue };
+            let clock = conn.clock(now);
+            let Role::Viewer(v) = &mut conn.role else { continue };
+            let before = v.mapping();
+            let Some((vseq, vts)) = v.map_new(epoch, d.seq, d.ts, clock) else { continue };
+            if let Some(m) = v.mapping().filter(|m| Some(*m) != before) {
+                self.events.push(RouteEvent::ViewerMapped { conn: vid, epoch, seq_off: m.seq_off, ts_off: m.ts_off });
+            }
+            if conn.kernel_fanout {
+                continue;
+            }
+            self.out.push_data(conn.peer, vseq, msg, vts, conn.peer_id, Payload::Ring { stream: stream as u32, slot: slot as u32 });
+            conn.last_sent = now;
+            ConnStats::add(&conn.stats.data_packets_sent, 1);
+            ConnStats::add(&conn.stats.data_bytes_sent, (HEADER_LEN + d.payload.len()) as u64);
+        }
+    }
+
+    fn send_feedback(&mut self, now: Instant, id: u32, fb: &mut Vec<Feedback>) {
+        for f in fb.drain(..) {
+            match f {
+                Feedback::Ack { number, ack } => {
+                    let (w, n) = ack.words();
+                    self.send_control(now, id, ctrl::ACK, number, &w[..n]);
+                }
+                Feedback::Nak(words) => self.send_control(now, id, ctrl::NAK, 0, &words),
+            }
+        }
+    }
+
+    fn send_control(&mut self, now: Instant, id: u32, typ: u16, info: u32, body: &[u32]) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let len = self.out.push_control(conn.peer, typ, info, conn.clock(now), conn.peer_id, body);
+        conn.last_sent = now;
+        ConnStats::add(&conn.stats.ctrl_packets_sent, 1);
+        ConnStats::add(&conn.stats.ctrl_bytes_sent, len as u64);
+    }
+
+    fn on_control(&mut self, now: Instant, id: u32, c: ControlPacket, len: usize) {
+        let conn = self.conns.get_mut(&id).expect("caller checked");
+        ConnStats::add(&conn.stats.ctrl_packets_recv, 1);
+        ConnStats::add(&conn.stats.ctrl_bytes_recv, len as u64);
+        match (c.typ, &mut conn.role) {
+            (ctrl::KEEPALIVE, _) => {}
+            (ctrl::SHUTDOWN, _) => {
+                info!(conn = id, "peer sent SHUTDOWN");
+                self.close(now, id, false);
+            }
+            (ctrl::ACKACK, Role::Publisher(rx)) => {
+                rx.on_ackack(now, c.info);
+                conn.stats.rtt_us.store(rx.rtt.rtt_us.into(), Relaxed);
+                conn.stats.rtt_var_us.store(rx.rtt.var_us.into(), Relaxed);
+            }
+            (ctrl::DROPREQ, Role::Publisher(rx)) => match (be32(c.body, 0), be32(c.body, 4)) {
+                (Ok(a), Ok(b)) => rx.on_dropreq(Seq::new(a), Seq::new(b)),
+                _ => self.metrics.drop_packet("malformed"),
+            },
+            (ctrl::ACK, Role::Viewer(v)) => match Ack::parse(c.body) {
+                Ok(ack) => {
+                    v.on_ack(ack.ack_seq);
+                    if let Some(f) = ack.full {
+                        conn.stats.rtt_us.store(f.rtt_us.into(), Relaxed);
+                        conn.stats.rtt_var_us.store(f.rtt_var_us.into(), Relaxed);
+                        self.send_control(now, id, ctrl::ACKACK, c.info, &[0]);
+                    }
+                }
+                Err(e) => self.metrics.drop_packet(e.reason()),
+            },
+            (ctrl::NAK, Role::Viewer(_)) => self.on_viewer_nak(now, id, c.body),
+            (ctrl::HANDSHAKE, _) => {
+                // A conclusion repeated to our socket ID: the answer was lost.
+                let response = conn.response.clone();
+                self.out.push_bytes(conn.peer, &response);
+            }
+            (ctrl::CONGESTION_WARNING | ctrl::PEERERROR | ctrl::USER_DEFINED, _) => {
+                debug!(conn = id, typ = c.typ, "ignored control packet");
+            }
+            _ => self.metrics.drop_packet("unexpected_control"),
+        }
+    }
+
+    /// Answers a viewer's loss report: retransmit what the stream still holds, wait for what
+    /// the publisher is still expected to resend, DROPREQ the rest.
+    fn on_viewer_nak(&mut self, now: Instant, id: u32, body: &[u8]) {
+        let mut ranges = Vec::new();
+        for range in loss_ranges(body) {
+            match range {
+                Ok((first, last)) if (0..=self.cfg.buffer_packets as i32).contains(&last.diff(first)) => {
+                    ranges.push((first, last))
+                }
+                _ => {
+                    self.metrics.drop_packet("malformed");
+                    break;
+                }
+            }
+        }
+        let conn = &self.conns[&id];
+        let Role::Viewer(v) = &conn.role else { return };
+        let s = &self.streams[conn.stream];
+        let publisher_rx = s.publisher.and_then(|p| match &self.conns.get(&p)?.role {
+            Role::Publisher(rx) => Some(rx.as_ref()),
+            _ => None,
+        });
+        let mut gone: Vec<(Seq, Seq)> = Vec::new();
+        let mut resend = Vec::new();
+        for &(first, last) in &ranges {
+            let mut vseq = first;
+            for _ in 0..=last.diff(first) {
+                let held = v.unmap(s.epoch, vseq).and_then(|p| {
+                    if let Some((slot, pkt)) = s.ring.as_ref().and_then(|r| r.get(p)) {
+                        Some(Some((slot, pkt.msg, v.ts(pkt.ts), pkt.payload.len())))
+                    } else if publisher_rx.is_some_and(|rx| rx.is_missing(p)) {
+                        Some(None) // still expected from the publisher: forwarded when it comes
+                    } else {
+                        None
+                    }
+                });
+                match held {
+                    Some(Some(p)) => resend.push((vseq, p)),
+                    Some(None) => {}
+                    None => match gone.last_mut() {
+                        Some((_, hi)) if hi.next() == vseq => *hi = vseq,
+                        _ => gone.push((vseq, vseq)),
+                    },
+                }
+                vseq = vseq.next();
+            }
+        }
+        let stream = conn.stream as u32;
+        let conn = self.conns.get_mut(&id).expect("checked above");
+        let Role::Viewer(v) = &mut conn.role else { return };
+        for &(first, last) in &ranges {
+            let lost = u64::from(v.note_nak(first, last));
+            ConnStats::add(&conn.stats.data_packets_lost, lost);
+            ConnStats::add(&conn.stats.data_bytes_lost, lost * MAX_PAYLOAD as u64);
+        }
+        for (vseq, (slot, msg, vts, len)) in resend {
+            let payload = Payload::Ring { stream, slot: slot as u32 };
+            self.out.push_data(conn.peer, vseq, msg | MSG_REXMIT_FLAG, vts, conn.peer_id, payload);
+            ConnStats::add(&conn.stats.data_packets_sent, 1);
+            ConnStats::add(&conn.stats.data_packets_retrans, 1);
+            ConnStats::add(&conn.stats.data_bytes_sent, (HEADER_LEN + len) as u64);
+            conn.last_sent = now;
+        }
+        for (first, last) in gone {
+            self.send_control(now, id, ctrl::DROPREQ, 0, &[first.get(), last.get()]);
+        }
+    }
+
+    /// Closes a connection; `notify` sends the peer a SHUTDOWN first.
+    fn close(&mut self, now: Instant, id: u32, notify: bool) {
+        if notify {
+            self.send_control(now, id, ctrl::SHUTDOWN, 0, &[0]);
+        }
+        let Some(conn) = self.conns.remove(&id) else { return };
+        self.by_peer.remove(&(conn.peer, conn.peer_id));
+        self.metrics.close_connection(id);
+        let s = &mut self.streams[conn.stream];
+        match conn.role {
+            Role::Publisher(_) => {
+                if s.publisher == Some(id) {
+                    s.publisher = None;
+                    s.stats.publisher.store(false, Relaxed);
+                    s.stats.bitrate_bps.store(0, Relaxed);
+                    self.events.push(RouteEvent::PublisherChanged {
+                        resource: s.resource.clone(),
+                        publisher: None,
+                        epoch: s.epoch,
+                    });
+                }
+            }
+            Role::Viewer(_) => {
+                s.viewers.retain(|&v| v != id);
+                s.stats.viewers.store(s.viewers.len() as u64, Relaxed);
+                self.events.push(RouteEvent::ViewerRemoved { conn: id });
+            }
+        }
+        info!(conn = id, peer = %conn.peer, "connection closed");
+    }
+
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.next_sweep;
+        for s in &self.streams {
+            if let Some(Role::Publisher(rx)) = s.publisher.and_then(|p| self.conns.get(&p)).map(|c| &c.role) {
+                t = t.min(rx.poll_timeout());
+            }
+        }
+        t
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut fb = std::mem::take(&mut self.feedback);
+        for i in 0..self.streams.len() {
+            let Some(pid) = self.streams[i].publisher else { continue };
+            let Some(conn) = self.conns.get_mut(&pid) else { continue };
+            let Role::Publisher(rx) = &mut conn.role else { continue };
+            if now >= rx.poll_timeout() {
+                rx.handle_timeout(now, &mut fb);
+                conn.stats.ctrl_packets_lost.store(rx.stats.acks_unanswered, Relaxed);
+                conn.stats.ctrl_bytes_lost.store(rx.stats.acks_unanswered * 44, Relaxed);
+                self.send_feedback(now, pid, &mut fb);
+            }
+        }
+        self.feedback = fb;
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP;
+            self.sweep(now);
+        }
+    }
+
+    /// Keepalives, idle timeouts, stream bitrates and expired session keys.
+    fn sweep(&mut self, now: Instant) {
+        let mut idle = Vec::new();
+        let mut quiet = Vec::new();
+        for (&id, c) in &self.conns {
+            if now.saturating_duration_since(c.last_recv) >= self.cfg.idle_timeout {
+                idle.push(id);
+            } else if now.saturating_duration_since(c.last_sent) >= KEEPALIVE {
+                quiet.push(id);
+            }
+        }
+        for id in idle {
+            info!(conn = id, "peer silent for {:?}: timed out", self.cfg.idle_timeout);
+            self.close(now, id, true);
+        }
+        for id in quiet {
+            self.send_control(now, id, ctrl::KEEPALIVE, 0, &[0]);
+        }
+        for s in &self.streams {
+            if let Some(Role::Publisher(rx)) = s.publisher.and_then(|p| self.conns.get(&p)).map(|c| &c.role) {
+                s.stats.bitrate_bps.store(u64::from(rx.byte_rate()) * 8, Relaxed);
+            }
+        }
+        self.sessions.purge(now);
+    }
+
+    /// Graceful stop: every peer gets SHUTDOWN.
+    pub fn shutdown(&mut self, now: Instant) {
+        let ids: Vec<u32> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close(now, id, true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

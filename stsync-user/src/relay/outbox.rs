@@ -1,0 +1,68 @@
+//! Datagrams the relay wants sent. Control packets and data headers are encoded into one
+//! arena; data payloads stay in the stream's ring and are referenced, so fanning a packet
+//! out to N viewers writes N 16-byte headers, not N copies (the driver gathers both parts).
+
+use crate::srt::packet::{write_control, write_data};
+use crate::srt::seq::Seq;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    None,
+    /// Slot `slot` of stream `stream`'s ring.
+    Ring { stream: u32, slot: u32 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub dst: SocketAddr,
+    /// Bytes of the arena that start the datagram.
+    pub head: Range<usize>,
+    pub payload: Payload,
+}
+
+#[derive(Default)]
+pub struct Outbox {
+    arena: Vec<u8>,
+    items: Vec<Transmit>,
+}
+
+impl Outbox {
+    pub fn push_bytes(&mut self, dst: SocketAddr, bytes: &[u8]) {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(bytes);
+        self.items.push(Transmit { dst, head: start..self.arena.len(), payload: Payload::None });
+    }
+
+    /// Queues a control packet; returns its length on the wire.
+    pub fn push_control(&mut self, dst: SocketAddr, typ: u16, info: u32, ts: u32, dest: u32, body: &[u32]) -> usize {
+        let start = self.arena.len();
+        write_control(&mut self.arena, typ, info, ts, dest, body);
+        self.items.push(Transmit { dst, head: start..self.arena.len(), payload: Payload::None });
+        self.arena.len() - start
+    }
+
+    pub fn push_data(&mut self, dst: SocketAddr, seq: Seq, msg: u32, ts: u32, dest: u32, payload: Payload) {
+        let start = self.arena.len();
+        write_data(&mut self.arena, seq, msg, ts, dest, &[]);
+        self.items.push(Transmit { dst, head: start..self.arena.len(), payload });
+    }
+
+    pub fn items(&self) -> &[Transmit] {
+        &self.items
+    }
+
+    pub fn head(&self, t: &Transmit) -> &[u8] {
+        &self.arena[t.head.clone()]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.arena.clear();
+        self.items.clear();
+    }
+}

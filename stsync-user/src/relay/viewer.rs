@@ -1,0 +1,141 @@
+//! The sending half of a viewer connection: maps the publisher's sequence numbers and
+//! timestamps onto the viewer's own (one continuous sequence and time base per viewer, across
+//! publisher changes), and turns the viewer's loss reports back into publisher packets.
+
+use crate::srt::seq::{ts_add, Seq};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    /// The stream's publisher epoch this mapping belongs to.
+    pub epoch: u64,
+    /// viewer seq = publisher seq + `seq_off` (31-bit wrapping).
+    pub seq_off: u32,
+    /// viewer timestamp = publisher timestamp + `ts_off` (32-bit wrapping).
+    pub ts_off: u32,
+    /// The first viewer sequence number of this epoch.
+    pub first_vseq: Seq,
+}
+
+#[derive(Debug)]
+pub struct ViewerSend {
+    /// The viewer sequence number the next new packet gets.
+    next_vseq: Seq,
+    map: Option<Mapping>,
+    /// Highest sequence number the viewer acknowledged (exclusive).
+    pub last_ack: Seq,
+    /// Highest sequence number reported lost so far, so repeated NAKs count once.
+    nak_high: Option<Seq>,
+}
+
+impl ViewerSend {
+    /// `isn` is the caller's initial sequence number, which libsrt expects as our first.
+    pub fn new(isn: Seq) -> Self {
+        ViewerSend { next_vseq: isn, map: None, last_ack: isn, nak_high: None }
+    }
+
+    pub fn mapping(&self) -> Option<Mapping> {
+        self.map
+    }
+
+    pub fn next_vseq(&self) -> Seq {
+        self.next_vseq
+    }
+
+    /// Maps a publisher packet being forwarded for the first time. The first packet of an
+    /// epoch fixes the offsets: it continues the viewer's sequence, and its timestamp becomes
+    /// the viewer's clock now. `None` for a packet older than the viewer's mapping (a late
+    /// recovery from before the viewer joined).
+    pub fn map_new(&mut self, epoch: u64, pseq: Seq, pts: u32, clock_now: u32) -> Option<(Seq, u32)> {
+        let map = match self.map {
+            Some(m) if m.epoch == epoch => m,
+            _ => {
+                let m = Mapping {
+                    epoch,
+                    seq_off: Seq::offset_to(pseq, self.next_vseq),
+                    ts_off: clock_now.wrapping_sub(pts),
+                    first_vseq: self.next_vseq,
+                };
+                self.map = Some(m);
+                m
+            }
+        };
+        let vseq = pseq.add(map.seq_off);
+        if vseq.lt(map.first_vseq) {
+            return None;
+        }
+        if !vseq.lt(self.next_vseq) {
+            self.next_vseq = vseq.next();
+        }
+        Some((vseq, ts_add(pts, map.ts_off)))
+    }
+
+    /// The publisher packet behind viewer sequence number `vseq`, if it belongs to the
+    /// current epoch and was sent.
+    pub fn unmap(&self, epoch: u64, vseq: Seq) -> Option<Seq> {
+        let m = self.map.filter(|m| m.epoch == epoch)?;
+        (m.first_vseq.le(vseq) && vseq.lt(self.next_vseq)).then(|| vseq.sub(m.seq_off))
+    }
+
+    pub fn ts(&self, pts: u32) -> u32 {
+        ts_add(pts, self.map.map_or(0, |m| m.ts_off))
+    }
+
+    pub fn on_ack(&mut self, ack: Seq) {
+        if ack.gt(self.last_ack) && !ack.gt(self.next_vseq) {
+            self.last_ack = ack;
+        }
+    }
+
+    /// Records a loss report; returns how many of its packets were not reported before.
+    pub fn note_nak(&mut self, first: Seq, last: Seq) -> u32 {
+        let from = match self.nak_high {
+            Some(h) if !h.lt(first) => h.next(),
+            _ => first,
+        };
+        if from.gt(last) {
+            return 0;
+        }
+        self.nak_high = Some(last);
+        last.diff(from) as u32 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_and_time_continue_across_publishers() {
+        let mut v = ViewerSend::new(Seq::new(500));
+        // Publisher A starts at 9000 with timestamps around 1 s; the viewer's clock reads 2 ms.
+        assert_eq!(v.map_new(1, Seq::new(9000), 1_000_000, 2_000), Some((Seq::new(500), 2_000)));
+        assert_eq!(v.map_new(1, Seq::new(9001), 1_010_000, 12_000), Some((Seq::new(501), 12_000)));
+        // Gap on the publisher leg: 9002 missing, 9003 forwarded, 9002 recovered later.
+        assert_eq!(v.map_new(1, Seq::new(9003), 1_030_000, 0).unwrap().0, Seq::new(503));
+        assert_eq!(v.map_new(1, Seq::new(9002), 1_020_000, 0).unwrap().0, Seq::new(502));
+        assert_eq!(v.unmap(1, Seq::new(502)), Some(Seq::new(9002)));
+        assert_eq!(v.unmap(1, Seq::new(504)), None, "never sent");
+        // Publisher B: wrapped sequence numbers, a fresh clock of its own.
+        let b = Seq::new(0x7FFF_FFFF);
+        assert_eq!(v.map_new(2, b, 10, 5_000_000), Some((Seq::new(504), 5_000_000)));
+        assert_eq!(v.map_new(2, b.next(), u32::MAX, 0), Some((Seq::new(505), 4_999_989)));
+        assert_eq!(v.unmap(2, Seq::new(505)), Some(Seq::new(0)));
+        assert_eq!(v.unmap(2, Seq::new(503)), None, "previous publisher's packets are gone");
+        assert_eq!(v.unmap(1, Seq::new(505)), None);
+    }
+
+    #[test]
+    fn late_joiner_skips_older_recoveries() {
+        let mut v = ViewerSend::new(Seq::new(0));
+        v.map_new(1, Seq::new(100), 0, 0);
+        assert_eq!(v.map_new(1, Seq::new(99), 0, 0), None);
+    }
+
+    #[test]
+    fn nak_counts_each_loss_once() {
+        let mut v = ViewerSend::new(Seq::new(0));
+        assert_eq!(v.note_nak(Seq::new(5), Seq::new(7)), 3);
+        assert_eq!(v.note_nak(Seq::new(5), Seq::new(7)), 0);
+        assert_eq!(v.note_nak(Seq::new(6), Seq::new(9)), 2);
+    }
+}

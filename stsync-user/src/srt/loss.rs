@@ -1,0 +1,141 @@
+//! The receiver's list of missing sequence numbers, kept as ranges in sequence order.
+
+use super::seq::Seq;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossRange {
+    pub first: Seq,
+    pub last: Seq,
+    /// When the gap was seen: a range not filled within the latency is given up.
+    pub since: Instant,
+}
+
+impl LossRange {
+    pub fn len(&self) -> u32 {
+        self.last.diff(self.first) as u32 + 1
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct LossList {
+    ranges: VecDeque<LossRange>,
+}
+
+impl LossList {
+    /// Gaps are found in increasing order, so a new one always goes at the end.
+    pub fn push(&mut self, first: Seq, last: Seq, since: Instant) {
+        self.ranges.push_back(LossRange { first, last, since });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    pub fn first(&self) -> Option<Seq> {
+        self.ranges.front().map(|r| r.first)
+    }
+
+    pub fn ranges(&self) -> impl Iterator<Item = &LossRange> {
+        self.ranges.iter()
+    }
+
+    pub fn contains(&self, s: Seq) -> bool {
+        self.ranges.iter().any(|r| r.first.le(s) && s.le(r.last))
+    }
+
+    /// Removes `s`; true when it was missing (a recovered packet).
+    pub fn remove(&mut self, s: Seq) -> bool {
+        let Some(i) = self.ranges.iter().position(|r| r.first.le(s) && s.le(r.last)) else {
+            return false;
+        };
+        let r = self.ranges[i];
+        match (r.first == s, r.last == s) {
+            (true, true) => {
+                self.ranges.remove(i);
+            }
+            (true, false) => self.ranges[i].first = s.next(),
+            (false, true) => self.ranges[i].last = s.sub(1),
+            (false, false) => {
+                self.ranges[i].last = s.sub(1);
+                self.ranges.insert(i + 1, LossRange { first: s.next(), last: r.last, since: r.since });
+            }
+        }
+        true
+    }
+
+    /// Removes every sequence number in `first..=last` (a sender's DROPREQ); returns how many.
+    pub fn remove_range(&mut self, first: Seq, last: Seq) -> u32 {
+        let mut removed = 0;
+        let mut kept = VecDeque::with_capacity(self.ranges.len());
+        for r in self.ranges.drain(..) {
+            if r.last.lt(first) || last.lt(r.first) {
+                kept.push_back(r);
+                continue;
+            }
+            if r.first.lt(first) {
+                kept.push_back(LossRange { first: r.first, last: first.sub(1), since: r.since });
+            }
+            let lo = if r.first.lt(first) { first } else { r.first };
+            let hi = if last.lt(r.last) { last } else { r.last };
+            removed += hi.diff(lo) as u32 + 1;
+            if last.lt(r.last) {
+                kept.push_back(LossRange { first: last.next(), last: r.last, since: r.since });
+            }
+        }
+        self.ranges = kept;
+        removed
+    }
+
+    /// Drops the ranges seen before `deadline`; returns how many packets were given up.
+    pub fn expire(&mut self, deadline: Instant) -> u32 {
+        let mut n = 0;
+        while let Some(r) = self.ranges.front() {
+            if r.since > deadline {
+                break;
+            }
+            n += r.len();
+            self.ranges.pop_front();
+        }
+        n
+    }
+
+    pub fn clear(&mut self) {
+        self.ranges.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn remove_splits_ranges() {
+        let t = Instant::now();
+        let mut l = LossList::default();
+        l.push(Seq::new(10), Seq::new(14), t);
+        assert!(l.remove(Seq::new(12)));
+        assert!(!l.remove(Seq::new(12)));
+        assert!(l.remove(Seq::new(10)));
+        assert!(l.remove(Seq::new(14)));
+        let r: Vec<_> = l.ranges().map(|r| (r.first.get(), r.last.get())).collect();
+        assert_eq!(r, vec![(11, 11), (13, 13)]);
+        assert_eq!(l.first(), Some(Seq::new(11)));
+    }
+
+    #[test]
+    fn ranges_across_the_wrap_and_expiry() {
+        let t = Instant::now();
+        let mut l = LossList::default();
+        l.push(Seq::new(0x7FFF_FFFE), Seq::new(1), t);
+        l.push(Seq::new(5), Seq::new(6), t + Duration::from_millis(50));
+        assert!(l.contains(Seq::new(0)));
+        assert_eq!(l.remove_range(Seq::new(0x7FFF_FFFF), Seq::new(0)), 2);
+        assert_eq!(l.expire(t + Duration::from_millis(10)), 2);
+        assert_eq!(l.first(), Some(Seq::new(5)));
+        assert_eq!(l.expire(t + Duration::from_millis(60)), 2);
+        assert!(l.is_empty());
+    }
+}

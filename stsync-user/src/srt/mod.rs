@@ -1,0 +1,11 @@
+//! The SRT protocol core: wire formats and the per-connection state machines. Sans-IO: bytes
+//! and `now` in, packets and wake-up times out; no sockets, no clock reads.
+
+pub mod cookie;
+pub mod handshake;
+pub mod loss;
+pub mod packet;
+pub mod receiver;
+pub mod rtt;
+pub mod seq;
+pub mod streamid;
