@@ -29,7 +29,10 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn new(ttl: Duration) -> Self {
-        Sessions { ttl, keys: Mutex::new(HashMap::new()) }
+        Sessions {
+            ttl,
+            keys: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -39,7 +42,14 @@ impl Sessions {
     /// Registers `key` (64 random bits from the caller) for `resource`; returns its hex form.
     pub fn insert(&self, resource: &str, key: u64, now: Instant) -> String {
         let mut keys = self.keys.lock().unwrap();
-        keys.insert(key, Entry { resource: resource.to_owned(), expires: now + self.ttl, used: false });
+        keys.insert(
+            key,
+            Entry {
+                resource: resource.to_owned(),
+                expires: now + self.ttl,
+                used: false,
+            },
+        );
         format!("{key:016x}")
     }
 
@@ -47,7 +57,10 @@ impl Sessions {
     pub fn redeem(&self, resource: &str, session: &str, now: Instant) -> Result<(), Denied> {
         let key = u64::from_str_radix(session, 16).map_err(|_| Denied::Unknown)?;
         let mut keys = self.keys.lock().unwrap();
-        let e = keys.get_mut(&key).filter(|e| e.resource == resource).ok_or(Denied::Unknown)?;
+        let e = keys
+            .get_mut(&key)
+            .filter(|e| e.resource == resource)
+            .ok_or(Denied::Unknown)?;
         if e.used {
             return Err(Denied::Used);
         }
@@ -61,7 +74,10 @@ impl Sessions {
     /// Forgets keys whose grace period is over.
     pub fn purge(&self, now: Instant) {
         let ttl = self.ttl;
-        self.keys.lock().unwrap().retain(|_, e| now < e.expires + ttl);
+        self.keys
+            .lock()
+            .unwrap()
+            .retain(|_, e| now < e.expires + ttl);
     }
 
     pub fn len(&self) -> usize {
@@ -89,7 +105,14 @@ mod tests {
         assert_eq!(s.redeem("1", "abc", t), Ok(()));
         assert_eq!(s.redeem("1", "abc", t), Err(Denied::Used));
         let k2 = s.insert("1", 7, t);
-        assert_eq!(s.redeem("1", k2.trim_start_matches('0'), t + Duration::from_secs(300)), Err(Denied::Expired));
+        assert_eq!(
+            s.redeem(
+                "1",
+                k2.trim_start_matches('0'),
+                t + Duration::from_secs(300)
+            ),
+            Err(Denied::Expired)
+        );
         s.purge(t + Duration::from_secs(599));
         assert_eq!(s.len(), 2);
         s.purge(t + Duration::from_secs(600));

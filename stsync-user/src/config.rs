@@ -70,7 +70,8 @@ mod d {
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
@@ -83,23 +84,36 @@ impl Config {
 
     fn validate(&mut self) -> anyhow::Result<()> {
         if !(16..=65535).contains(&self.buffer_packets) || !self.buffer_packets.is_power_of_two() {
-            bail!("field `buffer_packets`: must be a power of two between 16 and 65536, got {}", self.buffer_packets);
+            bail!(
+                "field `buffer_packets`: must be a power of two between 16 and 65536, got {}",
+                self.buffer_packets
+            );
         }
         if self.session_ttl_secs == 0 {
             bail!("field `session_ttl_secs`: must be at least 1");
         }
         if self.idle_timeout_ms < 1000 {
-            bail!("field `idle_timeout_ms`: must be at least 1000, got {}", self.idle_timeout_ms);
+            bail!(
+                "field `idle_timeout_ms`: must be at least 1000, got {}",
+                self.idle_timeout_ms
+            );
         }
         if self.max_connections == 0 || self.max_viewers_per_stream == 0 {
             bail!("fields `max_connections` and `max_viewers_per_stream` must be at least 1");
         }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.streams.iter_mut().enumerate() {
-            let norm = normalize_hex(&s.id)
-                .with_context(|| format!("field `streams[{i}].id`: {:?} is not a hex resource id", s.id))?;
+            let norm = normalize_hex(&s.id).with_context(|| {
+                format!(
+                    "field `streams[{i}].id`: {:?} is not a hex resource id",
+                    s.id
+                )
+            })?;
             if !seen.insert(norm.clone()) {
-                bail!("field `streams[{i}].id`: resource {:?} is listed twice", s.id);
+                bail!(
+                    "field `streams[{i}].id`: resource {:?} is listed twice",
+                    s.id
+                );
             }
             if s.token.len() < 8 {
                 bail!("field `streams[{i}].token`: must be at least 8 characters");
@@ -120,7 +134,8 @@ mod tests {
 
     #[test]
     fn defaults_and_normalised_ids() {
-        let c = Config::parse(r#"{"streams":[{"id":"0A","name":"x","token":"abcdefgh"}]}"#).unwrap();
+        let c =
+            Config::parse(r#"{"streams":[{"id":"0A","name":"x","token":"abcdefgh"}]}"#).unwrap();
         assert_eq!(c.srt_listen, "0.0.0.0:9999".parse().unwrap());
         assert_eq!(c.http_listen.port(), 9998);
         assert_eq!(c.streams[0].id, "a");
@@ -129,9 +144,13 @@ mod tests {
 
     #[test]
     fn errors_name_line_and_field() {
-        let e = Config::parse("{\n \"streams\": [\n {\"id\": \"1\", \"name\": \"x\"}\n ]\n}").unwrap_err();
+        let e = Config::parse("{\n \"streams\": [\n {\"id\": \"1\", \"name\": \"x\"}\n ]\n}")
+            .unwrap_err();
         let msg = format!("{e:#}");
-        assert!(msg.contains("missing field `token`") && msg.contains("line 3"), "{msg}");
+        assert!(
+            msg.contains("missing field `token`") && msg.contains("line 3"),
+            "{msg}"
+        );
         let e = Config::parse(r#"{"strams": []}"#).unwrap_err();
         assert!(format!("{e:#}").contains("unknown field `strams`"));
         let e = Config::parse(r#"{"streams":[{"id":"xyz","token":"abcdefgh"}]}"#).unwrap_err();

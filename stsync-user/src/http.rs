@@ -42,9 +42,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/streams", get(list_streams))
         .route("/v1/metrics", get(metrics))
         .route("/metrics", get(metrics))
-        .route("/v1/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(
+            "/v1/health",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint") })
-        .method_not_allowed_fallback(|| async { ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
+        .method_not_allowed_fallback(|| async {
+            ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        })
         .with_state(state)
 }
 
@@ -53,9 +58,13 @@ async fn create_session(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let resource = normalize_hex(&id).ok_or(ApiError(StatusCode::BAD_REQUEST, "stream id must be hex"))?;
-    let stream =
-        st.streams.iter().find(|s| s.id == resource).ok_or(ApiError(StatusCode::NOT_FOUND, "unknown stream"))?;
+    let resource =
+        normalize_hex(&id).ok_or(ApiError(StatusCode::BAD_REQUEST, "stream id must be hex"))?;
+    let stream = st
+        .streams
+        .iter()
+        .find(|s| s.id == resource)
+        .ok_or(ApiError(StatusCode::NOT_FOUND, "unknown stream"))?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -64,9 +73,14 @@ async fn create_session(
     if !bool::from(given.as_bytes().ct_eq(stream.token.as_bytes())) {
         return Err(ApiError(StatusCode::UNAUTHORIZED, "invalid token"));
     }
-    let session_id = st.sessions.insert(&resource, rand::random(), Instant::now());
+    let session_id = st
+        .sessions
+        .insert(&resource, rand::random(), Instant::now());
     info!(resource = %resource, "session key issued");
-    Ok((StatusCode::CREATED, Json(json!({ "resource_id": resource, "session_id": session_id }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "resource_id": resource, "session_id": session_id })),
+    ))
 }
 
 async fn list_streams(State(st): State<Arc<AppState>>) -> impl IntoResponse {
@@ -87,5 +101,8 @@ async fn list_streams(State(st): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
 }

@@ -53,7 +53,8 @@ fn udp_socket(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::UdpSocke
     let _ = sock.set_send_buffer_size(8 << 20);
     let _ = sock.set_recv_buffer_size(8 << 20);
     sock.set_nonblocking(true)?;
-    sock.bind(&addr.into()).with_context(|| format!("cannot bind SRT socket {addr}"))?;
+    sock.bind(&addr.into())
+        .with_context(|| format!("cannot bind SRT socket {addr}"))?;
     Ok(tokio::net::UdpSocket::from_std(sock.into())?)
 }
 
@@ -78,7 +79,10 @@ async fn serve(cfg: Config, datapath: DatapathArg) -> anyhow::Result<()> {
             max_connections: cfg.max_connections,
             max_viewers_per_stream: cfg.max_viewers_per_stream,
         },
-        entries.iter().map(|e| (e.id.clone(), e.stats.clone())).collect(),
+        entries
+            .iter()
+            .map(|e| (e.id.clone(), e.stats.clone()))
+            .collect(),
         sessions.clone(),
         metrics.clone(),
         rand::random(),
@@ -90,7 +94,9 @@ async fn serve(cfg: Config, datapath: DatapathArg) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind HTTP listener {}", cfg.http_listen))?;
 
     let dp: Box<dyn Datapath> = match datapath {
-        DatapathArg::Ebpf => anyhow::bail!("--datapath ebpf: the kernel fast path is not built into this binary"),
+        DatapathArg::Ebpf => {
+            anyhow::bail!("--datapath ebpf: the kernel fast path is not built into this binary")
+        }
         DatapathArg::Auto | DatapathArg::Userspace => {
             if datapath == DatapathArg::Auto {
                 warn!("eBPF datapath not available in this build; serving viewers from userspace");
@@ -107,7 +113,11 @@ async fn serve(cfg: Config, datapath: DatapathArg) -> anyhow::Result<()> {
         dp.kind()
     );
 
-    let state = Arc::new(AppState { streams: entries, sessions, metrics });
+    let state = Arc::new(AppState {
+        streams: entries,
+        sessions,
+        metrics,
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
@@ -131,7 +141,8 @@ async fn serve(cfg: Config, datapath: DatapathArg) -> anyhow::Result<()> {
 /// SIGTERM and SIGINT both stop the relay gracefully.
 fn stop_on_signal(stop: tokio::sync::watch::Sender<bool>) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
         tokio::select! {
             _ = term.recv() => info!("SIGTERM"),
             _ = tokio::signal::ctrl_c() => info!("SIGINT"),

@@ -1,7 +1,9 @@
 //! Prometheus metrics. Connections count into plain atomics on their own `ConnStats` (no
 //! lock, no label lookup per packet); a scrape copies them into the labelled series.
 
-use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -98,53 +100,112 @@ pub struct Metrics {
 
 const COUNTER_HELP: [(&str, &str); 12] = [
     ("ctrl_packets_sent", "Control packets sent to the peer."),
-    ("ctrl_packets_recv", "Control packets received from the peer."),
-    ("ctrl_packets_lost", "Control packets lost (estimate: full ACKs never answered by ACKACK)."),
-    ("ctrl_bytes_sent", "Bytes sent to the peer in control packets."),
-    ("ctrl_bytes_recv", "Bytes received from the peer in control packets."),
-    ("ctrl_bytes_lost", "Bytes lost in control packets (estimate)."),
-    ("data_packets_sent", "Data packets sent to the peer, retransmissions included."),
+    (
+        "ctrl_packets_recv",
+        "Control packets received from the peer.",
+    ),
+    (
+        "ctrl_packets_lost",
+        "Control packets lost (estimate: full ACKs never answered by ACKACK).",
+    ),
+    (
+        "ctrl_bytes_sent",
+        "Bytes sent to the peer in control packets.",
+    ),
+    (
+        "ctrl_bytes_recv",
+        "Bytes received from the peer in control packets.",
+    ),
+    (
+        "ctrl_bytes_lost",
+        "Bytes lost in control packets (estimate).",
+    ),
+    (
+        "data_packets_sent",
+        "Data packets sent to the peer, retransmissions included.",
+    ),
     ("data_packets_recv", "Data packets received from the peer."),
-    ("data_packets_lost", "Data packets lost: reported missing by a viewer, or found missing from a publisher."),
+    (
+        "data_packets_lost",
+        "Data packets lost: reported missing by a viewer, or found missing from a publisher.",
+    ),
     ("data_bytes_sent", "Bytes sent to the peer in data packets."),
-    ("data_bytes_recv", "Bytes received from the peer in data packets."),
-    ("data_bytes_lost", "Bytes lost in data packets (estimate: lost packets times the payload size)."),
+    (
+        "data_bytes_recv",
+        "Bytes received from the peer in data packets.",
+    ),
+    (
+        "data_bytes_lost",
+        "Bytes lost in data packets (estimate: lost packets times the payload size).",
+    ),
 ];
 
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let connections_total = IntCounter::new("srt_connections_total", "Connections accepted since start.").unwrap();
+        let connections_total =
+            IntCounter::new("srt_connections_total", "Connections accepted since start.").unwrap();
         let connections_current = IntGaugeVec::new(
-            Opts::new("srt_connections_current", "Open connections by mode (handshake, request, publish)."),
+            Opts::new(
+                "srt_connections_current",
+                "Open connections by mode (handshake, request, publish).",
+            ),
             &["mode"],
         )
         .unwrap();
         let conn_counters: Vec<IntCounterVec> = COUNTER_HELP
             .iter()
-            .map(|(name, help)| IntCounterVec::new(Opts::new(format!("srt_connection_{name}"), *help), &["id"]).unwrap())
+            .map(|(name, help)| {
+                IntCounterVec::new(Opts::new(format!("srt_connection_{name}"), *help), &["id"])
+                    .unwrap()
+            })
             .collect();
         let retrans = IntCounterVec::new(
-            Opts::new("srt_connection_data_packets_retransmitted", "Data packets sent again on the peer's NAK."),
+            Opts::new(
+                "srt_connection_data_packets_retransmitted",
+                "Data packets sent again on the peer's NAK.",
+            ),
             &["id"],
         )
         .unwrap();
-        let rtt = GaugeVec::new(Opts::new("srt_connection_rtt", "Round-trip time to the peer, seconds."), &["id"]).unwrap();
-        let rtt_var =
-            GaugeVec::new(Opts::new("srt_connection_rtt_variance", "Round-trip time variance, seconds."), &["id"])
-                .unwrap();
+        let rtt = GaugeVec::new(
+            Opts::new(
+                "srt_connection_rtt",
+                "Round-trip time to the peer, seconds.",
+            ),
+            &["id"],
+        )
+        .unwrap();
+        let rtt_var = GaugeVec::new(
+            Opts::new(
+                "srt_connection_rtt_variance",
+                "Round-trip time variance, seconds.",
+            ),
+            &["id"],
+        )
+        .unwrap();
         let dropped = IntCounterVec::new(
-            Opts::new("srt_packets_dropped_total", "Datagrams dropped without effect, by reason."),
+            Opts::new(
+                "srt_packets_dropped_total",
+                "Datagrams dropped without effect, by reason.",
+            ),
             &["reason"],
         )
         .unwrap();
         let datapath = IntGaugeVec::new(
-            Opts::new("stsync_datapath", "The datapath serving viewers' data (1 = active)."),
+            Opts::new(
+                "stsync_datapath",
+                "The datapath serving viewers' data (1 = active).",
+            ),
             &["kind"],
         )
         .unwrap();
-        registry.register(Box::new(connections_total.clone())).unwrap();
-        registry.register(Box::new(connections_current.clone())).unwrap();
+        registry
+            .register(Box::new(connections_total.clone()))
+            .unwrap();
+        registry
+            .register(Box::new(connections_current.clone()))
+            .unwrap();
         for c in &conn_counters {
             registry.register(Box::new(c.clone())).unwrap();
         }
@@ -195,8 +256,13 @@ impl Metrics {
 
     /// Copies the connections' counters into the labelled series and encodes everything.
     pub fn render(&self) -> String {
-        let conns: Vec<(u32, Arc<ConnStats>)> =
-            self.conns.lock().unwrap().iter().map(|(id, s)| (*id, s.clone())).collect();
+        let conns: Vec<(u32, Arc<ConnStats>)> = self
+            .conns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, s)| (*id, s.clone()))
+            .collect();
         let mut exported = self.exported.lock().unwrap();
         let live: HashSet<u32> = conns.iter().map(|(id, _)| *id).collect();
         for gone in exported.difference(&live) {
@@ -218,15 +284,21 @@ impl Metrics {
             }
             let c = self.retrans.with_label_values(&[&label]);
             c.inc_by(s.data_packets_retrans.load(Relaxed).saturating_sub(c.get()));
-            self.rtt.with_label_values(&[&label]).set(s.rtt_us.load(Relaxed) as f64 / 1e6);
-            self.rtt_var.with_label_values(&[&label]).set(s.rtt_var_us.load(Relaxed) as f64 / 1e6);
+            self.rtt
+                .with_label_values(&[&label])
+                .set(s.rtt_us.load(Relaxed) as f64 / 1e6);
+            self.rtt_var
+                .with_label_values(&[&label])
+                .set(s.rtt_var_us.load(Relaxed) as f64 / 1e6);
         }
         *exported = live;
         for (m, n) in MODES.iter().zip(by_mode) {
             self.connections_current.with_label_values(&[m]).set(n);
         }
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }
@@ -249,13 +321,21 @@ mod tests {
         s.rtt_us.store(1500, Relaxed);
         s.set_mode(ConnMode::Request);
         let text = m.render();
-        assert!(text.contains("srt_connection_data_packets_sent{id=\"42\"} 5"), "{text}");
-        assert!(text.contains("srt_connection_rtt{id=\"42\"} 0.0015"), "{text}");
+        assert!(
+            text.contains("srt_connection_data_packets_sent{id=\"42\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("srt_connection_rtt{id=\"42\"} 0.0015"),
+            "{text}"
+        );
         assert!(text.contains("srt_connections_current{mode=\"request\"} 1"));
         assert!(text.contains("srt_connections_total 1"));
         assert!(text.contains("# TYPE srt_connection_ctrl_bytes_lost counter"));
         ConnStats::add(&s.data_packets_sent, 2);
-        assert!(m.render().contains("srt_connection_data_packets_sent{id=\"42\"} 7"));
+        assert!(m
+            .render()
+            .contains("srt_connection_data_packets_sent{id=\"42\"} 7"));
         m.close_connection(42);
         let text = m.render();
         assert!(!text.contains("id=\"42\""), "{text}");

@@ -18,7 +18,10 @@ pub struct Userspace {
 impl Userspace {
     /// `socket` must outlive the datapath and be non-blocking.
     pub fn new(socket: &impl AsRawFd, metrics: Arc<Metrics>) -> Self {
-        Userspace { fd: socket.as_raw_fd(), metrics }
+        Userspace {
+            fd: socket.as_raw_fd(),
+            metrics,
+        }
     }
 }
 
@@ -40,8 +43,14 @@ impl Datapath for Userspace {
                     let head = out.outbox_ref().head(t);
                     let body = out.payload(t.payload);
                     iovs.push([
-                        libc::iovec { iov_base: head.as_ptr() as *mut _, iov_len: head.len() },
-                        libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: body.len() },
+                        libc::iovec {
+                            iov_base: head.as_ptr() as *mut _,
+                            iov_len: head.len(),
+                        },
+                        libc::iovec {
+                            iov_base: body.as_ptr() as *mut _,
+                            iov_len: body.len(),
+                        },
                     ]);
                 }
             }

@@ -3,8 +3,8 @@
 
 use crate::srt::cookie::CookieJar;
 use crate::srt::handshake::{
-    ext, ext_flag, ext_header, hs_type, parse_extensions, peer_ip_field, srt_flag, Handshake, SrtHs, BODY_LEN, MAGIC,
-    SRT_VERSION, VERSION_4, VERSION_5,
+    ext, ext_flag, ext_header, hs_type, parse_extensions, peer_ip_field, srt_flag, Handshake,
+    SrtHs, BODY_LEN, MAGIC, SRT_VERSION, VERSION_4, VERSION_5,
 };
 use crate::srt::packet::write_control;
 use crate::srt::streamid::{self, StreamId, StreamIdError};
@@ -68,7 +68,10 @@ impl Conclusion {
     /// sides' values, in ms.
     pub fn latencies(&self, ours: Duration) -> (u16, u16) {
         let ours = ours.as_millis().min(u16::MAX as u128) as u16;
-        (ours.max(self.hsreq.send_latency_ms), ours.max(self.hsreq.recv_latency_ms))
+        (
+            ours.max(self.hsreq.send_latency_ms),
+            ours.max(self.hsreq.recv_latency_ms),
+        )
     }
 }
 
@@ -90,7 +93,9 @@ pub fn process(
     body: &[u8],
     existing: impl Fn(u32) -> Option<u32>,
 ) -> HandshakeOutcome {
-    let Ok(hs) = Handshake::parse(body) else { return HandshakeOutcome::Ignore("malformed_handshake") };
+    let Ok(hs) = Handshake::parse(body) else {
+        return HandshakeOutcome::Ignore("malformed_handshake");
+    };
     match hs.hs_type {
         hs_type::INDUCTION => {
             if hs.version != VERSION_4 && hs.version != VERSION_5 {
@@ -119,7 +124,9 @@ pub fn process(
                 Ok(e) => e,
                 Err(_) => return HandshakeOutcome::Reject(hs, Rejection::Rogue),
             };
-            let Some(hsreq) = exts.hsreq else { return HandshakeOutcome::Reject(hs, Rejection::Rogue) };
+            let Some(hsreq) = exts.hsreq else {
+                return HandshakeOutcome::Reject(hs, Rejection::Rogue);
+            };
             if exts.kmreq || hs.encryption != 0 {
                 return HandshakeOutcome::Reject(hs, Rejection::Unsecure);
             }
@@ -128,10 +135,18 @@ pub fn process(
             }
             let stream_id = match exts.sid.as_deref().map(streamid::parse) {
                 Some(Ok(id)) => id,
-                Some(Err(StreamIdError::BadMode)) => return HandshakeOutcome::Reject(hs, Rejection::BadMode),
-                Some(Err(StreamIdError::Malformed)) | None => return HandshakeOutcome::Reject(hs, Rejection::Rogue),
+                Some(Err(StreamIdError::BadMode)) => {
+                    return HandshakeOutcome::Reject(hs, Rejection::BadMode)
+                }
+                Some(Err(StreamIdError::Malformed)) | None => {
+                    return HandshakeOutcome::Reject(hs, Rejection::Rogue)
+                }
             };
-            HandshakeOutcome::Conclusion(Box::new(Conclusion { hs, hsreq, stream_id }))
+            HandshakeOutcome::Conclusion(Box::new(Conclusion {
+                hs,
+                hsreq,
+                stream_id,
+            }))
         }
         _ => HandshakeOutcome::Ignore("unexpected_handshake"),
     }
@@ -146,7 +161,13 @@ fn encode(ts: u32, dest: u32, words: &[u32], ext: &[u32]) -> Vec<u8> {
 
 /// The conclusion answer: our socket ID, the caller's ISN for both directions (libsrt's
 /// listener does the same) and HSRSP. Timestamp 0: the connection's clock starts now.
-pub fn accept(req: &Handshake, id: u32, from: SocketAddr, rcv_latency: u16, snd_latency: u16) -> Vec<u8> {
+pub fn accept(
+    req: &Handshake,
+    id: u32,
+    from: SocketAddr,
+    rcv_latency: u16,
+    snd_latency: u16,
+) -> Vec<u8> {
     let answer = Handshake {
         version: VERSION_5,
         encryption: 0,
@@ -165,13 +186,21 @@ pub fn accept(req: &Handshake, id: u32, from: SocketAddr, rcv_latency: u16, snd_
         | srt_flag::TLPKTDROP
         | srt_flag::PERIODICNAK
         | srt_flag::REXMITFLG;
-    let hsrsp = [ext_header(ext::HSRSP, 3), SRT_VERSION, flags, (u32::from(rcv_latency) << 16) | u32::from(snd_latency)];
+    let hsrsp = [
+        ext_header(ext::HSRSP, 3),
+        SRT_VERSION,
+        flags,
+        (u32::from(rcv_latency) << 16) | u32::from(snd_latency),
+    ];
     encode(0, req.socket_id, &answer.words(), &hsrsp)
 }
 
 /// The caller's own handshake sent back with the rejection code as its type.
 pub fn rejection(req: &Handshake, code: u32) -> Vec<u8> {
-    let answer = Handshake { hs_type: code, ..req.clone() };
+    let answer = Handshake {
+        hs_type: code,
+        ..req.clone()
+    };
     encode(0, req.socket_id, &answer.words(), &[])
 }
 
@@ -186,7 +215,11 @@ mod tests {
         Handshake {
             version,
             encryption: 0,
-            ext_field: if version == 4 { 2 } else { ext_flag::HSREQ | ext_flag::CONFIG },
+            ext_field: if version == 4 {
+                2
+            } else {
+                ext_flag::HSREQ | ext_flag::CONFIG
+            },
             isn: Seq::new(77),
             mtu: 1500,
             flow_window: 8192,
@@ -200,7 +233,12 @@ mod tests {
     /// A conclusion as libsrt sends it: HSREQ then SID.
     pub fn conclusion_body(cookie: u32, sid: &str, flags: u32, kmreq: bool) -> Vec<u8> {
         let mut words = caller_hs(hs_type::CONCLUSION, 5, cookie).words().to_vec();
-        words.extend([ext_header(ext::HSREQ, 3), SRT_VERSION, flags, (120 << 16) | 200]);
+        words.extend([
+            ext_header(ext::HSREQ, 3),
+            SRT_VERSION,
+            flags,
+            (120 << 16) | 200,
+        ]);
         if kmreq {
             words.extend([ext_header(ext::KMREQ, 2), 0, 0]);
         }
@@ -218,11 +256,18 @@ mod tests {
     fn induction_is_answered_with_magic_and_cookie() {
         let jar = CookieJar::new([1; 16], Instant::now());
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let HandshakeOutcome::Reply(bytes) = process(&jar, Instant::now(), from, &body(&caller_hs(1, 4, 0)), |_| None)
-        else {
+        let HandshakeOutcome::Reply(bytes) = process(
+            &jar,
+            Instant::now(),
+            from,
+            &body(&caller_hs(1, 4, 0)),
+            |_| None,
+        ) else {
             panic!()
         };
-        let Packet::Control(c) = Packet::parse(&bytes).unwrap() else { panic!() };
+        let Packet::Control(c) = Packet::parse(&bytes).unwrap() else {
+            panic!()
+        };
         assert_eq!(c.dest, 0x1234);
         let hs = Handshake::parse(c.body).unwrap();
         assert_eq!((hs.version, hs.ext_field), (5, MAGIC));
@@ -237,7 +282,15 @@ mod tests {
         let c = jar.issue(from, now);
         let flags = 0xBF & !srt_flag::STREAM;
         let run = |b: Vec<u8>| process(&jar, now, from, &b, |_| None);
-        assert!(matches!(run(conclusion_body(c ^ 1, "#!::r=1,s=1,m=publish", flags, false)), HandshakeOutcome::Ignore("bad_cookie")));
+        assert!(matches!(
+            run(conclusion_body(
+                c ^ 1,
+                "#!::r=1,s=1,m=publish",
+                flags,
+                false
+            )),
+            HandshakeOutcome::Ignore("bad_cookie")
+        ));
         match run(conclusion_body(c, "#!::r=1,s=ab,m=request", flags, false)) {
             HandshakeOutcome::Conclusion(cc) => {
                 assert_eq!(cc.stream_id.session, "ab");
@@ -249,13 +302,32 @@ mod tests {
             HandshakeOutcome::Reject(_, r) => r,
             _ => panic!("expected a rejection"),
         };
-        assert_eq!(rejected(conclusion_body(c, "garbage", flags, false)), Rejection::Rogue);
-        assert_eq!(rejected(conclusion_body(c, "#!::r=1,s=1,m=watch", flags, false)), Rejection::BadMode);
-        assert_eq!(rejected(conclusion_body(c, "#!::r=1,s=1,m=request", flags, true)), Rejection::Unsecure);
-        assert_eq!(rejected(conclusion_body(c, "#!::r=1,s=1,m=request", flags | srt_flag::STREAM, false)), Rejection::MessageApi);
+        assert_eq!(
+            rejected(conclusion_body(c, "garbage", flags, false)),
+            Rejection::Rogue
+        );
+        assert_eq!(
+            rejected(conclusion_body(c, "#!::r=1,s=1,m=watch", flags, false)),
+            Rejection::BadMode
+        );
+        assert_eq!(
+            rejected(conclusion_body(c, "#!::r=1,s=1,m=request", flags, true)),
+            Rejection::Unsecure
+        );
+        assert_eq!(
+            rejected(conclusion_body(
+                c,
+                "#!::r=1,s=1,m=request",
+                flags | srt_flag::STREAM,
+                false
+            )),
+            Rejection::MessageApi
+        );
         // A repeated conclusion maps to the existing connection before anything else.
         assert!(matches!(
-            process(&jar, now, from, &conclusion_body(0, "x", 0, false), |_| Some(9)),
+            process(&jar, now, from, &conclusion_body(0, "x", 0, false), |_| {
+                Some(9)
+            }),
             HandshakeOutcome::Repeat(9)
         ));
     }
@@ -265,14 +337,21 @@ mod tests {
         let req = caller_hs(hs_type::CONCLUSION, 5, 42);
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let bytes = accept(&req, 99, from, 200, 120);
-        let Packet::Control(c) = Packet::parse(&bytes).unwrap() else { panic!() };
+        let Packet::Control(c) = Packet::parse(&bytes).unwrap() else {
+            panic!()
+        };
         let hs = Handshake::parse(c.body).unwrap();
-        assert_eq!((c.dest, hs.socket_id, hs.isn, hs.ext_field), (0x1234, 99, Seq::new(77), ext_flag::HSREQ));
+        assert_eq!(
+            (c.dest, hs.socket_id, hs.isn, hs.ext_field),
+            (0x1234, 99, Seq::new(77), ext_flag::HSREQ)
+        );
         let hsrsp = &c.body[BODY_LEN..];
         assert_eq!(&hsrsp[..4], &ext_header(ext::HSRSP, 3).to_be_bytes());
         assert_eq!(&hsrsp[12..16], &((200u32 << 16) | 120).to_be_bytes());
         let bytes = rejection(&req, 2404);
-        let Packet::Control(r) = Packet::parse(&bytes).unwrap() else { panic!() };
+        let Packet::Control(r) = Packet::parse(&bytes).unwrap() else {
+            panic!()
+        };
         assert_eq!(Handshake::parse(r.body).unwrap().hs_type, 2404);
     }
 }

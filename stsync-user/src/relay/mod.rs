@@ -82,11 +82,27 @@ impl Conn {
 /// What the datapath must learn about viewers (the kernel fast path keeps maps in step).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteEvent {
-    ViewerAdded { conn: u32, resource: String, peer: SocketAddr, peer_id: u32 },
+    ViewerAdded {
+        conn: u32,
+        resource: String,
+        peer: SocketAddr,
+        peer_id: u32,
+    },
     /// The viewer's offsets for the stream's current publisher.
-    ViewerMapped { conn: u32, epoch: u64, seq_off: u32, ts_off: u32 },
-    ViewerRemoved { conn: u32 },
-    PublisherChanged { resource: String, publisher: Option<(SocketAddr, u32)>, epoch: u64 },
+    ViewerMapped {
+        conn: u32,
+        epoch: u64,
+        seq_off: u32,
+        ts_off: u32,
+    },
+    ViewerRemoved {
+        conn: u32,
+    },
+    PublisherChanged {
+        resource: String,
+        publisher: Option<(SocketAddr, u32)>,
+        epoch: u64,
+    },
 }
 
 pub struct Relay {
@@ -117,10 +133,21 @@ impl Relay {
         secret: [u8; 16],
         now: Instant,
     ) -> Self {
-        let by_resource = streams.iter().enumerate().map(|(i, (r, _))| (r.clone(), i)).collect();
+        let by_resource = streams
+            .iter()
+            .enumerate()
+            .map(|(i, (r, _))| (r.clone(), i))
+            .collect();
         let streams = streams
             .into_iter()
-            .map(|(resource, stats)| Stream { resource, publisher: None, viewers: Vec::new(), epoch: 0, ring: None, stats })
+            .map(|(resource, stats)| Stream {
+                resource,
+                publisher: None,
+                viewers: Vec::new(),
+                epoch: 0,
+                ring: None,
+                stats,
+            })
             .collect();
         Relay {
             cfg,
@@ -152,9 +179,10 @@ impl Relay {
     pub fn payload(&self, p: Payload) -> &[u8] {
         match p {
             Payload::None => &[],
-            Payload::Ring { stream, slot } => {
-                self.streams[stream as usize].ring.as_ref().map_or(&[][..], |r| r.payload(slot as usize))
-            }
+            Payload::Ring { stream, slot } => self.streams[stream as usize]
+                .ring
+                .as_ref()
+                .map_or(&[][..], |r| r.payload(slot as usize)),
         }
     }
 
@@ -179,7 +207,9 @@ impl Relay {
             Err(e) => return self.metrics.drop_packet(e.reason()),
         };
         match pkt {
-            Packet::Control(c) if c.typ == ctrl::HANDSHAKE && c.dest == 0 => self.on_handshake(now, from, c),
+            Packet::Control(c) if c.typ == ctrl::HANDSHAKE && c.dest == 0 => {
+                self.on_handshake(now, from, c)
+            }
             _ => {
                 let id = pkt.dest();
                 let Some(conn) = self.conns.get_mut(&id) else {
@@ -215,12 +245,14 @@ impl Relay {
             HandshakeOutcome::Ignore(reason) => self.metrics.drop_packet(reason),
             HandshakeOutcome::Reject(req, rej) => {
                 info!(peer = %from, code = rej.code(), reason = %rej, "reject code={}", rej.code());
-                self.out.push_bytes(from, &handshake::rejection(&req, rej.code()));
+                self.out
+                    .push_bytes(from, &handshake::rejection(&req, rej.code()));
             }
             HandshakeOutcome::Conclusion(hs) => {
                 if let Err(rej) = self.admit(now, from, &hs) {
                     info!(peer = %from, code = rej.code(), reason = %rej, "reject code={}", rej.code());
-                    self.out.push_bytes(from, &handshake::rejection(&hs.hs, rej.code()));
+                    self.out
+                        .push_bytes(from, &handshake::rejection(&hs.hs, rej.code()));
                 }
             }
         }
@@ -228,21 +260,30 @@ impl Relay {
 
     /// Checks a proven conclusion against the resource, limits and session key, then opens
     /// the connection and answers.
-    fn admit(&mut self, now: Instant, from: SocketAddr, hs: &Conclusion) -> Result<(), handshake::Rejection> {
+    fn admit(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        hs: &Conclusion,
+    ) -> Result<(), handshake::Rejection> {
         use handshake::Rejection as R;
         let sid = &hs.stream_id;
         let &stream = self.by_resource.get(&sid.resource).ok_or(R::NotFound)?;
         if self.conns.len() >= self.cfg.max_connections {
             return Err(R::Overload);
         }
-        if sid.mode == Mode::Request && self.streams[stream].viewers.len() >= self.cfg.max_viewers_per_stream {
+        if sid.mode == Mode::Request
+            && self.streams[stream].viewers.len() >= self.cfg.max_viewers_per_stream
+        {
             return Err(R::Overload);
         }
-        self.sessions.redeem(&sid.resource, &sid.session, now).map_err(|d| match d {
-            Denied::Unknown => R::Unauthorized,
-            Denied::Used => R::Forbidden,
-            Denied::Expired => R::Expired,
-        })?;
+        self.sessions
+            .redeem(&sid.resource, &sid.session, now)
+            .map_err(|d| match d {
+                Denied::Unknown => R::Unauthorized,
+                Denied::Used => R::Forbidden,
+                Denied::Expired => R::Expired,
+            })?;
 
         let id = self.new_socket_id();
         let (rcv_latency, snd_latency) = hs.latencies(self.cfg.latency);
@@ -331,14 +372,23 @@ impl Relay {
     fn on_data(&mut self, now: Instant, id: u32, d: DataPacket) {
         let conn = self.conns.get_mut(&id).expect("caller checked");
         ConnStats::add(&conn.stats.data_packets_recv, 1);
-        ConnStats::add(&conn.stats.data_bytes_recv, (HEADER_LEN + d.payload.len()) as u64);
+        ConnStats::add(
+            &conn.stats.data_bytes_recv,
+            (HEADER_LEN + d.payload.len()) as u64,
+        );
         let Role::Publisher(rx) = &mut conn.role else {
             return self.metrics.drop_packet("data_from_viewer");
         };
         let mut fb = std::mem::take(&mut self.feedback);
         let arrival = rx.on_data(now, d.seq, d.payload.len(), &mut fb);
-        ConnStats::add(&conn.stats.data_packets_lost, rx.stats.lost - conn.stats.data_packets_lost.load(Relaxed));
-        conn.stats.data_bytes_lost.store(conn.stats.data_packets_lost.load(Relaxed) * MAX_PAYLOAD as u64, Relaxed);
+        ConnStats::add(
+            &conn.stats.data_packets_lost,
+            rx.stats.lost - conn.stats.data_packets_lost.load(Relaxed),
+        );
+        conn.stats.data_bytes_lost.store(
+            conn.stats.data_packets_lost.load(Relaxed) * MAX_PAYLOAD as u64,
+            Relaxed,
+        );
         let stream = conn.stream;
         self.send_feedback(now, id, &mut fb);
         self.feedback = fb;
@@ -352,24 +402,51 @@ impl Relay {
     fn fan_out(&mut self, now: Instant, stream: usize, d: DataPacket) {
         let s = &mut self.streams[stream];
         let msg = d.msg & !MSG_REXMIT_FLAG;
-        let slot = s.ring.get_or_insert_with(|| Ring::new(self.cfg.buffer_packets)).insert(d.seq, msg, d.ts, d.payload);
+        let slot = s
+            .ring
+            .get_or_insert_with(|| Ring::new(self.cfg.buffer_packets))
+            .insert(d.seq, msg, d.ts, d.payload);
         let epoch = s.epoch;
         for &vid in &s.viewers {
-            let Some(conn) = self.conns.get_mut(&vid) else { continue };
+            let Some(conn) = self.conns.get_mut(&vid) else {
+                continue;
+            };
             let clock = conn.clock(now);
-            let Role::Viewer(v) = &mut conn.role else { continue };
+            let Role::Viewer(v) = &mut conn.role else {
+                continue;
+            };
             let before = v.mapping();
-            let Some((vseq, vts)) = v.map_new(epoch, d.seq, d.ts, clock) else { continue };
+            let Some((vseq, vts)) = v.map_new(epoch, d.seq, d.ts, clock) else {
+                continue;
+            };
             if let Some(m) = v.mapping().filter(|m| Some(*m) != before) {
-                self.events.push(RouteEvent::ViewerMapped { conn: vid, epoch, seq_off: m.seq_off, ts_off: m.ts_off });
+                self.events.push(RouteEvent::ViewerMapped {
+                    conn: vid,
+                    epoch,
+                    seq_off: m.seq_off,
+                    ts_off: m.ts_off,
+                });
             }
             if conn.kernel_fanout {
                 continue;
             }
-            self.out.push_data(conn.peer, vseq, msg, vts, conn.peer_id, Payload::Ring { stream: stream as u32, slot: slot as u32 });
+            self.out.push_data(
+                conn.peer,
+                vseq,
+                msg,
+                vts,
+                conn.peer_id,
+                Payload::Ring {
+                    stream: stream as u32,
+                    slot: slot as u32,
+                },
+            );
             conn.last_sent = now;
             ConnStats::add(&conn.stats.data_packets_sent, 1);
-            ConnStats::add(&conn.stats.data_bytes_sent, (HEADER_LEN + d.payload.len()) as u64);
+            ConnStats::add(
+                &conn.stats.data_bytes_sent,
+                (HEADER_LEN + d.payload.len()) as u64,
+            );
         }
     }
 
@@ -386,8 +463,12 @@ impl Relay {
     }
 
     fn send_control(&mut self, now: Instant, id: u32, typ: u16, info: u32, body: &[u32]) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
-        let len = self.out.push_control(conn.peer, typ, info, conn.clock(now), conn.peer_id, body);
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let len = self
+            .out
+            .push_control(conn.peer, typ, info, conn.clock(now), conn.peer_id, body);
         conn.last_sent = now;
         ConnStats::add(&conn.stats.ctrl_packets_sent, 1);
         ConnStats::add(&conn.stats.ctrl_bytes_sent, len as u64);
@@ -442,7 +523,9 @@ impl Relay {
         let mut ranges = Vec::new();
         for range in loss_ranges(body) {
             match range {
-                Ok((first, last)) if (0..=self.cfg.buffer_packets as i32).contains(&last.diff(first)) => {
+                Ok((first, last))
+                    if (0..=self.cfg.buffer_packets as i32).contains(&last.diff(first)) =>
+                {
                     ranges.push((first, last))
                 }
                 _ => {
@@ -485,15 +568,27 @@ impl Relay {
         }
         let stream = conn.stream as u32;
         let conn = self.conns.get_mut(&id).expect("checked above");
-        let Role::Viewer(v) = &mut conn.role else { return };
+        let Role::Viewer(v) = &mut conn.role else {
+            return;
+        };
         for &(first, last) in &ranges {
             let lost = u64::from(v.note_nak(first, last));
             ConnStats::add(&conn.stats.data_packets_lost, lost);
             ConnStats::add(&conn.stats.data_bytes_lost, lost * MAX_PAYLOAD as u64);
         }
         for (vseq, (slot, msg, vts, len)) in resend {
-            let payload = Payload::Ring { stream, slot: slot as u32 };
-            self.out.push_data(conn.peer, vseq, msg | MSG_REXMIT_FLAG, vts, conn.peer_id, payload);
+            let payload = Payload::Ring {
+                stream,
+                slot: slot as u32,
+            };
+            self.out.push_data(
+                conn.peer,
+                vseq,
+                msg | MSG_REXMIT_FLAG,
+                vts,
+                conn.peer_id,
+                payload,
+            );
             ConnStats::add(&conn.stats.data_packets_sent, 1);
             ConnStats::add(&conn.stats.data_packets_retrans, 1);
             ConnStats::add(&conn.stats.data_bytes_sent, (HEADER_LEN + len) as u64);
@@ -509,7 +604,9 @@ impl Relay {
         if notify {
             self.send_control(now, id, ctrl::SHUTDOWN, 0, &[0]);
         }
-        let Some(conn) = self.conns.remove(&id) else { return };
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
         self.by_peer.remove(&(conn.peer, conn.peer_id));
         self.metrics.close_connection(id);
         let s = &mut self.streams[conn.stream];
@@ -538,7 +635,11 @@ impl Relay {
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_sweep;
         for s in &self.streams {
-            if let Some(Role::Publisher(rx)) = s.publisher.and_then(|p| self.conns.get(&p)).map(|c| &c.role) {
+            if let Some(Role::Publisher(rx)) = s
+                .publisher
+                .and_then(|p| self.conns.get(&p))
+                .map(|c| &c.role)
+            {
                 t = t.min(rx.poll_timeout());
             }
         }
@@ -548,13 +649,23 @@ impl Relay {
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut fb = std::mem::take(&mut self.feedback);
         for i in 0..self.streams.len() {
-            let Some(pid) = self.streams[i].publisher else { continue };
-            let Some(conn) = self.conns.get_mut(&pid) else { continue };
-            let Role::Publisher(rx) = &mut conn.role else { continue };
+            let Some(pid) = self.streams[i].publisher else {
+                continue;
+            };
+            let Some(conn) = self.conns.get_mut(&pid) else {
+                continue;
+            };
+            let Role::Publisher(rx) = &mut conn.role else {
+                continue;
+            };
             if now >= rx.poll_timeout() {
                 rx.handle_timeout(now, &mut fb);
-                conn.stats.ctrl_packets_lost.store(rx.stats.acks_unanswered, Relaxed);
-                conn.stats.ctrl_bytes_lost.store(rx.stats.acks_unanswered * 44, Relaxed);
+                conn.stats
+                    .ctrl_packets_lost
+                    .store(rx.stats.acks_unanswered, Relaxed);
+                conn.stats
+                    .ctrl_bytes_lost
+                    .store(rx.stats.acks_unanswered * 44, Relaxed);
                 self.send_feedback(now, pid, &mut fb);
             }
         }
@@ -577,15 +688,24 @@ impl Relay {
             }
         }
         for id in idle {
-            info!(conn = id, "peer silent for {:?}: timed out", self.cfg.idle_timeout);
+            info!(
+                conn = id,
+                "peer silent for {:?}: timed out", self.cfg.idle_timeout
+            );
             self.close(now, id, true);
         }
         for id in quiet {
             self.send_control(now, id, ctrl::KEEPALIVE, 0, &[0]);
         }
         for s in &self.streams {
-            if let Some(Role::Publisher(rx)) = s.publisher.and_then(|p| self.conns.get(&p)).map(|c| &c.role) {
-                s.stats.bitrate_bps.store(u64::from(rx.byte_rate()) * 8, Relaxed);
+            if let Some(Role::Publisher(rx)) = s
+                .publisher
+                .and_then(|p| self.conns.get(&p))
+                .map(|c| &c.role)
+            {
+                s.stats
+                    .bitrate_bps
+                    .store(u64::from(rx.byte_rate()) * 8, Relaxed);
             }
         }
         self.sessions.purge(now);

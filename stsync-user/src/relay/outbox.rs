@@ -11,7 +11,10 @@ use std::ops::Range;
 pub enum Payload {
     None,
     /// Slot `slot` of stream `stream`'s ring.
-    Ring { stream: u32, slot: u32 },
+    Ring {
+        stream: u32,
+        slot: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -32,21 +35,49 @@ impl Outbox {
     pub fn push_bytes(&mut self, dst: SocketAddr, bytes: &[u8]) {
         let start = self.arena.len();
         self.arena.extend_from_slice(bytes);
-        self.items.push(Transmit { dst, head: start..self.arena.len(), payload: Payload::None });
+        self.items.push(Transmit {
+            dst,
+            head: start..self.arena.len(),
+            payload: Payload::None,
+        });
     }
 
     /// Queues a control packet; returns its length on the wire.
-    pub fn push_control(&mut self, dst: SocketAddr, typ: u16, info: u32, ts: u32, dest: u32, body: &[u32]) -> usize {
+    pub fn push_control(
+        &mut self,
+        dst: SocketAddr,
+        typ: u16,
+        info: u32,
+        ts: u32,
+        dest: u32,
+        body: &[u32],
+    ) -> usize {
         let start = self.arena.len();
         write_control(&mut self.arena, typ, info, ts, dest, body);
-        self.items.push(Transmit { dst, head: start..self.arena.len(), payload: Payload::None });
+        self.items.push(Transmit {
+            dst,
+            head: start..self.arena.len(),
+            payload: Payload::None,
+        });
         self.arena.len() - start
     }
 
-    pub fn push_data(&mut self, dst: SocketAddr, seq: Seq, msg: u32, ts: u32, dest: u32, payload: Payload) {
+    pub fn push_data(
+        &mut self,
+        dst: SocketAddr,
+        seq: Seq,
+        msg: u32,
+        ts: u32,
+        dest: u32,
+        payload: Payload,
+    ) {
         let start = self.arena.len();
         write_data(&mut self.arena, seq, msg, ts, dest, &[]);
-        self.items.push(Transmit { dst, head: start..self.arena.len(), payload });
+        self.items.push(Transmit {
+            dst,
+            head: start..self.arena.len(),
+            payload,
+        });
     }
 
     pub fn items(&self) -> &[Transmit] {

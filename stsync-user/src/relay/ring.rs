@@ -21,7 +21,10 @@ impl Ring {
     /// idle stream costs almost nothing.
     pub fn new(capacity: u32) -> Self {
         assert!(capacity.is_power_of_two());
-        Ring { slots: (0..capacity).map(|_| Slot::default()).collect(), mask: capacity - 1 }
+        Ring {
+            slots: (0..capacity).map(|_| Slot::default()).collect(),
+            mask: capacity - 1,
+        }
     }
 
     fn index(&self, seq: Seq) -> usize {

@@ -1,1 +1,641 @@
+//! The relay driven over a virtual clock by scripted callers that speak the wire format the
+//! way libsrt does: handshakes, publishing, viewing, loss, silence, takeover, garbage.
 
+use super::*;
+use crate::srt::handshake::{
+    encode_sid, ext, ext_flag, ext_header, hs_type, srt_flag, Handshake, SRT_VERSION,
+};
+use crate::srt::packet::{encode_loss, write_control, write_data};
+
+const LATENCY: Duration = Duration::from_millis(120);
+
+struct World {
+    relay: Relay,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
+    now: Instant,
+}
+
+/// One datagram the relay sent, decoded.
+#[derive(Debug, Clone)]
+enum Got {
+    Data {
+        seq: Seq,
+        msg: u32,
+        ts: u32,
+        dest: u32,
+        payload: Vec<u8>,
+    },
+    Ctrl {
+        typ: u16,
+        info: u32,
+        body: Vec<u8>,
+    },
+}
+
+impl World {
+    fn new() -> Self {
+        let now = Instant::now();
+        let sessions = Arc::new(Sessions::new(Duration::from_secs(300)));
+        let metrics = Arc::new(Metrics::new());
+        let cfg = RelayConfig {
+            latency: LATENCY,
+            buffer_packets: 64,
+            idle_timeout: Duration::from_secs(5),
+            max_connections: 16,
+            max_viewers_per_stream: 8,
+        };
+        let streams = vec![("1".to_string(), Arc::new(StreamStats::default()))];
+        let relay = Relay::new(
+            cfg,
+            streams,
+            sessions.clone(),
+            metrics.clone(),
+            [9; 16],
+            now,
+        );
+        World {
+            relay,
+            sessions,
+            metrics,
+            now,
+        }
+    }
+
+    fn key(&self, resource: &str) -> String {
+        self.sessions.insert(resource, rand::random(), self.now)
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let t = self.relay.poll_timeout();
+            if t > end {
+                break;
+            }
+            self.now = t.max(self.now);
+            self.relay.handle_timeout(self.now);
+        }
+        self.now = end;
+    }
+
+    fn send(&mut self, from: SocketAddr, bytes: &[u8]) {
+        self.relay.handle_datagram(self.now, from, bytes);
+    }
+
+    /// Everything queued for `to` since the last call (others' datagrams stay queued).
+    fn take(&mut self, to: SocketAddr) -> Vec<Got> {
+        let mut got = Vec::new();
+        let mut keep = Outbox::default();
+        for t in self.relay.outbox_ref().items().to_vec() {
+            let mut bytes = self.relay.outbox_ref().head(&t).to_vec();
+            bytes.extend_from_slice(self.relay.payload(t.payload));
+            if t.dst != to {
+                keep.push_bytes(t.dst, &bytes);
+                continue;
+            }
+            got.push(match Packet::parse(&bytes).unwrap() {
+                Packet::Data(d) => Got::Data {
+                    seq: d.seq,
+                    msg: d.msg,
+                    ts: d.ts,
+                    dest: d.dest,
+                    payload: d.payload.to_vec(),
+                },
+                Packet::Control(c) => {
+                    assert_eq!(
+                        c.dest,
+                        0x100 + u32::from(to.port()),
+                        "addressed to the caller's socket"
+                    );
+                    Got::Ctrl {
+                        typ: c.typ,
+                        info: c.info,
+                        body: c.body.to_vec(),
+                    }
+                }
+            });
+        }
+        self.relay.out = keep;
+        got
+    }
+
+    fn dropped(&self, reason: &str) -> u64 {
+        self.metrics.dropped.with_label_values(&[reason]).get()
+    }
+}
+
+fn data(got: &[Got]) -> Vec<(u32, Vec<u8>)> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Data { seq, payload, .. } => Some((seq.get(), payload.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ctrl(got: &[Got], typ: u16) -> Vec<(u32, Vec<u8>)> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Ctrl {
+                typ: t, info, body, ..
+            } if *t == typ => Some((*info, body.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A scripted libsrt-like caller.
+struct Caller {
+    addr: SocketAddr,
+    socket_id: u32,
+    isn: Seq,
+    relay_id: u32,
+}
+
+impl Caller {
+    fn new(port: u16, isn: u32) -> Self {
+        Caller {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            socket_id: 0x100 + u32::from(port),
+            isn: Seq::new(isn),
+            relay_id: 0,
+        }
+    }
+
+    fn handshake(&self, typ: u32, version: u32, cookie: u32) -> Handshake {
+        Handshake {
+            version,
+            encryption: 0,
+            ext_field: if version == 4 {
+                2
+            } else {
+                ext_flag::HSREQ | ext_flag::CONFIG
+            },
+            isn: self.isn,
+            mtu: 1500,
+            flow_window: 8192,
+            hs_type: typ,
+            socket_id: self.socket_id,
+            cookie,
+            peer_ip: [0; 16],
+        }
+    }
+
+    /// Induction then conclusion; returns the relay's final answer (type, body).
+    fn connect(&mut self, w: &mut World, sid: &str) -> Result<(), u32> {
+        let mut b = Vec::new();
+        write_control(
+            &mut b,
+            ctrl::HANDSHAKE,
+            0,
+            0,
+            0,
+            &self.handshake(hs_type::INDUCTION, 4, 0).words(),
+        );
+        w.send(self.addr, &b);
+        let ind = ctrl(&w.take(self.addr), ctrl::HANDSHAKE);
+        let cookie = Handshake::parse(&ind[0].1).unwrap().cookie;
+        let concl = self.conclusion(cookie, sid);
+        w.send(self.addr, &concl);
+        let ans = ctrl(&w.take(self.addr), ctrl::HANDSHAKE);
+        let hs = Handshake::parse(&ans[0].1).unwrap();
+        if hs.hs_type != hs_type::CONCLUSION {
+            return Err(hs.hs_type);
+        }
+        assert_eq!(hs.isn, self.isn, "listener answers with the caller's ISN");
+        self.relay_id = hs.socket_id;
+        Ok(())
+    }
+
+    fn conclusion(&self, cookie: u32, sid: &str) -> Vec<u8> {
+        let mut words = self
+            .handshake(hs_type::CONCLUSION, 5, cookie)
+            .words()
+            .to_vec();
+        let flags = srt_flag::TSBPDSND
+            | srt_flag::TSBPDRCV
+            | srt_flag::CRYPT
+            | srt_flag::TLPKTDROP
+            | srt_flag::REXMITFLG;
+        words.extend([
+            ext_header(ext::HSREQ, 3),
+            SRT_VERSION,
+            flags,
+            (120 << 16) | 120,
+        ]);
+        let sid = encode_sid(sid.as_bytes());
+        words.push(ext_header(ext::SID, sid.len()));
+        words.extend(sid);
+        let mut b = Vec::new();
+        write_control(&mut b, ctrl::HANDSHAKE, 0, 0, 0, &words);
+        b
+    }
+
+    fn data(&self, w: &mut World, seq: Seq, ts: u32, payload: &[u8]) {
+        let mut b = Vec::new();
+        write_data(
+            &mut b,
+            seq,
+            0xC000_0000 | seq.get() & 0x3FF_FFFF,
+            ts,
+            self.relay_id,
+            payload,
+        );
+        w.send(self.addr, &b);
+    }
+
+    fn control(&self, w: &mut World, typ: u16, info: u32, body: &[u32]) {
+        let mut b = Vec::new();
+        write_control(&mut b, typ, info, 0, self.relay_id, body);
+        w.send(self.addr, &b);
+    }
+
+    fn nak(&self, w: &mut World, first: u32, last: u32) {
+        let mut words = Vec::new();
+        encode_loss(&mut words, Seq::new(first), Seq::new(last));
+        self.control(w, ctrl::NAK, 0, &words);
+    }
+}
+
+fn sid(w: &World, mode: &str) -> String {
+    format!("#!::r=1,s={},m={mode}", w.key("1"))
+}
+
+#[test]
+fn publish_and_view_with_wraparound_and_per_viewer_offsets() {
+    let mut w = World::new();
+    let mut v1 = Caller::new(1001, 5000);
+    let mut v2 = Caller::new(1002, 0x7FFF_FFFE); // this viewer's sequence wraps
+    let mut p = Caller::new(2000, 0x7FFF_FFF0); // and so does the publisher's
+    {
+        let s = sid(&w, "request");
+        v1.connect(&mut w, &s)
+    }
+    .unwrap();
+    w.advance(Duration::from_millis(500));
+    {
+        let s = sid(&w, "request");
+        v2.connect(&mut w, &s)
+    }
+    .unwrap();
+    {
+        let s = sid(&w, "publish");
+        p.connect(&mut w, &s)
+    }
+    .unwrap();
+    w.take(v1.addr);
+    w.take(v2.addr);
+    // Publisher timestamps start near the 32-bit wrap.
+    for i in 0..40u32 {
+        p.data(
+            &mut w,
+            p.isn.add(i),
+            (u32::MAX - 50_000).wrapping_add(i * 10_000),
+            &[i as u8; 188],
+        );
+        w.advance(Duration::from_millis(10));
+    }
+    for (v, joined_ms) in [(&v1, 0u32), (&v2, 500)] {
+        let got = w.take(v.addr);
+        let seqs: Vec<u32> = data(&got).iter().map(|(s, _)| *s).collect();
+        let expect: Vec<u32> = (0..40).map(|i| v.isn.add(i).get()).collect();
+        assert_eq!(seqs, expect, "viewer sequence starts at its ISN and wraps");
+        let ts: Vec<u32> = got
+            .iter()
+            .filter_map(|g| match g {
+                Got::Data { ts, dest, .. } => {
+                    assert_eq!(*dest, v.socket_id);
+                    Some(*ts)
+                }
+                _ => None,
+            })
+            .collect();
+        // The first packet carries the viewer's own clock (µs since its handshake) and the
+        // publisher's spacing is kept across the publisher's timestamp wrap.
+        let expected_first = (500 - joined_ms) * 1000;
+        assert!(
+            ts[0].abs_diff(expected_first) < 1000,
+            "{} vs {expected_first}",
+            ts[0]
+        );
+        assert!(ts.windows(2).all(|p| p[1].wrapping_sub(p[0]) == 10_000));
+        // Full ACKs from the viewer are answered by ACKACK with the same number.
+        v.control(
+            &mut w,
+            ctrl::ACK,
+            77,
+            &[v.isn.add(40).get(), 1000, 100, 8192, 0, 0, 0],
+        );
+        assert_eq!(ctrl(&w.take(v.addr), ctrl::ACKACK)[0].0, 77);
+    }
+    // The publisher got ACKs that reached the last packet.
+    let acks = ctrl(&w.take(p.addr), ctrl::ACK);
+    let last = Ack::parse(&acks.last().unwrap().1).unwrap();
+    assert_eq!(last.ack_seq, p.isn.add(40));
+}
+
+#[test]
+fn publisher_loss_is_naked_recovered_and_forwarded_late() {
+    let mut w = World::new();
+    let mut v = Caller::new(1001, 100);
+    let mut p = Caller::new(2000, 1000);
+    {
+        let s = sid(&w, "request");
+        v.connect(&mut w, &s)
+    }
+    .unwrap();
+    {
+        let s = sid(&w, "publish");
+        p.connect(&mut w, &s)
+    }
+    .unwrap();
+    p.data(&mut w, Seq::new(1000), 0, b"a");
+    p.data(&mut w, Seq::new(1002), 10, b"c"); // 1001 lost on the publisher leg
+    let naks = ctrl(&w.take(p.addr), ctrl::NAK);
+    assert_eq!(naks.len(), 1, "NAK at once");
+    assert_eq!(naks[0].1, 1001u32.to_be_bytes());
+    // The viewer saw the same gap (101) and asks for it: the relay waits for the publisher.
+    assert_eq!(
+        data(&w.take(v.addr))
+            .iter()
+            .map(|d| d.0)
+            .collect::<Vec<_>>(),
+        vec![100, 102]
+    );
+    v.nak(&mut w, 101, 101);
+    assert!(
+        w.take(v.addr).is_empty(),
+        "no DROPREQ while the publisher may still resend"
+    );
+    // The publisher's retransmission is forwarded once; a duplicate is not.
+    p.data(&mut w, Seq::new(1001), 5, b"b");
+    p.data(&mut w, Seq::new(1001), 5, b"b");
+    assert_eq!(data(&w.take(v.addr)), vec![(101, b"b".to_vec())]);
+    // Reordered duplicate of an old packet: nothing forwarded.
+    p.data(&mut w, Seq::new(1000), 0, b"a");
+    assert!(data(&w.take(v.addr)).is_empty());
+}
+
+#[test]
+fn viewer_nak_gets_retransmission_or_dropreq() {
+    let mut w = World::new();
+    let mut v = Caller::new(1001, 0);
+    let mut p = Caller::new(2000, 0);
+    {
+        let s = sid(&w, "request");
+        v.connect(&mut w, &s)
+    }
+    .unwrap();
+    {
+        let s = sid(&w, "publish");
+        p.connect(&mut w, &s)
+    }
+    .unwrap();
+    for i in 0..100u32 {
+        p.data(&mut w, Seq::new(i), i * 1000, &[i as u8]);
+    }
+    w.take(v.addr);
+    // 10..=20 fell out of the ring: one DROPREQ for the whole range.
+    v.nak(&mut w, 10, 20);
+    let drops = ctrl(&w.take(v.addr), ctrl::DROPREQ);
+    assert_eq!(drops.len(), 1);
+    assert_eq!(
+        drops[0].1,
+        [10u32.to_be_bytes(), 20u32.to_be_bytes()].concat()
+    );
+    // 95 is still in the 64-packet ring: resent with the R flag and its original timestamp.
+    v.nak(&mut w, 95, 95);
+    let got = w.take(v.addr);
+    let Got::Data {
+        seq,
+        msg,
+        payload,
+        ts,
+        ..
+    } = &got[0]
+    else {
+        panic!("{got:?}")
+    };
+    assert_eq!((seq.get(), payload.as_slice()), (95, &[95u8][..]));
+    assert_ne!(msg & MSG_REXMIT_FLAG, 0);
+    let Got::Data { ts: ts0, .. } = &got[0] else {
+        unreachable!()
+    };
+    assert_eq!(*ts, *ts0);
+    // A malformed loss list is counted and ignored.
+    let before = w.dropped("malformed");
+    v.control(&mut w, ctrl::NAK, 0, &[5 | (1 << 31)]);
+    assert_eq!(w.dropped("malformed"), before + 1);
+    let text = w.metrics.render();
+    assert!(text.contains(&format!(
+        "srt_connection_data_packets_retransmitted{{id=\"{}\"}} 1",
+        v.relay_id
+    )));
+    assert!(text.contains(&format!(
+        "srt_connection_data_packets_lost{{id=\"{}\"}} 12",
+        v.relay_id
+    )));
+}
+
+#[test]
+fn silent_viewer_times_out_without_disturbing_others() {
+    let mut w = World::new();
+    let mut quiet = Caller::new(1001, 0);
+    let mut live = Caller::new(1002, 0);
+    let mut p = Caller::new(2000, 0);
+    {
+        let s = sid(&w, "request");
+        quiet.connect(&mut w, &s)
+    }
+    .unwrap();
+    {
+        let s = sid(&w, "request");
+        live.connect(&mut w, &s)
+    }
+    .unwrap();
+    {
+        let s = sid(&w, "publish");
+        p.connect(&mut w, &s)
+    }
+    .unwrap();
+    let mut live_got = 0;
+    for i in 0..700u32 {
+        p.data(&mut w, Seq::new(i), i * 10_000, b"x");
+        if i % 10 == 0 {
+            live.control(&mut w, ctrl::ACK, i, &[i, 1000, 100, 8192, 0, 0, 0]);
+            p.control(&mut w, ctrl::KEEPALIVE, 0, &[0]);
+        }
+        w.advance(Duration::from_millis(10));
+        live_got += data(&w.take(live.addr)).len();
+        let q = w.take(quiet.addr);
+        if !ctrl(&q, ctrl::SHUTDOWN).is_empty() {
+            assert!(
+                i >= 490,
+                "timed out after 5 s of silence, not before (i = {i})"
+            );
+        }
+    }
+    assert_eq!(live_got, 700, "the live viewer got every packet");
+    assert_eq!(w.relay.streams[0].viewers, vec![live.relay_id]);
+    assert!(!w
+        .metrics
+        .render()
+        .contains(&format!("id=\"{}\"", quiet.relay_id)));
+    assert!(w.take(p.addr).iter().all(|g| !matches!(
+        g,
+        Got::Ctrl {
+            typ: ctrl::SHUTDOWN,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn takeover_shuts_down_old_publisher_and_viewer_sequence_continues() {
+    let mut w = World::new();
+    let mut v = Caller::new(1001, 50);
+    let mut a = Caller::new(2000, 7000);
+    let mut b = Caller::new(2001, 123);
+    {
+        let s = sid(&w, "request");
+        v.connect(&mut w, &s)
+    }
+    .unwrap();
+    {
+        let s = sid(&w, "publish");
+        a.connect(&mut w, &s)
+    }
+    .unwrap();
+    for i in 0..5 {
+        a.data(&mut w, a.isn.add(i), 1_000_000 + i * 100, b"a");
+    }
+    w.advance(Duration::from_millis(300));
+    {
+        let s = sid(&w, "publish");
+        b.connect(&mut w, &s)
+    }
+    .unwrap();
+    assert_eq!(
+        ctrl(&w.take(a.addr), ctrl::SHUTDOWN).len(),
+        1,
+        "old publisher gets SHUTDOWN"
+    );
+    a.data(&mut w, a.isn.add(5), 0, b"late"); // the old publisher is gone
+    assert_eq!(w.dropped("unknown_socket"), 1);
+    for i in 0..5 {
+        b.data(&mut w, b.isn.add(i), 40 + i * 100, b"b");
+    }
+    let got = w.take(v.addr);
+    let seqs: Vec<u32> = data(&got).iter().map(|d| d.0).collect();
+    assert_eq!(seqs, (50..60).collect::<Vec<_>>());
+    let ts: Vec<u32> = got
+        .iter()
+        .filter_map(|g| {
+            if let Got::Data { ts, .. } = g {
+                Some(*ts)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(ts[5] > ts[4] + 250_000, "time base continues: {ts:?}");
+    // NAKs for the first publisher's packets get DROPREQ (its buffer is gone).
+    v.nak(&mut w, 52, 52);
+    assert_eq!(ctrl(&w.take(v.addr), ctrl::DROPREQ).len(), 1);
+}
+
+#[test]
+fn rejections_and_repeated_conclusions() {
+    let mut w = World::new();
+    let mut c = Caller::new(1001, 0);
+    assert_eq!(c.connect(&mut w, "#!::r=2,s=1,m=request"), Err(2404));
+    assert_eq!(c.connect(&mut w, "#!::r=1,s=abc,m=request"), Err(2401));
+    assert_eq!(c.connect(&mut w, "#!::r=1,m=request"), Err(1004));
+    assert_eq!(c.connect(&mut w, "#!::r=1,s=1,m=play"), Err(2405));
+    let key = w.key("1");
+    let ok = format!("#!::r=1,s={key},m=request");
+    c.connect(&mut w, &ok).unwrap();
+    let first_id = c.relay_id;
+    // The answer was lost: the same conclusion again gets the same answer, no new connection.
+    let concl = c.conclusion(0, &ok);
+    w.send(c.addr, &concl);
+    let again = ctrl(&w.take(c.addr), ctrl::HANDSHAKE);
+    assert_eq!(Handshake::parse(&again[0].1).unwrap().socket_id, first_id);
+    assert_eq!(w.relay.connection_count(), 1);
+    // The same key from another caller is used up.
+    let mut d = Caller::new(1002, 0);
+    assert_eq!(d.connect(&mut w, &ok), Err(2403));
+    // An expired key.
+    let key = w.key("1");
+    w.advance(Duration::from_secs(301));
+    assert_eq!(
+        d.connect(&mut w, &format!("#!::r=1,s={key},m=request")),
+        Err(2424)
+    );
+    // A conclusion with a forged cookie is dropped, not answered.
+    let forged = d.conclusion(12345, &ok);
+    w.send(d.addr, &forged);
+    assert!(w.take(d.addr).is_empty());
+    assert_eq!(w.dropped("bad_cookie"), 1);
+}
+
+#[test]
+fn garbage_is_counted_and_never_panics() {
+    let mut w = World::new();
+    let mut v = Caller::new(1001, 0);
+    let mut p = Caller::new(2000, 0);
+    {
+        let s = sid(&w, "request");
+        v.connect(&mut w, &s)
+    }
+    .unwrap();
+    {
+        let s = sid(&w, "publish");
+        p.connect(&mut w, &s)
+    }
+    .unwrap();
+    let evil = SocketAddr::from(([127, 0, 0, 1], 6666));
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for i in 0..20_000u32 {
+        let len = (next() % 200) as usize;
+        let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Aim a third at live sockets, with every control type, from the right and wrong address.
+        if b.len() >= 16 && i % 3 == 0 {
+            b[12..16]
+                .copy_from_slice(&[v.relay_id, p.relay_id][(i as usize / 2) % 2].to_be_bytes());
+            b[0] = 0x80;
+            b[1] = (i % 9) as u8;
+        }
+        // From the peers' own addresses, anything but a (valid) SHUTDOWN.
+        let from = if i % 2 == 0 || (b.len() >= 2 && b[0] == 0x80 && b[1] == 5) {
+            evil
+        } else {
+            [v.addr, p.addr][(i as usize / 2) % 2]
+        };
+        w.send(from, &b);
+        if i % 1000 == 0 {
+            v.control(&mut w, ctrl::KEEPALIVE, 0, &[0]);
+            p.control(&mut w, ctrl::KEEPALIVE, 0, &[0]);
+        }
+        w.advance(Duration::from_micros(300));
+    }
+    w.send(evil, &vec![0u8; 70_000]);
+    assert!(w.dropped("oversized") >= 1);
+    assert!(w.dropped("truncated") > 1000);
+    // The stream still works end to end.
+    w.take(v.addr);
+    let seq = match &w.relay.conns[&p.relay_id].role {
+        Role::Publisher(rx) => rx.next_seq(),
+        _ => unreachable!(),
+    };
+    assert!(w.relay.conns.contains_key(&v.relay_id));
+    p.data(&mut w, seq, 0, b"still here");
+    assert!(data(&w.take(v.addr)).iter().any(|d| d.1 == b"still here"));
+}

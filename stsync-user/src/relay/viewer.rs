@@ -30,7 +30,12 @@ pub struct ViewerSend {
 impl ViewerSend {
     /// `isn` is the caller's initial sequence number, which libsrt expects as our first.
     pub fn new(isn: Seq) -> Self {
-        ViewerSend { next_vseq: isn, map: None, last_ack: isn, nak_high: None }
+        ViewerSend {
+            next_vseq: isn,
+            map: None,
+            last_ack: isn,
+            nak_high: None,
+        }
     }
 
     pub fn mapping(&self) -> Option<Mapping> {
@@ -45,7 +50,13 @@ impl ViewerSend {
     /// epoch fixes the offsets: it continues the viewer's sequence, and its timestamp becomes
     /// the viewer's clock now. `None` for a packet older than the viewer's mapping (a late
     /// recovery from before the viewer joined).
-    pub fn map_new(&mut self, epoch: u64, pseq: Seq, pts: u32, clock_now: u32) -> Option<(Seq, u32)> {
+    pub fn map_new(
+        &mut self,
+        epoch: u64,
+        pseq: Seq,
+        pts: u32,
+        clock_now: u32,
+    ) -> Option<(Seq, u32)> {
         let map = match self.map {
             Some(m) if m.epoch == epoch => m,
             _ => {
@@ -108,19 +119,41 @@ mod tests {
     fn sequence_and_time_continue_across_publishers() {
         let mut v = ViewerSend::new(Seq::new(500));
         // Publisher A starts at 9000 with timestamps around 1 s; the viewer's clock reads 2 ms.
-        assert_eq!(v.map_new(1, Seq::new(9000), 1_000_000, 2_000), Some((Seq::new(500), 2_000)));
-        assert_eq!(v.map_new(1, Seq::new(9001), 1_010_000, 12_000), Some((Seq::new(501), 12_000)));
+        assert_eq!(
+            v.map_new(1, Seq::new(9000), 1_000_000, 2_000),
+            Some((Seq::new(500), 2_000))
+        );
+        assert_eq!(
+            v.map_new(1, Seq::new(9001), 1_010_000, 12_000),
+            Some((Seq::new(501), 12_000))
+        );
         // Gap on the publisher leg: 9002 missing, 9003 forwarded, 9002 recovered later.
-        assert_eq!(v.map_new(1, Seq::new(9003), 1_030_000, 0).unwrap().0, Seq::new(503));
-        assert_eq!(v.map_new(1, Seq::new(9002), 1_020_000, 0).unwrap().0, Seq::new(502));
+        assert_eq!(
+            v.map_new(1, Seq::new(9003), 1_030_000, 0).unwrap().0,
+            Seq::new(503)
+        );
+        assert_eq!(
+            v.map_new(1, Seq::new(9002), 1_020_000, 0).unwrap().0,
+            Seq::new(502)
+        );
         assert_eq!(v.unmap(1, Seq::new(502)), Some(Seq::new(9002)));
         assert_eq!(v.unmap(1, Seq::new(504)), None, "never sent");
         // Publisher B: wrapped sequence numbers, a fresh clock of its own.
         let b = Seq::new(0x7FFF_FFFF);
-        assert_eq!(v.map_new(2, b, 10, 5_000_000), Some((Seq::new(504), 5_000_000)));
-        assert_eq!(v.map_new(2, b.next(), u32::MAX, 0), Some((Seq::new(505), 4_999_989)));
+        assert_eq!(
+            v.map_new(2, b, 10, 5_000_000),
+            Some((Seq::new(504), 5_000_000))
+        );
+        assert_eq!(
+            v.map_new(2, b.next(), u32::MAX, 0),
+            Some((Seq::new(505), 4_999_989))
+        );
         assert_eq!(v.unmap(2, Seq::new(505)), Some(Seq::new(0)));
-        assert_eq!(v.unmap(2, Seq::new(503)), None, "previous publisher's packets are gone");
+        assert_eq!(
+            v.unmap(2, Seq::new(503)),
+            None,
+            "previous publisher's packets are gone"
+        );
         assert_eq!(v.unmap(1, Seq::new(505)), None);
     }
 

@@ -183,7 +183,10 @@ pub fn parse_extensions(mut rest: &[u8]) -> Result<Extensions, PacketError> {
 /// libsrt stores the stream ID as little-endian words: each 4-byte group arrives reversed
 /// ("#!::" as "::!#"), padded with zeros.
 pub fn decode_sid(content: &[u8]) -> Vec<u8> {
-    let mut out: Vec<u8> = content.chunks(4).flat_map(|c| c.iter().rev().copied()).collect();
+    let mut out: Vec<u8> = content
+        .chunks(4)
+        .flat_map(|c| c.iter().rev().copied())
+        .collect();
     while out.last() == Some(&0) {
         out.pop();
     }
@@ -220,16 +223,31 @@ mod tests {
 
     #[test]
     fn extensions_skip_unknown_and_refuse_overruns() {
-        let mut words = vec![ext_header(0x99, 1), 0xDEAD_BEEF, ext_header(ext::HSREQ, 3), SRT_VERSION, 0x3F];
+        let mut words = vec![
+            ext_header(0x99, 1),
+            0xDEAD_BEEF,
+            ext_header(ext::HSREQ, 3),
+            SRT_VERSION,
+            0x3F,
+        ];
         words.push((200 << 16) | 120);
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
         let e = parse_extensions(&bytes).unwrap();
         let hs = e.hsreq.unwrap();
-        assert_eq!((hs.recv_latency_ms, hs.send_latency_ms, hs.flags), (200, 120, 0x3F));
+        assert_eq!(
+            (hs.recv_latency_ms, hs.send_latency_ms, hs.flags),
+            (200, 120, 0x3F)
+        );
         let overrun: Vec<u8> = ext_header(ext::SID, 50).to_be_bytes().to_vec();
-        assert_eq!(parse_extensions(&overrun).unwrap_err(), PacketError::Truncated);
+        assert_eq!(
+            parse_extensions(&overrun).unwrap_err(),
+            PacketError::Truncated
+        );
         // A truncated HSREQ is an error, not a panic.
-        let short: Vec<u8> = [ext_header(ext::HSREQ, 1), 1].iter().flat_map(|w| w.to_be_bytes()).collect();
+        let short: Vec<u8> = [ext_header(ext::HSREQ, 1), 1]
+            .iter()
+            .flat_map(|w| w.to_be_bytes())
+            .collect();
         assert!(parse_extensions(&short).is_err());
     }
 

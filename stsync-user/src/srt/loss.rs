@@ -13,7 +13,7 @@ pub struct LossRange {
 }
 
 impl LossRange {
-    pub fn len(&self) -> u32 {
+    pub fn count(&self) -> u32 {
         self.last.diff(self.first) as u32 + 1
     }
 }
@@ -47,7 +47,11 @@ impl LossList {
 
     /// Removes `s`; true when it was missing (a recovered packet).
     pub fn remove(&mut self, s: Seq) -> bool {
-        let Some(i) = self.ranges.iter().position(|r| r.first.le(s) && s.le(r.last)) else {
+        let Some(i) = self
+            .ranges
+            .iter()
+            .position(|r| r.first.le(s) && s.le(r.last))
+        else {
             return false;
         };
         let r = self.ranges[i];
@@ -59,7 +63,14 @@ impl LossList {
             (false, true) => self.ranges[i].last = s.sub(1),
             (false, false) => {
                 self.ranges[i].last = s.sub(1);
-                self.ranges.insert(i + 1, LossRange { first: s.next(), last: r.last, since: r.since });
+                self.ranges.insert(
+                    i + 1,
+                    LossRange {
+                        first: s.next(),
+                        last: r.last,
+                        since: r.since,
+                    },
+                );
             }
         }
         true
@@ -75,13 +86,21 @@ impl LossList {
                 continue;
             }
             if r.first.lt(first) {
-                kept.push_back(LossRange { first: r.first, last: first.sub(1), since: r.since });
+                kept.push_back(LossRange {
+                    first: r.first,
+                    last: first.sub(1),
+                    since: r.since,
+                });
             }
             let lo = if r.first.lt(first) { first } else { r.first };
             let hi = if last.lt(r.last) { last } else { r.last };
             removed += hi.diff(lo) as u32 + 1;
             if last.lt(r.last) {
-                kept.push_back(LossRange { first: last.next(), last: r.last, since: r.since });
+                kept.push_back(LossRange {
+                    first: last.next(),
+                    last: r.last,
+                    since: r.since,
+                });
             }
         }
         self.ranges = kept;
@@ -95,7 +114,7 @@ impl LossList {
             if r.since > deadline {
                 break;
             }
-            n += r.len();
+            n += r.count();
             self.ranges.pop_front();
         }
         n

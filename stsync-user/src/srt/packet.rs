@@ -85,7 +85,13 @@ impl<'a> Packet<'a> {
         let dest = be32(buf, OFF_DEST_SOCKET)?;
         let body = &buf[HEADER_LEN..];
         Ok(if w0 & CONTROL_BIT == 0 {
-            Packet::Data(DataPacket { seq: Seq::new(w0), msg: info, ts, dest, payload: body })
+            Packet::Data(DataPacket {
+                seq: Seq::new(w0),
+                msg: info,
+                ts,
+                dest,
+                payload: body,
+            })
         } else {
             Packet::Control(ControlPacket {
                 typ: ((w0 >> 16) & 0x7FFF) as u16,
@@ -189,7 +195,9 @@ impl Ack {
 /// Iterates the ranges of a range-coded loss list: a word with bit 31 set opens a range that
 /// the next word closes; a plain word is a single sequence number.
 pub fn loss_ranges(body: &[u8]) -> impl Iterator<Item = Result<(Seq, Seq), PacketError>> + '_ {
-    let mut words = body.chunks_exact(4).map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    let mut words = body
+        .chunks_exact(4)
+        .map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
     std::iter::from_fn(move || {
         let w = words.next()?;
         if w & CONTROL_BIT != 0 {
@@ -220,11 +228,21 @@ mod tests {
     #[test]
     fn round_trips_data() {
         let mut out = Vec::new();
-        write_data(&mut out, Seq::new(0x7FFF_FFFF), 0xC000_0001, 42, 7, b"hello");
+        write_data(
+            &mut out,
+            Seq::new(0x7FFF_FFFF),
+            0xC000_0001,
+            42,
+            7,
+            b"hello",
+        );
         match Packet::parse(&out).unwrap() {
             Packet::Data(d) => {
                 assert_eq!(d.seq, Seq::new(0x7FFF_FFFF));
-                assert_eq!((d.msg, d.ts, d.dest, d.payload), (0xC000_0001, 42, 7, &b"hello"[..]));
+                assert_eq!(
+                    (d.msg, d.ts, d.dest, d.payload),
+                    (0xC000_0001, 42, 7, &b"hello"[..])
+                );
             }
             p => panic!("{p:?}"),
         }
@@ -233,10 +251,18 @@ mod tests {
     #[test]
     fn round_trips_control_and_ack() {
         let mut out = Vec::new();
-        let ack = Ack { ack_seq: Seq::new(9), full: Some(AckFigures { rtt_us: 1, ..Default::default() }) };
+        let ack = Ack {
+            ack_seq: Seq::new(9),
+            full: Some(AckFigures {
+                rtt_us: 1,
+                ..Default::default()
+            }),
+        };
         let (w, n) = ack.words();
         write_control(&mut out, 2, 5, 1, 3, &w[..n]);
-        let Packet::Control(c) = Packet::parse(&out).unwrap() else { panic!() };
+        let Packet::Control(c) = Packet::parse(&out).unwrap() else {
+            panic!()
+        };
         assert_eq!((c.typ, c.info, c.ts, c.dest), (2, 5, 1, 3));
         assert_eq!(Ack::parse(c.body).unwrap(), ack);
         assert_eq!(Ack::parse(&9u32.to_be_bytes()).unwrap().full, None);
@@ -245,7 +271,10 @@ mod tests {
     #[test]
     fn rejects_short_and_huge() {
         assert_eq!(Packet::parse(&[0; 15]).unwrap_err(), PacketError::Truncated);
-        assert_eq!(Packet::parse(&[0; 2000]).unwrap_err(), PacketError::Oversized);
+        assert_eq!(
+            Packet::parse(&[0; 2000]).unwrap_err(),
+            PacketError::Oversized
+        );
         assert_eq!(Ack::parse(&[1, 2]).unwrap_err(), PacketError::Truncated);
     }
 
@@ -256,7 +285,10 @@ mod tests {
         encode_loss(&mut words, Seq::new(10), Seq::new(12));
         let body: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
         let got: Vec<_> = loss_ranges(&body).collect::<Result<_, _>>().unwrap();
-        assert_eq!(got, vec![(Seq::new(5), Seq::new(5)), (Seq::new(10), Seq::new(12))]);
+        assert_eq!(
+            got,
+            vec![(Seq::new(5), Seq::new(5)), (Seq::new(10), Seq::new(12))]
+        );
         // A range opener without its end is malformed, not a panic.
         let bad = (10 | CONTROL_BIT).to_be_bytes();
         assert!(loss_ranges(&bad).next().unwrap().is_err());

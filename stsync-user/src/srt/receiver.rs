@@ -103,7 +103,13 @@ impl Receiver {
         self.next
     }
 
-    pub fn on_data(&mut self, now: Instant, seq: Seq, len: usize, out: &mut Vec<Feedback>) -> Arrival {
+    pub fn on_data(
+        &mut self,
+        now: Instant,
+        seq: Seq,
+        len: usize,
+        out: &mut Vec<Feedback>,
+    ) -> Arrival {
         let ahead = seq.diff(self.next);
         let arrival = if ahead == 0 {
             self.next = seq.next();
@@ -135,7 +141,13 @@ impl Receiver {
         if self.since_ack >= LIGHT_ACK_PACKETS {
             self.since_ack = 0;
             self.last_ack = self.ack_seq();
-            out.push(Feedback::Ack { number: 0, ack: Ack { ack_seq: self.last_ack, full: None } });
+            out.push(Feedback::Ack {
+                number: 0,
+                ack: Ack {
+                    ack_seq: self.last_ack,
+                    full: None,
+                },
+            });
         }
         arrival
     }
@@ -144,7 +156,10 @@ impl Receiver {
         while let Some(&(n, sent)) = self.acks_sent.front() {
             self.acks_sent.pop_front();
             if n == number {
-                let sample = now.saturating_duration_since(sent).as_micros().min(u32::MAX as u128);
+                let sample = now
+                    .saturating_duration_since(sent)
+                    .as_micros()
+                    .min(u32::MAX as u128);
                 self.rtt.sample(sample as u32);
                 return;
             }
@@ -251,7 +266,10 @@ mod tests {
             })
             .flat_map(|w| {
                 let b: Vec<u8> = w.iter().flat_map(|w| w.to_be_bytes()).collect();
-                loss_ranges(&b).map(|r| r.unwrap()).map(|(a, b)| (a.get(), b.get())).collect::<Vec<_>>()
+                loss_ranges(&b)
+                    .map(|r| r.unwrap())
+                    .map(|(a, b)| (a.get(), b.get()))
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
@@ -280,10 +298,22 @@ mod tests {
         r.handle_timeout(t + FULL_ACK_PERIOD, &mut out);
         assert_eq!(full_acks(&out), vec![102], "never ack past a gap");
         // Reordered arrival fills the gap; a duplicate is recognised.
-        assert_eq!(r.on_data(t, Seq::new(103), 1316, &mut out), Arrival::Recovered);
-        assert_eq!(r.on_data(t, Seq::new(102), 1316, &mut out), Arrival::Recovered);
-        assert_eq!(r.on_data(t, Seq::new(102), 1316, &mut out), Arrival::Duplicate);
-        assert_eq!(r.on_data(t, Seq::new(105), 1316, &mut out), Arrival::Duplicate);
+        assert_eq!(
+            r.on_data(t, Seq::new(103), 1316, &mut out),
+            Arrival::Recovered
+        );
+        assert_eq!(
+            r.on_data(t, Seq::new(102), 1316, &mut out),
+            Arrival::Recovered
+        );
+        assert_eq!(
+            r.on_data(t, Seq::new(102), 1316, &mut out),
+            Arrival::Duplicate
+        );
+        assert_eq!(
+            r.on_data(t, Seq::new(105), 1316, &mut out),
+            Arrival::Duplicate
+        );
         out.clear();
         r.handle_timeout(t + 2 * FULL_ACK_PERIOD, &mut out);
         assert_eq!(full_acks(&out), vec![106]);
@@ -326,7 +356,16 @@ mod tests {
         for i in 0..64 {
             r.on_data(t, start.add(i), 10, &mut out);
         }
-        assert_eq!(out, vec![Feedback::Ack { number: 0, ack: Ack { ack_seq: start.add(64), full: None } }]);
+        assert_eq!(
+            out,
+            vec![Feedback::Ack {
+                number: 0,
+                ack: Ack {
+                    ack_seq: start.add(64),
+                    full: None
+                }
+            }]
+        );
         assert_eq!(r.ack_seq(), Seq::new(48));
     }
 
@@ -337,7 +376,9 @@ mod tests {
         let mut out = Vec::new();
         r.on_data(t, Seq::new(0), 10, &mut out);
         r.handle_timeout(t + FULL_ACK_PERIOD, &mut out);
-        let Some(Feedback::Ack { number, .. }) = out.pop() else { panic!() };
+        let Some(Feedback::Ack { number, .. }) = out.pop() else {
+            panic!()
+        };
         r.on_ackack(t + FULL_ACK_PERIOD + Duration::from_millis(2), number);
         assert!(r.rtt.rtt_us < 100_000);
         // A peer that stops answering: ACKs are counted as unanswered, memory stays bounded.

@@ -8,7 +8,10 @@ pub struct Rtt {
 
 impl Default for Rtt {
     fn default() -> Self {
-        Rtt { rtt_us: 100_000, var_us: 50_000 }
+        Rtt {
+            rtt_us: 100_000,
+            var_us: 50_000,
+        }
     }
 }
 

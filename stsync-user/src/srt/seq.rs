@@ -15,10 +15,13 @@ impl Seq {
         self.0
     }
 
+    // Named like the operators on purpose: `Seq + u32` would hide the wrapping.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, n: u32) -> Self {
         Seq::new(self.0.wrapping_add(n))
     }
 
+    #[allow(clippy::should_implement_trait)]
     pub fn sub(self, n: u32) -> Self {
         Seq::new(self.0.wrapping_sub(n))
     }

@@ -70,7 +70,11 @@ pub fn parse(raw: &[u8]) -> Result<StreamId, StreamIdError> {
         "request" => Mode::Request,
         _ => return Err(StreamIdError::BadMode),
     };
-    Ok(StreamId { resource, session, mode })
+    Ok(StreamId {
+        resource,
+        session,
+        mode,
+    })
 }
 
 /// Lower-cases a hex string and strips leading zeros, so `r=01` and `r=1` name one resource.
@@ -80,7 +84,11 @@ pub fn normalize_hex(s: &str) -> Option<String> {
         return None;
     }
     let t = s.trim_start_matches('0');
-    Some(if t.is_empty() { "0".into() } else { t.to_ascii_lowercase() })
+    Some(if t.is_empty() {
+        "0".into()
+    } else {
+        t.to_ascii_lowercase()
+    })
 }
 
 #[cfg(test)]
@@ -90,10 +98,20 @@ mod tests {
     #[test]
     fn parses_the_documented_form() {
         let id = parse(b"#!::r=1,s=91BF7a9ed500c8ce,m=publish").unwrap();
-        assert_eq!(id, StreamId { resource: "1".into(), session: "91bf7a9ed500c8ce".into(), mode: Mode::Publish });
+        assert_eq!(
+            id,
+            StreamId {
+                resource: "1".into(),
+                session: "91bf7a9ed500c8ce".into(),
+                mode: Mode::Publish
+            }
+        );
         // Key order and extra standard keys do not matter.
         let id = parse(b"#!::m=request,u=bob,s=0a,r=0001").unwrap();
-        assert_eq!((id.resource.as_str(), id.session.as_str(), id.mode), ("1", "a", Mode::Request));
+        assert_eq!(
+            (id.resource.as_str(), id.session.as_str(), id.mode),
+            ("1", "a", Mode::Request)
+        );
     }
 
     #[test]
@@ -115,7 +133,12 @@ mod tests {
             b"#!::{r=1,s=1,m=publish}",
             b"\xff\xfe",
         ] {
-            assert_eq!(parse(bad), Err(StreamIdError::Malformed), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse(bad),
+                Err(StreamIdError::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert_eq!(parse(b"#!::r=1,s=1,m=play"), Err(StreamIdError::BadMode));
     }
