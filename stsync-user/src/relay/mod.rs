@@ -68,8 +68,9 @@ struct Conn {
     /// The conclusion answer, sent again if the caller repeats its conclusion.
     response: Vec<u8>,
     role: Role,
-    /// The kernel fans data out to this viewer; the relay only retransmits.
-    kernel_fanout: bool,
+    /// The kernel fans this publisher epoch's data out to this viewer (its offsets are
+    /// installed there); the relay only retransmits. Any other epoch goes through userspace.
+    kernel_epoch: Option<u64>,
     stats: Arc<ConnStats>,
 }
 
@@ -194,10 +195,11 @@ impl Relay {
         self.conns.len()
     }
 
-    /// Marks a viewer as served by the kernel (the relay then sends it only retransmissions).
-    pub fn set_kernel_fanout(&mut self, conn: u32, on: bool) {
+    /// Marks a viewer as served by the kernel for publisher epoch `epoch` (the relay then
+    /// sends it only retransmissions while that epoch lasts); `None` hands it back.
+    pub fn set_kernel_fanout(&mut self, conn: u32, epoch: Option<u64>) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.kernel_fanout = on;
+            c.kernel_epoch = epoch;
         }
     }
 
@@ -316,7 +318,7 @@ impl Relay {
             last_sent: now,
             response,
             role,
-            kernel_fanout: false,
+            kernel_epoch: None,
             stats,
         };
         self.conns.insert(id, conn);
@@ -427,7 +429,7 @@ impl Relay {
                     ts_off: m.ts_off,
                 });
             }
-            if conn.kernel_fanout {
+            if conn.kernel_epoch == Some(epoch) {
                 continue;
             }
             self.out.push_data(
