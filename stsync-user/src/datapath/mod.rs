@@ -1,7 +1,8 @@
 //! How queued datagrams leave the relay. The relay core does not know which datapath runs:
-//! the userspace one sends everything through the socket; a kernel one (eBPF, next) also
+//! the userspace one sends everything through the socket; the kernel one (eBPF) also
 //! clones data packets to viewers itself and tells the relay which viewers it serves.
 
+pub mod ebpf;
 pub mod userspace;
 
 use crate::relay::{Relay, RouteEvent};
@@ -15,4 +16,13 @@ pub trait Datapath: Send {
 
     /// Keeps the datapath's view of viewers and publishers in step with the relay.
     fn on_route(&mut self, relay: &mut Relay, event: &RouteEvent);
+
+    /// Called every `poll_interval`: asynchronous work (the kernel path learns viewer
+    /// routes on its own and exports its counters from here).
+    fn poll(&mut self, _relay: &mut Relay) {}
+
+    /// How often the driver calls `poll`; `None`: never.
+    fn poll_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -1,5 +1,6 @@
 //! The userspace datapath: every datagram through the UDP socket, gathered with `sendmmsg`
-//! (header from the outbox arena + payload from the stream's ring, no copy).
+//! (header from the outbox arena + payload from the stream's ring, no copy). Its buffers are
+//! kept between flushes, so steady state allocates nothing.
 
 use super::Datapath;
 use crate::metrics::Metrics;
@@ -13,7 +14,13 @@ const BATCH: usize = 64;
 pub struct Userspace {
     fd: RawFd,
     metrics: Arc<Metrics>,
+    addrs: Vec<SockAddr>,
+    iovs: Vec<[libc::iovec; 2]>,
+    msgs: Vec<libc::mmsghdr>,
 }
+
+// SAFETY: the raw pointers in `iovs`/`msgs` are scratch space, only valid during `flush`.
+unsafe impl Send for Userspace {}
 
 impl Userspace {
     /// `socket` must outlive the datapath and be non-blocking.
@@ -21,6 +28,46 @@ impl Userspace {
         Userspace {
             fd: socket.as_raw_fd(),
             metrics,
+            addrs: Vec::with_capacity(BATCH),
+            iovs: Vec::with_capacity(BATCH),
+            msgs: Vec::with_capacity(BATCH),
+        }
+    }
+
+    fn send_batch(&mut self, relay: &Relay, first: usize) -> usize {
+        let items = relay.outbox_ref().items();
+        let chunk = &items[first..(first + BATCH).min(items.len())];
+        self.addrs.clear();
+        self.iovs.clear();
+        self.msgs.clear();
+        for t in chunk {
+            let head = relay.outbox_ref().head(t);
+            let body = relay.payload(t.payload);
+            self.addrs.push(SockAddr::from(t.dst));
+            self.iovs.push([
+                libc::iovec { iov_base: head.as_ptr() as *mut _, iov_len: head.len() },
+                libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: body.len() },
+            ]);
+        }
+        for (iov, addr) in self.iovs.iter_mut().zip(&self.addrs) {
+            // SAFETY: a zeroed msghdr is valid; the pointers set here (iovs, addrs and the
+            // relay's buffers) stay alive and unmoved until sendmmsg returns.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = addr.as_ptr() as *mut _;
+            h.msg_hdr.msg_namelen = addr.len();
+            h.msg_hdr.msg_iov = iov.as_mut_ptr();
+            h.msg_hdr.msg_iovlen = 2;
+            self.msgs.push(h);
+        }
+        // SAFETY: msgs holds msgs.len() initialised headers (see above).
+        let n = unsafe { libc::sendmmsg(self.fd, self.msgs.as_mut_ptr(), self.msgs.len() as u32, 0) };
+        if n <= 0 {
+            // Socket buffer full, or an error for this one destination: a live packet that
+            // cannot go now is worthless later, so skip it and count rather than wait.
+            self.metrics.drop_packet("send_failed");
+            1
+        } else {
+            n as usize
         }
     }
 }
@@ -31,53 +78,10 @@ impl Datapath for Userspace {
     }
 
     fn flush(&mut self, relay: &mut Relay) {
-        let items = relay.outbox().items().to_vec();
+        let total = relay.outbox_ref().items().len();
         let mut sent = 0;
-        while sent < items.len() {
-            let chunk = &items[sent..(sent + BATCH).min(items.len())];
-            let addrs: Vec<SockAddr> = chunk.iter().map(|t| SockAddr::from(t.dst)).collect();
-            let mut iovs: Vec<[libc::iovec; 2]> = Vec::with_capacity(chunk.len());
-            {
-                let out = &*relay;
-                for t in chunk {
-                    let head = out.outbox_ref().head(t);
-                    let body = out.payload(t.payload);
-                    iovs.push([
-                        libc::iovec {
-                            iov_base: head.as_ptr() as *mut _,
-                            iov_len: head.len(),
-                        },
-                        libc::iovec {
-                            iov_base: body.as_ptr() as *mut _,
-                            iov_len: body.len(),
-                        },
-                    ]);
-                }
-            }
-            let mut msgs: Vec<libc::mmsghdr> = iovs
-                .iter_mut()
-                .zip(&addrs)
-                .map(|(iov, addr)| {
-                    // SAFETY: a zeroed msghdr is valid; the pointers set below stay alive
-                    // (iovs, addrs, the relay's buffers) until sendmmsg returns.
-                    let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                    h.msg_hdr.msg_name = addr.as_ptr() as *mut _;
-                    h.msg_hdr.msg_namelen = addr.len();
-                    h.msg_hdr.msg_iov = iov.as_mut_ptr();
-                    h.msg_hdr.msg_iovlen = 2;
-                    h
-                })
-                .collect();
-            // SAFETY: msgs points to msgs.len() initialised headers (see above).
-            let n = unsafe { libc::sendmmsg(self.fd, msgs.as_mut_ptr(), msgs.len() as u32, 0) };
-            if n <= 0 {
-                // Socket buffer full (or a per-destination error): live data that cannot go now
-                // is worthless later, so skip one datagram and count it rather than wait.
-                self.metrics.drop_packet("send_failed");
-                sent += 1;
-            } else {
-                sent += n as usize;
-            }
+        while sent < total {
+            sent += self.send_batch(relay, sent);
         }
         relay.outbox().clear();
     }

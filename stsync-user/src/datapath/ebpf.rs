@@ -1,0 +1,709 @@
+//! The kernel datapath: the stsync-ebpf TC program clones each publisher data packet once
+//! per viewer (rewritten for that viewer) and sends it out of the viewer's interface; the
+//! daemon keeps the program's maps in step with the relay and still sends everything else
+//! (handshakes, ACKs, retransmissions, keepalives, and data for viewers the kernel does
+//! not serve yet) through the userspace path it holds.
+//!
+//! A viewer moves to the kernel once (1) the relay has mapped it onto the current
+//! publisher (`RouteEvent::ViewerMapped`: offsets for that publisher epoch) and (2) the
+//! program has learned its route from one of its own packets. Then its slot is marked
+//! active and the relay is told to stop sending it new data of that epoch
+//! (`Relay::set_kernel_fanout`). A new publisher epoch deactivates it until the relay maps
+//! it again.
+//!
+//! TC links are not pinned: the kernel detaches them when the process exits, however it
+//! exits, so a crash leaves nothing attached.
+
+use super::userspace::Userspace;
+use super::Datapath;
+use crate::metrics::Metrics;
+use crate::relay::{Relay, RouteEvent};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use stsync_common::maps::{
+    self as m, counter, Config, PublisherEntry, Route, StreamEntry, ViewerConn, ViewerEntry,
+    MAX_VIEWERS,
+};
+use tracing::{debug, info, warn};
+
+/// Why the kernel datapath could not start; `Display` is the one line the daemon logs.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("no eBPF object at {0} (build it with `cargo xtask build-ebpf`)")]
+    NoObject(PathBuf),
+    #[error("permission denied loading the eBPF program: needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON ({0})")]
+    PermissionDenied(String),
+    #[error("the kernel verifier rejected the eBPF program: {0}")]
+    Verifier(String),
+    #[error("cannot attach the eBPF program to {iface}: {reason}")]
+    Attach { iface: String, reason: String },
+    #[error("eBPF setup failed: {0}")]
+    Other(String),
+}
+
+fn is_permission(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
+fn classify(e: impl std::error::Error + 'static) -> KernelError {
+    if is_permission(&e) {
+        return KernelError::PermissionDenied(e.to_string());
+    }
+    KernelError::Other(format!("{e}"))
+}
+
+/// Totals of the program's per-CPU counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub packets_seen: u64,
+    pub clones: u64,
+    pub clone_failures: u64,
+    pub skipped: u64,
+    pub routes_learned: u64,
+    pub restore_failures: u64,
+}
+
+/// The loaded program and its maps (attached or not). Dropping it detaches the program.
+pub struct Kernel {
+    bpf: Ebpf,
+    config: Array<MapData, Config>,
+    publishers: BpfHashMap<MapData, u32, PublisherEntry>,
+    streams: Array<MapData, StreamEntry>,
+    viewers: Array<MapData, ViewerEntry>,
+    viewer_conns: BpfHashMap<MapData, u32, ViewerConn>,
+    routes: BpfHashMap<MapData, u32, Route>,
+    counters: PerCpuArray<MapData, u64>,
+    viewer_clones: PerCpuArray<MapData, u64>,
+    max_streams: u32,
+    attached: Vec<String>,
+}
+
+impl Kernel {
+    /// Where the daemon looks for the object when `--ebpf-object` is not given: next to
+    /// the build output the executable came from (`target/{debug,release}/..`), then the
+    /// working directory's `target/`, then the install location.
+    pub fn default_object_path() -> PathBuf {
+        const REL: &str = "bpfel-unknown-none/release/stsync-ebpf";
+        let mut candidates = Vec::new();
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            candidates.push(dir.join("..").join(REL));
+            candidates.push(dir.join("../..").join(REL));
+        }
+        candidates.push(Path::new("target").join(REL));
+        candidates.push(PathBuf::from("/usr/lib/stsync/stsync-ebpf"));
+        candidates
+            .iter()
+            .find(|p| p.is_file())
+            .cloned()
+            .unwrap_or_else(|| candidates[0].clone())
+    }
+
+    /// Loads the object at `path` and verifies the program, with room for `max_streams`
+    /// streams of `MAX_VIEWERS` viewers.
+    pub fn load_file(path: &Path, max_streams: u32) -> Result<Kernel, KernelError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(KernelError::NoObject(path.to_path_buf()))
+            }
+            Err(e) => {
+                return Err(KernelError::Other(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        Self::load(&bytes, max_streams)
+    }
+
+    pub fn load(object: &[u8], max_streams: u32) -> Result<Kernel, KernelError> {
+        let max_streams = max_streams.max(1);
+        let slots = max_streams * MAX_VIEWERS;
+        let mut bpf = EbpfLoader::new()
+            .map_max_entries(m::MAP_STREAMS, max_streams)
+            .map_max_entries(m::MAP_VIEWERS, slots)
+            .map_max_entries(m::MAP_VIEWER_CLONES, slots)
+            .load(object)
+            .map_err(classify)?;
+        let prog: &mut SchedClassifier = bpf
+            .program_mut(m::PROGRAM_NAME)
+            .ok_or_else(|| KernelError::Other(format!("no program {} in object", m::PROGRAM_NAME)))?
+            .try_into()
+            .map_err(classify)?;
+        if let Err(e) = prog.load() {
+            if is_permission(&e) {
+                return Err(KernelError::PermissionDenied(e.to_string()));
+            }
+            return Err(match e {
+                aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+                    let log = verifier_log.to_string();
+                    let tail: Vec<&str> = log.lines().rev().take(6).collect();
+                    KernelError::Verifier(tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+                }
+                other => KernelError::Other(other.to_string()),
+            });
+        }
+        fn take<T>(bpf: &mut Ebpf, name: &str) -> Result<T, KernelError>
+        where
+            T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+        {
+            let map = bpf
+                .take_map(name)
+                .ok_or_else(|| KernelError::Other(format!("no map {name} in object")))?;
+            T::try_from(map).map_err(classify)
+        }
+        Ok(Kernel {
+            config: take(&mut bpf, m::MAP_CONFIG)?,
+            publishers: take(&mut bpf, m::MAP_PUBLISHERS)?,
+            streams: take(&mut bpf, m::MAP_STREAMS)?,
+            viewers: take(&mut bpf, m::MAP_VIEWERS)?,
+            viewer_conns: take(&mut bpf, m::MAP_VIEWER_CONNS)?,
+            routes: take(&mut bpf, m::MAP_ROUTES)?,
+            counters: take(&mut bpf, m::MAP_COUNTERS)?,
+            viewer_clones: take(&mut bpf, m::MAP_VIEWER_CLONES)?,
+            bpf,
+            max_streams,
+            attached: Vec::new(),
+        })
+    }
+
+    /// The classifier, e.g. for `test_run`.
+    pub fn program_mut(&mut self) -> &mut SchedClassifier {
+        self.bpf
+            .program_mut(m::PROGRAM_NAME)
+            .expect("checked at load")
+            .try_into()
+            .expect("checked at load")
+    }
+
+    pub fn max_streams(&self) -> u32 {
+        self.max_streams
+    }
+
+    /// Attaches at TC ingress (tcx) on `iface`.
+    pub fn attach(&mut self, iface: &str) -> Result<(), KernelError> {
+        let prog = self.program_mut();
+        prog.attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| {
+            if is_permission(&e) {
+                KernelError::PermissionDenied(format!("attach to {iface}: {e}"))
+            } else {
+                KernelError::Attach {
+                    iface: iface.to_string(),
+                    reason: format!("{e}"),
+                }
+            }
+        })?;
+        self.attached.push(iface.to_string());
+        Ok(())
+    }
+
+    pub fn attached(&self) -> &[String] {
+        &self.attached
+    }
+
+    /// The relay's listening address: `None` (or 0.0.0.0) matches any local address.
+    pub fn set_relay(&mut self, ip: Option<Ipv4Addr>, port: u16) -> Result<(), KernelError> {
+        let cfg = Config {
+            relay_ip: ip.filter(|ip| !ip.is_unspecified()).map_or(0, raw_ip),
+            relay_port: raw_port(port),
+            _pad: 0,
+        };
+        self.config.set(0, cfg, 0).map_err(classify)
+    }
+
+    pub fn set_publisher(&mut self, conn: u32, e: PublisherEntry) -> Result<(), KernelError> {
+        self.publishers.insert(conn, e, 0).map_err(classify)
+    }
+
+    pub fn remove_publisher(&mut self, conn: u32) {
+        let _ = self.publishers.remove(&conn);
+    }
+
+    pub fn set_stream_slots(&mut self, stream: u32, slots: u32) -> Result<(), KernelError> {
+        let e = StreamEntry { slots, _pad: 0 };
+        self.streams.set(stream, e, 0).map_err(classify)
+    }
+
+    pub fn set_viewer(&mut self, slot: u32, e: &ViewerEntry) -> Result<(), KernelError> {
+        self.viewers.set(slot, e, 0).map_err(classify)
+    }
+
+    pub fn viewer(&self, slot: u32) -> Option<ViewerEntry> {
+        self.viewers.get(&slot, 0).ok()
+    }
+
+    pub fn set_viewer_conn(&mut self, conn: u32, c: ViewerConn) -> Result<(), KernelError> {
+        self.viewer_conns.insert(conn, c, 0).map_err(classify)
+    }
+
+    pub fn remove_viewer_conn(&mut self, conn: u32) {
+        let _ = self.viewer_conns.remove(&conn);
+        let _ = self.routes.remove(&conn);
+    }
+
+    /// The route the program learned for viewer connection `conn`.
+    pub fn route(&self, conn: u32) -> Option<Route> {
+        self.routes.get(&conn, 0).ok()
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |i: u32| {
+            self.counters
+                .get(&i, 0)
+                .map_or(0, |v| v.iter().copied().sum::<u64>())
+        };
+        KernelCounters {
+            packets_seen: sum(counter::PACKETS_SEEN),
+            clones: sum(counter::CLONES),
+            clone_failures: sum(counter::CLONE_FAILURES),
+            skipped: sum(counter::SKIPPED),
+            routes_learned: sum(counter::ROUTES_LEARNED),
+            restore_failures: sum(counter::RESTORE_FAILURES),
+        }
+    }
+
+    /// Clones sent to viewer slot `slot` since it was last reset.
+    pub fn viewer_clones(&self, slot: u32) -> u64 {
+        self.viewer_clones
+            .get(&slot, 0)
+            .map_or(0, |v| v.iter().copied().sum())
+    }
+
+    pub fn reset_viewer_clones(&mut self, slot: u32) {
+        let n = aya::util::nr_cpus().map_or(1, |n| n);
+        if let Ok(zeros) = aya::maps::PerCpuValues::try_from(vec![0u64; n]) {
+            let _ = self.viewer_clones.set(slot, zeros, 0);
+        }
+    }
+}
+
+/// An IPv4 address as the program stores it (network byte order in a native integer).
+pub fn raw_ip(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// A port as the program stores it.
+pub fn raw_port(port: u16) -> u16 {
+    u16::from_ne_bytes(port.to_be_bytes())
+}
+
+fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
+    match addr {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(a) => a
+            .ip()
+            .to_ipv4_mapped()
+            .map(|ip| SocketAddrV4::new(ip, a.port())),
+    }
+}
+
+/// Every network interface that is up (the default attach set).
+pub fn interfaces_up() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/sys/class/net") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let flags = std::fs::read_to_string(e.path().join("flags")).unwrap_or_default();
+            let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap_or(0);
+            if flags & libc::IFF_UP as u32 != 0 {
+                out.push(name);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub struct EbpfOptions {
+    pub object: PathBuf,
+    /// `None`: every interface that is up.
+    pub interfaces: Option<Vec<String>>,
+    /// The relay's SRT listening address.
+    pub listen: SocketAddr,
+    /// Streams in the configuration (rows of the viewer table).
+    pub streams: u32,
+}
+
+struct ViewerState {
+    stream: u32,
+    /// Index in `VIEWERS` (`stream * MAX_VIEWERS + i`).
+    slot: u32,
+    peer_id: u32,
+    /// (epoch, seq_off, ts_off) from the relay's latest `ViewerMapped`.
+    mapping: Option<(u64, u32, u32)>,
+    /// The epoch the kernel serves this viewer for.
+    active: Option<u64>,
+    clones_seen: u64,
+}
+
+#[derive(Default)]
+struct Row {
+    /// Viewer connection per slot of this stream.
+    slots: Vec<Option<u32>>,
+    publisher: Option<u32>,
+}
+
+impl Row {
+    fn high_water(&self) -> u32 {
+        self.slots
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i as u32 + 1)
+    }
+}
+
+/// The eBPF datapath.
+pub struct EbpfDatapath {
+    user: Userspace,
+    kernel: Kernel,
+    metrics: Arc<Metrics>,
+    streams: HashMap<String, u32>,
+    rows: Vec<Row>,
+    viewers: HashMap<u32, ViewerState>,
+    counted: KernelCounters,
+}
+
+const POLL: Duration = Duration::from_millis(50);
+
+impl EbpfDatapath {
+    /// Loads, configures and attaches the program; any failure is the reason to fall back.
+    pub fn start(
+        opts: &EbpfOptions,
+        socket: &impl AsRawFd,
+        metrics: Arc<Metrics>,
+    ) -> Result<EbpfDatapath, KernelError> {
+        let mut kernel = Kernel::load_file(&opts.object, opts.streams)?;
+        let listen = v4(opts.listen).ok_or_else(|| {
+            KernelError::Other(format!(
+                "the kernel path handles IPv4 only; listening on {}",
+                opts.listen
+            ))
+        })?;
+        kernel.set_relay(Some(*listen.ip()), listen.port())?;
+        let strict = opts.interfaces.is_some();
+        let ifaces = opts.interfaces.clone().unwrap_or_else(interfaces_up);
+        for iface in &ifaces {
+            match kernel.attach(iface) {
+                Ok(()) => {}
+                Err(e) if strict || matches!(e, KernelError::PermissionDenied(_)) => return Err(e),
+                Err(e) => warn!("{e}; skipping that interface"),
+            }
+        }
+        if kernel.attached().is_empty() {
+            return Err(KernelError::Attach {
+                iface: ifaces.join(","),
+                reason: "no interface to attach to".into(),
+            });
+        }
+        info!(
+            interfaces = kernel.attached().join(","),
+            max_streams = kernel.max_streams(),
+            "eBPF fan-out attached at TC ingress"
+        );
+        Ok(EbpfDatapath {
+            user: Userspace::new(socket, metrics.clone()),
+            kernel,
+            metrics,
+            streams: HashMap::new(),
+            rows: Vec::new(),
+            viewers: HashMap::new(),
+            counted: KernelCounters::default(),
+        })
+    }
+
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    fn stream_index(&mut self, resource: &str) -> Option<u32> {
+        if let Some(&i) = self.streams.get(resource) {
+            return Some(i);
+        }
+        let i = self.rows.len() as u32;
+        if i >= self.kernel.max_streams() {
+            return None;
+        }
+        self.streams.insert(resource.to_string(), i);
+        self.rows.push(Row::default());
+        Some(i)
+    }
+
+    fn viewer_added(&mut self, conn: u32, resource: &str, peer: SocketAddr, peer_id: u32) {
+        let Some(peer) = v4(peer) else {
+            debug!(conn, %peer, "IPv6 viewer: served from userspace");
+            return;
+        };
+        let Some(stream) = self.stream_index(resource) else {
+            return;
+        };
+        let row = &mut self.rows[stream as usize];
+        let free = row.slots.iter().position(Option::is_none);
+        let i = match free {
+            Some(i) => i,
+            None if row.slots.len() < MAX_VIEWERS as usize => {
+                row.slots.push(None);
+                row.slots.len() - 1
+            }
+            None => {
+                debug!(conn, "no free kernel viewer slot: served from userspace");
+                return;
+            }
+        };
+        row.slots[i] = Some(conn);
+        let high = row.high_water();
+        let slot = stream * MAX_VIEWERS + i as u32;
+        let entry = ViewerEntry {
+            conn,
+            peer_id,
+            ..Default::default()
+        };
+        let ok = self.kernel.set_viewer(slot, &entry).is_ok()
+            && self
+                .kernel
+                .set_viewer_conn(
+                    conn,
+                    ViewerConn {
+                        slot,
+                        peer_ip: raw_ip(*peer.ip()),
+                        peer_port: raw_port(peer.port()),
+                        _pad: 0,
+                    },
+                )
+                .is_ok()
+            && self.kernel.set_stream_slots(stream, high).is_ok();
+        if !ok {
+            warn!(conn, "cannot install viewer in the kernel maps: served from userspace");
+            self.rows[stream as usize].slots[i] = None;
+            self.kernel.remove_viewer_conn(conn);
+            return;
+        }
+        self.kernel.reset_viewer_clones(slot);
+        self.viewers.insert(
+            conn,
+            ViewerState {
+                stream,
+                slot,
+                peer_id,
+                mapping: None,
+                active: None,
+                clones_seen: 0,
+            },
+        );
+    }
+
+    fn viewer_removed(&mut self, conn: u32) {
+        let Some(v) = self.viewers.remove(&conn) else {
+            return;
+        };
+        // Deactivate first (one flag changes), then clear the slot.
+        if let Some(mut e) = self.kernel.viewer(v.slot) {
+            e.active = 0;
+            let _ = self.kernel.set_viewer(v.slot, &e);
+        }
+        let _ = self.kernel.set_viewer(v.slot, &ViewerEntry::default());
+        self.kernel.remove_viewer_conn(conn);
+        self.export_clones(conn, &v);
+        let row = &mut self.rows[v.stream as usize];
+        row.slots[(v.slot % MAX_VIEWERS) as usize] = None;
+        while row.slots.last() == Some(&None) {
+            row.slots.pop();
+        }
+        let high = row.high_water();
+        let _ = self.kernel.set_stream_slots(v.stream, high);
+    }
+
+    fn export_clones(&self, conn: u32, v: &ViewerState) {
+        let n = self.kernel.viewer_clones(v.slot);
+        if n != v.clones_seen {
+            self.metrics.set_kernel_sent(conn, n);
+        }
+    }
+
+    /// Moves a mapped viewer whose route is known onto the kernel path.
+    fn try_activate(&mut self, conn: u32, relay: &mut Relay) {
+        let Some(v) = self.viewers.get(&conn) else {
+            return;
+        };
+        let Some((epoch, seq_off, ts_off)) = v.mapping else {
+            return;
+        };
+        if v.active == Some(epoch) {
+            return;
+        }
+        let Some(route) = self.kernel.route(conn) else {
+            return;
+        };
+        let mut e = ViewerEntry {
+            epoch,
+            conn,
+            peer_id: v.peer_id,
+            seq_off,
+            ts_off,
+            active: 0,
+            _pad: 0,
+            route,
+        };
+        let slot = v.slot;
+        // Everything but the flag first, then the flag alone: the program never sees a
+        // half-written entry as active.
+        if self.kernel.set_viewer(slot, &e).is_err() {
+            return;
+        }
+        e.active = 1;
+        if self.kernel.set_viewer(slot, &e).is_err() {
+            return;
+        }
+        relay.set_kernel_fanout(conn, Some(epoch));
+        if let Some(v) = self.viewers.get_mut(&conn) {
+            v.active = Some(epoch);
+        }
+        debug!(conn, epoch, ifindex = route.ifindex, "viewer on the kernel fast path");
+    }
+
+    fn deactivate(&mut self, conn: u32) {
+        let Some(v) = self.viewers.get_mut(&conn) else {
+            return;
+        };
+        if v.active.take().is_some() {
+            if let Some(mut e) = self.kernel.viewer(v.slot) {
+                e.active = 0;
+                let _ = self.kernel.set_viewer(v.slot, &e);
+            }
+        }
+    }
+
+    fn export_counters(&mut self) {
+        let now = self.kernel.counters();
+        self.metrics.add_kernel_counters(
+            now.packets_seen.saturating_sub(self.counted.packets_seen),
+            now.clones.saturating_sub(self.counted.clones),
+            now.clone_failures.saturating_sub(self.counted.clone_failures),
+        );
+        self.counted = now;
+        let conns: Vec<u32> = self.viewers.keys().copied().collect();
+        for conn in conns {
+            let v = &self.viewers[&conn];
+            let n = self.kernel.viewer_clones(v.slot);
+            if n != v.clones_seen {
+                self.metrics.set_kernel_sent(conn, n);
+                if let Some(v) = self.viewers.get_mut(&conn) {
+                    v.clones_seen = n;
+                }
+            }
+        }
+    }
+}
+
+impl Datapath for EbpfDatapath {
+    fn kind(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn flush(&mut self, relay: &mut Relay) {
+        self.user.flush(relay);
+    }
+
+    fn on_route(&mut self, relay: &mut Relay, event: &RouteEvent) {
+        match event {
+            RouteEvent::ViewerAdded {
+                conn,
+                resource,
+                peer,
+                peer_id,
+            } => self.viewer_added(*conn, resource, *peer, *peer_id),
+            RouteEvent::ViewerMapped {
+                conn,
+                epoch,
+                seq_off,
+                ts_off,
+            } => {
+                if let Some(v) = self.viewers.get_mut(conn) {
+                    v.mapping = Some((*epoch, *seq_off, *ts_off));
+                    if v.active.is_some_and(|a| a != *epoch) {
+                        self.deactivate(*conn);
+                    }
+                    self.try_activate(*conn, relay);
+                }
+            }
+            RouteEvent::ViewerRemoved { conn } => self.viewer_removed(*conn),
+            RouteEvent::PublisherChanged {
+                resource,
+                publisher,
+                epoch,
+            } => {
+                let Some(stream) = self.stream_index(resource) else {
+                    return;
+                };
+                if let Some(old) = self.rows[stream as usize].publisher.take() {
+                    self.kernel.remove_publisher(old);
+                }
+                let Some((addr, id)) = publisher else {
+                    return;
+                };
+                let Some(addr) = v4(*addr) else {
+                    return;
+                };
+                let e = PublisherEntry {
+                    epoch: *epoch,
+                    stream,
+                    src_ip: raw_ip(*addr.ip()),
+                    src_port: raw_port(addr.port()),
+                    _pad: [0; 6],
+                };
+                if self.kernel.set_publisher(*id, e).is_ok() {
+                    self.rows[stream as usize].publisher = Some(*id);
+                }
+            }
+        }
+    }
+
+    fn poll(&mut self, relay: &mut Relay) {
+        let pending: Vec<u32> = self
+            .viewers
+            .iter()
+            .filter(|(_, v)| v.mapping.is_some_and(|(e, _, _)| v.active != Some(e)))
+            .map(|(&c, _)| c)
+            .collect();
+        for conn in pending {
+            self.try_activate(conn, relay);
+        }
+        self.export_counters();
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(POLL)
+    }
+}
+
+impl Drop for EbpfDatapath {
+    fn drop(&mut self) {
+        info!(
+            interfaces = self.kernel.attached().join(","),
+            "detaching eBPF fan-out"
+        );
+    }
+}
