@@ -4,4 +4,5 @@
 //! bytes the same way: SRT header offsets and flags are defined once, here.
 #![no_std]
 
+pub mod maps;
 pub mod srt;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stsync_user::access::Sessions;
 use stsync_user::config::Config;
+use stsync_user::datapath::ebpf::{EbpfDatapath, EbpfOptions, Kernel};
 use stsync_user::datapath::{userspace::Userspace, Datapath};
 use stsync_user::http::{self, AppState, StreamEntry};
 use stsync_user::metrics::{Metrics, StreamStats};
@@ -19,8 +20,18 @@ struct Args {
     #[arg(long, default_value = "config.json")]
     config: PathBuf,
     /// Which datapath fans data out to viewers.
+    /// `auto` tries the eBPF kernel fast path and falls back to userspace (saying why);
+    /// `ebpf` exits with the reason instead of falling back.
     #[arg(long, value_enum, default_value_t = DatapathArg::Auto)]
     datapath: DatapathArg,
+    /// The compiled eBPF object (`cargo xtask build-ebpf`); by default the build output
+    /// next to this executable's target directory.
+    #[arg(long)]
+    ebpf_object: Option<PathBuf>,
+    /// Interfaces to attach the eBPF program to (comma-separated); by default every
+    /// interface that is up.
+    #[arg(long, value_delimiter = ',')]
+    ebpf_interfaces: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -45,7 +56,7 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(serve(cfg, args.datapath))
+        .block_on(serve(cfg, args))
 }
 
 fn udp_socket(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
@@ -59,7 +70,8 @@ fn udp_socket(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::UdpSocke
     Ok(tokio::net::UdpSocket::from_std(sock.into())?)
 }
 
-async fn serve(cfg: Config, datapath: DatapathArg) -> anyhow::Result<()> {
+async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
+    let datapath = args.datapath;
     let metrics = Arc::new(Metrics::new());
     let sessions = Arc::new(Sessions::new(Duration::from_secs(cfg.session_ttl_secs)));
     let entries: Vec<StreamEntry> = cfg
@@ -95,14 +107,27 @@ async fn serve(cfg: Config, datapath: DatapathArg) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind HTTP listener {}", cfg.http_listen))?;
 
     let dp: Box<dyn Datapath> = match datapath {
-        DatapathArg::Ebpf => {
-            anyhow::bail!("--datapath ebpf: the kernel fast path is not built into this binary")
-        }
-        DatapathArg::Auto | DatapathArg::Userspace => {
-            if datapath == DatapathArg::Auto {
-                warn!("eBPF datapath not available in this build; serving viewers from userspace");
+        DatapathArg::Userspace => Box::new(Userspace::new(&socket, metrics.clone())),
+        DatapathArg::Auto | DatapathArg::Ebpf => {
+            let opts = EbpfOptions {
+                object: args
+                    .ebpf_object
+                    .clone()
+                    .unwrap_or_else(Kernel::default_object_path),
+                interfaces: args.ebpf_interfaces.clone(),
+                listen: socket.local_addr()?,
+                streams: entries.len() as u32,
+            };
+            match EbpfDatapath::start(&opts, &socket, metrics.clone()) {
+                Ok(dp) => Box::new(dp),
+                Err(e) if datapath == DatapathArg::Ebpf => {
+                    anyhow::bail!("--datapath ebpf: {e}")
+                }
+                Err(e) => {
+                    warn!("eBPF datapath unavailable, serving viewers from userspace: {e}");
+                    Box::new(Userspace::new(&socket, metrics.clone()))
+                }
             }
-            Box::new(Userspace::new(&socket, metrics.clone()))
         }
     };
     metrics.set_datapath(dp.kind());

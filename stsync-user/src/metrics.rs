@@ -37,6 +37,8 @@ pub struct ConnStats {
     pub data_bytes_lost: AtomicU64,
     /// Data packets sent again (NAK answers), a subset of `data_packets_sent`.
     pub data_packets_retrans: AtomicU64,
+    /// Data packets the kernel fast path cloned to this viewer (not in `data_packets_sent`).
+    pub data_packets_sent_kernel: AtomicU64,
     pub rtt_us: AtomicU64,
     pub rtt_var_us: AtomicU64,
 }
@@ -90,10 +92,14 @@ pub struct Metrics {
     connections_current: IntGaugeVec,
     conn_counters: Vec<IntCounterVec>,
     retrans: IntCounterVec,
+    kernel_sent: IntCounterVec,
     rtt: GaugeVec,
     rtt_var: GaugeVec,
     pub dropped: IntCounterVec,
     pub datapath: IntGaugeVec,
+    pub kernel_packets_seen: IntCounter,
+    pub kernel_clones: IntCounter,
+    pub kernel_clone_failures: IntCounter,
     conns: Mutex<HashMap<u32, Arc<ConnStats>>>,
     exported: Mutex<HashSet<u32>>,
 }
@@ -168,6 +174,29 @@ impl Metrics {
             &["id"],
         )
         .unwrap();
+        let kernel_sent = IntCounterVec::new(
+            Opts::new(
+                "srt_connection_data_packets_sent_kernel",
+                "Data packets the kernel fast path cloned to the viewer (not counted in srt_connection_data_packets_sent).",
+            ),
+            &["id"],
+        )
+        .unwrap();
+        let kernel_packets_seen = IntCounter::new(
+            "stsync_kernel_packets_seen_total",
+            "Publisher data packets the eBPF program matched.",
+        )
+        .unwrap();
+        let kernel_clones = IntCounter::new(
+            "stsync_kernel_clones_total",
+            "Packets the eBPF program cloned to viewers.",
+        )
+        .unwrap();
+        let kernel_clone_failures = IntCounter::new(
+            "stsync_kernel_clone_failures_total",
+            "Clones the eBPF program failed to rewrite or send.",
+        )
+        .unwrap();
         let rtt = GaugeVec::new(
             Opts::new(
                 "srt_connection_rtt",
@@ -209,12 +238,15 @@ impl Metrics {
         for c in &conn_counters {
             registry.register(Box::new(c.clone())).unwrap();
         }
-        for c in [&retrans, &dropped] {
+        for c in [&retrans, &kernel_sent, &dropped] {
             registry.register(Box::new(c.clone())).unwrap();
         }
         registry.register(Box::new(rtt.clone())).unwrap();
         registry.register(Box::new(rtt_var.clone())).unwrap();
         registry.register(Box::new(datapath.clone())).unwrap();
+        for c in [&kernel_packets_seen, &kernel_clones, &kernel_clone_failures] {
+            registry.register(Box::new(c.clone())).unwrap();
+        }
         for m in MODES {
             connections_current.with_label_values(&[m]).set(0);
         }
@@ -224,10 +256,14 @@ impl Metrics {
             connections_current,
             conn_counters,
             retrans,
+            kernel_sent,
             rtt,
             rtt_var,
             dropped,
             datapath,
+            kernel_packets_seen,
+            kernel_clones,
+            kernel_clone_failures,
             conns: Mutex::new(HashMap::new()),
             exported: Mutex::new(HashSet::new()),
         }
@@ -254,6 +290,20 @@ impl Metrics {
         self.datapath.with_label_values(&[kind]).set(1);
     }
 
+    /// Adds to the kernel fast path's totals (deltas of the program's per-CPU counters).
+    pub fn add_kernel_counters(&self, seen: u64, clones: u64, failures: u64) {
+        self.kernel_packets_seen.inc_by(seen);
+        self.kernel_clones.inc_by(clones);
+        self.kernel_clone_failures.inc_by(failures);
+    }
+
+    /// Sets how many data packets the kernel cloned to connection `id` so far.
+    pub fn set_kernel_sent(&self, id: u32, n: u64) {
+        if let Some(s) = self.conns.lock().unwrap().get(&id) {
+            s.data_packets_sent_kernel.store(n, Relaxed);
+        }
+    }
+
     /// Copies the connections' counters into the labelled series and encodes everything.
     pub fn render(&self) -> String {
         let conns: Vec<(u32, Arc<ConnStats>)> = self
@@ -271,6 +321,7 @@ impl Metrics {
                 let _ = c.remove_label_values(&[&label]);
             }
             let _ = self.retrans.remove_label_values(&[&label]);
+            let _ = self.kernel_sent.remove_label_values(&[&label]);
             let _ = self.rtt.remove_label_values(&[&label]);
             let _ = self.rtt_var.remove_label_values(&[&label]);
         }
@@ -284,6 +335,12 @@ impl Metrics {
             }
             let c = self.retrans.with_label_values(&[&label]);
             c.inc_by(s.data_packets_retrans.load(Relaxed).saturating_sub(c.get()));
+            let c = self.kernel_sent.with_label_values(&[&label]);
+            c.inc_by(
+                s.data_packets_sent_kernel
+                    .load(Relaxed)
+                    .saturating_sub(c.get()),
+            );
             self.rtt
                 .with_label_values(&[&label])
                 .set(s.rtt_us.load(Relaxed) as f64 / 1e6);

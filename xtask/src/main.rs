@@ -1,4 +1,5 @@
-//! Workflow commands: `cargo xtask run`, `cargo xtask test`.
+//! Workflow commands: `cargo xtask run`, `cargo xtask test`, `cargo xtask build-ebpf`,
+//! `cargo xtask bench`.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -18,9 +19,18 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the kernel fast path (stsync-ebpf) with nightly + bpf-linker into
+    /// target/bpfel-unknown-none/release/stsync-ebpf.
+    BuildEbpf,
     /// Install what the tests need (when root on Debian) and run the whole test suite.
     Test {
         /// Extra arguments for `cargo test`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build release binaries and run the fan-out sweep (root: network namespaces); results
+    /// in target/bench. Arguments after `--` go to `stsync-bench sweep`.
+    Bench {
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -39,10 +49,55 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 fn main() -> Result<()> {
     let root = project_root();
     match Cli::parse().cmd {
+        Cmd::BuildEbpf => build_ebpf(&root),
+        Cmd::Bench { args } => {
+            if let Some(what) = ebpf_toolchain_missing() {
+                eprintln!("xtask: {what}: the ebpf datapath will be recorded as unavailable");
+            } else {
+                build_ebpf(&root)?;
+            }
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "stsync-user",
+                    "-p",
+                    "stsync-bench",
+                ],
+            )?;
+            let status = Command::new(root.join("target/release/stsync-bench"))
+                .current_dir(&root)
+                .args(["sweep", "--out", "target/bench"])
+                .args(&args)
+                .status()
+                .context("starting stsync-bench")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
         Cmd::Run { args } => {
-            cargo(&root, &["build", "--release", "-p", "stsync-user", "--bin", "stsync-proxy"])?;
+            match ebpf_toolchain_missing() {
+                None => build_ebpf(&root)?,
+                Some(what) => eprintln!(
+                    "xtask: {what}: running without the kernel fast path (datapath=userspace); install it with: {EBPF_TOOLCHAIN_HELP}"
+                ),
+            }
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "stsync-user",
+                    "--bin",
+                    "stsync-proxy",
+                ],
+            )?;
             let mut cmd = Command::new(root.join("target/release/stsync-proxy"));
-            if !args.iter().any(|a| a == "--config" || a.starts_with("--config=")) {
+            if !args
+                .iter()
+                .any(|a| a == "--config" || a.starts_with("--config="))
+            {
                 cmd.arg("--config").arg(root.join("config.json"));
             }
             let status = cmd.args(&args).status().context("starting stsync-proxy")?;
@@ -50,6 +105,14 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => {
             install_test_packages()?;
+            // The eBPF tests load the object; without the toolchain they skip (and fail
+            // under CI, where .ci/run installs it).
+            match ebpf_toolchain_missing() {
+                None => build_ebpf(&root)?,
+                Some(what) => eprintln!(
+                    "xtask: {what}: the eBPF tests will be skipped; install it with: {EBPF_TOOLCHAIN_HELP}"
+                ),
+            }
             let mut cmd = Command::new(env!("CARGO"));
             cmd.current_dir(&root).args(["test", "--workspace"]);
             if std::env::var_os("CI").is_some() {
@@ -67,32 +130,110 @@ fn main() -> Result<()> {
 }
 
 fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new(env!("CARGO")).current_dir(root).args(args).status()?;
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args(args)
+        .status()?;
     if !status.success() {
         bail!("cargo {} failed", args.join(" "));
     }
     Ok(())
 }
 
+const EBPF_TOOLCHAIN_HELP: &str = "rustup toolchain install nightly --component rust-src && apt-get install -y llvm-22-dev libpolly-22-dev && LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22 (or run .ci/run)";
+
+/// What is missing to build the eBPF object, if anything.
+fn ebpf_toolchain_missing() -> Option<&'static str> {
+    let nightly_src = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .map(|sysroot| sysroot.join("lib/rustlib/src/rust/library/core").is_dir());
+    match nightly_src {
+        None => Some("no nightly Rust toolchain"),
+        Some(false) => Some("nightly has no rust-src component"),
+        Some(true) if !have("bpf-linker") => Some("bpf-linker is not installed"),
+        Some(true) => None,
+    }
+}
+
+/// `cargo +nightly build -Z build-std=core --target bpfel-unknown-none --release` in
+/// stsync-ebpf (its .cargo/config.toml asks bpf-linker for BTF); the object lands in the
+/// workspace's target directory.
+fn build_ebpf(root: &Path) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root.join("stsync-ebpf"))
+        .args([
+            "+nightly",
+            "build",
+            "-Z",
+            "build-std=core",
+            "--target",
+            "bpfel-unknown-none",
+            "--release",
+        ])
+        .arg("--target-dir")
+        .arg(root.join("target"));
+    // Whatever toolchain runs xtask must not leak into the nightly build.
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTDOC",
+        "CARGO",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().context("running cargo +nightly")?;
+    if !status.success() {
+        bail!("building stsync-ebpf failed");
+    }
+    Ok(())
+}
+
 fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd} >/dev/null")]).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn install_test_packages() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
     if !is_root || !have("apt-get") {
         bail!("the tests need these Debian packages: {} (install them as root: apt-get install -y {})", missing.join(" "), missing.join(" "));
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    let ok = Command::new("apt-get").arg("update").arg("-qq").status()?.success()
+    let ok = Command::new("apt-get")
+        .arg("update")
+        .arg("-qq")
+        .status()?
+        .success()
         && Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)

@@ -18,7 +18,7 @@ use super::userspace::Userspace;
 use super::Datapath;
 use crate::metrics::Metrics;
 use crate::relay::{Relay, RouteEvent};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, Queue};
 use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use stsync_common::maps::{
     self as m, counter, Config, PublisherEntry, Route, StreamEntry, ViewerConn, ViewerEntry,
     MAX_VIEWERS,
@@ -90,6 +90,7 @@ pub struct Kernel {
     routes: BpfHashMap<MapData, u32, Route>,
     counters: PerCpuArray<MapData, u64>,
     viewer_clones: PerCpuArray<MapData, u64>,
+    learned: Queue<MapData, u32>,
     max_streams: u32,
     attached: Vec<String>,
 }
@@ -180,6 +181,7 @@ impl Kernel {
             routes: take(&mut bpf, m::MAP_ROUTES)?,
             counters: take(&mut bpf, m::MAP_COUNTERS)?,
             viewer_clones: take(&mut bpf, m::MAP_VIEWER_CLONES)?,
+            learned: take(&mut bpf, m::MAP_LEARNED)?,
             bpf,
             max_streams,
             attached: Vec::new(),
@@ -263,6 +265,18 @@ impl Kernel {
     pub fn remove_viewer_conn(&mut self, conn: u32) {
         let _ = self.viewer_conns.remove(&conn);
         let _ = self.routes.remove(&conn);
+    }
+
+    /// Viewer connections whose route the program learned since the last call.
+    pub fn take_learned(&mut self) -> Vec<u32> {
+        let mut out = Vec::new();
+        while let Ok(conn) = self.learned.pop(0) {
+            out.push(conn);
+            if out.len() >= m::LEARNED_QUEUE as usize {
+                break;
+            }
+        }
+        out
     }
 
     /// The route the program learned for viewer connection `conn`.
@@ -355,8 +369,10 @@ struct ViewerState {
     peer_id: u32,
     /// (epoch, seq_off, ts_off) from the relay's latest `ViewerMapped`.
     mapping: Option<(u64, u32, u32)>,
-    /// The epoch the kernel serves this viewer for.
-    active: Option<u64>,
+    /// When `mapping` arrived while the viewer was not served by the kernel for it.
+    pending_since: Option<Instant>,
+    /// The epoch the kernel serves this viewer for, and the route it was given.
+    active: Option<(u64, Route)>,
     clones_seen: u64,
 }
 
@@ -385,9 +401,20 @@ pub struct EbpfDatapath {
     rows: Vec<Row>,
     viewers: HashMap<u32, ViewerState>,
     counted: KernelCounters,
+    last_slow: Instant,
+    backlog_warned: bool,
 }
 
+/// Poll cadence while nothing waits.
 const POLL: Duration = Duration::from_millis(50);
+/// Poll cadence while a mapped viewer waits for its route (it arrives with the viewer's
+/// first ACK, ~10 ms after data starts flowing): every poll missed is packets the relay
+/// sends from userspace instead.
+const POLL_FAST: Duration = Duration::from_millis(5);
+/// How long a waiting viewer keeps the fast cadence.
+const FAST_FOR: Duration = Duration::from_secs(2);
+/// Counters and route refresh.
+const SLOW: Duration = Duration::from_secs(1);
 
 impl EbpfDatapath {
     /// Loads, configures and attaches the program; any failure is the reason to fall back.
@@ -432,6 +459,8 @@ impl EbpfDatapath {
             rows: Vec::new(),
             viewers: HashMap::new(),
             counted: KernelCounters::default(),
+            last_slow: Instant::now(),
+            backlog_warned: false,
         })
     }
 
@@ -496,7 +525,10 @@ impl EbpfDatapath {
                 .is_ok()
             && self.kernel.set_stream_slots(stream, high).is_ok();
         if !ok {
-            warn!(conn, "cannot install viewer in the kernel maps: served from userspace");
+            warn!(
+                conn,
+                "cannot install viewer in the kernel maps: served from userspace"
+            );
             self.rows[stream as usize].slots[i] = None;
             self.kernel.remove_viewer_conn(conn);
             return;
@@ -509,10 +541,32 @@ impl EbpfDatapath {
                 slot,
                 peer_id,
                 mapping: None,
+                pending_since: None,
                 active: None,
                 clones_seen: 0,
             },
         );
+        self.warn_backlog(high);
+    }
+
+    /// Clones to veth or `lo` queue on one CPU's backlog (net.core.netdev_max_backlog,
+    /// 1000 by default) all at once: more viewers than that lose packets there.
+    fn warn_backlog(&mut self, viewers: u32) {
+        if self.backlog_warned {
+            return;
+        }
+        let limit = std::fs::read_to_string("/proc/sys/net/core/netdev_max_backlog")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(u32::MAX);
+        if viewers >= limit {
+            self.backlog_warned = true;
+            warn!(
+                viewers,
+                netdev_max_backlog = limit,
+                "a stream has as many kernel-path viewers as net.core.netdev_max_backlog: clones over veth or lo beyond it are dropped; raise the sysctl"
+            );
+        }
     }
 
     fn viewer_removed(&mut self, conn: u32) {
@@ -551,7 +605,7 @@ impl EbpfDatapath {
         let Some((epoch, seq_off, ts_off)) = v.mapping else {
             return;
         };
-        if v.active == Some(epoch) {
+        if v.active.is_some_and(|(e, _)| e == epoch) {
             return;
         }
         let Some(route) = self.kernel.route(conn) else {
@@ -579,20 +633,46 @@ impl EbpfDatapath {
         }
         relay.set_kernel_fanout(conn, Some(epoch));
         if let Some(v) = self.viewers.get_mut(&conn) {
-            v.active = Some(epoch);
+            v.active = Some((epoch, route));
+            v.pending_since = None;
         }
-        debug!(conn, epoch, ifindex = route.ifindex, "viewer on the kernel fast path");
+        info!(
+            conn,
+            epoch,
+            ifindex = route.ifindex,
+            "viewer served by the kernel fast path"
+        );
     }
 
-    fn deactivate(&mut self, conn: u32) {
+    /// Takes the viewer off the kernel path (the relay sends it everything again).
+    fn deactivate(&mut self, conn: u32, relay: &mut Relay) {
         let Some(v) = self.viewers.get_mut(&conn) else {
             return;
         };
         if v.active.take().is_some() {
+            relay.set_kernel_fanout(conn, None);
             if let Some(mut e) = self.kernel.viewer(v.slot) {
                 e.active = 0;
                 let _ = self.kernel.set_viewer(v.slot, &e);
             }
+        }
+    }
+
+    /// A served viewer whose route changed (say, a new next-hop MAC) gets the new one.
+    fn refresh_routes(&mut self, relay: &mut Relay) {
+        let moved: Vec<u32> = self
+            .viewers
+            .iter()
+            .filter(|(&c, v)| {
+                v.active
+                    .is_some_and(|(_, r)| self.kernel.route(c).is_some_and(|now| now != r))
+            })
+            .map(|(&c, _)| c)
+            .collect();
+        for conn in moved {
+            info!(conn, "viewer route changed: updating the kernel path");
+            self.deactivate(conn, relay);
+            self.try_activate(conn, relay);
         }
     }
 
@@ -601,9 +681,14 @@ impl EbpfDatapath {
         self.metrics.add_kernel_counters(
             now.packets_seen.saturating_sub(self.counted.packets_seen),
             now.clones.saturating_sub(self.counted.clones),
-            now.clone_failures.saturating_sub(self.counted.clone_failures),
+            now.clone_failures
+                .saturating_sub(self.counted.clone_failures),
         );
         self.counted = now;
+    }
+
+    /// Per-viewer clone counts (one map read per viewer: done once a second).
+    fn export_viewer_clones(&mut self) {
         let conns: Vec<u32> = self.viewers.keys().copied().collect();
         for conn in conns {
             let v = &self.viewers[&conn];
@@ -643,8 +728,9 @@ impl Datapath for EbpfDatapath {
             } => {
                 if let Some(v) = self.viewers.get_mut(conn) {
                     v.mapping = Some((*epoch, *seq_off, *ts_off));
-                    if v.active.is_some_and(|a| a != *epoch) {
-                        self.deactivate(*conn);
+                    v.pending_since = Some(Instant::now());
+                    if v.active.is_some_and(|(a, _)| a != *epoch) {
+                        self.deactivate(*conn, relay);
                     }
                     self.try_activate(*conn, relay);
                 }
@@ -682,20 +768,38 @@ impl Datapath for EbpfDatapath {
     }
 
     fn poll(&mut self, relay: &mut Relay) {
-        let pending: Vec<u32> = self
-            .viewers
-            .iter()
-            .filter(|(_, v)| v.mapping.is_some_and(|(e, _, _)| v.active != Some(e)))
-            .map(|(&c, _)| c)
-            .collect();
-        for conn in pending {
-            self.try_activate(conn, relay);
+        let now = Instant::now();
+        let slow = now.duration_since(self.last_slow) >= SLOW;
+        // Routes the program just learned (one syscall when there are none); once a
+        // second, every viewer still waiting (in case the queue overflowed).
+        let mut candidates = self.kernel.take_learned();
+        if slow {
+            candidates.extend(self.viewers.keys().copied());
+        }
+        for conn in candidates {
+            let waiting = self.viewers.get(&conn).is_some_and(|v| {
+                v.mapping
+                    .is_some_and(|(e, _, _)| v.active.is_none_or(|(a, _)| a != e))
+            });
+            if waiting {
+                self.try_activate(conn, relay);
+            }
         }
         self.export_counters();
+        if slow {
+            self.last_slow = now;
+            self.refresh_routes(relay);
+            self.export_viewer_clones();
+        }
     }
 
     fn poll_interval(&self) -> Option<Duration> {
-        Some(POLL)
+        let now = Instant::now();
+        let waiting = self
+            .viewers
+            .values()
+            .any(|v| v.pending_since.is_some_and(|t| now - t < FAST_FOR));
+        Some(if waiting { POLL_FAST } else { POLL })
     }
 }
 

@@ -21,7 +21,7 @@ pub trait Datapath: Send {
     /// routes on its own and exports its counters from here).
     fn poll(&mut self, _relay: &mut Relay) {}
 
-    /// How often the driver calls `poll`; `None`: never.
+    /// When the driver calls `poll` next (asked again after every poll); `None`: never.
     fn poll_interval(&self) -> Option<std::time::Duration> {
         None
     }

@@ -45,8 +45,14 @@ impl Userspace {
             let body = relay.payload(t.payload);
             self.addrs.push(SockAddr::from(t.dst));
             self.iovs.push([
-                libc::iovec { iov_base: head.as_ptr() as *mut _, iov_len: head.len() },
-                libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: body.len() },
+                libc::iovec {
+                    iov_base: head.as_ptr() as *mut _,
+                    iov_len: head.len(),
+                },
+                libc::iovec {
+                    iov_base: body.as_ptr() as *mut _,
+                    iov_len: body.len(),
+                },
             ]);
         }
         for (iov, addr) in self.iovs.iter_mut().zip(&self.addrs) {
@@ -60,7 +66,8 @@ impl Userspace {
             self.msgs.push(h);
         }
         // SAFETY: msgs holds msgs.len() initialised headers (see above).
-        let n = unsafe { libc::sendmmsg(self.fd, self.msgs.as_mut_ptr(), self.msgs.len() as u32, 0) };
+        let n =
+            unsafe { libc::sendmmsg(self.fd, self.msgs.as_mut_ptr(), self.msgs.len() as u32, 0) };
         if n <= 0 {
             // Socket buffer full, or an error for this one destination: a live packet that
             // cannot go now is worthless later, so skip it and count rather than wait.

@@ -1,0 +1,70 @@
+//! `stsync-bench`: the fan-out sweep across network namespaces, and helpers.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(version, about = "stsync-proxy fan-out benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the sweep in network namespaces (root): both datapaths, viewers and bitrates,
+    /// plus a raw UDP baseline; writes results.json, table.md and plot.svg.
+    Sweep(stsync_bench::sweep::SweepOpts),
+    /// Redraw table.md and plot.svg from an existing results.json.
+    Replot {
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// Compare what another viewer wrote (srt-live-transmit ... file://con > FILE) with a
+    /// stsync-loadgen run's JSON report: same packets, byte for byte.
+    CheckDump {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        report: PathBuf,
+        #[arg(long, default_value_t = 1316)]
+        payload: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Sweep(o) => {
+            let r = stsync_bench::sweep::run(&o)?;
+            print!("{}", stsync_bench::sweep::table(&r));
+            eprintln!("bench: results in {}", o.out.display());
+            Ok(())
+        }
+        Cmd::Replot { out } => {
+            let r: stsync_bench::sweep::SweepResults =
+                serde_json::from_str(&std::fs::read_to_string(out.join("results.json"))?)?;
+            std::fs::write(out.join("table.md"), stsync_bench::sweep::table(&r))?;
+            stsync_bench::plot::draw(&r, &out.join("plot.svg"))?;
+            print!("{}", stsync_bench::sweep::table(&r));
+            Ok(())
+        }
+        Cmd::CheckDump {
+            file,
+            report,
+            payload,
+        } => {
+            let r: stsync_bench::report::Report =
+                serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+            let c = stsync_bench::dump::check(&file, payload, &r)?;
+            println!("{}", serde_json::to_string_pretty(&c)?);
+            let ok = c.intact == c.packets
+                && c.window_received == c.window_expected
+                && c.window_duplicates == 0;
+            if !ok {
+                anyhow::bail!("the dump does not hold the whole window intact");
+            }
+            Ok(())
+        }
+    }
+}

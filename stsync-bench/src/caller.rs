@@ -1,0 +1,198 @@
+//! The caller side of the HSv5 handshake (as libsrt's caller sends it) and the payload
+//! format the generator publishes, built on stsync-user's codec.
+
+use std::net::SocketAddr;
+use stsync_common::srt::ctrl;
+use stsync_user::srt::handshake::{
+    encode_sid, ext, ext_flag, ext_header, hs_type, peer_ip_field, srt_flag, Handshake, MAGIC,
+    SRT_VERSION, VERSION_4, VERSION_5,
+};
+use stsync_user::srt::packet::write_control;
+use stsync_user::srt::seq::Seq;
+
+pub const MTU: u32 = 1500;
+pub const FLOW_WINDOW: u32 = 8192;
+
+/// libsrt 1.5's default HSREQ flags for a live caller.
+pub const HS_FLAGS: u32 = srt_flag::TSBPDSND
+    | srt_flag::TSBPDRCV
+    | srt_flag::CRYPT
+    | srt_flag::TLPKTDROP
+    | srt_flag::PERIODICNAK
+    | srt_flag::REXMITFLG;
+
+/// Induction: version 4, extension field 2, no cookie, destination 0.
+pub fn induction(out: &mut Vec<u8>, socket_id: u32, isn: Seq, ts: u32, peer: SocketAddr) {
+    let hs = Handshake {
+        version: VERSION_4,
+        encryption: 0,
+        ext_field: 2,
+        isn,
+        mtu: MTU,
+        flow_window: FLOW_WINDOW,
+        hs_type: hs_type::INDUCTION,
+        socket_id,
+        cookie: 0,
+        peer_ip: peer_ip_field(peer),
+    };
+    write_control(out, ctrl::HANDSHAKE, 0, ts, 0, &hs.words());
+}
+
+/// Conclusion with HSREQ and the stream ID.
+#[allow(clippy::too_many_arguments)]
+pub fn conclusion(
+    out: &mut Vec<u8>,
+    socket_id: u32,
+    isn: Seq,
+    ts: u32,
+    peer: SocketAddr,
+    cookie: u32,
+    latency_ms: u16,
+    sid: &[u8],
+) {
+    let hs = Handshake {
+        version: VERSION_5,
+        encryption: 0,
+        ext_field: ext_flag::HSREQ | ext_flag::CONFIG,
+        isn,
+        mtu: MTU,
+        flow_window: FLOW_WINDOW,
+        hs_type: hs_type::CONCLUSION,
+        socket_id,
+        cookie,
+        peer_ip: peer_ip_field(peer),
+    };
+    let mut words: Vec<u32> = hs.words().to_vec();
+    words.extend_from_slice(&[
+        ext_header(ext::HSREQ, 3),
+        SRT_VERSION,
+        HS_FLAGS,
+        (u32::from(latency_ms) << 16) | u32::from(latency_ms),
+    ]);
+    let sid_words = encode_sid(sid);
+    words.push(ext_header(ext::SID, sid_words.len()));
+    words.extend_from_slice(&sid_words);
+    write_control(out, ctrl::HANDSHAKE, 0, ts, 0, &words);
+}
+
+/// What a listener's handshake answer means to a caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HsAnswer {
+    /// Induction answered: send the conclusion with this cookie.
+    Cookie(u32),
+    /// Connected: the listener's socket ID.
+    Accepted(u32),
+    Rejected(u32),
+    Other,
+}
+
+pub fn answer(body: &[u8]) -> HsAnswer {
+    let Ok(hs) = Handshake::parse(body) else {
+        return HsAnswer::Other;
+    };
+    match hs.hs_type {
+        hs_type::INDUCTION if hs.version == VERSION_5 && hs.ext_field == MAGIC => {
+            HsAnswer::Cookie(hs.cookie)
+        }
+        hs_type::CONCLUSION => HsAnswer::Accepted(hs.socket_id),
+        t if (hs_type::REJECTION_BASE..hs_type::REJECTION_BASE + 2000).contains(&t) => {
+            HsAnswer::Rejected(t)
+        }
+        _ => HsAnswer::Other,
+    }
+}
+
+/// Payload layout: it starts like an MPEG-TS null packet (0x47 1F FF 10), then the packet
+/// index (u64 BE) and the CLOCK_MONOTONIC send time in ns (u64 BE); the rest is 0xFF with a
+/// null-packet header every 188 bytes, so a TS demuxer sees padding only.
+pub const OFF_INDEX: usize = 4;
+pub const OFF_SENT: usize = 12;
+pub const MIN_PAYLOAD: usize = 20;
+const TS_NULL: [u8; 4] = [0x47, 0x1F, 0xFF, 0x10];
+
+pub fn write_payload(out: &mut Vec<u8>, len: usize, index: u64, sent_ns: u64) {
+    let start = out.len();
+    out.resize(start + len, 0xFF);
+    let p = &mut out[start..];
+    for chunk in p.chunks_mut(188) {
+        let n = chunk.len().min(4);
+        chunk[..n].copy_from_slice(&TS_NULL[..n]);
+    }
+    p[OFF_INDEX..OFF_INDEX + 8].copy_from_slice(&index.to_be_bytes());
+    p[OFF_SENT..OFF_SENT + 8].copy_from_slice(&sent_ns.to_be_bytes());
+}
+
+/// (index, send time) of a payload written by `write_payload`.
+pub fn read_payload(p: &[u8]) -> Option<(u64, u64)> {
+    if p.len() < MIN_PAYLOAD || p[..4] != TS_NULL {
+        return None;
+    }
+    let idx = u64::from_be_bytes(p[OFF_INDEX..OFF_INDEX + 8].try_into().ok()?);
+    let ts = u64::from_be_bytes(p[OFF_SENT..OFF_SENT + 8].try_into().ok()?);
+    Some((idx, ts))
+}
+
+/// Whether `p` is exactly what `write_payload` produces for its own index and time: a
+/// byte-exact check of what a third-party viewer received.
+pub fn payload_intact(p: &[u8]) -> bool {
+    let Some((idx, ts)) = read_payload(p) else {
+        return false;
+    };
+    let mut expect = Vec::with_capacity(p.len());
+    write_payload(&mut expect, p.len(), idx, ts);
+    expect == p
+}
+
+/// Fills `{stream}`, `{key}` and `{mode}` in a stream-ID template.
+pub fn stream_id(template: &str, stream: &str, key: &str, mode: &str) -> String {
+    template
+        .replace("{stream}", stream)
+        .replace("{key}", key)
+        .replace("{mode}", mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stsync_user::srt::handshake::parse_extensions;
+    use stsync_user::srt::packet::Packet;
+
+    #[test]
+    fn conclusion_parses_as_the_relay_reads_it() {
+        let mut out = Vec::new();
+        let peer: SocketAddr = "10.0.0.1:9999".parse().unwrap();
+        conclusion(
+            &mut out,
+            7,
+            Seq::new(5),
+            0,
+            peer,
+            99,
+            120,
+            b"#!::r=1,s=ab,m=request",
+        );
+        let Packet::Control(c) = Packet::parse(&out).unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.typ, c.dest), (ctrl::HANDSHAKE, 0));
+        let hs = Handshake::parse(c.body).unwrap();
+        assert_eq!((hs.cookie, hs.socket_id, hs.version), (99, 7, 5));
+        let e = parse_extensions(&c.body[48..]).unwrap();
+        assert_eq!(e.sid.as_deref(), Some(&b"#!::r=1,s=ab,m=request"[..]));
+        assert_eq!(e.hsreq.unwrap().recv_latency_ms, 120);
+    }
+
+    #[test]
+    fn payload_round_trips() {
+        let mut out = vec![1, 2];
+        write_payload(&mut out, 1316, 42, 123_456_789);
+        let p = &out[2..];
+        assert_eq!(p.len(), 1316);
+        assert_eq!(read_payload(p), Some((42, 123_456_789)));
+        assert!(payload_intact(p));
+        assert_eq!(&p[188..192], &TS_NULL);
+        let mut bad = p.to_vec();
+        bad[1000] ^= 1;
+        assert!(!payload_intact(&bad));
+    }
+}

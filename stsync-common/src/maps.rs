@@ -1,0 +1,161 @@
+//! Keys and values of the maps the kernel fast path (stsync-ebpf) and the daemon share.
+//!
+//! Every type is `#[repr(C)]`, fixed width, with explicit padding (no implicit holes, so a
+//! value written by one side is read byte for byte by the other) and a size assertion.
+//! Address fields hold the bytes as they appear on the wire: an IPv4 address or a port is
+//! stored in network byte order inside a native integer (`u32::from_ne_bytes(octets)`), so
+//! the kernel copies it into the packet without swapping. SRT fields (socket IDs, offsets)
+//! are plain host-order numbers.
+//!
+//! Map names (the `#[map]` statics in stsync-ebpf, looked up by the daemon) are the `MAP_*`
+//! constants below.
+
+/// Viewer slots per stream: the most viewers one stream can have on the fast path.
+pub const MAX_VIEWERS: u32 = 1024;
+/// Default number of streams the viewer table has room for; the daemon sizes the tables
+/// to its configuration when it loads the program.
+pub const DEFAULT_MAX_STREAMS: u32 = 64;
+/// Publisher entries (one per live publisher connection).
+pub const MAX_PUBLISHERS: u32 = 1024;
+/// Viewer connections the kernel learns routes for.
+pub const MAX_VIEWER_CONNS: u32 = 65536;
+/// Room in the queue of newly learned routes (the daemon drains it every few ms; when it
+/// is full the daemon's once-a-second scan still finds the routes).
+pub const LEARNED_QUEUE: u32 = 4096;
+
+pub const MAP_CONFIG: &str = "CONFIG";
+pub const MAP_PUBLISHERS: &str = "PUBLISHERS";
+pub const MAP_STREAMS: &str = "STREAMS";
+pub const MAP_VIEWERS: &str = "VIEWERS";
+pub const MAP_VIEWER_CONNS: &str = "VIEWER_CONNS";
+pub const MAP_ROUTES: &str = "ROUTES";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_VIEWER_CLONES: &str = "VIEWER_CLONES";
+/// Queue of viewer connection IDs whose route the program just learned or changed.
+pub const MAP_LEARNED: &str = "LEARNED";
+/// Name of the TC classifier in the object.
+pub const PROGRAM_NAME: &str = "stsync_tc";
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Data packets from a known publisher (verified source) that reached the program.
+    pub const PACKETS_SEEN: u32 = 0;
+    /// Clones sent to viewers.
+    pub const CLONES: u32 = 1;
+    /// `bpf_clone_redirect` (or a rewrite before it) failed.
+    pub const CLONE_FAILURES: u32 = 2;
+    /// Publisher packets the program could not fan out (IP options, fragments, GSO).
+    pub const SKIPPED: u32 = 3;
+    /// Viewer control packets that taught (or refreshed) a viewer route.
+    pub const ROUTES_LEARNED: u32 = 4;
+    /// Publisher packets whose original could not be restored (dropped instead).
+    pub const RESTORE_FAILURES: u32 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+/// `CONFIG[0]`: where the relay listens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The relay's listening IPv4 address (network order); 0 = any address.
+    pub relay_ip: u32,
+    /// The relay's UDP port (network order).
+    pub relay_port: u16,
+    pub _pad: u16,
+}
+
+/// `PUBLISHERS`: relay socket ID of a publisher connection (the SRT destination socket ID
+/// on its data packets) → where its packets go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublisherEntry {
+    /// The stream's publisher epoch; viewers' offsets are valid for one epoch.
+    pub epoch: u64,
+    /// Index of the stream (row of `VIEWERS`, entry of `STREAMS`).
+    pub stream: u32,
+    /// The publisher's source address (network order), checked on every packet.
+    pub src_ip: u32,
+    pub src_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// `STREAMS[stream]`: how many viewer slots of the stream's row the program scans.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// One past the highest slot in use (slots below it may be inactive).
+    pub slots: u32,
+    pub _pad: u32,
+}
+
+/// How a clone reaches a viewer: learned from the viewer's own packets as they arrive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// The interface the viewer's packets arrive on; clones leave through it.
+    pub ifindex: u32,
+    /// The relay's address as the viewer sees it (network order): clone source.
+    pub relay_ip: u32,
+    /// The viewer's address (network order): clone destination.
+    pub viewer_ip: u32,
+    pub relay_port: u16,
+    pub viewer_port: u16,
+    /// The relay interface's MAC: clone source MAC.
+    pub relay_mac: [u8; 6],
+    /// The viewer's (next hop's) MAC: clone destination MAC.
+    pub viewer_mac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+
+/// `VIEWERS[stream * MAX_VIEWERS + i]`: one viewer slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ViewerEntry {
+    /// The publisher epoch the offsets belong to: the program clones only packets of a
+    /// publisher with this epoch.
+    pub epoch: u64,
+    /// The viewer connection's relay socket ID.
+    pub conn: u32,
+    /// The viewer's own SRT socket ID: the destination socket ID of its packets.
+    pub peer_id: u32,
+    /// viewer seq = (publisher seq + seq_off) & 0x7FFF_FFFF.
+    pub seq_off: u32,
+    /// viewer timestamp = publisher timestamp + ts_off (wrapping).
+    pub ts_off: u32,
+    /// Non-zero: the kernel serves this viewer's new data for `epoch`.
+    pub active: u32,
+    pub _pad: u32,
+    pub route: Route,
+}
+
+/// `VIEWER_CONNS`: relay socket ID of a viewer connection → the peer the program may learn
+/// a route from (packets from any other source teach nothing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ViewerConn {
+    /// The viewer's slot (`stream * MAX_VIEWERS + i`), for the daemon's bookkeeping.
+    pub slot: u32,
+    pub peer_ip: u32,
+    pub peer_port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<PublisherEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<StreamEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<Route>() == 32);
+const _: () = assert!(core::mem::size_of::<ViewerEntry>() == 64);
+const _: () = assert!(core::mem::size_of::<ViewerConn>() == 12);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: #[repr(C)], only integer fields and byte arrays, no implicit padding (the
+    // size assertions above pin the layout), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for PublisherEntry {}
+    unsafe impl aya::Pod for StreamEntry {}
+    unsafe impl aya::Pod for Route {}
+    unsafe impl aya::Pod for ViewerEntry {}
+    unsafe impl aya::Pod for ViewerConn {}
+}

@@ -1,0 +1,684 @@
+//! The stsync-ebpf TC program on a real kernel: crafted frames through BPF_PROG_TEST_RUN
+//! (aya `test_run`), and the program attached (tcx) on a veth and on `lo` with real UDP
+//! sockets. Clones are checked where they land: UDP sockets (and a raw AF_PACKET capture)
+//! inside throwaway network namespaces.
+//!
+//! Needs root and the built object (`cargo xtask build-ebpf`); skips with a reason
+//! otherwise, and fails instead when STSYNC_REQUIRE_PRIVILEGED=1.
+
+mod common;
+mod ebpf_common;
+
+use aya::programs::{TestRun, TestRunOptions};
+use common::*;
+use ebpf_common::*;
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::time::Duration;
+use stsync_common::maps::{PublisherEntry, Route, ViewerConn, ViewerEntry, MAX_VIEWERS};
+use stsync_user::datapath::ebpf::{raw_ip, raw_port, Kernel};
+
+const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+const VIEW_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
+const RELAY_PORT: u16 = 9000;
+const PUB_ID: u32 = 0x1234_5678;
+const PUB_SRC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 88, 5, 5), 5000);
+const EPOCH: u64 = 7;
+
+/// A relay namespace and a viewer namespace joined by veth0a (relay) / veth0b (viewers).
+struct Lab {
+    ns: Netns,
+    relay_if: (u32, [u8; 6]),
+    view_if: (u32, [u8; 6]),
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let mut ns = Netns::create(&["relay", "view"]);
+        ns.link("relay", "10.88.0.1/24", "view", "10.88.0.2/24");
+        let relay_if = link_info(ns.name("relay"), "veth0a");
+        let view_if = link_info(ns.name("view"), "veth0b");
+        Lab {
+            ns,
+            relay_if,
+            view_if,
+        }
+    }
+
+    fn relay(&self) -> String {
+        self.ns.name("relay").to_string()
+    }
+
+    fn view(&self) -> String {
+        self.ns.name("view").to_string()
+    }
+
+    /// The route a viewer at VIEW_IP:`port` has, as the program would learn it.
+    fn route_to(&self, port: u16) -> Route {
+        Route {
+            ifindex: self.relay_if.0,
+            relay_ip: raw_ip(RELAY_IP),
+            viewer_ip: raw_ip(VIEW_IP),
+            relay_port: raw_port(RELAY_PORT),
+            viewer_port: raw_port(port),
+            relay_mac: self.relay_if.1,
+            viewer_mac: self.view_if.1,
+            _pad: [0; 4],
+        }
+    }
+
+    /// A publisher frame as it would arrive at veth0a.
+    fn pub_frame(&self, srt: &[u8], csum: Csum) -> Vec<u8> {
+        frame(
+            &FrameSpec {
+                src_mac: [0x02, 0, 0, 0, 0, 0x55],
+                dst_mac: self.relay_if.1,
+                src: PUB_SRC,
+                dst: SocketAddrV4::new(RELAY_IP, RELAY_PORT),
+                csum,
+            },
+            srt,
+        )
+    }
+}
+
+/// Runs the program once on `frame` inside namespace `ns` (clones leave from there), with
+/// the skb's device set to `ifindex`. Returns (kernel, verdict, frame after the program).
+fn test_run_in(ns: &str, k: Kernel, frame: Vec<u8>, ifindex: u32) -> (Kernel, u32, Vec<u8>) {
+    in_netns(ns, move || {
+        let mut k = k;
+        let mut out = vec![0u8; frame.len() + 256];
+        // struct __sk_buff up to and including `ifindex` (offset 40).
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let r = k
+            .program_mut()
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (k, r.return_value, out)
+    })
+}
+
+fn viewer(
+    conn: u32,
+    peer_id: u32,
+    seq_off: u32,
+    ts_off: u32,
+    epoch: u64,
+    active: bool,
+    route: Route,
+) -> ViewerEntry {
+    ViewerEntry {
+        epoch,
+        conn,
+        peer_id,
+        seq_off,
+        ts_off,
+        active: u32::from(active),
+        _pad: 0,
+        route,
+    }
+}
+
+fn install_publisher(k: &mut Kernel, stream: u32) {
+    k.set_relay(Some(RELAY_IP), RELAY_PORT).unwrap();
+    k.set_publisher(
+        PUB_ID,
+        PublisherEntry {
+            epoch: EPOCH,
+            stream,
+            src_ip: raw_ip(*PUB_SRC.ip()),
+            src_port: raw_port(PUB_SRC.port()),
+            _pad: [0; 6],
+        },
+    )
+    .unwrap();
+}
+
+fn payload(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn control_and_unknown_packets_pass_unmodified() {
+    let Some(obj) = object_or_skip("control_and_unknown_packets_pass_unmodified") else {
+        return;
+    };
+    let lab = Lab::new();
+    let mut k = load(&obj, 1);
+    install_publisher(&mut k, 0);
+    // One active viewer, so that any clone would be seen.
+    let sock = udp_in(&lab.view(), SocketAddrV4::new(VIEW_IP, 0), None);
+    let vport = sock.local_addr().unwrap().port();
+    k.set_viewer(
+        0,
+        &viewer(0x2222, 0x3333, 0, 0, EPOCH, true, lab.route_to(vport)),
+    )
+    .unwrap();
+    k.set_stream_slots(0, 1).unwrap();
+
+    let body = payload(1316, 1);
+    let relay = SocketAddrV4::new(RELAY_IP, RELAY_PORT);
+    let spec = |src: SocketAddrV4, dst: SocketAddrV4| FrameSpec {
+        src_mac: [0x02, 0, 0, 0, 0, 0x55],
+        dst_mac: lab.relay_if.1,
+        src,
+        dst,
+        csum: Csum::Valid,
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "ACK from the publisher",
+            frame(&spec(PUB_SRC, relay), &srt_control(2, 10, PUB_ID, &[0; 24])),
+        ),
+        (
+            "data to an unknown socket ID",
+            frame(
+                &spec(PUB_SRC, relay),
+                &srt_data(5, 1, false, 10, 0x0BAD, &body),
+            ),
+        ),
+        (
+            "data from the wrong source port",
+            frame(
+                &spec(SocketAddrV4::new(*PUB_SRC.ip(), 5001), relay),
+                &srt_data(5, 1, false, 10, PUB_ID, &body),
+            ),
+        ),
+        (
+            "data to another UDP port",
+            frame(
+                &spec(PUB_SRC, SocketAddrV4::new(RELAY_IP, 9001)),
+                &srt_data(5, 1, false, 10, PUB_ID, &body),
+            ),
+        ),
+        (
+            "data to another local address",
+            frame(
+                &spec(
+                    PUB_SRC,
+                    SocketAddrV4::new(Ipv4Addr::new(10, 88, 0, 9), RELAY_PORT),
+                ),
+                &srt_data(5, 1, false, 10, PUB_ID, &body),
+            ),
+        ),
+        (
+            "a truncated SRT header",
+            frame(
+                &spec(PUB_SRC, relay),
+                &srt_data(5, 1, false, 10, PUB_ID, &[])[..10],
+            ),
+        ),
+        (
+            "a control packet from a stranger to a viewer connection",
+            frame(&spec(PUB_SRC, relay), &srt_control(2, 10, 0x2222, &[0; 24])),
+        ),
+    ];
+    let before = k.counters();
+    for (what, f) in cases {
+        let (k2, verdict, out) = test_run_in(&lab.relay(), k, f.clone(), lab.relay_if.0);
+        k = k2;
+        assert_eq!(verdict, 0, "{what}: TC_ACT_OK expected");
+        assert_eq!(out, f, "{what}: the frame must pass unmodified");
+    }
+    let after = k.counters();
+    assert_eq!(after.clones, before.clones, "no clone for any of these");
+    assert_eq!(after.packets_seen, before.packets_seen);
+    assert!(k.route(0x2222).is_none(), "a stranger taught a route");
+    assert!(drain(&sock, Duration::from_millis(300)).is_empty());
+}
+
+#[test]
+fn data_packet_is_cloned_to_each_active_viewer() {
+    let Some(obj) = object_or_skip("data_packet_is_cloned_to_each_active_viewer") else {
+        return;
+    };
+    let lab = Lab::new();
+    // Stream 1 of 2, so the row offset is exercised.
+    let mut k = load(&obj, 2);
+    install_publisher(&mut k, 1);
+    let base = MAX_VIEWERS;
+    // (slot, active, epoch, seq_off, ts_off)
+    let layout: [(u32, bool, u64, u32, u32); 7] = [
+        (0, true, EPOCH, 0, 0),
+        (1, true, EPOCH, 1_000_000, 123_456),
+        (2, false, EPOCH, 5, 5),
+        (3, true, EPOCH, 0x7FFF_FFFF, 0xFFFF_FFFF),
+        (4, true, EPOCH, 0x4000_0000, 0x8000_0000),
+        (5, true, EPOCH - 1, 9, 9),
+        (6, true, EPOCH, 17, 1),
+    ];
+    let mut viewers = Vec::new();
+    for (i, &(slot, active, epoch, seq_off, ts_off)) in layout.iter().enumerate() {
+        let sock = udp_in(&lab.view(), SocketAddrV4::new(VIEW_IP, 0), None);
+        let port = sock.local_addr().unwrap().port();
+        let peer_id = 0x0100_0000 + i as u32;
+        let e = viewer(
+            0x5000 + i as u32,
+            peer_id,
+            seq_off,
+            ts_off,
+            epoch,
+            active,
+            lab.route_to(port),
+        );
+        k.set_viewer(base + slot, &e).unwrap();
+        k.reset_viewer_clones(base + slot);
+        viewers.push((sock, e, active && epoch == EPOCH));
+    }
+    k.set_stream_slots(1, 7).unwrap();
+    let cap = RawCapture::open(&lab.view(), "veth0b");
+
+    // (seq, ts, R flag, UDP checksum)
+    let cases = [
+        (1000u32, 5000u32, false, Csum::Valid),
+        (0x7FFF_FFF0, 0xFFFF_FF00, true, Csum::Valid),
+        (77, 1, false, Csum::Zero),
+        (78, 2, false, Csum::Broken),
+    ];
+    let expected_clones = viewers.iter().filter(|v| v.2).count();
+    assert_eq!(expected_clones, 5);
+    for (n, &(seq, ts, rexmit, csum)) in cases.iter().enumerate() {
+        let body = payload(1316, n as u8);
+        let srt = srt_data(seq, 42 + n as u32, rexmit, ts, PUB_ID, &body);
+        let f = lab.pub_frame(&srt, csum);
+        let (k2, verdict, out) = test_run_in(&lab.relay(), k, f.clone(), lab.relay_if.0);
+        k = k2;
+        assert_eq!(verdict, 0, "case {n}: TC_ACT_OK");
+        assert_eq!(
+            out, f,
+            "case {n}: the original must be restored byte for byte"
+        );
+
+        for (i, (sock, e, served)) in viewers.iter().enumerate() {
+            let got = drain(sock, Duration::from_millis(200));
+            if !served || csum == Csum::Broken {
+                assert!(
+                    got.is_empty(),
+                    "case {n}: viewer {i} must get nothing, got {}",
+                    got.len()
+                );
+                continue;
+            }
+            assert_eq!(
+                got.len(),
+                1,
+                "case {n}: viewer {i} must get exactly one clone"
+            );
+            let (d, from) = &got[0];
+            assert_eq!(
+                *from,
+                SocketAddr::V4(SocketAddrV4::new(RELAY_IP, RELAY_PORT))
+            );
+            let h = parse_data(d);
+            assert_eq!(
+                h.seq,
+                seq.wrapping_add(e.seq_off) & 0x7FFF_FFFF,
+                "case {n} viewer {i}: seq"
+            );
+            assert_eq!(
+                h.ts,
+                ts.wrapping_add(e.ts_off),
+                "case {n} viewer {i}: timestamp"
+            );
+            assert_eq!(
+                h.dest, e.peer_id,
+                "case {n} viewer {i}: destination socket ID"
+            );
+            assert_eq!(
+                h.word1,
+                0xC000_0000 | (42 + n as u32),
+                "case {n} viewer {i}: R flag cleared, message number kept"
+            );
+            assert_eq!(&d[16..], &body[..], "case {n} viewer {i}: payload");
+        }
+        let ports: Vec<u16> = viewers
+            .iter()
+            .map(|(s, _, _)| s.local_addr().unwrap().port())
+            .collect();
+        let frames = cap.udp_frames_to(&ports);
+        assert_eq!(
+            frames.len(),
+            expected_clones,
+            "case {n}: frames on the wire"
+        );
+        for fr in &frames {
+            assert_eq!(fr[0..6], lab.view_if.1, "destination MAC");
+            assert_eq!(fr[6..12], lab.relay_if.1, "source MAC");
+            assert_eq!(
+                ip_checksum_residue(&fr[ETH_LEN..ETH_LEN + IP_LEN]),
+                0,
+                "IPv4 checksum"
+            );
+            let udp = &fr[ETH_LEN + IP_LEN..];
+            let field = u16::from_be_bytes([udp[6], udp[7]]);
+            let residue = udp_checksum_residue(RELAY_IP, VIEW_IP, udp);
+            match csum {
+                Csum::Valid => assert!(field != 0 && residue == 0, "case {n}: UDP checksum"),
+                Csum::Zero => assert_eq!(field, 0, "case {n}: UDP checksum 0 stays 0"),
+                Csum::Broken => assert_ne!(residue, 0, "case {n}: a bad checksum stays bad"),
+            }
+        }
+    }
+    let c = k.counters();
+    assert_eq!(c.clones, (expected_clones * cases.len()) as u64);
+    assert_eq!(c.clone_failures, 0);
+    assert_eq!(c.packets_seen, cases.len() as u64);
+    for &(slot, active, epoch, _, _) in &layout {
+        let want = if active && epoch == EPOCH {
+            cases.len() as u64
+        } else {
+            0
+        };
+        assert_eq!(
+            k.viewer_clones(base + slot),
+            want,
+            "per-viewer clone count of slot {slot}"
+        );
+    }
+}
+
+#[test]
+fn fan_out_reaches_1024_viewers_of_one_stream() {
+    let Some(obj) = object_or_skip("fan_out_reaches_1024_viewers_of_one_stream") else {
+        return;
+    };
+    let lab = Lab::new();
+    // 1024 clones of one packet queue on one CPU's backlog (veth): the default limit of
+    // 1000 would drop the last ones.
+    let _backlog = BacklogAtLeast::new(4096);
+    let mut k = load(&obj, 1);
+    install_publisher(&mut k, 0);
+    let sock = udp_in(&lab.view(), SocketAddrV4::new(VIEW_IP, 0), Some(64 << 20));
+    let port = sock.local_addr().unwrap().port();
+    for i in 0..MAX_VIEWERS {
+        k.set_viewer(
+            i,
+            &viewer(
+                0x9000 + i,
+                0x1000 + i,
+                i,
+                0,
+                EPOCH,
+                true,
+                lab.route_to(port),
+            ),
+        )
+        .unwrap();
+    }
+    k.set_stream_slots(0, MAX_VIEWERS).unwrap();
+    let body = payload(1316, 9);
+    let f = lab.pub_frame(&srt_data(500, 1, false, 99, PUB_ID, &body), Csum::Valid);
+    let (k2, verdict, out) = test_run_in(&lab.relay(), k, f.clone(), lab.relay_if.0);
+    k = k2;
+    assert_eq!(verdict, 0);
+    assert_eq!(out, f);
+    let got = drain(&sock, Duration::from_millis(500));
+    let dests: BTreeSet<u32> = got.iter().map(|(d, _)| parse_data(d).dest).collect();
+    assert_eq!(got.len(), MAX_VIEWERS as usize, "one clone per viewer");
+    assert_eq!(
+        dests,
+        (0..MAX_VIEWERS)
+            .map(|i| 0x1000 + i)
+            .collect::<BTreeSet<_>>()
+    );
+    for (d, _) in &got {
+        let h = parse_data(d);
+        assert_eq!(h.seq, 500 + (h.dest - 0x1000), "viewer's own offset");
+    }
+    let c = k.counters();
+    assert_eq!((c.clones, c.clone_failures), (u64::from(MAX_VIEWERS), 0));
+
+    // Cost of one publisher packet fanned out to 1024 viewers (veth delivery and the
+    // viewers' UDP receive included: BPF_PROG_TEST_RUN runs the softirqs inline).
+    let (_k, per_run) = in_netns(&lab.relay(), {
+        let ifindex = lab.relay_if.0;
+        move || {
+            let mut k = k;
+            let mut ctx = [0u8; 44];
+            ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+            let r = k
+                .program_mut()
+                .test_run(TestRunOptions {
+                    data_in: Some(&f),
+                    ctx_in: Some(&ctx),
+                    repeat: 20,
+                    ..TestRunOptions::default()
+                })
+                .expect("test_run repeat");
+            (k, r.duration)
+        }
+    });
+    let per_clone = per_run.as_nanos() as f64 / f64::from(MAX_VIEWERS);
+    let line = format!(
+        "ebpf fan-out 1024 viewers: {:.0} us per publisher packet, {per_clone:.0} ns per clone ({:.2} M clones/s on one core, veth + UDP receive included)",
+        per_run.as_secs_f64() * 1e6,
+        1e3 / per_clone
+    );
+    eprintln!("{line}");
+    record_result(&line);
+}
+
+#[test]
+fn route_is_learned_from_the_viewers_own_packets() {
+    let Some(obj) = object_or_skip("route_is_learned_from_the_viewers_own_packets") else {
+        return;
+    };
+    let lab = Lab::new();
+    let mut k = load(&obj, 1);
+    install_publisher(&mut k, 0);
+    let sock = udp_in(&lab.view(), SocketAddrV4::new(VIEW_IP, 0), None);
+    let vaddr = match sock.local_addr().unwrap() {
+        SocketAddr::V4(a) => a,
+        _ => unreachable!(),
+    };
+    let conn = 0x00AB_CDEF;
+    k.set_viewer_conn(
+        conn,
+        ViewerConn {
+            slot: 0,
+            peer_ip: raw_ip(*vaddr.ip()),
+            peer_port: raw_port(vaddr.port()),
+            _pad: 0,
+        },
+    )
+    .unwrap();
+    let ack = |src: SocketAddrV4| {
+        frame(
+            &FrameSpec {
+                src_mac: lab.view_if.1,
+                dst_mac: lab.relay_if.1,
+                src,
+                dst: SocketAddrV4::new(RELAY_IP, RELAY_PORT),
+                csum: Csum::Valid,
+            },
+            &srt_control(2, 1, conn, &[0; 24]),
+        )
+    };
+    // From another port of the same host: not this viewer.
+    let stranger = ack(SocketAddrV4::new(VIEW_IP, vaddr.port().wrapping_add(1)));
+    let (k2, v, out) = test_run_in(&lab.relay(), k, stranger.clone(), lab.relay_if.0);
+    k = k2;
+    assert_eq!((v, out), (0, stranger));
+    assert!(k.route(conn).is_none());
+    let own = ack(vaddr);
+    let (k2, v, out) = test_run_in(&lab.relay(), k, own.clone(), lab.relay_if.0);
+    k = k2;
+    assert_eq!(
+        (v, out),
+        (0, own),
+        "a viewer's control packet passes untouched"
+    );
+    let route = k.route(conn).expect("route learned");
+    assert_eq!(route, lab.route_to(vaddr.port()));
+
+    // The learned route carries a clone to the viewer.
+    k.set_viewer(0, &viewer(conn, 0x77, 3, 4, EPOCH, true, route))
+        .unwrap();
+    k.set_stream_slots(0, 1).unwrap();
+    let f = lab.pub_frame(
+        &srt_data(10, 1, false, 20, PUB_ID, &payload(188, 3)),
+        Csum::Valid,
+    );
+    let (_k, v, out) = test_run_in(&lab.relay(), k, f.clone(), lab.relay_if.0);
+    assert_eq!((v, out), (0, f));
+    let got = drain(&sock, Duration::from_millis(300));
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        parse_data(&got[0].0),
+        DataHdr {
+            seq: 13,
+            word1: 0xC000_0001,
+            ts: 24,
+            dest: 0x77
+        }
+    );
+}
+
+/// Attached for real (tcx) on `iface` in `ns`: a viewer socket teaches the route with its
+/// own control packet, a publisher socket sends data; the viewer gets the clone and the
+/// relay's socket gets the original, unchanged.
+fn attached_round_trip(
+    ns_relay: &str,
+    iface: &str,
+    relay: SocketAddrV4,
+    ns_client: &str,
+    client_ip: Ipv4Addr,
+    obj: &std::path::Path,
+) {
+    let k = load(obj, 1);
+    let mut k = in_netns(ns_relay, {
+        let iface = iface.to_string();
+        move || {
+            let mut k = k;
+            k.attach(&iface).expect("tcx attach");
+            k
+        }
+    });
+    let relay_sock = udp_in(ns_relay, relay, None);
+    let view = udp_in(ns_client, SocketAddrV4::new(client_ip, 0), None);
+    let publ = udp_in(ns_client, SocketAddrV4::new(client_ip, 0), None);
+    let addr = |s: &UdpSocket| match s.local_addr().unwrap() {
+        SocketAddr::V4(a) => a,
+        _ => unreachable!(),
+    };
+    let (vaddr, paddr) = (addr(&view), addr(&publ));
+    k.set_relay(Some(*relay.ip()), relay.port()).unwrap();
+    let pub_id = 0x0001_0001;
+    k.set_publisher(
+        pub_id,
+        PublisherEntry {
+            epoch: 1,
+            stream: 0,
+            src_ip: raw_ip(*paddr.ip()),
+            src_port: raw_port(paddr.port()),
+            _pad: [0; 6],
+        },
+    )
+    .unwrap();
+    let conn = 0x0002_0002;
+    k.set_viewer_conn(
+        conn,
+        ViewerConn {
+            slot: 0,
+            peer_ip: raw_ip(*vaddr.ip()),
+            peer_port: raw_port(vaddr.port()),
+            _pad: 0,
+        },
+    )
+    .unwrap();
+    view.send_to(&srt_control(2, 5, conn, &[0; 24]), relay)
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = relay_sock
+        .recv_from(&mut buf)
+        .expect("relay socket gets the ACK");
+    assert_eq!((n, from), (40, SocketAddr::V4(vaddr)));
+    let mut route = None;
+    assert!(wait_until(Duration::from_secs(2), || {
+        route = k.route(conn);
+        route.is_some()
+    }));
+    let route = route.unwrap();
+    eprintln!("{iface}: learned route {route:?}");
+    k.set_viewer(0, &viewer(conn, 0x4242, 100, 1000, 1, true, route))
+        .unwrap();
+    k.set_stream_slots(0, 1).unwrap();
+
+    let body = payload(1316, 5);
+    for seq in 0..20u32 {
+        let pkt = srt_data(seq, seq + 1, false, seq * 10, pub_id, &body);
+        publ.send_to(&pkt, relay).unwrap();
+        let (n, from) = relay_sock
+            .recv_from(&mut buf)
+            .expect("the original reaches the relay");
+        assert_eq!(from, SocketAddr::V4(paddr));
+        assert_eq!(&buf[..n], &pkt[..], "original unchanged");
+        let (n, from) = view
+            .recv_from(&mut buf)
+            .expect("the clone reaches the viewer");
+        assert_eq!(
+            from,
+            SocketAddr::V4(relay),
+            "clone comes from the relay's address"
+        );
+        assert_eq!(
+            parse_data(&buf[..n]),
+            DataHdr {
+                seq: seq + 100,
+                word1: 0xC000_0000 | (seq + 1),
+                ts: seq * 10 + 1000,
+                dest: 0x4242
+            }
+        );
+        assert_eq!(&buf[16..n], &body[..]);
+    }
+    let c = k.counters();
+    assert_eq!((c.packets_seen, c.clones, c.clone_failures), (20, 20, 0));
+    drop(k);
+    // Detached on drop: nothing of ours stays on the interface.
+    let left = in_netns(ns_relay, {
+        let iface = iface.to_string();
+        move || {
+            aya::programs::SchedClassifier::query_tcx(&iface, aya::programs::TcAttachType::Ingress)
+                .map(|(_, progs)| progs.len())
+                .unwrap_or(0)
+        }
+    });
+    assert_eq!(left, 0, "program still attached to {iface} after drop");
+}
+
+#[test]
+fn attached_program_clones_on_veth_and_on_loopback() {
+    let Some(obj) = object_or_skip("attached_program_clones_on_veth_and_on_loopback") else {
+        return;
+    };
+    let lab = Lab::new();
+    attached_round_trip(
+        &lab.relay(),
+        "veth0a",
+        SocketAddrV4::new(RELAY_IP, RELAY_PORT),
+        &lab.view(),
+        VIEW_IP,
+        &obj,
+    );
+    // Everything on one host: the clone goes out of `lo` (egress) and comes back in to
+    // the viewer's socket.
+    let solo = Netns::create(&["solo"]);
+    attached_round_trip(
+        solo.name("solo"),
+        "lo",
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, RELAY_PORT),
+        solo.name("solo"),
+        Ipv4Addr::LOCALHOST,
+        &obj,
+    );
+}

@@ -1,0 +1,309 @@
+//! Handshake rejections as real callers see them. srt-live-transmit prints libsrt's text
+//! for the code (every 2xxx code shows as "Application-defined rejection reason"), so the
+//! number is checked in the relay's log, where it logs `code=NNNN` on a `reject` line.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const APP_TEXT: &str = "Application-defined rejection reason";
+const ROGUE_TEXT: &str = "Rogue peer or incorrect parameters";
+
+/// Runs one srt-live-transmit caller that must be refused: it must exit within 5 s
+/// (a silent listener would only time out after ~3 s and print no reason), print
+/// `expect_text`, and the relay must log `expect_code`.
+fn expect_reject(
+    relay: &Relay,
+    dir: &TempDir,
+    what: &str,
+    url: &str,
+    expect_text: &str,
+    expect_code: u32,
+) {
+    let before = relay
+        .reject_codes()
+        .iter()
+        .filter(|c| **c == expect_code)
+        .count();
+    let t = Instant::now();
+    let (exited, stderr) = slt_attempt(dir, &unique("caller"), url, Duration::from_secs(5));
+    let took = t.elapsed();
+    assert!(
+        exited,
+        "{what}: srt-live-transmit still running after 5 s ({url})\n{stderr}"
+    );
+    assert!(
+        stderr.contains(expect_text),
+        "{what}: expected the caller to print {expect_text:?}; it printed:\n{stderr}\n(url {url})"
+    );
+    let ok = wait_until(Duration::from_secs(2), || {
+        relay
+            .reject_codes()
+            .iter()
+            .filter(|c| **c == expect_code)
+            .count()
+            > before
+    });
+    assert!(
+        ok,
+        "{what}: relay did not log `reject ... code={expect_code}`; codes logged so far: {:?}\nlog tail:\n{}",
+        relay.reject_codes(),
+        tail_lines(&relay.log(), 15)
+    );
+    eprintln!(
+        "[check] {what}: rejected with {expect_code} in {took:?}: {}",
+        stderr.trim()
+    );
+}
+
+#[test]
+fn malformed_stream_ids_are_rogue() {
+    let relay = Relay::start_default();
+    let dir = TempDir::new("rej-rogue");
+    let key = relay.session("1");
+    let cases = [
+        ("no stream id", format!("srt://{}", relay.srt)),
+        ("plain text stream id", relay.url_sid("hello")),
+        ("no s key", relay.url_sid("#!::r=1,m=request")),
+        ("no r key", relay.url_sid(&format!("#!::s={key},m=request"))),
+        ("no m key", relay.url_sid(&format!("#!::r=1,s={key}"))),
+        (
+            "non-hex resource",
+            relay.url_sid(&format!("#!::r=xyz,s={key},m=request")),
+        ),
+        (
+            "non-hex session",
+            relay.url_sid("#!::r=1,s=nothex!,m=request"),
+        ),
+        (
+            "nested syntax",
+            relay.url_sid(&format!("#!:{{::r=1,s={key},m=request}}")),
+        ),
+    ];
+    for (what, url) in &cases {
+        expect_reject(&relay, &dir, what, url, ROGUE_TEXT, 1004);
+    }
+    // None of them was a connection.
+    assert_eq!(relay.metric("srt_connections_total", &[]), Some(0.0));
+    // The key was not consumed by the malformed attempts that carried it.
+    let mut v = SltViewer::start(&dir, "viewer", &relay.url("1", &key, "request"));
+    sleep_secs(1.5);
+    v.assert_running("with a key that only malformed callers had carried");
+    v.stop();
+}
+
+#[test]
+fn application_rejections() {
+    let relay = Relay::start_default();
+    let dir = TempDir::new("rej-app");
+    let k1 = relay.session("1");
+    expect_reject(
+        &relay,
+        &dir,
+        "unknown resource",
+        &relay.url("abc", &k1, "request"),
+        APP_TEXT,
+        2404,
+    );
+    expect_reject(
+        &relay,
+        &dir,
+        "unknown session key",
+        &relay.url("1", "0123456789abcdef", "request"),
+        APP_TEXT,
+        2401,
+    );
+    let k2 = relay.session("2");
+    expect_reject(
+        &relay,
+        &dir,
+        "key of another resource",
+        &relay.url("1", &k2, "request"),
+        APP_TEXT,
+        2401,
+    );
+    let k3 = relay.session("1");
+    expect_reject(
+        &relay,
+        &dir,
+        "bad mode",
+        &relay.url("1", &k3, "foo"),
+        APP_TEXT,
+        2405,
+    );
+    expect_reject(
+        &relay,
+        &dir,
+        "unknown key, publish",
+        &relay.url("1", "fedcba9876543210", "publish"),
+        APP_TEXT,
+        2401,
+    );
+    assert_eq!(relay.metric("srt_connections_total", &[]), Some(0.0));
+}
+
+#[test]
+fn used_key_is_forbidden() {
+    let c = clip();
+    let relay = Relay::start_default();
+    let dir = TempDir::new("rej-used");
+    let key = relay.session("1");
+    let url = relay.url("1", &key, "request");
+    let mut v = SltViewer::start(&dir, "first", &url);
+    let mut p = BytePublisher::start(&dir, "pub", &relay.publisher_url("1"), c);
+    assert!(
+        v.wait_bytes(50_000, Duration::from_secs(5)),
+        "first use of the key got no data: {}",
+        v.stderr()
+    );
+    expect_reject(&relay, &dir, "key in use", &url, APP_TEXT, 2403);
+    expect_reject(
+        &relay,
+        &dir,
+        "key in use, as publisher",
+        &relay.url("1", &key, "publish"),
+        APP_TEXT,
+        2403,
+    );
+    v.assert_running("after others tried its key");
+    v.stop();
+    sleep_secs(0.5);
+    expect_reject(&relay, &dir, "key used before", &url, APP_TEXT, 2403);
+    p.stop();
+    assert_eq!(
+        relay.metric("srt_connections_total", &[]),
+        Some(2.0),
+        "only the first viewer and the publisher are connections"
+    );
+}
+
+#[test]
+fn expired_key_is_failed_dependency() {
+    let relay = Relay::start(RelayOpts {
+        session_ttl_secs: Some(1),
+        ..Default::default()
+    });
+    let dir = TempDir::new("rej-expired");
+    let old = relay.session("1");
+    sleep_secs(2.5);
+    expect_reject(
+        &relay,
+        &dir,
+        "expired key",
+        &relay.url("1", &old, "request"),
+        APP_TEXT,
+        2424,
+    );
+    // A fresh key on the same relay works at once.
+    let mut v = SltViewer::start(&dir, "fresh", &relay.viewer_url("1"));
+    sleep_secs(1.5);
+    v.assert_running("with a fresh key (session_ttl_secs = 1)");
+    v.stop();
+}
+
+#[test]
+fn encryption_and_stream_mode_are_refused() {
+    let relay = Relay::start_default();
+    let dir = TempDir::new("rej-mode");
+    let k = relay.session("1");
+    expect_reject(
+        &relay,
+        &dir,
+        "caller with a passphrase",
+        &format!("{}&passphrase=0123456789abc", relay.url("1", &k, "request")),
+        "Password required or unexpected",
+        1011,
+    );
+    let k = relay.session("1");
+    expect_reject(
+        &relay,
+        &dir,
+        "caller in file (stream) mode",
+        &format!("{}&transtype=file", relay.url("1", &k, "request")),
+        "MessageAPI/StreamAPI collision",
+        1012,
+    );
+}
+
+#[test]
+fn viewer_limit_is_overload() {
+    let relay = Relay::start(RelayOpts {
+        max_viewers_per_stream: Some(1),
+        ..Default::default()
+    });
+    let dir = TempDir::new("rej-overload");
+    let mut v1 = SltViewer::start(&dir, "v1", &relay.viewer_url("1"));
+    assert!(
+        wait_until(Duration::from_secs(3), || relay
+            .metric("srt_connections_current", &[("mode", "request")])
+            == Some(1.0)),
+        "first viewer not connected"
+    );
+    expect_reject(
+        &relay,
+        &dir,
+        "second viewer over max_viewers_per_stream=1",
+        &relay.viewer_url("1"),
+        APP_TEXT,
+        2402,
+    );
+    // The limit is per stream.
+    let mut v2 = SltViewer::start(&dir, "v2-stream2", &relay.viewer_url("2"));
+    sleep_secs(1.5);
+    v1.assert_running("while another viewer was refused");
+    v2.assert_running("on stream 2 (the limit is per stream)");
+    v1.stop();
+    v2.stop();
+    // A slot freed by a leaving viewer can be taken again.
+    assert!(
+        wait_until(Duration::from_secs(3), || relay
+            .metric("srt_connections_current", &[("mode", "request")])
+            == Some(0.0)),
+        "viewers did not leave: {}",
+        relay.metrics()
+    );
+    let mut v3 = SltViewer::start(&dir, "v3", &relay.viewer_url("1"));
+    sleep_secs(1.5);
+    v3.assert_running("after the first viewer left");
+    v3.stop();
+}
+
+#[test]
+fn ffmpeg_rejected_exits_nonzero() {
+    let c = clip();
+    let relay = Relay::start_default();
+    let dir = TempDir::new("rej-ffmpeg");
+    let t = Instant::now();
+    let mut f = FfmpegPublisher::start(
+        &dir,
+        "ff-bad-key",
+        &relay.url("1", "0123456789abcdef", "publish"),
+        c,
+        None,
+    );
+    let st = f.proc.wait_exit(Duration::from_secs(8));
+    let stderr = f.proc.stderr_text();
+    let st = st.unwrap_or_else(|| {
+        panic!("ffmpeg publisher with a bad key still running after 8 s:\n{stderr}")
+    });
+    assert!(
+        !st.success(),
+        "ffmpeg exited successfully although rejected:\n{stderr}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "rejection took {:?} (a timeout, not a rejection?)",
+        t.elapsed()
+    );
+    assert!(
+        relay.reject_codes().contains(&2401),
+        "relay log: {:?}",
+        relay.reject_codes()
+    );
+    eprintln!(
+        "[check] ffmpeg: {st} after {:?}: {}",
+        t.elapsed(),
+        stderr.trim()
+    );
+}
