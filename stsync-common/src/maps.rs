@@ -50,7 +50,10 @@ pub mod counter {
     pub const ROUTES_LEARNED: u32 = 4;
     /// Publisher packets whose original could not be restored (dropped instead).
     pub const RESTORE_FAILURES: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Clones not made for a viewer on `lo` because the packet came in elsewhere (see
+    /// `CONFIG_LO_ACCEPT_LOCAL`).
+    pub const LOOPBACK_SKIPPED: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// `CONFIG[0]`: where the relay listens.
@@ -61,8 +64,18 @@ pub struct Config {
     pub relay_ip: u32,
     /// The relay's UDP port (network order).
     pub relay_port: u16,
-    pub _pad: u16,
+    /// `CONFIG_*` bits.
+    pub flags: u16,
 }
+
+/// The interface index of `lo` in every network namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+/// `Config::flags`: `lo` accepts packets with a local source that carry no route
+/// (`net.ipv4.conf.lo.accept_local = 1`), so clones of packets that came in on another
+/// interface can be delivered to viewers on this host. Without it the program clones to a
+/// viewer on `lo` only packets that themselves came in on `lo` (they carry a local route;
+/// the others would be dropped as martians, "IP_LOCAL_SOURCE").
+pub const CONFIG_LO_ACCEPT_LOCAL: u16 = 1;
 
 /// `PUBLISHERS`: relay socket ID of a publisher connection (the SRT destination socket ID
 /// on its data packets) → where its packets go.

@@ -32,7 +32,8 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use stsync_common::maps::{
     counter, Config, PublisherEntry, Route, StreamEntry, ViewerConn, ViewerEntry,
-    DEFAULT_MAX_STREAMS, LEARNED_QUEUE, MAX_PUBLISHERS, MAX_VIEWERS, MAX_VIEWER_CONNS,
+    CONFIG_LO_ACCEPT_LOCAL, DEFAULT_MAX_STREAMS, LEARNED_QUEUE, LOOPBACK_IFINDEX, MAX_PUBLISHERS,
+    MAX_VIEWERS, MAX_VIEWER_CONNS,
 };
 use stsync_common::srt;
 
@@ -128,6 +129,11 @@ struct FanOut {
     pub_ts: u32,
     clones: u32,
     failures: u32,
+    /// Clones left out for viewers on `lo` (see CONFIG_LO_ACCEPT_LOCAL).
+    lo_skipped: u32,
+    /// Non-zero: clones to `lo` are delivered (the packet came in on `lo`, or `lo`
+    /// accepts local sources).
+    lo_ok: u32,
     /// A rewrite failed: the packet is in an unknown state, stop cloning.
     broken: u32,
     /// What the packet holds now.
@@ -233,6 +239,12 @@ fn try_stsync_tc(ctx: &TcContext) -> Result<i32, i32> {
         pub_ts: be32(&h, SRT_TS),
         clones: 0,
         failures: 0,
+        lo_skipped: 0,
+        // SAFETY: reading a field of the program's context.
+        lo_ok: u32::from(
+            unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX
+                || cfg.flags & CONFIG_LO_ACCEPT_LOCAL != 0,
+        ),
         broken: 0,
         cur: orig,
     };
@@ -247,6 +259,7 @@ fn try_stsync_tc(ctx: &TcContext) -> Result<i32, i32> {
     };
     count(counter::CLONES, f.clones.into());
     count(counter::CLONE_FAILURES, f.failures.into());
+    count(counter::LOOPBACK_SKIPPED, f.lo_skipped.into());
 
     let mut restored = rewrite(skb, &mut f.cur, &orig).is_ok();
     if rexmit {
@@ -274,6 +287,10 @@ extern "C" fn fan_out_one(i: u64, ctx: *mut c_void) -> i64 {
         return 0;
     }
     let r = &v.route;
+    if r.ifindex == LOOPBACK_IFINDEX && f.lo_ok == 0 {
+        f.lo_skipped += 1;
+        return 0;
+    }
     let (rp, vp) = (r.relay_port.to_ne_bytes(), r.viewer_port.to_ne_bytes());
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&r.viewer_mac);
@@ -339,9 +356,16 @@ fn rewrite(skb: *mut __sk_buff, cur: &mut Fields, want: &Fields) -> Result<(), (
         let mut from = cur.l4;
         let mut to = want.l4;
         let diff = csum_diff(from.as_mut_ptr(), to.as_mut_ptr(), 16)?;
-        store(skb, UDP_SPORT, to.as_ptr().cast(), 4)?;
-        store(skb, SRT_WORD0, to[1..].as_ptr().cast(), 4)?;
-        store(skb, SRT_TS, to[2..].as_ptr().cast(), 8)?;
+        // Viewers on one host share addresses and often ports: write what differs.
+        if from[0] != to[0] {
+            store(skb, UDP_SPORT, to.as_ptr().cast(), 4)?;
+        }
+        if from[1] != to[1] {
+            store(skb, SRT_WORD0, to[1..].as_ptr().cast(), 4)?;
+        }
+        if from[2] != to[2] || from[3] != to[3] {
+            store(skb, SRT_TS, to[2..].as_ptr().cast(), 8)?;
+        }
         // SAFETY: as above.
         if unsafe {
             bpf_l4_csum_replace(skb, UDP_CSUM as u32, 0, diff, BPF_F_MARK_MANGLED_0 as u64)

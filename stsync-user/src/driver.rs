@@ -53,8 +53,16 @@ pub async fn run(
             // Poll with the socket emptied first: a viewer the kernel takes over from here
             // on then misses no packet that passed the kernel before it was switched on but
             // was still queued for the relay.
-            receive(&mut relay, socket, &mut buf, DRAIN_MAX);
-            route(&mut relay, datapath.as_mut());
+            for _ in 0..DRAIN_MAX / RECV_BATCH {
+                let n = receive(&mut relay, socket, &mut buf, RECV_BATCH);
+                route(&mut relay, datapath.as_mut());
+                if !relay.outbox_ref().is_empty() {
+                    datapath.flush(&mut relay);
+                }
+                if n < RECV_BATCH {
+                    break;
+                }
+            }
             datapath.poll(&mut relay);
             next_poll = datapath
                 .poll_interval()
@@ -73,16 +81,18 @@ async fn sleep_until_some(t: Option<tokio::time::Instant>) {
     }
 }
 
-/// Feeds up to `max` queued datagrams to the relay (fewer when the socket runs dry).
-fn receive(relay: &mut Relay, socket: &UdpSocket, buf: &mut [u8], max: usize) {
-    for _ in 0..max {
+/// Feeds up to `max` queued datagrams to the relay; returns how many were read (fewer
+/// than `max`: the socket ran dry).
+fn receive(relay: &mut Relay, socket: &UdpSocket, buf: &mut [u8], max: usize) -> usize {
+    for i in 0..max {
         match socket.try_recv_from(buf) {
             Ok((n, from)) => relay.handle_datagram(Instant::now(), from, &buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return i,
             // ICMP errors from a vanished peer surface here; they concern one peer only.
             Err(e) => warn!("recv: {e}"),
         }
     }
+    max
 }
 
 fn route(relay: &mut Relay, datapath: &mut dyn Datapath) {

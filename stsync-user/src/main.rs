@@ -117,6 +117,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
                 interfaces: args.ebpf_interfaces.clone(),
                 listen: socket.local_addr()?,
                 streams: entries.len() as u32,
+                max_connections: cfg.max_connections.try_into().unwrap_or(u32::MAX),
             };
             match EbpfDatapath::start(&opts, &socket, metrics.clone()) {
                 Ok(dp) => Box::new(dp),

@@ -216,7 +216,18 @@ fn publisher_leg_loss_is_repaired() {
     );
     sleep_secs(1.0);
     let purl = relay.url_at(pub_side, "1", &relay.session("1"), "publish");
-    let mut p = BytePublisher::start_opts(&dir, "pub", &purl, &padded, Some(ns.name("pub")), true);
+    let publishing =
+        || relay.metric("srt_connections_current", &[("mode", "publish")]) == Some(1.0);
+    let mut p = BytePublisher::start_when(
+        &dir,
+        "pub",
+        &purl,
+        &padded,
+        Some(ns.name("pub")),
+        true,
+        Some(&publishing),
+    );
+
     p.finish(Duration::from_secs(2));
     let m = relay.metrics();
     v1.stop();

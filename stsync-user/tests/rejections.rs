@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 const APP_TEXT: &str = "Application-defined rejection reason";
 const ROGUE_TEXT: &str = "Rogue peer or incorrect parameters";
 
-/// Runs one srt-live-transmit caller that must be refused: it must exit within 5 s
-/// (a silent listener would only time out after ~3 s and print no reason), print
-/// `expect_text`, and the relay must log `expect_code`.
+/// Runs one srt-live-transmit caller that must be refused: it must print `expect_text`
+/// (libsrt's reason: a silent listener would only give a connect timeout after ~3 s and no
+/// reason) in well under 3 s, and the relay must log `expect_code`.
 fn expect_reject(
     relay: &Relay,
     dir: &TempDir,
@@ -27,16 +27,22 @@ fn expect_reject(
         .filter(|c| **c == expect_code)
         .count();
     let t = Instant::now();
-    let (exited, stderr) = slt_attempt(dir, &unique("caller"), url, Duration::from_secs(5));
+    let (exited, stderr) =
+        slt_attempt_until(dir, &unique("caller"), url, Duration::from_secs(5), |e| {
+            e.contains(expect_text)
+        });
     let took = t.elapsed();
     assert!(
-        exited,
-        "{what}: srt-live-transmit still running after 5 s ({url})\n{stderr}"
+        stderr.contains(expect_text),
+        "{what}: expected the caller to print {expect_text:?} within 5 s (exited: {exited}); it printed:\n{stderr}\n(url {url})"
     );
     assert!(
-        stderr.contains(expect_text),
-        "{what}: expected the caller to print {expect_text:?}; it printed:\n{stderr}\n(url {url})"
+        took < Duration::from_secs(3),
+        "{what}: the rejection took {took:?}"
     );
+    if !exited {
+        eprintln!("[note] {what}: srt-live-transmit printed the rejection but had not exited after 0.5 s more (client quirk under load); killed it");
+    }
     let ok = wait_until(Duration::from_secs(2), || {
         relay
             .reject_codes()
@@ -179,14 +185,17 @@ fn used_key_is_forbidden() {
 }
 
 #[test]
+/// A key used 1 s after it expired. (The daemon forgets keys `session_ttl_secs` after
+/// they expire, answering 2401 "unknown" from then on: with a 1 s TTL a key 2.5 s old is
+/// already unknown. Hence 2 s and 3 s here.)
 fn expired_key_is_failed_dependency() {
     let relay = Relay::start(RelayOpts {
-        session_ttl_secs: Some(1),
+        session_ttl_secs: Some(2),
         ..Default::default()
     });
     let dir = TempDir::new("rej-expired");
     let old = relay.session("1");
-    sleep_secs(2.5);
+    sleep_secs(3.0);
     expect_reject(
         &relay,
         &dir,
@@ -198,7 +207,7 @@ fn expired_key_is_failed_dependency() {
     // A fresh key on the same relay works at once.
     let mut v = SltViewer::start(&dir, "fresh", &relay.viewer_url("1"));
     sleep_secs(1.5);
-    v.assert_running("with a fresh key (session_ttl_secs = 1)");
+    v.assert_running("with a fresh key (session_ttl_secs = 2)");
     v.stop();
 }
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stsync_common::maps::{
     self as m, counter, Config, PublisherEntry, Route, StreamEntry, ViewerConn, ViewerEntry,
-    MAX_VIEWERS,
+    CONFIG_LO_ACCEPT_LOCAL, LOOPBACK_IFINDEX, MAX_VIEWERS,
 };
 use tracing::{debug, info, warn};
 
@@ -77,12 +77,13 @@ pub struct KernelCounters {
     pub skipped: u64,
     pub routes_learned: u64,
     pub restore_failures: u64,
+    pub loopback_skipped: u64,
 }
 
 /// The loaded program and its maps (attached or not). Dropping it detaches the program.
 pub struct Kernel {
     bpf: Ebpf,
-    config: Array<MapData, Config>,
+    config_map: Array<MapData, Config>,
     publishers: BpfHashMap<MapData, u32, PublisherEntry>,
     streams: Array<MapData, StreamEntry>,
     viewers: Array<MapData, ViewerEntry>,
@@ -93,6 +94,7 @@ pub struct Kernel {
     learned: Queue<MapData, u32>,
     max_streams: u32,
     attached: Vec<String>,
+    config: Config,
 }
 
 impl Kernel {
@@ -121,6 +123,16 @@ impl Kernel {
     /// Loads the object at `path` and verifies the program, with room for `max_streams`
     /// streams of `MAX_VIEWERS` viewers.
     pub fn load_file(path: &Path, max_streams: u32) -> Result<Kernel, KernelError> {
+        Self::load_file_sized(path, max_streams, m::MAX_VIEWER_CONNS)
+    }
+
+    /// As `load_file`, with room for `max_conns` viewer connections in the route maps
+    /// (they are preallocated: size them to the relay's connection limit).
+    pub fn load_file_sized(
+        path: &Path,
+        max_streams: u32,
+        max_conns: u32,
+    ) -> Result<Kernel, KernelError> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -133,13 +145,16 @@ impl Kernel {
                 )))
             }
         };
-        Self::load(&bytes, max_streams)
+        Self::load(&bytes, max_streams, max_conns)
     }
 
-    pub fn load(object: &[u8], max_streams: u32) -> Result<Kernel, KernelError> {
+    pub fn load(object: &[u8], max_streams: u32, max_conns: u32) -> Result<Kernel, KernelError> {
         let max_streams = max_streams.max(1);
         let slots = max_streams * MAX_VIEWERS;
+        let conns = max_conns.clamp(16, m::MAX_VIEWER_CONNS);
         let mut bpf = EbpfLoader::new()
+            .map_max_entries(m::MAP_VIEWER_CONNS, conns)
+            .map_max_entries(m::MAP_ROUTES, conns)
             .map_max_entries(m::MAP_STREAMS, max_streams)
             .map_max_entries(m::MAP_VIEWERS, slots)
             .map_max_entries(m::MAP_VIEWER_CLONES, slots)
@@ -173,7 +188,7 @@ impl Kernel {
             T::try_from(map).map_err(classify)
         }
         Ok(Kernel {
-            config: take(&mut bpf, m::MAP_CONFIG)?,
+            config_map: take(&mut bpf, m::MAP_CONFIG)?,
             publishers: take(&mut bpf, m::MAP_PUBLISHERS)?,
             streams: take(&mut bpf, m::MAP_STREAMS)?,
             viewers: take(&mut bpf, m::MAP_VIEWERS)?,
@@ -185,6 +200,7 @@ impl Kernel {
             bpf,
             max_streams,
             attached: Vec::new(),
+            config: Config::default(),
         })
     }
 
@@ -229,12 +245,20 @@ impl Kernel {
 
     /// The relay's listening address: `None` (or 0.0.0.0) matches any local address.
     pub fn set_relay(&mut self, ip: Option<Ipv4Addr>, port: u16) -> Result<(), KernelError> {
-        let cfg = Config {
-            relay_ip: ip.filter(|ip| !ip.is_unspecified()).map_or(0, raw_ip),
-            relay_port: raw_port(port),
-            _pad: 0,
-        };
-        self.config.set(0, cfg, 0).map_err(classify)
+        self.config.relay_ip = ip.filter(|ip| !ip.is_unspecified()).map_or(0, raw_ip);
+        self.config.relay_port = raw_port(port);
+        self.config_map.set(0, self.config, 0).map_err(classify)
+    }
+
+    /// Whether clones of packets that came in on another interface may go to viewers on
+    /// `lo` (only when `lo` accepts local sources: `net.ipv4.conf.lo.accept_local = 1`).
+    pub fn set_lo_accept_local(&mut self, on: bool) -> Result<(), KernelError> {
+        if on {
+            self.config.flags |= CONFIG_LO_ACCEPT_LOCAL;
+        } else {
+            self.config.flags &= !CONFIG_LO_ACCEPT_LOCAL;
+        }
+        self.config_map.set(0, self.config, 0).map_err(classify)
     }
 
     pub fn set_publisher(&mut self, conn: u32, e: PublisherEntry) -> Result<(), KernelError> {
@@ -297,6 +321,7 @@ impl Kernel {
             skipped: sum(counter::SKIPPED),
             routes_learned: sum(counter::ROUTES_LEARNED),
             restore_failures: sum(counter::RESTORE_FAILURES),
+            loopback_skipped: sum(counter::LOOPBACK_SKIPPED),
         }
     }
 
@@ -360,6 +385,8 @@ pub struct EbpfOptions {
     pub listen: SocketAddr,
     /// Streams in the configuration (rows of the viewer table).
     pub streams: u32,
+    /// The relay's connection limit (sizes the route maps).
+    pub max_connections: u32,
 }
 
 struct ViewerState {
@@ -381,6 +408,8 @@ struct Row {
     /// Viewer connection per slot of this stream.
     slots: Vec<Option<u32>>,
     publisher: Option<u32>,
+    /// The publisher is on this host (its packets come in on `lo`).
+    publisher_local: bool,
 }
 
 impl Row {
@@ -403,6 +432,8 @@ pub struct EbpfDatapath {
     counted: KernelCounters,
     last_slow: Instant,
     backlog_warned: bool,
+    /// `net.ipv4.conf.lo.accept_local` was on at start.
+    lo_accept_local: bool,
 }
 
 /// Poll cadence while nothing waits.
@@ -423,7 +454,7 @@ impl EbpfDatapath {
         socket: &impl AsRawFd,
         metrics: Arc<Metrics>,
     ) -> Result<EbpfDatapath, KernelError> {
-        let mut kernel = Kernel::load_file(&opts.object, opts.streams)?;
+        let mut kernel = Kernel::load_file_sized(&opts.object, opts.streams, opts.max_connections)?;
         let listen = v4(opts.listen).ok_or_else(|| {
             KernelError::Other(format!(
                 "the kernel path handles IPv4 only; listening on {}",
@@ -431,6 +462,9 @@ impl EbpfDatapath {
             ))
         })?;
         kernel.set_relay(Some(*listen.ip()), listen.port())?;
+        let lo_accept_local = std::fs::read_to_string("/proc/sys/net/ipv4/conf/lo/accept_local")
+            .is_ok_and(|v| v.trim() == "1");
+        kernel.set_lo_accept_local(lo_accept_local)?;
         let strict = opts.interfaces.is_some();
         let ifaces = opts.interfaces.clone().unwrap_or_else(interfaces_up);
         for iface in &ifaces {
@@ -461,6 +495,7 @@ impl EbpfDatapath {
             counted: KernelCounters::default(),
             last_slow: Instant::now(),
             backlog_warned: false,
+            lo_accept_local,
         })
     }
 
@@ -611,6 +646,21 @@ impl EbpfDatapath {
         let Some(route) = self.kernel.route(conn) else {
             return;
         };
+        // A viewer on this host (route on `lo`) can take clones of a remote publisher's
+        // packets only if `lo` accepts local sources without a route; else userspace
+        // serves it.
+        if route.ifindex == LOOPBACK_IFINDEX
+            && !self.lo_accept_local
+            && !self.rows[v.stream as usize].publisher_local
+        {
+            if v.pending_since.is_some() {
+                info!(conn, "viewer on this host, publisher elsewhere: served from userspace (net.ipv4.conf.lo.accept_local=1 lets the kernel serve it)");
+                if let Some(v) = self.viewers.get_mut(&conn) {
+                    v.pending_since = None;
+                }
+            }
+            return;
+        }
         let mut e = ViewerEntry {
             epoch,
             conn,
@@ -744,7 +794,9 @@ impl Datapath for EbpfDatapath {
                 let Some(stream) = self.stream_index(resource) else {
                     return;
                 };
-                if let Some(old) = self.rows[stream as usize].publisher.take() {
+                let row = &mut self.rows[stream as usize];
+                row.publisher_local = false;
+                if let Some(old) = row.publisher.take() {
                     self.kernel.remove_publisher(old);
                 }
                 let Some((addr, id)) = publisher else {
@@ -761,7 +813,11 @@ impl Datapath for EbpfDatapath {
                     _pad: [0; 6],
                 };
                 if self.kernel.set_publisher(*id, e).is_ok() {
-                    self.rows[stream as usize].publisher = Some(*id);
+                    let row = &mut self.rows[stream as usize];
+                    row.publisher = Some(*id);
+                    // Its packets come in on `lo` iff its address is one of ours.
+                    row.publisher_local =
+                        std::net::UdpSocket::bind(SocketAddrV4::new(*addr.ip(), 0)).is_ok();
                 }
             }
         }

@@ -1685,6 +1685,21 @@ impl BytePublisher {
         ns: Option<&str>,
         stats: bool,
     ) -> BytePublisher {
+        Self::start_when(dir, name, url, clip, ns, stats, None)
+    }
+
+    /// `start_opts`, feeding data only once `connected()` says so (e.g. the relay counts a
+    /// publish connection; bounded by 10 s) instead of after a fixed wait: with loss on
+    /// the publisher's path the handshake itself may need retries.
+    pub fn start_when(
+        dir: &TempDir,
+        name: &str,
+        url: &str,
+        clip: &Clip,
+        ns: Option<&str>,
+        stats: bool,
+        connected: Option<&dyn Fn() -> bool>,
+    ) -> BytePublisher {
         // srt-live-transmit reads its input from the start but discards what it reads
         // before its SRT connection is up (seen: the first ~20 chunks went missing), so
         // pv starts feeding only once the caller had time to connect.
@@ -1706,7 +1721,20 @@ impl BytePublisher {
             libc::SIGINT,
             Some(err),
         );
-        slt.wait_exit(PUBLISHER_CONNECT_WAIT);
+        match connected {
+            None => {
+                slt.wait_exit(PUBLISHER_CONNECT_WAIT);
+            }
+            Some(f) => {
+                let ok = wait_until(Duration::from_secs(10), || f() || !slt.running());
+                assert!(
+                    ok,
+                    "{name}: not connected within 10 s: {}",
+                    slt.stderr_text()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let mut pv = command(None, "pv");
         pv.args(["-q", "-L", &clip.rate.to_string()])
             .arg(&clip.path)
@@ -2056,6 +2084,19 @@ impl FfmpegViewer {
 /// One srt-live-transmit connection attempt expected to fail: returns (exited in time,
 /// stderr). `-a:no` so it does not retry.
 pub fn slt_attempt(dir: &TempDir, name: &str, url: &str, timeout: Duration) -> (bool, String) {
+    slt_attempt_until(dir, name, url, timeout, |_| false)
+}
+
+/// `slt_attempt` that also stops waiting once `done(stderr)` holds (e.g. the expected
+/// rejection text was printed): under load srt-live-transmit -a:no was seen printing
+/// "REJECT reported ..." and then not exiting for seconds.
+pub fn slt_attempt_until(
+    dir: &TempDir,
+    name: &str,
+    url: &str,
+    timeout: Duration,
+    done: impl Fn(&str) -> bool,
+) -> (bool, String) {
     let err = dir.file(&format!("{name}.stderr"));
     let mut c = command(None, "srt-live-transmit");
     c.args(["-q", "-a:no", url, "file://con"])
@@ -2063,7 +2104,9 @@ pub fn slt_attempt(dir: &TempDir, name: &str, url: &str, timeout: Duration) -> (
         .stdout(Stdio::null())
         .stderr(out_file(&err));
     let mut p = Proc::spawn(name, c, libc::SIGINT, Some(err));
-    let exited = p.wait_exit(timeout).is_some();
+    wait_until(timeout, || p.status().is_some() || done(&p.stderr_text()));
+    // Give a caller that printed its reason a moment to exit by itself.
+    let exited = p.wait_exit(Duration::from_millis(500)).is_some();
     p.stop();
     (exited, p.stderr_text())
 }
