@@ -51,8 +51,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let cfg = Config::load(&args.config)?;
-    // One thread: the relay task owns all SRT state, and HTTP is light. Cross-thread wake-ups
-    // cost more than they save here (measured: futex and context switches per packet).
+    // One thread for the relay: its task owns all SRT state, and cross-thread wake-ups cost
+    // more than they save (measured: futex and context switches per packet). HTTP runs on a
+    // thread of its own (see `serve`).
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -102,9 +103,9 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         Instant::now(),
     );
     let socket = udp_socket(cfg.srt_listen)?;
-    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
-        .await
+    let http_listener = std::net::TcpListener::bind(cfg.http_listen)
         .with_context(|| format!("cannot bind HTTP listener {}", cfg.http_listen))?;
+    http_listener.set_nonblocking(true)?;
 
     let dp: Box<dyn Datapath> = match datapath {
         DatapathArg::Userspace => Box::new(Userspace::new(&socket, metrics.clone())),
@@ -147,20 +148,33 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(http_listener, http::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            })
-            .await
-    });
+    // HTTP gets a thread of its own: a relay busy with a packet flood must not make the
+    // metrics and session API unreachable, and the relay must not wait on HTTP either.
+    let http =
+        std::thread::Builder::new()
+            .name("http".into())
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(http_listener)?;
+                    axum::serve(listener, http::router(state))
+                        .with_graceful_shutdown(async move {
+                            let _ = http_stop.changed().await;
+                        })
+                        .await?;
+                    Ok(())
+                })
+            })?;
     stop_on_signal(stop_tx);
     let mut relay_stop = stop_rx;
     stsync_user::driver::run(relay, &socket, dp, async move {
         let _ = relay_stop.changed().await;
     })
     .await?;
-    http.await??;
+    http.join()
+        .map_err(|_| anyhow::anyhow!("HTTP thread panicked"))??;
     info!("stopped");
     Ok(())
 }
