@@ -105,8 +105,11 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => {
             install_test_packages()?;
-            // The eBPF tests load the object; without the toolchain they skip (and fail
-            // under CI, where .ci/run installs it).
+            // The eBPF tests load the object: install its toolchain when we can (root on
+            // Debian, as on CI); otherwise they skip, which fails under CI.
+            if let Err(e) = install_ebpf_toolchain() {
+                eprintln!("xtask: {e:#}");
+            }
             match ebpf_toolchain_missing() {
                 None => build_ebpf(&root)?,
                 Some(what) => eprintln!(
@@ -212,6 +215,37 @@ fn have(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    if !is_root() || !have("apt-get") {
+        bail!(
+            "these Debian packages are needed: {0} (install them as root: apt-get install -y {0})",
+            packages.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", packages.join(" "));
+    let ok = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()?
+        .success()
+        && Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?
+            .success();
+    if !ok {
+        bail!("apt-get install {} failed", packages.join(" "));
+    }
+    Ok(())
+}
+
 fn install_test_packages() -> Result<()> {
     let missing: Vec<&str> = TEST_PACKAGES
         .iter()
@@ -221,27 +255,75 @@ fn install_test_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0"));
-    if !is_root || !have("apt-get") {
-        bail!("the tests need these Debian packages: {} (install them as root: apt-get install -y {})", missing.join(" "), missing.join(" "));
+    apt_install(&missing)
+}
+
+/// nightly + rust-src, Debian's LLVM 22 and a bpf-linker built against it; each step is
+/// skipped when already done.
+fn install_ebpf_toolchain() -> Result<()> {
+    match ebpf_toolchain_missing() {
+        None => return Ok(()),
+        Some(what) if !is_root() => bail!("{what}, and not root to install it"),
+        Some(_) => {}
     }
-    eprintln!("xtask: installing {}", missing.join(" "));
-    let ok = Command::new("apt-get")
-        .arg("update")
-        .arg("-qq")
-        .status()?
-        .success()
-        && Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
+    let rustup = |args: &[&str]| -> Result<()> {
+        let ok = Command::new("rustup")
+            .args(args)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .status()
+            .context("running rustup")?
+            .success();
+        if !ok {
+            bail!("rustup {} failed", args.join(" "));
+        }
+        Ok(())
+    };
+    match ebpf_toolchain_missing() {
+        // Installing would also update an existing nightly: only add what is missing.
+        Some("no nightly Rust toolchain") => rustup(&[
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ])?,
+        Some("nightly has no rust-src component") => {
+            rustup(&["component", "add", "rust-src", "--toolchain", "nightly"])?
+        }
+        _ => {}
+    }
+    if !have("bpf-linker") {
+        let dev = ["llvm-22-dev", "libpolly-22-dev"];
+        let installed = Command::new("dpkg")
+            .arg("-s")
+            .args(dev)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            apt_install(&dev)?;
+        }
+        // llvm-sys finds Debian's LLVM 22 (under /usr/lib/llvm-22) through this prefix.
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let ok = Command::new(env!("CARGO"))
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
+            .env("PATH", path)
             .status()?
             .success();
-    if !ok {
-        bail!("apt-get install {} failed", missing.join(" "));
+        if !ok {
+            bail!("cargo install bpf-linker failed");
+        }
     }
     Ok(())
 }
