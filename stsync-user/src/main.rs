@@ -13,6 +13,9 @@ use stsync_user::metrics::{Metrics, StreamStats};
 use stsync_user::relay::{Relay, RelayConfig};
 use tracing::{info, warn};
 
+#[global_allocator]
+static ALLOC: stsync_user::alloc_count::CountingAlloc = stsync_user::alloc_count::CountingAlloc;
+
 #[derive(Parser)]
 #[command(version, about = "Live SRT relay")]
 struct Args {

@@ -88,6 +88,7 @@ pub struct StreamStats {
 
 pub struct Metrics {
     registry: Registry,
+    heap_allocations: IntCounter,
     pub connections_total: IntCounter,
     connections_current: IntGaugeVec,
     conn_counters: Vec<IntCounterVec>,
@@ -244,6 +245,14 @@ impl Metrics {
         registry.register(Box::new(rtt.clone())).unwrap();
         registry.register(Box::new(rtt_var.clone())).unwrap();
         registry.register(Box::new(datapath.clone())).unwrap();
+        let heap_allocations = IntCounter::new(
+            "stsync_heap_allocations_total",
+            "Heap allocations by the daemon since start (0 unless its counting allocator is installed).",
+        )
+        .unwrap();
+        registry
+            .register(Box::new(heap_allocations.clone()))
+            .unwrap();
         for c in [&kernel_packets_seen, &kernel_clones, &kernel_clone_failures] {
             registry.register(Box::new(c.clone())).unwrap();
         }
@@ -252,6 +261,7 @@ impl Metrics {
         }
         Metrics {
             registry,
+            heap_allocations,
             connections_total,
             connections_current,
             conn_counters,
@@ -306,6 +316,9 @@ impl Metrics {
 
     /// Copies the connections' counters into the labelled series and encodes everything.
     pub fn render(&self) -> String {
+        let allocs = crate::alloc_count::allocations();
+        self.heap_allocations
+            .inc_by(allocs.saturating_sub(self.heap_allocations.get()));
         let conns: Vec<(u32, Arc<ConnStats>)> = self
             .conns
             .lock()
