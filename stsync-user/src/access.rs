@@ -20,8 +20,11 @@ struct Entry {
     used: bool,
 }
 
-/// Keys are kept until `expires + ttl` so that a late caller learns "expired" or "used"
-/// instead of "unknown"; after that they are purged.
+/// Keys are kept for a grace period after they expire (the longer of the TTL and
+/// `MIN_GRACE`) so that a late caller learns "expired" or "used" instead of "unknown"; after
+/// that they are purged. Minting needs a stream's token, so the grace cannot be flooded.
+const MIN_GRACE: Duration = Duration::from_secs(600);
+
 pub struct Sessions {
     ttl: Duration,
     keys: Mutex<HashMap<u64, Entry>>,
@@ -73,11 +76,11 @@ impl Sessions {
 
     /// Forgets keys whose grace period is over.
     pub fn purge(&self, now: Instant) {
-        let ttl = self.ttl;
+        let grace = self.ttl.max(MIN_GRACE);
         self.keys
             .lock()
             .unwrap()
-            .retain(|_, e| now < e.expires + ttl);
+            .retain(|_, e| now < e.expires + grace);
     }
 
     pub fn len(&self) -> usize {
@@ -113,9 +116,17 @@ mod tests {
             ),
             Err(Denied::Expired)
         );
-        s.purge(t + Duration::from_secs(599));
+        s.purge(t + Duration::from_secs(899));
         assert_eq!(s.len(), 2);
-        s.purge(t + Duration::from_secs(600));
+        s.purge(t + Duration::from_secs(900));
         assert!(s.is_empty());
+        // A short TTL still keeps the tombstone long enough to say "expired".
+        let short = Sessions::new(Duration::from_secs(1));
+        let k = short.insert("1", 5, t);
+        short.purge(t + Duration::from_secs(3));
+        assert_eq!(
+            short.redeem("1", &k, t + Duration::from_secs(3)),
+            Err(Denied::Expired)
+        );
     }
 }

@@ -343,7 +343,7 @@ fn metrics_match_viewer_libsrt_stats() {
         (1456.0..=1500.0).contains(&per),
         "data bytes per packet {per} (every payload is 1456 bytes)"
     );
-    assert!(rtt >= 0.0 && rtt < 0.05, "loopback RTT {rtt} s");
+    assert!((0.0..0.05).contains(&rtt), "loopback RTT {rtt} s");
     assert!(
         ctrl_recv > 0.0 && ctrl_sent > 0.0,
         "control traffic counted: sent {ctrl_sent} recv {ctrl_recv}"

@@ -82,7 +82,7 @@ fn hsreq_content() -> Vec<u8> {
 /// Stream ID as it travels: padded to 4 bytes, each 4-byte group byte-reversed.
 fn sid_content(s: &[u8]) -> Vec<u8> {
     let mut v = s.to_vec();
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     for w in v.chunks_mut(4) {
@@ -485,7 +485,7 @@ fn malformed_handshakes_and_induction_flood() {
         let kinds: Vec<String> = answers
             .iter()
             .map(|a| match parse_hs(a) {
-                Some((t, ..)) if t >= 1000 && t < 0xFFFF_0000 => format!("rejection {t}"),
+                Some((t, ..)) if (1000..0xFFFF_0000).contains(&t) => format!("rejection {t}"),
                 Some((t, ..)) => format!("handshake type {t:#x}"),
                 None => format!("{} bytes", a.len()),
             })

@@ -1774,8 +1774,8 @@ impl BytePublisher {
         self.slt.wait_exit(timeout)
     }
 
-    /// Waits until the whole clip went into srt-live-transmit (bounded by the clip length
-    /// + 10 s), keeps the connection `linger` longer (retransmissions, play-out), then
+    /// Waits until the whole clip went into srt-live-transmit (bounded by the clip
+    /// length plus 10 s), keeps the connection `linger` longer (retransmissions, play-out), then
     /// closes it (SIGINT: srt-live-transmit does not exit on end of input).
     pub fn finish(&mut self, linger: Duration) {
         let limit = secs((self.clip_secs - self.elapsed()).max(0.0) + 10.0);
