@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stsync_common::srt::{ctrl, HEADER_LEN, MAX_PAYLOAD, MSG_REXMIT_FLAG};
 use tracing::{debug, info};
-use viewer::ViewerSend;
+use viewer::{Unmapped, ViewerSend};
 
 /// Settings the relay core needs (a subset of config.json).
 #[derive(Debug, Clone)]
@@ -548,15 +548,19 @@ impl Relay {
         for &(first, last) in &ranges {
             let mut vseq = first;
             for _ in 0..=last.diff(first) {
-                let held = v.unmap(s.epoch, vseq).and_then(|p| {
-                    if let Some((slot, pkt)) = s.ring.as_ref().and_then(|r| r.get(p)) {
-                        Some(Some((slot, pkt.msg, v.ts(pkt.ts), pkt.payload.len())))
-                    } else if publisher_rx.is_some_and(|rx| rx.is_missing(p)) {
-                        Some(None) // still expected from the publisher: forwarded when it comes
-                    } else {
-                        None
+                let held = match v.unmap(s.epoch, vseq) {
+                    Unmapped::Publisher(p) => {
+                        if let Some((slot, pkt)) = s.ring.as_ref().and_then(|r| r.get(p)) {
+                            Some(Some((slot, pkt.msg, v.ts(pkt.ts), pkt.payload.len())))
+                        } else if publisher_rx.is_some_and(|rx| rx.is_missing(p)) {
+                            Some(None) // still expected from the publisher: forwarded when it comes
+                        } else {
+                            None
+                        }
                     }
-                });
+                    Unmapped::NotYet => Some(None), // the relay will see it in a moment
+                    Unmapped::Gone => None,
+                };
                 match held {
                     Some(Some(p)) => resend.push((vseq, p)),
                     Some(None) => {}

@@ -16,6 +16,17 @@ pub struct Mapping {
     pub first_vseq: Seq,
 }
 
+/// What a viewer's sequence number stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmapped {
+    /// This publisher packet (of the current epoch).
+    Publisher(Seq),
+    /// Beyond what the relay has forwarded so far.
+    NotYet,
+    /// Before the viewer's mapping, or of an earlier publisher.
+    Gone,
+}
+
 #[derive(Debug)]
 pub struct ViewerSend {
     /// The viewer sequence number the next new packet gets.
@@ -80,11 +91,19 @@ impl ViewerSend {
         Some((vseq, ts_add(pts, map.ts_off)))
     }
 
-    /// The publisher packet behind viewer sequence number `vseq`, if it belongs to the
-    /// current epoch and was sent.
-    pub fn unmap(&self, epoch: u64, vseq: Seq) -> Option<Seq> {
-        let m = self.map.filter(|m| m.epoch == epoch)?;
-        (m.first_vseq.le(vseq) && vseq.lt(self.next_vseq)).then(|| vseq.sub(m.seq_off))
+    /// The publisher packet behind viewer sequence number `vseq`.
+    pub fn unmap(&self, epoch: u64, vseq: Seq) -> Unmapped {
+        match self.map.filter(|m| m.epoch == epoch) {
+            Some(m) if m.first_vseq.le(vseq) && vseq.lt(self.next_vseq) => {
+                Unmapped::Publisher(vseq.sub(m.seq_off))
+            }
+            // The kernel fast path can deliver packets the relay has not read off its
+            // socket yet, so a viewer may ask about them first: not gone, just not here yet.
+            Some(_) if !vseq.lt(self.next_vseq) && vseq.diff(self.next_vseq) < 1 << 20 => {
+                Unmapped::NotYet
+            }
+            _ => Unmapped::Gone,
+        }
     }
 
     pub fn ts(&self, pts: u32) -> u32 {
@@ -136,8 +155,15 @@ mod tests {
             v.map_new(1, Seq::new(9002), 1_020_000, 0).unwrap().0,
             Seq::new(502)
         );
-        assert_eq!(v.unmap(1, Seq::new(502)), Some(Seq::new(9002)));
-        assert_eq!(v.unmap(1, Seq::new(504)), None, "never sent");
+        assert_eq!(
+            v.unmap(1, Seq::new(502)),
+            Unmapped::Publisher(Seq::new(9002))
+        );
+        assert_eq!(
+            v.unmap(1, Seq::new(504)),
+            Unmapped::NotYet,
+            "not forwarded yet"
+        );
         // Publisher B: wrapped sequence numbers, a fresh clock of its own.
         let b = Seq::new(0x7FFF_FFFF);
         assert_eq!(
@@ -148,13 +174,13 @@ mod tests {
             v.map_new(2, b.next(), u32::MAX, 0),
             Some((Seq::new(505), 4_999_989))
         );
-        assert_eq!(v.unmap(2, Seq::new(505)), Some(Seq::new(0)));
+        assert_eq!(v.unmap(2, Seq::new(505)), Unmapped::Publisher(Seq::new(0)));
         assert_eq!(
             v.unmap(2, Seq::new(503)),
-            None,
+            Unmapped::Gone,
             "previous publisher's packets are gone"
         );
-        assert_eq!(v.unmap(1, Seq::new(505)), None);
+        assert_eq!(v.unmap(1, Seq::new(505)), Unmapped::Gone);
     }
 
     #[test]
