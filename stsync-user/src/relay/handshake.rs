@@ -212,22 +212,7 @@ mod tests {
     use crate::srt::seq::Seq;
 
     fn caller_hs(hs_type: u32, version: u32, cookie: u32) -> Handshake {
-        Handshake {
-            version,
-            encryption: 0,
-            ext_field: if version == 4 {
-                2
-            } else {
-                ext_flag::HSREQ | ext_flag::CONFIG
-            },
-            isn: Seq::new(77),
-            mtu: 1500,
-            flow_window: 8192,
-            hs_type,
-            socket_id: 0x1234,
-            cookie,
-            peer_ip: [0; 16],
-        }
+        crate::srt::handshake::caller(hs_type, version, cookie, Seq::new(77), 0x1234)
     }
 
     /// A conclusion as libsrt sends it: HSREQ then SID.

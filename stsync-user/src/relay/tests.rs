@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::srt::handshake::{
-    encode_sid, ext, ext_flag, ext_header, hs_type, srt_flag, Handshake, SRT_VERSION,
+    encode_sid, ext, ext_header, hs_type, srt_flag, Handshake, SRT_VERSION,
 };
 use crate::srt::packet::{encode_loss, write_control, write_data};
 
@@ -164,22 +164,7 @@ impl Caller {
     }
 
     fn handshake(&self, typ: u32, version: u32, cookie: u32) -> Handshake {
-        Handshake {
-            version,
-            encryption: 0,
-            ext_field: if version == 4 {
-                2
-            } else {
-                ext_flag::HSREQ | ext_flag::CONFIG
-            },
-            isn: self.isn,
-            mtu: 1500,
-            flow_window: 8192,
-            hs_type: typ,
-            socket_id: self.socket_id,
-            cookie,
-            peer_ip: [0; 16],
-        }
+        crate::srt::handshake::caller(typ, version, cookie, self.isn, self.socket_id)
     }
 
     /// Induction then conclusion; returns the relay's final answer (type, body).
@@ -262,28 +247,24 @@ fn sid(w: &World, mode: &str) -> String {
     format!("#!::r=1,s={},m={mode}", w.key("1"))
 }
 
+impl Caller {
+    /// Connects to resource 1 in `mode` with a fresh key; panics on rejection.
+    fn join(&mut self, w: &mut World, mode: &str) {
+        let s = sid(w, mode);
+        self.connect(w, &s).unwrap();
+    }
+}
+
 #[test]
 fn publish_and_view_with_wraparound_and_per_viewer_offsets() {
     let mut w = World::new();
     let mut v1 = Caller::new(1001, 5000);
     let mut v2 = Caller::new(1002, 0x7FFF_FFFE); // this viewer's sequence wraps
     let mut p = Caller::new(2000, 0x7FFF_FFF0); // and so does the publisher's
-    {
-        let s = sid(&w, "request");
-        v1.connect(&mut w, &s)
-    }
-    .unwrap();
+    v1.join(&mut w, "request");
     w.advance(Duration::from_millis(500));
-    {
-        let s = sid(&w, "request");
-        v2.connect(&mut w, &s)
-    }
-    .unwrap();
-    {
-        let s = sid(&w, "publish");
-        p.connect(&mut w, &s)
-    }
-    .unwrap();
+    v2.join(&mut w, "request");
+    p.join(&mut w, "publish");
     w.take(v1.addr);
     w.take(v2.addr);
     // Publisher timestamps start near the 32-bit wrap.
@@ -340,16 +321,8 @@ fn publisher_loss_is_naked_recovered_and_forwarded_late() {
     let mut w = World::new();
     let mut v = Caller::new(1001, 100);
     let mut p = Caller::new(2000, 1000);
-    {
-        let s = sid(&w, "request");
-        v.connect(&mut w, &s)
-    }
-    .unwrap();
-    {
-        let s = sid(&w, "publish");
-        p.connect(&mut w, &s)
-    }
-    .unwrap();
+    v.join(&mut w, "request");
+    p.join(&mut w, "publish");
     p.data(&mut w, Seq::new(1000), 0, b"a");
     p.data(&mut w, Seq::new(1002), 10, b"c"); // 1001 lost on the publisher leg
     let naks = ctrl(&w.take(p.addr), ctrl::NAK);
@@ -382,16 +355,8 @@ fn viewer_nak_gets_retransmission_or_dropreq() {
     let mut w = World::new();
     let mut v = Caller::new(1001, 0);
     let mut p = Caller::new(2000, 0);
-    {
-        let s = sid(&w, "request");
-        v.connect(&mut w, &s)
-    }
-    .unwrap();
-    {
-        let s = sid(&w, "publish");
-        p.connect(&mut w, &s)
-    }
-    .unwrap();
+    v.join(&mut w, "request");
+    p.join(&mut w, "publish");
     for i in 0..100u32 {
         p.data(&mut w, Seq::new(i), i * 1000, &[i as u8]);
     }
@@ -453,21 +418,9 @@ fn silent_viewer_times_out_without_disturbing_others() {
     let mut quiet = Caller::new(1001, 0);
     let mut live = Caller::new(1002, 0);
     let mut p = Caller::new(2000, 0);
-    {
-        let s = sid(&w, "request");
-        quiet.connect(&mut w, &s)
-    }
-    .unwrap();
-    {
-        let s = sid(&w, "request");
-        live.connect(&mut w, &s)
-    }
-    .unwrap();
-    {
-        let s = sid(&w, "publish");
-        p.connect(&mut w, &s)
-    }
-    .unwrap();
+    quiet.join(&mut w, "request");
+    live.join(&mut w, "request");
+    p.join(&mut w, "publish");
     let mut live_got = 0;
     for i in 0..700u32 {
         p.data(&mut w, Seq::new(i), i * 10_000, b"x");
@@ -506,25 +459,13 @@ fn takeover_shuts_down_old_publisher_and_viewer_sequence_continues() {
     let mut v = Caller::new(1001, 50);
     let mut a = Caller::new(2000, 7000);
     let mut b = Caller::new(2001, 123);
-    {
-        let s = sid(&w, "request");
-        v.connect(&mut w, &s)
-    }
-    .unwrap();
-    {
-        let s = sid(&w, "publish");
-        a.connect(&mut w, &s)
-    }
-    .unwrap();
+    v.join(&mut w, "request");
+    a.join(&mut w, "publish");
     for i in 0..5 {
         a.data(&mut w, a.isn.add(i), 1_000_000 + i * 100, b"a");
     }
     w.advance(Duration::from_millis(300));
-    {
-        let s = sid(&w, "publish");
-        b.connect(&mut w, &s)
-    }
-    .unwrap();
+    b.join(&mut w, "publish");
     assert_eq!(
         ctrl(&w.take(a.addr), ctrl::SHUTDOWN).len(),
         1,
@@ -594,16 +535,8 @@ fn garbage_is_counted_and_never_panics() {
     let mut w = World::new();
     let mut v = Caller::new(1001, 0);
     let mut p = Caller::new(2000, 0);
-    {
-        let s = sid(&w, "request");
-        v.connect(&mut w, &s)
-    }
-    .unwrap();
-    {
-        let s = sid(&w, "publish");
-        p.connect(&mut w, &s)
-    }
-    .unwrap();
+    v.join(&mut w, "request");
+    p.join(&mut w, "publish");
     let evil = SocketAddr::from(([127, 0, 0, 1], 6666));
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut next = || {

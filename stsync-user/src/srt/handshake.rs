@@ -203,6 +203,28 @@ pub fn encode_sid(sid: &[u8]) -> Vec<u32> {
         .collect()
 }
 
+/// A caller's handshake the way libsrt fills it in (version 4 for induction, 5 with HSREQ and
+/// a stream ID for conclusion); for tests that play the caller.
+#[cfg(test)]
+pub fn caller(hs_type: u32, version: u32, cookie: u32, isn: Seq, socket_id: u32) -> Handshake {
+    Handshake {
+        version,
+        encryption: 0,
+        ext_field: if version == VERSION_4 {
+            2
+        } else {
+            ext_flag::HSREQ | ext_flag::CONFIG
+        },
+        isn,
+        mtu: 1500,
+        flow_window: 8192,
+        hs_type,
+        socket_id,
+        cookie,
+        peer_ip: [0; 16],
+    }
+}
+
 /// The extension block header word.
 pub fn ext_header(typ: u16, words: usize) -> u32 {
     (u32::from(typ) << 16) | words as u32
