@@ -123,13 +123,46 @@ fn main() -> Result<()> {
                 cmd.env("STSYNC_REQUIRE_PRIVILEGED", "1");
             }
             cmd.arg("--").args(&args);
-            let status = cmd.status()?;
+            let (status, totals) = run_counting(cmd)?;
+            // One closing line for the whole suite (cargo's last lines are per-crate doc
+            // tests, often "0 passed").
+            println!(
+                "{} passed, {} failed, {} ignored",
+                totals[0], totals[1], totals[2]
+            );
             if !status.success() {
                 bail!("tests failed");
             }
             Ok(())
         }
     }
+}
+
+/// Runs `cargo test`, echoing its output, and sums its "test result:" lines into
+/// [passed, failed, ignored].
+fn run_counting(mut cmd: Command) -> Result<(std::process::ExitStatus, [u64; 3])> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let mut totals = [0u64; 3];
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                    let slot = match what {
+                        "passed" => 0,
+                        "failed" => 1,
+                        "ignored" => 2,
+                        _ => continue,
+                    };
+                    totals[slot] += n.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    Ok((child.wait()?, totals))
 }
 
 fn project_root() -> PathBuf {
