@@ -89,6 +89,7 @@ pub struct StreamStats {
 pub struct Metrics {
     registry: Registry,
     heap_allocations: IntCounter,
+    kernel_skipped: IntCounterVec,
     pub connections_total: IntCounter,
     connections_current: IntGaugeVec,
     conn_counters: Vec<IntCounterVec>,
@@ -245,6 +246,15 @@ impl Metrics {
         registry.register(Box::new(rtt.clone())).unwrap();
         registry.register(Box::new(rtt_var.clone())).unwrap();
         registry.register(Box::new(datapath.clone())).unwrap();
+        let kernel_skipped = IntCounterVec::new(
+            Opts::new(
+                "stsync_kernel_skipped_total",
+                "Fan-out the eBPF program left undone, by reason: gso_or_rewrite and restore_failed count publisher packets, loopback counts viewer clones left to the daemon.",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        registry.register(Box::new(kernel_skipped.clone())).unwrap();
         let heap_allocations = IntCounter::new(
             "stsync_heap_allocations_total",
             "Heap allocations by the daemon since start (0 unless its counting allocator is installed).",
@@ -262,6 +272,7 @@ impl Metrics {
         Metrics {
             registry,
             heap_allocations,
+            kernel_skipped,
             connections_total,
             connections_current,
             conn_counters,
@@ -301,6 +312,13 @@ impl Metrics {
     }
 
     /// Adds to the kernel fast path's totals (deltas of the program's per-CPU counters).
+    /// Publisher packets the program matched but did not fan out, by reason.
+    pub fn add_kernel_skipped(&self, reason: &str, n: u64) {
+        if n > 0 {
+            self.kernel_skipped.with_label_values(&[reason]).inc_by(n);
+        }
+    }
+
     pub fn add_kernel_counters(&self, seen: u64, clones: u64, failures: u64) {
         self.kernel_packets_seen.inc_by(seen);
         self.kernel_clones.inc_by(clones);

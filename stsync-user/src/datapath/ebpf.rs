@@ -734,6 +734,22 @@ impl EbpfDatapath {
             now.clone_failures
                 .saturating_sub(self.counted.clone_failures),
         );
+        for (reason, n, before) in [
+            ("gso_or_rewrite", now.skipped, self.counted.skipped),
+            (
+                "loopback",
+                now.loopback_skipped,
+                self.counted.loopback_skipped,
+            ),
+            (
+                "restore_failed",
+                now.restore_failures,
+                self.counted.restore_failures,
+            ),
+        ] {
+            self.metrics
+                .add_kernel_skipped(reason, n.saturating_sub(before));
+        }
         self.counted = now;
     }
 
