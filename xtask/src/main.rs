@@ -51,11 +51,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::BuildEbpf => build_ebpf(&root),
         Cmd::Bench { args } => {
-            if let Some(what) = ebpf_toolchain_missing() {
-                eprintln!("xtask: {what}: the ebpf datapath will be recorded as unavailable");
-            } else {
-                build_ebpf(&root)?;
-            }
+            build_ebpf_if_possible(&root, "the ebpf datapath will be recorded as unavailable")?;
             cargo(
                 &root,
                 &[
@@ -76,12 +72,10 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Run { args } => {
-            match ebpf_toolchain_missing() {
-                None => build_ebpf(&root)?,
-                Some(what) => eprintln!(
-                    "xtask: {what}: running without the kernel fast path (datapath=userspace); install it with: {EBPF_TOOLCHAIN_HELP}"
-                ),
-            }
+            build_ebpf_if_possible(
+                &root,
+                "running without the kernel fast path (datapath=userspace)",
+            )?;
             cargo(
                 &root,
                 &[
@@ -110,12 +104,7 @@ fn main() -> Result<()> {
             if let Err(e) = install_ebpf_toolchain() {
                 eprintln!("xtask: {e:#}");
             }
-            match ebpf_toolchain_missing() {
-                None => build_ebpf(&root)?,
-                Some(what) => eprintln!(
-                    "xtask: {what}: the eBPF tests will be skipped; install it with: {EBPF_TOOLCHAIN_HELP}"
-                ),
-            }
+            build_ebpf_if_possible(&root, "the eBPF tests will be skipped")?;
             let mut cmd = Command::new(env!("CARGO"));
             cmd.current_dir(&root).args(["test", "--workspace"]);
             if std::env::var_os("CI").is_some() {
@@ -201,6 +190,18 @@ fn ebpf_toolchain_missing() -> Option<&'static str> {
         Some(false) => Some("nightly has no rust-src component"),
         Some(true) if !have("bpf-linker") => Some("bpf-linker is not installed"),
         Some(true) => None,
+    }
+}
+
+/// Builds the eBPF object when its toolchain is there; otherwise says what is missing, what
+/// that means (`consequence`) and how to install it.
+fn build_ebpf_if_possible(root: &Path, consequence: &str) -> Result<()> {
+    match ebpf_toolchain_missing() {
+        None => build_ebpf(root),
+        Some(what) => {
+            eprintln!("xtask: {what}: {consequence}; install it with: {EBPF_TOOLCHAIN_HELP}");
+            Ok(())
+        }
     }
 }
 
