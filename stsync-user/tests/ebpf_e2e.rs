@@ -207,11 +207,14 @@ fn five_viewers(
         Some(view_ns),
     );
     sleep_secs(1.5);
+    // Null packets after the clip, as in loss_netns: a lost last datagram is only noticed
+    // (and repaired) when something follows it.
+    let padded = c.padded(dir, 0.5);
     let mut p = BytePublisher::start_opts(
         dir,
         "pub",
         &relay.publisher_url("1"),
-        c,
+        &padded,
         Some(pub_ns),
         false,
     );
