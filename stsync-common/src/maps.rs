@@ -30,7 +30,9 @@ pub const MAP_VIEWERS: &str = "VIEWERS";
 pub const MAP_VIEWER_CONNS: &str = "VIEWER_CONNS";
 pub const MAP_ROUTES: &str = "ROUTES";
 pub const MAP_COUNTERS: &str = "COUNTERS";
-pub const MAP_VIEWER_CLONES: &str = "VIEWER_CLONES";
+pub const MAP_VIEWER_COUNTS: &str = "VIEWER_COUNTS";
+/// Per viewer slot: what the program learned from the viewer's ACKs (mmap-able array).
+pub const MAP_VIEWER_ACKS: &str = "VIEWER_ACKS";
 /// Queue of viewer connection IDs whose route the program just learned or changed.
 pub const MAP_LEARNED: &str = "LEARNED";
 /// Name of the TC classifier in the object.
@@ -53,7 +55,14 @@ pub mod counter {
     /// Clones not made for a viewer on `lo` because the packet came in elsewhere (see
     /// `CONFIG_LO_ACCEPT_LOCAL`).
     pub const LOOPBACK_SKIPPED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Viewers' full or small ACKs the program answered with an ACKACK itself.
+    pub const ACKS_ANSWERED: u32 = 7;
+    /// Viewers' light ACKs the program recorded (and consumed).
+    pub const LIGHT_ACKS: u32 = 8;
+    /// Viewers' ACKs the program could not answer (redirect or rewrite failed): they go
+    /// on to the daemon.
+    pub const ACK_FAILURES: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// `CONFIG[0]`: where the relay listens.
@@ -146,11 +155,56 @@ pub struct ViewerEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ViewerConn {
-    /// The viewer's slot (`stream * MAX_VIEWERS + i`), for the daemon's bookkeeping.
+    /// Where the connection's clock starts (CLOCK_MONOTONIC ns, the clock of
+    /// `bpf_ktime_get_ns`): the timestamp of an ACKACK the program sends is µs since then,
+    /// the time base of everything else the relay sends this viewer.
+    pub start_ns: u64,
+    /// The viewer's slot (`stream * MAX_VIEWERS + i`): its `VIEWERS` and `VIEWER_ACKS` entry.
     pub slot: u32,
     pub peer_ip: u32,
     pub peer_port: u16,
-    pub _pad: u16,
+    pub _pad: [u8; 6],
+}
+
+/// `VIEWER_ACKS[slot]`: the latest ACK of a kernel-served viewer as the program handled it
+/// (while the viewer's `VIEWERS` entry is active; otherwise its ACKs go to the daemon).
+/// Each ACK overwrites it; the daemon reads it on its own schedule through a shared
+/// mapping (the map is `BPF_F_MMAPABLE`: no syscall per read) and zeroes it before a new
+/// viewer takes the slot. The counts are in `VIEWER_COUNTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ViewerAcks {
+    /// When the latest ACK (of any kind) arrived, CLOCK_MONOTONIC ns.
+    pub last_ns: u64,
+    /// The first sequence number the viewer has not received (any ACK).
+    pub ack_seq: u32,
+    /// The latest full or small ACK: its ACK number and the viewer's figures.
+    pub ack_no: u32,
+    pub rtt_us: u32,
+    pub rtt_var_us: u32,
+    /// Free space in the viewer's receive buffer, packets.
+    pub avail_buf: u32,
+    /// Receive rate, packets/s (full ACKs only).
+    pub recv_rate_pps: u32,
+    /// Estimated link capacity, packets/s (full ACKs only).
+    pub link_cap_pps: u32,
+    /// Receive rate, bytes/s (full ACKs of libsrt ≥ 1.0.3 only).
+    pub recv_rate_bps: u32,
+}
+
+/// `VIEWER_COUNTS[slot]`, per CPU: what the program did for a viewer slot since the daemon
+/// last reset it (per CPU, so no two CPUs ever write one counter).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ViewerCounts {
+    /// Data clones sent to the viewer.
+    pub clones: u64,
+    /// Full and small ACKs answered with an ACKACK.
+    pub acks: u64,
+    /// Light ACKs recorded (no ACKACK).
+    pub light_acks: u64,
+    /// SRT bytes (header + body) of those ACKs.
+    pub ack_bytes: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
@@ -158,7 +212,9 @@ const _: () = assert!(core::mem::size_of::<PublisherEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<StreamEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<Route>() == 32);
 const _: () = assert!(core::mem::size_of::<ViewerEntry>() == 64);
-const _: () = assert!(core::mem::size_of::<ViewerConn>() == 12);
+const _: () = assert!(core::mem::size_of::<ViewerConn>() == 24);
+const _: () = assert!(core::mem::size_of::<ViewerAcks>() == 40);
+const _: () = assert!(core::mem::size_of::<ViewerCounts>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -171,4 +227,6 @@ mod pod {
     unsafe impl aya::Pod for Route {}
     unsafe impl aya::Pod for ViewerEntry {}
     unsafe impl aya::Pod for ViewerConn {}
+    unsafe impl aya::Pod for ViewerAcks {}
+    unsafe impl aya::Pod for ViewerCounts {}
 }

@@ -90,6 +90,7 @@ pub struct Metrics {
     registry: Registry,
     heap_allocations: IntCounter,
     kernel_skipped: IntCounterVec,
+    kernel_acks: IntCounterVec,
     pub connections_total: IntCounter,
     connections_current: IntGaugeVec,
     conn_counters: Vec<IntCounterVec>,
@@ -255,6 +256,15 @@ impl Metrics {
         )
         .unwrap();
         registry.register(Box::new(kernel_skipped.clone())).unwrap();
+        let kernel_acks = IntCounterVec::new(
+            Opts::new(
+                "stsync_kernel_acks_total",
+                "Viewers' ACKs the eBPF program handled instead of the daemon, by kind: answered (full or small ACK turned into an ACKACK), light (recorded), failed (could not be answered; dropped, the viewer's next ACK follows).",
+            ),
+            &["kind"],
+        )
+        .unwrap();
+        registry.register(Box::new(kernel_acks.clone())).unwrap();
         let heap_allocations = IntCounter::new(
             "stsync_heap_allocations_total",
             "Heap allocations by the daemon since start (0 unless its counting allocator is installed).",
@@ -273,6 +283,7 @@ impl Metrics {
             registry,
             heap_allocations,
             kernel_skipped,
+            kernel_acks,
             connections_total,
             connections_current,
             conn_counters,
@@ -316,6 +327,12 @@ impl Metrics {
     pub fn add_kernel_skipped(&self, reason: &str, n: u64) {
         if n > 0 {
             self.kernel_skipped.with_label_values(&[reason]).inc_by(n);
+        }
+    }
+
+    pub fn add_kernel_acks(&self, kind: &str, n: u64) {
+        if n > 0 {
+            self.kernel_acks.with_label_values(&[kind]).inc_by(n);
         }
     }
 

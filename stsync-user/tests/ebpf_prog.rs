@@ -271,7 +271,7 @@ fn data_packet_is_cloned_to_each_active_viewer() {
             lab.route_to(port),
         );
         k.set_viewer(base + slot, &e).unwrap();
-        k.reset_viewer_clones(base + slot);
+        k.reset_viewer(base + slot);
         viewers.push((sock, e, active && epoch == EPOCH));
     }
     k.set_stream_slots(1, 7).unwrap();
@@ -379,7 +379,7 @@ fn data_packet_is_cloned_to_each_active_viewer() {
             0
         };
         assert_eq!(
-            k.viewer_clones(base + slot),
+            k.viewer_counts(base + slot).clones,
             want,
             "per-viewer clone count of slot {slot}"
         );
@@ -502,6 +502,195 @@ fn time_fan_out(
     })
 }
 
+fn be32(b: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+/// A libsrt full ACK body (7 words): acknowledged sequence, RTT, RTT variance, free
+/// buffer, receive rate, link capacity, byte rate.
+fn ack_body(words: usize, ack_seq: u32, rtt: u32, var: u32) -> Vec<u8> {
+    [ack_seq, rtt, var, 8000, 380, 10_000, 500_000]
+        .iter()
+        .take(words)
+        .flat_map(|w| w.to_be_bytes())
+        .collect()
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn viewer_ack_becomes_an_exact_ackack_and_nak_passes() {
+    let Some(obj) = object_or_skip("viewer_ack_becomes_an_exact_ackack_and_nak_passes") else {
+        return;
+    };
+    let lab = Lab::new();
+    let mut k = load(&obj, 1);
+    k.set_relay(Some(RELAY_IP), RELAY_PORT).unwrap();
+    let (conn, peer_id, slot) = (0x00AB_CDEF, 0x0000_7777, 5);
+    let vaddr = SocketAddrV4::new(VIEW_IP, 40_000);
+    // The connection's clock started 3 s ago.
+    let start_ns = monotonic_ns() - 3_000_000_000;
+    k.set_viewer_conn(
+        conn,
+        ViewerConn {
+            start_ns,
+            slot,
+            peer_ip: raw_ip(VIEW_IP),
+            peer_port: raw_port(vaddr.port()),
+            ..ViewerConn::default()
+        },
+    )
+    .unwrap();
+    let route = lab.route_to(vaddr.port());
+    let install = |k: &mut Kernel, active: bool| {
+        k.set_viewer(slot, &viewer(conn, peer_id, 0, 0, EPOCH, active, route))
+            .unwrap()
+    };
+    let from_viewer = |src: SocketAddrV4, srt: &[u8], csum: Csum| {
+        frame(
+            &FrameSpec {
+                src_mac: lab.view_if.1,
+                dst_mac: lab.relay_if.1,
+                src,
+                dst: SocketAddrV4::new(RELAY_IP, RELAY_PORT),
+                csum,
+            },
+            srt,
+        )
+    };
+    let full = |csum| {
+        from_viewer(
+            vaddr,
+            &srt_control_info(2, 42, 123_456, conn, &ack_body(7, 1000, 2500, 400)),
+            csum,
+        )
+    };
+    let run = |k: Kernel, f: Vec<u8>| test_run_in(&lab.relay(), k, f, lab.relay_if.0);
+
+    // Not served by the kernel yet: the daemon answers, the packet passes untouched.
+    install(&mut k, false);
+    let f = full(Csum::Valid);
+    let (k2, v, out) = run(k, f.clone());
+    k = k2;
+    assert_eq!((v, out), (0, f));
+    assert_eq!(k.viewer_acks(slot).last_ns, 0, "nothing recorded");
+
+    install(&mut k, true);
+    for (csum, words) in [
+        (Csum::Valid, 7),
+        (Csum::Zero, 7),
+        (Csum::Valid, 4),
+        (Csum::Valid, 6),
+    ] {
+        let before = monotonic_ns();
+        let f = from_viewer(
+            vaddr,
+            &srt_control_info(2, 42, 123_456, conn, &ack_body(words, 1000, 2500, 400)),
+            csum,
+        );
+        let (k2, v, out) = run(k, f);
+        k = k2;
+        let after = monotonic_ns();
+        assert_eq!(v, 7, "TC_ACT_REDIRECT ({csum:?}, {words} words)");
+        assert_eq!(out.len(), 14 + 20 + 8 + 20, "trimmed to an ACKACK");
+        assert_eq!(&out[..6], &lab.view_if.1, "to the viewer's MAC");
+        assert_eq!(&out[6..12], &lab.relay_if.1, "from the relay's MAC");
+        let ip = &out[14..34];
+        assert_eq!(ip_checksum_residue(ip), 0, "IPv4 checksum");
+        assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 48, "IPv4 total length");
+        assert_eq!((ip[8], ip[9]), (64, 17), "TTL, protocol");
+        assert_eq!(&ip[12..16], &RELAY_IP.octets());
+        assert_eq!(&ip[16..20], &VIEW_IP.octets());
+        let udp = &out[34..];
+        assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), RELAY_PORT);
+        assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), vaddr.port());
+        assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), 28, "UDP length");
+        if csum == Csum::Zero {
+            assert_eq!(&udp[6..8], &[0, 0], "no checksum stays no checksum");
+        } else {
+            assert_eq!(
+                udp_checksum_residue(RELAY_IP, VIEW_IP, udp),
+                0,
+                "UDP checksum"
+            );
+        }
+        let srt = &udp[8..];
+        assert_eq!(be32(srt, 0), 0x8006_0000, "control type 6");
+        assert_eq!(be32(srt, 4), 42, "ACK number echoed");
+        let ts = u64::from(be32(srt, 8));
+        let (lo, hi) = ((before - start_ns) / 1000, (after - start_ns) / 1000);
+        assert!(
+            (lo..=hi).contains(&ts),
+            "timestamp {ts} in the viewer's time base [{lo}, {hi}]"
+        );
+        assert_eq!(be32(srt, 12), peer_id, "to the viewer's socket");
+        assert_eq!(be32(srt, 16), 0);
+    }
+    let a = k.viewer_acks(slot);
+    assert_eq!(
+        (a.ack_seq, a.ack_no, a.rtt_us, a.rtt_var_us, a.avail_buf),
+        (1000, 42, 2500, 400, 8000)
+    );
+    assert_eq!(
+        (a.recv_rate_pps, a.link_cap_pps, a.recv_rate_bps),
+        (380, 10_000, 500_000)
+    );
+    let n = k.viewer_counts(slot);
+    assert_eq!((n.acks, n.light_acks), (4, 0));
+    assert_eq!(
+        n.ack_bytes,
+        2 * (16 + 28) + (16 + 16) + (16 + 24),
+        "SRT bytes of the four ACKs"
+    );
+
+    // A light ACK is recorded and consumed, nothing answered; figures stay.
+    let light = from_viewer(
+        vaddr,
+        &srt_control_info(2, 0, 1, conn, &ack_body(1, 1064, 0, 0)),
+        Csum::Valid,
+    );
+    let (k2, v, _) = run(k, light);
+    k = k2;
+    assert_eq!(v, 2, "TC_ACT_SHOT");
+    let a = k.viewer_acks(slot);
+    assert_eq!((a.ack_seq, a.ack_no, a.rtt_us), (1064, 42, 2500));
+    assert_eq!(k.viewer_counts(slot).light_acks, 1);
+
+    // Everything else from the viewer goes to the daemon untouched: NAK, keepalive,
+    // SHUTDOWN, an ACK of a size libsrt never sends, an ACK from another port.
+    let others = [
+        from_viewer(vaddr, &srt_control(3, 1, conn, &[0, 0, 0, 9]), Csum::Valid),
+        from_viewer(vaddr, &srt_control(1, 1, conn, &[0; 4]), Csum::Valid),
+        from_viewer(vaddr, &srt_control(5, 1, conn, &[0; 4]), Csum::Valid),
+        from_viewer(vaddr, &srt_control(2, 1, conn, &[0; 8]), Csum::Valid),
+        from_viewer(
+            SocketAddrV4::new(VIEW_IP, 40_001),
+            &srt_control_info(2, 43, 1, conn, &ack_body(7, 2000, 1, 1)),
+            Csum::Valid,
+        ),
+    ];
+    for f in others {
+        let (k2, v, out) = run(k, f.clone());
+        k = k2;
+        assert_eq!((v, out), (0, f));
+    }
+    let c = k.counters();
+    assert_eq!((c.acks_answered, c.light_acks, c.ack_failures), (4, 1, 0));
+    assert_eq!(
+        k.viewer_acks(slot).ack_seq,
+        1064,
+        "the stranger's ACK recorded nothing"
+    );
+}
+
 #[test]
 fn route_is_learned_from_the_viewers_own_packets() {
     let Some(obj) = object_or_skip("route_is_learned_from_the_viewers_own_packets") else {
@@ -522,7 +711,7 @@ fn route_is_learned_from_the_viewers_own_packets() {
             slot: 0,
             peer_ip: raw_ip(*vaddr.ip()),
             peer_port: raw_port(vaddr.port()),
-            _pad: 0,
+            ..ViewerConn::default()
         },
     )
     .unwrap();
@@ -640,7 +829,7 @@ fn attached_round_trip(
             slot: 0,
             peer_ip: raw_ip(*vaddr.ip()),
             peer_port: raw_port(vaddr.port()),
-            _pad: 0,
+            ..ViewerConn::default()
         },
     )
     .unwrap();
@@ -703,6 +892,28 @@ fn attached_round_trip(
         (20, clones, 0)
     );
     assert_eq!(c.loopback_skipped, 20 - clones);
+
+    // The viewer is served by the kernel now: its full ACK comes back as the ACKACK, from
+    // the relay's address, and never reaches the relay's socket; its NAK does.
+    let ack = srt_control_info(2, 77, 9, conn, &ack_body(7, 130, 1200, 300));
+    view.send_to(&ack, relay).unwrap();
+    view.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let (n, from) = view
+        .recv_from(&mut buf)
+        .expect("the viewer gets the ACKACK");
+    assert_eq!(from, SocketAddr::V4(relay));
+    assert_eq!(n, 20);
+    assert_eq!(be32(&buf, 0), 0x8006_0000, "ACKACK");
+    assert_eq!(be32(&buf, 4), 77, "ACK number echoed");
+    assert_eq!((be32(&buf, 12), be32(&buf, 16)), (0x4242, 0));
+    let nak = srt_control(3, 10, conn, &[0, 0, 0, 5]);
+    view.send_to(&nak, relay).unwrap();
+    let (n, _) = relay_sock
+        .recv_from(&mut buf)
+        .expect("the NAK reaches the relay");
+    assert_eq!(&buf[..n], &nak[..], "only the NAK reached the relay socket");
+    let c = k.counters();
+    assert_eq!((c.acks_answered, c.ack_failures), (1, 0));
     drop(k);
     // Detached on drop: nothing of ours stays on the interfaces.
     let left: usize = in_netns(ns_relay, {

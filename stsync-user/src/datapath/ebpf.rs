@@ -14,10 +14,12 @@
 //! TC links are not pinned: the kernel detaches them when the process exits, however it
 //! exits, so a crash leaves nothing attached.
 
+use super::mmap_array::MmapArray;
 use super::userspace::Userspace;
 use super::Datapath;
 use crate::metrics::Metrics;
-use crate::relay::{Relay, RouteEvent};
+use crate::relay::{KernelAcks, Relay, RouteEvent};
+use crate::srt::seq::Seq;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, Queue};
 use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
@@ -28,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stsync_common::maps::{
-    self as m, counter, Config, PublisherEntry, Route, StreamEntry, ViewerConn, ViewerEntry,
-    CONFIG_LO_ACCEPT_LOCAL, LOOPBACK_IFINDEX, MAX_VIEWERS,
+    self as m, counter, Config, PublisherEntry, Route, StreamEntry, ViewerAcks, ViewerConn,
+    ViewerCounts, ViewerEntry, CONFIG_LO_ACCEPT_LOCAL, LOOPBACK_IFINDEX, MAX_VIEWERS,
 };
 use tracing::{debug, info, warn};
 
@@ -78,6 +80,9 @@ pub struct KernelCounters {
     pub routes_learned: u64,
     pub restore_failures: u64,
     pub loopback_skipped: u64,
+    pub acks_answered: u64,
+    pub light_acks: u64,
+    pub ack_failures: u64,
 }
 
 /// The loaded program and its maps (attached or not). Dropping it detaches the program.
@@ -90,7 +95,8 @@ pub struct Kernel {
     viewer_conns: BpfHashMap<MapData, u32, ViewerConn>,
     routes: BpfHashMap<MapData, u32, Route>,
     counters: PerCpuArray<MapData, u64>,
-    viewer_clones: PerCpuArray<MapData, u64>,
+    viewer_counts: PerCpuArray<MapData, ViewerCounts>,
+    viewer_acks: MmapArray<ViewerAcks>,
     learned: Queue<MapData, u32>,
     max_streams: u32,
     attached: Vec<String>,
@@ -157,7 +163,8 @@ impl Kernel {
             .map_max_entries(m::MAP_ROUTES, conns)
             .map_max_entries(m::MAP_STREAMS, max_streams)
             .map_max_entries(m::MAP_VIEWERS, slots)
-            .map_max_entries(m::MAP_VIEWER_CLONES, slots)
+            .map_max_entries(m::MAP_VIEWER_COUNTS, slots)
+            .map_max_entries(m::MAP_VIEWER_ACKS, slots)
             .load(object)
             .map_err(classify)?;
         let prog: &mut SchedClassifier = bpf
@@ -166,7 +173,11 @@ impl Kernel {
             .try_into()
             .map_err(classify)?;
         if let Err(e) = prog.load() {
-            if is_permission(&e) {
+            // The verifier refuses with EACCES too: a log means it ran, so it is not a
+            // matter of privileges.
+            let verified = matches!(&e, aya::programs::ProgramError::LoadError { verifier_log, .. }
+                if !verifier_log.to_string().trim().is_empty());
+            if is_permission(&e) && !verified {
                 return Err(KernelError::PermissionDenied(e.to_string()));
             }
             return Err(match e {
@@ -195,7 +206,15 @@ impl Kernel {
             viewer_conns: take(&mut bpf, m::MAP_VIEWER_CONNS)?,
             routes: take(&mut bpf, m::MAP_ROUTES)?,
             counters: take(&mut bpf, m::MAP_COUNTERS)?,
-            viewer_clones: take(&mut bpf, m::MAP_VIEWER_CLONES)?,
+            viewer_counts: take(&mut bpf, m::MAP_VIEWER_COUNTS)?,
+            viewer_acks: {
+                let map = bpf
+                    .take_map(m::MAP_VIEWER_ACKS)
+                    .ok_or_else(|| KernelError::Other(format!("no map {}", m::MAP_VIEWER_ACKS)))?;
+                MmapArray::new(map, slots).map_err(|e| {
+                    KernelError::Other(format!("cannot map {}: {e}", m::MAP_VIEWER_ACKS))
+                })?
+            },
             learned: take(&mut bpf, m::MAP_LEARNED)?,
             bpf,
             max_streams,
@@ -322,20 +341,37 @@ impl Kernel {
             routes_learned: sum(counter::ROUTES_LEARNED),
             restore_failures: sum(counter::RESTORE_FAILURES),
             loopback_skipped: sum(counter::LOOPBACK_SKIPPED),
+            acks_answered: sum(counter::ACKS_ANSWERED),
+            light_acks: sum(counter::LIGHT_ACKS),
+            ack_failures: sum(counter::ACK_FAILURES),
         }
     }
 
-    /// Clones sent to viewer slot `slot` since it was last reset.
-    pub fn viewer_clones(&self, slot: u32) -> u64 {
-        self.viewer_clones
-            .get(&slot, 0)
-            .map_or(0, |v| v.iter().copied().sum())
+    /// What the program did for viewer slot `slot` since it was last reset (one syscall).
+    pub fn viewer_counts(&self, slot: u32) -> ViewerCounts {
+        let mut t = ViewerCounts::default();
+        if let Ok(per_cpu) = self.viewer_counts.get(&slot, 0) {
+            for c in per_cpu.iter() {
+                t.clones += c.clones;
+                t.acks += c.acks;
+                t.light_acks += c.light_acks;
+                t.ack_bytes += c.ack_bytes;
+            }
+        }
+        t
     }
 
-    pub fn reset_viewer_clones(&mut self, slot: u32) {
+    /// The latest ACK the program handled for viewer slot `slot` (a memory read).
+    pub fn viewer_acks(&self, slot: u32) -> ViewerAcks {
+        self.viewer_acks.get(slot).unwrap_or_default()
+    }
+
+    /// Clears what the program recorded for viewer slot `slot`, for a new viewer.
+    pub fn reset_viewer(&mut self, slot: u32) {
+        self.viewer_acks.set(slot, ViewerAcks::default());
         let n = aya::util::nr_cpus().map_or(1, |n| n);
-        if let Ok(zeros) = aya::maps::PerCpuValues::try_from(vec![0u64; n]) {
-            let _ = self.viewer_clones.set(slot, zeros, 0);
+        if let Ok(zeros) = aya::maps::PerCpuValues::try_from(vec![ViewerCounts::default(); n]) {
+            let _ = self.viewer_counts.set(slot, zeros, 0);
         }
     }
 }
@@ -348,6 +384,32 @@ pub fn raw_ip(ip: Ipv4Addr) -> u32 {
 /// A port as the program stores it.
 pub fn raw_port(port: u16) -> u16 {
     u16::from_ne_bytes(port.to_be_bytes())
+}
+
+/// CLOCK_MONOTONIC now, ns: the clock of `Instant` on Linux and of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `t` as CLOCK_MONOTONIC ns.
+fn instant_to_ns(t: Instant) -> u64 {
+    let (now, ns) = (Instant::now(), monotonic_ns());
+    match t.checked_duration_since(now) {
+        Some(ahead) => ns + ahead.as_nanos() as u64,
+        None => ns.saturating_sub(now.duration_since(t).as_nanos() as u64),
+    }
+}
+
+/// CLOCK_MONOTONIC ns as an `Instant` (never later than now).
+fn ns_to_instant(t: u64, now: Instant, now_ns: u64) -> Instant {
+    now.checked_sub(Duration::from_nanos(now_ns.saturating_sub(t)))
+        .unwrap_or(now)
 }
 
 fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
@@ -400,7 +462,10 @@ struct ViewerState {
     pending_since: Option<Instant>,
     /// The epoch the kernel serves this viewer for, and the route it was given.
     active: Option<(u64, Route)>,
-    clones_seen: u64,
+    /// The slot's counts as last passed on to metrics and the relay.
+    counted: ViewerCounts,
+    /// `last_ns` of the latest ACK passed on to the relay.
+    ack_ns: u64,
 }
 
 #[derive(Default)]
@@ -431,6 +496,7 @@ pub struct EbpfDatapath {
     viewers: HashMap<u32, ViewerState>,
     counted: KernelCounters,
     last_slow: Instant,
+    last_ack_read: Instant,
     backlog_warned: bool,
     /// `net.ipv4.conf.lo.accept_local` was on at start.
     lo_accept_local: bool,
@@ -446,6 +512,9 @@ const POLL_FAST: Duration = Duration::from_millis(5);
 const FAST_FOR: Duration = Duration::from_secs(2);
 /// Counters and route refresh.
 const SLOW: Duration = Duration::from_secs(1);
+/// How often the daemon reads what the program recorded of viewers' ACKs (memory reads):
+/// their liveness, acknowledged position and RTT reach the relay this fresh.
+const ACK_READ: Duration = Duration::from_millis(100);
 
 impl EbpfDatapath {
     /// Loads, configures and attaches the program; any failure is the reason to fall back.
@@ -494,6 +563,7 @@ impl EbpfDatapath {
             viewers: HashMap::new(),
             counted: KernelCounters::default(),
             last_slow: Instant::now(),
+            last_ack_read: Instant::now(),
             backlog_warned: false,
             lo_accept_local,
         })
@@ -516,7 +586,14 @@ impl EbpfDatapath {
         Some(i)
     }
 
-    fn viewer_added(&mut self, conn: u32, resource: &str, peer: SocketAddr, peer_id: u32) {
+    fn viewer_added(
+        &mut self,
+        conn: u32,
+        resource: &str,
+        peer: SocketAddr,
+        peer_id: u32,
+        start: Instant,
+    ) {
         let Some(peer) = v4(peer) else {
             debug!(conn, %peer, "IPv6 viewer: served from userspace");
             return;
@@ -545,16 +622,19 @@ impl EbpfDatapath {
             peer_id,
             ..Default::default()
         };
+        // Cleared before the program can match the connection.
+        self.kernel.reset_viewer(slot);
         let ok = self.kernel.set_viewer(slot, &entry).is_ok()
             && self
                 .kernel
                 .set_viewer_conn(
                     conn,
                     ViewerConn {
+                        start_ns: instant_to_ns(start),
                         slot,
                         peer_ip: raw_ip(*peer.ip()),
                         peer_port: raw_port(peer.port()),
-                        _pad: 0,
+                        _pad: [0; 6],
                     },
                 )
                 .is_ok()
@@ -568,7 +648,6 @@ impl EbpfDatapath {
             self.kernel.remove_viewer_conn(conn);
             return;
         }
-        self.kernel.reset_viewer_clones(slot);
         self.viewers.insert(
             conn,
             ViewerState {
@@ -578,7 +657,8 @@ impl EbpfDatapath {
                 mapping: None,
                 pending_since: None,
                 active: None,
-                clones_seen: 0,
+                counted: ViewerCounts::default(),
+                ack_ns: 0,
             },
         );
         self.warn_backlog(high);
@@ -608,6 +688,10 @@ impl EbpfDatapath {
         let Some(v) = self.viewers.remove(&conn) else {
             return;
         };
+        // The connection is gone from the relay: only its kernel clone count is still
+        // exported (until the metrics drop the connection too).
+        self.metrics
+            .set_kernel_sent(conn, self.kernel.viewer_counts(v.slot).clones);
         // Deactivate first (one flag changes), then clear the slot.
         if let Some(mut e) = self.kernel.viewer(v.slot) {
             e.active = 0;
@@ -615,7 +699,6 @@ impl EbpfDatapath {
         }
         let _ = self.kernel.set_viewer(v.slot, &ViewerEntry::default());
         self.kernel.remove_viewer_conn(conn);
-        self.export_clones(conn, &v);
         let row = &mut self.rows[v.stream as usize];
         row.slots[(v.slot % MAX_VIEWERS) as usize] = None;
         while row.slots.last() == Some(&None) {
@@ -623,13 +706,6 @@ impl EbpfDatapath {
         }
         let high = row.high_water();
         let _ = self.kernel.set_stream_slots(v.stream, high);
-    }
-
-    fn export_clones(&self, conn: u32, v: &ViewerState) {
-        let n = self.kernel.viewer_clones(v.slot);
-        if n != v.clones_seen {
-            self.metrics.set_kernel_sent(conn, n);
-        }
     }
 
     /// Moves a mapped viewer whose route is known onto the kernel path.
@@ -750,20 +826,48 @@ impl EbpfDatapath {
             self.metrics
                 .add_kernel_skipped(reason, n.saturating_sub(before));
         }
+        for (kind, n, before) in [
+            ("answered", now.acks_answered, self.counted.acks_answered),
+            ("light", now.light_acks, self.counted.light_acks),
+            ("failed", now.ack_failures, self.counted.ack_failures),
+        ] {
+            self.metrics.add_kernel_acks(kind, n.saturating_sub(before));
+        }
         self.counted = now;
     }
 
-    /// Per-viewer clone counts (one map read per viewer: done once a second).
-    fn export_viewer_clones(&mut self) {
-        let conns: Vec<u32> = self.viewers.keys().copied().collect();
-        for conn in conns {
-            let v = &self.viewers[&conn];
-            let n = self.kernel.viewer_clones(v.slot);
-            if n != v.clones_seen {
-                self.metrics.set_kernel_sent(conn, n);
-                if let Some(v) = self.viewers.get_mut(&conn) {
-                    v.clones_seen = n;
+    /// Passes on to the relay what the program recorded of each viewer's ACKs: the
+    /// latest ACK (a memory read per viewer) every time, the counts (one syscall per
+    /// viewer) when `counts` is set.
+    fn read_viewer_acks(&mut self, relay: &mut Relay, counts: bool) {
+        let (now, now_ns) = (Instant::now(), monotonic_ns());
+        for (&conn, v) in self.viewers.iter_mut() {
+            let a = self.kernel.viewer_acks(v.slot);
+            let mut report = KernelAcks {
+                last: ns_to_instant(a.last_ns, now, now_ns),
+                ack_seq: Seq::new(a.ack_seq),
+                rtt: (a.ack_no != 0 || a.rtt_us != 0).then_some((a.rtt_us, a.rtt_var_us)),
+                answered: 0,
+                light: 0,
+                bytes: 0,
+            };
+            let fresh = a.last_ns != v.ack_ns;
+            if counts {
+                let c = self.kernel.viewer_counts(v.slot);
+                if c.clones != v.counted.clones {
+                    self.metrics.set_kernel_sent(conn, c.clones);
                 }
+                report.answered = c.acks.saturating_sub(v.counted.acks);
+                report.light = c.light_acks.saturating_sub(v.counted.light_acks);
+                report.bytes = c.ack_bytes.saturating_sub(v.counted.ack_bytes);
+                v.counted = c;
+            }
+            if fresh || report.answered + report.light > 0 {
+                if a.last_ns == 0 {
+                    continue; // counts without an ACK recorded yet: wait for it
+                }
+                v.ack_ns = a.last_ns;
+                relay.on_kernel_acks(conn, &report);
             }
         }
     }
@@ -785,7 +889,8 @@ impl Datapath for EbpfDatapath {
                 resource,
                 peer,
                 peer_id,
-            } => self.viewer_added(*conn, resource, *peer, *peer_id),
+                start,
+            } => self.viewer_added(*conn, resource, *peer, *peer_id, *start),
             RouteEvent::ViewerMapped {
                 conn,
                 epoch,
@@ -858,10 +963,13 @@ impl Datapath for EbpfDatapath {
             }
         }
         self.export_counters();
+        if slow || now.duration_since(self.last_ack_read) >= ACK_READ {
+            self.last_ack_read = now;
+            self.read_viewer_acks(relay, slow);
+        }
         if slow {
             self.last_slow = now;
             self.refresh_routes(relay);
-            self.export_viewer_clones();
         }
     }
 

@@ -88,6 +88,8 @@ pub enum RouteEvent {
         resource: String,
         peer: SocketAddr,
         peer_id: u32,
+        /// The connection's clock starts here (the time base of its timestamps).
+        start: Instant,
     },
     /// The viewer's offsets for the stream's current publisher.
     ViewerMapped {
@@ -105,6 +107,26 @@ pub enum RouteEvent {
         epoch: u64,
     },
 }
+
+/// A viewer's ACKs that the kernel fast path handled (recorded, and answered with ACKACKs)
+/// instead of the relay, as the datapath read them from the program's maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelAcks {
+    /// When the latest of them arrived.
+    pub last: Instant,
+    /// The latest acknowledged sequence number.
+    pub ack_seq: Seq,
+    /// The viewer's RTT and RTT variance (µs) from its latest full or small ACK.
+    pub rtt: Option<(u32, u32)>,
+    /// Since the previous report: ACKs answered with an ACKACK, light ACKs, and the SRT
+    /// bytes of both.
+    pub answered: u64,
+    pub light: u64,
+    pub bytes: u64,
+}
+
+/// SRT bytes of an ACKACK (header + one word), as the relay and the kernel send it.
+pub const ACKACK_LEN: u64 = HEADER_LEN as u64 + 4;
 
 pub struct Relay {
     cfg: RelayConfig,
@@ -201,6 +223,31 @@ impl Relay {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.kernel_epoch = epoch;
         }
+    }
+
+    /// Takes in what the kernel fast path did with viewer `conn`'s ACKs: liveness, the
+    /// acknowledged position, RTT and the control packet counters, as if the relay had
+    /// handled those ACKs itself.
+    pub fn on_kernel_acks(&mut self, conn: u32, k: &KernelAcks) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Role::Viewer(v) = &mut c.role else {
+            return;
+        };
+        c.last_recv = c.last_recv.max(k.last);
+        v.on_ack(k.ack_seq, k.last);
+        if let Some((rtt, var)) = k.rtt {
+            c.stats.rtt_us.store(rtt.into(), Relaxed);
+            c.stats.rtt_var_us.store(var.into(), Relaxed);
+        }
+        if k.answered > 0 {
+            c.last_sent = c.last_sent.max(k.last);
+        }
+        ConnStats::add(&c.stats.ctrl_packets_recv, k.answered + k.light);
+        ConnStats::add(&c.stats.ctrl_bytes_recv, k.bytes);
+        ConnStats::add(&c.stats.ctrl_packets_sent, k.answered);
+        ConnStats::add(&c.stats.ctrl_bytes_sent, k.answered * ACKACK_LEN);
     }
 
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
@@ -351,6 +398,7 @@ impl Relay {
                     resource: s.resource.clone(),
                     peer: from,
                     peer_id: hs.hs.socket_id,
+                    start: now,
                 });
             }
         }
@@ -497,7 +545,7 @@ impl Relay {
             },
             (ctrl::ACK, Role::Viewer(v)) => match Ack::parse(c.body) {
                 Ok(ack) => {
-                    v.on_ack(ack.ack_seq);
+                    v.on_ack(ack.ack_seq, now);
                     if let Some(f) = ack.full {
                         conn.stats.rtt_us.store(f.rtt_us.into(), Relaxed);
                         conn.stats.rtt_var_us.store(f.rtt_var_us.into(), Relaxed);
@@ -685,10 +733,17 @@ impl Relay {
     /// Keepalives, idle timeouts, stream bitrates and expired session keys.
     fn sweep(&mut self, now: Instant) {
         let mut idle = Vec::new();
+        let mut stuck = Vec::new();
         let mut quiet = Vec::new();
-        for (&id, c) in &self.conns {
+        for (&id, c) in &mut self.conns {
+            let stalled = match &mut c.role {
+                Role::Viewer(v) => v.stalled_for(now),
+                Role::Publisher(_) => Duration::ZERO,
+            };
             if now.saturating_duration_since(c.last_recv) >= self.cfg.idle_timeout {
                 idle.push(id);
+            } else if stalled >= self.cfg.idle_timeout {
+                stuck.push(id);
             } else if now.saturating_duration_since(c.last_sent) >= KEEPALIVE {
                 quiet.push(id);
             }
@@ -697,6 +752,14 @@ impl Relay {
             info!(
                 conn = id,
                 "peer silent for {:?}: timed out", self.cfg.idle_timeout
+            );
+            self.close(now, id, true);
+        }
+        for id in stuck {
+            info!(
+                conn = id,
+                "viewer acknowledged nothing new for {:?} while data waited: closed as stuck",
+                self.cfg.idle_timeout
             );
             self.close(now, id, true);
         }

@@ -3,6 +3,7 @@
 //! publisher changes), and turns the viewer's loss reports back into publisher packets.
 
 use crate::srt::seq::{ts_add, Seq};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapping {
@@ -34,6 +35,8 @@ pub struct ViewerSend {
     map: Option<Mapping>,
     /// Highest sequence number the viewer acknowledged (exclusive).
     pub last_ack: Seq,
+    /// Since when `last_ack` has not moved while packets beyond it were sent.
+    stalled_since: Option<Instant>,
     /// Highest sequence number reported lost so far, so repeated NAKs count once.
     nak_high: Option<Seq>,
 }
@@ -45,6 +48,7 @@ impl ViewerSend {
             next_vseq: isn,
             map: None,
             last_ack: isn,
+            stalled_since: None,
             nak_high: None,
         }
     }
@@ -110,10 +114,30 @@ impl ViewerSend {
         ts_add(pts, self.map.map_or(0, |m| m.ts_off))
     }
 
-    pub fn on_ack(&mut self, ack: Seq) {
+    /// An ACK (received at `now`) up to `ack`, exclusive.
+    pub fn on_ack(&mut self, ack: Seq, now: Instant) {
+        // The kernel path can deliver (and the viewer acknowledge) packets the relay has not
+        // read yet, so an ACK a little beyond `next_vseq` is not an error; it counts once the
+        // relay catches up.
         if ack.gt(self.last_ack) && !ack.gt(self.next_vseq) {
             self.last_ack = ack;
+            self.stalled_since = self.outstanding().then_some(now);
         }
+    }
+
+    fn outstanding(&self) -> bool {
+        self.last_ack.lt(self.next_vseq)
+    }
+
+    /// How long the viewer has acknowledged nothing new while packets beyond its last ACK
+    /// were sent: a live viewer acknowledges (or gives up on) every packet within its
+    /// latency, so seconds of this means it is stuck.
+    pub fn stalled_for(&mut self, now: Instant) -> Duration {
+        if !self.outstanding() {
+            self.stalled_since = None;
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(*self.stalled_since.get_or_insert(now))
     }
 
     /// Records a loss report; returns how many of its packets were not reported before.

@@ -156,9 +156,14 @@ pub fn srt_data(seq: u32, msgno: u32, rexmit: bool, ts: u32, dest: u32, payload:
 
 /// An SRT control packet of type `typ` (e.g. 2 = ACK) to socket `dest`.
 pub fn srt_control(typ: u16, ts: u32, dest: u32, body: &[u8]) -> Vec<u8> {
+    srt_control_info(typ, 1, ts, dest, body)
+}
+
+/// An SRT control packet with type-specific word `info` (an ACK's number, for one).
+pub fn srt_control_info(typ: u16, info: u32, ts: u32, dest: u32, body: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(16 + body.len());
     p.extend_from_slice(&(0x8000_0000u32 | (u32::from(typ) << 16)).to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 1]);
+    p.extend_from_slice(&info.to_be_bytes());
     p.extend_from_slice(&ts.to_be_bytes());
     p.extend_from_slice(&dest.to_be_bytes());
     p.extend_from_slice(body);
