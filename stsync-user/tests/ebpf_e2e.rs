@@ -119,7 +119,46 @@ fn assert_kernel_served(label: &str, m: &str, viewers: usize) -> KernelView {
         k.clones,
         k.seen
     );
+    assert_kernel_acks(label, m, viewers);
     k
+}
+
+/// The program answered the viewers' ACKs (none failed), and what it handled shows in
+/// every viewer's metrics: control packets both ways and an RTT.
+fn assert_kernel_acks(label: &str, m: &str, viewers: usize) -> f64 {
+    let kind = |k: &str| prom_value(m, "stsync_kernel_acks_total", &[("kind", k)]).unwrap_or(0.0);
+    let answered = kind("answered");
+    record_result(&format!(
+        "ebpf e2e {label}: kernel answered {answered} viewer ACKs, recorded {} light ones",
+        kind("light")
+    ));
+    assert!(
+        answered > 20.0 * viewers as f64,
+        "{label}: the kernel answered only {answered} ACKs of {viewers} viewers"
+    );
+    assert_eq!(
+        kind("failed"),
+        0.0,
+        "{label}: ACKs the kernel failed to answer"
+    );
+    for s in prom_samples(m, "srt_connection_data_packets_sent_kernel", &[]) {
+        let id = s.label("id").unwrap_or("?");
+        let g = |n: &str| prom_value(m, n, &[("id", id)]).unwrap_or(0.0);
+        let (recv, sent, rtt) = (
+            g("srt_connection_ctrl_packets_recv"),
+            g("srt_connection_ctrl_packets_sent"),
+            g("srt_connection_rtt"),
+        );
+        assert!(
+            recv >= 20.0 && sent >= 20.0,
+            "{label}: viewer {id}: ctrl packets recv {recv}, sent {sent}: the kernel's ACK/ACKACK missing"
+        );
+        assert!(
+            rtt > 0.0 && rtt < 0.05,
+            "{label}: viewer {id}: RTT {rtt} s from its ACKs"
+        );
+    }
+    answered
 }
 
 fn expect_whole(c: &Clip) -> Expect {
@@ -350,6 +389,215 @@ fn kernel_fanout_on_loopback() {
     let dir = TempDir::new("ebpf-lo");
     let m = five_viewers("loopback", &relay, solo, solo, &dir, || {});
     assert_kernel_served("loopback", &m, 5);
+}
+
+/// The 130 s clip of the long run.
+fn long_clip() -> &'static Clip {
+    static C: std::sync::OnceLock<Clip> = std::sync::OnceLock::new();
+    C.get_or_init(|| make_clip("testsrc-2m-130s", 2000, 130))
+}
+
+/// The long run: for over two minutes, with 5 % loss on the viewers' input, the
+/// kernel answers every ACK of three kernel-served viewers (two srt-live-transmit, one
+/// ffmpeg) while the daemon sees only their NAKs and keepalives. No viewer times out or
+/// is taken for stuck, every byte arrives, and libsrt's RTT stays that of a LAN.
+#[test]
+fn kernel_acked_viewers_live_two_minutes_under_loss() {
+    if object_or_skip("kernel_acked_viewers_live_two_minutes_under_loss").is_none() {
+        return;
+    }
+    let c = long_clip();
+    let t = three_hosts();
+    let relay = start_relay(
+        t.ns.name("relay"),
+        t.relay_ip,
+        RelayOpts {
+            latency_ms: Some(500),
+            ..RelayOpts::default()
+        },
+    );
+    let dir = TempDir::new("ebpf-long");
+    let view_ns = t.ns.name("view");
+    let mut slts: Vec<SltViewer> = (0..2)
+        .map(|i| {
+            SltViewer::start_opts(
+                &dir,
+                &format!("slt{i}"),
+                &relay.viewer_url("1"),
+                Some(view_ns),
+                true,
+            )
+        })
+        .collect();
+    let mut ff = FfmpegViewer::start(
+        &dir,
+        "ff-copy",
+        &relay.viewer_url("1"),
+        FfKind::Copy,
+        Some(view_ns),
+    );
+    sleep_secs(1.5);
+    let padded = c.padded(&dir, 0.5);
+    let mut p = BytePublisher::start_opts(
+        &dir,
+        "pub",
+        &relay.publisher_url("1"),
+        &padded,
+        Some(t.ns.name("pub")),
+        false,
+    );
+    sleep_secs(1.0);
+    let port = relay.srt.port();
+    t.ns.add_loss("view", "input", &format!("udp sport {port}"), LOSS_PCT);
+    // Halfway: the kernel is answering, and has been for every viewer.
+    sleep_secs(c.secs / 2.0);
+    let mid = relay.metrics();
+    let answered_mid = assert_kernel_acks("long run, halfway", &mid, 3);
+    p.finish(LINGER);
+    let m = relay.metrics();
+    for v in slts.iter_mut() {
+        v.assert_running("after two minutes");
+    }
+    ff.assert_running("after two minutes");
+    for v in slts.iter_mut() {
+        v.stop();
+    }
+    ff.stop();
+    let log = relay.log();
+    assert!(
+        !log.contains("timed out") && !log.contains("stuck"),
+        "a viewer was timed out or closed as stuck during the run:\n{}",
+        tail_lines(&log, 40)
+    );
+    let dropped = t.ns.loss_counter("view");
+    let k = assert_kernel_served("long run", &m, 3);
+    let answered = assert_kernel_acks("long run", &m, 3);
+    let retrans: f64 = k.viewers.values().map(|v| v.1).sum();
+    record_result(&format!(
+        "ebpf e2e long run: {:.0} s; kernel answered {answered} ACKs ({answered_mid} halfway); nft dropped {dropped}; relay retransmitted {retrans}",
+        c.secs
+    ));
+    // libsrt sends a full ACK at most every 10 ms, and only when something new arrived
+    // and its previous ACK was answered: srt-live-transmit viewers of this 2 Mbit/s stream
+    // send 13-25 a second here.
+    assert!(
+        answered > 3.0 * 5.0 * c.secs,
+        "kernel answered {answered} ACKs of 3 viewers in {:.0} s",
+        c.secs
+    );
+    assert!(dropped > 1000, "the loss rule dropped only {dropped}");
+    assert!(
+        retrans >= dropped as f64 * 0.5,
+        "retransmissions {retrans} for {dropped} drops"
+    );
+    for v in &slts {
+        let st = v.last_stats().expect("libsrt stats");
+        record_result(&format!(
+            "ebpf e2e long run: {}: libsrt rtt={} ms recv={} lost={} retransmitted={} dropped={}",
+            v.name, st.rtt_ms, st.recv_packets, st.recv_lost, st.recv_retrans, st.recv_dropped
+        ));
+        assert!(
+            st.rtt_ms > 0.0 && st.rtt_ms < 20.0,
+            "{}: libsrt RTT {} ms",
+            v.name,
+            st.rtt_ms
+        );
+        assert_contiguous(
+            &format!("long run: {}", v.name),
+            &v.output(),
+            c,
+            expect_whole(c),
+        );
+    }
+    let breaks = cc_breaks(&ts_align(&ff.output()).packets);
+    assert!(
+        breaks.is_empty(),
+        "long run: ff-copy output has CC breaks: {:?}",
+        &breaks[..breaks.len().min(10)]
+    );
+}
+
+/// libsrt's RTT estimate of a kernel-answered viewer (ACKACKs from the program) is that of
+/// a userspace-answered one: same topology, same stream, both datapaths.
+#[test]
+fn viewer_rtt_matches_the_userspace_path() {
+    if object_or_skip("viewer_rtt_matches_the_userspace_path").is_none() {
+        return;
+    }
+    let c = clip();
+    let mut rtts = Vec::new();
+    for datapath in ["ebpf", "userspace"] {
+        let t = three_hosts();
+        let relay = Relay::start(RelayOpts {
+            netns: Some(t.ns.name("relay").to_string()),
+            srt_ip: t.relay_ip,
+            datapath: Some(datapath.into()),
+            ..RelayOpts::default()
+        });
+        let dir = TempDir::new(&format!("ebpf-rtt-{datapath}"));
+        let mut slts: Vec<SltViewer> = (0..2)
+            .map(|i| {
+                SltViewer::start_opts(
+                    &dir,
+                    &format!("slt{i}"),
+                    &relay.viewer_url("1"),
+                    Some(t.ns.name("view")),
+                    true,
+                )
+            })
+            .collect();
+        sleep_secs(1.5);
+        let mut p = BytePublisher::start_opts(
+            &dir,
+            "pub",
+            &relay.publisher_url("1"),
+            c,
+            Some(t.ns.name("pub")),
+            false,
+        );
+        p.finish(LINGER);
+        let m = relay.metrics();
+        if datapath == "ebpf" {
+            assert_kernel_acks("rtt", &m, 2);
+        } else {
+            assert_eq!(
+                prom_value(&m, "stsync_kernel_acks_total", &[("kind", "answered")]),
+                None
+            );
+        }
+        for v in slts.iter_mut() {
+            v.stop();
+            // The mean over the run's records: the last one alone is one sample.
+            let recs = v.stats_records();
+            let vals: Vec<f64> = recs
+                .iter()
+                .map(|r| stats_summary(r).rtt_ms)
+                .filter(|&r| r > 0.0)
+                .collect();
+            assert!(
+                !vals.is_empty(),
+                "{datapath}: {}: no RTT in libsrt stats",
+                v.name
+            );
+            let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+            record_result(&format!(
+                "ebpf e2e rtt: {datapath}: {}: libsrt mean msRTT {mean:.3} over {} records",
+                v.name,
+                vals.len()
+            ));
+            rtts.push((datapath, mean));
+        }
+    }
+    let mean = |d: &str| {
+        let v: Vec<f64> = rtts.iter().filter(|r| r.0 == d).map(|r| r.1).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (k, u) = (mean("ebpf"), mean("userspace"));
+    assert!(k > 0.0 && k < 20.0, "kernel path libsrt RTT {k} ms");
+    assert!(
+        k <= u + 2.0,
+        "kernel path libsrt RTT {k:.3} ms vs userspace {u:.3} ms"
+    );
 }
 
 /// (seen, clones) growth between two scrapes `secs` apart: clones per publisher packet is

@@ -453,6 +453,65 @@ fn silent_viewer_times_out_without_disturbing_others() {
     )));
 }
 
+/// A viewer whose ACKs the kernel handles sends the relay nothing, yet stays alive and
+/// keeps its metrics from what the datapath reports; a viewer that keeps ACKing the same
+/// position while data waits is closed as stuck after the idle timeout, not before.
+#[test]
+fn kernel_handled_acks_keep_a_viewer_alive_and_a_stuck_viewer_is_closed() {
+    let mut w = World::new();
+    let mut kern = Caller::new(1001, 0);
+    let mut stuck = Caller::new(1002, 0);
+    let mut p = Caller::new(2000, 0);
+    kern.join(&mut w, "request");
+    stuck.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    let mut closed_at = None;
+    for i in 0..800u32 {
+        p.data(&mut w, Seq::new(i), i * 10_000, b"x");
+        if i % 10 == 0 {
+            let report = KernelAcks {
+                last: w.now,
+                ack_seq: Seq::new(i),
+                rtt: Some((500, 100)),
+                answered: 1,
+                light: 2,
+                bytes: 44 + 2 * 20,
+            };
+            w.relay.on_kernel_acks(kern.relay_id, &report);
+            stuck.control(&mut w, ctrl::ACK, i, &[5, 1000, 100, 8192, 0, 0, 0]);
+            p.control(&mut w, ctrl::KEEPALIVE, 0, &[0]);
+        }
+        w.advance(Duration::from_millis(10));
+        assert!(
+            ctrl(&w.take(kern.addr), ctrl::SHUTDOWN).is_empty(),
+            "the kernel-acked viewer was closed at i = {i}"
+        );
+        if !ctrl(&w.take(stuck.addr), ctrl::SHUTDOWN).is_empty() {
+            closed_at.get_or_insert(i);
+        }
+    }
+    // Its ACK to 5 arrived at i = 0; packets beyond it waited from then on.
+    let at = closed_at.expect("the stuck viewer was closed");
+    assert!((495..=520).contains(&at), "closed as stuck at i = {at}");
+    assert_eq!(w.relay.streams[0].viewers, vec![kern.relay_id]);
+    let m = w.metrics.render();
+    let id = kern.relay_id.to_string();
+    let metric = |name: &str| {
+        m.lines()
+            .find(|l| l.starts_with(&format!("{name}{{id=\"{id}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    // 80 reports: 80 ACKs answered (ACKACKs sent) and 160 light ACKs.
+    assert_eq!(metric("srt_connection_ctrl_packets_recv"), Some(240.0));
+    assert_eq!(
+        metric("srt_connection_ctrl_bytes_recv").map(|b| b >= 80.0 * 84.0),
+        Some(true)
+    );
+    assert_eq!(metric("srt_connection_rtt"), Some(0.0005));
+    assert!(metric("srt_connection_ctrl_packets_sent").unwrap() >= 80.0);
+}
+
 #[test]
 fn takeover_shuts_down_old_publisher_and_viewer_sequence_continues() {
     let mut w = World::new();

@@ -1158,7 +1158,7 @@ impl Clip {
     }
 }
 
-fn make_clip(name: &str, video_kbps: u32, secs: u32) -> Clip {
+pub fn make_clip(name: &str, video_kbps: u32, secs: u32) -> Clip {
     let dir = tmp_root().join("clips");
     fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.ts"));
