@@ -101,13 +101,15 @@ pub struct PublisherEntry {
     pub _pad: [u8; 6],
 }
 
-/// `STREAMS[stream]`: how many viewer slots of the stream's row the program scans.
+/// `STREAMS[stream]`: how many viewer slots of the stream's row the program scans, and the
+/// stream's delay.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StreamEntry {
     /// One past the highest slot in use (slots below it may be inactive).
     pub slots: u32,
-    pub _pad: u32,
+    /// Added to every clone's timestamp (µs): viewers play the stream that much later.
+    pub delay_us: u32,
 }
 
 /// How a clone reaches a viewer: learned from the viewer's own packets as they arrive.

@@ -5,7 +5,8 @@
 //! destination socket ID is a known publisher connection (source address checked), the
 //! program walks the stream's viewer slots (`bpf_loop`, up to `MAX_VIEWERS`), and for each
 //! active viewer whose offsets belong to this publisher's epoch rewrites the packet in place
-//! (MACs, IP addresses, UDP ports, SRT destination socket ID, sequence number, timestamp;
+//! (MACs, IP addresses, UDP ports, SRT destination socket ID, sequence number, timestamp
+//! with the stream's delay added;
 //! checksums through the kernel's incremental helpers) and sends a copy with
 //! `bpf_clone_redirect` out of the interface the viewer's own packets arrive on. At the end
 //! the original bytes are put back and the packet goes on (`TC_ACT_OK`) to the daemon, which
@@ -256,10 +257,9 @@ fn fan_out(skb: *mut __sk_buff, h: &[u8; HDR_LEN], word0: u32, cfg_flags: u16) -
         count(counter::SKIPPED, 1);
         return Ok(PASS);
     }
-    let slots = STREAMS
+    let (slots, delay) = STREAMS
         .get(p.stream)
-        .map_or(0, |s| s.slots)
-        .min(MAX_VIEWERS);
+        .map_or((0, 0), |s| (s.slots.min(MAX_VIEWERS), s.delay_us));
     if slots == 0 {
         return Ok(PASS);
     }
@@ -280,7 +280,8 @@ fn fan_out(skb: *mut __sk_buff, h: &[u8; HDR_LEN], word0: u32, cfg_flags: u16) -
         epoch: p.epoch,
         base: p.stream.wrapping_mul(MAX_VIEWERS),
         pub_seq: word0 & srt::SEQ_MASK,
-        pub_ts: be32(h, SRT_TS),
+        // The stream's delay moves every viewer's play-out later by as much.
+        pub_ts: be32(h, SRT_TS).wrapping_add(delay),
         clones: 0,
         failures: 0,
         lo_skipped: 0,

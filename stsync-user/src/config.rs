@@ -38,6 +38,9 @@ pub struct StreamConfig {
     #[serde(default)]
     pub name: String,
     pub token: String,
+    /// Viewers play this stream so many ms later (see README, "Synchronising streams").
+    #[serde(default)]
+    pub delay_ms: u64,
 }
 
 mod d {
@@ -117,6 +120,13 @@ impl Config {
             }
             if s.token.len() < 8 {
                 bail!("field `streams[{i}].token`: must be at least 8 characters");
+            }
+            if s.delay_ms > crate::delay::MAX_DELAY_MS {
+                bail!(
+                    "field `streams[{i}].delay_ms`: must be at most {}, got {}",
+                    crate::delay::MAX_DELAY_MS,
+                    s.delay_ms
+                );
             }
             s.id = norm;
         }

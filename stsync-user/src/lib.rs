@@ -4,6 +4,7 @@ pub mod access;
 pub mod alloc_count;
 pub mod config;
 pub mod datapath;
+pub mod delay;
 pub mod driver;
 pub mod http;
 pub mod metrics;

@@ -2,6 +2,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stsync_user::access::Sessions;
@@ -81,11 +82,16 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     let entries: Vec<StreamEntry> = cfg
         .streams
         .iter()
-        .map(|s| StreamEntry {
-            id: s.id.clone(),
-            name: s.name.clone(),
-            token: s.token.clone(),
-            stats: Arc::new(StreamStats::default()),
+        .map(|s| {
+            let stats = Arc::new(StreamStats::default());
+            stats.delay_target_ms.store(s.delay_ms, Relaxed);
+            metrics.register_stream(&s.id, stats.clone());
+            StreamEntry {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                token: s.token.clone(),
+                stats,
+            }
         })
         .collect();
     let relay = Relay::new(
@@ -148,6 +154,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         streams: entries,
         sessions,
         metrics,
+        latency_ms: cfg.latency_ms.into(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();

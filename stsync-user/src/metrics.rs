@@ -84,6 +84,14 @@ pub struct StreamStats {
     pub publisher: AtomicBool,
     pub viewers: AtomicU64,
     pub bitrate_bps: AtomicU64,
+    /// The publisher's packet rate (packets/s), for the delay headroom check.
+    pub packet_rate: AtomicU64,
+    /// The delay the operator asked for (config.json or the HTTP API), ms.
+    pub delay_target_ms: AtomicU64,
+    /// The delay the relay applies now (it moves towards the target gradually), µs.
+    pub delay_applied_us: AtomicU64,
+    /// The relay's estimate of the publisher's ingest latency, µs (0: no publisher).
+    pub ingest_latency_us: AtomicU64,
 }
 
 pub struct Metrics {
@@ -91,6 +99,9 @@ pub struct Metrics {
     heap_allocations: IntCounter,
     kernel_skipped: IntCounterVec,
     kernel_acks: IntCounterVec,
+    stream_delay: GaugeVec,
+    stream_ingest: GaugeVec,
+    streams: Mutex<Vec<(String, Arc<StreamStats>)>>,
     pub connections_total: IntCounter,
     connections_current: IntGaugeVec,
     conn_counters: Vec<IntCounterVec>,
@@ -265,6 +276,24 @@ impl Metrics {
         )
         .unwrap();
         registry.register(Box::new(kernel_acks.clone())).unwrap();
+        let stream_delay = GaugeVec::new(
+            Opts::new(
+                "stsync_stream_delay_seconds",
+                "The delay configured for the stream (config.json or PUT /v1/streams/:id/delay); viewers reach it gradually.",
+            ),
+            &["stream"],
+        )
+        .unwrap();
+        let stream_ingest = GaugeVec::new(
+            Opts::new(
+                "stsync_stream_ingest_latency_seconds",
+                "The relay's estimate of how late the publisher's packets arrive after it sent them (RTT/2 plus queueing beyond the best seen in the last 10 s); 0 without a publisher.",
+            ),
+            &["stream"],
+        )
+        .unwrap();
+        registry.register(Box::new(stream_delay.clone())).unwrap();
+        registry.register(Box::new(stream_ingest.clone())).unwrap();
         let heap_allocations = IntCounter::new(
             "stsync_heap_allocations_total",
             "Heap allocations by the daemon since start (0 unless its counting allocator is installed).",
@@ -284,6 +313,9 @@ impl Metrics {
             heap_allocations,
             kernel_skipped,
             kernel_acks,
+            stream_delay,
+            stream_ingest,
+            streams: Mutex::new(Vec::new()),
             connections_total,
             connections_current,
             conn_counters,
@@ -328,6 +360,11 @@ impl Metrics {
         if n > 0 {
             self.kernel_skipped.with_label_values(&[reason]).inc_by(n);
         }
+    }
+
+    /// Exports stream `id`'s delay and ingest latency.
+    pub fn register_stream(&self, id: &str, stats: Arc<StreamStats>) {
+        self.streams.lock().unwrap().push((id.to_string(), stats));
     }
 
     pub fn add_kernel_acks(&self, kind: &str, n: u64) {
@@ -397,6 +434,14 @@ impl Metrics {
                 .set(s.rtt_var_us.load(Relaxed) as f64 / 1e6);
         }
         *exported = live;
+        for (id, st) in self.streams.lock().unwrap().iter() {
+            self.stream_delay
+                .with_label_values(&[id])
+                .set(st.delay_target_ms.load(Relaxed) as f64 / 1e3);
+            self.stream_ingest
+                .with_label_values(&[id])
+                .set(st.ingest_latency_us.load(Relaxed) as f64 / 1e6);
+        }
         for (m, n) in MODES.iter().zip(by_mode) {
             self.connections_current.with_label_values(&[m]).set(n);
         }

@@ -288,9 +288,13 @@ impl Kernel {
         let _ = self.publishers.remove(&conn);
     }
 
-    pub fn set_stream_slots(&mut self, stream: u32, slots: u32) -> Result<(), KernelError> {
-        let e = StreamEntry { slots, _pad: 0 };
+    pub fn set_stream(&mut self, stream: u32, e: StreamEntry) -> Result<(), KernelError> {
         self.streams.set(stream, e, 0).map_err(classify)
+    }
+
+    /// Sets the slots the program scans, without the delay (tests).
+    pub fn set_stream_slots(&mut self, stream: u32, slots: u32) -> Result<(), KernelError> {
+        self.set_stream(stream, StreamEntry { slots, delay_us: 0 })
     }
 
     pub fn set_viewer(&mut self, slot: u32, e: &ViewerEntry) -> Result<(), KernelError> {
@@ -475,6 +479,7 @@ struct Row {
     publisher: Option<u32>,
     /// The publisher is on this host (its packets come in on `lo`).
     publisher_local: bool,
+    delay_us: u32,
 }
 
 impl Row {
@@ -483,6 +488,13 @@ impl Row {
             .iter()
             .rposition(Option::is_some)
             .map_or(0, |i| i as u32 + 1)
+    }
+
+    fn entry(&self) -> StreamEntry {
+        StreamEntry {
+            slots: self.high_water(),
+            delay_us: self.delay_us,
+        }
     }
 }
 
@@ -615,7 +627,7 @@ impl EbpfDatapath {
             }
         };
         row.slots[i] = Some(conn);
-        let high = row.high_water();
+        let (high, stream_entry) = (row.high_water(), row.entry());
         let slot = stream * MAX_VIEWERS + i as u32;
         let entry = ViewerEntry {
             conn,
@@ -638,7 +650,7 @@ impl EbpfDatapath {
                     },
                 )
                 .is_ok()
-            && self.kernel.set_stream_slots(stream, high).is_ok();
+            && self.kernel.set_stream(stream, stream_entry).is_ok();
         if !ok {
             warn!(
                 conn,
@@ -704,8 +716,8 @@ impl EbpfDatapath {
         while row.slots.last() == Some(&None) {
             row.slots.pop();
         }
-        let high = row.high_water();
-        let _ = self.kernel.set_stream_slots(v.stream, high);
+        let e = row.entry();
+        let _ = self.kernel.set_stream(v.stream, e);
     }
 
     /// Moves a mapped viewer whose route is known onto the kernel path.
@@ -907,6 +919,17 @@ impl Datapath for EbpfDatapath {
                 }
             }
             RouteEvent::ViewerRemoved { conn } => self.viewer_removed(*conn),
+            RouteEvent::StreamDelay { resource, delay_us } => {
+                let Some(stream) = self.stream_index(resource) else {
+                    return;
+                };
+                let row = &mut self.rows[stream as usize];
+                row.delay_us = *delay_us;
+                let e = row.entry();
+                if let Err(e) = self.kernel.set_stream(stream, e) {
+                    warn!(resource, "cannot set the stream's delay in the kernel: {e}");
+                }
+            }
             RouteEvent::PublisherChanged {
                 resource,
                 publisher,

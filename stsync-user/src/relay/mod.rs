@@ -4,6 +4,7 @@
 //! [`Relay::outbox`], and [`Relay::poll_timeout`] says when to call again.
 
 mod handshake;
+mod ingest;
 mod outbox;
 pub mod ring;
 pub mod viewer;
@@ -18,6 +19,7 @@ use crate::srt::receiver::{Arrival, Feedback, Receiver};
 use crate::srt::seq::Seq;
 use crate::srt::streamid::Mode;
 use handshake::{Conclusion, HandshakeOutcome};
+use ingest::IngestLatency;
 use ring::Ring;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,6 +42,10 @@ pub struct RelayConfig {
 
 const KEEPALIVE: Duration = Duration::from_secs(1);
 const SWEEP: Duration = Duration::from_millis(100);
+/// How far a stream's applied delay moves towards a new target per sweep: 10 % of real
+/// time, so viewers' players get the stream 10 % slower (delay growing) or faster
+/// (shrinking) until it is reached, and nothing is held back, dropped or repeated.
+const DELAY_STEP_US: u32 = 10_000;
 
 /// A configured resource and its live state.
 struct Stream {
@@ -50,6 +56,11 @@ struct Stream {
     epoch: u64,
     ring: Option<Ring>,
     stats: Arc<StreamStats>,
+    /// Added to every timestamp the stream's viewers get (µs): their play-out is that much
+    /// later. Moves towards `stats.delay_target_ms` by `DELAY_STEP_US` per sweep.
+    delay_us: u32,
+    /// The current publisher's ingest latency.
+    ingest: Option<IngestLatency>,
 }
 
 enum Role {
@@ -106,6 +117,11 @@ pub enum RouteEvent {
         publisher: Option<(SocketAddr, u32)>,
         epoch: u64,
     },
+    /// The stream's viewers get timestamps `delay_us` later from now on.
+    StreamDelay {
+        resource: String,
+        delay_us: u32,
+    },
 }
 
 /// A viewer's ACKs that the kernel fast path handled (recorded, and answered with ACKACKs)
@@ -123,6 +139,11 @@ pub struct KernelAcks {
     pub answered: u64,
     pub light: u64,
     pub bytes: u64,
+}
+
+/// The delay asked for stream `stats`, µs.
+fn delay_target_us(stats: &StreamStats) -> u32 {
+    (stats.delay_target_ms.load(Relaxed) * 1000).min(u64::from(u32::MAX)) as u32
 }
 
 /// SRT bytes of an ACKACK (header + one word), as the relay and the kernel send it.
@@ -161,15 +182,29 @@ impl Relay {
             .enumerate()
             .map(|(i, (r, _))| (r.clone(), i))
             .collect();
+        let mut events = Vec::new();
         let streams = streams
             .into_iter()
-            .map(|(resource, stats)| Stream {
-                resource,
-                publisher: None,
-                viewers: Vec::new(),
-                epoch: 0,
-                ring: None,
-                stats,
+            .map(|(resource, stats)| {
+                // The configured delay holds from the start (no viewer to move yet).
+                let delay_us = delay_target_us(&stats);
+                stats.delay_applied_us.store(delay_us.into(), Relaxed);
+                if delay_us > 0 {
+                    events.push(RouteEvent::StreamDelay {
+                        resource: resource.clone(),
+                        delay_us,
+                    });
+                }
+                Stream {
+                    resource,
+                    publisher: None,
+                    viewers: Vec::new(),
+                    epoch: 0,
+                    ring: None,
+                    stats,
+                    delay_us,
+                    ingest: None,
+                }
             })
             .collect();
         Relay {
@@ -182,7 +217,7 @@ impl Relay {
             conns: HashMap::new(),
             by_peer: HashMap::new(),
             out: Outbox::default(),
-            events: Vec::new(),
+            events,
             feedback: Vec::new(),
             next_sweep: now + SWEEP,
             id_state: u64::from_le_bytes(secret[..8].try_into().unwrap()) | 1,
@@ -375,6 +410,7 @@ impl Relay {
             Mode::Publish => {
                 let old = s.publisher.replace(id);
                 s.epoch += 1;
+                s.ingest = Some(IngestLatency::new(now));
                 match &mut s.ring {
                     Some(r) => r.clear(),
                     None => s.ring = Some(Ring::new(self.cfg.buffer_packets)),
@@ -440,10 +476,16 @@ impl Relay {
             Relaxed,
         );
         let stream = conn.stream;
+        let arrival_us = now.saturating_duration_since(conn.start).as_micros() as u64;
         self.send_feedback(now, id, &mut fb);
         self.feedback = fb;
         if arrival == Arrival::Duplicate {
             return;
+        }
+        if d.msg & MSG_REXMIT_FLAG == 0 {
+            if let Some(l) = &mut self.streams[stream].ingest {
+                l.on_packet(now, arrival_us, d.ts);
+            }
         }
         self.fan_out(now, stream, d);
     }
@@ -452,10 +494,11 @@ impl Relay {
     fn fan_out(&mut self, now: Instant, stream: usize, d: DataPacket) {
         let s = &mut self.streams[stream];
         let msg = d.msg & !MSG_REXMIT_FLAG;
+        let delay = s.delay_us;
         let slot = s
             .ring
             .get_or_insert_with(|| Ring::new(self.cfg.buffer_packets))
-            .insert(d.seq, msg, d.ts, d.payload);
+            .insert(d.seq, msg, d.ts, delay, d.payload);
         let epoch = s.epoch;
         for &vid in &s.viewers {
             let Some(conn) = self.conns.get_mut(&vid) else {
@@ -484,7 +527,7 @@ impl Relay {
                 conn.peer,
                 vseq,
                 msg,
-                vts,
+                vts.wrapping_add(delay),
                 conn.peer_id,
                 Payload::Ring {
                     stream: stream as u32,
@@ -599,7 +642,8 @@ impl Relay {
                 let held = match v.unmap(s.epoch, vseq) {
                     Unmapped::Publisher(p) => {
                         if let Some((slot, pkt)) = s.ring.as_ref().and_then(|r| r.get(p)) {
-                            Some(Some((slot, pkt.msg, v.ts(pkt.ts), pkt.payload.len())))
+                            let vts = v.ts(pkt.ts).wrapping_add(pkt.delay);
+                            Some(Some((slot, pkt.msg, vts, pkt.payload.len())))
                         } else if publisher_rx.is_some_and(|rx| rx.is_missing(p)) {
                             Some(None) // still expected from the publisher: forwarded when it comes
                         } else {
@@ -766,15 +810,40 @@ impl Relay {
         for id in quiet {
             self.send_control(now, id, ctrl::KEEPALIVE, 0, &[0]);
         }
-        for s in &self.streams {
-            if let Some(Role::Publisher(rx)) = s
+        for s in &mut self.streams {
+            let rx = match s
                 .publisher
                 .and_then(|p| self.conns.get(&p))
                 .map(|c| &c.role)
             {
-                s.stats
-                    .bitrate_bps
-                    .store(u64::from(rx.byte_rate()) * 8, Relaxed);
+                Some(Role::Publisher(rx)) => Some(rx),
+                _ => None,
+            };
+            s.stats
+                .bitrate_bps
+                .store(rx.map_or(0, |rx| u64::from(rx.byte_rate()) * 8), Relaxed);
+            s.stats
+                .packet_rate
+                .store(rx.map_or(0, |rx| rx.packet_rate().into()), Relaxed);
+            let ingest = match (rx, &s.ingest) {
+                (Some(rx), Some(l)) => l.estimate_us(rx.rtt.rtt_us),
+                _ => 0,
+            };
+            s.stats.ingest_latency_us.store(ingest, Relaxed);
+            let target = delay_target_us(&s.stats);
+            if s.delay_us != target {
+                s.delay_us = if s.viewers.is_empty() {
+                    target
+                } else if target > s.delay_us {
+                    target.min(s.delay_us + DELAY_STEP_US)
+                } else {
+                    target.max(s.delay_us.saturating_sub(DELAY_STEP_US))
+                };
+                s.stats.delay_applied_us.store(s.delay_us.into(), Relaxed);
+                self.events.push(RouteEvent::StreamDelay {
+                    resource: s.resource.clone(),
+                    delay_us: s.delay_us,
+                });
             }
         }
         self.sessions.purge(now);

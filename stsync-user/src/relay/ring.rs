@@ -8,6 +8,9 @@ pub struct Slot {
     seq: Option<Seq>,
     pub msg: u32,
     pub ts: u32,
+    /// The stream's delay (µs) when the packet was forwarded: a retransmission carries the
+    /// timestamp the original did.
+    pub delay: u32,
     pub payload: Vec<u8>,
 }
 
@@ -32,12 +35,13 @@ impl Ring {
     }
 
     /// Stores a packet, evicting whatever held its slot. Returns the slot index.
-    pub fn insert(&mut self, seq: Seq, msg: u32, ts: u32, payload: &[u8]) -> usize {
+    pub fn insert(&mut self, seq: Seq, msg: u32, ts: u32, delay: u32, payload: &[u8]) -> usize {
         let i = self.index(seq);
         let slot = &mut self.slots[i];
         slot.seq = Some(seq);
         slot.msg = msg;
         slot.ts = ts;
+        slot.delay = delay;
         slot.payload.clear();
         slot.payload.extend_from_slice(payload);
         i
@@ -74,11 +78,11 @@ mod tests {
     fn evicts_by_sequence_and_survives_wrap() {
         let mut r = Ring::new(16);
         let top = Seq::new(0x7FFF_FFFF);
-        r.insert(top, 1, 10, b"a");
-        r.insert(top.next(), 2, 11, b"b");
+        r.insert(top, 1, 10, 0, b"a");
+        r.insert(top.next(), 2, 11, 0, b"b");
         assert_eq!(r.get(top).unwrap().1.payload, b"a");
         assert_eq!(r.get(Seq::new(0)).unwrap().1.msg, 2);
-        r.insert(Seq::new(15), 3, 12, b"c"); // same slot as 0x7FFF_FFFF
+        r.insert(Seq::new(15), 3, 12, 0, b"c"); // same slot as 0x7FFF_FFFF
         assert!(r.get(top).is_none());
         r.clear();
         assert!(r.get(Seq::new(0)).is_none());

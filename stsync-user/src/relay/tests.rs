@@ -316,6 +316,102 @@ fn publish_and_view_with_wraparound_and_per_viewer_offsets() {
     assert_eq!(last.ack_seq, p.isn.add(40));
 }
 
+/// Raising a stream's delay moves its viewers' timestamps later by 10 ms per 100 ms until
+/// the target, never more at once; a retransmission keeps its original's timestamp; a new
+/// viewer starts at the full delay; lowering it walks back the same way.
+#[test]
+fn stream_delay_moves_timestamps_gradually() {
+    let mut w = World::new();
+    let mut v = Caller::new(1001, 0);
+    let mut p = Caller::new(2000, 0);
+    v.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    let stats = w.relay.streams[0].stats.clone();
+    let send = |w: &mut World, n: u32, from: u32| -> Vec<u32> {
+        let mut ts = Vec::new();
+        for i in from..from + n {
+            p.data(w, Seq::new(i), i * 2_500, b"x");
+            if i % 4 == 0 {
+                v.control(w, ctrl::ACK, i, &[i, 1000, 100, 8192, 0, 0, 0]);
+                p.control(w, ctrl::KEEPALIVE, 0, &[0]);
+            }
+            w.advance(Duration::from_micros(2_500));
+            for g in w.take(v.addr) {
+                if let Got::Data { ts: t, .. } = g {
+                    ts.push(t);
+                }
+            }
+        }
+        ts
+    };
+    let before = send(&mut w, 40, 0);
+    assert!(before.windows(2).all(|p| p[1] - p[0] == 2_500));
+    stats.delay_target_ms.store(500, Relaxed);
+    // 6 s of packets: 50 steps of 10 ms take 5 s.
+    let during = send(&mut w, 2_400, 40);
+    let steps: Vec<u32> = during.windows(2).map(|p| p[1] - p[0] - 2_500).collect();
+    assert!(
+        steps.iter().all(|&d| d == 0 || d == 10_000),
+        "steps of 10 ms only"
+    );
+    let first = during[0].wrapping_sub(before[before.len() - 1]) - 2_500;
+    assert_eq!(
+        first + steps.iter().sum::<u32>(),
+        500_000,
+        "the whole 500 ms, no more"
+    );
+    assert_eq!(stats.delay_applied_us.load(Relaxed), 500_000);
+    let events: Vec<_> = w
+        .relay
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e, RouteEvent::StreamDelay { .. }))
+        .collect();
+    assert_eq!(events.len(), 50, "the datapath hears of every step");
+    let first_ts = |got: &[Got]| {
+        got.iter().find_map(|g| match g {
+            Got::Data { ts, .. } => Some(*ts),
+            _ => None,
+        })
+    };
+    // A viewer joining now gets the full delay at once: its clock + 500 ms.
+    let mut late = Caller::new(1002, 0);
+    late.join(&mut w, "request");
+    p.data(&mut w, Seq::new(2_440), 2_440 * 2_500, b"x");
+    let t = first_ts(&w.take(late.addr)).unwrap();
+    assert!(
+        t.abs_diff(500_000) < 1_000,
+        "late joiner's first timestamp {t}"
+    );
+    let last = first_ts(&w.take(v.addr)).unwrap();
+    // Back to 0: the same walk down. A retransmission of a packet sent before the walk
+    // started keeps its 500 ms.
+    stats.delay_target_ms.store(0, Relaxed);
+    let mut down = send(&mut w, 60, 2_441);
+    v.nak(&mut w, 2_440, 2_440);
+    assert_eq!(
+        first_ts(&w.take(v.addr)),
+        Some(last),
+        "retransmission's timestamp"
+    );
+    down.extend(send(&mut w, 2_400, 2_501));
+    let gaps: Vec<i64> = std::iter::once(last)
+        .chain(down)
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|p| 2_500 - i64::from(p[1].wrapping_sub(p[0]) as i32))
+        .collect();
+    assert!(
+        gaps.iter().all(|&g| g == 0 || g == 10_000),
+        "{:?}",
+        gaps.iter()
+            .filter(|&&g| g != 0 && g != 10_000)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(gaps.iter().sum::<i64>(), 500_000);
+    assert_eq!(stats.delay_applied_us.load(Relaxed), 0);
+}
+
 #[test]
 fn publisher_loss_is_naked_recovered_and_forwarded_late() {
     let mut w = World::new();

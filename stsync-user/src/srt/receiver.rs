@@ -251,6 +251,10 @@ impl Receiver {
     pub fn byte_rate(&self) -> u32 {
         self.rate_bytes
     }
+
+    pub fn packet_rate(&self) -> u32 {
+        self.rate_pkts
+    }
 }
 
 #[cfg(test)]

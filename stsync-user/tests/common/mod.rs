@@ -564,6 +564,16 @@ impl HttpResp {
 }
 
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<HttpResp, String> {
+    http_body(method, url, headers, None)
+}
+
+/// An HTTP request with a body (sent as given, without a content type of its own).
+pub fn http_body(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<HttpResp, String> {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
@@ -572,7 +582,11 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<HttpRes
     for (k, v) in headers {
         req = req.set(k, v);
     }
-    let resp = match req.call() {
+    let sent = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    let resp = match sent {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
         Err(e) => return Err(format!("{method} {url}: {e}")),
@@ -743,6 +757,8 @@ pub struct RelayOpts {
     /// `--datapath` (auto, ebpf, userspace). Default: `STSYNC_DATAPATH` if set, else the
     /// daemon's own default.
     pub datapath: Option<String>,
+    /// `delay_ms` of streams in config.json.
+    pub stream_delays: Vec<(String, u64)>,
 }
 
 impl Default for RelayOpts {
@@ -760,6 +776,7 @@ impl Default for RelayOpts {
             datapath: std::env::var("STSYNC_DATAPATH")
                 .ok()
                 .filter(|d| !d.is_empty()),
+            stream_delays: Vec::new(),
         }
     }
 }
@@ -817,6 +834,13 @@ impl Relay {
                 { "id": "2", "name": "Stream two", "token": tokens["2"] },
             ],
         });
+        for (stream, delay) in &opts.stream_delays {
+            for s in cfg["streams"].as_array_mut().unwrap() {
+                if s["id"] == stream.as_str() {
+                    s["delay_ms"] = serde_json::json!(delay);
+                }
+            }
+        }
         let m = cfg.as_object_mut().unwrap();
         for (k, v) in [
             ("session_ttl_secs", opts.session_ttl_secs),
@@ -926,11 +950,22 @@ impl Relay {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<HttpResp, String> {
+        self.request_body(method, path, headers, None)
+    }
+
+    pub fn request_body(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Result<HttpResp, String> {
         let url = format!("http://{}{}", self.http, path);
         match &self.netns {
-            None => http(method, &url, headers),
+            None => http_body(method, &url, headers, body),
             Some(ns) => {
                 let method = method.to_string();
+                let body = body.map(str::to_string);
                 let headers: Vec<(String, String)> = headers
                     .iter()
                     .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -940,7 +975,7 @@ impl Relay {
                         .iter()
                         .map(|(a, b)| (a.as_str(), b.as_str()))
                         .collect();
-                    http(&method, &url, &h)
+                    http_body(&method, &url, &h, body.as_deref())
                 })
             }
         }
