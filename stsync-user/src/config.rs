@@ -165,6 +165,9 @@ mod tests {
         assert!(format!("{e:#}").contains("unknown field `strams`"));
         let e = Config::parse(r#"{"streams":[{"id":"xyz","token":"abcdefgh"}]}"#).unwrap_err();
         assert!(format!("{e:#}").contains("streams[0].id"));
+        let e = Config::parse(r#"{"streams":[{"id":"1","token":"abcdefgh","delay_ms":30001}]}"#)
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("streams[0].delay_ms"), "{e:#}");
         let e = Config::parse(r#"{"srt_listen":"nope","streams":[]}"#).unwrap_err();
         assert!(format!("{e:#}").contains("line 1"), "{e:#}");
     }

@@ -202,3 +202,81 @@ fn streams_listing_reflects_live_stream() {
     });
     assert!(ok, "after every viewer left: {}", relay.streams());
 }
+
+#[test]
+fn stream_delay_is_read_set_and_bounded() {
+    let relay = Relay::start(RelayOpts {
+        stream_delays: vec![("2".into(), 250)],
+        ..RelayOpts::default()
+    });
+    let get = |s: &str| relay.get(&format!("/v1/streams/{s}/delay")).unwrap();
+    let r = get("1");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["delay_ms"], 0);
+    assert_eq!(get("2").json()["delay_ms"], 250, "from config.json");
+    assert_json_error(&get("7"), 404, "unknown stream");
+    assert_json_error(&get("zz"), 400, "not hex");
+
+    let put = |token: Option<&str>, body: &str| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        relay
+            .request_body("PUT", "/v1/streams/1/delay", &headers, Some(body))
+            .unwrap()
+    };
+    let t1 = relay.token("1").to_string();
+    let t2 = relay.token("2").to_string();
+    assert_json_error(&put(None, r#"{"delay_ms": 100}"#), 401, "no token");
+    assert_json_error(
+        &put(Some(&t2), r#"{"delay_ms": 100}"#),
+        401,
+        "other stream's token",
+    );
+    assert_json_error(&put(Some(&t1), "delay=100"), 400, "not JSON");
+    assert_json_error(&put(Some(&t1), r#"{"delay": 100}"#), 400, "wrong field");
+    assert_json_error(&put(Some(&t1), r#"{"delay_ms": -5}"#), 400, "negative");
+    assert_json_error(&put(Some(&t1), r#"{"delay_ms": 1.5}"#), 400, "fraction");
+    let r = put(Some(&t1), r#"{"delay_ms": 30001}"#);
+    assert_json_error(&r, 422, "above the bound");
+    assert!(r.body.contains("30000"), "{}", r.body);
+    assert_eq!(
+        get("1").json()["delay_ms"],
+        0,
+        "a refused value changes nothing"
+    );
+
+    let r = put(Some(&t1), r#"{"delay_ms": 750}"#);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["delay_ms"], 750);
+    assert_eq!(get("1").json()["delay_ms"], 750);
+    // No viewer to move: applied at the next sweep (100 ms).
+    assert!(wait_until(Duration::from_secs(2), || get("1").json()
+        ["delay_applied_ms"]
+        == 750));
+    let list = relay.streams();
+    let s1 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "1")
+        .unwrap();
+    assert_eq!(s1["delay_ms"], 750, "{list}");
+    assert!(s1["ingest_latency_ms"].is_number(), "{list}");
+    let m = relay.metrics();
+    assert_eq!(
+        prom_value(&m, "stsync_stream_delay_seconds", &[("stream", "1")]),
+        Some(0.75)
+    );
+    assert_eq!(
+        prom_value(
+            &m,
+            "stsync_stream_ingest_latency_seconds",
+            &[("stream", "1")]
+        ),
+        Some(0.0),
+        "no publisher"
+    );
+}
