@@ -1,7 +1,5 @@
 //! The stream ID syntax the relay accepts: `#!::r=<hex>,s=<hex>,m=publish|request`.
 
-use percent_encoding::percent_decode;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Publish,
@@ -33,12 +31,13 @@ pub enum StreamIdError {
     BadMode,
 }
 
-/// Parses a stream ID. VLC sends the ID as written in its URL, so a leading `%23` (an encoded
-/// `#`) is accepted and the whole ID percent-decoded.
+/// Parses a stream ID. VLC sends the ID as written in its URL (a literal `#` would be cut
+/// off as a fragment), so an ID starting with `%23` (an encoded `#`) is percent-decoded
+/// first, strictly: a `%` not followed by two hex digits makes it malformed.
 pub fn parse(raw: &[u8]) -> Result<StreamId, StreamIdError> {
     let decoded;
     let raw = if raw.starts_with(b"%23") {
-        decoded = percent_decode(raw).collect::<Vec<u8>>();
+        decoded = percent_decode_strict(raw)?;
         &decoded[..]
     } else {
         raw
@@ -75,6 +74,26 @@ pub fn parse(raw: &[u8]) -> Result<StreamId, StreamIdError> {
         session,
         mode,
     })
+}
+
+fn percent_decode_strict(raw: &[u8]) -> Result<Vec<u8>, StreamIdError> {
+    let hex = |b: u8| (b as char).to_digit(16).ok_or(StreamIdError::Malformed);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let (hi, lo) = (raw.get(i + 1), raw.get(i + 2));
+            let (Some(&hi), Some(&lo)) = (hi, lo) else {
+                return Err(StreamIdError::Malformed);
+            };
+            out.push((hex(hi)? * 16 + hex(lo)?) as u8);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
 }
 
 /// Lower-cases a hex string and strips leading zeros, so `r=01` and `r=1` name one resource.
@@ -118,6 +137,25 @@ mod tests {
     fn accepts_vlc_percent_encoding() {
         let id = parse(b"%23!::r=1,s=ab,m=request").unwrap();
         assert_eq!(id.mode, Mode::Request);
+        // Everything encoded, as a URL encoder might.
+        let id = parse(b"%23%21%3A%3Ar%3D1%2Cs%3DAB%2Cm%3Dpublish").unwrap();
+        assert_eq!((id.session.as_str(), id.mode), ("ab", Mode::Publish));
+        // Strict: bad escapes, or a decoded ID without the `#!::` syntax, are malformed.
+        for bad in [
+            &b"%23!::r=1,s=ab,m=request%2"[..],
+            b"%23!::r=1,s=ab,m=request%",
+            b"%23!::r=1,s=a%zz,m=request",
+            b"%23%23!::r=1,s=ab,m=request",
+            b"%23r=1,s=ab,m=request",
+            b"%23!::r=1,s=ab,m=request%FF",
+        ] {
+            assert_eq!(
+                parse(bad),
+                Err(StreamIdError::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
