@@ -1,5 +1,5 @@
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,6 +36,44 @@ struct Args {
     /// interface that is up.
     #[arg(long, value_delimiter = ',')]
     ebpf_interfaces: Option<Vec<String>>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mint a session key through the running relay's HTTP API and print the stream's URL and
+    /// ready-to-paste commands for ffmpeg, ffplay, srt-live-transmit, VLC, GStreamer and OBS.
+    Session {
+        /// The stream (its hex id in config.json).
+        stream: String,
+        /// What the key is for: one key serves one connection.
+        #[arg(long, value_enum, default_value_t = SessionMode::View)]
+        mode: SessionMode,
+        /// The host name clients dial (default: the address in `srt_listen`, or this
+        /// machine's host name when it listens on every address).
+        #[arg(long)]
+        host: Option<String>,
+        /// The relay's HTTP address (default: `http_listen`, 127.0.0.1 for 0.0.0.0).
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// Bearer token (default: the stream's token in the config).
+        #[arg(long)]
+        token: Option<String>,
+        /// The file publishing commands read.
+        #[arg(long, default_value = "input.ts")]
+        input: String,
+        /// Print only this client's command (ffmpeg, ffplay, srt-live-transmit, vlc,
+        /// gstreamer, obs), or `url`.
+        #[arg(long)]
+        client: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum SessionMode {
+    View,
+    Publish,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -53,8 +91,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
     let cfg = Config::load(&args.config)?;
+    if let Some(cmd) = args.cmd.take() {
+        return session::run(&cfg, cmd);
+    }
     // One thread for the relay: its task owns all SRT state, and cross-thread wake-ups cost
     // more than they save (measured: futex and context switches per packet). HTTP runs on a
     // thread of its own (see `serve`).
@@ -62,6 +103,121 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(serve(cfg, args))
+}
+
+mod session {
+    //! `stsync-proxy session`: a key from the running relay, and the commands that use it.
+    use super::{Cmd, SessionMode};
+    use anyhow::{bail, Context};
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+    use std::time::Duration;
+    use stsync_user::clients::{invocations, Target};
+    use stsync_user::config::Config;
+    use stsync_user::srt::streamid::{normalize_hex, Mode};
+
+    pub fn run(cfg: &Config, cmd: Cmd) -> anyhow::Result<()> {
+        let Cmd::Session {
+            stream,
+            mode,
+            host,
+            http,
+            token,
+            input,
+            client,
+        } = cmd;
+        let resource = normalize_hex(&stream).context("the stream id must be hex")?;
+        let token = match token {
+            Some(t) => t,
+            None => cfg
+                .streams
+                .iter()
+                .find(|s| s.id == resource)
+                .map(|s| s.token.clone())
+                .with_context(|| format!("stream {resource} is not in the config; pass --token"))?,
+        };
+        let http = http.unwrap_or_else(|| local(cfg.http_listen));
+        let key = mint(http, &resource, &token)?;
+        let host = host.unwrap_or_else(|| match cfg.srt_listen.ip() {
+            ip if ip.is_unspecified() => hostname().unwrap_or_else(|| "127.0.0.1".into()),
+            ip => ip.to_string(),
+        });
+        let t = Target {
+            host,
+            port: cfg.srt_listen.port(),
+            resource: resource.clone(),
+            key: key.clone(),
+            mode: match mode {
+                SessionMode::View => Mode::Request,
+                SessionMode::Publish => Mode::Publish,
+            },
+        };
+        let all = invocations(&t, &input);
+        if let Some(c) = client {
+            if c == "url" {
+                println!("{}", t.url());
+                return Ok(());
+            }
+            let Some(i) = all.iter().find(|i| i.client == c) else {
+                bail!("no {c} command for this mode");
+            };
+            println!("{}", i.text);
+            return Ok(());
+        }
+        println!(
+            "# stream {resource}, session key {key}: one connection, within the key's lifetime"
+        );
+        println!("# URL: {}", t.url());
+        for i in all {
+            println!("\n# {}\n{}", i.client, i.text);
+        }
+        Ok(())
+    }
+
+    /// An address that reaches a server listening on `a` from this host.
+    fn local(a: SocketAddr) -> SocketAddr {
+        if a.ip().is_unspecified() {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), a.port())
+        } else {
+            a
+        }
+    }
+
+    fn hostname() -> Option<String> {
+        let mut buf = [0u8; 256];
+        // SAFETY: `buf` is writable for its length.
+        if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+            return None;
+        }
+        let end = buf.iter().position(|&b| b == 0)?;
+        String::from_utf8(buf[..end].to_vec()).ok()
+    }
+
+    /// `POST /v1/streams/:id/sessions` over plain HTTP/1.1.
+    fn mint(http: SocketAddr, resource: &str, token: &str) -> anyhow::Result<String> {
+        let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(3))
+            .with_context(|| format!("cannot reach the relay's HTTP API at {http}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "POST /v1/streams/{resource}/sessions HTTP/1.1\r\nHost: {http}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        let status = head.split(' ').nth(1).unwrap_or("?");
+        let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
+        if status != "201" {
+            bail!(
+                "the relay answered {status}: {}",
+                v["error"].as_str().unwrap_or(body.trim())
+            );
+        }
+        v["session_id"]
+            .as_str()
+            .map(str::to_string)
+            .context("no session_id in the relay's answer")
+    }
 }
 
 fn udp_socket(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {

@@ -36,14 +36,21 @@ enum Cmd {
     },
 }
 
-/// Debian packages the integration tests drive: real SRT clients, pacing, loss, namespaces.
-const TEST_PACKAGES: &[(&str, &str)] = &[
-    ("ffmpeg", "ffmpeg"),
-    ("srt-live-transmit", "srt-tools"),
-    ("pv", "pv"),
-    ("nft", "nftables"),
-    ("ip", "iproute2"),
-    ("capsh", "libcap2-bin"),
+/// Debian packages the integration tests drive: real SRT clients (srt-live-transmit,
+/// ffmpeg/ffplay, VLC, GStreamer), pacing, loss, namespaces.
+const TEST_PACKAGES: &[&str] = &[
+    "ffmpeg",
+    "srt-tools",
+    "pv",
+    "nftables",
+    "iproute2",
+    "libcap2-bin",
+    "vlc-bin",
+    "vlc-plugin-base",
+    "vlc-plugin-access-extra",
+    "gstreamer1.0-tools",
+    "gstreamer1.0-plugins-base",
+    "gstreamer1.0-plugins-bad",
 ];
 
 fn main() -> Result<()> {
@@ -242,6 +249,14 @@ fn build_ebpf(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether Debian package `pkg` is installed.
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.ends_with(b"install ok installed"))
+}
+
 fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd} >/dev/null")])
@@ -283,8 +298,8 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 fn install_test_packages() -> Result<()> {
     let missing: Vec<&str> = TEST_PACKAGES
         .iter()
-        .filter(|(cmd, _)| !have(cmd))
-        .map(|(_, pkg)| *pkg)
+        .copied()
+        .filter(|pkg| !installed(pkg))
         .collect();
     if missing.is_empty() {
         return Ok(());

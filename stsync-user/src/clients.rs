@@ -1,0 +1,140 @@
+//! Ready-to-paste commands for the SRT clients people use, for one stream and session key:
+//! what `stsync-proxy session` prints and the README shows. The client tests run these same
+//! command lines (with the output sink swapped for a file where a player would open a
+//! window).
+
+use crate::srt::streamid::Mode;
+
+/// Where clients reach the relay, and what they ask for.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub resource: String,
+    pub key: String,
+    pub mode: Mode,
+}
+
+impl Target {
+    /// The stream ID, as `#!::r=…,s=…,m=…`.
+    pub fn stream_id(&self) -> String {
+        format!(
+            "#!::r={},s={},m={}",
+            self.resource,
+            self.key,
+            self.mode.as_str()
+        )
+    }
+
+    /// `srt://host:port?streamid=#!::…` (libsrt-based clients parse the query themselves,
+    /// so the `#` stays literal).
+    pub fn url(&self) -> String {
+        format!(
+            "srt://{}:{}?streamid={}",
+            self.host,
+            self.port,
+            self.stream_id()
+        )
+    }
+
+    /// The URL with the `#` percent-encoded: VLC sends the query as written, and a literal
+    /// `#` would be cut off as a URL fragment. The relay decodes it.
+    pub fn url_encoded(&self) -> String {
+        self.url().replacen("streamid=#", "streamid=%23", 1)
+    }
+}
+
+/// One client's command (a shell command line), or its settings in words for OBS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub client: &'static str,
+    pub text: String,
+}
+
+/// The command for each client that can do `t.mode`. `input`/`output` name the file or
+/// device a publisher reads and a recorder writes (players show the stream instead).
+pub fn invocations(t: &Target, input: &str) -> Vec<Invocation> {
+    let url = t.url();
+    let sid = t.stream_id();
+    let addr = format!("srt://{}:{}", t.host, t.port);
+    let inv = |client, text: String| Invocation { client, text };
+    match t.mode {
+        Mode::Publish => vec![
+            inv(
+                "ffmpeg",
+                format!("ffmpeg -re -i {input} -c copy -f mpegts '{url}'"),
+            ),
+            inv(
+                "srt-live-transmit",
+                format!(
+                    "ffmpeg -re -i {input} -c copy -f mpegts - | srt-live-transmit file://con '{url}'"
+                ),
+            ),
+            inv(
+                "gstreamer",
+                format!(
+                    "gst-launch-1.0 filesrc location={input} ! tsparse set-timestamps=true ! srtsink uri={addr} streamid='{sid}' sync=true"
+                ),
+            ),
+            inv(
+                "obs",
+                format!(
+                    "Settings > Stream: Service \"Custom...\", Server \"{url}\", Stream Key left empty"
+                ),
+            ),
+        ],
+        Mode::Request => vec![
+            inv("ffplay", format!("ffplay -fflags nobuffer '{url}'")),
+            inv("ffmpeg", format!("ffmpeg -i '{url}' -c copy -f mpegts out.ts")),
+            inv(
+                "srt-live-transmit",
+                format!("srt-live-transmit '{url}' file://con > out.ts"),
+            ),
+            inv("vlc", format!("vlc '{}'", t.url_encoded())),
+            inv(
+                "gstreamer",
+                format!(
+                    "gst-launch-1.0 srtsrc uri={addr} streamid='{sid}' ! tsdemux ! decodebin ! autovideosink"
+                ),
+            ),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_commands() {
+        let t = Target {
+            host: "relay.example".into(),
+            port: 9999,
+            resource: "1".into(),
+            key: "91bf7a9ed500c8ce".into(),
+            mode: Mode::Request,
+        };
+        assert_eq!(
+            t.url(),
+            "srt://relay.example:9999?streamid=#!::r=1,s=91bf7a9ed500c8ce,m=request"
+        );
+        assert_eq!(
+            t.url_encoded(),
+            "srt://relay.example:9999?streamid=%23!::r=1,s=91bf7a9ed500c8ce,m=request"
+        );
+        let view: Vec<&str> = invocations(&t, "-").iter().map(|i| i.client).collect();
+        assert_eq!(
+            view,
+            ["ffplay", "ffmpeg", "srt-live-transmit", "vlc", "gstreamer"]
+        );
+        let publish = invocations(
+            &Target {
+                mode: Mode::Publish,
+                ..t
+            },
+            "in.ts",
+        );
+        assert!(publish[0].text.starts_with("ffmpeg -re -i in.ts"));
+        assert!(publish.iter().any(|i| i.client == "obs"));
+    }
+}
