@@ -147,7 +147,7 @@ fn every_viewer_client_plays_the_stream() {
         .replace("srt-live-transmit ", "srt-live-transmit -q -a:no ")
         .replace("out.ts", &file("slt.ts"));
 
-    let mut viewers = vec![
+    let mut viewers = [
         shell(&dir, "vlc", &vlc_line, true),
         shell(&dir, "gstreamer", &gst_line, false),
         shell(&dir, "ffplay", &ffplay_line, false),
