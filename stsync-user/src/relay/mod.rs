@@ -46,6 +46,8 @@ const SWEEP: Duration = Duration::from_millis(100);
 /// time, so viewers' players get the stream 10 % slower (delay growing) or faster
 /// (shrinking) until it is reached, and nothing is held back, dropped or repeated.
 const DELAY_STEP_US: u32 = 10_000;
+/// How far back (packets) a new viewer's mapping may start before the packet that maps it.
+const MAX_ANCHOR_GAP: i32 = 64;
 
 /// A configured resource and its live state.
 struct Stream {
@@ -476,6 +478,13 @@ impl Relay {
             Relaxed,
         );
         let stream = conn.stream;
+        // A viewer mapped now starts at the oldest packet still missing just before this
+        // one (say, the publisher's very first packet was lost), so that packet reaches it
+        // when it is recovered.
+        let anchor = rx
+            .first_missing()
+            .filter(|m| m.lt(d.seq) && d.seq.diff(*m) <= MAX_ANCHOR_GAP)
+            .unwrap_or(d.seq);
         let arrival_us = now.saturating_duration_since(conn.start).as_micros() as u64;
         self.send_feedback(now, id, &mut fb);
         self.feedback = fb;
@@ -487,11 +496,11 @@ impl Relay {
                 l.on_packet(now, arrival_us, d.ts);
             }
         }
-        self.fan_out(now, stream, d);
+        self.fan_out(now, stream, d, anchor);
     }
 
     /// Stores a publisher packet and sends it to every viewer the kernel does not serve.
-    fn fan_out(&mut self, now: Instant, stream: usize, d: DataPacket) {
+    fn fan_out(&mut self, now: Instant, stream: usize, d: DataPacket, anchor: Seq) {
         let s = &mut self.streams[stream];
         let msg = d.msg & !MSG_REXMIT_FLAG;
         let delay = s.delay_us;
@@ -509,7 +518,7 @@ impl Relay {
                 continue;
             };
             let before = v.mapping();
-            let Some((vseq, vts)) = v.map_new(epoch, d.seq, d.ts, clock) else {
+            let Some((vseq, vts)) = v.map_new(epoch, d.seq, d.ts, clock, anchor) else {
                 continue;
             };
             if let Some(m) = v.mapping().filter(|m| Some(*m) != before) {

@@ -412,6 +412,30 @@ fn stream_delay_moves_timestamps_gradually() {
     assert_eq!(stats.delay_applied_us.load(Relaxed), 0);
 }
 
+/// The publisher's very first packet is lost: viewers are mapped from it anyway, so its
+/// recovery reaches them in its place (the gap at their start is theirs to NAK meanwhile).
+#[test]
+fn a_lost_first_packet_still_reaches_viewers() {
+    let mut w = World::new();
+    let mut v = Caller::new(1001, 300);
+    let mut p = Caller::new(2000, 7000);
+    v.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    for i in 1..5u32 {
+        p.data(&mut w, p.isn.add(i), i * 10_000, &[i as u8; 188]);
+    }
+    w.advance(Duration::from_millis(20));
+    p.data(&mut w, p.isn, 0, &[0; 188]);
+    let got = data(&w.take(v.addr));
+    let seqs: Vec<u32> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        [301, 302, 303, 304, 300],
+        "first packet forwarded late, in its place"
+    );
+    assert_eq!(got[4].1, vec![0; 188]);
+}
+
 #[test]
 fn publisher_loss_is_naked_recovered_and_forwarded_late() {
     let mut w = World::new();

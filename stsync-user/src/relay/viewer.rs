@@ -62,7 +62,8 @@ impl ViewerSend {
     }
 
     /// Maps a publisher packet being forwarded for the first time. The first packet of an
-    /// epoch fixes the offsets: it continues the viewer's sequence, and its timestamp becomes
+    /// epoch fixes the offsets: publisher sequence `anchor` (this packet, or an older one
+    /// still missing) continues the viewer's sequence, and this packet's timestamp becomes
     /// the viewer's clock now. `None` for a packet older than the viewer's mapping (a late
     /// recovery from before the viewer joined).
     pub fn map_new(
@@ -71,13 +72,14 @@ impl ViewerSend {
         pseq: Seq,
         pts: u32,
         clock_now: u32,
+        anchor: Seq,
     ) -> Option<(Seq, u32)> {
         let map = match self.map {
             Some(m) if m.epoch == epoch => m,
             _ => {
                 let m = Mapping {
                     epoch,
-                    seq_off: Seq::offset_to(pseq, self.next_vseq),
+                    seq_off: Seq::offset_to(anchor, self.next_vseq),
                     ts_off: clock_now.wrapping_sub(pts),
                     first_vseq: self.next_vseq,
                 };
@@ -163,20 +165,24 @@ mod tests {
         let mut v = ViewerSend::new(Seq::new(500));
         // Publisher A starts at 9000 with timestamps around 1 s; the viewer's clock reads 2 ms.
         assert_eq!(
-            v.map_new(1, Seq::new(9000), 1_000_000, 2_000),
+            v.map_new(1, Seq::new(9000), 1_000_000, 2_000, Seq::new(9000)),
             Some((Seq::new(500), 2_000))
         );
         assert_eq!(
-            v.map_new(1, Seq::new(9001), 1_010_000, 12_000),
+            v.map_new(1, Seq::new(9001), 1_010_000, 12_000, Seq::new(9001)),
             Some((Seq::new(501), 12_000))
         );
         // Gap on the publisher leg: 9002 missing, 9003 forwarded, 9002 recovered later.
         assert_eq!(
-            v.map_new(1, Seq::new(9003), 1_030_000, 0).unwrap().0,
+            v.map_new(1, Seq::new(9003), 1_030_000, 0, Seq::new(9003))
+                .unwrap()
+                .0,
             Seq::new(503)
         );
         assert_eq!(
-            v.map_new(1, Seq::new(9002), 1_020_000, 0).unwrap().0,
+            v.map_new(1, Seq::new(9002), 1_020_000, 0, Seq::new(9002))
+                .unwrap()
+                .0,
             Seq::new(502)
         );
         assert_eq!(
@@ -191,11 +197,11 @@ mod tests {
         // Publisher B: wrapped sequence numbers, a fresh clock of its own.
         let b = Seq::new(0x7FFF_FFFF);
         assert_eq!(
-            v.map_new(2, b, 10, 5_000_000),
+            v.map_new(2, b, 10, 5_000_000, b),
             Some((Seq::new(504), 5_000_000))
         );
         assert_eq!(
-            v.map_new(2, b.next(), u32::MAX, 0),
+            v.map_new(2, b.next(), u32::MAX, 0, b.next()),
             Some((Seq::new(505), 4_999_989))
         );
         assert_eq!(v.unmap(2, Seq::new(505)), Unmapped::Publisher(Seq::new(0)));
@@ -208,10 +214,29 @@ mod tests {
     }
 
     #[test]
+    fn mapping_anchored_at_a_missing_first_packet_takes_it_when_recovered() {
+        let mut v = ViewerSend::new(Seq::new(500));
+        // Publisher packet 100 was lost; 101 maps the viewer with 100 as its anchor.
+        assert_eq!(
+            v.map_new(1, Seq::new(101), 0, 0, Seq::new(100)).unwrap().0,
+            Seq::new(501)
+        );
+        assert_eq!(
+            v.unmap(1, Seq::new(500)),
+            Unmapped::Publisher(Seq::new(100))
+        );
+        assert_eq!(
+            v.map_new(1, Seq::new(100), 0, 0, Seq::new(100)).unwrap().0,
+            Seq::new(500),
+            "the recovered first packet is forwarded"
+        );
+    }
+
+    #[test]
     fn late_joiner_skips_older_recoveries() {
         let mut v = ViewerSend::new(Seq::new(0));
-        v.map_new(1, Seq::new(100), 0, 0);
-        assert_eq!(v.map_new(1, Seq::new(99), 0, 0), None);
+        v.map_new(1, Seq::new(100), 0, 0, Seq::new(100));
+        assert_eq!(v.map_new(1, Seq::new(99), 0, 0, Seq::new(99)), None);
     }
 
     #[test]

@@ -99,6 +99,11 @@ impl Receiver {
         self.loss.contains(s)
     }
 
+    /// The oldest packet still expected to fill a gap.
+    pub fn first_missing(&self) -> Option<Seq> {
+        self.loss.first()
+    }
+
     pub fn next_seq(&self) -> Seq {
         self.next
     }
