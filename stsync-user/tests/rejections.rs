@@ -86,6 +86,15 @@ fn malformed_stream_ids_are_rogue() {
             "nested syntax",
             relay.url_sid(&format!("#!:{{::r=1,s={key},m=request}}")),
         ),
+        // VLC-style percent-encoded IDs are decoded strictly.
+        (
+            "bad percent escape",
+            relay.url_sid(&format!("%23!::r=1,s={key},m=request%2")),
+        ),
+        (
+            "percent-encoded, not #!:: once decoded",
+            relay.url_sid(&format!("%23%23r=1,s={key},m=request")),
+        ),
     ];
     for (what, url) in &cases {
         expect_reject(&relay, &dir, what, url, ROGUE_TEXT, 1004);
