@@ -4,7 +4,7 @@
 //! GStreamer as publishers. Players that would open a window get their sink swapped for a
 //! file (VLC, GStreamer) or run without display (ffplay); everything else is verbatim.
 //!
-//! VLC refuses to run as root: it runs as `nobody`. Needs `cvlc` (vlc-bin,
+//! VLC refuses to run as root: it runs as `nobody` (setpriv). Needs `cvlc` (vlc-bin,
 //! vlc-plugin-base, vlc-plugin-access-extra) and `gst-launch-1.0`
 //! (gstreamer1.0-tools, gstreamer1.0-plugins-bad); `cargo xtask test` installs them.
 
@@ -51,13 +51,24 @@ fn session_command(relay: &Relay, stream: &str, mode: &str, client: &str, input:
 /// process group, stopped with SIGINT.
 fn shell(dir: &TempDir, name: &str, line: &str, as_nobody: bool) -> Proc {
     let err = dir.file(&format!("{name}.stderr"));
+    // `exec` all the way down (setpriv, sh, the client): the client is the process the
+    // harness signals and kills, so none outlives the test (with `su` in between, VLC did).
+    let line = format!("exec {line}");
     let mut c = if as_nobody {
-        let mut c = Command::new("su");
-        c.args(["nobody", "-s", "/bin/sh", "-c", line]);
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--reset-env",
+            "sh",
+            "-c",
+            &line,
+        ]);
         c
     } else {
         let mut c = Command::new("sh");
-        c.args(["-c", line]);
+        c.args(["-c", &line]);
         c
     };
     c.stdin(Stdio::null())
@@ -137,7 +148,7 @@ fn every_viewer_client_plays_the_stream() {
     assert_ne!(gst_line, gst, "GStreamer's sink is swapped for a file");
     let ffplay = session_command(&relay, "1", "view", "ffplay", "-");
     let ffplay_line = format!(
-        "SDL_AUDIODRIVER=dummy {} -nodisp -an -loglevel error",
+        "env SDL_AUDIODRIVER=dummy {} -nodisp -an -loglevel error",
         ffplay
     );
     let ffmpeg = session_command(&relay, "1", "view", "ffmpeg", "-")
@@ -246,13 +257,15 @@ fn every_publisher_client_feeds_the_stream() {
         let limit = secs(c.secs + 10.0);
         let exited = p.wait_exit(limit);
         if client == "srt-live-transmit" {
-            // It does not exit at the end of its input: stop it once ffmpeg is done.
+            // It does not exit at the end of its input: stop the pipeline once ffmpeg is
+            // done (SIGINT to the whole group: sh, ffmpeg, srt-live-transmit).
             assert!(
                 exited.is_none(),
                 "srt-live-transmit exited: {}",
                 p.stderr_text()
             );
             sleep_secs(0.5);
+            p.signal_group(libc::SIGINT);
             p.stop();
         } else {
             assert!(

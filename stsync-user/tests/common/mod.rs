@@ -309,6 +309,11 @@ impl Proc {
         }
     }
 
+    /// Sends `sig` to every process of the group (a shell pipeline's members too).
+    pub fn signal_group(&mut self, sig: i32) {
+        unsafe { libc::kill(-self.pid(), sig) };
+    }
+
     fn kill_group(&mut self) {
         if self.running() {
             unsafe {
