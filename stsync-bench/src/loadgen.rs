@@ -7,16 +7,26 @@
 //! the generator receives with one `recvmmsg` per batch of up to 256 datagrams from all
 //! viewers and sends every ACK, ACKACK answer and NAK of an iteration with one `sendmmsg`.
 //! Incoming datagrams are routed to their viewer by the SRT destination socket ID.
+//!
+//! With `--rx xdp` the viewers' data packets never reach that socket: the kernel sink
+//! (stsync-bench-ebpf, see `sink`) records each one in its viewer's slot ring and drops it,
+//! and every pass of the loop feeds what arrived since the last pass, in sequence order,
+//! to the same receivers (so ACKs, light ACKs and NAKs are what they would be), and to the
+//! same delivery and latency bookkeeping. Control packets still come through the socket.
 
 use crate::caller::{self, HsAnswer};
 use crate::hist::Hist;
 use crate::report::*;
+use crate::sink::{Arrived, Attach, Sink, SinkParams};
 use crate::sys::{self, RecvBatch, SendBatch};
+use crate::syscalls::{SyscallCounter, SyscallReport};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use stsync_bench_common::SinkConfig;
 use stsync_common::srt::{ctrl, MSG_REXMIT_FLAG};
 use stsync_user::srt::packet::{loss_ranges, write_control, write_data, Ack, Packet};
 use stsync_user::srt::receiver::{Arrival, Feedback, Receiver};
@@ -93,6 +103,24 @@ pub struct Opts {
     /// skew it). 0 = wake on every datagram.
     #[arg(long, default_value_t = 1000)]
     pub tick_us: u64,
+    /// How the viewers receive data packets: `socket` (recvmmsg on their shared UDP socket)
+    /// or `xdp` (the kernel sink stsync-bench-ebpf on --sink-iface records and drops them;
+    /// control packets still reach the socket). `xdp` needs root.
+    #[arg(long, value_enum, default_value_t = RxMode::Socket)]
+    pub rx: RxMode,
+    /// The sink's eBPF object (default: target/bpfel-unknown-none/release/stsync-bench-ebpf
+    /// next to this executable's build directory).
+    #[arg(long)]
+    pub sink_object: Option<std::path::PathBuf>,
+    /// Interface (in --view-netns) where the relay's packets to the viewers arrive.
+    #[arg(long)]
+    pub sink_iface: Option<String>,
+    /// Hook of the sink: native XDP, generic XDP or TC ingress.
+    #[arg(long, value_enum, default_value_t = Attach::Tc)]
+    pub sink_attach: Attach,
+    /// Count the --watch-pid process's system calls over the window (perf stat).
+    #[arg(long)]
+    pub count_syscalls: bool,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -102,6 +130,12 @@ pub struct Opts {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxMode {
+    Socket,
+    Xdp,
 }
 
 pub fn parse_rate(s: &str) -> Result<u64, String> {
@@ -440,6 +474,10 @@ struct Viewer {
     seen: Vec<u64>,
     hist: Hist,
     st: ViewerCountersView,
+    /// --rx xdp: sequence numbers below this were taken from the sink's ring...
+    sink_next: Seq,
+    /// ...except these, which had not arrived yet (bounded by the ring).
+    sink_missing: Vec<Seq>,
 }
 
 /// What the generator sees per viewer.
@@ -464,6 +502,90 @@ struct Window {
     start: u64,
     end: u64,
     cap: u64,
+}
+
+/// Where a viewer's feedback goes.
+struct ViewerIo<'a> {
+    fd: RawFd,
+    tx: &'a mut SendBatch,
+    fb: &'a mut Vec<Feedback>,
+}
+
+/// One data packet reached viewer `v` (through its socket or the sink): its receiver sees
+/// it (and may ACK or NAK), then delivery and latency count its first arrival in the window.
+fn on_data(v: &mut Viewer, now: Instant, seq: Seq, a: &Arrived, win: &Window, io: &mut ViewerIo) {
+    let Some(rx) = v.rx.as_mut() else { return };
+    let arrival = rx.on_data(now, seq, a.len, io.fb);
+    if !io.fb.is_empty() {
+        send_feedback(&mut v.conn, now, io.fd, io.tx, io.fb, &mut v.st);
+    }
+    if arrival == Arrival::Duplicate {
+        v.st.duplicates += 1;
+        return;
+    }
+    if a.rexmit {
+        v.st.rexmit_received += 1;
+    }
+    match a.payload {
+        Some((pi, sent)) if pi >= win.start && pi < win.end => {
+            let off = pi - win.start;
+            if off < win.cap {
+                let (w, b) = ((off / 64) as usize, off % 64);
+                if v.seen[w] & (1 << b) == 0 {
+                    v.seen[w] |= 1 << b;
+                    v.st.unique += 1;
+                    v.hist.record(a.rx_ns.saturating_sub(sent));
+                } else {
+                    v.st.duplicates += 1;
+                }
+            }
+        }
+        Some(_) => v.st.outside_window += 1,
+        None => v.st.bad_payload += 1,
+    }
+}
+
+/// --rx xdp: feeds viewer `i`'s receiver what the sink recorded since the last pass, in
+/// sequence order: first the gaps it has been waiting for, then everything new.
+fn drain_sink(sink: &Sink, i: u32, v: &mut Viewer, now: Instant, win: &Window, io: &mut ViewerIo) {
+    if v.rx.is_none() {
+        return;
+    }
+    if !v.sink_missing.is_empty() {
+        let mut missing = std::mem::take(&mut v.sink_missing);
+        missing.retain(|&s| {
+            let rx = v.rx.as_ref().expect("checked above");
+            if s.lt(rx.next_seq()) && !rx.is_missing(s) {
+                return false; // received meanwhile, or given up
+            }
+            match sink.slot(i, s.get()) {
+                Some(a) => {
+                    on_data(v, now, s, &a, win, io);
+                    false
+                }
+                None => true,
+            }
+        });
+        v.sink_missing = missing;
+    }
+    let Some(next) = sink.next(i) else { return };
+    let next = Seq::new(next);
+    let ahead = next.diff(v.sink_next);
+    if ahead <= 0 {
+        return;
+    }
+    // More than a ring behind: the older slots are overwritten; the receiver sees a gap.
+    let span = (ahead as u32).min(sink.ring());
+    let from = next.sub(span);
+    for k in 0..span {
+        let s = from.add(k);
+        match sink.slot(i, s.get()) {
+            Some(a) => on_data(v, now, s, &a, win, io),
+            None if v.sink_missing.len() < sink.ring() as usize => v.sink_missing.push(s),
+            None => {}
+        }
+    }
+    v.sink_next = next;
 }
 
 fn send_feedback(
@@ -631,8 +753,56 @@ pub fn run(o: &Opts) -> Result<Report> {
             seen: Vec::new(),
             hist: Hist::new(),
             st: ViewerCountersView::default(),
+            sink_next: Seq::new(0),
+            sink_missing: Vec::new(),
         })
         .collect();
+    let sink = match o.rx {
+        RxMode::Socket => None,
+        RxMode::Xdp if n == 0 => None,
+        RxMode::Xdp => {
+            let iface = o
+                .sink_iface
+                .as_deref()
+                .context("--rx xdp needs --sink-iface (where the relay's packets arrive)")?;
+            let object = o
+                .sink_object
+                .clone()
+                .unwrap_or_else(crate::sink::default_object_path);
+            // Two seconds of packets per viewer: the loop drains every millisecond or so; a
+            // retransmission is only useful within the latency.
+            let ring = ((pkts_per_sec * 2.0) as u32)
+                .clamp(1024, 1 << 16)
+                .next_power_of_two();
+            let port = sys::local_addr(vfd)
+                .context("viewer socket address")?
+                .port();
+            let sink = Sink::open(&SinkParams {
+                object: &object,
+                netns: o.view_netns.as_deref(),
+                iface,
+                attach: o.sink_attach,
+                config: SinkConfig {
+                    relay_ip: u32::from_ne_bytes(o.relay.ip().octets()),
+                    viewer_ip_base: u32::from(o.viewer_ip),
+                    viewers: o.viewers,
+                    id_base,
+                    ring_mask: ring - 1,
+                    relay_port: o.relay.port().to_be(),
+                    viewer_port: port.to_be(),
+                },
+                ring,
+            })?;
+            log(format!(
+                "kernel sink ({:?}) on {iface}: {ring} slots per viewer",
+                o.sink_attach
+            ));
+            Some(sink)
+        }
+    };
+    // --count-syscalls: perf runs from the warm-up on, counts only over the window.
+    let mut perf_ctl: Option<mpsc::Sender<()>> = None;
+    let mut perf_thread: Option<std::thread::JoinHandle<Result<SyscallReport>>> = None;
     let mut due: Vec<Instant> = vec![t0 + Duration::from_secs(3600); n];
     let mut vtx = SendBatch::new();
     let mut vrecv = RecvBatch::new(256);
@@ -707,6 +877,18 @@ pub fn run(o: &Opts) -> Result<Report> {
                 .all(|v| !matches!(v.conn.state, Hs::Induction | Hs::Conclusion(_)))
         {
             all_settled_at = Some(now);
+            if let (true, Some(pid)) = (o.count_syscalls, o.watch_pid) {
+                let (tx, rx) = mpsc::channel::<()>();
+                perf_ctl = Some(tx);
+                perf_thread = Some(std::thread::spawn(move || -> Result<SyscallReport> {
+                    let mut c = SyscallCounter::start(pid)?;
+                    rx.recv().context("the window never started")?;
+                    c.enable()?;
+                    rx.recv().context("the window never ended")?;
+                    c.disable()?;
+                    c.finish()
+                }));
+            }
             let ok = viewers
                 .iter()
                 .filter(|v| v.conn.state == Hs::Connected)
@@ -723,12 +905,18 @@ pub fn run(o: &Opts) -> Result<Report> {
                     v.seen = vec![0; win.cap.div_ceil(64) as usize];
                 }
                 sample_a = Some(std::thread::spawn(move || Sample::take(watch)));
+                if let Some(c) = &perf_ctl {
+                    let _ = c.send(());
+                }
             }
             if let Some(ws) = window_started {
                 if window_ended.is_none() && now >= ws + Duration::from_secs_f64(o.duration) {
                     window_ended = Some(now);
                     win.end = publ.next_index;
                     sample_b = Some(std::thread::spawn(move || Sample::take(watch)));
+                    if let Some(c) = &perf_ctl {
+                        let _ = c.send(());
+                    }
                 }
             }
             if let Some(we) = window_ended {
@@ -779,40 +967,27 @@ pub fn run(o: &Opts) -> Result<Report> {
                 }
                 match p {
                     Packet::Data(dp) => {
-                        let Some(rx) = v.rx.as_mut() else { continue };
-                        v.st.received += 1;
-                        let arrival = rx.on_data(now, dp.seq, dp.payload.len(), &mut fb);
-                        if !fb.is_empty() {
-                            send_feedback(&mut v.conn, now, vfd, &mut vtx, &mut fb, &mut v.st);
-                        }
-                        if arrival == Arrival::Duplicate {
-                            v.st.duplicates += 1;
+                        if v.rx.is_none() {
                             continue;
                         }
-                        if dp.msg & MSG_REXMIT_FLAG != 0 {
-                            v.st.rexmit_received += 1;
-                        }
-                        match caller::read_payload(dp.payload) {
-                            Some((pi, sent)) if pi >= win.start && pi < win.end => {
-                                let off = pi - win.start;
-                                if off < win.cap {
-                                    let (w, b) = ((off / 64) as usize, off % 64);
-                                    if v.seen[w] & (1 << b) == 0 {
-                                        v.seen[w] |= 1 << b;
-                                        v.st.unique += 1;
-                                        v.hist.record(rx_ns.saturating_sub(sent));
-                                    } else {
-                                        v.st.duplicates += 1;
-                                    }
-                                }
-                            }
-                            Some(_) => v.st.outside_window += 1,
-                            None => v.st.bad_payload += 1,
-                        }
+                        v.st.received += 1;
+                        let a = Arrived {
+                            len: dp.payload.len(),
+                            rexmit: dp.msg & MSG_REXMIT_FLAG != 0,
+                            payload: caller::read_payload(dp.payload),
+                            rx_ns,
+                        };
+                        let mut io = ViewerIo {
+                            fd: vfd,
+                            tx: &mut vtx,
+                            fb: &mut fb,
+                        };
+                        on_data(v, now, dp.seq, &a, &win, &mut io);
                     }
                     Packet::Control(c) => match c.typ {
                         ctrl::HANDSHAKE if v.conn.on_hs(now, c.body, latency, vfd, &mut vtx) => {
                             v.rx = Some(Receiver::new(v.conn.isn, lat, BUFFER_PKTS, now));
+                            v.sink_next = v.conn.isn;
                             due[idx] = now + Duration::from_millis(10);
                             min_due = min_due.min(due[idx]);
                         }
@@ -835,6 +1010,17 @@ pub fn run(o: &Opts) -> Result<Report> {
                         _ => {}
                     },
                 }
+            }
+        }
+        if let Some(sink) = &sink {
+            let now = Instant::now();
+            let mut io = ViewerIo {
+                fd: vfd,
+                tx: &mut vtx,
+                fb: &mut fb,
+            };
+            for (i, v) in viewers.iter_mut().enumerate() {
+                drain_sink(sink, i as u32, v, now, &win, &mut io);
             }
         }
         for _ in 0..16 {
@@ -937,6 +1123,26 @@ pub fn run(o: &Opts) -> Result<Report> {
     };
     let (a, b) = (a.join().expect("sampler"), b.join().expect("sampler"));
     let cpu = cpu_report(&a, &b, watch);
+    drop(perf_ctl);
+    let (relay_syscalls, relay_syscalls_error) = match perf_thread.map(|t| t.join()) {
+        None => (None, None),
+        Some(Ok(Ok(r))) => (Some(r), None),
+        Some(Ok(Err(e))) => (None, Some(format!("{e:#}"))),
+        Some(Err(_)) => (None, Some("the perf thread panicked".to_string())),
+    };
+    if let Some(e) = &relay_syscalls_error {
+        log(format!("relay syscalls not counted: {e}"));
+    }
+    if let Some(sink) = &sink {
+        // What the sink counted and dropped never reached the socket counters.
+        for (i, v) in viewers.iter_mut().enumerate() {
+            let h = sink.head(i as u32);
+            v.st.received += h.data;
+            v.st.duplicates += h.duplicates + h.stale;
+        }
+    }
+    let sink_report = sink.as_ref().map(Sink::report);
+    drop(sink);
     let expected = win.end - win.start;
 
     let mut all = Hist::new();
@@ -1003,6 +1209,10 @@ pub fn run(o: &Opts) -> Result<Report> {
             warmup_s: o.warmup,
             duration_s: o.duration,
             sid_template: o.sid_template.clone(),
+            rx: match o.rx {
+                RxMode::Socket => "socket".into(),
+                RxMode::Xdp => "xdp".into(),
+            },
         },
         connected: rows.iter().filter(|r| r.state == "connected").count() as u32,
         not_connected: rejections,
@@ -1030,6 +1240,9 @@ pub fn run(o: &Opts) -> Result<Report> {
             stray,
         },
         delivered_pps: 0.0,
+        relay_syscalls,
+        relay_syscalls_error,
+        sink: sink_report,
         per_viewer: if o.per_viewer { Some(rows) } else { None },
     };
     let mut report = report;

@@ -22,6 +22,14 @@ pub struct Report {
     pub generator: GeneratorReport,
     /// Window packets delivered to all viewers per second.
     pub delivered_pps: f64,
+    /// The relay's (--watch-pid) system calls over the window (--count-syscalls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_syscalls: Option<crate::syscalls::SyscallReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_syscalls_error: Option<String>,
+    /// --rx xdp: the kernel sink's own counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<crate::sink::SinkReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub per_viewer: Option<Vec<ViewerRow>>,
 }
@@ -36,6 +44,9 @@ pub struct RunConfig {
     pub warmup_s: f64,
     pub duration_s: f64,
     pub sid_template: String,
+    /// How the viewers received data: "socket" or "xdp" (the kernel sink).
+    #[serde(default)]
+    pub rx: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -220,6 +231,25 @@ impl Report {
         );
         if let (Some(a), Some(b)) = (u.relay_rss_kb_start, u.relay_rss_kb_end) {
             println!("  relay RSS            {a} KiB -> {b} KiB");
+        }
+        if let Some(s) = &self.relay_syscalls {
+            let top: Vec<String> = s
+                .by_name
+                .iter()
+                .filter(|(_, &n)| n > 0)
+                .map(|(k, n)| format!("{k} {:.0}/s", *n as f64 / s.seconds.max(1e-6)))
+                .collect();
+            println!(
+                "  relay syscalls       {:.0}/s ({})",
+                s.per_second,
+                top.join(", ")
+            );
+        }
+        if let Some(s) = &self.sink {
+            println!(
+                "  kernel sink          {:?} on {}: {} recorded, {} duplicates, {} control and {} others passed",
+                s.attach, s.interface, s.recorded, s.duplicates, s.control_passed, s.unmatched_passed
+            );
         }
         let g = &self.generator;
         println!(

@@ -30,6 +30,23 @@ const TOKEN: &str = "stsync-bench-token-7f3a9c";
 const RELAY_PUB: &str = "10.88.1.1";
 const RELAY_VIEW: &str = "10.88.2.1";
 const VIEWER_BASE: Ipv4Addr = Ipv4Addr::new(10, 88, 128, 1);
+/// The veth end in stsb-view where the relay's packets to the viewers arrive.
+const VIEW_IFACE: &str = "stsb-v0";
+
+fn attach_name(a: crate::sink::Attach) -> &'static str {
+    match a {
+        crate::sink::Attach::Xdp => "xdp",
+        crate::sink::Attach::XdpGeneric => "xdp-generic",
+        crate::sink::Attach::Tc => "tc",
+    }
+}
+
+fn rx_name(o: &SweepOpts) -> &'static str {
+    match o.rx {
+        crate::loadgen::RxMode::Socket => "socket",
+        crate::loadgen::RxMode::Xdp => "xdp",
+    }
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct SweepOpts {
@@ -66,6 +83,20 @@ pub struct SweepOpts {
     /// Passed to the relay as --ebpf-object.
     #[arg(long)]
     pub ebpf_object: Option<PathBuf>,
+    /// How the generator's viewers receive data: `xdp` (the kernel sink stsync-bench-ebpf
+    /// records and drops data packets in stsb-view; the generator reads its rings) or
+    /// `socket` (recvmmsg, as a plain UDP receiver).
+    #[arg(long, value_enum, default_value_t = crate::loadgen::RxMode::Xdp)]
+    pub rx: crate::loadgen::RxMode,
+    /// Hook of the kernel sink (--rx xdp).
+    #[arg(long, value_enum, default_value_t = crate::sink::Attach::Tc)]
+    pub sink_attach: crate::sink::Attach,
+    /// The kernel sink's object (default: next to the generator's build directory).
+    #[arg(long)]
+    pub sink_object: Option<PathBuf>,
+    /// Do not count the relay's system calls (perf stat) in each window.
+    #[arg(long)]
+    pub no_syscalls: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +125,9 @@ pub struct Point {
     pub datapath: String,
     pub viewers: u32,
     pub bitrate_mbps: f64,
+    /// How the generator received: "socket" or "xdp" (kernel sink).
+    #[serde(default)]
+    pub rx: String,
     pub error: Option<String>,
     pub connected: u32,
     pub delivery_min: f64,
@@ -112,15 +146,25 @@ pub struct Point {
     pub delivered_pps: f64,
     /// (relay + softirq + irq) CPU time per delivered packet.
     pub ns_per_delivered: f64,
+    /// The relay process's system calls per second over the window (perf), if counted.
+    #[serde(default)]
+    pub relay_syscalls_per_s: Option<f64>,
+    /// relay_syscalls_per_s / viewers.
+    #[serde(default)]
+    pub syscalls_per_viewer_s: Option<f64>,
+    /// relay_pct / viewers: the daemon's own CPU per viewer (% of one core).
+    #[serde(default)]
+    pub relay_pct_per_viewer: f64,
     pub report: Option<String>,
 }
 
 impl Point {
-    fn failed(datapath: &str, viewers: u32, bitrate: u64, error: String) -> Point {
+    fn failed(datapath: &str, rx: &str, viewers: u32, bitrate: u64, error: String) -> Point {
         Point {
             datapath: datapath.into(),
             viewers,
             bitrate_mbps: bitrate as f64 / 1e6,
+            rx: rx.into(),
             error: Some(error),
             connected: 0,
             delivery_min: 0.0,
@@ -138,6 +182,9 @@ impl Point {
             relay_rss_kb: 0,
             delivered_pps: 0.0,
             ns_per_delivered: 0.0,
+            relay_syscalls_per_s: None,
+            syscalls_per_viewer_s: None,
+            relay_pct_per_viewer: 0.0,
             report: None,
         }
     }
@@ -145,10 +192,13 @@ impl Point {
     fn from_report(datapath: &str, r: &Report, path: &Path) -> Point {
         let c = &r.cpu;
         let total = c.relay_total_pct.unwrap_or(0.0);
+        let viewers = r.config.viewers.max(1) as f64;
+        let syscalls = r.relay_syscalls.as_ref().map(|s| s.per_second);
         Point {
             datapath: datapath.into(),
             viewers: r.config.viewers,
             bitrate_mbps: r.config.bitrate_bps as f64 / 1e6,
+            rx: r.config.rx.clone(),
             error: None,
             connected: r.connected,
             delivery_min: r.delivery.min,
@@ -170,6 +220,9 @@ impl Point {
             } else {
                 0.0
             },
+            relay_syscalls_per_s: syscalls,
+            syscalls_per_viewer_s: syscalls.map(|s| s / viewers),
+            relay_pct_per_viewer: c.relay_pct.unwrap_or(0.0) / viewers,
             report: Some(path.display().to_string()),
         }
     }
@@ -183,6 +236,18 @@ pub struct SweepResults {
     pub duration_s: f64,
     /// Why a datapath could not run at all (e.g. the kernel path not built).
     pub datapath_errors: Vec<(String, String)>,
+    /// What was measured: the relay binary and eBPF object (as given; default if empty),
+    /// how the generator received, and /proc/loadavg at the start and end of the sweep.
+    #[serde(default)]
+    pub relay_bin: String,
+    #[serde(default)]
+    pub ebpf_object: String,
+    #[serde(default)]
+    pub rx: String,
+    #[serde(default)]
+    pub loadavg_start: String,
+    #[serde(default)]
+    pub loadavg_end: String,
     pub baseline: Option<Baseline>,
     pub points: Vec<Point>,
 }
@@ -207,6 +272,13 @@ pub fn machine() -> Machine {
         kernel,
         clk_tck: sys::clk_tck(),
     }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn sh(args: &[&str]) -> Result<()> {
@@ -399,8 +471,8 @@ fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Po
         .loadgen_bin
         .clone()
         .unwrap_or_else(|| exe_sibling("stsync-loadgen"));
-    let mut child = Command::new(&bin)
-        .args(["--relay", &format!("{RELAY_VIEW}:9999")])
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--relay", &format!("{RELAY_VIEW}:9999")])
         .args(["--pub-relay", &format!("{RELAY_PUB}:9999")])
         .args(["--http", &format!("{RELAY_PUB}:9998")])
         .args(["--token", TOKEN])
@@ -412,7 +484,18 @@ fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Po
         .args(["--pub-netns", NS_PUB, "--view-netns", NS_VIEW])
         .args(["--watch-pid", &relay.pid().to_string()])
         .arg("--json")
-        .arg(&json)
+        .arg(&json);
+    if !o.no_syscalls {
+        cmd.arg("--count-syscalls");
+    }
+    if o.rx == crate::loadgen::RxMode::Xdp {
+        cmd.args(["--rx", "xdp", "--sink-iface", VIEW_IFACE])
+            .args(["--sink-attach", attach_name(o.sink_attach)]);
+        if let Some(obj) = &o.sink_object {
+            cmd.arg("--sink-object").arg(obj);
+        }
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -527,6 +610,19 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
         warmup_s: o.warmup,
         duration_s: o.duration,
         datapath_errors: Vec::new(),
+        relay_bin: o
+            .relay_bin
+            .clone()
+            .unwrap_or_else(|| exe_sibling("stsync-proxy"))
+            .display()
+            .to_string(),
+        ebpf_object: o
+            .ebpf_object
+            .as_ref()
+            .map_or("(relay's default)".into(), |p| p.display().to_string()),
+        rx: rx_name(o).into(),
+        loadavg_start: loadavg(),
+        loadavg_end: String::new(),
         baseline: None,
         points: Vec::new(),
     };
@@ -567,8 +663,13 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
                 }
                 Err(e) => {
                     eprintln!("bench:   failed: {e:#}");
-                    res.points
-                        .push(Point::failed(kind, viewers, bitrate, format!("{e:#}")));
+                    res.points.push(Point::failed(
+                        kind,
+                        rx_name(o),
+                        viewers,
+                        bitrate,
+                        format!("{e:#}"),
+                    ));
                 }
             }
             std::fs::write(
@@ -577,6 +678,7 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
             )?;
         }
     }
+    res.loadavg_end = loadavg();
     std::fs::write(
         o.out.join("results.json"),
         serde_json::to_string_pretty(&res)?,
@@ -593,6 +695,12 @@ pub fn table(r: &SweepResults) -> String {
         "Machine: {} CPUs, {}, Linux {}. Window {} s after {} s warm-up per point.\n\n",
         m.nproc, m.cpu_model, m.kernel, r.duration_s, r.warmup_s
     );
+    if !r.relay_bin.is_empty() {
+        s += &format!(
+            "Relay {} (eBPF object {}); generator receive: {}. Load average at start: {}; at end: {}.\n\n",
+            r.relay_bin, r.ebpf_object, r.rx, r.loadavg_start, r.loadavg_end
+        );
+    }
     if let Some(b) = &r.baseline {
         s += &format!(
             "Raw UDP baseline (sendmmsg, {} B, relay→viewers veth): {:.0} datagrams/s sent, {:.0} received, {:.0} % busy, {:.0} ns of busy CPU per received datagram.\n\n",
@@ -602,27 +710,34 @@ pub fn table(r: &SweepResults) -> String {
     for (k, e) in &r.datapath_errors {
         s += &format!("Datapath {k} not measured: {e}\n\n");
     }
-    s += "| datapath | viewers | Mbit/s | delivered min | mean | relay CPU % | softirq % | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
-    s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| datapath | rx | viewers | Mbit/s | delivered min | mean | relay CPU % | relay % / viewer | syscalls/s | syscalls/s / viewer | softirq % | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
+    s += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for p in &r.points {
         if let Some(e) = &p.error {
             s += &format!(
-                "| {} | {} | {:.0} | failed: {} |||||||||||||\n",
+                "| {} | {} | {} | {:.0} | failed: {} |||||||||||||||\n",
                 p.datapath,
+                p.rx,
                 p.viewers,
                 p.bitrate_mbps,
                 e.replace('|', "/")
             );
             continue;
         }
+        let opt =
+            |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
         s += &format!(
-            "| {} | {} | {:.0} | {:.4} | {:.4} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {:.0} | {:.4} | {:.4} | {:.1} | {:.3} | {} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} |\n",
             p.datapath,
+            p.rx,
             p.viewers,
             p.bitrate_mbps,
             p.delivery_min,
             p.delivery_mean,
             p.relay_pct,
+            p.relay_pct_per_viewer,
+            opt(p.relay_syscalls_per_s, 0),
+            opt(p.syscalls_per_viewer_s, 1),
             p.softirq_pct,
             p.relay_total_pct,
             p.ns_per_delivered,
