@@ -7,7 +7,10 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
-use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::programs::{
+    tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp,
+    XdpMode,
+};
 use aya::{Ebpf, EbpfLoader};
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, AsRawFd};
@@ -97,6 +100,17 @@ pub struct Arrived {
     pub rx_ns: u64,
 }
 
+/// What the generator reads from the sink's maps; a trait so the draining logic can be
+/// tested without a kernel.
+pub trait Rings {
+    /// Slots per viewer (a power of two).
+    fn ring(&self) -> u32;
+    /// One past the highest sequence number recorded for `viewer`, once there is one.
+    fn next(&self, viewer: u32) -> Option<u32>;
+    /// The packet with sequence number `seq`, if it is in `viewer`'s ring.
+    fn slot(&self, viewer: u32, seq: u32) -> Option<Arrived>;
+}
+
 /// Kernel-side totals of one run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SinkReport {
@@ -116,10 +130,15 @@ fn array_map<'a>(bpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {
     }
 }
 
+fn program_name(a: Attach) -> &'static str {
+    match a {
+        Attach::Tc => common::PROGRAM_TC,
+        Attach::Xdp | Attach::XdpGeneric => common::PROGRAM_XDP,
+    }
+}
+
 pub struct SinkParams<'a> {
     pub object: &'a Path,
-    pub netns: Option<&'a str>,
-    pub iface: &'a str,
     pub attach: Attach,
     pub config: SinkConfig,
     /// Slots per viewer (a power of two).
@@ -138,7 +157,8 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn open(p: &SinkParams) -> Result<Sink> {
+    /// Loads and verifies the sink for `p.config.viewers` viewers (not attached yet).
+    pub fn load(p: &SinkParams) -> Result<Sink> {
         if !p.ring.is_power_of_two() || p.config.viewers == 0 {
             bail!("sink ring must be a power of two and viewers > 0");
         }
@@ -178,59 +198,81 @@ impl Sink {
             viewers * p.ring,
             "sink slots",
         )?;
-        let name = match p.attach {
-            Attach::Tc => common::PROGRAM_TC,
-            Attach::Xdp | Attach::XdpGeneric => common::PROGRAM_XDP,
-        };
+        let name = program_name(p.attach);
         let prog = bpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("no program {name} in the sink object"))?;
-        let iface = p.iface;
-        // The interface is looked up, and the link created, in the viewers' namespace.
-        let attached: Result<()> = match p.attach {
-            Attach::Tc => {
-                let prog: &mut SchedClassifier = prog.try_into()?;
-                prog.load().context("verifying the sink (tc)")?;
-                crate::sys::in_netns(p.netns, || {
-                    prog.attach_with_options(
-                        iface,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(std::io::Error::other)
-                })
-                .map(drop)
-                .map_err(Into::into)
-            }
-            Attach::Xdp | Attach::XdpGeneric => {
-                let prog: &mut Xdp = prog.try_into()?;
-                prog.load().context("verifying the sink (xdp)")?;
-                let mode = if p.attach == Attach::Xdp {
-                    XdpMode::Driver
-                } else {
-                    XdpMode::Skb
-                };
-                crate::sys::in_netns(p.netns, || {
-                    prog.attach(iface, mode).map_err(std::io::Error::other)
-                })
-                .map(drop)
-                .map_err(Into::into)
-            }
-        };
-        attached.with_context(|| format!("attaching the sink ({:?}) to {iface}", p.attach))?;
+        match p.attach {
+            Attach::Tc => <&mut SchedClassifier>::try_from(prog)?.load(),
+            Attach::Xdp | Attach::XdpGeneric => <&mut Xdp>::try_from(prog)?.load(),
+        }
+        .with_context(|| format!("verifying the sink ({name})"))?;
         Ok(Sink {
             heads,
             slots,
             viewers,
             ring: p.ring,
             attach: p.attach,
-            iface: iface.to_string(),
+            iface: String::new(),
             bpf,
         })
     }
 
-    pub fn ring(&self) -> u32 {
-        self.ring
+    /// Attaches the sink to `iface` in network namespace `netns` (the interface is looked
+    /// up, and the link created, there).
+    pub fn attach(&mut self, netns: Option<&str>, iface: &str) -> Result<()> {
+        let prog = self
+            .bpf
+            .program_mut(program_name(self.attach))
+            .expect("checked at load");
+        let attach = self.attach;
+        crate::sys::in_netns(netns, || {
+            let r = match attach {
+                Attach::Tc => <&mut SchedClassifier>::try_from(prog)
+                    .map_err(std::io::Error::other)?
+                    .attach_with_options(
+                        iface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map(drop),
+                Attach::Xdp | Attach::XdpGeneric => {
+                    let mode = if attach == Attach::Xdp {
+                        XdpMode::Driver
+                    } else {
+                        XdpMode::Skb
+                    };
+                    <&mut Xdp>::try_from(prog)
+                        .map_err(std::io::Error::other)?
+                        .attach(iface, mode)
+                        .map(drop)
+                }
+            };
+            r.map_err(std::io::Error::other)
+        })
+        .with_context(|| format!("attaching the sink ({attach:?}) to {iface}"))?;
+        self.iface = iface.to_string();
+        Ok(())
+    }
+
+    /// Runs the program once on an Ethernet frame (BPF_PROG_TEST_RUN); its return value.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<u32> {
+        let prog = self
+            .bpf
+            .program_mut(program_name(self.attach))
+            .expect("checked at load");
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let r = match self.attach {
+            Attach::Tc => <&mut SchedClassifier>::try_from(prog)?.test_run(opts),
+            Attach::Xdp | Attach::XdpGeneric => <&mut Xdp>::try_from(prog)?.test_run(opts),
+        }
+        .context("BPF_PROG_TEST_RUN")?;
+        Ok(r.return_value)
     }
 
     fn head_ptr(&self, viewer: u32) -> *const Head {
@@ -239,9 +281,40 @@ impl Sink {
         unsafe { (self.heads.ptr as *const Head).add(viewer as usize) }
     }
 
-    /// One past the highest sequence number the sink recorded for `viewer`, once it has
-    /// recorded one.
-    pub fn next(&self, viewer: u32) -> Option<u32> {
+    /// A copy of `viewer`'s head (its counters).
+    pub fn head(&self, viewer: u32) -> Head {
+        // SAFETY: a live mapping; torn counters are harmless (read for reporting).
+        unsafe { std::ptr::read_volatile(self.head_ptr(viewer)) }
+    }
+
+    pub fn report(&self) -> SinkReport {
+        let mut r = SinkReport {
+            attach: Some(self.attach),
+            interface: self.iface.clone(),
+            ring: self.ring,
+            ..Default::default()
+        };
+        let Some(map) = self.bpf.map(common::MAP_COUNTERS) else {
+            return r;
+        };
+        let Ok(c) = PerCpuArray::<&MapData, u64>::try_from(map) else {
+            return r;
+        };
+        let get = |i: u32| c.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
+        r.recorded = get(counter::RECORDED);
+        r.duplicates = get(counter::DUPLICATES);
+        r.control_passed = get(counter::CONTROL);
+        r.unmatched_passed = get(counter::UNMATCHED);
+        r
+    }
+}
+
+impl Rings for Sink {
+    fn ring(&self) -> u32 {
+        self.ring
+    }
+
+    fn next(&self, viewer: u32) -> Option<u32> {
         let h = self.head_ptr(viewer);
         // SAFETY: aligned u32 fields of a live shared mapping, written by the kernel.
         let (started, next) = unsafe {
@@ -255,14 +328,7 @@ impl Sink {
         (started != 0).then_some(next & SEQ_MASK)
     }
 
-    /// A copy of `viewer`'s head (its counters).
-    pub fn head(&self, viewer: u32) -> Head {
-        // SAFETY: a live mapping; torn counters are harmless (read for reporting).
-        unsafe { std::ptr::read_volatile(self.head_ptr(viewer)) }
-    }
-
-    /// The packet with sequence number `seq`, if it is in `viewer`'s ring.
-    pub fn slot(&self, viewer: u32, seq: u32) -> Option<Arrived> {
+    fn slot(&self, viewer: u32, seq: u32) -> Option<Arrived> {
         assert!(viewer < self.viewers);
         let i = viewer as usize * self.ring as usize + (seq & (self.ring - 1)) as usize;
         let want = (seq & SEQ_MASK) | SLOT_VALID;
@@ -289,26 +355,5 @@ impl Sink {
                 rx_ns,
             })
         }
-    }
-
-    pub fn report(&self) -> SinkReport {
-        let mut r = SinkReport {
-            attach: Some(self.attach),
-            interface: self.iface.clone(),
-            ring: self.ring,
-            ..Default::default()
-        };
-        let Some(map) = self.bpf.map(common::MAP_COUNTERS) else {
-            return r;
-        };
-        let Ok(c) = PerCpuArray::<&MapData, u64>::try_from(map) else {
-            return r;
-        };
-        let get = |i: u32| c.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
-        r.recorded = get(counter::RECORDED);
-        r.duplicates = get(counter::DUPLICATES);
-        r.control_passed = get(counter::CONTROL);
-        r.unmatched_passed = get(counter::UNMATCHED);
-        r
     }
 }

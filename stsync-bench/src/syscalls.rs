@@ -108,7 +108,7 @@ impl SyscallCounter {
             .arg(&out)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(File::create(dir.join("stderr"))?)
             .spawn()
             .context("starting perf (linux-perf) to count the relay's syscalls")?;
         Ok(SyscallCounter {
@@ -128,13 +128,16 @@ impl SyscallCounter {
         self.ctl.write_all(format!("{cmd}\n").as_bytes())?;
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut got = Vec::new();
-        while !got.ends_with(b"ack\n") {
+        // perf writes "ack\n" with its C string's NUL.
+        while !got.windows(4).any(|w| w == b"ack\n") {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("perf did not acknowledge `{cmd}` (is it running? see its events)");
+                let err = std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default();
+                bail!("perf did not acknowledge `{cmd}`: {}", err.trim());
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!("perf exited ({status}) before `{cmd}`");
+                let err = std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default();
+                bail!("perf exited ({status}) before `{cmd}`: {}", err.trim());
             }
             let mut p = libc::pollfd {
                 fd: self.ack.as_raw_fd(),
@@ -229,5 +232,30 @@ impl Drop for SyscallCounter {
             let _ = self.child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs perf and root (or perf_event_paranoid <= 1); skipped otherwise.
+    #[test]
+    fn counts_this_process() {
+        let Ok(mut c) = SyscallCounter::start(std::process::id()) else {
+            return;
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        if let Err(e) = c.enable() {
+            eprintln!("skipped: {e:#}");
+            return;
+        }
+        for _ in 0..10_000 {
+            // SAFETY: getppid has no preconditions.
+            unsafe { libc::getppid() };
+        }
+        c.disable().unwrap();
+        let r = c.finish().unwrap();
+        assert!(r.total >= 10_000, "{r:?}");
     }
 }
