@@ -626,6 +626,9 @@ fn send_feedback(
 struct Sample {
     t: Instant,
     self_ticks: u64,
+    /// (utime, stime) of this process and of the relay.
+    self_us: (u64, u64),
+    relay_us: Option<(u64, u64)>,
     relay_ticks: Option<u64>,
     relay_rss_kb: Option<u64>,
     cpu: sys::CpuTimes,
@@ -637,6 +640,8 @@ impl Sample {
         Sample {
             t: Instant::now(),
             self_ticks: sys::self_cpu_ticks(),
+            self_us: sys::proc_user_sys("self").unwrap_or_default(),
+            relay_us: watch.and_then(|p| sys::proc_user_sys(&p.to_string())),
             relay_ticks: watch.and_then(sys::proc_cpu_ticks),
             relay_rss_kb: watch.and_then(sys::proc_rss_kb),
             cpu: sys::CpuTimes::read(),
@@ -662,9 +667,17 @@ fn cpu_report(a: &Sample, b: &Sample, watch: Option<u32>) -> CpuReport {
         .filter_map(|(k, v)| a.procs.get(k).map(|old| v.saturating_sub(*old)))
         .sum();
     let busy = b.cpu.busy().saturating_sub(a.cpu.busy());
+    let relay_us = match (a.relay_us, b.relay_us) {
+        (Some(x), Some(y)) => Some((y.0.saturating_sub(x.0), y.1.saturating_sub(x.1))),
+        _ => None,
+    };
     CpuReport {
         seconds: secs,
         generator_pct: pct(gen),
+        generator_user_pct: Some(pct(b.self_us.0.saturating_sub(a.self_us.0))),
+        generator_sys_pct: Some(pct(b.self_us.1.saturating_sub(a.self_us.1))),
+        relay_user_pct: relay_us.map(|r| pct(r.0)),
+        relay_sys_pct: relay_us.map(|r| pct(r.1)),
         relay_pct: relay.map(pct),
         system_busy_pct: pct(busy),
         softirq_pct: pct(b.cpu.softirq.saturating_sub(a.cpu.softirq)),

@@ -136,6 +136,17 @@ pub struct CpuReport {
     pub seconds: f64,
     /// This generator process (utime + stime from /proc/self/stat).
     pub generator_pct: f64,
+    /// Its utime and stime apart: stime includes the kernel's packet work (softirq) that
+    /// runs in its context, e.g. the relay's fan-out set off by the publisher's sends.
+    #[serde(default)]
+    pub generator_user_pct: Option<f64>,
+    #[serde(default)]
+    pub generator_sys_pct: Option<f64>,
+    /// The relay's utime and stime apart (same caveat).
+    #[serde(default)]
+    pub relay_user_pct: Option<f64>,
+    #[serde(default)]
+    pub relay_sys_pct: Option<f64>,
     /// The relay process (utime + stime from /proc/<pid>/stat, all threads).
     pub relay_pct: Option<f64>,
     /// Whole machine, from /proc/stat: everything but idle and iowait.
@@ -229,6 +240,13 @@ impl Report {
             "  CPU (% of a core)    relay {}  softirq+irq {:.1}  relay+softirq {}  generator {:.1}  system busy {:.1}  other procs {:.1}  busy-gen-other {:.1}",
             opt(u.relay_pct), u.softirq_pct + u.irq_pct, opt(u.relay_total_pct), u.generator_pct, u.system_busy_pct, u.other_processes_pct, u.attributed_pct
         );
+        if let (Some(gu), Some(gs)) = (u.generator_user_pct, u.generator_sys_pct) {
+            println!(
+                "  CPU user/sys         generator {gu:.1}/{gs:.1}  relay {}/{}",
+                opt(u.relay_user_pct),
+                opt(u.relay_sys_pct)
+            );
+        }
         if let (Some(a), Some(b)) = (u.relay_rss_kb_start, u.relay_rss_kb_end) {
             println!("  relay RSS            {a} KiB -> {b} KiB");
         }

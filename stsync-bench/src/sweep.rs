@@ -137,6 +137,9 @@ pub struct Point {
     pub relay_total_pct: f64,
     pub attributed_pct: f64,
     pub generator_pct: f64,
+    /// The generator's utime alone (its stime holds softirq work run in its context).
+    #[serde(default)]
+    pub generator_user_pct: Option<f64>,
     pub other_pct: f64,
     pub busy_pct: f64,
     pub latency_p50_us: f64,
@@ -174,6 +177,7 @@ impl Point {
             relay_total_pct: 0.0,
             attributed_pct: 0.0,
             generator_pct: 0.0,
+            generator_user_pct: None,
             other_pct: 0.0,
             busy_pct: 0.0,
             latency_p50_us: 0.0,
@@ -208,6 +212,7 @@ impl Point {
             relay_total_pct: total,
             attributed_pct: c.attributed_pct,
             generator_pct: c.generator_pct,
+            generator_user_pct: c.generator_user_pct,
             other_pct: c.other_processes_pct,
             busy_pct: c.system_busy_pct,
             latency_p50_us: r.latency_us.p50,
@@ -710,7 +715,7 @@ pub fn table(r: &SweepResults) -> String {
     for (k, e) in &r.datapath_errors {
         s += &format!("Datapath {k} not measured: {e}\n\n");
     }
-    s += "| datapath | rx | viewers | Mbit/s | delivered min | mean | relay CPU % | relay % / viewer | syscalls/s | syscalls/s / viewer | softirq % | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
+    s += "| datapath | rx | viewers | Mbit/s | delivered min | mean | relay CPU % | relay % / viewer | syscalls/s | syscalls/s / viewer | softirq % | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % (user) | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
     s += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for p in &r.points {
         if let Some(e) = &p.error {
@@ -727,7 +732,7 @@ pub fn table(r: &SweepResults) -> String {
         let opt =
             |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
         s += &format!(
-            "| {} | {} | {} | {:.0} | {:.4} | {:.4} | {:.1} | {:.3} | {} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {:.0} | {:.4} | {:.4} | {:.1} | {:.3} | {} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
             p.datapath,
             p.rx,
             p.viewers,
@@ -743,6 +748,7 @@ pub fn table(r: &SweepResults) -> String {
             p.ns_per_delivered,
             p.attributed_pct,
             p.generator_pct,
+            opt(p.generator_user_pct, 1),
             p.latency_p50_us,
             p.latency_p99_us,
             p.latency_max_us,

@@ -441,6 +441,17 @@ pub fn proc_stat(pid: &str) -> Option<(u64, u64, u64)> {
     Some((get(14)? + get(15)?, get(9)?, get(22)?))
 }
 
+/// (utime, stime) in clock ticks from /proc/<pid>/stat. With tick-based accounting, softirq
+/// work that runs while the process is current (e.g. packets its own sends set off) is in
+/// its stime as well as in /proc/stat's softirq.
+pub fn proc_user_sys(pid: &str) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |field: usize| f.get(field - 3).and_then(|v| v.parse::<u64>().ok());
+    Some((get(14)?, get(15)?))
+}
+
 pub fn proc_cpu_ticks(pid: u32) -> Option<u64> {
     proc_stat(&pid.to_string()).map(|(t, _, _)| t)
 }

@@ -110,7 +110,7 @@ fn main() -> Result<()> {
             if let Err(e) = install_ebpf_toolchain() {
                 eprintln!("xtask: {e:#}");
             }
-            build_ebpf_if_possible(&root, RELAY_EBPF, "the eBPF tests will be skipped")?;
+            build_ebpf_if_possible(&root, ALL_EBPF, "the eBPF tests will be skipped")?;
             let mut cmd = Command::new(env!("CARGO"));
             cmd.current_dir(&root).args(["test", "--workspace"]);
             if std::env::var_os("CI").is_some() {
