@@ -1,5 +1,10 @@
 //! The load generator: one publisher and N viewers over real SRT (HSv5 caller handshakes,
-//! ACK/ACKACK/NAK like libsrt), one thread, two UDP sockets.
+//! ACK/ACKACK/NAK like libsrt), two threads (publisher, viewers), two UDP sockets.
+//!
+//! The publisher has its own thread because its sends set off the relay's fan-out in the
+//! kernel, which runs (as softirq) inside the sending thread: at hundreds of viewers one
+//! publisher packet costs milliseconds there, and the viewers' ACKs must not wait for it
+//! (nor the publisher's pacing for them).
 //!
 //! Cheapness: all viewers share one UDP socket. Each viewer has its own source address
 //! (`--viewer-ip` + i, picked per datagram with IP_PKTINFO; on loopback any 127/8 address
@@ -24,7 +29,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use stsync_bench_common::SinkConfig;
 use stsync_common::srt::{ctrl, MSG_REXMIT_FLAG};
@@ -318,6 +324,19 @@ struct Sent {
     msg: u32,
 }
 
+/// What the viewers' loop and the publisher's thread share.
+#[derive(Default)]
+struct PubShared {
+    /// Set once the publisher is connected and pacing.
+    publishing: AtomicBool,
+    /// Index of the next packet the publisher will send: the window's edges.
+    next_index: AtomicU64,
+    /// Set by the viewers' loop: close and return.
+    stop: AtomicBool,
+    /// The publisher thread's TID (its CPU is sampled apart).
+    tid: AtomicU32,
+}
+
 struct Publisher {
     conn: Conn,
     fd: OwnedFd,
@@ -332,6 +351,7 @@ struct Publisher {
     interval: Duration,
     publishing: bool,
     stats: PublisherReport,
+    shared: Arc<PubShared>,
 }
 
 impl Publisher {
@@ -375,6 +395,9 @@ impl Publisher {
         self.ring[s.seq as usize % RING] = s;
         self.next_seq = self.next_seq.next();
         self.next_index += 1;
+        self.shared
+            .next_index
+            .store(self.next_index, Ordering::Release);
         self.msgno = (self.msgno + 1) & stsync_common::srt::MSGNO_MASK;
         if self.msgno == 0 {
             self.msgno = 1;
@@ -466,6 +489,75 @@ impl Publisher {
             _ => self.stats.unexpected += 1,
         }
     }
+}
+
+/// The publisher's own loop: connect, pace, answer ACKs and NAKs, until told to stop.
+fn publisher_loop(
+    mut publ: Publisher,
+    latency: u16,
+    payload: usize,
+    ns_of: impl Fn(Instant) -> u64,
+    deadline: Instant,
+) -> Result<(PublisherReport, SendBatch, u64)> {
+    // SAFETY: gettid has no preconditions.
+    publ.shared
+        .tid
+        .store(unsafe { libc::gettid() } as u32, Ordering::Release);
+    let fd = publ.fd.as_raw_fd();
+    let mut recv = RecvBatch::new(64);
+    let now = Instant::now();
+    publ.conn.start(now, latency, fd, &mut publ.tx);
+    publ.tx.flush(fd);
+    while !publ.shared.stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        if now >= deadline {
+            bail!("the publisher ran past its time bound");
+        }
+        match publ.conn.state {
+            Hs::Connected if !publ.publishing => {
+                publ.publishing = true;
+                publ.pace_start = now;
+                publ.pace_k = 0;
+                publ.shared.publishing.store(true, Ordering::Release);
+            }
+            Hs::Rejected(code) => bail!("publisher rejected: handshake code {code}"),
+            Hs::TimedOut => bail!(
+                "publisher handshake timed out (no answer from {})",
+                publ.conn.relay
+            ),
+            Hs::Closed => bail!("relay closed the publisher"),
+            _ => {}
+        }
+        for _ in 0..16 {
+            let k = recv.recv(fd);
+            if k == 0 {
+                break;
+            }
+            let now = Instant::now();
+            for i in 0..k {
+                publ.on_datagram(now, recv.get(i).data, latency, payload);
+            }
+        }
+        let now = Instant::now();
+        publ.tick(now, ns_of(now), payload);
+        let mut wake = now + Duration::from_millis(5);
+        if publ.publishing {
+            wake = wake.min(publ.next_due());
+        } else if let Some(d) = publ.conn.hs_timer(now, latency, fd, &mut publ.tx) {
+            wake = wake.min(d);
+        }
+        publ.tx.flush(fd);
+        let timeout = wake.saturating_duration_since(Instant::now());
+        if !timeout.is_zero() {
+            sys::wait_readable(&[fd], timeout.as_nanos() as u64);
+        }
+    }
+    if publ.conn.state == Hs::Connected {
+        publ.conn
+            .control(Instant::now(), fd, &mut publ.tx, ctrl::SHUTDOWN, 0, &[0]);
+        publ.tx.flush(fd);
+    }
+    Ok((publ.stats, publ.tx, recv.syscalls))
 }
 
 struct Viewer {
@@ -628,24 +720,31 @@ struct Sample {
     self_ticks: u64,
     /// (utime, stime) of this process and of the relay.
     self_us: (u64, u64),
+    /// (utime, stime) of the publisher thread.
+    pub_us: Option<(u64, u64)>,
     relay_us: Option<(u64, u64)>,
     relay_ticks: Option<u64>,
     relay_rss_kb: Option<u64>,
     cpu: sys::CpuTimes,
     procs: std::collections::HashMap<(u32, u64), u64>,
+    softnet_dropped: u64,
 }
 
 impl Sample {
-    fn take(watch: Option<u32>) -> Sample {
+    fn take(watch: Option<u32>, pub_tid: u32) -> Sample {
         Sample {
             t: Instant::now(),
             self_ticks: sys::self_cpu_ticks(),
             self_us: sys::proc_user_sys("self").unwrap_or_default(),
+            pub_us: (pub_tid != 0)
+                .then(|| sys::proc_user_sys(&format!("self/task/{pub_tid}")))
+                .flatten(),
             relay_us: watch.and_then(|p| sys::proc_user_sys(&p.to_string())),
             relay_ticks: watch.and_then(sys::proc_cpu_ticks),
             relay_rss_kb: watch.and_then(sys::proc_rss_kb),
             cpu: sys::CpuTimes::read(),
             procs: sys::all_user_procs(),
+            softnet_dropped: sys::softnet_dropped(),
         }
     }
 }
@@ -676,6 +775,10 @@ fn cpu_report(a: &Sample, b: &Sample, watch: Option<u32>) -> CpuReport {
         generator_pct: pct(gen),
         generator_user_pct: Some(pct(b.self_us.0.saturating_sub(a.self_us.0))),
         generator_sys_pct: Some(pct(b.self_us.1.saturating_sub(a.self_us.1))),
+        generator_publisher_pct: match (a.pub_us, b.pub_us) {
+            (Some(x), Some(y)) => Some(pct((y.0 + y.1).saturating_sub(x.0 + x.1))),
+            _ => None,
+        },
         relay_user_pct: relay_us.map(|r| pct(r.0)),
         relay_sys_pct: relay_us.map(|r| pct(r.1)),
         relay_pct: relay.map(pct),
@@ -687,6 +790,7 @@ fn cpu_report(a: &Sample, b: &Sample, watch: Option<u32>) -> CpuReport {
         relay_total_pct: relay.map(|r| {
             pct(r + (b.cpu.softirq + b.cpu.irq).saturating_sub(a.cpu.softirq + a.cpu.irq))
         }),
+        softnet_dropped: Some(b.softnet_dropped.saturating_sub(a.softnet_dropped)),
         relay_rss_kb_start: a.relay_rss_kb,
         relay_rss_kb_end: b.relay_rss_kb,
     }
@@ -732,15 +836,16 @@ pub fn run(o: &Opts) -> Result<Report> {
         )
     })
     .context("viewer socket")?;
-    let (pfd, vfd) = (pub_fd.as_raw_fd(), view_fd.as_raw_fd());
+    let vfd = view_fd.as_raw_fd();
 
     let t0 = Instant::now();
     let base_ns = sys::mono_ns();
-    let ns_of = |i: Instant| base_ns + i.saturating_duration_since(t0).as_nanos() as u64;
+    let ns_of = move |i: Instant| base_ns + i.saturating_duration_since(t0).as_nanos() as u64;
     let cpu_start = sys::self_cpu_ticks();
 
     let pkts_per_sec = o.bitrate as f64 / (o.payload as f64 * 8.0);
-    let mut publ = Publisher {
+    let shared = Arc::new(PubShared::default());
+    let publ = Publisher {
         conn: Conn::new(rand_u32() | 1, pub_relay, None, sid(0, "publish"), t0),
         fd: pub_fd,
         tx: SendBatch::new(),
@@ -753,6 +858,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         interval: Duration::from_secs_f64(1.0 / pkts_per_sec),
         publishing: false,
         stats: PublisherReport::default(),
+        shared: shared.clone(),
     };
     let id_base = (rand_u32() & 0x3FFF_FFFF) | 0x4000_0000;
     let id_base = if id_base.checked_add(o.viewers).is_none() {
@@ -825,7 +931,6 @@ pub fn run(o: &Opts) -> Result<Report> {
     let mut due: Vec<Instant> = vec![t0 + Duration::from_secs(3600); n];
     let mut vtx = SendBatch::new();
     let mut vrecv = RecvBatch::new(256);
-    let mut precv = RecvBatch::new(64);
     let mut fb: Vec<Feedback> = Vec::new();
     let mut stray = 0u64;
     let lat = Duration::from_millis(u64::from(latency));
@@ -851,8 +956,15 @@ pub fn run(o: &Opts) -> Result<Report> {
     let mut rt_offset = sys::realtime_offset_ns();
     let mut next_offset_refresh = t0;
 
-    publ.conn.start(t0, latency, pfd, &mut publ.tx);
-    publ.tx.flush(pfd);
+    let publisher = {
+        let payload = o.payload;
+        let deadline = hard_deadline + Duration::from_secs(1);
+        std::thread::Builder::new()
+            .name("publisher".into())
+            .spawn(move || publisher_loop(publ, latency, payload, ns_of, deadline))
+            .context("starting the publisher thread")?
+    };
+    let mut publishing = false;
     log(format!(
         "publishing to {pub_relay} at {} bit/s ({pkts_per_sec:.0} packets/s of {} bytes), {n} viewers to {}",
         o.bitrate, o.payload, o.relay
@@ -864,19 +976,19 @@ pub fn run(o: &Opts) -> Result<Report> {
             bail!("run exceeded its time bound ({:?})", hard_deadline - t0);
         }
         // Phase transitions.
-        match publ.conn.state {
-            Hs::Connected if !publ.publishing && window_ended.is_none() => {
-                publ.publishing = true;
-                publ.pace_start = now;
-                publ.pace_k = 0;
-                log(format!("publisher connected after {:?}", now - t0));
-            }
-            Hs::Rejected(code) => bail!("publisher rejected: handshake code {code}"),
-            Hs::TimedOut => bail!("publisher handshake timed out (no answer from {pub_relay})"),
-            Hs::Closed => bail!("relay closed the publisher"),
-            _ => {}
+        if publisher.is_finished() {
+            shared.stop.store(true, Ordering::Release);
+            return match publisher.join() {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(_)) => bail!("the publisher stopped early"),
+                Err(_) => bail!("the publisher thread panicked"),
+            };
         }
-        if publ.publishing && next_to_start < n {
+        if !publishing && shared.publishing.load(Ordering::Acquire) {
+            publishing = true;
+            log(format!("publisher connected after {:?}", now - t0));
+        }
+        if publishing && next_to_start < n {
             let ms = now.duration_since(t0).as_millis() as u64;
             if ms != last_connect_ms {
                 last_connect_ms = ms;
@@ -918,12 +1030,13 @@ pub fn run(o: &Opts) -> Result<Report> {
             let wstart = settled + Duration::from_secs_f64(o.warmup);
             if window_started.is_none() && now >= wstart {
                 window_started = Some(now);
-                win.start = publ.next_index;
+                win.start = shared.next_index.load(Ordering::Acquire);
                 win.cap = (pkts_per_sec * (o.duration + 5.0)) as u64 + 1024;
                 for v in viewers.iter_mut() {
                     v.seen = vec![0; win.cap.div_ceil(64) as usize];
                 }
-                sample_a = Some(std::thread::spawn(move || Sample::take(watch)));
+                let tid = shared.tid.load(Ordering::Acquire);
+                sample_a = Some(std::thread::spawn(move || Sample::take(watch, tid)));
                 if let Some(c) = &perf_ctl {
                     let _ = c.send(());
                 }
@@ -931,8 +1044,9 @@ pub fn run(o: &Opts) -> Result<Report> {
             if let Some(ws) = window_started {
                 if window_ended.is_none() && now >= ws + Duration::from_secs_f64(o.duration) {
                     window_ended = Some(now);
-                    win.end = publ.next_index;
-                    sample_b = Some(std::thread::spawn(move || Sample::take(watch)));
+                    win.end = shared.next_index.load(Ordering::Acquire);
+                    let tid = shared.tid.load(Ordering::Acquire);
+                    sample_b = Some(std::thread::spawn(move || Sample::take(watch, tid)));
                     if let Some(c) = &perf_ctl {
                         let _ = c.send(());
                     }
@@ -1042,17 +1156,6 @@ pub fn run(o: &Opts) -> Result<Report> {
                 drain_sink(sink, i as u32, v, now, &win, &mut io);
             }
         }
-        for _ in 0..16 {
-            let k = precv.recv(pfd);
-            if k == 0 {
-                break;
-            }
-            let now = Instant::now();
-            for i in 0..k {
-                let d = precv.get(i);
-                publ.on_datagram(now, d.data, latency, o.payload);
-            }
-        }
 
         // Timers.
         let now = Instant::now();
@@ -1087,32 +1190,21 @@ pub fn run(o: &Opts) -> Result<Report> {
             }
             min_due = next;
         }
-        let now_ns = ns_of(now);
-        publ.tick(now, now_ns, o.payload);
-        if publ.conn.state != Hs::Connected {
-            if let Some(d) = publ.conn.hs_timer(now, latency, pfd, &mut publ.tx) {
-                min_due = min_due.min(d);
-            }
-        }
-        publ.tx.flush(pfd);
         vtx.flush(vfd);
 
-        // Sleep until the next packet, timer or datagram.
+        // Sleep until the next timer or datagram.
         let mut wake = if o.tick_us == 0 {
             min_due.min(now + Duration::from_millis(5))
         } else {
             min_due.max(now + Duration::from_micros(o.tick_us / 2))
         };
-        if publ.publishing {
-            wake = wake.min(publ.next_due());
-        }
-        if n > 0 && next_to_start < n && publ.publishing {
+        if n > 0 && next_to_start < n {
             wake = wake.min(now + Duration::from_millis(1));
         }
         let timeout = wake.saturating_duration_since(Instant::now());
         if !timeout.is_zero() {
             if o.tick_us == 0 {
-                sys::wait_readable(&[vfd, pfd], timeout.as_nanos() as u64);
+                sys::wait_readable(&[vfd], timeout.as_nanos() as u64);
             } else {
                 // Sleep, not poll: what arrives meanwhile is read in one batch.
                 let t = timeout.min(Duration::from_micros(o.tick_us));
@@ -1123,18 +1215,17 @@ pub fn run(o: &Opts) -> Result<Report> {
 
     // Done: close everything politely.
     let now = Instant::now();
-    publ.publishing = false;
-    if publ.conn.state == Hs::Connected {
-        publ.conn
-            .control(now, pfd, &mut publ.tx, ctrl::SHUTDOWN, 0, &[0]);
-    }
+    shared.stop.store(true, Ordering::Release);
     for v in viewers.iter_mut() {
         if v.conn.state == Hs::Connected {
             v.conn.control(now, vfd, &mut vtx, ctrl::SHUTDOWN, 0, &[0]);
         }
     }
-    publ.tx.flush(pfd);
     vtx.flush(vfd);
+    let (pub_stats, pub_tx, pub_recv_syscalls) = match publisher.join() {
+        Ok(r) => r?,
+        Err(_) => bail!("the publisher thread panicked"),
+    };
     let cpu_total_secs = (sys::self_cpu_ticks() - cpu_start) as f64 / sys::clk_tck() as f64;
 
     let (Some(a), Some(b)) = (sample_a, sample_b) else {
@@ -1247,15 +1338,15 @@ pub fn run(o: &Opts) -> Result<Report> {
             samples: all.count,
         },
         viewer_totals: totals,
-        publisher: publ.stats,
+        publisher: pub_stats,
         cpu,
         generator: GeneratorReport {
             cpu_total_s: cpu_total_secs,
             run_s: t0.elapsed().as_secs_f64(),
-            send_syscalls: vtx.syscalls + publ.tx.syscalls,
-            recv_syscalls: vrecv.syscalls + precv.syscalls,
-            datagrams_sent: vtx.sent + publ.tx.sent,
-            send_failed: vtx.failed + publ.tx.failed,
+            send_syscalls: vtx.syscalls + pub_tx.syscalls,
+            recv_syscalls: vrecv.syscalls + pub_recv_syscalls,
+            datagrams_sent: vtx.sent + pub_tx.sent,
+            send_failed: vtx.failed + pub_tx.failed,
             stray,
         },
         delivered_pps: 0.0,

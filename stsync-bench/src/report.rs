@@ -142,6 +142,10 @@ pub struct CpuReport {
     pub generator_user_pct: Option<f64>,
     #[serde(default)]
     pub generator_sys_pct: Option<f64>,
+    /// The generator's publisher thread (part of generator_pct): its sends set off the
+    /// relay's fan-out, which runs as softirq in its context and is mostly what this is.
+    #[serde(default)]
+    pub generator_publisher_pct: Option<f64>,
     /// The relay's utime and stime apart (same caveat).
     #[serde(default)]
     pub relay_user_pct: Option<f64>,
@@ -161,6 +165,10 @@ pub struct CpuReport {
     /// relay process + softirq + irq: the relay's own work plus the kernel's packet work
     /// (where kernel clones run); includes the viewers' side of the veth receive path.
     pub relay_total_pct: Option<f64>,
+    /// Packets dropped machine-wide at full input backlogs during the window
+    /// (/proc/net/softnet_stat): e.g. fan-out bursts larger than netdev_max_backlog.
+    #[serde(default)]
+    pub softnet_dropped: Option<u64>,
     pub relay_rss_kb_start: Option<u64>,
     pub relay_rss_kb_end: Option<u64>,
 }
@@ -242,7 +250,8 @@ impl Report {
         );
         if let (Some(gu), Some(gs)) = (u.generator_user_pct, u.generator_sys_pct) {
             println!(
-                "  CPU user/sys         generator {gu:.1}/{gs:.1}  relay {}/{}",
+                "  CPU user/sys         generator {gu:.1}/{gs:.1} (publisher thread {})  relay {}/{}",
+                opt(u.generator_publisher_pct),
                 opt(u.relay_user_pct),
                 opt(u.relay_sys_pct)
             );

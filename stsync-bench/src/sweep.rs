@@ -158,6 +158,13 @@ pub struct Point {
     /// relay_pct / viewers: the daemon's own CPU per viewer (% of one core).
     #[serde(default)]
     pub relay_pct_per_viewer: f64,
+    /// Packets the publisher sent in the window / what its bitrate asks for: below 1 the
+    /// offered load fell short (the generator could not keep pace).
+    #[serde(default)]
+    pub offered: f64,
+    /// Packets dropped at full kernel input backlogs during the window (machine-wide).
+    #[serde(default)]
+    pub backlog_drops: Option<u64>,
     pub report: Option<String>,
 }
 
@@ -189,6 +196,8 @@ impl Point {
             relay_syscalls_per_s: None,
             syscalls_per_viewer_s: None,
             relay_pct_per_viewer: 0.0,
+            offered: 0.0,
+            backlog_drops: None,
             report: None,
         }
     }
@@ -228,6 +237,11 @@ impl Point {
             relay_syscalls_per_s: syscalls,
             syscalls_per_viewer_s: syscalls.map(|s| s / viewers),
             relay_pct_per_viewer: c.relay_pct.unwrap_or(0.0) / viewers,
+            offered: {
+                let pps = r.config.bitrate_bps as f64 / (r.config.payload as f64 * 8.0);
+                r.delivery.expected_per_viewer as f64 / (pps * c.seconds).max(1e-9)
+            },
+            backlog_drops: c.softnet_dropped,
             report: Some(path.display().to_string()),
         }
     }
@@ -715,12 +729,12 @@ pub fn table(r: &SweepResults) -> String {
     for (k, e) in &r.datapath_errors {
         s += &format!("Datapath {k} not measured: {e}\n\n");
     }
-    s += "| datapath | rx | viewers | Mbit/s | delivered min | mean | relay CPU % | relay % / viewer | syscalls/s | syscalls/s / viewer | softirq % | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % (user) | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
-    s += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| datapath | rx | viewers | Mbit/s | offered | delivered min | mean | relay CPU % | relay % / viewer | syscalls/s | syscalls/s / viewer | softirq % | backlog drops | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % (user) | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
+    s += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for p in &r.points {
         if let Some(e) = &p.error {
             s += &format!(
-                "| {} | {} | {} | {:.0} | failed: {} |||||||||||||||\n",
+                "| {} | {} | {} | {:.0} | failed: {} |||||||||||||||||\n",
                 p.datapath,
                 p.rx,
                 p.viewers,
@@ -732,11 +746,12 @@ pub fn table(r: &SweepResults) -> String {
         let opt =
             |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
         s += &format!(
-            "| {} | {} | {} | {:.0} | {:.4} | {:.4} | {:.1} | {:.3} | {} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {:.0} | {:.3} | {:.4} | {:.4} | {:.1} | {:.3} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
             p.datapath,
             p.rx,
             p.viewers,
             p.bitrate_mbps,
+            p.offered,
             p.delivery_min,
             p.delivery_mean,
             p.relay_pct,
@@ -744,6 +759,7 @@ pub fn table(r: &SweepResults) -> String {
             opt(p.relay_syscalls_per_s, 0),
             opt(p.syscalls_per_viewer_s, 1),
             p.softirq_pct,
+            p.backlog_drops.map_or("-".into(), |d| d.to_string()),
             p.relay_total_pct,
             p.ns_per_delivered,
             p.attributed_pct,
