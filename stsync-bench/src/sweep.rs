@@ -293,6 +293,83 @@ pub fn machine() -> Machine {
     }
 }
 
+/// Private copies of the relay binary and eBPF object under test, so that a rebuild of
+/// the checkout they come from cannot change them in the middle of a sweep; removed on drop.
+struct Snapshot {
+    dir: PathBuf,
+    relay_bin: PathBuf,
+    ebpf_object: Option<PathBuf>,
+    /// "path (size, modification time, content hash)" of the originals.
+    relay_desc: String,
+    ebpf_desc: String,
+}
+
+/// Size, modification time and a 64-bit FNV-1a hash of a file, to tell builds apart.
+fn fingerprint(path: &Path, bytes: &[u8]) -> String {
+    let mtime = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!(
+        "{} ({} bytes, mtime {mtime}, fnv64 {h:016x})",
+        path.display(),
+        bytes.len()
+    )
+}
+
+impl Snapshot {
+    fn take(o: &SweepOpts) -> Result<Snapshot> {
+        let dir = std::env::temp_dir().join(format!("stsync-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut snap = Snapshot {
+            dir: dir.clone(),
+            relay_bin: dir.join("stsync-proxy"),
+            ebpf_object: None,
+            relay_desc: String::new(),
+            ebpf_desc: "(the relay's default)".into(),
+        };
+        let src = o
+            .relay_bin
+            .clone()
+            .unwrap_or_else(|| exe_sibling("stsync-proxy"));
+        let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+        std::fs::write(&snap.relay_bin, &bytes)?;
+        std::fs::set_permissions(
+            &snap.relay_bin,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        snap.relay_desc = fingerprint(&src, &bytes);
+        // Without --ebpf-object the relay would look next to its own build output; the
+        // copy lives elsewhere, so pin that object explicitly (as the relay would find it).
+        let obj = o.ebpf_object.clone().or_else(|| {
+            const REL: &str = "bpfel-unknown-none/release/stsync-ebpf";
+            let dir = src.parent()?;
+            [dir.join("..").join(REL), dir.join("../..").join(REL)]
+                .into_iter()
+                .find(|p| p.is_file())
+        });
+        if let Some(obj) = &obj {
+            let bytes = std::fs::read(obj).with_context(|| format!("reading {}", obj.display()))?;
+            let copy = dir.join("stsync-ebpf");
+            std::fs::write(&copy, &bytes)?;
+            snap.ebpf_desc = fingerprint(obj, &bytes);
+            snap.ebpf_object = Some(copy);
+        }
+        Ok(snap)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -450,11 +527,15 @@ fn start_relay(o: &SweepOpts, kind: &str, dir: &Path, tag: &str) -> Result<Relay
     loop {
         if let Some(status) = relay.child.try_wait()? {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(3).collect();
-            bail!(
-                "relay --datapath {kind} exited ({status}): {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            );
+            // anyhow's "Error: ..." line says why; otherwise the last lines.
+            let why = match log.lines().find(|l| l.starts_with("Error:")) {
+                Some(l) => l.to_string(),
+                None => {
+                    let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                }
+            };
+            bail!("relay --datapath {kind} exited ({status}): {why}");
         }
         if crate::http::request(Some(NS_PUB), http, "GET", "/v1/health", None)
             .is_ok_and(|(s, _)| s == 200)
@@ -620,6 +701,12 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the sweep needs root (network namespaces, veth)");
     }
+    let snap = Snapshot::take(o)?;
+    let o = &SweepOpts {
+        relay_bin: Some(snap.relay_bin.clone()),
+        ebpf_object: snap.ebpf_object.clone(),
+        ..o.clone()
+    };
     let _topo = Topology::create().context("creating the namespaces")?;
     let mut res = SweepResults {
         machine: machine(),
@@ -629,16 +716,8 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
         warmup_s: o.warmup,
         duration_s: o.duration,
         datapath_errors: Vec::new(),
-        relay_bin: o
-            .relay_bin
-            .clone()
-            .unwrap_or_else(|| exe_sibling("stsync-proxy"))
-            .display()
-            .to_string(),
-        ebpf_object: o
-            .ebpf_object
-            .as_ref()
-            .map_or("(relay's default)".into(), |p| p.display().to_string()),
+        relay_bin: snap.relay_desc.clone(),
+        ebpf_object: snap.ebpf_desc.clone(),
         rx: rx_name(o).into(),
         loadavg_start: loadavg(),
         loadavg_end: String::new(),
