@@ -257,6 +257,15 @@ impl Sink {
 
     /// Runs the program once on an Ethernet frame (BPF_PROG_TEST_RUN); its return value.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<u32> {
+        self.test_run_repeat(frame, 1).map(|(r, _)| r)
+    }
+
+    /// Runs the program `repeat` times on a frame; (return value, mean time per run).
+    pub fn test_run_repeat(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration)> {
         let prog = self
             .bpf
             .program_mut(program_name(self.attach))
@@ -265,6 +274,7 @@ impl Sink {
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            repeat,
             ..TestRunOptions::default()
         };
         let r = match self.attach {
@@ -272,7 +282,7 @@ impl Sink {
             Attach::Xdp | Attach::XdpGeneric => <&mut Xdp>::try_from(prog)?.test_run(opts),
         }
         .context("BPF_PROG_TEST_RUN")?;
-        Ok(r.return_value)
+        Ok((r.return_value, r.duration))
     }
 
     fn head_ptr(&self, viewer: u32) -> *const Head {
