@@ -28,6 +28,9 @@ pub const SEQ_MASK: u32 = 0x7FFF_FFFF;
 pub const FLAG_REXMIT: u32 = 1 << 31;
 /// `Slot::flags`: the payload does not start like the generator's (no index, no time).
 pub const FLAG_BAD_PAYLOAD: u32 = 1 << 30;
+/// `Slot::flags`: `rx_ns` is the skb's receive timestamp in CLOCK_REALTIME (TC hook), not
+/// `bpf_ktime_get_ns()`.
+pub const FLAG_RX_REALTIME: u32 = 1 << 29;
 /// `Slot::flags`: SRT payload length in bytes.
 pub const FLAG_LEN_MASK: u32 = 0xFFFF;
 
@@ -85,7 +88,10 @@ pub struct Slot {
     pub index: u64,
     /// Send time from the payload (CLOCK_MONOTONIC ns).
     pub sent_ns: u64,
-    /// `bpf_ktime_get_ns()` when the sink saw the packet (CLOCK_MONOTONIC ns).
+    /// Arrival time (ns): the kernel's receive timestamp of the packet (CLOCK_REALTIME,
+    /// taken when it entered the interface's input queue, the one SO_TIMESTAMPNS reports)
+    /// when `FLAG_RX_REALTIME` is set, else `bpf_ktime_get_ns()` when the sink saw it
+    /// (CLOCK_MONOTONIC).
     pub rx_ns: u64,
 }
 

@@ -6,7 +6,8 @@
 //! (IPv4/UDP from the relay's address and port to the viewers' port, destination address
 //! `viewer_ip_base + i`, SRT destination socket ID `id_base + i`), records its sequence
 //! number, retransmission flag, payload length, the payload's packet index and send time
-//! and its own arrival time in the viewer's slot ring, and drops it. The generator reads
+//! and its arrival time (at TC the skb's receive timestamp, else `bpf_ktime_get_ns`) in the
+//! viewer's slot ring, and drops it. The generator reads
 //! the rings through `mmap` and drives its libsrt-like receivers from them (ACK, NAK...).
 //! Everything else passes untouched to the generator's socket: control packets (ACKACK,
 //! keepalive, handshake, DROPREQ, SHUTDOWN) and anything it does not recognise.
@@ -23,7 +24,8 @@ use aya_ebpf::{
 use core::{ffi::c_void, mem::MaybeUninit};
 use stsync_bench_common::{
     counter, seq_lt, Head, SinkConfig, Slot, FLAG_BAD_PAYLOAD, FLAG_LEN_MASK, FLAG_REXMIT,
-    PAYLOAD_MAGIC, PAYLOAD_OFF_INDEX, PAYLOAD_OFF_SENT, PAYLOAD_PEEK, SEQ_MASK, SLOT_VALID,
+    FLAG_RX_REALTIME, PAYLOAD_MAGIC, PAYLOAD_OFF_INDEX, PAYLOAD_OFF_SENT, PAYLOAD_PEEK, SEQ_MASK,
+    SLOT_VALID,
 };
 
 #[map(name = "SINK_CONFIG")]
@@ -57,6 +59,9 @@ const UDP_SRT_LEN: u32 = 8 + 16;
 const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 const IPPROTO_UDP: u8 = 17;
 const CONTROL_BIT: u32 = 1 << 31;
+/// `__sk_buff::tstamp_type` of a receive timestamp (BPF_SKB_CLOCK_REALTIME, formerly
+/// BPF_SKB_TSTAMP_UNSPEC).
+const TSTAMP_REALTIME: u8 = 0;
 const MSG_REXMIT_FLAG: u32 = 1 << 26;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -68,6 +73,8 @@ enum Verdict {
 /// Bounds-checked reads of the packet under either hook.
 trait Packet {
     fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+    /// The kernel's receive timestamp (CLOCK_REALTIME ns), if the hook has one.
+    fn rx_realtime(&self) -> Option<u64>;
 }
 
 struct Xdp<'a>(&'a XdpContext);
@@ -81,6 +88,10 @@ impl Packet for Xdp<'_> {
         }
         // SAFETY: start..start + N lies inside the packet (checked against data_end).
         Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
+    }
+
+    fn rx_realtime(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -103,6 +114,15 @@ impl Packet for Tc<'_> {
         };
         // SAFETY: the helper wrote all N bytes when it returned 0.
         (r == 0).then(|| unsafe { buf.assume_init() })
+    }
+
+    #[inline(always)]
+    fn rx_realtime(&self) -> Option<u64> {
+        // Stamped when the clone entered this interface's input queue (netif_rx), before
+        // it waited in the backlog: the instant the relay sent it, as a socket would see it.
+        // SAFETY: reading context fields the verifier allows at TC.
+        let (ts, kind) = unsafe { ((*self.0.skb.skb).tstamp, (*self.0.skb.skb).tstamp_type) };
+        (ts != 0 && kind == TSTAMP_REALTIME).then_some(ts)
     }
 }
 
@@ -206,7 +226,11 @@ fn sink<P: Packet>(p: &P) -> Verdict {
         count(counter::UNMATCHED);
         return Verdict::Pass;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let (now, realtime) = match p.rx_realtime() {
+        Some(t) => (t, FLAG_RX_REALTIME),
+        // SAFETY: a helper without arguments.
+        None => (unsafe { bpf_ktime_get_ns() }, 0),
+    };
     // SAFETY: `head` and `slot` point into array map values (never freed while the
     // program runs); the generator only reads them.
     unsafe {
@@ -223,7 +247,7 @@ fn sink<P: Packet>(p: &P) -> Verdict {
             return Verdict::Drop;
         }
         let len = (be16(&h, UDP_LEN) as u32).saturating_sub(UDP_SRT_LEN);
-        let mut flags = len & FLAG_LEN_MASK;
+        let mut flags = (len & FLAG_LEN_MASK) | realtime;
         if be32(&h, SRT_WORD1) & MSG_REXMIT_FLAG != 0 {
             flags |= FLAG_REXMIT;
         }

@@ -601,6 +601,8 @@ struct ViewerIo<'a> {
     fd: RawFd,
     tx: &'a mut SendBatch,
     fb: &'a mut Vec<Feedback>,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC, for kernel receive timestamps.
+    rt_offset: i64,
 }
 
 /// One data packet reached viewer `v` (through its socket or the sink): its receiver sees
@@ -618,6 +620,11 @@ fn on_data(v: &mut Viewer, now: Instant, seq: Seq, a: &Arrived, win: &Window, io
     if a.rexmit {
         v.st.rexmit_received += 1;
     }
+    let rx_ns = if a.rx_realtime {
+        (a.rx_ns as i64 - io.rt_offset) as u64
+    } else {
+        a.rx_ns
+    };
     match a.payload {
         Some((pi, sent)) if pi >= win.start && pi < win.end => {
             let off = pi - win.start;
@@ -626,7 +633,7 @@ fn on_data(v: &mut Viewer, now: Instant, seq: Seq, a: &Arrived, win: &Window, io
                 if v.seen[w] & (1 << b) == 0 {
                     v.seen[w] |= 1 << b;
                     v.st.unique += 1;
-                    v.hist.record(a.rx_ns.saturating_sub(sent));
+                    v.hist.record(rx_ns.saturating_sub(sent));
                 } else {
                     v.st.duplicates += 1;
                 }
@@ -1109,11 +1116,13 @@ pub fn run(o: &Opts) -> Result<Report> {
                             rexmit: dp.msg & MSG_REXMIT_FLAG != 0,
                             payload: caller::read_payload(dp.payload),
                             rx_ns,
+                            rx_realtime: false,
                         };
                         let mut io = ViewerIo {
                             fd: vfd,
                             tx: &mut vtx,
                             fb: &mut fb,
+                            rt_offset,
                         };
                         on_data(v, now, dp.seq, &a, &win, &mut io);
                     }
@@ -1147,10 +1156,15 @@ pub fn run(o: &Opts) -> Result<Report> {
         }
         if let Some(sink) = &sink {
             let now = Instant::now();
+            if now >= next_offset_refresh {
+                rt_offset = sys::realtime_offset_ns();
+                next_offset_refresh = now + Duration::from_secs(1);
+            }
             let mut io = ViewerIo {
                 fd: vfd,
                 tx: &mut vtx,
                 fb: &mut fb,
+                rt_offset,
             };
             for (i, v) in viewers.iter_mut().enumerate() {
                 drain_sink(sink, i as u32, v, now, &win, &mut io);
@@ -1382,6 +1396,7 @@ mod tests {
                     rexmit,
                     payload: Some((index, 1_000)),
                     rx_ns: 1_000 + 50_000,
+                    rx_realtime: false,
                 },
             );
             let n = Seq::new(seq).next();
@@ -1442,6 +1457,7 @@ mod tests {
             fd: -1,
             tx: &mut tx,
             fb: &mut fb,
+            rt_offset: 0,
         };
         let isn = SEQ_MAX - 2; // crosses the 31-bit wrap
         let seq = |k: u32| Seq::new(isn).add(k).get();

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use stsync_bench_common::{
     self as common, counter, Head, SinkConfig, Slot, FLAG_BAD_PAYLOAD, FLAG_LEN_MASK, FLAG_REXMIT,
-    SEQ_MASK, SLOT_VALID,
+    FLAG_RX_REALTIME, SEQ_MASK, SLOT_VALID,
 };
 
 /// Where the sink runs.
@@ -96,8 +96,9 @@ pub struct Arrived {
     pub rexmit: bool,
     /// (packet index, send time) from the payload; None if it was not the generator's.
     pub payload: Option<(u64, u64)>,
-    /// When the sink saw it (CLOCK_MONOTONIC ns).
+    /// When it arrived (ns): CLOCK_MONOTONIC, or CLOCK_REALTIME if `rx_realtime`.
     pub rx_ns: u64,
+    pub rx_realtime: bool,
 }
 
 /// What the generator reads from the sink's maps; a trait so the draining logic can be
@@ -363,6 +364,7 @@ impl Rings for Sink {
                 rexmit: flags & FLAG_REXMIT != 0,
                 payload: (flags & FLAG_BAD_PAYLOAD == 0).then_some((index, sent)),
                 rx_ns,
+                rx_realtime: flags & FLAG_RX_REALTIME != 0,
             })
         }
     }
