@@ -97,6 +97,12 @@ pub struct SweepOpts {
     /// Do not count the relay's system calls (perf stat) in each window.
     #[arg(long)]
     pub no_syscalls: bool,
+    /// On a shared machine: before each point, wait until the whole machine has been below
+    /// this busy % (of one core) for 3 s in a row, for at most --quiet-max-wait seconds.
+    #[arg(long)]
+    pub wait_quiet: Option<f64>,
+    #[arg(long, default_value_t = 600.0)]
+    pub quiet_max_wait: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,6 +171,9 @@ pub struct Point {
     /// Packets dropped at full kernel input backlogs during the window (machine-wide).
     #[serde(default)]
     pub backlog_drops: Option<u64>,
+    /// --wait-quiet: the machine's busy % in the second before the point started.
+    #[serde(default)]
+    pub busy_before_pct: Option<f64>,
     pub report: Option<String>,
 }
 
@@ -198,6 +207,7 @@ impl Point {
             relay_pct_per_viewer: 0.0,
             offered: 0.0,
             backlog_drops: None,
+            busy_before_pct: None,
             report: None,
         }
     }
@@ -242,6 +252,7 @@ impl Point {
                 r.delivery.expected_per_viewer as f64 / (pps * c.seconds).max(1e-9)
             },
             backlog_drops: c.softnet_dropped,
+            busy_before_pct: None,
             report: Some(path.display().to_string()),
         }
     }
@@ -554,6 +565,27 @@ fn start_relay(o: &SweepOpts, kind: &str, dir: &Path, tag: &str) -> Result<Relay
     Ok(relay)
 }
 
+/// Waits (bounded) until the machine has been below `pct` busy for 3 consecutive seconds;
+/// returns the busy % of the last second.
+fn wait_quiet(pct: f64, max_wait: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs_f64(max_wait);
+    let tck = sys::clk_tck() as f64;
+    let mut quiet_secs = 0;
+    loop {
+        let a = sys::CpuTimes::read();
+        std::thread::sleep(Duration::from_secs(1));
+        let busy = (sys::CpuTimes::read().busy() - a.busy()) as f64 / tck * 100.0;
+        quiet_secs = if busy < pct { quiet_secs + 1 } else { 0 };
+        if quiet_secs >= 3 {
+            return busy;
+        }
+        if Instant::now() > deadline {
+            eprintln!("bench:   machine still {busy:.0} % busy after {max_wait} s: measuring anyway");
+            return busy;
+        }
+    }
+}
+
 fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Point> {
     // Something else on the machine may have removed our namespaces: rebuild them.
     if [NS_PUB, NS_RELAY, NS_VIEW]
@@ -564,6 +596,7 @@ fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Po
         std::mem::forget(Topology::create()?);
     }
     let tag = format!("{kind}-{viewers}v-{}k", bitrate / 1000);
+    let busy_before = o.wait_quiet.map(|pct| wait_quiet(pct, o.quiet_max_wait));
     let relay = start_relay(o, kind, &o.out, &tag)?;
     let json = o.out.join(format!("point-{tag}.json"));
     let _ = std::fs::remove_file(&json);
@@ -632,7 +665,9 @@ fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Po
         bail!("stsync-loadgen failed ({status})");
     }
     let r: Report = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
-    Ok(Point::from_report(kind, &r, &json))
+    let mut p = Point::from_report(kind, &r, &json);
+    p.busy_before_pct = busy_before;
+    Ok(p)
 }
 
 /// Raw UDP over the relay→viewers veth: one thread sendmmsg()s 64 × `payload`-byte datagrams
