@@ -108,6 +108,14 @@ pub mod counter {
     pub const COUNT: u32 = 4;
 }
 
+/// The syscall counter (a raw tracepoint on `sys_enter`, same object): the process it
+/// counts (`SYSCOUNT_TARGET[0]`, a TGID in the initial PID namespace; 0 = none) and its
+/// per-CPU counts by syscall number (numbers ≥ `SYSCOUNT_SLOTS` share the last slot).
+pub const MAP_SYSCOUNT_TARGET: &str = "SYSCOUNT_TARGET";
+pub const MAP_SYSCOUNT: &str = "SYSCOUNT";
+pub const PROGRAM_SYSCOUNT: &str = "stsb_sys_enter";
+pub const SYSCOUNT_SLOTS: u32 = 512;
+
 const _: () = assert!(core::mem::size_of::<SinkConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<Head>() == 32);
 const _: () = assert!(core::mem::size_of::<Slot>() == 32);

@@ -11,21 +11,23 @@
 //! the rings through `mmap` and drives its libsrt-like receivers from them (ACK, NAK...).
 //! Everything else passes untouched to the generator's socket: control packets (ACKACK,
 //! keepalive, handshake, DROPREQ, SHUTDOWN) and anything it does not recognise.
+//!
+//! The same object holds the benchmark's syscall counter for the relay (`stsb_sys_enter`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
-    macros::{classifier, map, xdp},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
+    macros::{classifier, map, raw_tracepoint, xdp},
     maps::{Array, PerCpuArray},
-    programs::{TcContext, XdpContext},
+    programs::{RawTracePointContext, TcContext, XdpContext},
 };
 use core::{ffi::c_void, mem::MaybeUninit};
 use stsync_bench_common::{
     counter, seq_lt, Head, SinkConfig, Slot, FLAG_BAD_PAYLOAD, FLAG_LEN_MASK, FLAG_REXMIT,
     FLAG_RX_REALTIME, PAYLOAD_MAGIC, PAYLOAD_OFF_INDEX, PAYLOAD_OFF_SENT, PAYLOAD_PEEK, SEQ_MASK,
-    SLOT_VALID,
+    SLOT_VALID, SYSCOUNT_SLOTS,
 };
 
 #[map(name = "SINK_CONFIG")]
@@ -272,6 +274,31 @@ fn sink<P: Packet>(p: &P) -> Verdict {
     }
     count(counter::RECORDED);
     Verdict::Drop
+}
+
+#[map(name = "SYSCOUNT_TARGET")]
+static SYSCOUNT_TARGET: Array<u32> = Array::with_max_entries(1, 0);
+#[map(name = "SYSCOUNT")]
+static SYSCOUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(SYSCOUNT_SLOTS, 0);
+
+/// Counts the system calls of one process (the relay under test) by number. A raw
+/// tracepoint costs every syscall on the machine far less than perf's tracepoint events.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn stsb_sys_enter(ctx: RawTracePointContext) -> i32 {
+    let Some(&target) = SYSCOUNT_TARGET.get(0) else {
+        return 0;
+    };
+    if target == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 != target {
+        return 0;
+    }
+    // sys_enter(struct pt_regs *regs, long id)
+    let nr: u64 = ctx.arg(1);
+    let slot = (nr as u32).min(SYSCOUNT_SLOTS - 1);
+    if let Some(c) = SYSCOUNT.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot, written only by this CPU.
+        unsafe { *c += 1 };
+    }
+    0
 }
 
 #[cfg(target_arch = "bpf")]

@@ -24,7 +24,7 @@ use crate::hist::Hist;
 use crate::report::*;
 use crate::sink::{Arrived, Attach, Rings, Sink, SinkParams};
 use crate::sys::{self, RecvBatch, SendBatch};
-use crate::syscalls::{SyscallCounter, SyscallReport};
+use crate::syscalls::{Counter, SyscallReport};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -114,8 +114,9 @@ pub struct Opts {
     /// control packets still reach the socket). `xdp` needs root.
     #[arg(long, value_enum, default_value_t = RxMode::Socket)]
     pub rx: RxMode,
-    /// The sink's eBPF object (default: target/bpfel-unknown-none/release/stsync-bench-ebpf
-    /// next to this executable's build directory).
+    /// The benchmark's eBPF object, with the sink and the syscall counter (default:
+    /// target/bpfel-unknown-none/release/stsync-bench-ebpf next to this executable's build
+    /// directory).
     #[arg(long)]
     pub sink_object: Option<std::path::PathBuf>,
     /// Interface (in --view-netns) where the relay's packets to the viewers arrive.
@@ -124,9 +125,12 @@ pub struct Opts {
     /// Hook of the sink: native XDP, generic XDP or TC ingress.
     #[arg(long, value_enum, default_value_t = Attach::Tc)]
     pub sink_attach: Attach,
-    /// Count the --watch-pid process's system calls over the window (perf stat).
+    /// Count the --watch-pid process's system calls over the window.
     #[arg(long)]
     pub count_syscalls: bool,
+    /// How: a raw tracepoint program from the bench eBPF object (--sink-object), or perf.
+    #[arg(long, value_enum, default_value_t = crate::syscalls::Method::Bpf)]
+    pub syscall_counter: crate::syscalls::Method,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -1018,8 +1022,13 @@ pub fn run(o: &Opts) -> Result<Report> {
             if let (true, Some(pid)) = (o.count_syscalls, o.watch_pid) {
                 let (tx, rx) = mpsc::channel::<()>();
                 perf_ctl = Some(tx);
+                let method = o.syscall_counter;
+                let object = o
+                    .sink_object
+                    .clone()
+                    .unwrap_or_else(crate::sink::default_object_path);
                 perf_thread = Some(std::thread::spawn(move || -> Result<SyscallReport> {
-                    let mut c = SyscallCounter::start(pid)?;
+                    let mut c = Counter::start(method, pid, &object)?;
                     rx.recv().context("the window never started")?;
                     c.enable()?;
                     rx.recv().context("the window never ended")?;

@@ -94,9 +94,12 @@ pub struct SweepOpts {
     /// The kernel sink's object (default: next to the generator's build directory).
     #[arg(long)]
     pub sink_object: Option<PathBuf>,
-    /// Do not count the relay's system calls (perf stat) in each window.
+    /// Do not count the relay's system calls in each window.
     #[arg(long)]
     pub no_syscalls: bool,
+    /// How to count them: a raw tracepoint program (bpf) or perf stat.
+    #[arg(long, value_enum, default_value_t = crate::syscalls::Method::Bpf)]
+    pub syscall_counter: crate::syscalls::Method,
     /// On a shared machine: before each point, wait until the whole machine has been below
     /// this busy % (of one core) for 3 s in a row, for at most --quiet-max-wait seconds.
     #[arg(long)]
@@ -580,7 +583,9 @@ fn wait_quiet(pct: f64, max_wait: f64) -> f64 {
             return busy;
         }
         if Instant::now() > deadline {
-            eprintln!("bench:   machine still {busy:.0} % busy after {max_wait} s: measuring anyway");
+            eprintln!(
+                "bench:   machine still {busy:.0} % busy after {max_wait} s: measuring anyway"
+            );
             return busy;
         }
     }
@@ -619,14 +624,20 @@ fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Po
         .arg("--json")
         .arg(&json);
     if !o.no_syscalls {
-        cmd.arg("--count-syscalls");
+        cmd.arg("--count-syscalls").args([
+            "--syscall-counter",
+            match o.syscall_counter {
+                crate::syscalls::Method::Bpf => "bpf",
+                crate::syscalls::Method::Perf => "perf",
+            },
+        ]);
+    }
+    if let Some(obj) = &o.sink_object {
+        cmd.arg("--sink-object").arg(obj);
     }
     if o.rx == crate::loadgen::RxMode::Xdp {
         cmd.args(["--rx", "xdp", "--sink-iface", VIEW_IFACE])
             .args(["--sink-attach", attach_name(o.sink_attach)]);
-        if let Some(obj) = &o.sink_object {
-            cmd.arg("--sink-object").arg(obj);
-        }
     }
     let mut child = cmd
         .stdin(Stdio::null())

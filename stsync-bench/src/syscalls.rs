@@ -1,24 +1,30 @@
-//! Counting another process's system calls over the measurement window with `perf stat`
-//! (linux-perf): `raw_syscalls:sys_enter` for the total, plus the `syscalls:sys_enter_*`
-//! tracepoints of the calls a relay typically makes, per thread of the process (inherited
-//! by threads it starts later).
+//! Counting another process's system calls over the measurement window, two ways:
 //!
-//! perf is started early with its events disabled (`-D -1`) and switched on and off through
-//! its control FIFOs at the window's edges, so its start-up cost stays out of the window;
-//! the window's length is measured here between perf's acknowledgements. While perf runs,
-//! every syscall on the machine takes the kernel's tracepoint path, which costs a little
-//! (see docs/BENCHMARKS.md).
+//! - `bpf` (default): the raw tracepoint `stsb_sys_enter` of the benchmark's eBPF object
+//!   counts the target's syscalls by number in a per-CPU array, read at the window's edges.
+//! - `perf`: `perf stat` (linux-perf) with `raw_syscalls:sys_enter` for the total plus the
+//!   `syscalls:sys_enter_*` tracepoints of the calls a relay typically makes, started early
+//!   with its events disabled (`-D -1`) and switched on and off through its control FIFOs.
+//!
+//! Either way, while counting, every syscall on the machine takes the kernel's tracepoint
+//! path. Measured here with a loop of `sched_yield`: perf's tracepoint events add about
+//! 0.5–1 µs per syscall, the raw tracepoint program much less; hence the default.
+//! Threads the process starts later are counted too (perf: inherited events; bpf: by TGID).
 
 use anyhow::{bail, Context, Result};
+use aya::maps::{Array, MapData, PerCpuArray};
+use aya::programs::RawTracePoint;
+use aya::Ebpf;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use stsync_bench_common as common;
 
 /// Syscalls counted one by one (when the kernel has their tracepoint); the rest is `other`.
 const BREAKDOWN: &[&str] = &[
@@ -37,16 +43,186 @@ const BREAKDOWN: &[&str] = &[
     "sched_yield",
 ];
 
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Bpf,
+    Perf,
+}
+
+/// A running count, whichever the method.
+pub enum Counter {
+    Bpf(BpfSyscallCounter),
+    Perf(SyscallCounter),
+}
+
+impl Counter {
+    pub fn start(method: Method, pid: u32, object: &Path) -> Result<Counter> {
+        Ok(match method {
+            Method::Bpf => Counter::Bpf(BpfSyscallCounter::start(object, pid)?),
+            Method::Perf => Counter::Perf(SyscallCounter::start(pid)?),
+        })
+    }
+
+    pub fn enable(&mut self) -> Result<()> {
+        match self {
+            Counter::Bpf(c) => c.enable(),
+            Counter::Perf(c) => c.enable(),
+        }
+    }
+
+    pub fn disable(&mut self) -> Result<()> {
+        match self {
+            Counter::Bpf(c) => c.disable(),
+            Counter::Perf(c) => c.disable(),
+        }
+    }
+
+    pub fn finish(self) -> Result<SyscallReport> {
+        match self {
+            Counter::Bpf(c) => c.finish(),
+            Counter::Perf(c) => c.finish(),
+        }
+    }
+}
+
+/// Names of the syscalls a relay is likely to make (x86_64 numbers from libc); the rest
+/// are reported as `nr_<number>`.
+fn syscall_name(nr: u32) -> String {
+    const NAMES: &[(libc::c_long, &str)] = &[
+        (libc::SYS_read, "read"),
+        (libc::SYS_write, "write"),
+        (libc::SYS_close, "close"),
+        (libc::SYS_openat, "openat"),
+        (libc::SYS_ioctl, "ioctl"),
+        (libc::SYS_mmap, "mmap"),
+        (libc::SYS_munmap, "munmap"),
+        (libc::SYS_madvise, "madvise"),
+        (libc::SYS_mprotect, "mprotect"),
+        (libc::SYS_brk, "brk"),
+        (libc::SYS_recvfrom, "recvfrom"),
+        (libc::SYS_sendto, "sendto"),
+        (libc::SYS_recvmsg, "recvmsg"),
+        (libc::SYS_sendmsg, "sendmsg"),
+        (libc::SYS_recvmmsg, "recvmmsg"),
+        (libc::SYS_sendmmsg, "sendmmsg"),
+        (libc::SYS_accept4, "accept4"),
+        (libc::SYS_epoll_wait, "epoll_wait"),
+        (libc::SYS_epoll_pwait, "epoll_pwait"),
+        (libc::SYS_epoll_pwait2, "epoll_pwait2"),
+        (libc::SYS_epoll_ctl, "epoll_ctl"),
+        (libc::SYS_futex, "futex"),
+        (libc::SYS_bpf, "bpf"),
+        (libc::SYS_sched_yield, "sched_yield"),
+        (libc::SYS_clock_nanosleep, "clock_nanosleep"),
+        (libc::SYS_nanosleep, "nanosleep"),
+        (libc::SYS_getrandom, "getrandom"),
+        (libc::SYS_statx, "statx"),
+        (libc::SYS_rt_sigprocmask, "rt_sigprocmask"),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == libc::c_long::from(nr))
+        .map_or_else(|| format!("nr_{nr}"), |(_, name)| name.to_string())
+}
+
+/// The `bpf` method: the object's raw tracepoint, attached from `start` to drop.
+pub struct BpfSyscallCounter {
+    bpf: Ebpf,
+    enabled_at: Option<(Instant, Vec<u64>)>,
+    seconds: f64,
+    counts: Vec<u64>,
+}
+
+impl BpfSyscallCounter {
+    pub fn start(object: &Path, pid: u32) -> Result<BpfSyscallCounter> {
+        let bytes = std::fs::read(object)
+            .with_context(|| format!("reading the bench eBPF object {}", object.display()))?;
+        let mut bpf = aya::EbpfLoader::new()
+            .load(&bytes)
+            .context("loading the bench eBPF object")?;
+        let mut target: Array<&mut MapData, u32> = Array::try_from(
+            bpf.map_mut(common::MAP_SYSCOUNT_TARGET)
+                .context("no syscall target map")?,
+        )?;
+        target.set(0, pid, 0)?;
+        let prog: &mut RawTracePoint = bpf
+            .program_mut(common::PROGRAM_SYSCOUNT)
+            .context("no syscall counter program")?
+            .try_into()?;
+        prog.load().context("verifying the syscall counter")?;
+        prog.attach("sys_enter")
+            .context("attaching the syscall counter to raw tracepoint sys_enter")?;
+        Ok(BpfSyscallCounter {
+            bpf,
+            enabled_at: None,
+            seconds: 0.0,
+            counts: vec![0; common::SYSCOUNT_SLOTS as usize],
+        })
+    }
+
+    fn snapshot(&self) -> Result<Vec<u64>> {
+        let map = self
+            .bpf
+            .map(common::MAP_SYSCOUNT)
+            .context("no syscall count map")?;
+        let counts = PerCpuArray::<&MapData, u64>::try_from(map)?;
+        (0..common::SYSCOUNT_SLOTS)
+            .map(|i| Ok(counts.get(&i, 0)?.iter().sum()))
+            .collect()
+    }
+
+    pub fn enable(&mut self) -> Result<()> {
+        let snap = self.snapshot()?;
+        self.enabled_at = Some((Instant::now(), snap));
+        Ok(())
+    }
+
+    pub fn disable(&mut self) -> Result<()> {
+        let end = self.snapshot()?;
+        let t = Instant::now();
+        if let Some((a, start)) = self.enabled_at.take() {
+            self.seconds += t.duration_since(a).as_secs_f64();
+            for (c, (e, s)) in self.counts.iter_mut().zip(end.iter().zip(&start)) {
+                *c += e.saturating_sub(*s);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<SyscallReport> {
+        let total = self.counts.iter().sum();
+        let by_name = self
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(nr, &n)| (syscall_name(nr as u32), n))
+            .collect();
+        Ok(SyscallReport {
+            seconds: self.seconds,
+            total,
+            per_second: if self.seconds > 0.0 {
+                total as f64 / self.seconds
+            } else {
+                0.0
+            },
+            by_name,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SyscallReport {
     /// Length of the counted interval.
     pub seconds: f64,
     pub total: u64,
     pub per_second: f64,
-    /// Per syscall name (those of the breakdown list the kernel has), and `other`.
+    /// Per syscall: perf counts the names of its list (those the kernel has) and `other`;
+    /// bpf counts every syscall number (`nr_<n>` for those without a name here).
     pub by_name: BTreeMap<String, u64>,
 }
 
+/// The `perf` method.
 pub struct SyscallCounter {
     child: Child,
     ctl: File,
@@ -239,23 +415,38 @@ impl Drop for SyscallCounter {
 mod tests {
     use super::*;
 
-    /// Needs perf and root (or perf_event_paranoid <= 1); skipped otherwise.
-    #[test]
-    fn counts_this_process() {
-        let Ok(mut c) = SyscallCounter::start(std::process::id()) else {
-            return;
+    fn count_own_syscalls(method: Method) -> Option<SyscallReport> {
+        let object = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/bpfel-unknown-none/release/stsync-bench-ebpf");
+        let mut c = match Counter::start(method, std::process::id(), &object) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("skipped ({method:?}): {e:#}");
+                return None;
+            }
         };
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(300));
         if let Err(e) = c.enable() {
-            eprintln!("skipped: {e:#}");
-            return;
+            eprintln!("skipped ({method:?}): {e:#}");
+            return None;
         }
         for _ in 0..10_000 {
-            // SAFETY: getppid has no preconditions.
-            unsafe { libc::getppid() };
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
         }
         c.disable().unwrap();
-        let r = c.finish().unwrap();
-        assert!(r.total >= 10_000, "{r:?}");
+        Some(c.finish().unwrap())
+    }
+
+    /// Need root (and perf, or the built object); skipped otherwise.
+    #[test]
+    fn counts_this_process() {
+        for method in [Method::Bpf, Method::Perf] {
+            if let Some(r) = count_own_syscalls(method) {
+                assert!(r.total >= 10_000, "{method:?}: {r:?}");
+                let yields = r.by_name.get("sched_yield").copied().unwrap_or(0);
+                assert!((10_000..11_000).contains(&yields), "{method:?}: {r:?}");
+            }
+        }
     }
 }
