@@ -580,6 +580,8 @@ struct Viewer {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct ViewerCountersView {
     pub(crate) unique: u64,
+    /// Unique window packets whose transit was within the latency.
+    pub(crate) on_time: u64,
     pub(crate) received: u64,
     pub(crate) duplicates: u64,
     pub(crate) rexmit_received: u64,
@@ -598,6 +600,9 @@ struct Window {
     start: u64,
     end: u64,
     cap: u64,
+    /// A packet whose transit took longer than this (the latency) would reach a libsrt
+    /// player too late to be played.
+    late_ns: u64,
 }
 
 /// Where a viewer's feedback goes.
@@ -637,7 +642,11 @@ fn on_data(v: &mut Viewer, now: Instant, seq: Seq, a: &Arrived, win: &Window, io
                 if v.seen[w] & (1 << b) == 0 {
                     v.seen[w] |= 1 << b;
                     v.st.unique += 1;
-                    v.hist.record(rx_ns.saturating_sub(sent));
+                    let transit = rx_ns.saturating_sub(sent);
+                    v.hist.record(transit);
+                    if transit <= win.late_ns {
+                        v.st.on_time += 1;
+                    }
                 } else {
                     v.st.duplicates += 1;
                 }
@@ -953,6 +962,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         start: u64::MAX,
         end: u64::MAX,
         cap: 0,
+        late_ns: u64::from(latency) * 1_000_000,
     };
     let mut sample_a: Option<std::thread::JoinHandle<Sample>> = None;
     let mut sample_b: Option<std::thread::JoinHandle<Sample>> = None;
@@ -1306,6 +1316,11 @@ pub fn run(o: &Opts) -> Result<Report> {
             } else {
                 0.0
             },
+            on_time: if expected > 0 {
+                v.st.on_time as f64 / expected as f64
+            } else {
+                0.0
+            },
             latency_p50_us: v.hist.quantile(0.5) as f64 / 1e3,
             latency_p99_us: v.hist.quantile(0.99) as f64 / 1e3,
             latency_max_us: v.hist.max as f64 / 1e3,
@@ -1315,6 +1330,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         });
     }
     let ratios: Vec<f64> = rows.iter().map(|r| r.delivery).collect();
+    let on_time: Vec<f64> = rows.iter().map(|r| r.on_time).collect();
     let delivery = DeliveryReport {
         expected_per_viewer: expected,
         min: ratios
@@ -1328,6 +1344,16 @@ pub fn run(o: &Opts) -> Result<Report> {
             0.0
         },
         max: ratios.iter().copied().fold(0.0, f64::max),
+        on_time_min: on_time
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .min(1e9),
+        on_time_mean: if n > 0 {
+            on_time.iter().sum::<f64>() / n as f64
+        } else {
+            0.0
+        },
         viewers_complete: rows.iter().filter(|r| r.unique == expected).count() as u32,
         total_delivered: rows.iter().map(|r| r.unique).sum(),
     };
@@ -1459,6 +1485,7 @@ mod tests {
             start: 0,
             end: 1000,
             cap: 256,
+            late_ns: 120_000_000,
         };
         let mut tx = SendBatch::new();
         let mut fb = Vec::new();

@@ -56,6 +56,12 @@ pub struct DeliveryReport {
     pub min: f64,
     pub mean: f64,
     pub max: f64,
+    /// As min and mean, counting only packets whose transit was within the latency
+    /// (later ones a libsrt player would drop as too late).
+    #[serde(default)]
+    pub on_time_min: f64,
+    #[serde(default)]
+    pub on_time_mean: f64,
     pub viewers_complete: u32,
     pub total_delivered: u64,
 }
@@ -192,6 +198,8 @@ pub struct ViewerRow {
     pub state: String,
     pub unique: u64,
     pub delivery: f64,
+    #[serde(default)]
+    pub on_time: f64,
     pub latency_p50_us: f64,
     pub latency_p99_us: f64,
     pub latency_max_us: f64,
@@ -225,6 +233,10 @@ impl Report {
         println!(
             "  delivered/expected   min {:.4}  mean {:.4}  max {:.4}  ({} packets per viewer, {} viewers complete)",
             d.min, d.mean, d.max, d.expected_per_viewer, d.viewers_complete
+        );
+        println!(
+            "  on time (≤ latency)  min {:.4}  mean {:.4}",
+            d.on_time_min, d.on_time_mean
         );
         println!(
             "  delivered            {:.0} packets/s to all viewers",

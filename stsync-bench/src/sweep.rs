@@ -141,6 +141,11 @@ pub struct Point {
     pub connected: u32,
     pub delivery_min: f64,
     pub delivery_mean: f64,
+    /// Delivery counting only packets whose transit was within the latency.
+    #[serde(default)]
+    pub on_time_min: f64,
+    #[serde(default)]
+    pub on_time_mean: f64,
     pub relay_pct: f64,
     pub softirq_pct: f64,
     pub relay_total_pct: f64,
@@ -181,6 +186,12 @@ pub struct Point {
 }
 
 impl Point {
+    /// The point carried its nominal load (offered ≥ 0.99) and every viewer got at least
+    /// 99.9 % of the window's packets within the latency.
+    pub fn holds(&self) -> bool {
+        self.error.is_none() && self.offered >= 0.99 && self.on_time_min >= 0.999
+    }
+
     fn failed(datapath: &str, rx: &str, viewers: u32, bitrate: u64, error: String) -> Point {
         Point {
             datapath: datapath.into(),
@@ -191,6 +202,8 @@ impl Point {
             connected: 0,
             delivery_min: 0.0,
             delivery_mean: 0.0,
+            on_time_min: 0.0,
+            on_time_mean: 0.0,
             relay_pct: 0.0,
             softirq_pct: 0.0,
             relay_total_pct: 0.0,
@@ -229,6 +242,8 @@ impl Point {
             connected: r.connected,
             delivery_min: r.delivery.min,
             delivery_mean: r.delivery.mean,
+            on_time_min: r.delivery.on_time_min,
+            on_time_mean: r.delivery.on_time_mean,
             relay_pct: c.relay_pct.unwrap_or(0.0),
             softirq_pct: c.softirq_pct + c.irq_pct,
             relay_total_pct: total,
@@ -845,6 +860,7 @@ pub fn table(r: &SweepResults) -> String {
             r.relay_bin, r.ebpf_object, r.rx, r.loadavg_start, r.loadavg_end
         );
     }
+    s += "holds = offered ≥ 0.99 and on time min ≥ 0.999 (every viewer got ≥ 99.9 % of the window's packets within the latency).\n\n";
     if let Some(b) = &r.baseline {
         s += &format!(
             "Raw UDP baseline (sendmmsg, {} B, relay→viewers veth): {:.0} datagrams/s sent, {:.0} received, {:.0} % busy, {:.0} ns of busy CPU per received datagram.\n\n",
@@ -854,12 +870,12 @@ pub fn table(r: &SweepResults) -> String {
     for (k, e) in &r.datapath_errors {
         s += &format!("Datapath {k} not measured: {e}\n\n");
     }
-    s += "| datapath | rx | viewers | Mbit/s | offered | delivered min | mean | relay CPU % | relay % / viewer | syscalls/s | syscalls/s / viewer | softirq % | backlog drops | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % (user) | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
-    s += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| datapath | rx | viewers | Mbit/s | holds | offered | delivered min | mean | on time min | relay CPU % | relay % / viewer | syscalls/s | syscalls/s / viewer | softirq % | backlog drops | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % (user) | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
+    s += "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for p in &r.points {
         if let Some(e) = &p.error {
             s += &format!(
-                "| {} | {} | {} | {:.0} | failed: {} |||||||||||||||||\n",
+                "| {} | {} | {} | {:.0} | no | failed: {} ||||||||||||||||||\n",
                 p.datapath,
                 p.rx,
                 p.viewers,
@@ -871,14 +887,16 @@ pub fn table(r: &SweepResults) -> String {
         let opt =
             |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
         s += &format!(
-            "| {} | {} | {} | {:.0} | {:.3} | {:.4} | {:.4} | {:.1} | {:.3} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {:.0} | {} | {:.3} | {:.4} | {:.4} | {:.4} | {:.1} | {:.3} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
             p.datapath,
             p.rx,
             p.viewers,
             p.bitrate_mbps,
+            if p.holds() { "yes" } else { "no" },
             p.offered,
             p.delivery_min,
             p.delivery_mean,
+            p.on_time_min,
             p.relay_pct,
             p.relay_pct_per_viewer,
             opt(p.relay_syscalls_per_s, 0),
