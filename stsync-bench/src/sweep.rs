@@ -142,10 +142,11 @@ pub struct Point {
     pub delivery_min: f64,
     pub delivery_mean: f64,
     /// Delivery counting only packets whose transit was within the latency.
+    /// (None in results from before it was measured.)
     #[serde(default)]
-    pub on_time_min: f64,
+    pub on_time_min: Option<f64>,
     #[serde(default)]
-    pub on_time_mean: f64,
+    pub on_time_mean: Option<f64>,
     pub relay_pct: f64,
     pub softirq_pct: f64,
     pub relay_total_pct: f64,
@@ -189,7 +190,7 @@ impl Point {
     /// The point carried its nominal load (offered ≥ 0.99) and every viewer got at least
     /// 99.9 % of the window's packets within the latency.
     pub fn holds(&self) -> bool {
-        self.error.is_none() && self.offered >= 0.99 && self.on_time_min >= 0.999
+        self.error.is_none() && self.offered >= 0.99 && self.on_time_min.is_some_and(|d| d >= 0.999)
     }
 
     fn failed(datapath: &str, rx: &str, viewers: u32, bitrate: u64, error: String) -> Point {
@@ -202,8 +203,8 @@ impl Point {
             connected: 0,
             delivery_min: 0.0,
             delivery_mean: 0.0,
-            on_time_min: 0.0,
-            on_time_mean: 0.0,
+            on_time_min: None,
+            on_time_mean: None,
             relay_pct: 0.0,
             softirq_pct: 0.0,
             relay_total_pct: 0.0,
@@ -242,8 +243,8 @@ impl Point {
             connected: r.connected,
             delivery_min: r.delivery.min,
             delivery_mean: r.delivery.mean,
-            on_time_min: r.delivery.on_time_min,
-            on_time_mean: r.delivery.on_time_mean,
+            on_time_min: Some(r.delivery.on_time_min),
+            on_time_mean: Some(r.delivery.on_time_mean),
             relay_pct: c.relay_pct.unwrap_or(0.0),
             softirq_pct: c.softirq_pct + c.irq_pct,
             relay_total_pct: total,
@@ -887,7 +888,7 @@ pub fn table(r: &SweepResults) -> String {
         let opt =
             |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
         s += &format!(
-            "| {} | {} | {} | {:.0} | {} | {:.3} | {:.4} | {:.4} | {:.4} | {:.1} | {:.3} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {:.0} | {} | {:.3} | {:.4} | {:.4} | {} | {:.1} | {:.3} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
             p.datapath,
             p.rx,
             p.viewers,
@@ -896,7 +897,7 @@ pub fn table(r: &SweepResults) -> String {
             p.offered,
             p.delivery_min,
             p.delivery_mean,
-            p.on_time_min,
+            opt(p.on_time_min, 4),
             p.relay_pct,
             p.relay_pct_per_viewer,
             opt(p.relay_syscalls_per_s, 0),
