@@ -967,6 +967,8 @@ pub fn run(o: &Opts) -> Result<Report> {
     let mut sample_a: Option<std::thread::JoinHandle<Sample>> = None;
     let mut sample_b: Option<std::thread::JoinHandle<Sample>> = None;
     let mut window_started: Option<Instant> = None;
+    // Full ACKs the viewers sent during the window (realism check: libsrt sends ~100/s).
+    let mut acks_in_window = 0u64;
     let mut window_ended: Option<Instant> = None;
     let watch = o.watch_pid;
     let hard_deadline = t0
@@ -1056,6 +1058,7 @@ pub fn run(o: &Opts) -> Result<Report> {
             let wstart = settled + Duration::from_secs_f64(o.warmup);
             if window_started.is_none() && now >= wstart {
                 window_started = Some(now);
+                acks_in_window = viewers.iter().map(|v| v.st.acks_full).sum::<u64>();
                 win.start = shared.next_index.load(Ordering::Acquire);
                 win.cap = (pkts_per_sec * (o.duration + 5.0)) as u64 + 1024;
                 for v in viewers.iter_mut() {
@@ -1070,6 +1073,8 @@ pub fn run(o: &Opts) -> Result<Report> {
             if let Some(ws) = window_started {
                 if window_ended.is_none() && now >= ws + Duration::from_secs_f64(o.duration) {
                     window_ended = Some(now);
+                    acks_in_window =
+                        viewers.iter().map(|v| v.st.acks_full).sum::<u64>() - acks_in_window;
                     win.end = shared.next_index.load(Ordering::Acquire);
                     let tid = shared.tid.load(Ordering::Acquire);
                     sample_b = Some(std::thread::spawn(move || Sample::take(watch, tid)));
@@ -1399,6 +1404,7 @@ pub fn run(o: &Opts) -> Result<Report> {
             stray,
         },
         delivered_pps: 0.0,
+        full_acks_per_viewer_s: None,
         relay_syscalls,
         relay_syscalls_error,
         sink: sink_report,
@@ -1406,6 +1412,11 @@ pub fn run(o: &Opts) -> Result<Report> {
     };
     let mut report = report;
     report.delivered_pps = report.delivery.total_delivered as f64 / window_secs.max(1e-6);
+    report.full_acks_per_viewer_s = if n > 0 {
+        Some(acks_in_window as f64 / window_secs.max(1e-6) / n as f64)
+    } else {
+        None
+    };
     Ok(report)
 }
 

@@ -22,6 +22,10 @@ pub struct Report {
     pub generator: GeneratorReport,
     /// Window packets delivered to all viewers per second.
     pub delivered_pps: f64,
+    /// Full ACKs each viewer sent per second of the window: a libsrt receiver sends one every
+    /// 10 ms while data flows; fewer means the generator could not keep that pace.
+    #[serde(default)]
+    pub full_acks_per_viewer_s: Option<f64>,
     /// The relay's (--watch-pid) system calls over the window (--count-syscalls).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_syscalls: Option<crate::syscalls::SyscallReport>,
@@ -238,6 +242,9 @@ impl Report {
             "  on time (≤ latency)  min {:.4}  mean {:.4}",
             d.on_time_min, d.on_time_mean
         );
+        if let Some(a) = self.full_acks_per_viewer_s {
+            println!("  full ACKs            {a:.1}/s per viewer in the window");
+        }
         println!(
             "  delivered            {:.0} packets/s to all viewers",
             self.delivered_pps

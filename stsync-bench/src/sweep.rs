@@ -180,6 +180,9 @@ pub struct Point {
     /// Packets dropped at full kernel input backlogs during the window (machine-wide).
     #[serde(default)]
     pub backlog_drops: Option<u64>,
+    /// Full ACKs per viewer per second in the window (libsrt: ~100).
+    #[serde(default)]
+    pub acks_per_viewer_s: Option<f64>,
     /// --wait-quiet: the machine's busy % in the second before the point started.
     #[serde(default)]
     pub busy_before_pct: Option<f64>,
@@ -224,6 +227,7 @@ impl Point {
             relay_pct_per_viewer: 0.0,
             offered: 0.0,
             backlog_drops: None,
+            acks_per_viewer_s: None,
             busy_before_pct: None,
             report: None,
         }
@@ -271,6 +275,7 @@ impl Point {
                 r.delivery.expected_per_viewer as f64 / (pps * c.seconds).max(1e-9)
             },
             backlog_drops: c.softnet_dropped,
+            acks_per_viewer_s: r.full_acks_per_viewer_s,
             busy_before_pct: None,
             report: Some(path.display().to_string()),
         }
@@ -871,12 +876,12 @@ pub fn table(r: &SweepResults) -> String {
     for (k, e) in &r.datapath_errors {
         s += &format!("Datapath {k} not measured: {e}\n\n");
     }
-    s += "| datapath | rx | viewers | Mbit/s | holds | offered | delivered min | mean | on time min | relay CPU % | relay % / viewer | syscalls/s | syscalls/s / viewer | softirq % | backlog drops | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % (user) | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
-    s += "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| datapath | rx | viewers | Mbit/s | holds | offered | delivered min | mean | on time min | ACKs/s / viewer | relay CPU % | relay % / viewer | syscalls/s | syscalls/s / viewer | softirq % | backlog drops | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % (user) | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
+    s += "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for p in &r.points {
         if let Some(e) = &p.error {
             s += &format!(
-                "| {} | {} | {} | {:.0} | no | failed: {} ||||||||||||||||||\n",
+                "| {} | {} | {} | {:.0} | no | failed: {} |||||||||||||||||||\n",
                 p.datapath,
                 p.rx,
                 p.viewers,
@@ -888,7 +893,7 @@ pub fn table(r: &SweepResults) -> String {
         let opt =
             |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
         s += &format!(
-            "| {} | {} | {} | {:.0} | {} | {:.3} | {:.4} | {:.4} | {} | {:.1} | {:.3} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {:.0} | {} | {:.3} | {:.4} | {:.4} | {} | {} | {:.1} | {:.3} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
             p.datapath,
             p.rx,
             p.viewers,
@@ -898,6 +903,7 @@ pub fn table(r: &SweepResults) -> String {
             p.delivery_min,
             p.delivery_mean,
             opt(p.on_time_min, 4),
+            opt(p.acks_per_viewer_s, 1),
             p.relay_pct,
             p.relay_pct_per_viewer,
             opt(p.relay_syscalls_per_s, 0),
