@@ -68,12 +68,12 @@ fn main() -> Result<()> {
                     "stsync-bench",
                 ],
             )?;
-            let status = Command::new(root.join("target/release/stsync-bench"))
-                .current_dir(&root)
-                .args(["sweep", "--out", "target/bench"])
-                .args(&args)
-                .status()
-                .context("starting stsync-bench")?;
+            let mut cmd = Command::new(root.join("target/release/stsync-bench"));
+            cmd.current_dir(&root).arg("sweep");
+            if !args.iter().any(|a| a == "--out" || a.starts_with("--out=")) {
+                cmd.args(["--out", "target/bench"]);
+            }
+            let status = cmd.args(&args).status().context("starting stsync-bench")?;
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Run { args } => {
