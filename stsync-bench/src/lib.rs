@@ -9,5 +9,7 @@ pub mod http;
 pub mod loadgen;
 pub mod plot;
 pub mod report;
+pub mod sink;
 pub mod sweep;
 pub mod sys;
+pub mod syscalls;

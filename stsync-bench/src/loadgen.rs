@@ -1,5 +1,10 @@
 //! The load generator: one publisher and N viewers over real SRT (HSv5 caller handshakes,
-//! ACK/ACKACK/NAK like libsrt), one thread, two UDP sockets.
+//! ACK/ACKACK/NAK like libsrt), two threads (publisher, viewers), two UDP sockets.
+//!
+//! The publisher has its own thread because its sends set off the relay's fan-out in the
+//! kernel, which runs (as softirq) inside the sending thread: at hundreds of viewers one
+//! publisher packet costs milliseconds there, and the viewers' ACKs must not wait for it
+//! (nor the publisher's pacing for them).
 //!
 //! Cheapness: all viewers share one UDP socket. Each viewer has its own source address
 //! (`--viewer-ip` + i, picked per datagram with IP_PKTINFO; on loopback any 127/8 address
@@ -7,16 +12,27 @@
 //! the generator receives with one `recvmmsg` per batch of up to 256 datagrams from all
 //! viewers and sends every ACK, ACKACK answer and NAK of an iteration with one `sendmmsg`.
 //! Incoming datagrams are routed to their viewer by the SRT destination socket ID.
+//!
+//! With `--rx xdp` the viewers' data packets never reach that socket: the kernel sink
+//! (stsync-bench-ebpf, see `sink`) records each one in its viewer's slot ring and drops it,
+//! and every pass of the loop feeds what arrived since the last pass, in sequence order,
+//! to the same receivers (so ACKs, light ACKs and NAKs are what they would be), and to the
+//! same delivery and latency bookkeeping. Control packets still come through the socket.
 
 use crate::caller::{self, HsAnswer};
 use crate::hist::Hist;
 use crate::report::*;
+use crate::sink::{Arrived, Attach, Rings, Sink, SinkParams};
 use crate::sys::{self, RecvBatch, SendBatch};
+use crate::syscalls::{Counter, SyscallReport};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+use stsync_bench_common::SinkConfig;
 use stsync_common::srt::{ctrl, MSG_REXMIT_FLAG};
 use stsync_user::srt::packet::{loss_ranges, write_control, write_data, Ack, Packet};
 use stsync_user::srt::receiver::{Arrival, Feedback, Receiver};
@@ -93,6 +109,28 @@ pub struct Opts {
     /// skew it). 0 = wake on every datagram.
     #[arg(long, default_value_t = 1000)]
     pub tick_us: u64,
+    /// How the viewers receive data packets: `socket` (recvmmsg on their shared UDP socket)
+    /// or `xdp` (the kernel sink stsync-bench-ebpf on --sink-iface records and drops them;
+    /// control packets still reach the socket). `xdp` needs root.
+    #[arg(long, value_enum, default_value_t = RxMode::Socket)]
+    pub rx: RxMode,
+    /// The benchmark's eBPF object, with the sink and the syscall counter (default:
+    /// target/bpfel-unknown-none/release/stsync-bench-ebpf next to this executable's build
+    /// directory).
+    #[arg(long)]
+    pub sink_object: Option<std::path::PathBuf>,
+    /// Interface (in --view-netns) where the relay's packets to the viewers arrive.
+    #[arg(long)]
+    pub sink_iface: Option<String>,
+    /// Hook of the sink: native XDP, generic XDP or TC ingress.
+    #[arg(long, value_enum, default_value_t = Attach::Tc)]
+    pub sink_attach: Attach,
+    /// Count the --watch-pid process's system calls over the window.
+    #[arg(long)]
+    pub count_syscalls: bool,
+    /// How: a raw tracepoint program from the bench eBPF object (--sink-object), or perf.
+    #[arg(long, value_enum, default_value_t = crate::syscalls::Method::Bpf)]
+    pub syscall_counter: crate::syscalls::Method,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -102,6 +140,12 @@ pub struct Opts {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxMode {
+    Socket,
+    Xdp,
 }
 
 pub fn parse_rate(s: &str) -> Result<u64, String> {
@@ -284,6 +328,19 @@ struct Sent {
     msg: u32,
 }
 
+/// What the viewers' loop and the publisher's thread share.
+#[derive(Default)]
+struct PubShared {
+    /// Set once the publisher is connected and pacing.
+    publishing: AtomicBool,
+    /// Index of the next packet the publisher will send: the window's edges.
+    next_index: AtomicU64,
+    /// Set by the viewers' loop: close and return.
+    stop: AtomicBool,
+    /// The publisher thread's TID (its CPU is sampled apart).
+    tid: AtomicU32,
+}
+
 struct Publisher {
     conn: Conn,
     fd: OwnedFd,
@@ -298,6 +355,7 @@ struct Publisher {
     interval: Duration,
     publishing: bool,
     stats: PublisherReport,
+    shared: Arc<PubShared>,
 }
 
 impl Publisher {
@@ -341,6 +399,9 @@ impl Publisher {
         self.ring[s.seq as usize % RING] = s;
         self.next_seq = self.next_seq.next();
         self.next_index += 1;
+        self.shared
+            .next_index
+            .store(self.next_index, Ordering::Release);
         self.msgno = (self.msgno + 1) & stsync_common::srt::MSGNO_MASK;
         if self.msgno == 0 {
             self.msgno = 1;
@@ -434,18 +495,93 @@ impl Publisher {
     }
 }
 
+/// The publisher's own loop: connect, pace, answer ACKs and NAKs, until told to stop.
+fn publisher_loop(
+    mut publ: Publisher,
+    latency: u16,
+    payload: usize,
+    ns_of: impl Fn(Instant) -> u64,
+    deadline: Instant,
+) -> Result<(PublisherReport, SendBatch, u64)> {
+    // SAFETY: gettid has no preconditions.
+    publ.shared
+        .tid
+        .store(unsafe { libc::gettid() } as u32, Ordering::Release);
+    let fd = publ.fd.as_raw_fd();
+    let mut recv = RecvBatch::new(64);
+    let now = Instant::now();
+    publ.conn.start(now, latency, fd, &mut publ.tx);
+    publ.tx.flush(fd);
+    while !publ.shared.stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        if now >= deadline {
+            bail!("the publisher ran past its time bound");
+        }
+        match publ.conn.state {
+            Hs::Connected if !publ.publishing => {
+                publ.publishing = true;
+                publ.pace_start = now;
+                publ.pace_k = 0;
+                publ.shared.publishing.store(true, Ordering::Release);
+            }
+            Hs::Rejected(code) => bail!("publisher rejected: handshake code {code}"),
+            Hs::TimedOut => bail!(
+                "publisher handshake timed out (no answer from {})",
+                publ.conn.relay
+            ),
+            Hs::Closed => bail!("relay closed the publisher"),
+            _ => {}
+        }
+        for _ in 0..16 {
+            let k = recv.recv(fd);
+            if k == 0 {
+                break;
+            }
+            let now = Instant::now();
+            for i in 0..k {
+                publ.on_datagram(now, recv.get(i).data, latency, payload);
+            }
+        }
+        let now = Instant::now();
+        publ.tick(now, ns_of(now), payload);
+        let mut wake = now + Duration::from_millis(5);
+        if publ.publishing {
+            wake = wake.min(publ.next_due());
+        } else if let Some(d) = publ.conn.hs_timer(now, latency, fd, &mut publ.tx) {
+            wake = wake.min(d);
+        }
+        publ.tx.flush(fd);
+        let timeout = wake.saturating_duration_since(Instant::now());
+        if !timeout.is_zero() {
+            sys::wait_readable(&[fd], timeout.as_nanos() as u64);
+        }
+    }
+    if publ.conn.state == Hs::Connected {
+        publ.conn
+            .control(Instant::now(), fd, &mut publ.tx, ctrl::SHUTDOWN, 0, &[0]);
+        publ.tx.flush(fd);
+    }
+    Ok((publ.stats, publ.tx, recv.syscalls))
+}
+
 struct Viewer {
     conn: Conn,
     rx: Option<Receiver>,
     seen: Vec<u64>,
     hist: Hist,
     st: ViewerCountersView,
+    /// --rx xdp: sequence numbers below this were taken from the sink's ring...
+    sink_next: Seq,
+    /// ...except these, which had not arrived yet (bounded by the ring).
+    sink_missing: Vec<Seq>,
 }
 
 /// What the generator sees per viewer.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct ViewerCountersView {
     pub(crate) unique: u64,
+    /// Unique window packets whose transit was within the latency.
+    pub(crate) on_time: u64,
     pub(crate) received: u64,
     pub(crate) duplicates: u64,
     pub(crate) rexmit_received: u64,
@@ -464,6 +600,111 @@ struct Window {
     start: u64,
     end: u64,
     cap: u64,
+    /// A packet whose transit took longer than this (the latency) would reach a libsrt
+    /// player too late to be played.
+    late_ns: u64,
+}
+
+/// Where a viewer's feedback goes.
+struct ViewerIo<'a> {
+    fd: RawFd,
+    tx: &'a mut SendBatch,
+    fb: &'a mut Vec<Feedback>,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC, for kernel receive timestamps.
+    rt_offset: i64,
+}
+
+/// One data packet reached viewer `v` (through its socket or the sink): its receiver sees
+/// it (and may ACK or NAK), then delivery and latency count its first arrival in the window.
+fn on_data(v: &mut Viewer, now: Instant, seq: Seq, a: &Arrived, win: &Window, io: &mut ViewerIo) {
+    let Some(rx) = v.rx.as_mut() else { return };
+    let arrival = rx.on_data(now, seq, a.len, io.fb);
+    if !io.fb.is_empty() {
+        send_feedback(&mut v.conn, now, io.fd, io.tx, io.fb, &mut v.st);
+    }
+    if arrival == Arrival::Duplicate {
+        v.st.duplicates += 1;
+        return;
+    }
+    if a.rexmit {
+        v.st.rexmit_received += 1;
+    }
+    let rx_ns = if a.rx_realtime {
+        (a.rx_ns as i64 - io.rt_offset) as u64
+    } else {
+        a.rx_ns
+    };
+    match a.payload {
+        Some((pi, sent)) if pi >= win.start && pi < win.end => {
+            let off = pi - win.start;
+            if off < win.cap {
+                let (w, b) = ((off / 64) as usize, off % 64);
+                if v.seen[w] & (1 << b) == 0 {
+                    v.seen[w] |= 1 << b;
+                    v.st.unique += 1;
+                    let transit = rx_ns.saturating_sub(sent);
+                    v.hist.record(transit);
+                    if transit <= win.late_ns {
+                        v.st.on_time += 1;
+                    }
+                } else {
+                    v.st.duplicates += 1;
+                }
+            }
+        }
+        Some(_) => v.st.outside_window += 1,
+        None => v.st.bad_payload += 1,
+    }
+}
+
+/// --rx xdp: feeds viewer `i`'s receiver what the sink recorded since the last pass, in
+/// sequence order: first the gaps it has been waiting for, then everything new.
+fn drain_sink<R: Rings>(
+    sink: &R,
+    i: u32,
+    v: &mut Viewer,
+    now: Instant,
+    win: &Window,
+    io: &mut ViewerIo,
+) {
+    if v.rx.is_none() {
+        return;
+    }
+    if !v.sink_missing.is_empty() {
+        let mut missing = std::mem::take(&mut v.sink_missing);
+        missing.retain(|&s| {
+            let rx = v.rx.as_ref().expect("checked above");
+            if s.lt(rx.next_seq()) && !rx.is_missing(s) {
+                return false; // received meanwhile, or given up
+            }
+            match sink.slot(i, s.get()) {
+                Some(a) => {
+                    on_data(v, now, s, &a, win, io);
+                    false
+                }
+                None => true,
+            }
+        });
+        v.sink_missing = missing;
+    }
+    let Some(next) = sink.next(i) else { return };
+    let next = Seq::new(next);
+    let ahead = next.diff(v.sink_next);
+    if ahead <= 0 {
+        return;
+    }
+    // More than a ring behind: the older slots are overwritten; the receiver sees a gap.
+    let span = (ahead as u32).min(sink.ring());
+    let from = next.sub(span);
+    for k in 0..span {
+        let s = from.add(k);
+        match sink.slot(i, s.get()) {
+            Some(a) => on_data(v, now, s, &a, win, io),
+            None if v.sink_missing.len() < sink.ring() as usize => v.sink_missing.push(s),
+            None => {}
+        }
+    }
+    v.sink_next = next;
 }
 
 fn send_feedback(
@@ -497,21 +738,33 @@ fn send_feedback(
 struct Sample {
     t: Instant,
     self_ticks: u64,
+    /// (utime, stime) of this process and of the relay.
+    self_us: (u64, u64),
+    /// (utime, stime) of the publisher thread.
+    pub_us: Option<(u64, u64)>,
+    relay_us: Option<(u64, u64)>,
     relay_ticks: Option<u64>,
     relay_rss_kb: Option<u64>,
     cpu: sys::CpuTimes,
     procs: std::collections::HashMap<(u32, u64), u64>,
+    softnet_dropped: u64,
 }
 
 impl Sample {
-    fn take(watch: Option<u32>) -> Sample {
+    fn take(watch: Option<u32>, pub_tid: u32) -> Sample {
         Sample {
             t: Instant::now(),
             self_ticks: sys::self_cpu_ticks(),
+            self_us: sys::proc_user_sys("self").unwrap_or_default(),
+            pub_us: (pub_tid != 0)
+                .then(|| sys::proc_user_sys(&format!("self/task/{pub_tid}")))
+                .flatten(),
+            relay_us: watch.and_then(|p| sys::proc_user_sys(&p.to_string())),
             relay_ticks: watch.and_then(sys::proc_cpu_ticks),
             relay_rss_kb: watch.and_then(sys::proc_rss_kb),
             cpu: sys::CpuTimes::read(),
             procs: sys::all_user_procs(),
+            softnet_dropped: sys::softnet_dropped(),
         }
     }
 }
@@ -533,9 +786,21 @@ fn cpu_report(a: &Sample, b: &Sample, watch: Option<u32>) -> CpuReport {
         .filter_map(|(k, v)| a.procs.get(k).map(|old| v.saturating_sub(*old)))
         .sum();
     let busy = b.cpu.busy().saturating_sub(a.cpu.busy());
+    let relay_us = match (a.relay_us, b.relay_us) {
+        (Some(x), Some(y)) => Some((y.0.saturating_sub(x.0), y.1.saturating_sub(x.1))),
+        _ => None,
+    };
     CpuReport {
         seconds: secs,
         generator_pct: pct(gen),
+        generator_user_pct: Some(pct(b.self_us.0.saturating_sub(a.self_us.0))),
+        generator_sys_pct: Some(pct(b.self_us.1.saturating_sub(a.self_us.1))),
+        generator_publisher_pct: match (a.pub_us, b.pub_us) {
+            (Some(x), Some(y)) => Some(pct((y.0 + y.1).saturating_sub(x.0 + x.1))),
+            _ => None,
+        },
+        relay_user_pct: relay_us.map(|r| pct(r.0)),
+        relay_sys_pct: relay_us.map(|r| pct(r.1)),
         relay_pct: relay.map(pct),
         system_busy_pct: pct(busy),
         softirq_pct: pct(b.cpu.softirq.saturating_sub(a.cpu.softirq)),
@@ -545,6 +810,7 @@ fn cpu_report(a: &Sample, b: &Sample, watch: Option<u32>) -> CpuReport {
         relay_total_pct: relay.map(|r| {
             pct(r + (b.cpu.softirq + b.cpu.irq).saturating_sub(a.cpu.softirq + a.cpu.irq))
         }),
+        softnet_dropped: Some(b.softnet_dropped.saturating_sub(a.softnet_dropped)),
         relay_rss_kb_start: a.relay_rss_kb,
         relay_rss_kb_end: b.relay_rss_kb,
     }
@@ -590,15 +856,16 @@ pub fn run(o: &Opts) -> Result<Report> {
         )
     })
     .context("viewer socket")?;
-    let (pfd, vfd) = (pub_fd.as_raw_fd(), view_fd.as_raw_fd());
+    let vfd = view_fd.as_raw_fd();
 
     let t0 = Instant::now();
     let base_ns = sys::mono_ns();
-    let ns_of = |i: Instant| base_ns + i.saturating_duration_since(t0).as_nanos() as u64;
+    let ns_of = move |i: Instant| base_ns + i.saturating_duration_since(t0).as_nanos() as u64;
     let cpu_start = sys::self_cpu_ticks();
 
     let pkts_per_sec = o.bitrate as f64 / (o.payload as f64 * 8.0);
-    let mut publ = Publisher {
+    let shared = Arc::new(PubShared::default());
+    let publ = Publisher {
         conn: Conn::new(rand_u32() | 1, pub_relay, None, sid(0, "publish"), t0),
         fd: pub_fd,
         tx: SendBatch::new(),
@@ -611,6 +878,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         interval: Duration::from_secs_f64(1.0 / pkts_per_sec),
         publishing: false,
         stats: PublisherReport::default(),
+        shared: shared.clone(),
     };
     let id_base = (rand_u32() & 0x3FFF_FFFF) | 0x4000_0000;
     let id_base = if id_base.checked_add(o.viewers).is_none() {
@@ -631,12 +899,58 @@ pub fn run(o: &Opts) -> Result<Report> {
             seen: Vec::new(),
             hist: Hist::new(),
             st: ViewerCountersView::default(),
+            sink_next: Seq::new(0),
+            sink_missing: Vec::new(),
         })
         .collect();
+    let sink = match o.rx {
+        RxMode::Socket => None,
+        RxMode::Xdp if n == 0 => None,
+        RxMode::Xdp => {
+            let iface = o
+                .sink_iface
+                .as_deref()
+                .context("--rx xdp needs --sink-iface (where the relay's packets arrive)")?;
+            let object = o
+                .sink_object
+                .clone()
+                .unwrap_or_else(crate::sink::default_object_path);
+            // Two seconds of packets per viewer: the loop drains every millisecond or so; a
+            // retransmission is only useful within the latency.
+            let ring = ((pkts_per_sec * 2.0) as u32)
+                .clamp(1024, 1 << 16)
+                .next_power_of_two();
+            let port = sys::local_addr(vfd)
+                .context("viewer socket address")?
+                .port();
+            let mut sink = Sink::load(&SinkParams {
+                object: &object,
+                attach: o.sink_attach,
+                config: SinkConfig {
+                    relay_ip: u32::from_ne_bytes(o.relay.ip().octets()),
+                    viewer_ip_base: u32::from(o.viewer_ip),
+                    viewers: o.viewers,
+                    id_base,
+                    ring_mask: ring - 1,
+                    relay_port: o.relay.port().to_be(),
+                    viewer_port: port.to_be(),
+                },
+                ring,
+            })?;
+            sink.attach(o.view_netns.as_deref(), iface)?;
+            log(format!(
+                "kernel sink ({:?}) on {iface}: {ring} slots per viewer",
+                o.sink_attach
+            ));
+            Some(sink)
+        }
+    };
+    // --count-syscalls: perf runs from the warm-up on, counts only over the window.
+    let mut perf_ctl: Option<mpsc::Sender<()>> = None;
+    let mut perf_thread: Option<std::thread::JoinHandle<Result<SyscallReport>>> = None;
     let mut due: Vec<Instant> = vec![t0 + Duration::from_secs(3600); n];
     let mut vtx = SendBatch::new();
     let mut vrecv = RecvBatch::new(256);
-    let mut precv = RecvBatch::new(64);
     let mut fb: Vec<Feedback> = Vec::new();
     let mut stray = 0u64;
     let lat = Duration::from_millis(u64::from(latency));
@@ -648,10 +962,13 @@ pub fn run(o: &Opts) -> Result<Report> {
         start: u64::MAX,
         end: u64::MAX,
         cap: 0,
+        late_ns: u64::from(latency) * 1_000_000,
     };
     let mut sample_a: Option<std::thread::JoinHandle<Sample>> = None;
     let mut sample_b: Option<std::thread::JoinHandle<Sample>> = None;
     let mut window_started: Option<Instant> = None;
+    // Full ACKs the viewers sent during the window (realism check: libsrt sends ~100/s).
+    let mut acks_in_window = 0u64;
     let mut window_ended: Option<Instant> = None;
     let watch = o.watch_pid;
     let hard_deadline = t0
@@ -662,8 +979,15 @@ pub fn run(o: &Opts) -> Result<Report> {
     let mut rt_offset = sys::realtime_offset_ns();
     let mut next_offset_refresh = t0;
 
-    publ.conn.start(t0, latency, pfd, &mut publ.tx);
-    publ.tx.flush(pfd);
+    let publisher = {
+        let payload = o.payload;
+        let deadline = hard_deadline + Duration::from_secs(1);
+        std::thread::Builder::new()
+            .name("publisher".into())
+            .spawn(move || publisher_loop(publ, latency, payload, ns_of, deadline))
+            .context("starting the publisher thread")?
+    };
+    let mut publishing = false;
     log(format!(
         "publishing to {pub_relay} at {} bit/s ({pkts_per_sec:.0} packets/s of {} bytes), {n} viewers to {}",
         o.bitrate, o.payload, o.relay
@@ -675,19 +999,19 @@ pub fn run(o: &Opts) -> Result<Report> {
             bail!("run exceeded its time bound ({:?})", hard_deadline - t0);
         }
         // Phase transitions.
-        match publ.conn.state {
-            Hs::Connected if !publ.publishing && window_ended.is_none() => {
-                publ.publishing = true;
-                publ.pace_start = now;
-                publ.pace_k = 0;
-                log(format!("publisher connected after {:?}", now - t0));
-            }
-            Hs::Rejected(code) => bail!("publisher rejected: handshake code {code}"),
-            Hs::TimedOut => bail!("publisher handshake timed out (no answer from {pub_relay})"),
-            Hs::Closed => bail!("relay closed the publisher"),
-            _ => {}
+        if publisher.is_finished() {
+            shared.stop.store(true, Ordering::Release);
+            return match publisher.join() {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(_)) => bail!("the publisher stopped early"),
+                Err(_) => bail!("the publisher thread panicked"),
+            };
         }
-        if publ.publishing && next_to_start < n {
+        if !publishing && shared.publishing.load(Ordering::Acquire) {
+            publishing = true;
+            log(format!("publisher connected after {:?}", now - t0));
+        }
+        if publishing && next_to_start < n {
             let ms = now.duration_since(t0).as_millis() as u64;
             if ms != last_connect_ms {
                 last_connect_ms = ms;
@@ -707,6 +1031,23 @@ pub fn run(o: &Opts) -> Result<Report> {
                 .all(|v| !matches!(v.conn.state, Hs::Induction | Hs::Conclusion(_)))
         {
             all_settled_at = Some(now);
+            if let (true, Some(pid)) = (o.count_syscalls, o.watch_pid) {
+                let (tx, rx) = mpsc::channel::<()>();
+                perf_ctl = Some(tx);
+                let method = o.syscall_counter;
+                let object = o
+                    .sink_object
+                    .clone()
+                    .unwrap_or_else(crate::sink::default_object_path);
+                perf_thread = Some(std::thread::spawn(move || -> Result<SyscallReport> {
+                    let mut c = Counter::start(method, pid, &object)?;
+                    rx.recv().context("the window never started")?;
+                    c.enable()?;
+                    rx.recv().context("the window never ended")?;
+                    c.disable()?;
+                    c.finish()
+                }));
+            }
             let ok = viewers
                 .iter()
                 .filter(|v| v.conn.state == Hs::Connected)
@@ -717,18 +1058,29 @@ pub fn run(o: &Opts) -> Result<Report> {
             let wstart = settled + Duration::from_secs_f64(o.warmup);
             if window_started.is_none() && now >= wstart {
                 window_started = Some(now);
-                win.start = publ.next_index;
+                acks_in_window = viewers.iter().map(|v| v.st.acks_full).sum::<u64>();
+                win.start = shared.next_index.load(Ordering::Acquire);
                 win.cap = (pkts_per_sec * (o.duration + 5.0)) as u64 + 1024;
                 for v in viewers.iter_mut() {
                     v.seen = vec![0; win.cap.div_ceil(64) as usize];
                 }
-                sample_a = Some(std::thread::spawn(move || Sample::take(watch)));
+                let tid = shared.tid.load(Ordering::Acquire);
+                sample_a = Some(std::thread::spawn(move || Sample::take(watch, tid)));
+                if let Some(c) = &perf_ctl {
+                    let _ = c.send(());
+                }
             }
             if let Some(ws) = window_started {
                 if window_ended.is_none() && now >= ws + Duration::from_secs_f64(o.duration) {
                     window_ended = Some(now);
-                    win.end = publ.next_index;
-                    sample_b = Some(std::thread::spawn(move || Sample::take(watch)));
+                    acks_in_window =
+                        viewers.iter().map(|v| v.st.acks_full).sum::<u64>() - acks_in_window;
+                    win.end = shared.next_index.load(Ordering::Acquire);
+                    let tid = shared.tid.load(Ordering::Acquire);
+                    sample_b = Some(std::thread::spawn(move || Sample::take(watch, tid)));
+                    if let Some(c) = &perf_ctl {
+                        let _ = c.send(());
+                    }
                 }
             }
             if let Some(we) = window_ended {
@@ -779,40 +1131,29 @@ pub fn run(o: &Opts) -> Result<Report> {
                 }
                 match p {
                     Packet::Data(dp) => {
-                        let Some(rx) = v.rx.as_mut() else { continue };
-                        v.st.received += 1;
-                        let arrival = rx.on_data(now, dp.seq, dp.payload.len(), &mut fb);
-                        if !fb.is_empty() {
-                            send_feedback(&mut v.conn, now, vfd, &mut vtx, &mut fb, &mut v.st);
-                        }
-                        if arrival == Arrival::Duplicate {
-                            v.st.duplicates += 1;
+                        if v.rx.is_none() {
                             continue;
                         }
-                        if dp.msg & MSG_REXMIT_FLAG != 0 {
-                            v.st.rexmit_received += 1;
-                        }
-                        match caller::read_payload(dp.payload) {
-                            Some((pi, sent)) if pi >= win.start && pi < win.end => {
-                                let off = pi - win.start;
-                                if off < win.cap {
-                                    let (w, b) = ((off / 64) as usize, off % 64);
-                                    if v.seen[w] & (1 << b) == 0 {
-                                        v.seen[w] |= 1 << b;
-                                        v.st.unique += 1;
-                                        v.hist.record(rx_ns.saturating_sub(sent));
-                                    } else {
-                                        v.st.duplicates += 1;
-                                    }
-                                }
-                            }
-                            Some(_) => v.st.outside_window += 1,
-                            None => v.st.bad_payload += 1,
-                        }
+                        v.st.received += 1;
+                        let a = Arrived {
+                            len: dp.payload.len(),
+                            rexmit: dp.msg & MSG_REXMIT_FLAG != 0,
+                            payload: caller::read_payload(dp.payload),
+                            rx_ns,
+                            rx_realtime: false,
+                        };
+                        let mut io = ViewerIo {
+                            fd: vfd,
+                            tx: &mut vtx,
+                            fb: &mut fb,
+                            rt_offset,
+                        };
+                        on_data(v, now, dp.seq, &a, &win, &mut io);
                     }
                     Packet::Control(c) => match c.typ {
                         ctrl::HANDSHAKE if v.conn.on_hs(now, c.body, latency, vfd, &mut vtx) => {
                             v.rx = Some(Receiver::new(v.conn.isn, lat, BUFFER_PKTS, now));
+                            v.sink_next = v.conn.isn;
                             due[idx] = now + Duration::from_millis(10);
                             min_due = min_due.min(due[idx]);
                         }
@@ -837,15 +1178,20 @@ pub fn run(o: &Opts) -> Result<Report> {
                 }
             }
         }
-        for _ in 0..16 {
-            let k = precv.recv(pfd);
-            if k == 0 {
-                break;
-            }
+        if let Some(sink) = &sink {
             let now = Instant::now();
-            for i in 0..k {
-                let d = precv.get(i);
-                publ.on_datagram(now, d.data, latency, o.payload);
+            if now >= next_offset_refresh {
+                rt_offset = sys::realtime_offset_ns();
+                next_offset_refresh = now + Duration::from_secs(1);
+            }
+            let mut io = ViewerIo {
+                fd: vfd,
+                tx: &mut vtx,
+                fb: &mut fb,
+                rt_offset,
+            };
+            for (i, v) in viewers.iter_mut().enumerate() {
+                drain_sink(sink, i as u32, v, now, &win, &mut io);
             }
         }
 
@@ -882,32 +1228,21 @@ pub fn run(o: &Opts) -> Result<Report> {
             }
             min_due = next;
         }
-        let now_ns = ns_of(now);
-        publ.tick(now, now_ns, o.payload);
-        if publ.conn.state != Hs::Connected {
-            if let Some(d) = publ.conn.hs_timer(now, latency, pfd, &mut publ.tx) {
-                min_due = min_due.min(d);
-            }
-        }
-        publ.tx.flush(pfd);
         vtx.flush(vfd);
 
-        // Sleep until the next packet, timer or datagram.
+        // Sleep until the next timer or datagram.
         let mut wake = if o.tick_us == 0 {
             min_due.min(now + Duration::from_millis(5))
         } else {
             min_due.max(now + Duration::from_micros(o.tick_us / 2))
         };
-        if publ.publishing {
-            wake = wake.min(publ.next_due());
-        }
-        if n > 0 && next_to_start < n && publ.publishing {
+        if n > 0 && next_to_start < n {
             wake = wake.min(now + Duration::from_millis(1));
         }
         let timeout = wake.saturating_duration_since(Instant::now());
         if !timeout.is_zero() {
             if o.tick_us == 0 {
-                sys::wait_readable(&[vfd, pfd], timeout.as_nanos() as u64);
+                sys::wait_readable(&[vfd], timeout.as_nanos() as u64);
             } else {
                 // Sleep, not poll: what arrives meanwhile is read in one batch.
                 let t = timeout.min(Duration::from_micros(o.tick_us));
@@ -918,18 +1253,17 @@ pub fn run(o: &Opts) -> Result<Report> {
 
     // Done: close everything politely.
     let now = Instant::now();
-    publ.publishing = false;
-    if publ.conn.state == Hs::Connected {
-        publ.conn
-            .control(now, pfd, &mut publ.tx, ctrl::SHUTDOWN, 0, &[0]);
-    }
+    shared.stop.store(true, Ordering::Release);
     for v in viewers.iter_mut() {
         if v.conn.state == Hs::Connected {
             v.conn.control(now, vfd, &mut vtx, ctrl::SHUTDOWN, 0, &[0]);
         }
     }
-    publ.tx.flush(pfd);
     vtx.flush(vfd);
+    let (pub_stats, pub_tx, pub_recv_syscalls) = match publisher.join() {
+        Ok(r) => r?,
+        Err(_) => bail!("the publisher thread panicked"),
+    };
     let cpu_total_secs = (sys::self_cpu_ticks() - cpu_start) as f64 / sys::clk_tck() as f64;
 
     let (Some(a), Some(b)) = (sample_a, sample_b) else {
@@ -937,6 +1271,26 @@ pub fn run(o: &Opts) -> Result<Report> {
     };
     let (a, b) = (a.join().expect("sampler"), b.join().expect("sampler"));
     let cpu = cpu_report(&a, &b, watch);
+    drop(perf_ctl);
+    let (relay_syscalls, relay_syscalls_error) = match perf_thread.map(|t| t.join()) {
+        None => (None, None),
+        Some(Ok(Ok(r))) => (Some(r), None),
+        Some(Ok(Err(e))) => (None, Some(format!("{e:#}"))),
+        Some(Err(_)) => (None, Some("the perf thread panicked".to_string())),
+    };
+    if let Some(e) = &relay_syscalls_error {
+        log(format!("relay syscalls not counted: {e}"));
+    }
+    if let Some(sink) = &sink {
+        // What the sink counted and dropped never reached the socket counters.
+        for (i, v) in viewers.iter_mut().enumerate() {
+            let h = sink.head(i as u32);
+            v.st.received += h.data;
+            v.st.duplicates += h.duplicates + h.stale;
+        }
+    }
+    let sink_report = sink.as_ref().map(Sink::report);
+    drop(sink);
     let expected = win.end - win.start;
 
     let mut all = Hist::new();
@@ -967,6 +1321,11 @@ pub fn run(o: &Opts) -> Result<Report> {
             } else {
                 0.0
             },
+            on_time: if expected > 0 {
+                v.st.on_time as f64 / expected as f64
+            } else {
+                0.0
+            },
             latency_p50_us: v.hist.quantile(0.5) as f64 / 1e3,
             latency_p99_us: v.hist.quantile(0.99) as f64 / 1e3,
             latency_max_us: v.hist.max as f64 / 1e3,
@@ -976,6 +1335,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         });
     }
     let ratios: Vec<f64> = rows.iter().map(|r| r.delivery).collect();
+    let on_time: Vec<f64> = rows.iter().map(|r| r.on_time).collect();
     let delivery = DeliveryReport {
         expected_per_viewer: expected,
         min: ratios
@@ -989,6 +1349,16 @@ pub fn run(o: &Opts) -> Result<Report> {
             0.0
         },
         max: ratios.iter().copied().fold(0.0, f64::max),
+        on_time_min: on_time
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .min(1e9),
+        on_time_mean: if n > 0 {
+            on_time.iter().sum::<f64>() / n as f64
+        } else {
+            0.0
+        },
         viewers_complete: rows.iter().filter(|r| r.unique == expected).count() as u32,
         total_delivered: rows.iter().map(|r| r.unique).sum(),
     };
@@ -1003,6 +1373,10 @@ pub fn run(o: &Opts) -> Result<Report> {
             warmup_s: o.warmup,
             duration_s: o.duration,
             sid_template: o.sid_template.clone(),
+            rx: match o.rx {
+                RxMode::Socket => "socket".into(),
+                RxMode::Xdp => "xdp".into(),
+            },
         },
         connected: rows.iter().filter(|r| r.state == "connected").count() as u32,
         not_connected: rejections,
@@ -1018,21 +1392,166 @@ pub fn run(o: &Opts) -> Result<Report> {
             samples: all.count,
         },
         viewer_totals: totals,
-        publisher: publ.stats,
+        publisher: pub_stats,
         cpu,
         generator: GeneratorReport {
             cpu_total_s: cpu_total_secs,
             run_s: t0.elapsed().as_secs_f64(),
-            send_syscalls: vtx.syscalls + publ.tx.syscalls,
-            recv_syscalls: vrecv.syscalls + precv.syscalls,
-            datagrams_sent: vtx.sent + publ.tx.sent,
-            send_failed: vtx.failed + publ.tx.failed,
+            send_syscalls: vtx.syscalls + pub_tx.syscalls,
+            recv_syscalls: vrecv.syscalls + pub_recv_syscalls,
+            datagrams_sent: vtx.sent + pub_tx.sent,
+            send_failed: vtx.failed + pub_tx.failed,
             stray,
         },
         delivered_pps: 0.0,
+        full_acks_per_viewer_s: None,
+        relay_syscalls,
+        relay_syscalls_error,
+        sink: sink_report,
         per_viewer: if o.per_viewer { Some(rows) } else { None },
     };
     let mut report = report;
     report.delivered_pps = report.delivery.total_delivered as f64 / window_secs.max(1e-6);
+    report.full_acks_per_viewer_s = if n > 0 {
+        Some(acks_in_window as f64 / window_secs.max(1e-6) / n as f64)
+    } else {
+        None
+    };
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    /// The sink's rings without a kernel: one viewer.
+    #[derive(Default)]
+    struct FakeRings {
+        next: Option<u32>,
+        slots: RefCell<HashMap<u32, Arrived>>,
+    }
+
+    impl FakeRings {
+        fn arrive(&mut self, seq: u32, rexmit: bool, index: u64) {
+            self.slots.borrow_mut().insert(
+                seq,
+                Arrived {
+                    len: 1316,
+                    rexmit,
+                    payload: Some((index, 1_000)),
+                    rx_ns: 1_000 + 50_000,
+                    rx_realtime: false,
+                },
+            );
+            let n = Seq::new(seq).next();
+            if self.next.is_none_or(|x| Seq::new(x).le(Seq::new(seq))) {
+                self.next = Some(n.get());
+            }
+        }
+    }
+
+    impl Rings for FakeRings {
+        fn ring(&self) -> u32 {
+            16
+        }
+        fn next(&self, _: u32) -> Option<u32> {
+            self.next
+        }
+        fn slot(&self, _: u32, seq: u32) -> Option<Arrived> {
+            let n = self.next?;
+            // What a 16-slot ring still holds.
+            if Seq::new(n).diff(Seq::new(seq)) > 16 {
+                return None;
+            }
+            self.slots.borrow().get(&seq).copied()
+        }
+    }
+
+    fn viewer(isn: u32, now: Instant) -> Viewer {
+        let mut conn = Conn::new(7, "10.0.0.1:9".parse().unwrap(), None, String::new(), now);
+        conn.isn = Seq::new(isn);
+        conn.state = Hs::Connected;
+        Viewer {
+            conn,
+            rx: Some(Receiver::new(
+                Seq::new(isn),
+                Duration::from_millis(120),
+                8192,
+                now,
+            )),
+            seen: vec![0; 4],
+            hist: Hist::new(),
+            st: ViewerCountersView::default(),
+            sink_next: Seq::new(isn),
+            sink_missing: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn sink_arrivals_drive_the_receiver_like_socket_arrivals() {
+        let now = Instant::now();
+        let win = Window {
+            start: 0,
+            end: 1000,
+            cap: 256,
+            late_ns: 120_000_000,
+        };
+        let mut tx = SendBatch::new();
+        let mut fb = Vec::new();
+        let mut io = ViewerIo {
+            fd: -1,
+            tx: &mut tx,
+            fb: &mut fb,
+            rt_offset: 0,
+        };
+        let isn = SEQ_MAX - 2; // crosses the 31-bit wrap
+        let seq = |k: u32| Seq::new(isn).add(k).get();
+        let mut rings = FakeRings::default();
+        let mut v = viewer(isn, now);
+        // Nothing yet.
+        drain_sink(&rings, 0, &mut v, now, &win, &mut io);
+        assert_eq!(v.st.unique, 0);
+        // 0, 1, 3, 4 arrive: 2 is NAKed at once.
+        for k in [0, 1, 3, 4] {
+            rings.arrive(seq(k), false, u64::from(k));
+        }
+        drain_sink(&rings, 0, &mut v, now, &win, &mut io);
+        assert_eq!(v.st.unique, 4);
+        assert_eq!(v.st.naks_sent, 1);
+        let rx = v.rx.as_ref().unwrap();
+        assert!(rx.is_missing(Seq::new(seq(2))));
+        assert_eq!(rx.ack_seq(), Seq::new(seq(2)));
+        assert_eq!(v.sink_missing, vec![Seq::new(seq(2))]);
+        // The retransmission fills the gap; the ACK moves past it.
+        rings.arrive(seq(2), true, 2);
+        drain_sink(&rings, 0, &mut v, now, &win, &mut io);
+        assert_eq!((v.st.unique, v.st.rexmit_received), (5, 1));
+        assert_eq!(v.rx.as_ref().unwrap().ack_seq(), Seq::new(seq(5)));
+        assert!(v.sink_missing.is_empty());
+        assert_eq!(v.hist.count, 5);
+        assert_eq!(v.hist.max, 50_000);
+        // A jump of more than a ring: the receiver sees the skipped packets as lost.
+        for k in 5..40 {
+            if k != 30 {
+                rings.arrive(seq(k), false, u64::from(k));
+            }
+        }
+        drain_sink(&rings, 0, &mut v, now, &win, &mut io);
+        let rx = v.rx.as_ref().unwrap();
+        assert_eq!(rx.next_seq(), Seq::new(seq(40)));
+        assert!(rx.is_missing(Seq::new(seq(5))), "older than the ring");
+        assert!(rx.is_missing(Seq::new(seq(30))));
+        assert_eq!(v.sink_missing, vec![Seq::new(seq(30))]);
+        assert_eq!(v.st.unique, 5 + 40 - 24 - 1);
+        // Light ACK after 64 packets, counted like a socket arrival would be.
+        for k in 40..140 {
+            rings.arrive(seq(k), false, u64::from(k));
+            drain_sink(&rings, 0, &mut v, now, &win, &mut io);
+        }
+        assert!(v.st.acks_light >= 1);
+    }
+
+    const SEQ_MAX: u32 = 0x7FFF_FFFF;
 }

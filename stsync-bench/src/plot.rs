@@ -1,5 +1,5 @@
-//! The sweep's plot (SVG): CPU, CPU per viewer, delivery and latency against viewers, and
-//! CPU against bitrate, one line per datapath.
+//! The sweep's plot (SVG): CPU, CPU per viewer, delivery, latency, the relay process's CPU
+//! and syscalls per viewer against viewers, and CPU against bitrate, one line per datapath.
 
 use crate::sweep::{Point, SweepResults};
 use anyhow::{anyhow, Result};
@@ -152,9 +152,9 @@ pub fn draw(r: &SweepResults, path: &Path) -> Result<()> {
         .map(|p| p.viewers)
         .next()
         .unwrap_or(100);
-    let root = SVGBackend::new(path, (1200, 1200)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 1600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("plot: {e:?}"))?;
-    let areas = root.split_evenly((3, 2));
+    let areas = root.split_evenly((4, 2));
     panel(
         &areas[0],
         r,
@@ -220,6 +220,28 @@ pub fn draw(r: &SweepResults, path: &Path) -> Result<()> {
         Some(bitrate_viewers),
         base,
         &|p| p.relay_total_pct,
+    )?;
+    panel(
+        &areas[6],
+        r,
+        &kinds,
+        "Relay process CPU per viewer",
+        "% of one core / viewer",
+        true,
+        None,
+        base,
+        &|p| p.relay_pct_per_viewer,
+    )?;
+    panel(
+        &areas[7],
+        r,
+        &kinds,
+        "Relay syscalls per viewer",
+        "syscalls/s / viewer",
+        true,
+        None,
+        base,
+        &|p| p.syscalls_per_viewer_s.unwrap_or(0.0),
     )?;
     root.present().map_err(|e| anyhow!("plot: {e:?}"))?;
     Ok(())

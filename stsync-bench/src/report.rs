@@ -22,6 +22,18 @@ pub struct Report {
     pub generator: GeneratorReport,
     /// Window packets delivered to all viewers per second.
     pub delivered_pps: f64,
+    /// Full ACKs each viewer sent per second of the window: a libsrt receiver sends one every
+    /// 10 ms while data flows; fewer means the generator could not keep that pace.
+    #[serde(default)]
+    pub full_acks_per_viewer_s: Option<f64>,
+    /// The relay's (--watch-pid) system calls over the window (--count-syscalls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_syscalls: Option<crate::syscalls::SyscallReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_syscalls_error: Option<String>,
+    /// --rx xdp: the kernel sink's own counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<crate::sink::SinkReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub per_viewer: Option<Vec<ViewerRow>>,
 }
@@ -36,6 +48,9 @@ pub struct RunConfig {
     pub warmup_s: f64,
     pub duration_s: f64,
     pub sid_template: String,
+    /// How the viewers received data: "socket" or "xdp" (the kernel sink).
+    #[serde(default)]
+    pub rx: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -45,6 +60,12 @@ pub struct DeliveryReport {
     pub min: f64,
     pub mean: f64,
     pub max: f64,
+    /// As min and mean, counting only packets whose transit was within the latency
+    /// (later ones a libsrt player would drop as too late).
+    #[serde(default)]
+    pub on_time_min: f64,
+    #[serde(default)]
+    pub on_time_mean: f64,
     pub viewers_complete: u32,
     pub total_delivered: u64,
 }
@@ -125,6 +146,21 @@ pub struct CpuReport {
     pub seconds: f64,
     /// This generator process (utime + stime from /proc/self/stat).
     pub generator_pct: f64,
+    /// Its utime and stime apart: stime includes the kernel's packet work (softirq) that
+    /// runs in its context, e.g. the relay's fan-out set off by the publisher's sends.
+    #[serde(default)]
+    pub generator_user_pct: Option<f64>,
+    #[serde(default)]
+    pub generator_sys_pct: Option<f64>,
+    /// The generator's publisher thread (part of generator_pct): its sends set off the
+    /// relay's fan-out, which runs as softirq in its context and is mostly what this is.
+    #[serde(default)]
+    pub generator_publisher_pct: Option<f64>,
+    /// The relay's utime and stime apart (same caveat).
+    #[serde(default)]
+    pub relay_user_pct: Option<f64>,
+    #[serde(default)]
+    pub relay_sys_pct: Option<f64>,
     /// The relay process (utime + stime from /proc/<pid>/stat, all threads).
     pub relay_pct: Option<f64>,
     /// Whole machine, from /proc/stat: everything but idle and iowait.
@@ -139,6 +175,10 @@ pub struct CpuReport {
     /// relay process + softirq + irq: the relay's own work plus the kernel's packet work
     /// (where kernel clones run); includes the viewers' side of the veth receive path.
     pub relay_total_pct: Option<f64>,
+    /// Packets dropped machine-wide at full input backlogs during the window
+    /// (/proc/net/softnet_stat): e.g. fan-out bursts larger than netdev_max_backlog.
+    #[serde(default)]
+    pub softnet_dropped: Option<u64>,
     pub relay_rss_kb_start: Option<u64>,
     pub relay_rss_kb_end: Option<u64>,
 }
@@ -162,6 +202,8 @@ pub struct ViewerRow {
     pub state: String,
     pub unique: u64,
     pub delivery: f64,
+    #[serde(default)]
+    pub on_time: f64,
     pub latency_p50_us: f64,
     pub latency_p99_us: f64,
     pub latency_max_us: f64,
@@ -197,6 +239,13 @@ impl Report {
             d.min, d.mean, d.max, d.expected_per_viewer, d.viewers_complete
         );
         println!(
+            "  on time (≤ latency)  min {:.4}  mean {:.4}",
+            d.on_time_min, d.on_time_mean
+        );
+        if let Some(a) = self.full_acks_per_viewer_s {
+            println!("  full ACKs            {a:.1}/s per viewer in the window");
+        }
+        println!(
             "  delivered            {:.0} packets/s to all viewers",
             self.delivered_pps
         );
@@ -218,8 +267,35 @@ impl Report {
             "  CPU (% of a core)    relay {}  softirq+irq {:.1}  relay+softirq {}  generator {:.1}  system busy {:.1}  other procs {:.1}  busy-gen-other {:.1}",
             opt(u.relay_pct), u.softirq_pct + u.irq_pct, opt(u.relay_total_pct), u.generator_pct, u.system_busy_pct, u.other_processes_pct, u.attributed_pct
         );
+        if let (Some(gu), Some(gs)) = (u.generator_user_pct, u.generator_sys_pct) {
+            println!(
+                "  CPU user/sys         generator {gu:.1}/{gs:.1} (publisher thread {})  relay {}/{}",
+                opt(u.generator_publisher_pct),
+                opt(u.relay_user_pct),
+                opt(u.relay_sys_pct)
+            );
+        }
         if let (Some(a), Some(b)) = (u.relay_rss_kb_start, u.relay_rss_kb_end) {
             println!("  relay RSS            {a} KiB -> {b} KiB");
+        }
+        if let Some(s) = &self.relay_syscalls {
+            let top: Vec<String> = s
+                .by_name
+                .iter()
+                .filter(|(_, &n)| n > 0)
+                .map(|(k, n)| format!("{k} {:.0}/s", *n as f64 / s.seconds.max(1e-6)))
+                .collect();
+            println!(
+                "  relay syscalls       {:.0}/s ({})",
+                s.per_second,
+                top.join(", ")
+            );
+        }
+        if let Some(s) = &self.sink {
+            println!(
+                "  kernel sink          {:?} on {}: {} recorded, {} duplicates, {} control and {} others passed",
+                s.attach, s.interface, s.recorded, s.duplicates, s.control_passed, s.unmatched_passed
+            );
         }
         let g = &self.generator;
         println!(

@@ -30,6 +30,23 @@ const TOKEN: &str = "stsync-bench-token-7f3a9c";
 const RELAY_PUB: &str = "10.88.1.1";
 const RELAY_VIEW: &str = "10.88.2.1";
 const VIEWER_BASE: Ipv4Addr = Ipv4Addr::new(10, 88, 128, 1);
+/// The veth end in stsb-view where the relay's packets to the viewers arrive.
+const VIEW_IFACE: &str = "stsb-v0";
+
+fn attach_name(a: crate::sink::Attach) -> &'static str {
+    match a {
+        crate::sink::Attach::Xdp => "xdp",
+        crate::sink::Attach::XdpGeneric => "xdp-generic",
+        crate::sink::Attach::Tc => "tc",
+    }
+}
+
+fn rx_name(o: &SweepOpts) -> &'static str {
+    match o.rx {
+        crate::loadgen::RxMode::Socket => "socket",
+        crate::loadgen::RxMode::Xdp => "xdp",
+    }
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct SweepOpts {
@@ -66,6 +83,29 @@ pub struct SweepOpts {
     /// Passed to the relay as --ebpf-object.
     #[arg(long)]
     pub ebpf_object: Option<PathBuf>,
+    /// How the generator's viewers receive data: `xdp` (the kernel sink stsync-bench-ebpf
+    /// records and drops data packets in stsb-view; the generator reads its rings) or
+    /// `socket` (recvmmsg, as a plain UDP receiver).
+    #[arg(long, value_enum, default_value_t = crate::loadgen::RxMode::Xdp)]
+    pub rx: crate::loadgen::RxMode,
+    /// Hook of the kernel sink (--rx xdp).
+    #[arg(long, value_enum, default_value_t = crate::sink::Attach::Tc)]
+    pub sink_attach: crate::sink::Attach,
+    /// The kernel sink's object (default: next to the generator's build directory).
+    #[arg(long)]
+    pub sink_object: Option<PathBuf>,
+    /// Do not count the relay's system calls in each window.
+    #[arg(long)]
+    pub no_syscalls: bool,
+    /// How to count them: a raw tracepoint program (bpf) or perf stat.
+    #[arg(long, value_enum, default_value_t = crate::syscalls::Method::Bpf)]
+    pub syscall_counter: crate::syscalls::Method,
+    /// On a shared machine: before each point, wait until the whole machine has been below
+    /// this busy % (of one core) for 3 s in a row, for at most --quiet-max-wait seconds.
+    #[arg(long)]
+    pub wait_quiet: Option<f64>,
+    #[arg(long, default_value_t = 600.0)]
+    pub quiet_max_wait: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,15 +134,27 @@ pub struct Point {
     pub datapath: String,
     pub viewers: u32,
     pub bitrate_mbps: f64,
+    /// How the generator received: "socket" or "xdp" (kernel sink).
+    #[serde(default)]
+    pub rx: String,
     pub error: Option<String>,
     pub connected: u32,
     pub delivery_min: f64,
     pub delivery_mean: f64,
+    /// Delivery counting only packets whose transit was within the latency.
+    /// (None in results from before it was measured.)
+    #[serde(default)]
+    pub on_time_min: Option<f64>,
+    #[serde(default)]
+    pub on_time_mean: Option<f64>,
     pub relay_pct: f64,
     pub softirq_pct: f64,
     pub relay_total_pct: f64,
     pub attributed_pct: f64,
     pub generator_pct: f64,
+    /// The generator's utime alone (its stime holds softirq work run in its context).
+    #[serde(default)]
+    pub generator_user_pct: Option<f64>,
     pub other_pct: f64,
     pub busy_pct: f64,
     pub latency_p50_us: f64,
@@ -112,24 +164,56 @@ pub struct Point {
     pub delivered_pps: f64,
     /// (relay + softirq + irq) CPU time per delivered packet.
     pub ns_per_delivered: f64,
+    /// The relay process's system calls per second over the window (perf), if counted.
+    #[serde(default)]
+    pub relay_syscalls_per_s: Option<f64>,
+    /// relay_syscalls_per_s / viewers.
+    #[serde(default)]
+    pub syscalls_per_viewer_s: Option<f64>,
+    /// relay_pct / viewers: the daemon's own CPU per viewer (% of one core).
+    #[serde(default)]
+    pub relay_pct_per_viewer: f64,
+    /// Packets the publisher sent in the window / what its bitrate asks for: below 1 the
+    /// offered load fell short (the generator could not keep pace).
+    #[serde(default)]
+    pub offered: f64,
+    /// Packets dropped at full kernel input backlogs during the window (machine-wide).
+    #[serde(default)]
+    pub backlog_drops: Option<u64>,
+    /// Full ACKs per viewer per second in the window (libsrt: ~100).
+    #[serde(default)]
+    pub acks_per_viewer_s: Option<f64>,
+    /// --wait-quiet: the machine's busy % in the second before the point started.
+    #[serde(default)]
+    pub busy_before_pct: Option<f64>,
     pub report: Option<String>,
 }
 
 impl Point {
-    fn failed(datapath: &str, viewers: u32, bitrate: u64, error: String) -> Point {
+    /// The point carried its nominal load (offered ≥ 0.99) and every viewer got at least
+    /// 99.9 % of the window's packets within the latency.
+    pub fn holds(&self) -> bool {
+        self.error.is_none() && self.offered >= 0.99 && self.on_time_min.is_some_and(|d| d >= 0.999)
+    }
+
+    fn failed(datapath: &str, rx: &str, viewers: u32, bitrate: u64, error: String) -> Point {
         Point {
             datapath: datapath.into(),
             viewers,
             bitrate_mbps: bitrate as f64 / 1e6,
+            rx: rx.into(),
             error: Some(error),
             connected: 0,
             delivery_min: 0.0,
             delivery_mean: 0.0,
+            on_time_min: None,
+            on_time_mean: None,
             relay_pct: 0.0,
             softirq_pct: 0.0,
             relay_total_pct: 0.0,
             attributed_pct: 0.0,
             generator_pct: 0.0,
+            generator_user_pct: None,
             other_pct: 0.0,
             busy_pct: 0.0,
             latency_p50_us: 0.0,
@@ -138,6 +222,13 @@ impl Point {
             relay_rss_kb: 0,
             delivered_pps: 0.0,
             ns_per_delivered: 0.0,
+            relay_syscalls_per_s: None,
+            syscalls_per_viewer_s: None,
+            relay_pct_per_viewer: 0.0,
+            offered: 0.0,
+            backlog_drops: None,
+            acks_per_viewer_s: None,
+            busy_before_pct: None,
             report: None,
         }
     }
@@ -145,19 +236,25 @@ impl Point {
     fn from_report(datapath: &str, r: &Report, path: &Path) -> Point {
         let c = &r.cpu;
         let total = c.relay_total_pct.unwrap_or(0.0);
+        let viewers = r.config.viewers.max(1) as f64;
+        let syscalls = r.relay_syscalls.as_ref().map(|s| s.per_second);
         Point {
             datapath: datapath.into(),
             viewers: r.config.viewers,
             bitrate_mbps: r.config.bitrate_bps as f64 / 1e6,
+            rx: r.config.rx.clone(),
             error: None,
             connected: r.connected,
             delivery_min: r.delivery.min,
             delivery_mean: r.delivery.mean,
+            on_time_min: Some(r.delivery.on_time_min),
+            on_time_mean: Some(r.delivery.on_time_mean),
             relay_pct: c.relay_pct.unwrap_or(0.0),
             softirq_pct: c.softirq_pct + c.irq_pct,
             relay_total_pct: total,
             attributed_pct: c.attributed_pct,
             generator_pct: c.generator_pct,
+            generator_user_pct: c.generator_user_pct,
             other_pct: c.other_processes_pct,
             busy_pct: c.system_busy_pct,
             latency_p50_us: r.latency_us.p50,
@@ -170,6 +267,16 @@ impl Point {
             } else {
                 0.0
             },
+            relay_syscalls_per_s: syscalls,
+            syscalls_per_viewer_s: syscalls.map(|s| s / viewers),
+            relay_pct_per_viewer: c.relay_pct.unwrap_or(0.0) / viewers,
+            offered: {
+                let pps = r.config.bitrate_bps as f64 / (r.config.payload as f64 * 8.0);
+                r.delivery.expected_per_viewer as f64 / (pps * c.seconds).max(1e-9)
+            },
+            backlog_drops: c.softnet_dropped,
+            acks_per_viewer_s: r.full_acks_per_viewer_s,
+            busy_before_pct: None,
             report: Some(path.display().to_string()),
         }
     }
@@ -183,6 +290,18 @@ pub struct SweepResults {
     pub duration_s: f64,
     /// Why a datapath could not run at all (e.g. the kernel path not built).
     pub datapath_errors: Vec<(String, String)>,
+    /// What was measured: the relay binary and eBPF object (as given; default if empty),
+    /// how the generator received, and /proc/loadavg at the start and end of the sweep.
+    #[serde(default)]
+    pub relay_bin: String,
+    #[serde(default)]
+    pub ebpf_object: String,
+    #[serde(default)]
+    pub rx: String,
+    #[serde(default)]
+    pub loadavg_start: String,
+    #[serde(default)]
+    pub loadavg_end: String,
     pub baseline: Option<Baseline>,
     pub points: Vec<Point>,
 }
@@ -207,6 +326,90 @@ pub fn machine() -> Machine {
         kernel,
         clk_tck: sys::clk_tck(),
     }
+}
+
+/// Private copies of the relay binary and eBPF object under test, so that a rebuild of
+/// the checkout they come from cannot change them in the middle of a sweep; removed on drop.
+struct Snapshot {
+    dir: PathBuf,
+    relay_bin: PathBuf,
+    ebpf_object: Option<PathBuf>,
+    /// "path (size, modification time, content hash)" of the originals.
+    relay_desc: String,
+    ebpf_desc: String,
+}
+
+/// Size, modification time and a 64-bit FNV-1a hash of a file, to tell builds apart.
+fn fingerprint(path: &Path, bytes: &[u8]) -> String {
+    let mtime = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!(
+        "{} ({} bytes, mtime {mtime}, fnv64 {h:016x})",
+        path.display(),
+        bytes.len()
+    )
+}
+
+impl Snapshot {
+    fn take(o: &SweepOpts) -> Result<Snapshot> {
+        let dir = std::env::temp_dir().join(format!("stsync-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut snap = Snapshot {
+            dir: dir.clone(),
+            relay_bin: dir.join("stsync-proxy"),
+            ebpf_object: None,
+            relay_desc: String::new(),
+            ebpf_desc: "(the relay's default)".into(),
+        };
+        let src = o
+            .relay_bin
+            .clone()
+            .unwrap_or_else(|| exe_sibling("stsync-proxy"));
+        let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+        std::fs::write(&snap.relay_bin, &bytes)?;
+        std::fs::set_permissions(
+            &snap.relay_bin,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        snap.relay_desc = fingerprint(&src, &bytes);
+        // Without --ebpf-object the relay would look next to its own build output; the
+        // copy lives elsewhere, so pin that object explicitly (as the relay would find it).
+        let obj = o.ebpf_object.clone().or_else(|| {
+            const REL: &str = "bpfel-unknown-none/release/stsync-ebpf";
+            let dir = src.parent()?;
+            [dir.join("..").join(REL), dir.join("../..").join(REL)]
+                .into_iter()
+                .find(|p| p.is_file())
+        });
+        if let Some(obj) = &obj {
+            let bytes = std::fs::read(obj).with_context(|| format!("reading {}", obj.display()))?;
+            let copy = dir.join("stsync-ebpf");
+            std::fs::write(&copy, &bytes)?;
+            snap.ebpf_desc = fingerprint(obj, &bytes);
+            snap.ebpf_object = Some(copy);
+        }
+        Ok(snap)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn sh(args: &[&str]) -> Result<()> {
@@ -359,11 +562,15 @@ fn start_relay(o: &SweepOpts, kind: &str, dir: &Path, tag: &str) -> Result<Relay
     loop {
         if let Some(status) = relay.child.try_wait()? {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(3).collect();
-            bail!(
-                "relay --datapath {kind} exited ({status}): {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            );
+            // anyhow's "Error: ..." line says why; otherwise the last lines.
+            let why = match log.lines().find(|l| l.starts_with("Error:")) {
+                Some(l) => l.to_string(),
+                None => {
+                    let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                }
+            };
+            bail!("relay --datapath {kind} exited ({status}): {why}");
         }
         if crate::http::request(Some(NS_PUB), http, "GET", "/v1/health", None)
             .is_ok_and(|(s, _)| s == 200)
@@ -382,6 +589,29 @@ fn start_relay(o: &SweepOpts, kind: &str, dir: &Path, tag: &str) -> Result<Relay
     Ok(relay)
 }
 
+/// Waits (bounded) until the machine has been below `pct` busy for 3 consecutive seconds;
+/// returns the busy % of the last second.
+fn wait_quiet(pct: f64, max_wait: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs_f64(max_wait);
+    let tck = sys::clk_tck() as f64;
+    let mut quiet_secs = 0;
+    loop {
+        let a = sys::CpuTimes::read();
+        std::thread::sleep(Duration::from_secs(1));
+        let busy = (sys::CpuTimes::read().busy() - a.busy()) as f64 / tck * 100.0;
+        quiet_secs = if busy < pct { quiet_secs + 1 } else { 0 };
+        if quiet_secs >= 3 {
+            return busy;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "bench:   machine still {busy:.0} % busy after {max_wait} s: measuring anyway"
+            );
+            return busy;
+        }
+    }
+}
+
 fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Point> {
     // Something else on the machine may have removed our namespaces: rebuild them.
     if [NS_PUB, NS_RELAY, NS_VIEW]
@@ -392,6 +622,7 @@ fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Po
         std::mem::forget(Topology::create()?);
     }
     let tag = format!("{kind}-{viewers}v-{}k", bitrate / 1000);
+    let busy_before = o.wait_quiet.map(|pct| wait_quiet(pct, o.quiet_max_wait));
     let relay = start_relay(o, kind, &o.out, &tag)?;
     let json = o.out.join(format!("point-{tag}.json"));
     let _ = std::fs::remove_file(&json);
@@ -399,8 +630,8 @@ fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Po
         .loadgen_bin
         .clone()
         .unwrap_or_else(|| exe_sibling("stsync-loadgen"));
-    let mut child = Command::new(&bin)
-        .args(["--relay", &format!("{RELAY_VIEW}:9999")])
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--relay", &format!("{RELAY_VIEW}:9999")])
         .args(["--pub-relay", &format!("{RELAY_PUB}:9999")])
         .args(["--http", &format!("{RELAY_PUB}:9998")])
         .args(["--token", TOKEN])
@@ -412,7 +643,24 @@ fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Po
         .args(["--pub-netns", NS_PUB, "--view-netns", NS_VIEW])
         .args(["--watch-pid", &relay.pid().to_string()])
         .arg("--json")
-        .arg(&json)
+        .arg(&json);
+    if !o.no_syscalls {
+        cmd.arg("--count-syscalls").args([
+            "--syscall-counter",
+            match o.syscall_counter {
+                crate::syscalls::Method::Bpf => "bpf",
+                crate::syscalls::Method::Perf => "perf",
+            },
+        ]);
+    }
+    if let Some(obj) = &o.sink_object {
+        cmd.arg("--sink-object").arg(obj);
+    }
+    if o.rx == crate::loadgen::RxMode::Xdp {
+        cmd.args(["--rx", "xdp", "--sink-iface", VIEW_IFACE])
+            .args(["--sink-attach", attach_name(o.sink_attach)]);
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -449,7 +697,9 @@ fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Po
         bail!("stsync-loadgen failed ({status})");
     }
     let r: Report = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
-    Ok(Point::from_report(kind, &r, &json))
+    let mut p = Point::from_report(kind, &r, &json);
+    p.busy_before_pct = busy_before;
+    Ok(p)
 }
 
 /// Raw UDP over the relay→viewers veth: one thread sendmmsg()s 64 × `payload`-byte datagrams
@@ -518,6 +768,12 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the sweep needs root (network namespaces, veth)");
     }
+    let snap = Snapshot::take(o)?;
+    let o = &SweepOpts {
+        relay_bin: Some(snap.relay_bin.clone()),
+        ebpf_object: snap.ebpf_object.clone(),
+        ..o.clone()
+    };
     let _topo = Topology::create().context("creating the namespaces")?;
     let mut res = SweepResults {
         machine: machine(),
@@ -527,6 +783,11 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
         warmup_s: o.warmup,
         duration_s: o.duration,
         datapath_errors: Vec::new(),
+        relay_bin: snap.relay_desc.clone(),
+        ebpf_object: snap.ebpf_desc.clone(),
+        rx: rx_name(o).into(),
+        loadavg_start: loadavg(),
+        loadavg_end: String::new(),
         baseline: None,
         points: Vec::new(),
     };
@@ -567,8 +828,13 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
                 }
                 Err(e) => {
                     eprintln!("bench:   failed: {e:#}");
-                    res.points
-                        .push(Point::failed(kind, viewers, bitrate, format!("{e:#}")));
+                    res.points.push(Point::failed(
+                        kind,
+                        rx_name(o),
+                        viewers,
+                        bitrate,
+                        format!("{e:#}"),
+                    ));
                 }
             }
             std::fs::write(
@@ -577,6 +843,7 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
             )?;
         }
     }
+    res.loadavg_end = loadavg();
     std::fs::write(
         o.out.join("results.json"),
         serde_json::to_string_pretty(&res)?,
@@ -593,6 +860,13 @@ pub fn table(r: &SweepResults) -> String {
         "Machine: {} CPUs, {}, Linux {}. Window {} s after {} s warm-up per point.\n\n",
         m.nproc, m.cpu_model, m.kernel, r.duration_s, r.warmup_s
     );
+    if !r.relay_bin.is_empty() {
+        s += &format!(
+            "Relay {} (eBPF object {}); generator receive: {}. Load average at start: {}; at end: {}.\n\n",
+            r.relay_bin, r.ebpf_object, r.rx, r.loadavg_start, r.loadavg_end
+        );
+    }
+    s += "holds = offered ≥ 0.99 and on time min ≥ 0.999 (every viewer got ≥ 99.9 % of the window's packets within the latency).\n\n";
     if let Some(b) = &r.baseline {
         s += &format!(
             "Raw UDP baseline (sendmmsg, {} B, relay→viewers veth): {:.0} datagrams/s sent, {:.0} received, {:.0} % busy, {:.0} ns of busy CPU per received datagram.\n\n",
@@ -602,32 +876,45 @@ pub fn table(r: &SweepResults) -> String {
     for (k, e) in &r.datapath_errors {
         s += &format!("Datapath {k} not measured: {e}\n\n");
     }
-    s += "| datapath | viewers | Mbit/s | delivered min | mean | relay CPU % | softirq % | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
-    s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| datapath | rx | viewers | Mbit/s | holds | offered | delivered min | mean | on time min | ACKs/s / viewer | relay CPU % | relay % / viewer | syscalls/s | syscalls/s / viewer | softirq % | backlog drops | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % (user) | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
+    s += "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for p in &r.points {
         if let Some(e) = &p.error {
             s += &format!(
-                "| {} | {} | {:.0} | failed: {} |||||||||||||\n",
+                "| {} | {} | {} | {:.0} | no | failed: {} |||||||||||||||||||\n",
                 p.datapath,
+                p.rx,
                 p.viewers,
                 p.bitrate_mbps,
                 e.replace('|', "/")
             );
             continue;
         }
+        let opt =
+            |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
         s += &format!(
-            "| {} | {} | {:.0} | {:.4} | {:.4} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {:.0} | {} | {:.3} | {:.4} | {:.4} | {} | {} | {:.1} | {:.3} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
             p.datapath,
+            p.rx,
             p.viewers,
             p.bitrate_mbps,
+            if p.holds() { "yes" } else { "no" },
+            p.offered,
             p.delivery_min,
             p.delivery_mean,
+            opt(p.on_time_min, 4),
+            opt(p.acks_per_viewer_s, 1),
             p.relay_pct,
+            p.relay_pct_per_viewer,
+            opt(p.relay_syscalls_per_s, 0),
+            opt(p.syscalls_per_viewer_s, 1),
             p.softirq_pct,
+            p.backlog_drops.map_or("-".into(), |d| d.to_string()),
             p.relay_total_pct,
             p.ns_per_delivered,
             p.attributed_pct,
             p.generator_pct,
+            opt(p.generator_user_pct, 1),
             p.latency_p50_us,
             p.latency_p99_us,
             p.latency_max_us,

@@ -165,6 +165,13 @@ pub struct SendBatch {
     pub syscalls: u64,
 }
 
+// SAFETY: the raw pointers in the header vectors point into the batch's own heap buffers
+// and are rebuilt by every flush/recv before use; between calls they are never read, so
+// moving the batch to another thread is sound.
+unsafe impl Send for SendBatch {}
+// SAFETY: as for SendBatch.
+unsafe impl Send for RecvBatch {}
+
 /// The kernel's limit of messages per sendmmsg/recvmmsg call.
 pub const MAX_BATCH: usize = 1024;
 
@@ -441,6 +448,17 @@ pub fn proc_stat(pid: &str) -> Option<(u64, u64, u64)> {
     Some((get(14)? + get(15)?, get(9)?, get(22)?))
 }
 
+/// (utime, stime) in clock ticks from /proc/<pid>/stat. With tick-based accounting, softirq
+/// work that runs while the process is current (e.g. packets its own sends set off) is in
+/// its stime as well as in /proc/stat's softirq.
+pub fn proc_user_sys(pid: &str) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |field: usize| f.get(field - 3).and_then(|v| v.parse::<u64>().ok());
+    Some((get(14)?, get(15)?))
+}
+
 pub fn proc_cpu_ticks(pid: u32) -> Option<u64> {
     proc_stat(&pid.to_string()).map(|(t, _, _)| t)
 }
@@ -499,6 +517,18 @@ impl CpuTimes {
     pub fn busy(&self) -> u64 {
         self.user + self.nice + self.system + self.irq + self.softirq + self.steal
     }
+}
+
+/// Packets the kernel dropped because a CPU's input backlog was full (netdev_max_backlog),
+/// all CPUs: column 2 of /proc/net/softnet_stat. Machine-wide (veth delivery goes through
+/// these backlogs in every namespace).
+pub fn softnet_dropped() -> u64 {
+    std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|h| u64::from_str_radix(h, 16).ok())
+        .sum()
 }
 
 const PF_KTHREAD: u64 = 0x0020_0000;

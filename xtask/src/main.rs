@@ -19,8 +19,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Build the kernel fast path (stsync-ebpf) with nightly + bpf-linker into
-    /// target/bpfel-unknown-none/release/stsync-ebpf.
+    /// Build the kernel programs with nightly + bpf-linker: the fast path (stsync-ebpf) and
+    /// the benchmark's viewer sink (stsync-bench-ebpf), into
+    /// target/bpfel-unknown-none/release/.
     BuildEbpf,
     /// Install what the tests need (when root on Debian) and run the whole test suite.
     Test {
@@ -56,9 +57,13 @@ const TEST_PACKAGES: &[&str] = &[
 fn main() -> Result<()> {
     let root = project_root();
     match Cli::parse().cmd {
-        Cmd::BuildEbpf => build_ebpf(&root),
+        Cmd::BuildEbpf => build_ebpf(&root, ALL_EBPF),
         Cmd::Bench { args } => {
-            build_ebpf_if_possible(&root, "the ebpf datapath will be recorded as unavailable")?;
+            build_ebpf_if_possible(
+                &root,
+                ALL_EBPF,
+                "the ebpf datapath will be recorded as unavailable and the generator needs --rx socket",
+            )?;
             cargo(
                 &root,
                 &[
@@ -70,17 +75,18 @@ fn main() -> Result<()> {
                     "stsync-bench",
                 ],
             )?;
-            let status = Command::new(root.join("target/release/stsync-bench"))
-                .current_dir(&root)
-                .args(["sweep", "--out", "target/bench"])
-                .args(&args)
-                .status()
-                .context("starting stsync-bench")?;
+            let mut cmd = Command::new(root.join("target/release/stsync-bench"));
+            cmd.current_dir(&root).arg("sweep");
+            if !args.iter().any(|a| a == "--out" || a.starts_with("--out=")) {
+                cmd.args(["--out", "target/bench"]);
+            }
+            let status = cmd.args(&args).status().context("starting stsync-bench")?;
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Run { args } => {
             build_ebpf_if_possible(
                 &root,
+                RELAY_EBPF,
                 "running without the kernel fast path (datapath=userspace)",
             )?;
             cargo(
@@ -111,7 +117,7 @@ fn main() -> Result<()> {
             if let Err(e) = install_ebpf_toolchain() {
                 eprintln!("xtask: {e:#}");
             }
-            build_ebpf_if_possible(&root, "the eBPF tests will be skipped")?;
+            build_ebpf_if_possible(&root, ALL_EBPF, "the eBPF tests will be skipped")?;
             let mut cmd = Command::new(env!("CARGO"));
             cmd.current_dir(&root).args(["test", "--workspace"]);
             if std::env::var_os("CI").is_some() {
@@ -200,11 +206,16 @@ fn ebpf_toolchain_missing() -> Option<&'static str> {
     }
 }
 
-/// Builds the eBPF object when its toolchain is there; otherwise says what is missing, what
-/// that means (`consequence`) and how to install it.
-fn build_ebpf_if_possible(root: &Path, consequence: &str) -> Result<()> {
+/// The relay's kernel fast path.
+const RELAY_EBPF: &[&str] = &["stsync-ebpf"];
+/// Every kernel program: the fast path and the benchmark generator's viewer sink.
+const ALL_EBPF: &[&str] = &["stsync-ebpf", "stsync-bench-ebpf"];
+
+/// Builds the eBPF objects of `crates` when their toolchain is there; otherwise says what
+/// is missing, what that means (`consequence`) and how to install it.
+fn build_ebpf_if_possible(root: &Path, crates: &[&str], consequence: &str) -> Result<()> {
     match ebpf_toolchain_missing() {
-        None => build_ebpf(root),
+        None => build_ebpf(root, crates),
         Some(what) => {
             eprintln!("xtask: {what}: {consequence}; install it with: {EBPF_TOOLCHAIN_HELP}");
             Ok(())
@@ -212,12 +223,19 @@ fn build_ebpf_if_possible(root: &Path, consequence: &str) -> Result<()> {
     }
 }
 
-/// `cargo +nightly build -Z build-std=core --target bpfel-unknown-none --release` in
-/// stsync-ebpf (its .cargo/config.toml asks bpf-linker for BTF); the object lands in the
-/// workspace's target directory.
-fn build_ebpf(root: &Path) -> Result<()> {
+/// `cargo +nightly build -Z build-std=core --target bpfel-unknown-none --release` in each
+/// of `crates` (their .cargo/config.toml asks bpf-linker for BTF); the objects land in the
+/// workspace's target directory, target/bpfel-unknown-none/release/<crate>.
+fn build_ebpf(root: &Path, crates: &[&str]) -> Result<()> {
+    for krate in crates {
+        build_one_ebpf(root, krate)?;
+    }
+    Ok(())
+}
+
+fn build_one_ebpf(root: &Path, krate: &str) -> Result<()> {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root.join("stsync-ebpf"))
+    cmd.current_dir(root.join(krate))
         .args([
             "+nightly",
             "build",
@@ -244,7 +262,7 @@ fn build_ebpf(root: &Path) -> Result<()> {
     }
     let status = cmd.status().context("running cargo +nightly")?;
     if !status.success() {
-        bail!("building stsync-ebpf failed");
+        bail!("building {krate} failed");
     }
     Ok(())
 }

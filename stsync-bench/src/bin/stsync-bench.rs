@@ -21,6 +21,19 @@ enum Cmd {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Count a process's system calls for a while (as the sweep does for the relay) and
+    /// print them as JSON.
+    Syscalls {
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, value_enum, default_value_t = stsync_bench::syscalls::Method::Bpf)]
+        method: stsync_bench::syscalls::Method,
+        /// The bench eBPF object (method bpf).
+        #[arg(long)]
+        object: Option<PathBuf>,
+    },
     /// Compare what another viewer wrote (srt-live-transmit ... file://con > FILE) with a
     /// stsync-loadgen run's JSON report: same packets, byte for byte.
     CheckDump {
@@ -47,6 +60,20 @@ fn main() -> Result<()> {
             std::fs::write(out.join("table.md"), stsync_bench::sweep::table(&r))?;
             stsync_bench::plot::draw(&r, &out.join("plot.svg"))?;
             print!("{}", stsync_bench::sweep::table(&r));
+            Ok(())
+        }
+        Cmd::Syscalls {
+            pid,
+            seconds,
+            method,
+            object,
+        } => {
+            let object = object.unwrap_or_else(stsync_bench::sink::default_object_path);
+            let mut c = stsync_bench::syscalls::Counter::start(method, pid, &object)?;
+            c.enable()?;
+            std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+            c.disable()?;
+            println!("{}", serde_json::to_string_pretty(&c.finish()?)?);
             Ok(())
         }
         Cmd::CheckDump {
