@@ -137,4 +137,31 @@ mod tests {
         assert!(publish[0].text.starts_with("ffmpeg -re -i in.ts"));
         assert!(publish.iter().any(|i| i.client == "obs"));
     }
+
+    /// The README's client commands are these, word for word (OBS is prose there).
+    #[test]
+    fn readme_shows_the_printed_commands() {
+        let readme = include_str!("../../README.md");
+        for mode in [Mode::Request, Mode::Publish] {
+            let t = Target {
+                host: "relay".into(),
+                port: 9999,
+                resource: "1".into(),
+                key: "<key>".into(),
+                mode,
+            };
+            for i in invocations(&t, "input.ts") {
+                if i.client == "obs" {
+                    assert!(readme.contains(&t.url()), "OBS server URL missing");
+                    continue;
+                }
+                assert!(
+                    readme.contains(&i.text),
+                    "README lacks the {} command:\n{}",
+                    i.client,
+                    i.text
+                );
+            }
+        }
+    }
 }

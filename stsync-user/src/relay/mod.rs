@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stsync_common::srt::{ctrl, HEADER_LEN, MAX_PAYLOAD, MSG_REXMIT_FLAG};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use viewer::{Unmapped, ViewerSend};
 
 /// Settings the relay core needs (a subset of config.json).
@@ -63,6 +63,8 @@ struct Stream {
     delay_us: u32,
     /// The current publisher's ingest latency.
     ingest: Option<IngestLatency>,
+    /// The delay no longer fits viewers' receive buffers at the publisher's rate (warned).
+    delay_too_big: bool,
 }
 
 enum Role {
@@ -206,6 +208,7 @@ impl Relay {
                     stats,
                     delay_us,
                     ingest: None,
+                    delay_too_big: false,
                 }
             })
             .collect();
@@ -839,6 +842,19 @@ impl Relay {
                 _ => 0,
             };
             s.stats.ingest_latency_us.store(ingest, Relaxed);
+            // A delay accepted at a lower rate may not fit once a faster publisher arrives:
+            // say so (viewers' buffers overflow and libsrt drops), once per episode.
+            let rate = s.stats.packet_rate.load(Relaxed);
+            let latency_ms = self.cfg.latency.as_millis() as u64;
+            let fits = crate::delay::check(s.stats.delay_target_ms.load(Relaxed), rate, latency_ms);
+            match fits {
+                Err(why) if !s.delay_too_big => {
+                    warn!(resource = %s.resource, "stream delay too large for its rate: {why}");
+                    s.delay_too_big = true;
+                }
+                Ok(()) => s.delay_too_big = false,
+                Err(_) => {}
+            }
             let target = delay_target_us(&s.stats);
             if s.delay_us != target {
                 s.delay_us = if s.viewers.is_empty() {
