@@ -198,6 +198,28 @@ fn start(datapath: &str, delays: &[(&str, u64)], tag: &str) -> Run {
     }
 }
 
+/// The viewer got the whole clip, byte for byte, and libsrt neither dropped a packet nor
+/// got one too late.
+fn assert_whole(datapath: &str, v: &SltViewer, c: &Clip) {
+    assert_contiguous(
+        &format!("{datapath}: {}", v.name),
+        &v.output(),
+        c,
+        Expect {
+            from_start: true,
+            to_end: true,
+            min_packets: c.n_packets(),
+        },
+    );
+    let st = v.last_stats().expect("libsrt stats");
+    assert_eq!(
+        (st.recv_dropped, st.recv_belated),
+        (0, 0),
+        "{datapath}: {}: libsrt dropped or belated packets",
+        v.name
+    );
+}
+
 fn put_delay(relay: &Relay, stream: &str, body: &str) -> HttpResp {
     relay
         .request_body(
@@ -238,22 +260,7 @@ fn delayed_stream_plays_later_by_its_delay() {
             "{datapath}: delayed viewer lags {lag:.1} ms, expected 500 ± {TOLERANCE_MS}"
         );
         for v in [&a, &b] {
-            assert_contiguous(
-                &format!("{datapath}: {}", v.name),
-                &v.output(),
-                c,
-                Expect {
-                    from_start: true,
-                    to_end: true,
-                    min_packets: c.n_packets(),
-                },
-            );
-            let st = v.last_stats().expect("libsrt stats");
-            assert_eq!(
-                st.recv_dropped, 0,
-                "{datapath}: {}: libsrt dropped packets",
-                v.name
-            );
+            assert_whole(datapath, v, c);
         }
         let s2 = streams
             .as_array()
@@ -334,23 +341,7 @@ fn changing_the_delay_live_moves_viewers_smoothly() {
         assert_eq!(moved_back["delay_ms"], 300);
         assert_eq!(moved_back["delay_applied_ms"], 300);
         for v in [&a, &b] {
-            assert_contiguous(
-                &format!("{datapath}: {}", v.name),
-                &v.output(),
-                c,
-                Expect {
-                    from_start: true,
-                    to_end: true,
-                    min_packets: c.n_packets(),
-                },
-            );
-            let st = v.last_stats().expect("libsrt stats");
-            assert_eq!(
-                (st.recv_dropped, st.recv_belated),
-                (0, 0),
-                "{datapath}: {}: libsrt dropped or belated packets",
-                v.name
-            );
+            assert_whole(datapath, v, c);
         }
         let breaks = cc_breaks(&ts_align(&ff.output()).packets);
         assert!(
