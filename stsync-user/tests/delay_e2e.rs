@@ -45,13 +45,7 @@ impl TeePublisher {
         // srt-live-transmit discards input read before it is connected.
         std::thread::sleep(PUBLISHER_CONNECT_WAIT);
         let (reader, writer) = std::io::pipe().expect("pipe");
-        let mut pv = command(None, "pv");
-        pv.args(["-q", "-L", &clip.rate.to_string()])
-            .arg(&clip.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(writer))
-            .stderr(Stdio::null());
-        let pv = Proc::spawn("pv", pv, libc::SIGTERM, None);
+        let pv = pv_paced("pv", clip, writer);
         let copier = std::thread::spawn(move || {
             let mut reader = reader;
             let mut buf = vec![0u8; 64 * 1024];

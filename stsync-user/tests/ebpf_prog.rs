@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 use stsync_common::maps::{PublisherEntry, Route, ViewerConn, ViewerEntry, MAX_VIEWERS};
-use stsync_user::datapath::ebpf::{raw_ip, raw_port, Kernel};
+use stsync_user::datapath::ebpf::{monotonic_ns, raw_ip, raw_port, Kernel};
 
 const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 const VIEW_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
@@ -514,16 +514,6 @@ fn ack_body(words: usize, ack_seq: u32, rtt: u32, var: u32) -> Vec<u8> {
         .take(words)
         .flat_map(|w| w.to_be_bytes())
         .collect()
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[test]

@@ -391,7 +391,7 @@ pub fn raw_port(port: u16) -> u16 {
 }
 
 /// CLOCK_MONOTONIC now, ns: the clock of `Instant` on Linux and of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

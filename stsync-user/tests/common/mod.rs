@@ -1703,6 +1703,17 @@ pub fn stats_summary(v: &serde_json::Value) -> SltStats {
 /// How long a byte publisher's srt-live-transmit gets to connect before data flows.
 pub const PUBLISHER_CONNECT_WAIT: Duration = Duration::from_millis(500);
 
+/// `pv -q -L <rate> clip.ts > out`: the clip's bytes at its own rate.
+pub fn pv_paced(name: &str, clip: &Clip, out: std::io::PipeWriter) -> Proc {
+    let mut pv = command(None, "pv");
+    pv.args(["-q", "-L", &clip.rate.to_string()])
+        .arg(&clip.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::null());
+    Proc::spawn(name, pv, libc::SIGTERM, None)
+}
+
 pub struct BytePublisher {
     pub name: String,
     pv: Proc,
@@ -1775,13 +1786,7 @@ impl BytePublisher {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        let mut pv = command(None, "pv");
-        pv.args(["-q", "-L", &clip.rate.to_string()])
-            .arg(&clip.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(writer))
-            .stderr(Stdio::null());
-        let pv = Proc::spawn(&format!("{name}/pv"), pv, libc::SIGTERM, None);
+        let pv = pv_paced(&format!("{name}/pv"), clip, writer);
         eprintln!("[client] {name}: byte publisher -> {url}");
         BytePublisher {
             name: name.into(),
