@@ -119,7 +119,9 @@ fn main() -> Result<()> {
             }
             build_ebpf_if_possible(&root, ALL_EBPF, "the eBPF tests will be skipped")?;
             let mut cmd = Command::new(env!("CARGO"));
-            cmd.current_dir(&root).args(["test", "--workspace"]);
+            // Every test binary runs even when one fails, so one run shows every failure.
+            cmd.current_dir(&root)
+                .args(["test", "--workspace", "--no-fail-fast"]);
             if std::env::var_os("CI").is_some() {
                 // On CI (root, a BPF-capable kernel) a skipped privileged test is a failure.
                 cmd.env("STSYNC_REQUIRE_PRIVILEGED", "1");

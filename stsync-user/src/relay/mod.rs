@@ -3,6 +3,7 @@
 //! [`Relay::handle_datagram`] and [`Relay::handle_timeout`], datagrams to send come out of
 //! [`Relay::outbox`], and [`Relay::poll_timeout`] says when to call again.
 
+mod budget;
 mod handshake;
 mod ingest;
 mod outbox;
@@ -14,6 +15,7 @@ pub use outbox::{Outbox, Payload, Transmit};
 use crate::access::{Denied, Sessions};
 use crate::metrics::{ConnMode, ConnStats, Metrics, StreamStats};
 use crate::srt::cookie::CookieJar;
+use crate::srt::loss::LossList;
 use crate::srt::packet::{be32, loss_ranges, Ack, ControlPacket, DataPacket, Packet};
 use crate::srt::receiver::{Arrival, Feedback, Receiver};
 use crate::srt::seq::Seq;
@@ -21,7 +23,7 @@ use crate::srt::streamid::Mode;
 use handshake::{Conclusion, HandshakeOutcome};
 use ingest::IngestLatency;
 use ring::Ring;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -48,6 +50,23 @@ const SWEEP: Duration = Duration::from_millis(100);
 const DELAY_STEP_US: u32 = 10_000;
 /// How far back (packets) a new viewer's mapping may start before the packet that maps it.
 const MAX_ANCHOR_GAP: i32 = 64;
+/// A viewer's retransmissions (and DROPREQs) may take the stream's own byte rate again, but
+/// at least this much (bytes/s, 1 Mbit/s): a viewer at 10 % loss needs a tenth of it.
+const REXMIT_FLOOR_BPS: u64 = 125_000;
+/// The burst a viewer's retransmission budget allows, as time at its rate.
+const REXMIT_BURST: Duration = Duration::from_millis(250);
+
+/// Bytes per second of retransmission a viewer of a stream fed by `publisher` may take.
+fn rexmit_rate(publisher: Option<&Receiver>) -> u64 {
+    publisher
+        .map_or(0, |rx| u64::from(rx.byte_rate()))
+        .max(REXMIT_FLOOR_BPS)
+}
+
+/// The burst for `rate`: `REXMIT_BURST` of it, at least 16 full packets.
+fn rexmit_burst(rate: u64) -> u64 {
+    (rate * REXMIT_BURST.as_millis() as u64 / 1000).max(16 * (HEADER_LEN + MAX_PAYLOAD) as u64)
+}
 
 /// A configured resource and its live state.
 struct Stream {
@@ -166,6 +185,11 @@ pub struct Relay {
     out: Outbox,
     events: Vec<RouteEvent>,
     feedback: Vec<Feedback>,
+    /// The loss report being handled (kept for its allocation).
+    nak_scratch: LossList,
+    /// Viewers whose retransmission list waits for budget, and when the first can go on.
+    rexmit_pending: HashSet<u32>,
+    rexmit_wake: Option<Instant>,
     next_sweep: Instant,
     /// Source of socket IDs; the driver seeds it randomly.
     id_state: u64,
@@ -224,6 +248,9 @@ impl Relay {
             out: Outbox::default(),
             events,
             feedback: Vec::new(),
+            nak_scratch: LossList::default(),
+            rexmit_pending: HashSet::new(),
+            rexmit_wake: None,
             next_sweep: now + SWEEP,
             id_state: u64::from_le_bytes(secret[..8].try_into().unwrap()) | 1,
         }
@@ -385,7 +412,11 @@ impl Relay {
                 self.cfg.buffer_packets,
                 now,
             ))),
-            Mode::Request => Role::Viewer(ViewerSend::new(hs.hs.isn)),
+            Mode::Request => Role::Viewer(ViewerSend::new(
+                hs.hs.isn,
+                rexmit_burst(REXMIT_FLOOR_BPS),
+                now,
+            )),
         };
         info!(
             conn = id,
@@ -622,91 +653,148 @@ impl Relay {
         }
     }
 
-    /// Answers a viewer's loss report: retransmit what the stream still holds, wait for what
-    /// the publisher is still expected to resend, DROPREQ the rest.
+    /// Takes a viewer's loss report into its retransmission list, then resends what the
+    /// budget allows. A report that breaks the protocol ends the connection, as in libsrt.
     fn on_viewer_nak(&mut self, now: Instant, id: u32, body: &[u8]) {
-        let mut ranges = Vec::new();
+        // A report is at most one datagram (the parser refuses larger): 182 ranges.
+        let conn = self.conns.get_mut(&id).expect("caller checked");
+        let Role::Viewer(v) = &mut conn.role else {
+            return;
+        };
+        // The report's ranges, checked, then merged: each number once however often listed.
+        let reported = &mut self.nak_scratch;
+        reported.clear();
         for range in loss_ranges(body) {
-            match range {
-                Ok((first, last))
-                    if (0..=self.cfg.buffer_packets as i32).contains(&last.diff(first)) =>
-                {
-                    ranges.push((first, last))
-                }
-                _ => {
-                    self.metrics.drop_packet("malformed");
-                    break;
-                }
+            let (first, last) = match range {
+                Ok(r) => r,
+                Err(e) => return self.metrics.drop_packet(e.reason()),
+            };
+            if let Err(e) = v.check_nak(first, last) {
+                return self.end_for_nak(now, id, e.reason(), &e.to_string());
             }
+            reported.insert(first, last, now);
         }
-        let conn = &self.conns[&id];
-        let Role::Viewer(v) = &conn.role else { return };
+        let s = &self.streams[conn.stream];
+        let oldest = v.oldest_held(s.epoch, self.cfg.buffer_packets);
+        let mut gone = Vec::new();
+        let mut overflow = false;
+        for r in reported.ranges() {
+            let lost = u64::from(v.note_nak(r.first, r.last));
+            ConnStats::add(&conn.stats.data_packets_lost, lost);
+            ConnStats::add(&conn.stats.data_bytes_lost, lost * MAX_PAYLOAD as u64);
+            let q = v.queue_nak(r.first, r.last, oldest, now);
+            gone.extend(q.gone);
+            overflow |= q.overflow;
+        }
+        if overflow {
+            self.metrics.drop_packet("loss_list_full");
+        }
+        self.retransmit(now, id, &gone);
+    }
+
+    /// A viewer's loss report broke the protocol: counted, logged once (the connection
+    /// ends with it), SHUTDOWN.
+    fn end_for_nak(&mut self, now: Instant, id: u32, reason: &str, why: &str) {
+        self.metrics.drop_packet(reason);
+        info!(conn = id, "closing viewer: {why}");
+        self.close(now, id, true);
+    }
+
+    /// Resends to viewer `id` what it awaits (and DROPREQs `gone` first), as far as its
+    /// budget allows: the stream's own byte rate (at least `REXMIT_FLOOR_BPS`), bursts of
+    /// `REXMIT_BURST` of it. What does not fit waits in its list for the budget to refill.
+    fn retransmit(&mut self, now: Instant, id: u32, gone: &[(Seq, Seq)]) {
+        let Some(mut conn) = self.conns.remove(&id) else {
+            return;
+        };
         let s = &self.streams[conn.stream];
         let publisher_rx = s.publisher.and_then(|p| match &self.conns.get(&p)?.role {
             Role::Publisher(rx) => Some(rx.as_ref()),
             _ => None,
         });
-        let mut gone: Vec<(Seq, Seq)> = Vec::new();
-        let mut resend = Vec::new();
-        for &(first, last) in &ranges {
-            let mut vseq = first;
-            for _ in 0..=last.diff(first) {
-                let held = match v.unmap(s.epoch, vseq) {
-                    Unmapped::Publisher(p) => {
-                        if let Some((slot, pkt)) = s.ring.as_ref().and_then(|r| r.get(p)) {
-                            let vts = v.ts(pkt.ts).wrapping_add(pkt.delay);
-                            Some(Some((slot, pkt.msg, vts, pkt.payload.len())))
-                        } else if publisher_rx.is_some_and(|rx| rx.is_missing(p)) {
-                            Some(None) // still expected from the publisher: forwarded when it comes
-                        } else {
-                            None
-                        }
-                    }
-                    Unmapped::NotYet => Some(None), // the relay will see it in a moment
-                    Unmapped::Gone => None,
-                };
-                match held {
-                    Some(Some(p)) => resend.push((vseq, p)),
-                    Some(None) => {}
-                    None => match gone.last_mut() {
-                        Some((_, hi)) if hi.next() == vseq => *hi = vseq,
-                        _ => gone.push((vseq, vseq)),
-                    },
-                }
-                vseq = vseq.next();
-            }
-        }
+        let rate = rexmit_rate(publisher_rx);
+        let burst = rexmit_burst(rate);
+        let ts = conn.clock(now);
         let stream = conn.stream as u32;
-        let conn = self.conns.get_mut(&id).expect("checked above");
         let Role::Viewer(v) = &mut conn.role else {
+            self.conns.insert(id, conn);
             return;
         };
-        for &(first, last) in &ranges {
-            let lost = u64::from(v.note_nak(first, last));
-            ConnStats::add(&conn.stats.data_packets_lost, lost);
-            ConnStats::add(&conn.stats.data_bytes_lost, lost * MAX_PAYLOAD as u64);
+        v.budget.refill(now, rate, burst);
+        let mut drop_run: Option<(Seq, Seq)> = None;
+        let dropreq = |out: &mut Outbox, v: &mut ViewerSend, run: (Seq, Seq)| {
+            let len = out.push_control(
+                conn.peer,
+                ctrl::DROPREQ,
+                0,
+                ts,
+                conn.peer_id,
+                &[run.0.get(), run.1.get()],
+            );
+            v.budget.spend(len as u64);
+            ConnStats::add(&conn.stats.ctrl_packets_sent, 1);
+            ConnStats::add(&conn.stats.ctrl_bytes_sent, len as u64);
+        };
+        for &run in gone {
+            if !v.budget.available() {
+                break; // the viewer asks again
+            }
+            dropreq(&mut self.out, v, run);
         }
-        for (vseq, (slot, msg, vts, len)) in resend {
-            let payload = Payload::Ring {
-                stream,
-                slot: slot as u32,
+        while v.budget.available() {
+            let Some(vseq) = v.loss.pop_first() else {
+                break;
             };
+            let held = match v.unmap(s.epoch, vseq) {
+                Unmapped::Publisher(p) => match s.ring.as_ref().and_then(|r| r.get(p)) {
+                    Some((slot, pkt)) => Some(Some((slot, pkt))),
+                    // Still expected from the publisher: forwarded when it comes.
+                    None if publisher_rx.is_some_and(|rx| rx.is_missing(p)) => Some(None),
+                    None => None,
+                },
+                // Not forwarded yet: the viewer asks again if it stays missing.
+                Unmapped::NotYet => Some(None),
+                Unmapped::Gone => None,
+            };
+            let Some(held) = held else {
+                drop_run = match drop_run {
+                    Some((a, b)) if b.next() == vseq => Some((a, vseq)),
+                    Some(run) => {
+                        dropreq(&mut self.out, v, run);
+                        Some((vseq, vseq))
+                    }
+                    None => Some((vseq, vseq)),
+                };
+                continue;
+            };
+            let Some((slot, pkt)) = held else { continue };
             self.out.push_data(
                 conn.peer,
                 vseq,
-                msg | MSG_REXMIT_FLAG,
-                vts,
+                pkt.msg | MSG_REXMIT_FLAG,
+                v.ts(pkt.ts).wrapping_add(pkt.delay),
                 conn.peer_id,
-                payload,
+                Payload::Ring {
+                    stream,
+                    slot: slot as u32,
+                },
             );
+            let len = (HEADER_LEN + pkt.payload.len()) as u64;
+            v.budget.spend(len);
             ConnStats::add(&conn.stats.data_packets_sent, 1);
             ConnStats::add(&conn.stats.data_packets_retrans, 1);
-            ConnStats::add(&conn.stats.data_bytes_sent, (HEADER_LEN + len) as u64);
+            ConnStats::add(&conn.stats.data_bytes_sent, len);
             conn.last_sent = now;
         }
-        for (first, last) in gone {
-            self.send_control(now, id, ctrl::DROPREQ, 0, &[first.get(), last.get()]);
+        if let Some(run) = drop_run {
+            dropreq(&mut self.out, v, run);
         }
+        if !v.loss.is_empty() {
+            let at = v.budget.ready_at(rate);
+            self.rexmit_wake = Some(self.rexmit_wake.map_or(at, |w| w.min(at)));
+            self.rexmit_pending.insert(id);
+        }
+        self.conns.insert(id, conn);
     }
 
     /// Closes a connection; `notify` sends the peer a SHUTDOWN first.
@@ -744,6 +832,9 @@ impl Relay {
 
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_sweep;
+        if let Some(w) = self.rexmit_wake {
+            t = t.min(w);
+        }
         for s in &self.streams {
             if let Some(Role::Publisher(rx)) = s
                 .publisher
@@ -780,6 +871,13 @@ impl Relay {
             }
         }
         self.feedback = fb;
+        if self.rexmit_wake.is_some_and(|w| now >= w) {
+            self.rexmit_wake = None;
+            let pending: Vec<u32> = self.rexmit_pending.drain().collect();
+            for id in pending {
+                self.retransmit(now, id, &[]);
+            }
+        }
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP;
             self.sweep(now);

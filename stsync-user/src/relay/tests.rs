@@ -332,7 +332,9 @@ fn stream_delay_moves_timestamps_gradually() {
         for i in from..from + n {
             p.data(w, Seq::new(i), i * 2_500, b"x");
             if i % 4 == 0 {
-                v.control(w, ctrl::ACK, i, &[i, 1000, 100, 8192, 0, 0, 0]);
+                // Acknowledges with a lag, so the NAK below is for a packet still awaited.
+                let ack = i.saturating_sub(100);
+                v.control(w, ctrl::ACK, i, &[ack, 1000, 100, 8192, 0, 0, 0]);
                 p.control(w, ctrl::KEEPALIVE, 0, &[0]);
             }
             w.advance(Duration::from_micros(2_500));
@@ -734,8 +736,9 @@ fn garbage_is_counted_and_never_panics() {
             b[0] = 0x80;
             b[1] = (i % 9) as u8;
         }
-        // From the peers' own addresses, anything but a (valid) SHUTDOWN.
-        let from = if i % 2 == 0 || (b.len() >= 2 && b[0] == 0x80 && b[1] == 5) {
+        // From the peers' own addresses, anything but a (valid) SHUTDOWN or a NAK (one that
+        // breaks the protocol ends the connection: see `nak_that_breaks_the_protocol_...`).
+        let from = if i % 2 == 0 || (b.len() >= 2 && b[0] == 0x80 && (b[1] == 5 || b[1] == 3)) {
             evil
         } else {
             [v.addr, p.addr][(i as usize / 2) % 2]
@@ -759,4 +762,137 @@ fn garbage_is_counted_and_never_panics() {
     assert!(w.relay.conns.contains_key(&v.relay_id));
     p.data(&mut w, seq, 0, b"still here");
     assert!(data(&w.take(v.addr)).iter().any(|d| d.1 == b"still here"));
+}
+
+/// Retransmission bytes (data with the R flag, and DROPREQs) in `got`.
+fn rexmit_bytes(got: &[Got]) -> usize {
+    got.iter()
+        .map(|g| match g {
+            Got::Data { msg, payload, .. } if msg & MSG_REXMIT_FLAG != 0 => 16 + payload.len(),
+            Got::Ctrl { typ, body, .. } if *typ == ctrl::DROPREQ => 16 + body.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn nak_storm_is_merged_paced_and_bounded() {
+    let mut w = World::new();
+    let mut v = Caller::new(1001, 0);
+    let mut honest = Caller::new(1002, 0);
+    let mut p = Caller::new(2000, 0);
+    v.join(&mut w, "request");
+    honest.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    let payload = [0x47u8; 1316];
+    // 400 packets/s of 1316 bytes (≈ 4.3 Mbit/s) for 3 s; from the second second on the
+    // attacker sends 100 NAKs/s, each one datagram of 182 copies of its whole window.
+    let mut sent_to_attacker = 0usize;
+    let mut to_honest = 0usize;
+    let mut max_outbox = 0usize;
+    for i in 0..1200u32 {
+        p.data(&mut w, Seq::new(i), i * 2_500, &payload);
+        if i % 4 == 0 {
+            honest.control(&mut w, ctrl::ACK, i, &[i, 1000, 100, 8192, 0, 0, 0]);
+        }
+        if i >= 400 && i % 4 == 0 {
+            let mut words = Vec::new();
+            for _ in 0..182 {
+                encode_loss(&mut words, Seq::new(0), Seq::new(i));
+            }
+            v.control(&mut w, ctrl::NAK, 0, &words);
+            v.control(&mut w, ctrl::KEEPALIVE, 0, &[0]);
+        }
+        max_outbox = max_outbox.max(w.relay.outbox_ref().items().len());
+        w.advance(Duration::from_micros(2_500));
+        max_outbox = max_outbox.max(w.relay.outbox_ref().items().len());
+        sent_to_attacker += rexmit_bytes(&w.take(v.addr));
+        to_honest += data(&w.take(honest.addr)).len();
+        w.take(p.addr);
+    }
+    assert_eq!(to_honest, 1200, "the honest viewer gets every packet");
+    // Budget: the stream's rate again (≈ 533 kB/s here) for 2 s, plus one burst.
+    let rate = 400.0 * (16.0 + 1316.0);
+    let budget = rate * 2.0 + rate * 0.25;
+    assert!(
+        (sent_to_attacker as f64) < budget * 1.1,
+        "attacker got {sent_to_attacker} bytes of retransmission, budget {budget}"
+    );
+    assert!(
+        sent_to_attacker as f64 > rate,
+        "the budget is used, not zero: {sent_to_attacker}"
+    );
+    assert!(max_outbox < 200, "outbox stays small: {max_outbox}");
+    let Role::Viewer(vs) = &w.relay.conns[&v.relay_id].role else {
+        panic!()
+    };
+    assert!(vs.loss.len() <= 2, "one merged range: {}", vs.loss.len());
+}
+
+#[test]
+fn nak_that_breaks_the_protocol_ends_that_connection_only() {
+    let mut w = World::new();
+    let mut p = Caller::new(2000, 0);
+    let mut viewers: Vec<Caller> = (0..4).map(|i| Caller::new(1001 + i, 0)).collect();
+    for v in &mut viewers {
+        v.join(&mut w, "request");
+    }
+    p.join(&mut w, "publish");
+    for i in 0..50u32 {
+        p.data(&mut w, Seq::new(i), i * 1000, b"x");
+    }
+    for v in &viewers {
+        w.take(v.addr);
+    }
+    let cases: [(&Caller, Vec<u32>, &str); 2] = [
+        // Past the last packet sent (plus the kernel path's slack).
+        (
+            &viewers[0],
+            vec![10 | 1 << 31, 50 + 1024],
+            "nak_beyond_sent",
+        ),
+        // A range that ends before it starts.
+        (&viewers[1], vec![30 | 1 << 31, 20], "nak_reversed"),
+    ];
+    for (v, words, reason) in cases {
+        v.control(&mut w, ctrl::NAK, 0, &words);
+        assert_eq!(w.dropped(reason), 1, "{reason}");
+        assert_eq!(ctrl(&w.take(v.addr), ctrl::SHUTDOWN).len(), 1, "{reason}");
+        assert!(!w.relay.conns.contains_key(&v.relay_id), "{reason}");
+    }
+    // Within the slack: not an error, nothing sent (the viewer will ask again).
+    let ok = &viewers[2];
+    assert!(w.relay.conns.contains_key(&viewers[3].relay_id));
+    ok.control(&mut w, ctrl::NAK, 0, &[50 | 1 << 31, 50 + 1023]);
+    assert!(w.take(ok.addr).is_empty());
+    p.data(&mut w, Seq::new(50), 50_000, b"y");
+    assert_eq!(data(&w.take(ok.addr)), vec![(50, b"y".to_vec())]);
+}
+
+#[test]
+fn retransmissions_beyond_the_burst_wait_for_the_budget() {
+    let mut w = World::new();
+    let mut v = Caller::new(1001, 0);
+    let mut p = Caller::new(2000, 0);
+    v.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    let payload = [0u8; 1456];
+    for i in 0..60u32 {
+        p.data(&mut w, Seq::new(i), i * 1000, &payload);
+    }
+    w.take(v.addr);
+    // No publisher rate yet: the floor (125 kB/s) applies, a burst of 250 ms of it.
+    v.nak(&mut w, 0, 59);
+    let now = data(&w.take(v.addr)).len();
+    assert!((21..=22).contains(&now), "one burst at once: {now}");
+    w.advance(Duration::from_millis(100));
+    let later = data(&w.take(v.addr)).len();
+    assert!(
+        (7..=10).contains(&later),
+        "then 125 kB/s: about 8 packets per 100 ms, got {later}"
+    );
+    // An ACK past what is still queued cancels it.
+    v.control(&mut w, ctrl::ACK, 1, &[60, 1000, 100, 8192, 0, 0, 0]);
+    w.advance(Duration::from_secs(1));
+    assert!(data(&w.take(v.addr)).is_empty());
 }

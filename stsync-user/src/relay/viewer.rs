@@ -2,8 +2,46 @@
 //! timestamps onto the viewer's own (one continuous sequence and time base per viewer, across
 //! publisher changes), and turns the viewer's loss reports back into publisher packets.
 
+use super::budget::TokenBucket;
+use crate::srt::loss::LossList;
 use crate::srt::seq::{ts_add, Seq};
 use std::time::{Duration, Instant};
+
+/// How far past what the relay has forwarded a viewer may report a loss: the kernel path
+/// delivers packets (and the viewer sees gaps among them) before the relay reads them.
+/// Further is a loss the viewer cannot have seen.
+pub const NAK_AHEAD_SLACK: i32 = 1024;
+/// At most this many separate ranges wait in a viewer's retransmission list (a live
+/// receiver has a handful); a report that would add more is counted and dropped.
+pub const MAX_LOSS_RANGES: usize = 1024;
+
+/// A loss report that ends the connection, as libsrt ends it ("BUG or ATTACK").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NakViolation {
+    #[error("loss range ends before it starts")]
+    Reversed,
+    #[error("loss range reaches past the last packet sent")]
+    BeyondSent,
+}
+
+impl NakViolation {
+    /// The label it is counted under.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NakViolation::Reversed => "nak_reversed",
+            NakViolation::BeyondSent => "nak_beyond_sent",
+        }
+    }
+}
+
+/// What became of a reported loss range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Queued {
+    /// The part older than anything the relay still holds for this viewer: DROPREQ.
+    pub gone: Option<(Seq, Seq)>,
+    /// The list was full: the rest was not queued.
+    pub overflow: bool,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapping {
@@ -39,17 +77,24 @@ pub struct ViewerSend {
     stalled_since: Option<Instant>,
     /// Highest sequence number reported lost so far, so repeated NAKs count once.
     nak_high: Option<Seq>,
+    /// Reported lost, not yet resent: each number once, nothing already acknowledged.
+    pub loss: LossList,
+    /// Bytes of retransmission (and DROPREQ) this viewer may still be sent.
+    pub budget: TokenBucket,
 }
 
 impl ViewerSend {
-    /// `isn` is the caller's initial sequence number, which libsrt expects as our first.
-    pub fn new(isn: Seq) -> Self {
+    /// `isn` is the caller's initial sequence number, which libsrt expects as our first;
+    /// the retransmission budget starts with `burst` bytes.
+    pub fn new(isn: Seq, burst: u64, now: Instant) -> Self {
         ViewerSend {
             next_vseq: isn,
             map: None,
             last_ack: isn,
             stalled_since: None,
             nak_high: None,
+            loss: LossList::default(),
+            budget: TokenBucket::new(burst, now),
         }
     }
 
@@ -112,6 +157,64 @@ impl ViewerSend {
         }
     }
 
+    /// The oldest viewer sequence number the relay may still resend, given the stream's
+    /// publisher `epoch` and a ring of `capacity` packets: anything older is DROPREQ.
+    pub fn oldest_held(&self, epoch: u64, capacity: u32) -> Seq {
+        match self.map.filter(|m| m.epoch == epoch) {
+            Some(m) => {
+                let ring_start = self.next_vseq.sub(capacity);
+                if ring_start.gt(m.first_vseq) {
+                    ring_start
+                } else {
+                    m.first_vseq
+                }
+            }
+            None => self.next_vseq,
+        }
+    }
+
+    /// A loss range ending the connection: reversed, or reaching past what was sent.
+    pub fn check_nak(&self, first: Seq, last: Seq) -> Result<(), NakViolation> {
+        if last.lt(first) {
+            return Err(NakViolation::Reversed);
+        }
+        if last.diff(self.next_vseq) >= NAK_AHEAD_SLACK {
+            return Err(NakViolation::BeyondSent);
+        }
+        Ok(())
+    }
+
+    /// Queues what of a (checked) loss range is worth resending: nothing already
+    /// acknowledged (libsrt drops that part too), nothing not forwarded yet (the viewer asks
+    /// again if it stays missing), and what is older than `oldest` comes back as gone.
+    pub fn queue_nak(&mut self, first: Seq, last: Seq, oldest: Seq, now: Instant) -> Queued {
+        let first = if first.lt(self.last_ack) {
+            self.last_ack
+        } else {
+            first
+        };
+        let sent_last = self.next_vseq.sub(1);
+        let last = if last.gt(sent_last) { sent_last } else { last };
+        let mut q = Queued::default();
+        if last.lt(first) {
+            return q;
+        }
+        if first.lt(oldest) {
+            let gone_last = if last.lt(oldest) { last } else { oldest.sub(1) };
+            q.gone = Some((first, gone_last));
+            if last.lt(oldest) {
+                return q;
+            }
+        }
+        let first = if first.lt(oldest) { oldest } else { first };
+        if self.loss.len() >= MAX_LOSS_RANGES {
+            q.overflow = true;
+        } else {
+            self.loss.insert(first, last, now);
+        }
+        q
+    }
+
     pub fn ts(&self, pts: u32) -> u32 {
         ts_add(pts, self.map.map_or(0, |m| m.ts_off))
     }
@@ -124,6 +227,7 @@ impl ViewerSend {
         if ack.gt(self.last_ack) && !ack.gt(self.next_vseq) {
             self.last_ack = ack;
             self.stalled_since = self.outstanding().then_some(now);
+            self.loss.remove_before(ack);
         }
     }
 
@@ -160,9 +264,54 @@ impl ViewerSend {
 mod tests {
     use super::*;
 
+    fn viewer(isn: u32) -> ViewerSend {
+        ViewerSend::new(Seq::new(isn), 100_000, Instant::now())
+    }
+
+    #[test]
+    fn loss_reports_are_checked_clipped_and_merged() {
+        let t = Instant::now();
+        let mut v = viewer(0);
+        for i in 0..200 {
+            v.map_new(1, Seq::new(1000 + i), 0, 0, Seq::new(1000 + i));
+        }
+        v.on_ack(Seq::new(50), t);
+        let s = Seq::new;
+        assert_eq!(v.check_nak(s(10), s(5)), Err(NakViolation::Reversed));
+        assert_eq!(v.check_nak(s(10), s(200 + 1023)), Ok(()), "kernel slack");
+        assert_eq!(
+            v.check_nak(s(10), s(200 + 1024)),
+            Err(NakViolation::BeyondSent)
+        );
+        // A ring of 128 holds viewer seqs 72..200.
+        let oldest = v.oldest_held(1, 128);
+        assert_eq!(oldest, s(72));
+        assert_eq!(
+            v.oldest_held(2, 128),
+            s(200),
+            "another publisher's: all gone"
+        );
+        // Acknowledged part dropped, unsent part dropped, too old part gone.
+        let q = v.queue_nak(s(0), s(500), oldest, t);
+        assert_eq!(q.gone, Some((s(50), s(71))));
+        let r: Vec<_> = v
+            .loss
+            .ranges()
+            .map(|r| (r.first.get(), r.last.get()))
+            .collect();
+        assert_eq!(r, vec![(72, 199)]);
+        // The same report again queues nothing new; an ACK prunes.
+        v.queue_nak(s(0), s(500), oldest, t);
+        assert_eq!(v.loss.len(), 1);
+        v.on_ack(Seq::new(150), t);
+        assert_eq!(v.loss.pop_first(), Some(s(150)));
+        // Entirely acknowledged: nothing at all.
+        assert_eq!(v.queue_nak(s(0), s(100), oldest, t), Queued::default());
+    }
+
     #[test]
     fn sequence_and_time_continue_across_publishers() {
-        let mut v = ViewerSend::new(Seq::new(500));
+        let mut v = viewer(500);
         // Publisher A starts at 9000 with timestamps around 1 s; the viewer's clock reads 2 ms.
         assert_eq!(
             v.map_new(1, Seq::new(9000), 1_000_000, 2_000, Seq::new(9000)),
@@ -215,7 +364,7 @@ mod tests {
 
     #[test]
     fn mapping_anchored_at_a_missing_first_packet_takes_it_when_recovered() {
-        let mut v = ViewerSend::new(Seq::new(500));
+        let mut v = viewer(500);
         // Publisher packet 100 was lost; 101 maps the viewer with 100 as its anchor.
         assert_eq!(
             v.map_new(1, Seq::new(101), 0, 0, Seq::new(100)).unwrap().0,
@@ -234,14 +383,14 @@ mod tests {
 
     #[test]
     fn late_joiner_skips_older_recoveries() {
-        let mut v = ViewerSend::new(Seq::new(0));
+        let mut v = viewer(0);
         v.map_new(1, Seq::new(100), 0, 0, Seq::new(100));
         assert_eq!(v.map_new(1, Seq::new(99), 0, 0, Seq::new(99)), None);
     }
 
     #[test]
     fn nak_counts_each_loss_once() {
-        let mut v = ViewerSend::new(Seq::new(0));
+        let mut v = viewer(0);
         assert_eq!(v.note_nak(Seq::new(5), Seq::new(7)), 3);
         assert_eq!(v.note_nak(Seq::new(5), Seq::new(7)), 0);
         assert_eq!(v.note_nak(Seq::new(6), Seq::new(9)), 2);

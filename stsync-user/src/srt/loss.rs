@@ -1,4 +1,5 @@
-//! The receiver's list of missing sequence numbers, kept as ranges in sequence order.
+//! A list of missing sequence numbers, kept as ranges in sequence order: the receiver's
+//! (gaps it found) and the sender's (what a viewer reported lost and awaits).
 
 use super::seq::Seq;
 use std::collections::VecDeque;
@@ -29,8 +30,67 @@ impl LossList {
         self.ranges.push_back(LossRange { first, last, since });
     }
 
+    /// Adds `first..=last` (`first` not after `last`), merging it with every range it
+    /// overlaps or touches, so a number is listed once however often it is reported.
+    /// Returns how many numbers were not listed before. A merged range keeps the earliest
+    /// `since`.
+    pub fn insert(&mut self, first: Seq, last: Seq, since: Instant) -> u32 {
+        // Ranges [lo, hi) overlap or touch the new one.
+        let lo = self.ranges.partition_point(|r| r.last.next().lt(first));
+        let hi = self.ranges.partition_point(|r| r.first.le(last.next()));
+        let mut merged = LossRange { first, last, since };
+        let mut before = 0;
+        for r in self.ranges.drain(lo..hi.max(lo)) {
+            before += r.count();
+            if r.first.lt(merged.first) {
+                merged.first = r.first;
+            }
+            if r.last.gt(merged.last) {
+                merged.last = r.last;
+            }
+            merged.since = merged.since.min(r.since);
+        }
+        self.ranges.insert(lo, merged);
+        merged.count() - before
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
+    }
+
+    /// How many ranges are listed.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Takes the first listed number out.
+    pub fn pop_first(&mut self) -> Option<Seq> {
+        let r = self.ranges.front_mut()?;
+        let s = r.first;
+        if r.first == r.last {
+            self.ranges.pop_front();
+        } else {
+            r.first = s.next();
+        }
+        Some(s)
+    }
+
+    /// Forgets every number before `s` (acknowledged, or no longer worth sending).
+    pub fn remove_before(&mut self, s: Seq) {
+        if self.ranges.is_empty() && self.ranges.capacity() > 64 {
+            // A burst grew it: give the memory back once it has passed.
+            self.ranges.shrink_to(16);
+        }
+        while let Some(r) = self.ranges.front_mut() {
+            if r.last.lt(s) {
+                self.ranges.pop_front();
+            } else {
+                if r.first.lt(s) {
+                    r.first = s;
+                }
+                break;
+            }
+        }
     }
 
     pub fn first(&self) -> Option<Seq> {
@@ -142,6 +202,35 @@ mod tests {
         let r: Vec<_> = l.ranges().map(|r| (r.first.get(), r.last.get())).collect();
         assert_eq!(r, vec![(11, 11), (13, 13)]);
         assert_eq!(l.first(), Some(Seq::new(11)));
+    }
+
+    #[test]
+    fn insert_merges_and_counts_each_number_once() {
+        let t = Instant::now();
+        let mut l = LossList::default();
+        let s = Seq::new;
+        assert_eq!(l.insert(s(10), s(12), t), 3);
+        assert_eq!(l.insert(s(20), s(20), t), 1);
+        assert_eq!(
+            l.insert(s(10), s(12), t),
+            0,
+            "the same report again adds nothing"
+        );
+        assert_eq!(
+            l.insert(s(13), s(19), t),
+            7,
+            "fills the hole; touching ranges merge"
+        );
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.insert(s(0x7FFF_FFFE), s(1), t), 4, "across the wrap");
+        assert_eq!(l.insert(s(5), s(25), t), 10);
+        let r: Vec<_> = l.ranges().map(|r| (r.first.get(), r.last.get())).collect();
+        assert_eq!(r, vec![(0x7FFF_FFFE, 1), (5, 25)]);
+        l.remove_before(s(7));
+        assert_eq!(l.pop_first(), Some(s(7)));
+        assert_eq!(l.pop_first(), Some(s(8)));
+        l.remove_before(s(26));
+        assert!(l.is_empty());
     }
 
     #[test]
