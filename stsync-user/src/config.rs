@@ -28,6 +28,12 @@ pub struct Config {
     pub max_connections: usize,
     #[serde(default = "d::max_viewers_per_stream")]
     pub max_viewers_per_stream: usize,
+    /// Open SRT connections from one source address.
+    #[serde(default = "d::max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Handshake conclusions per second from one source address (bursts of twice this).
+    #[serde(default = "d::handshakes_per_ip_per_sec")]
+    pub handshakes_per_ip_per_sec: u32,
     pub streams: Vec<StreamConfig>,
 }
 
@@ -69,6 +75,12 @@ mod d {
     pub fn max_viewers_per_stream() -> usize {
         1024
     }
+    pub fn max_connections_per_ip() -> usize {
+        256
+    }
+    pub fn handshakes_per_ip_per_sec() -> u32 {
+        20
+    }
 }
 
 impl Config {
@@ -103,6 +115,9 @@ impl Config {
         }
         if self.max_connections == 0 || self.max_viewers_per_stream == 0 {
             bail!("fields `max_connections` and `max_viewers_per_stream` must be at least 1");
+        }
+        if self.max_connections_per_ip == 0 || self.handshakes_per_ip_per_sec == 0 {
+            bail!("fields `max_connections_per_ip` and `handshakes_per_ip_per_sec` must be at least 1");
         }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.streams.iter_mut().enumerate() {

@@ -11,7 +11,7 @@ use stsync_user::datapath::ebpf::{EbpfDatapath, EbpfOptions, Kernel};
 use stsync_user::datapath::{userspace::Userspace, Datapath};
 use stsync_user::http::{self, AppState, StreamEntry};
 use stsync_user::metrics::{Metrics, StreamStats};
-use stsync_user::relay::{Relay, RelayConfig};
+use stsync_user::relay::{AddressLimits, Relay, RelayConfig};
 use tracing::{info, warn};
 
 #[global_allocator]
@@ -257,6 +257,10 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
             idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
             max_connections: cfg.max_connections,
             max_viewers_per_stream: cfg.max_viewers_per_stream,
+            per_address: AddressLimits {
+                max_connections: cfg.max_connections_per_ip,
+                handshakes_per_sec: cfg.handshakes_per_ip_per_sec,
+            },
         },
         entries
             .iter()

@@ -28,6 +28,10 @@ pub enum Rejection {
     Unauthorized,
     #[error("connection or viewer limit reached")]
     Overload,
+    #[error("connection limit for this address reached")]
+    AddressOverload,
+    #[error("too many handshakes from this address (REJ_BACKLOG)")]
+    Backlog,
     #[error("session key already used")]
     Forbidden,
     #[error("resource not found")]
@@ -46,7 +50,8 @@ impl Rejection {
             Rejection::Unsecure => 1011,
             Rejection::MessageApi => 1012,
             Rejection::Unauthorized => 2401,
-            Rejection::Overload => 2402,
+            Rejection::Overload | Rejection::AddressOverload => 2402,
+            Rejection::Backlog => 1005,
             Rejection::Forbidden => 2403,
             Rejection::NotFound => 2404,
             Rejection::BadMode => 2405,

@@ -3,6 +3,7 @@
 //! [`Relay::handle_datagram`] and [`Relay::handle_timeout`], datagrams to send come out of
 //! [`Relay::outbox`], and [`Relay::poll_timeout`] says when to call again.
 
+mod admission;
 mod budget;
 mod handshake;
 mod ingest;
@@ -20,6 +21,8 @@ use crate::srt::packet::{be32, loss_ranges, Ack, ControlPacket, DataPacket, Pack
 use crate::srt::receiver::{Arrival, Feedback, Receiver};
 use crate::srt::seq::Seq;
 use crate::srt::streamid::Mode;
+pub use admission::AddressLimits;
+use admission::PerAddress;
 use handshake::{Conclusion, HandshakeOutcome};
 use ingest::IngestLatency;
 use ring::Ring;
@@ -38,8 +41,10 @@ pub struct RelayConfig {
     pub latency: Duration,
     pub buffer_packets: u32,
     pub idle_timeout: Duration,
+    /// Viewers in all (publishers, one per stream, never count against it).
     pub max_connections: usize,
     pub max_viewers_per_stream: usize,
+    pub per_address: AddressLimits,
 }
 
 const KEEPALIVE: Duration = Duration::from_secs(1);
@@ -182,6 +187,8 @@ pub struct Relay {
     conns: HashMap<u32, Conn>,
     /// (peer address, peer socket ID) → our socket ID, to recognise repeated conclusions.
     by_peer: HashMap<(SocketAddr, u32), u32>,
+    addresses: PerAddress,
+    viewer_count: usize,
     out: Outbox,
     events: Vec<RouteEvent>,
     feedback: Vec<Feedback>,
@@ -205,6 +212,7 @@ impl Relay {
         secret: [u8; 16],
         now: Instant,
     ) -> Self {
+        let per_address = cfg.per_address;
         let by_resource = streams
             .iter()
             .enumerate()
@@ -245,6 +253,8 @@ impl Relay {
             by_resource,
             conns: HashMap::new(),
             by_peer: HashMap::new(),
+            addresses: PerAddress::new(per_address),
+            viewer_count: 0,
             out: Outbox::default(),
             events,
             feedback: Vec::new(),
@@ -336,9 +346,16 @@ impl Relay {
                 }
                 conn.last_recv = now;
                 if conn.stats.mode() == ConnMode::Handshake {
+                    // The caller took our answer: the connection counts from here on.
                     conn.stats.set_mode(match conn.role {
                         Role::Publisher(_) => ConnMode::Publish,
-                        Role::Viewer(_) => ConnMode::Request,
+                        Role::Viewer(_) => {
+                            self.streams[conn.stream]
+                                .stats
+                                .viewers
+                                .fetch_add(1, Relaxed);
+                            ConnMode::Request
+                        }
                     });
                 }
                 match pkt {
@@ -351,26 +368,38 @@ impl Relay {
 
     fn on_handshake(&mut self, now: Instant, from: SocketAddr, c: ControlPacket) {
         let existing = |peer_id| self.by_peer.get(&(from, peer_id)).copied();
-        match handshake::process(&self.cookies, now, from, c.body, existing) {
-            HandshakeOutcome::Reply(bytes) => self.out.push_bytes(from, &bytes),
+        let outcome = handshake::process(&self.cookies, now, from, c.body, existing);
+        let (req, result) = match outcome {
+            HandshakeOutcome::Reply(bytes) => return self.out.push_bytes(from, &bytes),
             HandshakeOutcome::Repeat(id) => {
                 if let Some(conn) = self.conns.get(&id) {
                     self.out.push_bytes(from, &conn.response.clone());
                 }
+                return;
             }
-            HandshakeOutcome::Ignore(reason) => self.metrics.drop_packet(reason),
-            HandshakeOutcome::Reject(req, rej) => {
-                info!(peer = %from, code = rej.code(), reason = %rej, "reject code={}", rej.code());
-                self.out
-                    .push_bytes(from, &handshake::rejection(&req, rej.code()));
-            }
+            HandshakeOutcome::Ignore(reason) => return self.metrics.drop_packet(reason),
+            // Both are conclusions with a valid cookie: the address is the caller's own, so
+            // its per-address budget applies before any further work.
+            HandshakeOutcome::Reject(req, rej) => match self.addresses.handshake(from.ip(), now) {
+                true => (req, Err(rej)),
+                false => (req, Err(handshake::Rejection::Backlog)),
+            },
             HandshakeOutcome::Conclusion(hs) => {
-                if let Err(rej) = self.admit(now, from, &hs) {
-                    info!(peer = %from, code = rej.code(), reason = %rej, "reject code={}", rej.code());
-                    self.out
-                        .push_bytes(from, &handshake::rejection(&hs.hs, rej.code()));
-                }
+                let result = match self.addresses.handshake(from.ip(), now) {
+                    true => self.admit(now, from, &hs),
+                    false => Err(handshake::Rejection::Backlog),
+                };
+                (hs.hs, result)
             }
+        };
+        if let Err(rej) = result {
+            if self.addresses.should_log(from.ip(), now) {
+                info!(peer = %from, code = rej.code(), reason = %rej, "reject code={} (this address's next rejections for 10 s at debug)", rej.code());
+            } else {
+                debug!(peer = %from, code = rej.code(), reason = %rej, "reject code={}", rej.code());
+            }
+            self.out
+                .push_bytes(from, &handshake::rejection(&req, rej.code()));
         }
     }
 
@@ -385,13 +414,16 @@ impl Relay {
         use handshake::Rejection as R;
         let sid = &hs.stream_id;
         let &stream = self.by_resource.get(&sid.resource).ok_or(R::NotFound)?;
-        if self.conns.len() >= self.cfg.max_connections {
-            return Err(R::Overload);
-        }
+        // Publishers have a budget of their own (one per stream; a takeover closes the old
+        // one), so viewers filling the relay never keep a stream's publisher out.
         if sid.mode == Mode::Request
-            && self.streams[stream].viewers.len() >= self.cfg.max_viewers_per_stream
+            && (self.viewer_count >= self.cfg.max_connections
+                || self.streams[stream].viewers.len() >= self.cfg.max_viewers_per_stream)
         {
             return Err(R::Overload);
+        }
+        if !self.addresses.may_connect(from.ip()) {
+            return Err(R::AddressOverload);
         }
         self.sessions
             .redeem(&sid.resource, &sid.session, now)
@@ -441,6 +473,7 @@ impl Relay {
         };
         self.conns.insert(id, conn);
         self.by_peer.insert((from, hs.hs.socket_id), id);
+        self.addresses.opened(from.ip());
         let s = &mut self.streams[stream];
         match sid.mode {
             Mode::Publish => {
@@ -464,7 +497,7 @@ impl Relay {
             }
             Mode::Request => {
                 s.viewers.push(id);
-                s.stats.viewers.store(s.viewers.len() as u64, Relaxed);
+                self.viewer_count += 1;
                 self.events.push(RouteEvent::ViewerAdded {
                     conn: id,
                     resource: s.resource.clone(),
@@ -806,6 +839,9 @@ impl Relay {
             return;
         };
         self.by_peer.remove(&(conn.peer, conn.peer_id));
+        self.addresses.closed(conn.peer.ip());
+        self.rexmit_pending.remove(&id);
+        let completed = conn.stats.mode() != ConnMode::Handshake;
         self.metrics.close_connection(id);
         let s = &mut self.streams[conn.stream];
         match conn.role {
@@ -823,7 +859,10 @@ impl Relay {
             }
             Role::Viewer(_) => {
                 s.viewers.retain(|&v| v != id);
-                s.stats.viewers.store(s.viewers.len() as u64, Relaxed);
+                self.viewer_count -= 1;
+                if completed {
+                    s.stats.viewers.fetch_sub(1, Relaxed);
+                }
                 self.events.push(RouteEvent::ViewerRemoved { conn: id });
             }
         }
@@ -970,6 +1009,7 @@ impl Relay {
             }
         }
         self.sessions.purge(now);
+        self.addresses.sweep(now);
     }
 
     /// Graceful stop: every peer gets SHUTDOWN.

@@ -7,6 +7,9 @@ use crate::srt::seq::Seq;
 use std::net::SocketAddr;
 use std::ops::Range;
 
+/// Buffers larger than this (bytes) shrink back after a burst.
+const SHRINK_ABOVE: usize = 256 << 10;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Payload {
     None,
@@ -92,8 +95,37 @@ impl Outbox {
         self.items.is_empty()
     }
 
+    /// Empties the outbox, handing back memory a burst left behind: buffers far larger
+    /// than what this batch used shrink to twice that.
     pub fn clear(&mut self) {
+        if self.arena.capacity() > SHRINK_ABOVE && self.arena.len() < self.arena.capacity() / 4 {
+            self.arena.shrink_to(2 * self.arena.len());
+        }
+        let items_bytes = self.items.capacity() * std::mem::size_of::<Transmit>();
+        if items_bytes > SHRINK_ABOVE && self.items.len() < self.items.capacity() / 4 {
+            self.items.shrink_to(2 * self.items.len());
+        }
         self.arena.clear();
         self.items.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_returns_after_a_burst() {
+        let mut o = Outbox::default();
+        let dst = SocketAddr::from(([127, 0, 0, 1], 1));
+        for _ in 0..100_000 {
+            o.push_control(dst, 1, 0, 0, 1, &[0]);
+        }
+        o.clear();
+        assert!(o.items.capacity() >= 100_000, "kept for a batch like it");
+        o.push_control(dst, 1, 0, 0, 1, &[0]);
+        o.clear();
+        assert!(o.items.capacity() < 100, "{}", o.items.capacity());
+        assert!(o.arena.capacity() < 100, "{}", o.arena.capacity());
     }
 }

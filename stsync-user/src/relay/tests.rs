@@ -6,6 +6,7 @@ use crate::srt::handshake::{
     encode_sid, ext, ext_header, hs_type, srt_flag, Handshake, SRT_VERSION,
 };
 use crate::srt::packet::{encode_loss, write_control, write_data};
+use admission::PerAddress;
 
 const LATENCY: Duration = Duration::from_millis(120);
 
@@ -44,6 +45,10 @@ impl World {
             idle_timeout: Duration::from_secs(5),
             max_connections: 16,
             max_viewers_per_stream: 8,
+            per_address: AddressLimits {
+                max_connections: 12,
+                handshakes_per_sec: 50,
+            },
         };
         let streams = vec![("1".to_string(), Arc::new(StreamStats::default()))];
         let relay = Relay::new(
@@ -895,4 +900,58 @@ fn retransmissions_beyond_the_burst_wait_for_the_budget() {
     v.control(&mut w, ctrl::ACK, 1, &[60, 1000, 100, 8192, 0, 0, 0]);
     w.advance(Duration::from_secs(1));
     assert!(data(&w.take(v.addr)).is_empty());
+}
+
+#[test]
+fn publishers_have_their_own_budget_and_viewers_count_once_connected() {
+    let mut w = World::new();
+    w.relay.cfg.max_connections = 2;
+    let stats = w.relay.streams[0].stats.clone();
+    let mut viewers: Vec<Caller> = (0..3).map(|i| Caller::new(1001 + i, 0)).collect();
+    viewers[0].join(&mut w, "request");
+    assert_eq!(
+        stats.viewers.load(Relaxed),
+        0,
+        "a viewer counts once it answers, not at its conclusion"
+    );
+    viewers[0].control(&mut w, ctrl::KEEPALIVE, 0, &[0]);
+    assert_eq!(stats.viewers.load(Relaxed), 1);
+    viewers[1].join(&mut w, "request");
+    let key = sid(&w, "request");
+    assert_eq!(viewers[2].connect(&mut w, &key), Err(2402), "viewers full");
+    // The stream's publisher, and a takeover, still get in.
+    let mut a = Caller::new(2000, 0);
+    let mut b = Caller::new(2001, 0);
+    a.join(&mut w, "publish");
+    b.join(&mut w, "publish");
+    assert_eq!(ctrl(&w.take(a.addr), ctrl::SHUTDOWN).len(), 1);
+    // A viewer that never completed leaves without having counted.
+    w.advance(Duration::from_secs(6));
+    assert_eq!(stats.viewers.load(Relaxed), 0);
+}
+
+#[test]
+fn per_address_limits_on_connections_and_handshakes() {
+    let mut w = World::new();
+    w.relay.addresses = PerAddress::new(AddressLimits {
+        max_connections: 2,
+        handshakes_per_sec: 2,
+    });
+    let mut c: Vec<Caller> = (0..3).map(|i| Caller::new(1001 + i, 0)).collect();
+    c[0].join(&mut w, "request");
+    c[1].join(&mut w, "request");
+    let key = sid(&w, "request");
+    assert_eq!(c[2].connect(&mut w, &key), Err(2402), "2 per address");
+    // Another host is not affected.
+    let mut other = Caller::new(1004, 0);
+    other.addr = SocketAddr::from(([127, 0, 0, 2], 1004));
+    other.join(&mut w, "request");
+    // Handshakes: a burst of 4, then 2/s; over it, REJ_BACKLOG.
+    assert_eq!(c[2].connect(&mut w, &key), Err(2402), "the 4th");
+    assert_eq!(c[2].connect(&mut w, &key), Err(1005), "burst spent");
+    w.advance(Duration::from_secs(1));
+    c[0].control(&mut w, ctrl::SHUTDOWN, 0, &[0]);
+    let key = sid(&w, "publish");
+    c[2].connect(&mut w, &key)
+        .expect("budget refilled, a connection free");
 }
