@@ -110,6 +110,7 @@ pub struct Metrics {
     rtt: GaugeVec,
     rtt_var: GaugeVec,
     pub dropped: IntCounterVec,
+    rejections: IntCounterVec,
     pub datapath: IntGaugeVec,
     pub kernel_packets_seen: IntCounter,
     pub kernel_clones: IntCounter,
@@ -235,6 +236,14 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "srt_handshake_rejections_total",
+                "Handshakes refused, by the rejection code sent (see the README's table).",
+            ),
+            &["code"],
+        )
+        .unwrap();
         let datapath = IntGaugeVec::new(
             Opts::new(
                 "stsync_datapath",
@@ -252,7 +261,7 @@ impl Metrics {
         for c in &conn_counters {
             registry.register(Box::new(c.clone())).unwrap();
         }
-        for c in [&retrans, &kernel_sent, &dropped] {
+        for c in [&retrans, &kernel_sent, &dropped, &rejections] {
             registry.register(Box::new(c.clone())).unwrap();
         }
         registry.register(Box::new(rtt.clone())).unwrap();
@@ -324,6 +333,7 @@ impl Metrics {
             rtt,
             rtt_var,
             dropped,
+            rejections,
             datapath,
             kernel_packets_seen,
             kernel_clones,
@@ -347,6 +357,12 @@ impl Metrics {
 
     pub fn drop_packet(&self, reason: &str) {
         self.dropped.with_label_values(&[reason]).inc();
+    }
+
+    pub fn reject(&self, code: u32) {
+        self.rejections
+            .with_label_values(&[&code.to_string()])
+            .inc();
     }
 
     pub fn set_datapath(&self, kind: &str) {

@@ -1,6 +1,6 @@
 //! Handshake rejections as real callers see them. srt-live-transmit prints libsrt's text
 //! for the code (every 2xxx code shows as "Application-defined rejection reason"), so the
-//! number is checked in the relay's log, where it logs `code=NNNN` on a `reject` line.
+//! number is checked in the relay's `srt_handshake_rejections_total{code}` counter.
 
 mod common;
 
@@ -53,7 +53,7 @@ fn expect_reject(
     });
     assert!(
         ok,
-        "{what}: relay did not log `reject ... code={expect_code}`; codes logged so far: {:?}\nlog tail:\n{}",
+        "{what}: relay did not count rejection code {expect_code}; codes so far: {:?}\nlog tail:\n{}",
         relay.reject_codes(),
         tail_lines(&relay.log(), 15)
     );

@@ -682,3 +682,243 @@ fn sigterm_shuts_down_gracefully() {
         p.stderr()
     );
 }
+
+/// A viewer that does the handshake by hand and then only what the test tells it: the
+/// hostile caller of the NAK tests.
+struct HandViewer {
+    sock: UdpSocket,
+    relay: SocketAddr,
+    relay_id: u32,
+    isn: u32,
+}
+
+impl HandViewer {
+    fn connect(relay: &Relay) -> HandViewer {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = SocketAddr::V4(relay.srt);
+        let my_id = rand::random::<u32>() & 0x3FFF_FFFF | 1;
+        sock.send_to(&induction(my_id), to).unwrap();
+        let cookie = drain(&sock, Duration::from_millis(500))
+            .iter()
+            .find_map(|p| parse_hs(p))
+            .expect("induction answered")
+            .1;
+        let sid = format!("#!::r=1,s={},m=request", relay.session("1"));
+        let sid = sid_content(sid.as_bytes());
+        let mut exts = ext_block(1, 3, &hsreq_content());
+        exts.extend(ext_block(5, (sid.len() / 4) as u16, &sid));
+        sock.send_to(&conclusion(my_id, cookie, 0x1 | 0x4, &exts), to)
+            .unwrap();
+        let (ty, _, _, _, relay_id) = drain(&sock, Duration::from_millis(500))
+            .iter()
+            .find_map(|p| parse_hs(p))
+            .expect("conclusion answered");
+        assert_eq!(ty, 0xFFFF_FFFF, "accepted");
+        HandViewer {
+            sock,
+            relay: to,
+            relay_id,
+            isn: 0x1234_5678,
+        }
+    }
+
+    fn send_ctrl(&self, ty: u16, info: u32, words: &[u32]) {
+        let body: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        let _ = self
+            .sock
+            .send_to(&ctrl(ty, 0, info, self.relay_id, &body), self.relay);
+    }
+}
+
+/// What a hand viewer received, counted by a reader thread.
+#[derive(Default)]
+struct Received {
+    data_bytes: u64,
+    rexmit_bytes: u64,
+    highest: Option<u32>,
+    shutdown: bool,
+}
+
+fn count_received(
+    sock: UdpSocket,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Received>>,
+    std::thread::JoinHandle<()>,
+) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Received::default()));
+    let g = got.clone();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let t = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 2048];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok(n) = sock.recv(&mut buf) else { continue };
+            if n < 16 {
+                continue;
+            }
+            let w0 = u32::from_be_bytes(buf[0..4].try_into().unwrap());
+            let w1 = u32::from_be_bytes(buf[4..8].try_into().unwrap());
+            let mut r = g.lock().unwrap();
+            if w0 & 0x8000_0000 == 0 {
+                r.data_bytes += n as u64;
+                if w1 & (1 << 26) != 0 {
+                    r.rexmit_bytes += n as u64;
+                }
+                let seq = w0 & 0x7FFF_FFFF;
+                if r.highest.is_none_or(|h| {
+                    (seq.wrapping_sub(h) as i32) > 0 && seq.wrapping_sub(h) < 1 << 30
+                }) {
+                    r.highest = Some(seq);
+                }
+            } else if (w0 >> 16) & 0x7FFF == 5 {
+                r.shutdown = true;
+            }
+        }
+    });
+    (got, t)
+}
+
+/// The NAK attacks of issue 11 against a real stream: a viewer that sends 100 NAKs a second,
+/// each one datagram of 182 copies of its whole window, while acknowledging just enough to
+/// stay connected; and a viewer whose NAK reaches past the last packet sent. The honest
+/// srt-live-transmit viewer must stay byte-exact, the attacker get no more retransmission
+/// than the budget (the stream's rate again, 250 ms bursts), and the second attacker be cut
+/// off alone.
+#[test]
+fn nak_storm_is_bounded_and_a_nak_past_the_last_packet_ends_that_connection() {
+    // The default datapath (the kernel's when it can load: the NAKs still reach the daemon).
+    nak_attacks(RelayOpts::default());
+}
+
+#[test]
+fn nak_storm_is_bounded_on_the_userspace_datapath() {
+    nak_attacks(RelayOpts {
+        datapath: Some("userspace".into()),
+        ..RelayOpts::default()
+    });
+}
+
+fn nak_attacks(opts: RelayOpts) {
+    let c = clip();
+    let mut relay = Relay::start(opts);
+    let dir = TempDir::new("nak-storm");
+    let mut honest = SltViewer::start(&dir, "honest", &relay.viewer_url("1"));
+    let attacker = HandViewer::connect(&relay);
+    let liar = HandViewer::connect(&relay);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (got, reader) = count_received(attacker.sock.try_clone().unwrap(), stop.clone());
+    let (liar_got, liar_reader) = count_received(liar.sock.try_clone().unwrap(), stop.clone());
+    sleep_secs(0.3);
+    let mut p = BytePublisher::start(&dir, "pub", &relay.publisher_url("1"), c);
+    assert!(
+        wait_until(Duration::from_secs(5), || got
+            .lock()
+            .unwrap()
+            .highest
+            .is_some()),
+        "the attacker gets data"
+    );
+    // Let the window grow past the 250 ms burst, then storm for 5 s.
+    sleep_secs(1.0);
+    let storm = Duration::from_secs(5);
+    let (data0, rexmit0) = {
+        let g = got.lock().unwrap();
+        (g.data_bytes, g.rexmit_bytes)
+    };
+    let t0 = Instant::now();
+    let mut naks = 0u32;
+    let mut ack = attacker.isn;
+    while t0.elapsed() < storm {
+        let highest = got.lock().unwrap().highest.unwrap();
+        let mut words = Vec::with_capacity(364);
+        for _ in 0..182 {
+            words.extend([attacker.isn | 0x8000_0000, highest]);
+        }
+        attacker.send_ctrl(3, 0, &words);
+        naks += 1;
+        if naks % 50 == 0 {
+            // Just enough progress not to be closed as stuck.
+            ack = ack.wrapping_add(1);
+            attacker.send_ctrl(2, naks, &[ack, 10_000, 5_000, 8192, 400, 100_000, 100_000]);
+            if let Some(h) = liar_got.lock().unwrap().highest {
+                liar.send_ctrl(2, naks, &[h, 10_000, 5_000, 8192, 400, 100_000, 100_000]);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = t0.elapsed().as_secs_f64();
+    let (data1, rexmit1) = {
+        let g = got.lock().unwrap();
+        (g.data_bytes, g.rexmit_bytes)
+    };
+    // The second attacker: a loss report far past anything sent.
+    let highest = liar_got.lock().unwrap().highest.expect("liar got data");
+    assert!(
+        !liar_got.lock().unwrap().shutdown,
+        "still connected before its NAK"
+    );
+    liar.send_ctrl(
+        3,
+        0,
+        &[highest.wrapping_sub(10) | 0x8000_0000, highest + 5_000],
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || liar_got.lock().unwrap().shutdown),
+        "the viewer whose NAK reached past the last packet got SHUTDOWN"
+    );
+    p.finish(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    liar_reader.join().unwrap();
+    relay.assert_alive("after the NAK attacks");
+
+    // Budget: the stream's own rate again (at least 125 kB/s), plus one 250 ms burst.
+    let rate = c.rate as f64;
+    let stream_rate = rate.max(125_000.0);
+    let budget = stream_rate * took + stream_rate * 0.25;
+    let rexmit = (rexmit1 - rexmit0) as f64;
+    let all = (data1 - data0) as f64;
+    record_result(&format!(
+        "nak storm: {naks} NAKs of 182 full ranges in {took:.1} s; attacker got {:.0} kB of retransmission ({:.2}x the stream's {:.0} kB/s; budget {:.0} kB) and {:.0} kB in all",
+        rexmit / 1e3,
+        rexmit / (rate * took),
+        rate / 1e3,
+        budget / 1e3,
+        all / 1e3
+    ));
+    assert!(naks > 300, "the storm ran: {naks} NAKs");
+    assert!(
+        rexmit <= budget * 1.2,
+        "attacker got {rexmit} bytes of retransmission in {took:.1} s; budget {budget}"
+    );
+    assert!(rexmit > 0.0, "the budget is spent, not withheld");
+    let m = relay.metrics();
+    assert_eq!(
+        prom_value(
+            &m,
+            "srt_packets_dropped_total",
+            &[("reason", "nak_beyond_sent")]
+        ),
+        Some(1.0),
+        "the lying NAK is counted"
+    );
+    assert!(
+        relay
+            .log()
+            .contains("closing viewer: loss range reaches past the last packet sent"),
+        "and logged"
+    );
+    honest.assert_running("after the NAK attacks");
+    honest.stop();
+    assert_contiguous(
+        "honest viewer during the NAK storm",
+        &honest.output(),
+        c,
+        Expect {
+            from_start: true,
+            to_end: true,
+            min_packets: c.n_packets(),
+        },
+    );
+}

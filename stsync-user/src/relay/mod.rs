@@ -393,6 +393,7 @@ impl Relay {
             }
         };
         if let Err(rej) = result {
+            self.metrics.reject(rej.code());
             if self.addresses.should_log(from.ip(), now) {
                 info!(peer = %from, code = rej.code(), reason = %rej, "reject code={} (this address's next rejections for 10 s at debug)", rej.code());
             } else {

@@ -930,21 +930,20 @@ impl Relay {
         strip_ansi(&read_lossy(&self.log_path))
     }
 
-    /// Rejection codes the relay logged (lines containing "reject" and "code=NNNN").
+    /// Rejection codes the relay sent, each as often as it was sent (from
+    /// `srt_handshake_rejections_total{code}`; its log has only the first per address per
+    /// 10 s at info).
     pub fn reject_codes(&self) -> Vec<u32> {
-        self.log()
-            .lines()
-            .filter(|l| l.to_ascii_lowercase().contains("reject"))
-            .filter_map(|l| {
-                let i = l.find("code=")?;
-                let d: String = l[i + 5..]
-                    .chars()
-                    .skip_while(|c| *c == '"')
-                    .take_while(|c| c.is_ascii_digit())
-                    .collect();
-                d.parse().ok()
-            })
-            .collect()
+        let Ok(m) = self.get("/v1/metrics") else {
+            return Vec::new();
+        };
+        let mut codes = Vec::new();
+        for s in prom_samples(&m.body, "srt_handshake_rejections_total", &[]) {
+            if let Some(code) = s.label("code").and_then(|c| c.parse::<u32>().ok()) {
+                codes.extend(std::iter::repeat_n(code, s.value as usize));
+            }
+        }
+        codes
     }
 
     // --- HTTP ---
