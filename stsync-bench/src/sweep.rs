@@ -529,6 +529,9 @@ fn start_relay(o: &SweepOpts, kind: &str, dir: &Path, tag: &str) -> Result<Relay
             "http_listen": "0.0.0.0:9998",
             "max_connections": 4096,
             "max_viewers_per_stream": 1024,
+            // Every generated viewer comes from one address, as fast as it can connect.
+            "max_connections_per_ip": 4096,
+            "handshakes_per_ip_per_sec": 100_000,
             "streams": [{ "id": "1", "name": "bench", "token": TOKEN }]
         })
         .to_string(),
