@@ -287,6 +287,117 @@ fn viewer_limit_is_overload() {
     v3.stop();
 }
 
+/// Publishers have their own budget: viewers filling `max_connections` never keep a stream's
+/// publisher (or a takeover) out.
+#[test]
+fn publisher_admitted_when_viewers_fill_the_relay() {
+    let c = clip();
+    let relay = Relay::start(RelayOpts {
+        max_connections: Some(2),
+        ..Default::default()
+    });
+    let dir = TempDir::new("rej-full");
+    let mut v1 = SltViewer::start(&dir, "v1", &relay.viewer_url("1"));
+    let mut v2 = SltViewer::start(&dir, "v2", &relay.viewer_url("2"));
+    assert!(
+        wait_until(Duration::from_secs(3), || relay
+            .metric("srt_connections_current", &[("mode", "request")])
+            == Some(2.0)),
+        "viewers not connected"
+    );
+    expect_reject(
+        &relay,
+        &dir,
+        "third viewer over max_connections=2",
+        &relay.viewer_url("1"),
+        APP_TEXT,
+        2402,
+    );
+    let mut p1 = BytePublisher::start(&dir, "pub1", &relay.publisher_url("1"), c);
+    assert!(
+        v1.wait_bytes(100_000, Duration::from_secs(5)),
+        "the publisher of a full relay was not admitted: {}",
+        p1.stderr()
+    );
+    // A takeover, and the other stream's publisher, too.
+    let mut p2 = BytePublisher::start(&dir, "pub2", &relay.publisher_url("2"), c);
+    let mut p1b = BytePublisher::start(&dir, "pub1b", &relay.publisher_url("1"), c);
+    assert!(
+        v2.wait_bytes(100_000, Duration::from_secs(5)),
+        "stream 2's publisher was not admitted: {}",
+        p2.stderr()
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || relay
+            .metric("srt_connections_current", &[("mode", "publish")])
+            == Some(2.0)),
+        "takeover: {}",
+        relay.metrics()
+    );
+    assert!(!relay.reject_codes().is_empty() && relay.reject_codes().iter().all(|c| *c == 2402));
+    for p in [&mut p1, &mut p2, &mut p1b] {
+        p.stop();
+    }
+    v1.stop();
+    v2.stop();
+}
+
+/// Per-address budgets with real callers: open connections, then handshakes per second.
+#[test]
+fn per_address_limits() {
+    let relay = Relay::start(RelayOpts {
+        max_connections_per_ip: Some(1),
+        handshakes_per_ip_per_sec: Some(1),
+        ..Default::default()
+    });
+    let dir = TempDir::new("rej-per-ip");
+    let mut v1 = SltViewer::start(&dir, "v1", &relay.viewer_url("1"));
+    assert!(
+        wait_until(Duration::from_secs(3), || relay
+            .metric("srt_connections_current", &[("mode", "request")])
+            == Some(1.0)),
+        "first viewer not connected"
+    );
+    expect_reject(
+        &relay,
+        &dir,
+        "second connection from one address over max_connections_per_ip=1",
+        &relay.viewer_url("2"),
+        APP_TEXT,
+        2402,
+    );
+    // A burst of 2, then 1/s: callers in quick succession soon get REJ_BACKLOG, which
+    // libsrt names.
+    let mut backlog = None;
+    for _ in 0..10 {
+        let (_, stderr) = slt_attempt(
+            &dir,
+            &unique("spend"),
+            &relay.viewer_url("2"),
+            Duration::from_secs(2),
+        );
+        if stderr.contains("Listener's backlog exceeded") {
+            backlog = Some(stderr);
+            break;
+        }
+    }
+    assert!(backlog.is_some(), "no caller was refused with REJ_BACKLOG");
+    assert!(
+        relay.reject_codes().contains(&1005),
+        "{:?}",
+        relay.reject_codes()
+    );
+    v1.assert_running("while its address was refused more");
+    v1.stop();
+    let log = relay.log();
+    let logged = log.lines().filter(|l| l.contains("reject code=")).count();
+    assert!(
+        logged <= 2,
+        "rejections logged once per address per 10 s (one per distinct test phase at most): {logged}\n{}",
+        tail_lines(&log, 20)
+    );
+}
+
 #[test]
 fn ffmpeg_rejected_exits_nonzero() {
     let c = clip();

@@ -750,6 +750,8 @@ pub struct RelayOpts {
     pub idle_timeout_ms: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_viewers_per_stream: Option<u64>,
+    pub max_connections_per_ip: Option<u64>,
+    pub handshakes_per_ip_per_sec: Option<u64>,
     pub buffer_packets: Option<u64>,
     /// Run the relay inside this network namespace (`ip netns exec`).
     pub netns: Option<String>,
@@ -774,6 +776,8 @@ impl Default for RelayOpts {
             idle_timeout_ms: None,
             max_connections: None,
             max_viewers_per_stream: None,
+            max_connections_per_ip: None,
+            handshakes_per_ip_per_sec: None,
             buffer_packets: None,
             netns: None,
             srt_ip: Ipv4Addr::LOCALHOST,
@@ -853,6 +857,8 @@ impl Relay {
             ("idle_timeout_ms", opts.idle_timeout_ms),
             ("max_connections", opts.max_connections),
             ("max_viewers_per_stream", opts.max_viewers_per_stream),
+            ("max_connections_per_ip", opts.max_connections_per_ip),
+            ("handshakes_per_ip_per_sec", opts.handshakes_per_ip_per_sec),
             ("buffer_packets", opts.buffer_packets),
         ] {
             if let Some(v) = v {
