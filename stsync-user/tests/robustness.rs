@@ -837,7 +837,7 @@ fn nak_attacks(opts: RelayOpts) {
         }
         attacker.send_ctrl(3, 0, &words);
         naks += 1;
-        if naks % 50 == 0 {
+        if naks.is_multiple_of(50) {
             // Just enough progress not to be closed as stuck.
             ack = ack.wrapping_add(1);
             attacker.send_ctrl(2, naks, &[ack, 10_000, 5_000, 8192, 400, 100_000, 100_000]);
