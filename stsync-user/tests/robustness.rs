@@ -826,6 +826,7 @@ fn nak_attacks(opts: RelayOpts) {
         let g = got.lock().unwrap();
         (g.data_bytes, g.rexmit_bytes)
     };
+    let rss0 = relay.rss_kb();
     let t0 = Instant::now();
     let mut naks = 0u32;
     let mut ack = attacker.isn;
@@ -848,6 +849,7 @@ fn nak_attacks(opts: RelayOpts) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let took = t0.elapsed().as_secs_f64();
+    let rss1 = relay.rss_kb();
     let (data1, rexmit1) = {
         let g = got.lock().unwrap();
         (g.data_bytes, g.rexmit_bytes)
@@ -880,7 +882,7 @@ fn nak_attacks(opts: RelayOpts) {
     let rexmit = (rexmit1 - rexmit0) as f64;
     let all = (data1 - data0) as f64;
     record_result(&format!(
-        "nak storm: {naks} NAKs of 182 full ranges in {took:.1} s; attacker got {:.0} kB of retransmission ({:.2}x the stream's {:.0} kB/s; budget {:.0} kB) and {:.0} kB in all",
+        "nak storm: {naks} NAKs of 182 full ranges in {took:.1} s; attacker got {:.0} kB of retransmission ({:.2}x the stream's {:.0} kB/s; budget {:.0} kB) and {:.0} kB in all; relay RSS {rss0} -> {rss1} KiB",
         rexmit / 1e3,
         rexmit / (rate * took),
         rate / 1e3,
@@ -893,6 +895,12 @@ fn nak_attacks(opts: RelayOpts) {
         "attacker got {rexmit} bytes of retransmission in {took:.1} s; budget {budget}"
     );
     assert!(rexmit > 0.0, "the budget is spent, not withheld");
+    // Before the budget, one such NAK grew the relay by 86 MB; now only the stream's ring
+    // (a few MB of this clip) may grow meanwhile.
+    assert!(
+        rss1 < rss0 + 16 * 1024,
+        "relay RSS grew from {rss0} to {rss1} KiB during the storm"
+    );
     let m = relay.metrics();
     assert_eq!(
         prom_value(
