@@ -253,9 +253,7 @@ fn viewer_limit_is_overload() {
     let dir = TempDir::new("rej-overload");
     let mut v1 = SltViewer::start(&dir, "v1", &relay.viewer_url("1"));
     assert!(
-        wait_until(Duration::from_secs(3), || relay
-            .metric("srt_connections_current", &[("mode", "request")])
-            == Some(1.0)),
+        relay.wait_connections("request", 1, Duration::from_secs(3)),
         "first viewer not connected"
     );
     expect_reject(
@@ -275,9 +273,7 @@ fn viewer_limit_is_overload() {
     v2.stop();
     // A slot freed by a leaving viewer can be taken again.
     assert!(
-        wait_until(Duration::from_secs(3), || relay
-            .metric("srt_connections_current", &[("mode", "request")])
-            == Some(0.0)),
+        relay.wait_connections("request", 0, Duration::from_secs(3)),
         "viewers did not leave: {}",
         relay.metrics()
     );
@@ -300,9 +296,7 @@ fn publisher_admitted_when_viewers_fill_the_relay() {
     let mut v1 = SltViewer::start(&dir, "v1", &relay.viewer_url("1"));
     let mut v2 = SltViewer::start(&dir, "v2", &relay.viewer_url("2"));
     assert!(
-        wait_until(Duration::from_secs(3), || relay
-            .metric("srt_connections_current", &[("mode", "request")])
-            == Some(2.0)),
+        relay.wait_connections("request", 2, Duration::from_secs(3)),
         "viewers not connected"
     );
     expect_reject(
@@ -328,9 +322,7 @@ fn publisher_admitted_when_viewers_fill_the_relay() {
         p2.stderr()
     );
     assert!(
-        wait_until(Duration::from_secs(3), || relay
-            .metric("srt_connections_current", &[("mode", "publish")])
-            == Some(2.0)),
+        relay.wait_connections("publish", 2, Duration::from_secs(3)),
         "takeover: {}",
         relay.metrics()
     );
@@ -353,9 +345,7 @@ fn per_address_limits() {
     let dir = TempDir::new("rej-per-ip");
     let mut v1 = SltViewer::start(&dir, "v1", &relay.viewer_url("1"));
     assert!(
-        wait_until(Duration::from_secs(3), || relay
-            .metric("srt_connections_current", &[("mode", "request")])
-            == Some(1.0)),
+        relay.wait_connections("request", 1, Duration::from_secs(3)),
         "first viewer not connected"
     );
     expect_reject(

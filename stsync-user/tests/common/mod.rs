@@ -952,6 +952,13 @@ impl Relay {
         codes
     }
 
+    /// Waits (up to `within`) for `srt_connections_current{mode}` to read `n`.
+    pub fn wait_connections(&self, mode: &str, n: usize, within: Duration) -> bool {
+        wait_until(within, || {
+            self.metric("srt_connections_current", &[("mode", mode)]) == Some(n as f64)
+        })
+    }
+
     // --- HTTP ---
 
     pub fn request(
