@@ -372,8 +372,8 @@ impl Relay {
         let (req, result) = match outcome {
             HandshakeOutcome::Reply(bytes) => return self.out.push_bytes(from, &bytes),
             HandshakeOutcome::Repeat(id) => {
-                if let Some(conn) = self.conns.get(&id) {
-                    self.out.push_bytes(from, &conn.response.clone());
+                if !self.answer_again(id, HEADER_LEN + c.body.len()) {
+                    self.metrics.drop_packet("short_handshake");
                 }
                 return;
             }
@@ -402,6 +402,20 @@ impl Relay {
             self.out
                 .push_bytes(from, &handshake::rejection(&req, rej.code()));
         }
+    }
+
+    /// Sends connection `id`'s conclusion answer again for a repeated conclusion of `len`
+    /// bytes; never more bytes than asked with (libsrt's conclusion, with its HSREQ and
+    /// stream ID, is longer than our answer), so it cannot be used to amplify.
+    fn answer_again(&mut self, id: u32, len: usize) -> bool {
+        let Some(conn) = self.conns.get(&id) else {
+            return true;
+        };
+        if conn.response.len() > len {
+            return false;
+        }
+        self.out.push_bytes(conn.peer, &conn.response);
+        true
     }
 
     /// Checks a proven conclusion against the resource, limits and session key, then opens
@@ -677,8 +691,9 @@ impl Relay {
             (ctrl::NAK, Role::Viewer(_)) => self.on_viewer_nak(now, id, c.body),
             (ctrl::HANDSHAKE, _) => {
                 // A conclusion repeated to our socket ID: the answer was lost.
-                let response = conn.response.clone();
-                self.out.push_bytes(conn.peer, &response);
+                if !self.answer_again(id, len) {
+                    self.metrics.drop_packet("short_handshake");
+                }
             }
             (ctrl::CONGESTION_WARNING | ctrl::PEERERROR | ctrl::USER_DEFINED, _) => {
                 debug!(conn = id, typ = c.typ, "ignored control packet");

@@ -699,6 +699,10 @@ fn rejections_and_repeated_conclusions() {
     let again = ctrl(&w.take(c.addr), ctrl::HANDSHAKE);
     assert_eq!(Handshake::parse(&again[0].1).unwrap().socket_id, first_id);
     assert_eq!(w.relay.connection_count(), 1);
+    // A handshake shorter than the answer is not answered: no amplification.
+    c.control(&mut w, ctrl::HANDSHAKE, 0, &[0; 4]);
+    assert!(w.take(c.addr).is_empty());
+    assert_eq!(w.dropped("short_handshake"), 1);
     // The same key from another caller is used up.
     let mut d = Caller::new(1002, 0);
     assert_eq!(d.connect(&mut w, &ok), Err(2403));
