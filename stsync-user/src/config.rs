@@ -290,7 +290,7 @@ fn token_weakness(token: &str) -> Option<&'static str> {
         return Some("has fewer than 6 different characters");
     }
     let b = token.as_bytes();
-    if (1..=b.len() / 2).any(|p| b.len() % p == 0 && b.chunks(p).all(|c| c == &b[..p])) {
+    if (1..=b.len() / 2).any(|p| b.len().is_multiple_of(p) && b.chunks(p).all(|c| c == &b[..p])) {
         return Some("repeats a shorter pattern");
     }
     None
