@@ -324,6 +324,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         rlimit_nofile = nofile,
         header_timeout_ms = cfg.http_header_timeout_ms,
         idle_timeout_ms = cfg.http_idle_timeout_ms,
+        shutdown_timeout_ms = cfg.http_shutdown_timeout_ms,
         "HTTP limits (connections: half the file-descriptor limit, at most {})",
         http::MAX_CONNECTIONS
     );

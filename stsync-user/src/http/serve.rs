@@ -120,6 +120,9 @@ pub async fn serve(
                                  went longest without a request to admit new ones"
                             );
                         }
+                        // Let the evicted task drop its socket before the next accept, so
+                        // a burst of connections cannot overshoot the cap.
+                        tokio::task::yield_now().await;
                     }
                     let fresh = Arc::new(AtomicU64::new(micros_since(epoch)));
                     let conn = connection(stream, app.clone(), opts.clone(), epoch, fresh.clone(), stop_rx.clone());
