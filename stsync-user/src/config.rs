@@ -34,6 +34,17 @@ pub struct Config {
     /// Handshake conclusions per second from one source address (bursts of twice this).
     #[serde(default = "d::handshakes_per_ip_per_sec")]
     pub handshakes_per_ip_per_sec: u32,
+    /// An HTTP request head must be complete this long after the server starts waiting for
+    /// it (connection accepted, or the previous response sent); else the connection closes.
+    #[serde(default = "d::http_header_timeout_ms")]
+    pub http_header_timeout_ms: u64,
+    /// An HTTP connection that moves no byte either way for this long closes (a stalled
+    /// body upload, a client that does not read its response).
+    #[serde(default = "d::http_idle_timeout_ms")]
+    pub http_idle_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, HTTP connections still open this long after the signal are closed.
+    #[serde(default = "d::http_shutdown_timeout_ms")]
+    pub http_shutdown_timeout_ms: u64,
     pub streams: Vec<StreamConfig>,
 }
 
@@ -81,6 +92,37 @@ mod d {
     pub fn handshakes_per_ip_per_sec() -> u32 {
         20
     }
+    pub fn http_header_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn http_idle_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn http_shutdown_timeout_ms() -> u64 {
+        3_000
+    }
+}
+
+/// Tokens shorter than this are weak (see [`token_weakness`]).
+pub const STRONG_TOKEN_LEN: usize = 16;
+
+/// The example tokens this repository ships (config.json, README): public, so never a secret.
+const PLACEHOLDER_TOKENS: [&str; 2] = [
+    "replace-with-a-long-random-token",
+    "replace-with-another-random-token",
+];
+
+/// A value that parsed but is refused: where it is (`streams[1].token`) and why.
+struct Invalid {
+    path: String,
+    reason: String,
+}
+
+fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        path: path.into(),
+        reason: reason.into(),
+    }
 }
 
 impl Config {
@@ -90,58 +132,127 @@ impl Config {
         Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
-    /// Parses and validates; serde's errors carry the line, column and field at fault.
+    /// Parses and validates. serde's errors carry the line, column and field at fault; a
+    /// refused value is reported with its field and the line it is on.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let mut cfg: Config = serde_json::from_str(text)?;
-        cfg.validate()?;
+        if let Err(Invalid { path, reason }) = cfg.validate() {
+            match line_of(text, &path) {
+                Some(line) => bail!("field `{path}` at line {line}: {reason}"),
+                None => bail!("field `{path}`: {reason}"),
+            }
+        }
         Ok(cfg)
     }
 
-    fn validate(&mut self) -> anyhow::Result<()> {
+    fn validate(&mut self) -> Result<(), Invalid> {
         if !(16..=65535).contains(&self.buffer_packets) || !self.buffer_packets.is_power_of_two() {
-            bail!(
-                "field `buffer_packets`: must be a power of two between 16 and 65536, got {}",
-                self.buffer_packets
-            );
+            return Err(invalid(
+                "buffer_packets",
+                format!(
+                    "must be a power of two between 16 and 65536, got {}",
+                    self.buffer_packets
+                ),
+            ));
         }
         if self.session_ttl_secs == 0 {
-            bail!("field `session_ttl_secs`: must be at least 1");
+            return Err(invalid("session_ttl_secs", "must be at least 1"));
         }
         if self.idle_timeout_ms < 1000 {
-            bail!(
-                "field `idle_timeout_ms`: must be at least 1000, got {}",
-                self.idle_timeout_ms
-            );
+            return Err(invalid(
+                "idle_timeout_ms",
+                format!("must be at least 1000, got {}", self.idle_timeout_ms),
+            ));
         }
-        if self.max_connections == 0 || self.max_viewers_per_stream == 0 {
-            bail!("fields `max_connections` and `max_viewers_per_stream` must be at least 1");
+        for (name, v) in [
+            ("max_connections", self.max_connections),
+            ("max_viewers_per_stream", self.max_viewers_per_stream),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            (
+                "handshakes_per_ip_per_sec",
+                self.handshakes_per_ip_per_sec as usize,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(name, "must be at least 1"));
+            }
         }
-        if self.max_connections_per_ip == 0 || self.handshakes_per_ip_per_sec == 0 {
-            bail!("fields `max_connections_per_ip` and `handshakes_per_ip_per_sec` must be at least 1");
+        // Long enough for a slow link, short enough that a held connection is let go.
+        for (name, v, range) in [
+            (
+                "http_header_timeout_ms",
+                self.http_header_timeout_ms,
+                100..=600_000,
+            ),
+            (
+                "http_idle_timeout_ms",
+                self.http_idle_timeout_ms,
+                100..=600_000,
+            ),
+            (
+                "http_shutdown_timeout_ms",
+                self.http_shutdown_timeout_ms,
+                0..=60_000,
+            ),
+        ] {
+            if !range.contains(&v) {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "must be between {} and {} (milliseconds), got {v}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
         }
+        if self.streams.is_empty() {
+            return Err(invalid(
+                "streams",
+                "is empty: list at least one stream ({\"id\": \"1\", \"token\": \"...\"})",
+            ));
+        }
+        let api_is_local = self.http_listen.ip().to_canonical().is_loopback();
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.streams.iter_mut().enumerate() {
-            let norm = normalize_hex(&s.id).with_context(|| {
-                format!(
-                    "field `streams[{i}].id`: {:?} is not a hex resource id",
-                    s.id
+            let norm = normalize_hex(&s.id).ok_or_else(|| {
+                invalid(
+                    format!("streams[{i}].id"),
+                    format!("{:?} is not a hex resource id", s.id),
                 )
             })?;
             if !seen.insert(norm.clone()) {
-                bail!(
-                    "field `streams[{i}].id`: resource {:?} is listed twice",
-                    s.id
-                );
+                return Err(invalid(
+                    format!("streams[{i}].id"),
+                    format!("resource {:?} is listed twice", s.id),
+                ));
             }
-            if s.token.len() < 8 {
-                bail!("field `streams[{i}].token`: must be at least 8 characters");
+            let token = format!("streams[{i}].token");
+            if let Some(reason) = token_error(&s.token) {
+                return Err(invalid(token, reason));
+            }
+            if let (Some(weak), false) = (token_weakness(&s.token), api_is_local) {
+                return Err(invalid(
+                    token,
+                    format!(
+                        "this token {weak}, and `http_listen` {} is not a loopback address: \
+                         whoever reaches the API could guess it and mint session keys. \
+                         Generate one with `openssl rand -hex 24`, or set `http_listen` to \
+                         \"127.0.0.1:{}\" to keep the API on this host",
+                        self.http_listen,
+                        self.http_listen.port()
+                    ),
+                ));
             }
             if s.delay_ms > crate::delay::MAX_DELAY_MS {
-                bail!(
-                    "field `streams[{i}].delay_ms`: must be at most {}, got {}",
-                    crate::delay::MAX_DELAY_MS,
-                    s.delay_ms
-                );
+                return Err(invalid(
+                    format!("streams[{i}].delay_ms"),
+                    format!(
+                        "must be at most {}, got {}",
+                        crate::delay::MAX_DELAY_MS,
+                        s.delay_ms
+                    ),
+                ));
             }
             s.id = norm;
         }
@@ -151,39 +262,359 @@ impl Config {
     pub fn latency(&self) -> Duration {
         Duration::from_millis(self.latency_ms.into())
     }
+
+    /// Streams whose token is weak (accepted only because the API listens on loopback),
+    /// with the reason: worth a warning at start.
+    pub fn weak_tokens(&self) -> Vec<(&str, &'static str)> {
+        self.streams
+            .iter()
+            .filter_map(|s| Some((s.id.as_str(), token_weakness(&s.token)?)))
+            .collect()
+    }
+}
+
+/// Why `token` can never work, if it cannot.
+fn token_error(token: &str) -> Option<String> {
+    if token.trim().is_empty() {
+        return Some("is blank".into());
+    }
+    // It travels in `Authorization: Bearer <token>`: a header value is visible ASCII, and
+    // surrounding spaces are stripped, so anything else could never match.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Some("must be printable ASCII without spaces or control characters".into());
+    }
+    if token.len() < 8 {
+        return Some("must be at least 8 characters".into());
+    }
+    None
+}
+
+/// Why `token` is too easy to guess for an API that other hosts can reach, if it is.
+fn token_weakness(token: &str) -> Option<&'static str> {
+    if PLACEHOLDER_TOKENS.contains(&token) || token.starts_with("replace-with") {
+        return Some("is the example config's placeholder");
+    }
+    if token.len() < STRONG_TOKEN_LEN {
+        return Some("is shorter than 16 characters");
+    }
+    // Random tokens of 16 or more characters have fewer than 6 distinct ones about once in
+    // 70,000 draws (hex); "aaaa…", "abab…" always.
+    let distinct = token
+        .bytes()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    if distinct < 6 {
+        return Some("has fewer than 6 different characters");
+    }
+    let b = token.as_bytes();
+    if (1..=b.len() / 2).any(|p| b.len().is_multiple_of(p) && b.chunks(p).all(|c| c == &b[..p])) {
+        return Some("repeats a shorter pattern");
+    }
+    None
+}
+
+/// The line (1-based) on which the value at `path` (`streams[1].token`) starts in `text`.
+/// `text` is JSON serde has already accepted, so this only walks it; keys are compared as
+/// written (a key spelled with escapes is not found, and the error then has no line).
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut pos = 0;
+    for seg in path.split('.') {
+        let (key, indexes) = match seg.find('[') {
+            Some(i) => (&seg[..i], &seg[i..]),
+            None => (seg, ""),
+        };
+        pos = json_walk::member(b, pos, key)?;
+        for idx in indexes.split(['[', ']']).filter(|s| !s.is_empty()) {
+            pos = json_walk::element(b, pos, idx.parse().ok()?)?;
+        }
+    }
+    Some(text[..pos].matches('\n').count() + 1)
+}
+
+/// Just enough of a JSON reader to find where a value is (the input is valid JSON).
+mod json_walk {
+    fn ws(b: &[u8], mut i: usize) -> usize {
+        while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
+            i += 1;
+        }
+        i
+    }
+
+    /// The index just past the string starting at `i` (a `"`).
+    fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+        i += 1;
+        loop {
+            match b.get(i)? {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+    }
+
+    /// The index just past the value starting at `i`.
+    fn value_end(b: &[u8], i: usize) -> Option<usize> {
+        match b.get(i)? {
+            b'"' => string_end(b, i),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                let mut j = i;
+                loop {
+                    match b.get(j)? {
+                        b'"' => {
+                            j = string_end(b, j)?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Some(j + 1);
+                            }
+                        }
+                        _ => {}
+                    }
+                    j += 1;
+                }
+            }
+            _ => {
+                let mut j = i;
+                while b
+                    .get(j)
+                    .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
+                {
+                    j += 1;
+                }
+                Some(j)
+            }
+        }
+    }
+
+    /// Where the value of member `key` of the object at `i` starts.
+    pub fn member(b: &[u8], i: usize, key: &str) -> Option<usize> {
+        let mut i = ws(b, i);
+        if b.get(i)? != &b'{' {
+            return None;
+        }
+        i += 1;
+        loop {
+            i = ws(b, i);
+            if b.get(i)? != &b'"' {
+                return None;
+            }
+            let end = string_end(b, i)?;
+            let name = &b[i + 1..end - 1];
+            i = ws(b, end);
+            if b.get(i)? != &b':' {
+                return None;
+            }
+            i = ws(b, i + 1);
+            if name == key.as_bytes() {
+                return Some(i);
+            }
+            i = ws(b, value_end(b, i)?);
+            if b.get(i)? != &b',' {
+                return None;
+            }
+            i += 1;
+        }
+    }
+
+    /// Where element `n` of the array at `i` starts.
+    pub fn element(b: &[u8], i: usize, n: usize) -> Option<usize> {
+        let mut i = ws(b, i);
+        if b.get(i)? != &b'[' {
+            return None;
+        }
+        i = ws(b, i + 1);
+        for _ in 0..n {
+            i = ws(b, value_end(b, i)?);
+            if b.get(i)? != &b',' {
+                return None;
+            }
+            i = ws(b, i + 1);
+        }
+        (b.get(i)? != &b']').then_some(i)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const STRONG: &str = "3f9c1e0b7a5d42e8c6b1f0a9d37e5c24";
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
     #[test]
     fn defaults_and_normalised_ids() {
-        let c =
-            Config::parse(r#"{"streams":[{"id":"0A","name":"x","token":"abcdefgh"}]}"#).unwrap();
+        let c = Config::parse(&format!(
+            r#"{{"streams":[{{"id":"0A","name":"x","token":"{STRONG}"}}]}}"#
+        ))
+        .unwrap();
         assert_eq!(c.srt_listen, "0.0.0.0:9999".parse().unwrap());
         assert_eq!(c.http_listen.port(), 9998);
         assert_eq!(c.streams[0].id, "a");
         assert_eq!(c.buffer_packets, 8192);
+        assert_eq!(c.http_header_timeout_ms, 30_000);
+        assert_eq!(c.http_idle_timeout_ms, 30_000);
+        assert_eq!(c.http_shutdown_timeout_ms, 3_000);
+        assert!(c.weak_tokens().is_empty());
     }
 
     #[test]
     fn errors_name_line_and_field() {
-        let e = Config::parse("{\n \"streams\": [\n {\"id\": \"1\", \"name\": \"x\"}\n ]\n}")
-            .unwrap_err();
-        let msg = format!("{e:#}");
+        let e = err("{\n \"streams\": [\n {\"id\": \"1\", \"name\": \"x\"}\n ]\n}");
         assert!(
-            msg.contains("missing field `token`") && msg.contains("line 3"),
-            "{msg}"
+            e.contains("missing field `token`") && e.contains("line 3"),
+            "{e}"
         );
-        let e = Config::parse(r#"{"strams": []}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("unknown field `strams`"));
-        let e = Config::parse(r#"{"streams":[{"id":"xyz","token":"abcdefgh"}]}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("streams[0].id"));
-        let e = Config::parse(r#"{"streams":[{"id":"1","token":"abcdefgh","delay_ms":30001}]}"#)
-            .unwrap_err();
-        assert!(format!("{e:#}").contains("streams[0].delay_ms"), "{e:#}");
-        let e = Config::parse(r#"{"srt_listen":"nope","streams":[]}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("line 1"), "{e:#}");
+        assert!(err(r#"{"strams": []}"#).contains("unknown field `strams`"));
+        let e = err(&format!(
+            r#"{{"streams":[{{"id":"xyz","token":"{STRONG}"}}]}}"#
+        ));
+        assert!(e.contains("streams[0].id") && e.contains("line 1"), "{e}");
+        let e = err(&format!(
+            r#"{{"streams":[{{"id":"1","token":"{STRONG}","delay_ms":30001}}]}}"#
+        ));
+        assert!(e.contains("streams[0].delay_ms"), "{e}");
+        assert!(err(r#"{"srt_listen":"nope","streams":[]}"#).contains("line 1"));
+    }
+
+    /// The config.json this repository ships starts as it is (`cargo xtask run`).
+    #[test]
+    fn shipped_config_is_accepted() {
+        let text = include_str!("../../config.json");
+        let c = Config::parse(text).unwrap();
+        assert!(c.http_listen.ip().is_loopback(), "{}", c.http_listen);
+        assert_eq!(c.weak_tokens().len(), c.streams.len(), "placeholders");
+    }
+
+    #[test]
+    fn empty_stream_list_is_refused_with_its_line() {
+        let e = err("{\n  \"http_listen\": \"127.0.0.1:9998\",\n  \"streams\": []\n}");
+        assert!(
+            e.contains("field `streams` at line 3") && e.contains("is empty"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn blank_and_unusable_tokens_are_refused_even_on_loopback() {
+        let cfg = |token: &str| {
+            format!(
+                "{{\n  \"http_listen\": \"127.0.0.1:9998\",\n  \"streams\": [\n    \
+                 {{ \"id\": \"1\", \"token\": \"{STRONG}\" }},\n    \
+                 {{ \"id\": \"2\",\n      \"token\": \"{token}\" }}\n  ]\n}}"
+            )
+        };
+        let e = err(&cfg("        "));
+        assert!(
+            e.contains("field `streams[1].token` at line 6") && e.contains("is blank"),
+            "{e}"
+        );
+        let e = err(&cfg(""));
+        assert!(
+            e.contains("streams[1].token") && e.contains("is blank"),
+            "{e}"
+        );
+        let e = err(&cfg(r"abc def ghi jkl mno\t"));
+        assert!(
+            e.contains("at line 6") && e.contains("printable ASCII"),
+            "{e}"
+        );
+        let e = err(&cfg("x7#q2"));
+        assert!(e.contains("at line 6") && e.contains("at least 8"), "{e}");
+    }
+
+    #[test]
+    fn weak_tokens_are_refused_unless_the_api_is_on_loopback() {
+        let cfg = |listen: &str, token: &str| {
+            format!(
+                "{{\n  \"http_listen\": \"{listen}\",\n  \"streams\": [\n    \
+                 {{ \"id\": \"1\", \"token\": \"{STRONG}\" }},\n    \
+                 {{ \"id\": \"2\", \"token\": \"{token}\" }}\n  ]\n}}"
+            )
+        };
+        for (token, why) in [
+            ("replace-with-a-long-random-token", "placeholder"),
+            ("replace-with-another-random-token", "placeholder"),
+            ("replace-with-my-own", "placeholder"),
+            ("hunter2hunter", "shorter than 16"),
+            ("aaaaaaaaaaaaaaaaaaaaaaaa", "fewer than 6 different"),
+            ("abababababababababab", "fewer than 6 different"),
+            ("0123456789ab0123456789ab", "repeats a shorter pattern"),
+        ] {
+            for listen in ["0.0.0.0:9998", "10.0.0.5:9998", "[::]:9998"] {
+                let e = err(&cfg(listen, token));
+                assert!(
+                    e.contains("field `streams[1].token` at line 5")
+                        && e.contains(why)
+                        && e.contains("not a loopback address")
+                        && e.contains("openssl rand -hex 24")
+                        && e.contains("127.0.0.1:9998"),
+                    "{token} on {listen}: {e}"
+                );
+                assert!(!e.contains(token), "the error echoes the token: {e}");
+            }
+            for listen in ["127.0.0.1:9998", "127.0.0.2:9998", "[::1]:9998"] {
+                let c = Config::parse(&cfg(listen, token))
+                    .unwrap_or_else(|e| panic!("{token} on {listen}: {e:#}"));
+                assert_eq!(c.weak_tokens(), vec![("2", token_weakness(token).unwrap())]);
+            }
+        }
+        // Strong tokens are fine anywhere: hex and base64 from `openssl rand`, and the
+        // shape the benchmark uses.
+        for token in [
+            STRONG,
+            "Zk3q9P0vX2mL7sR4tY8wB1nC",
+            "stsync-bench-token-7f3a9c",
+        ] {
+            Config::parse(&cfg("0.0.0.0:9998", token)).unwrap_or_else(|e| panic!("{token}: {e:#}"));
+        }
+    }
+
+    #[test]
+    fn http_timeouts_are_bounded() {
+        let cfg = |field: &str, v: u64| {
+            format!(
+                "{{\n  \"http_listen\": \"127.0.0.1:1\",\n  \"{field}\": {v},\n  \
+                 \"streams\": [{{ \"id\": \"1\", \"token\": \"{STRONG}\" }}]\n}}"
+            )
+        };
+        for (field, bad, good) in [
+            ("http_header_timeout_ms", [0, 99, 600_001], [100, 600_000]),
+            ("http_idle_timeout_ms", [0, 99, 600_001], [100, 600_000]),
+            (
+                "http_shutdown_timeout_ms",
+                [60_001, 1 << 40, u64::MAX],
+                [0, 60_000],
+            ),
+        ] {
+            for v in bad {
+                let e = err(&cfg(field, v));
+                assert!(
+                    e.contains(&format!("field `{field}` at line 3")) && e.contains("between"),
+                    "{field}={v}: {e}"
+                );
+            }
+            for v in good {
+                Config::parse(&cfg(field, v)).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn line_of_walks_nested_values() {
+        let text =
+            "{\"a\": {\"b\": [1, {\"c\": \"x,]}\"}, [2]]},\n \"d\"\n:\n [\n {},\n {\"e\": 5}\n ]}";
+        assert_eq!(line_of(text, "a.b[1].c"), Some(1));
+        assert_eq!(line_of(text, "d"), Some(4));
+        assert_eq!(line_of(text, "d[1].e"), Some(6));
+        assert_eq!(line_of(text, "a.b[3]"), None);
+        assert_eq!(line_of(text, "zz"), None);
     }
 }

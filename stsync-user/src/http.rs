@@ -1,20 +1,38 @@
-//! The HTTP API: session keys, stream listing, metrics, health. Errors are JSON.
+//! The HTTP API: session keys, stream listing, metrics, health. Every error is JSON,
+//! `{"error": "<reason>"}`. The server it runs on is `serve`.
+
+mod serve;
+
+pub use serve::{connection_cap, nofile_limit, serve, ServeOptions, MAX_CONNECTIONS};
 
 use crate::access::Sessions;
 use crate::metrics::{Metrics, StreamStats};
 use crate::srt::streamid::normalize_hex;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::json;
+use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
-use tracing::info;
+use tracing::debug;
+
+/// A request's URI (path and query) may be this long; longer ones get 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// A request head (request line and headers) may be this large; larger ones get 431 (414
+/// when the request line alone does not fit). Also hyper's read buffer, so it bounds what
+/// a connection can make the server hold before a request is dispatched.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// A request body may be this large; larger ones get 413. The API's bodies are a few bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 pub struct StreamEntry {
     pub id: String,
@@ -31,10 +49,10 @@ pub struct AppState {
     pub latency_ms: u64,
 }
 
-struct ApiError(StatusCode, std::borrow::Cow<'static, str>);
+struct ApiError(StatusCode, Cow<'static, str>);
 
 impl ApiError {
-    fn new(status: StatusCode, msg: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+    fn new(status: StatusCode, msg: impl Into<Cow<'static, str>>) -> Self {
         ApiError(status, msg.into())
     }
 }
@@ -43,6 +61,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(json!({ "error": self.1 }))).into_response()
     }
+}
+
+/// `{"error": msg}` as bytes, for answers written below axum.
+fn error_body(msg: &str) -> Vec<u8> {
+    json!({ "error": msg }).to_string().into_bytes()
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -60,7 +83,83 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::map_response(json_errors))
+        .layer(middleware::from_fn(uri_limit))
         .with_state(state)
+}
+
+/// Errors that axum and its layers produce themselves (a body over the limit, an
+/// extractor's rejection) are plain text; the API's are JSON.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let msg: Cow<'static, str> = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("request body larger than {MAX_BODY_BYTES} bytes").into()
+    } else {
+        match axum::body::to_bytes(resp.into_body(), 1024).await {
+            Ok(text) if !text.trim_ascii().is_empty() => String::from_utf8_lossy(text.trim_ascii())
+                .into_owned()
+                .into(),
+            _ => status.canonical_reason().unwrap_or("error").into(),
+        }
+    };
+    ApiError(status, msg).into_response()
+}
+
+fn uri_len(uri: &Uri) -> usize {
+    uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+}
+
+/// A URI over `MAX_URI_BYTES` is refused before routing (one whose request line does not
+/// even fit the head buffer is refused by `serve`).
+async fn uri_limit(req: Request, next: Next) -> Response {
+    if uri_len(req.uri()) > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!("request URI longer than {MAX_URI_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// A JSON object body as `T` (whose fields are the only ones accepted), or a 400 saying
+/// what the body must be.
+fn json_object<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    // serde would also take `[750]` for a struct: only an object is the documented shape.
+    // Parsed straight into `T`, so a repeated field is refused too.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("body must be {shape}"),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("body must be {shape}: {e}"),
+        )
+    })
+}
+
+/// `POST .../sessions` takes no parameters yet: an empty body or `{}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionParams {}
+
+/// `PUT .../delay`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DelayParams {
+    delay_ms: u64,
 }
 
 /// The configured stream `id` names.
@@ -90,12 +189,17 @@ async fn create_session(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let stream = stream(&st, &id)?;
     authorize(stream, &headers)?;
+    if !body.trim_ascii().is_empty() {
+        let SessionParams {} = json_object(&body, "empty or {}")?;
+    }
     let resource = &stream.id;
     let session_id = st.sessions.insert(resource, rand::random(), Instant::now());
-    info!(resource = %resource, "session key issued");
+    // Per request, so not at info: a client could flood the log.
+    debug!(resource = %resource, "session key issued");
     Ok((
         StatusCode::CREATED,
         Json(json!({ "resource_id": resource, "session_id": session_id })),
@@ -126,19 +230,12 @@ async fn put_delay(
 ) -> Result<impl IntoResponse, ApiError> {
     let stream = stream(&st, &id)?;
     authorize(stream, &headers)?;
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
-    let delay_ms = v.get("delay_ms").and_then(|d| d.as_u64()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            r#"body must be {"delay_ms": <non-negative integer>}"#,
-        )
-    })?;
+    let DelayParams { delay_ms } = json_object(&body, r#"{"delay_ms": <non-negative integer>}"#)?;
     let rate = stream.stats.packet_rate.load(Relaxed);
     crate::delay::check(delay_ms, rate, st.latency_ms)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     stream.stats.delay_target_ms.store(delay_ms, Relaxed);
-    info!(resource = %stream.id, delay_ms, "stream delay set");
+    debug!(resource = %stream.id, delay_ms, "stream delay set");
     Ok(Json(delay_json(stream)))
 }
 

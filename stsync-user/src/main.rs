@@ -316,35 +316,72 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         metrics,
         latency_ms: cfg.latency_ms.into(),
     });
+    let nofile = http::nofile_limit();
+    let http_opts = http::ServeOptions {
+        header_timeout: Duration::from_millis(cfg.http_header_timeout_ms),
+        idle_timeout: Duration::from_millis(cfg.http_idle_timeout_ms),
+        shutdown_timeout: Duration::from_millis(cfg.http_shutdown_timeout_ms),
+        max_connections: http::connection_cap(nofile),
+    };
+    info!(
+        max_connections = http_opts.max_connections,
+        rlimit_nofile = nofile,
+        header_timeout_ms = cfg.http_header_timeout_ms,
+        idle_timeout_ms = cfg.http_idle_timeout_ms,
+        shutdown_timeout_ms = cfg.http_shutdown_timeout_ms,
+        "HTTP limits (connections: half the file-descriptor limit, at most {})",
+        http::MAX_CONNECTIONS
+    );
+    for (stream, why) in cfg.weak_tokens() {
+        warn!(
+            "stream {stream}: the token {why}; accepted only because the HTTP API listens on \
+             loopback ({}). See README, \"Opening it up\"",
+            cfg.http_listen
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
+    let shutdown_timeout = http_opts.shutdown_timeout;
+    let (http_done_tx, http_done) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     // HTTP gets a thread of its own: a relay busy with a packet flood must not make the
     // metrics and session API unreachable, and the relay must not wait on HTTP either.
-    let http =
-        std::thread::Builder::new()
-            .name("http".into())
-            .spawn(move || -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            let run = || -> anyhow::Result<()> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(http_listener)?;
-                    axum::serve(listener, http::router(state))
-                        .with_graceful_shutdown(async move {
-                            let _ = http_stop.changed().await;
-                        })
-                        .await?;
-                    Ok(())
+                    http::serve(listener, http::router(state), http_opts, async move {
+                        let _ = http_stop.changed().await;
+                    })
+                    .await;
+                    anyhow::Ok(())
                 })
-            })?;
+            };
+            let _ = http_done_tx.send(run());
+        })?;
     stop_on_signal(stop_tx);
     let mut relay_stop = stop_rx;
     stsync_user::driver::run(relay, &socket, dp, async move {
         let _ = relay_stop.changed().await;
     })
     .await?;
-    http.join()
-        .map_err(|_| anyhow::anyhow!("HTTP thread panicked"))??;
+    // SHUTDOWN has gone to every SRT peer: free the port now, so a supervisor can start a
+    // new relay while HTTP drains.
+    drop(socket);
+    // HTTP drains within its own deadline; the margin only covers a thread that is stuck.
+    match http_done.recv_timeout(shutdown_timeout + Duration::from_secs(2)) {
+        Ok(r) => r?,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            warn!("HTTP did not stop within its shutdown deadline; exiting anyway")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            anyhow::bail!("HTTP thread panicked")
+        }
+    }
     info!("stopped");
     Ok(())
 }

@@ -280,3 +280,78 @@ fn stream_delay_is_read_set_and_bounded() {
         "no publisher"
     );
 }
+
+/// Every error the API returns is `{"error": ...}` as application/json with its status,
+/// whoever produces it: a handler, the router, an extractor, the body limit, the URI limit.
+/// (Requests hyper cannot parse at all: tests/http_hardening.rs.)
+#[test]
+fn every_error_is_json() {
+    let relay = Relay::start_default();
+    let auth = format!("Bearer {}", relay.token("1"));
+    let h = [("Authorization", auth.as_str())];
+    let put_delay = |body: &str| {
+        relay
+            .request_body("PUT", "/v1/streams/1/delay", &h, Some(body))
+            .unwrap()
+    };
+    let post_session = |body: &str| {
+        relay
+            .request_body("POST", "/v1/streams/1/sessions", &h, Some(body))
+            .unwrap()
+    };
+
+    assert_json_error(&relay.get("/v1/nope").unwrap(), 404, "unknown path");
+    assert_json_error(&relay.get("/").unwrap(), 404, "/");
+    assert_json_error(
+        &relay.request("DELETE", "/v1/health", &[]).unwrap(),
+        405,
+        "DELETE /v1/health",
+    );
+    assert_json_error(
+        &relay.get("/v1/streams/1/sessions").unwrap(),
+        405,
+        "GET on sessions",
+    );
+
+    let big = format!(r#"{{"delay_ms": 1, "pad": "{}"}}"#, "x".repeat(64 * 1024));
+    let r = put_delay(&big);
+    assert_json_error(&r, 413, "a 64 KiB body");
+    assert!(r.body.contains("16384"), "the limit is stated: {}", r.body);
+
+    for n in [10_000, 100_000] {
+        let r = relay.get(&format!("/v1/{}", "a".repeat(n))).unwrap();
+        assert_json_error(&r, 414, &format!("a {n}-character path"));
+        assert!(r.body.contains("8192"), "the limit is stated: {}", r.body);
+    }
+
+    for (body, what) in [
+        (r#"{"delay_ms": "#, "truncated JSON"),
+        (r#"{"delay_ms": 100, "extra": 1}"#, "an unknown field"),
+        (r#"{"delay_ms": 100, "delay_ms": 200}"#, "a duplicate field"),
+        ("[100]", "an array"),
+        ("", "an empty body"),
+    ] {
+        assert_json_error(&put_delay(body), 400, &format!("delay body with {what}"));
+    }
+    let r = put_delay(r#"{"delay_ms": 100, "extra": 1}"#);
+    assert!(r.body.contains("extra"), "names the field: {}", r.body);
+    assert_eq!(
+        relay.get("/v1/streams/1/delay").unwrap().json()["delay_ms"],
+        0,
+        "a refused body changes nothing"
+    );
+
+    // POST .../sessions takes no parameters: an empty body or {} only.
+    for body in ["", "{}", " { } \n"] {
+        let r = post_session(body);
+        assert_eq!(r.status, 201, "session body {body:?}: {r:?}");
+    }
+    for (body, what) in [
+        (r#"{"encrypt": true}"#, "an unknown field"),
+        ("hello", "not JSON"),
+        ("[]", "an array"),
+        ("null", "null"),
+    ] {
+        assert_json_error(&post_session(body), 400, &format!("session body: {what}"));
+    }
+}

@@ -766,6 +766,11 @@ pub struct RelayOpts {
     pub datapath: Option<String>,
     /// `delay_ms` of streams in config.json.
     pub stream_delays: Vec<(String, u64)>,
+    pub http_header_timeout_ms: Option<u64>,
+    pub http_idle_timeout_ms: Option<u64>,
+    pub http_shutdown_timeout_ms: Option<u64>,
+    /// RLIMIT_NOFILE (soft and hard) the relay runs under.
+    pub nofile: Option<u64>,
 }
 
 impl Default for RelayOpts {
@@ -786,6 +791,10 @@ impl Default for RelayOpts {
                 .ok()
                 .filter(|d| !d.is_empty()),
             stream_delays: Vec::new(),
+            http_header_timeout_ms: None,
+            http_idle_timeout_ms: None,
+            http_shutdown_timeout_ms: None,
+            nofile: None,
         }
     }
 }
@@ -860,6 +869,9 @@ impl Relay {
             ("max_connections_per_ip", opts.max_connections_per_ip),
             ("handshakes_per_ip_per_sec", opts.handshakes_per_ip_per_sec),
             ("buffer_packets", opts.buffer_packets),
+            ("http_header_timeout_ms", opts.http_header_timeout_ms),
+            ("http_idle_timeout_ms", opts.http_idle_timeout_ms),
+            ("http_shutdown_timeout_ms", opts.http_shutdown_timeout_ms),
         ] {
             if let Some(v) = v {
                 m.insert(k.to_string(), serde_json::json!(v));
@@ -883,6 +895,21 @@ impl Relay {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        if let Some(n) = opts.nofile {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe; `lim` is a plain value.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let proc = Proc::spawn("stsync-proxy", cmd, libc::SIGTERM, Some(log_path.clone()));
         let mut relay = Relay {
             srt,

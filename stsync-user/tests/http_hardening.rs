@@ -1,0 +1,419 @@
+//! The HTTP side cannot be held: partial requests time out, a flood of them leaves the API
+//! answering within a bounded number of file descriptors, SIGTERM exits within the
+//! shutdown deadline whatever clients do, requests hyper cannot parse get JSON errors, and
+//! a bad config stops the daemon with the line and the reason.
+
+mod common;
+
+use common::*;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddrV4, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// What a client sends when it starts a request and never finishes it.
+const PARTIAL: &[u8] = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n";
+
+fn connect(addr: SocketAddrV4) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads until the server closes (or `limit` passes): what it sent, and how long it took.
+fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
+    let start = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // A reset also ends the connection.
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("no close within {limit:?} ({e}); got {:?}", lossy(&out)),
+        }
+    }
+    (out, start.elapsed())
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// One raw request, its whole answer, on a connection the server closes.
+fn raw_request(addr: SocketAddrV4, request: &[u8]) -> HttpResp {
+    let mut s = connect(addr);
+    s.write_all(request).unwrap();
+    let (out, _) = read_to_close(&mut s, Duration::from_secs(5));
+    let text = lossy(&out);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {head:?}"));
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    HttpResp {
+        status,
+        content_type,
+        body: body.to_string(),
+    }
+}
+
+fn assert_json_error(r: &HttpResp, status: u16, what: &str) {
+    assert_eq!(r.status, status, "{what}: {r:?}");
+    assert!(
+        r.content_type.starts_with("application/json"),
+        "{what}: {r:?}"
+    );
+    assert!(
+        r.json()["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{what}: {r:?}"
+    );
+}
+
+/// Whether the server has closed `s` (without waiting).
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 64];
+    let closed = match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    };
+    s.set_nonblocking(false).unwrap();
+    closed
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The connection cap the relay logged at start.
+fn logged_cap(relay: &Relay) -> usize {
+    let log = relay.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("HTTP limits"))
+        .unwrap_or_else(|| panic!("no 'HTTP limits' line in the log:\n{log}"));
+    let v = line
+        .split("max_connections=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    v.unwrap_or_else(|| panic!("no max_connections in {line:?}"))
+}
+
+/// Raises this test process's own descriptor limit: it holds a thousand sockets.
+fn raise_own_nofile(want: u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    if r.rlim_cur < want {
+        r.rlim_cur = want.min(r.rlim_max);
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+    }
+}
+
+/// The issue's case: with RLIMIT_NOFILE 1024, 1,000 connections that each send a partial
+/// request head and never finish it. GET /v1/health keeps answering, promptly, while they
+/// are open, and the relay's descriptors stay bounded by its connection cap.
+#[test]
+fn partial_request_flood_leaves_the_api_answering() {
+    raise_own_nofile(4096);
+    let relay = Relay::start(RelayOpts {
+        nofile: Some(1024),
+        // Long enough that no partial request times out during the test.
+        http_header_timeout_ms: Some(120_000),
+        http_idle_timeout_ms: Some(120_000),
+        ..RelayOpts::default()
+    });
+    let cap = logged_cap(&relay);
+    assert_eq!(cap, 512, "half of RLIMIT_NOFILE 1024");
+    let idle_fds = fd_count(relay.pid());
+
+    let start = Instant::now();
+    let mut held: Vec<TcpStream> = (0..1000)
+        .map(|_| {
+            let mut s = connect(relay.http);
+            s.write_all(PARTIAL).unwrap();
+            s
+        })
+        .collect();
+    let opened = start.elapsed();
+    sleep_secs(0.5);
+
+    let mut worst = Duration::ZERO;
+    for i in 0..10 {
+        let t = Instant::now();
+        let r = relay
+            .get("/v1/health")
+            .unwrap_or_else(|e| panic!("health check {i} with 1,000 partial requests: {e}"));
+        worst = worst.max(t.elapsed());
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["status"], "ok");
+    }
+    let fds = fd_count(relay.pid());
+    let still_open = held
+        .iter_mut()
+        .map(closed_by_server)
+        .filter(|closed| !closed)
+        .count();
+    record_result(&format!(
+        "http flood: 1000 partial requests opened in {opened:?}; /v1/health 10/10 (slowest \
+         {worst:?}); relay fds {idle_fds} idle, {fds} under the flood (cap {cap}); \
+         {still_open} partial requests still open"
+    ));
+    assert!(
+        worst < Duration::from_secs(1),
+        "slowest health check {worst:?}"
+    );
+    assert!(
+        fds <= idle_fds + cap + 8,
+        "relay holds {fds} descriptors (idle {idle_fds}, cap {cap})"
+    );
+    // The API answered while the flood held every slot it could: the newest partial
+    // requests are still open, the stalest were closed to admit new connections.
+    assert!(
+        still_open >= cap - 20 && still_open <= cap,
+        "{still_open} partial requests open, cap {cap}"
+    );
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(5), || fd_count(relay.pid())
+            <= idle_fds + 2),
+        "descriptors after the flood left: {} (idle {idle_fds})",
+        fd_count(relay.pid())
+    );
+    let mut relay = relay;
+    relay.assert_alive("after the flood");
+}
+
+/// A request head must arrive within the header timeout: a partial one, a silent
+/// connection and one that trickles a byte at a time (never idle) are all closed then,
+/// with nothing written back. A stalled body is closed after the idle timeout.
+#[test]
+fn held_requests_are_closed_after_their_timeouts() {
+    let relay = Relay::start(RelayOpts {
+        http_header_timeout_ms: Some(1000),
+        http_idle_timeout_ms: Some(3000),
+        ..RelayOpts::default()
+    });
+    let mut partial = connect(relay.http);
+    partial.write_all(PARTIAL).unwrap();
+    let silent = connect(relay.http);
+    let mut trickle = connect(relay.http);
+    let t0 = Instant::now();
+    let trickler = std::thread::spawn(move || {
+        for b in PARTIAL.iter().cycle().take(40) {
+            if trickle.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        trickle
+    });
+    let (out, took) = read_to_close(&mut partial, Duration::from_secs(5));
+    assert!(
+        out.is_empty(),
+        "answer to a partial request: {:?}",
+        lossy(&out)
+    );
+    let mut silent = silent;
+    let (out_silent, _) = read_to_close(&mut silent, Duration::from_secs(5));
+    let silent_took = t0.elapsed();
+    let mut trickle = trickler.join().unwrap();
+    let (_, _) = read_to_close(&mut trickle, Duration::from_secs(5));
+    let trickle_took = t0.elapsed();
+    record_result(&format!(
+        "http header timeout 1 s: partial request closed after {took:?}, trickled one within {trickle_took:?}"
+    ));
+    assert!(out_silent.is_empty());
+    assert!(
+        silent_took < Duration::from_millis(2500),
+        "a connection that sent nothing was closed after {silent_took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "partial request closed after {took:?}, header timeout 1 s"
+    );
+    assert!(
+        trickle_took < Duration::from_millis(2500),
+        "a request trickled a byte per 100 ms was closed after {trickle_took:?}"
+    );
+
+    // Head complete, body promised but never sent: the idle timeout (3 s) ends it.
+    let mut body = connect(relay.http);
+    let auth = format!("Authorization: Bearer {}\r\n", relay.token("1"));
+    let req = format!(
+        "PUT /v1/streams/1/delay HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 100\r\n\r\n{{\"de"
+    );
+    body.write_all(req.as_bytes()).unwrap();
+    let (_, took) = read_to_close(&mut body, Duration::from_secs(8));
+    record_result(&format!(
+        "http idle timeout 3 s: stalled body closed after {took:?}"
+    ));
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_millis(5500),
+        "stalled body closed after {took:?}, idle timeout 3 s"
+    );
+    assert_eq!(
+        relay.get("/v1/streams/1/delay").unwrap().json()["delay_ms"],
+        0
+    );
+    assert_eq!(relay.get("/v1/health").unwrap().status, 200);
+}
+
+/// SIGTERM with a partial request open: the SRT port is free at once (SHUTDOWN sent), and
+/// the process is gone within the HTTP shutdown deadline, however long the header timeout.
+#[test]
+fn sigterm_exits_within_the_deadline_despite_a_partial_request() {
+    const DEADLINE: Duration = Duration::from_millis(2000);
+    let mut relay = Relay::start(RelayOpts {
+        http_header_timeout_ms: Some(120_000),
+        http_shutdown_timeout_ms: Some(DEADLINE.as_millis() as u64),
+        ..RelayOpts::default()
+    });
+    let mut partial = connect(relay.http);
+    partial.write_all(PARTIAL).unwrap();
+    sleep_secs(0.3);
+    let t = Instant::now();
+    let srt = relay.srt;
+    unsafe { libc::kill(relay.pid(), libc::SIGTERM) };
+    let srt_free = wait_until(DEADLINE / 2, || UdpSocket::bind(srt).is_ok());
+    let srt_free_after = t.elapsed();
+    wait_until(DEADLINE + Duration::from_secs(5), || {
+        relay.status().is_some()
+    });
+    let status = relay.status();
+    let took = t.elapsed();
+    record_result(&format!(
+        "http shutdown deadline {DEADLINE:?}: SIGTERM with a partial request open, SRT port \
+         free after {srt_free_after:?}, exit after {took:?}"
+    ));
+    assert!(
+        srt_free,
+        "SRT port {srt} still bound {srt_free_after:?} after SIGTERM"
+    );
+    let status = status.unwrap_or_else(|| panic!("still running {took:?} after SIGTERM"));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < DEADLINE + Duration::from_millis(1500),
+        "exit {took:?} after SIGTERM, deadline {DEADLINE:?}"
+    );
+    let (_, _) = read_to_close(&mut partial, Duration::from_secs(1));
+    assert!(relay.log().contains("shutdown deadline"), "{}", relay.log());
+
+    // Nothing held: no wait at all.
+    let mut idle = Relay::start_default();
+    let t = Instant::now();
+    idle.terminate(Duration::from_secs(5))
+        .expect("idle relay exits on SIGTERM");
+    let idle_took = t.elapsed();
+    record_result(&format!(
+        "SIGTERM, no HTTP client: exit after {idle_took:?}"
+    ));
+    assert!(idle_took < Duration::from_millis(1000), "{idle_took:?}");
+}
+
+/// Requests hyper refuses before the API sees them still get a JSON error: a 100,000-
+/// character path (414), a head over 16 KiB (431), a request line that is not HTTP (400).
+/// The answer arrives whole although the client is still sending (lingering close).
+#[test]
+fn unparsable_requests_get_json_errors() {
+    let relay = Relay::start_default();
+    let long = format!(
+        "GET /v1/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let r = raw_request(relay.http, long.as_bytes());
+    assert_json_error(&r, 414, "100,000-character path");
+    assert!(r.body.contains("8192"), "{}", r.body);
+
+    let many = format!(
+        "GET /v1/health HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        "X-Pad: 0123456789\r\n".repeat(1000)
+    );
+    assert_json_error(
+        &raw_request(relay.http, many.as_bytes()),
+        431,
+        "20 KB of headers",
+    );
+    let huge = format!(
+        "GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "b".repeat(20_000)
+    );
+    assert_json_error(
+        &raw_request(relay.http, huge.as_bytes()),
+        431,
+        "a 20 KB header",
+    );
+    assert_json_error(
+        &raw_request(relay.http, b"HELLO\x01 there\r\n\r\n"),
+        400,
+        "not HTTP",
+    );
+    assert_json_error(
+        &raw_request(
+            relay.http,
+            b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+        ),
+        400,
+        "a header name with a space",
+    );
+    // The API is still there.
+    assert_eq!(relay.get("/v1/health").unwrap().status, 200);
+}
+
+/// A config the daemon refuses stops it at start with the field, its line and the reason.
+#[test]
+fn bad_config_stops_the_daemon_with_line_and_reason() {
+    let dir = TempDir::new("badcfg");
+    let cases = [
+        (
+            "{\n  \"http_listen\": \"0.0.0.0:0\",\n  \"streams\": [\n    \
+             { \"id\": \"1\", \"token\": \"replace-with-a-long-random-token\" }\n  ]\n}\n",
+            &[
+                "streams[0].token",
+                "line 4",
+                "placeholder",
+                "not a loopback address",
+                "openssl rand -hex 24",
+            ][..],
+        ),
+        (
+            "{\n  \"http_listen\": \"127.0.0.1:0\",\n  \"streams\": []\n}\n",
+            &["`streams` at line 3", "is empty"][..],
+        ),
+        (
+            "{\n  \"http_listen\": \"127.0.0.1:0\",\n  \"streams\": [\n    \
+             { \"id\": \"1\",\n      \"token\": \"        \" }\n  ]\n}\n",
+            &["streams[0].token", "line 5", "is blank"][..],
+        ),
+    ];
+    for (i, (text, expect)) in cases.iter().enumerate() {
+        let path = dir.file(&format!("config-{i}.json"));
+        std::fs::write(&path, text).unwrap();
+        let err = run("relay", &["--config", path.to_str().unwrap()])
+            .expect_err("the relay started with a bad config");
+        for e in *expect {
+            assert!(err.contains(e), "config {i}: {e:?} missing from:\n{err}");
+        }
+    }
+}
