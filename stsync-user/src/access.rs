@@ -24,17 +24,32 @@ struct Entry {
 /// `MIN_GRACE`) so that a late caller learns "expired" or "used" instead of "unknown"; after
 /// that they are purged. Minting needs a stream's token, so the grace cannot be flooded.
 const MIN_GRACE: Duration = Duration::from_secs(600);
+/// At most this many keys (live or in their grace period) per stream: a token holder
+/// minting in a loop gets 429 instead of growing the relay (about 64 bytes a key, so 4 MB).
+pub const MAX_KEYS_PER_STREAM: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{MAX_KEYS_PER_STREAM} session keys of this stream are live or recently used; try again later"
+)]
+pub struct TooMany;
+
+#[derive(Default)]
+struct Keys {
+    map: HashMap<u64, Entry>,
+    per_resource: HashMap<String, usize>,
+}
 
 pub struct Sessions {
     ttl: Duration,
-    keys: Mutex<HashMap<u64, Entry>>,
+    keys: Mutex<Keys>,
 }
 
 impl Sessions {
     pub fn new(ttl: Duration) -> Self {
         Sessions {
             ttl,
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(Keys::default()),
         }
     }
 
@@ -44,8 +59,24 @@ impl Sessions {
 
     /// Registers `key` (64 random bits from the caller) for `resource`; returns its hex form.
     pub fn insert(&self, resource: &str, key: u64, now: Instant) -> String {
+        self.mint(resource, key, now, usize::MAX).expect("no limit")
+    }
+
+    /// `insert`, unless `resource` already has `limit` keys (see `MAX_KEYS_PER_STREAM`).
+    pub fn mint(
+        &self,
+        resource: &str,
+        key: u64,
+        now: Instant,
+        limit: usize,
+    ) -> Result<String, TooMany> {
         let mut keys = self.keys.lock().unwrap();
-        keys.insert(
+        let n = keys.per_resource.entry(resource.to_owned()).or_default();
+        if *n >= limit {
+            return Err(TooMany);
+        }
+        *n += 1;
+        let old = keys.map.insert(
             key,
             Entry {
                 resource: resource.to_owned(),
@@ -53,7 +84,11 @@ impl Sessions {
                 used: false,
             },
         );
-        format!("{key:016x}")
+        if let Some(old) = old {
+            // 64 random bits collided: the old key is gone.
+            *keys.per_resource.get_mut(&old.resource).expect("counted") -= 1;
+        }
+        Ok(format!("{key:016x}"))
     }
 
     /// Marks the key used if it is valid for `resource`. `session` is normalised hex.
@@ -61,6 +96,7 @@ impl Sessions {
         let key = u64::from_str_radix(session, 16).map_err(|_| Denied::Unknown)?;
         let mut keys = self.keys.lock().unwrap();
         let e = keys
+            .map
             .get_mut(&key)
             .filter(|e| e.resource == resource)
             .ok_or(Denied::Unknown)?;
@@ -77,14 +113,19 @@ impl Sessions {
     /// Forgets keys whose grace period is over.
     pub fn purge(&self, now: Instant) {
         let grace = self.ttl.max(MIN_GRACE);
-        self.keys
-            .lock()
-            .unwrap()
-            .retain(|_, e| now < e.expires + grace);
+        let mut keys = self.keys.lock().unwrap();
+        let Keys { map, per_resource } = &mut *keys;
+        map.retain(|_, e| {
+            let keep = now < e.expires + grace;
+            if !keep {
+                *per_resource.get_mut(&e.resource).expect("counted") -= 1;
+            }
+            keep
+        });
     }
 
     pub fn len(&self) -> usize {
-        self.keys.lock().unwrap().len()
+        self.keys.lock().unwrap().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,6 +168,22 @@ mod tests {
         assert_eq!(
             short.redeem("1", &k, t + Duration::from_secs(3)),
             Err(Denied::Expired)
+        );
+    }
+
+    #[test]
+    fn keys_per_stream_are_capped_until_purged() {
+        let t = Instant::now();
+        let s = Sessions::new(Duration::from_secs(1));
+        for k in 0..3 {
+            s.mint("1", k, t, 3).unwrap();
+        }
+        assert_eq!(s.mint("1", 9, t, 3), Err(TooMany));
+        assert!(s.mint("2", 9, t, 3).is_ok(), "per stream");
+        s.purge(t + MIN_GRACE + Duration::from_secs(2));
+        assert!(
+            s.mint("1", 10, t, 3).is_ok(),
+            "purged keys free their places"
         );
     }
 }

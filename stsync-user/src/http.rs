@@ -5,7 +5,7 @@ mod serve;
 
 pub use serve::{connection_cap, nofile_limit, serve, ServeOptions, MAX_CONNECTIONS};
 
-use crate::access::Sessions;
+use crate::access::{Sessions, MAX_KEYS_PER_STREAM};
 use crate::metrics::{Metrics, StreamStats};
 use crate::srt::streamid::normalize_hex;
 use axum::body::Bytes;
@@ -197,7 +197,15 @@ async fn create_session(
         let SessionParams {} = json_object(&body, "empty or {}")?;
     }
     let resource = &stream.id;
-    let session_id = st.sessions.insert(resource, rand::random(), Instant::now());
+    let session_id = st
+        .sessions
+        .mint(
+            resource,
+            rand::random(),
+            Instant::now(),
+            MAX_KEYS_PER_STREAM,
+        )
+        .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))?;
     // Per request, so not at info: a client could flood the log.
     debug!(resource = %resource, "session key issued");
     Ok((
