@@ -34,6 +34,11 @@ enum Cmd {
         #[arg(long)]
         object: Option<PathBuf>,
     },
+    /// Soak the relay on loopback: one publisher, honest viewers, churn, garbage, spoofed
+    /// control packets, NAK storms and a handshake flood for --minutes; samples its RSS,
+    /// CPU, file descriptors, connections and the honest viewers' delivery every
+    /// --sample-secs into samples.csv/json and soak.svg. Fails if the relay dies.
+    Soak(stsync_bench::soak::SoakOpts),
     /// Compare what another viewer wrote (srt-live-transmit ... file://con > FILE) with a
     /// stsync-loadgen run's JSON report: same packets, byte for byte.
     CheckDump {
@@ -62,6 +67,10 @@ fn main() -> Result<()> {
             print!("{}", stsync_bench::sweep::table(&r));
             Ok(())
         }
+        Cmd::Soak(o) => match stsync_bench::soak::run(&o)? {
+            stsync_bench::soak::Ending::Completed => Ok(()),
+            stsync_bench::soak::Ending::Interrupted => std::process::exit(130),
+        },
         Cmd::Syscalls {
             pid,
             seconds,
