@@ -67,9 +67,15 @@ fn main() -> Result<()> {
             print!("{}", stsync_bench::sweep::table(&r));
             Ok(())
         }
-        Cmd::Soak(o) => match stsync_bench::soak::run(&o)? {
-            stsync_bench::soak::Ending::Completed => Ok(()),
-            stsync_bench::soak::Ending::Interrupted => std::process::exit(130),
+        Cmd::Soak(o) => match stsync_bench::soak::run(&o) {
+            Ok(stsync_bench::soak::Ending::Completed) => Ok(()),
+            Ok(stsync_bench::soak::Ending::Interrupted) => std::process::exit(130),
+            Err(e) => {
+                // The reason (e.g. the relay's exit and its last log lines), without a
+                // backtrace of this tool, which says nothing about it.
+                eprintln!("soak failed: {e:#}");
+                std::process::exit(1)
+            }
         },
         Cmd::Syscalls {
             pid,
