@@ -39,6 +39,11 @@ enum Cmd {
     /// CPU, file descriptors, connections and the honest viewers' delivery every
     /// --sample-secs into samples.csv/json and soak.svg. Fails if the relay dies.
     Soak(stsync_bench::soak::SoakOpts),
+    /// Redraw a soak's soak.svg from its samples.json.
+    SoakReplot {
+        #[arg(long, default_value = "target/soak")]
+        out: PathBuf,
+    },
     /// Compare what another viewer wrote (srt-live-transmit ... file://con > FILE) with a
     /// stsync-loadgen run's JSON report: same packets, byte for byte.
     CheckDump {
@@ -77,6 +82,7 @@ fn main() -> Result<()> {
                 std::process::exit(1)
             }
         },
+        Cmd::SoakReplot { out } => stsync_bench::soak::replot(&out),
         Cmd::Syscalls {
             pid,
             seconds,

@@ -622,12 +622,13 @@ fn plot(samples: &[Sample], storms: &Schedule, flood: &Schedule, path: &Path) ->
                 .collect::<Vec<_>>(),
         )
     };
+    // Log panels start at 10 kB/s: below that is only control traffic.
     let panel =
         |title: &str, y: &str, log_y: bool, series: Vec<(String, Vec<(f64, f64)>)>| TimePanel {
             title: title.into(),
             y_label: y.into(),
             series,
-            y_min: None,
+            y_min: log_y.then_some(0.01),
             log_y,
         };
     // Delivery is judged one interval late: draw each value at the middle of the stretch of
@@ -723,6 +724,32 @@ fn plot(samples: &[Sample], storms: &Schedule, flood: &Schedule, path: &Path) ->
         ),
     ];
     draw_time_series(&panels, path)
+}
+
+/// Redraws `DIR/soak.svg` from `DIR/samples.json` (e.g. after a change to the plot).
+pub fn replot(dir: &Path) -> Result<()> {
+    let path = dir.join("samples.json");
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    let samples: Vec<Sample> = serde_json::from_value(v["samples"].clone())?;
+    let o = &v["run"]["opts"];
+    let f = |k: &str| o[k].as_f64().unwrap_or(0.0);
+    let b = |k: &str| o[k].as_bool().unwrap_or(false);
+    let hostile = !b("no_hostile");
+    let storms = Schedule {
+        enabled: hostile && !b("no_nak_storm"),
+        first: f("storm_at"),
+        every: f("hostile_every"),
+        secs: f("storm_secs"),
+    };
+    let flood = Schedule {
+        enabled: hostile && !b("no_hs_flood"),
+        first: f("flood_at"),
+        every: f("hostile_every"),
+        secs: f("flood_secs"),
+    };
+    plot(&samples, &storms, &flood, &dir.join("soak.svg"))
 }
 
 pub fn run(o: &SoakOpts) -> Result<Ending> {
