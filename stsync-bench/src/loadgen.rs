@@ -162,13 +162,13 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 }
 
 const RING: usize = 8192;
-const HS_RETRY: Duration = Duration::from_millis(250);
+pub(crate) const HS_RETRY: Duration = Duration::from_millis(250);
 const HS_TIMEOUT: Duration = Duration::from_secs(5);
-const KEEPALIVE: Duration = Duration::from_secs(1);
-const BUFFER_PKTS: u32 = 8192;
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(1);
+pub(crate) const BUFFER_PKTS: u32 = 8192;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hs {
+pub(crate) enum Hs {
     Waiting,
     Induction,
     Conclusion(u32),
@@ -179,21 +179,27 @@ enum Hs {
 }
 
 /// Caller handshake state shared by the publisher and the viewers.
-struct Conn {
-    id: u32,
-    peer_id: u32,
-    relay: SocketAddrV4,
-    src: Option<Ipv4Addr>,
-    isn: Seq,
+pub(crate) struct Conn {
+    pub(crate) id: u32,
+    pub(crate) peer_id: u32,
+    pub(crate) relay: SocketAddrV4,
+    pub(crate) src: Option<Ipv4Addr>,
+    pub(crate) isn: Seq,
     sid: String,
-    state: Hs,
+    pub(crate) state: Hs,
     clock0: Instant,
     hs_deadline: Instant,
-    last_sent: Instant,
+    pub(crate) last_sent: Instant,
 }
 
 impl Conn {
-    fn new(id: u32, relay: SocketAddrV4, src: Option<Ipv4Addr>, sid: String, now: Instant) -> Self {
+    pub(crate) fn new(
+        id: u32,
+        relay: SocketAddrV4,
+        src: Option<Ipv4Addr>,
+        sid: String,
+        now: Instant,
+    ) -> Self {
         Conn {
             id,
             peer_id: 0,
@@ -212,7 +218,7 @@ impl Conn {
         now.saturating_duration_since(self.clock0).as_micros() as u32
     }
 
-    fn start(&mut self, now: Instant, latency: u16, fd: RawFd, tx: &mut SendBatch) {
+    pub(crate) fn start(&mut self, now: Instant, latency: u16, fd: RawFd, tx: &mut SendBatch) {
         self.clock0 = now;
         self.state = Hs::Induction;
         self.hs_deadline = now + HS_TIMEOUT;
@@ -244,7 +250,7 @@ impl Conn {
     }
 
     /// Handles a handshake answer; true when it completed the connection.
-    fn on_hs(
+    pub(crate) fn on_hs(
         &mut self,
         now: Instant,
         body: &[u8],
@@ -272,7 +278,7 @@ impl Conn {
     }
 
     /// Handshake retries and give-up; returns the next due time while handshaking.
-    fn hs_timer(
+    pub(crate) fn hs_timer(
         &mut self,
         now: Instant,
         latency: u16,
@@ -294,7 +300,7 @@ impl Conn {
         }
     }
 
-    fn control(
+    pub(crate) fn control(
         &mut self,
         now: Instant,
         fd: RawFd,
@@ -312,7 +318,7 @@ impl Conn {
     }
 }
 
-fn rand_u32() -> u32 {
+pub(crate) fn rand_u32() -> u32 {
     let mut b = [0u8; 4];
     // SAFETY: getrandom into a 4-byte buffer.
     unsafe { libc::getrandom(b.as_mut_ptr() as *mut _, 4, 0) };
@@ -330,18 +336,18 @@ struct Sent {
 
 /// What the viewers' loop and the publisher's thread share.
 #[derive(Default)]
-struct PubShared {
+pub(crate) struct PubShared {
     /// Set once the publisher is connected and pacing.
-    publishing: AtomicBool,
+    pub(crate) publishing: AtomicBool,
     /// Index of the next packet the publisher will send: the window's edges.
-    next_index: AtomicU64,
+    pub(crate) next_index: AtomicU64,
     /// Set by the viewers' loop: close and return.
-    stop: AtomicBool,
+    pub(crate) stop: AtomicBool,
     /// The publisher thread's TID (its CPU is sampled apart).
-    tid: AtomicU32,
+    pub(crate) tid: AtomicU32,
 }
 
-struct Publisher {
+pub(crate) struct Publisher {
     conn: Conn,
     fd: OwnedFd,
     tx: SendBatch,
@@ -495,6 +501,58 @@ impl Publisher {
     }
 }
 
+/// A publisher not yet started: it will connect to `relay` with stream ID `sid` from `fd`,
+/// then pace `bitrate` bit/s of `payload`-byte packets whose payload indices start at
+/// `first_index`. Returns it with what its thread shares.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn new_publisher(
+    fd: OwnedFd,
+    relay: SocketAddrV4,
+    sid: String,
+    bitrate: u64,
+    payload: usize,
+    first_index: u64,
+    now: Instant,
+) -> (Publisher, Arc<PubShared>) {
+    let pkts_per_sec = bitrate as f64 / (payload as f64 * 8.0);
+    let shared = Arc::new(PubShared::default());
+    shared.next_index.store(first_index, Ordering::Release);
+    let publ = Publisher {
+        conn: Conn::new(rand_u32() | 1, relay, None, sid, now),
+        fd,
+        tx: SendBatch::new(),
+        ring: vec![Sent::default(); RING],
+        next_seq: Seq::new(0),
+        next_index: first_index,
+        msgno: 1,
+        pace_start: now,
+        pace_k: 0,
+        interval: Duration::from_secs_f64(1.0 / pkts_per_sec),
+        publishing: false,
+        stats: PublisherReport::default(),
+        shared: shared.clone(),
+    };
+    (publ, shared)
+}
+
+/// What the publisher's thread returns: its counters, its send batch (syscall and datagram
+/// counts) and its receive syscalls.
+pub(crate) type PublisherOutcome = Result<(PublisherReport, SendBatch, u64)>;
+
+/// Runs `publ` on a thread of its own until its `stop` flag is set (or `deadline` passes,
+/// which is an error); `ns_of` maps an instant to the CLOCK_MONOTONIC ns put in payloads.
+pub(crate) fn spawn_publisher(
+    publ: Publisher,
+    latency: u16,
+    payload: usize,
+    ns_of: impl Fn(Instant) -> u64 + Send + 'static,
+    deadline: Instant,
+) -> std::io::Result<std::thread::JoinHandle<PublisherOutcome>> {
+    std::thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || publisher_loop(publ, latency, payload, ns_of, deadline))
+}
+
 /// The publisher's own loop: connect, pace, answer ACKs and NAKs, until told to stop.
 fn publisher_loop(
     mut publ: Publisher,
@@ -502,7 +560,7 @@ fn publisher_loop(
     payload: usize,
     ns_of: impl Fn(Instant) -> u64,
     deadline: Instant,
-) -> Result<(PublisherReport, SendBatch, u64)> {
+) -> PublisherOutcome {
     // SAFETY: gettid has no preconditions.
     publ.shared
         .tid
@@ -707,7 +765,7 @@ fn drain_sink<R: Rings>(
     v.sink_next = next;
 }
 
-fn send_feedback(
+pub(crate) fn send_feedback(
     conn: &mut Conn,
     now: Instant,
     fd: RawFd,
@@ -864,22 +922,15 @@ pub fn run(o: &Opts) -> Result<Report> {
     let cpu_start = sys::self_cpu_ticks();
 
     let pkts_per_sec = o.bitrate as f64 / (o.payload as f64 * 8.0);
-    let shared = Arc::new(PubShared::default());
-    let publ = Publisher {
-        conn: Conn::new(rand_u32() | 1, pub_relay, None, sid(0, "publish"), t0),
-        fd: pub_fd,
-        tx: SendBatch::new(),
-        ring: vec![Sent::default(); RING],
-        next_seq: Seq::new(0),
-        next_index: 0,
-        msgno: 1,
-        pace_start: t0,
-        pace_k: 0,
-        interval: Duration::from_secs_f64(1.0 / pkts_per_sec),
-        publishing: false,
-        stats: PublisherReport::default(),
-        shared: shared.clone(),
-    };
+    let (publ, shared) = new_publisher(
+        pub_fd,
+        pub_relay,
+        sid(0, "publish"),
+        o.bitrate,
+        o.payload,
+        0,
+        t0,
+    );
     let id_base = (rand_u32() & 0x3FFF_FFFF) | 0x4000_0000;
     let id_base = if id_base.checked_add(o.viewers).is_none() {
         0x4000_0000
@@ -982,9 +1033,7 @@ pub fn run(o: &Opts) -> Result<Report> {
     let publisher = {
         let payload = o.payload;
         let deadline = hard_deadline + Duration::from_secs(1);
-        std::thread::Builder::new()
-            .name("publisher".into())
-            .spawn(move || publisher_loop(publ, latency, payload, ns_of, deadline))
+        spawn_publisher(publ, latency, payload, ns_of, deadline)
             .context("starting the publisher thread")?
     };
     let mut publishing = false;

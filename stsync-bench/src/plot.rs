@@ -246,3 +246,92 @@ pub fn draw(r: &SweepResults, path: &Path) -> Result<()> {
     root.present().map_err(|e| anyhow!("plot: {e:?}"))?;
     Ok(())
 }
+
+/// One panel of a time-series plot (the soak's): named lines of (seconds, value).
+pub struct TimePanel {
+    pub title: String,
+    pub y_label: String,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+    /// Lower end of the y axis (None: 0, or below the lowest value if that is negative).
+    pub y_min: Option<f64>,
+    /// Logarithmic y axis (values at or below zero are drawn at its bottom).
+    pub log_y: bool,
+}
+
+/// Panels against time, two per row, in one SVG.
+pub fn draw_time_series(panels: &[TimePanel], path: &Path) -> Result<()> {
+    let rows = panels.len().div_ceil(2).max(1);
+    let root = SVGBackend::new(path, (1200, 400 * rows as u32)).into_drawing_area();
+    let e = |e: DrawingAreaErrorKind<std::io::Error>| anyhow!("plot: {e:?}");
+    root.fill(&WHITE).map_err(e)?;
+    let areas = root.split_evenly((rows, 2));
+    for (p, area) in panels.iter().zip(areas.iter()) {
+        let pts = || p.series.iter().flat_map(|(_, s)| s.iter());
+        let x_max = pts().map(|&(x, _)| x).fold(1.0, f64::max);
+        let y_hi = pts().map(|&(_, y)| y).fold(f64::MIN, f64::max);
+        let y_lo = pts().map(|&(_, y)| y).fold(f64::MAX, f64::min);
+        let (y_min, y_max) = if p.log_y {
+            let lo = pts()
+                .map(|&(_, y)| y)
+                .filter(|y| *y > 0.0)
+                .fold(f64::MAX, f64::min);
+            let hi = y_hi.max(1e-9);
+            let lo = p
+                .y_min
+                .unwrap_or(if lo < f64::MAX { lo * 0.5 } else { hi / 10.0 });
+            (lo, (hi * 2.0).max(lo * 10.0))
+        } else {
+            let y_min = p.y_min.unwrap_or_else(|| y_lo.min(0.0));
+            let y_max = if y_hi > y_min {
+                y_hi + (y_hi - y_min) * 0.1
+            } else {
+                y_min + 1.0
+            };
+            (y_min, y_max)
+        };
+        let mut b = ChartBuilder::on(area);
+        b.caption(&p.title, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(64);
+        macro_rules! draw {
+            ($chart:expr) => {{
+                let mut chart = $chart;
+                chart
+                    .configure_mesh()
+                    .x_desc("time (s)")
+                    .y_desc(p.y_label.as_str())
+                    .draw()
+                    .map_err(e)?;
+                for (i, (name, s)) in p.series.iter().enumerate() {
+                    let c = COLORS[i % COLORS.len()];
+                    let s = s
+                        .iter()
+                        .map(|&(x, y)| (x, if p.log_y { y.max(y_min) } else { y }));
+                    chart
+                        .draw_series(LineSeries::new(s, c.stroke_width(2)))
+                        .map_err(e)?
+                        .label(name.as_str())
+                        .legend(move |(x, yy)| PathElement::new(vec![(x, yy), (x + 16, yy)], c));
+                }
+                if p.series.len() > 1 || p.series.first().is_some_and(|(n, _)| !n.is_empty()) {
+                    chart
+                        .configure_series_labels()
+                        .background_style(WHITE.mix(0.8))
+                        .border_style(BLACK)
+                        .draw()
+                        .map_err(e)?;
+                }
+            }};
+        }
+        if p.log_y {
+            draw!(b
+                .build_cartesian_2d(0.0..x_max, (y_min..y_max).log_scale())
+                .map_err(e)?);
+        } else {
+            draw!(b.build_cartesian_2d(0.0..x_max, y_min..y_max).map_err(e)?);
+        }
+    }
+    root.present().map_err(|e| anyhow!("plot: {e:?}"))?;
+    Ok(())
+}

@@ -340,7 +340,7 @@ struct Snapshot {
 }
 
 /// Size, modification time and a 64-bit FNV-1a hash of a file, to tell builds apart.
-fn fingerprint(path: &Path, bytes: &[u8]) -> String {
+pub(crate) fn fingerprint(path: &Path, bytes: &[u8]) -> String {
     let mtime = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
@@ -405,7 +405,7 @@ impl Drop for Snapshot {
     }
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .trim()
@@ -487,12 +487,12 @@ impl Drop for Topology {
 }
 
 /// A relay process we started; killed (SIGTERM, then SIGKILL) on drop.
-struct RelayProc {
-    child: Child,
+pub(crate) struct RelayProc {
+    pub(crate) child: Child,
 }
 
 impl RelayProc {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -513,7 +513,7 @@ impl Drop for RelayProc {
     }
 }
 
-fn exe_sibling(name: &str) -> PathBuf {
+pub(crate) fn exe_sibling(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join(name)))

@@ -34,6 +34,16 @@ enum Cmd {
         #[arg(long)]
         object: Option<PathBuf>,
     },
+    /// Soak the relay on loopback: one publisher, honest viewers, churn, garbage, spoofed
+    /// control packets, NAK storms and a handshake flood for --minutes; samples its RSS,
+    /// CPU, file descriptors, connections and the honest viewers' delivery every
+    /// --sample-secs into samples.csv/json and soak.svg. Fails if the relay dies.
+    Soak(stsync_bench::soak::SoakOpts),
+    /// Redraw a soak's soak.svg from its samples.json.
+    SoakReplot {
+        #[arg(long, default_value = "target/soak")]
+        out: PathBuf,
+    },
     /// Compare what another viewer wrote (srt-live-transmit ... file://con > FILE) with a
     /// stsync-loadgen run's JSON report: same packets, byte for byte.
     CheckDump {
@@ -62,6 +72,17 @@ fn main() -> Result<()> {
             print!("{}", stsync_bench::sweep::table(&r));
             Ok(())
         }
+        Cmd::Soak(o) => match stsync_bench::soak::run(&o) {
+            Ok(stsync_bench::soak::Ending::Completed) => Ok(()),
+            Ok(stsync_bench::soak::Ending::Interrupted) => std::process::exit(130),
+            Err(e) => {
+                // The reason (e.g. the relay's exit and its last log lines), without a
+                // backtrace of this tool, which says nothing about it.
+                eprintln!("soak failed: {e:#}");
+                std::process::exit(1)
+            }
+        },
+        Cmd::SoakReplot { out } => stsync_bench::soak::replot(&out),
         Cmd::Syscalls {
             pid,
             seconds,
