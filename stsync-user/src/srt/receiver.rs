@@ -108,6 +108,11 @@ impl Receiver {
         self.next
     }
 
+    /// The packets still expected, in sequence order.
+    pub fn loss(&self) -> &LossList {
+        &self.loss
+    }
+
     pub fn on_data(
         &mut self,
         now: Instant,
