@@ -120,8 +120,9 @@ impl LossList {
         n
     }
 
-    pub fn clear(&mut self) {
-        self.ranges.clear();
+    /// Forgets every range; returns how many packets were given up.
+    pub fn clear(&mut self) -> u32 {
+        self.ranges.drain(..).map(|r| r.count()).sum()
     }
 }
 
