@@ -626,11 +626,16 @@ impl Relay {
     /// the publisher is still expected to resend, DROPREQ the rest.
     fn on_viewer_nak(&mut self, now: Instant, id: u32, body: &[u8]) {
         let mut ranges = Vec::new();
+        // At most one ring's worth of packets per NAK: ranges that repeat or overlap (no
+        // libsrt receiver sends them) must not make one datagram resend the ring many times.
+        let mut packets = 0;
         for range in loss_ranges(body) {
             match range {
                 Ok((first, last))
-                    if (0..=self.cfg.buffer_packets as i32).contains(&last.diff(first)) =>
+                    if (0..=self.cfg.buffer_packets as i32).contains(&last.diff(first))
+                        && packets + (last.diff(first) as u32) < self.cfg.buffer_packets =>
                 {
+                    packets += last.diff(first) as u32 + 1;
                     ranges.push((first, last))
                 }
                 _ => {
