@@ -460,7 +460,11 @@ impl Corpus {
     fn write(&self, out: &Path) -> Result<()> {
         let (mut files, mut bytes) = (0, 0);
         for (target, entries) in &self.files {
+            // The corpus is exactly what these captures make: earlier files go.
             let dir = out.join(target);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             for (name, b) in entries {
                 std::fs::write(dir.join(name), b).map_err(|e| format!("{name}: {e}"))?;
