@@ -13,7 +13,7 @@
 //!   timing; data payloads are cut to 16 bytes to keep files small (the relay does not look
 //!   into them).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -272,17 +272,17 @@ impl Corpus {
     fn add_receiver(&mut self, stem: &str, dgrams: &[Dgram], port: u16) {
         const WINDOW: usize = 150;
         const WINDOWS: usize = 4;
-        let publishers: Vec<(SocketAddr, Seq)> = dgrams
-            .iter()
-            .filter(|d| d.dst.port() == port)
-            .filter_map(|d| {
-                let (sid, isn) = conclusion(&d.payload)?;
-                let id = streamid::parse(&sid).ok()?;
-                (id.mode == Mode::Publish).then_some((d.src, isn))
-            })
-            .collect::<HashMap<_, _>>()
-            .into_iter()
-            .collect();
+        // In order of appearance (the ISN of each one's first conclusion).
+        let mut publishers: Vec<(SocketAddr, Seq)> = Vec::new();
+        for d in dgrams.iter().filter(|d| d.dst.port() == port) {
+            let Some((sid, isn)) = conclusion(&d.payload) else {
+                continue;
+            };
+            let publish = streamid::parse(&sid).is_ok_and(|id| id.mode == Mode::Publish);
+            if publish && !publishers.iter().any(|(a, _)| *a == d.src) {
+                publishers.push((d.src, isn));
+            }
+        }
         for (n, (addr, isn)) in publishers.into_iter().enumerate() {
             let from: Vec<&Dgram> = dgrams.iter().filter(|d| d.src == addr).collect();
             let data_at: Vec<usize> = (0..from.len())
