@@ -598,9 +598,15 @@ fn fuzz(root: &Path, secs: u64, only: &[String]) -> Result<()> {
             }
         );
         if !status.success() || !new.is_empty() {
-            // The panic message and the backtrace, for the CI log.
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            for l in tail.into_iter().rev() {
+            // The panic message (or libFuzzer's verdict: timeout, out of memory), for the
+            // CI log; the whole story is in the log file.
+            let lines: Vec<&str> = text.lines().collect();
+            let at = lines
+                .iter()
+                .position(|l| l.contains("panicked at"))
+                .or_else(|| lines.iter().position(|l| l.contains("ERROR: libFuzzer")))
+                .unwrap_or(lines.len().saturating_sub(5));
+            for l in lines.iter().skip(at).take(4) {
                 eprintln!("  | {l}");
             }
             failed.push((target, new));
