@@ -7,6 +7,8 @@ pub mod config;
 pub mod datapath;
 pub mod delay;
 pub mod driver;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod relay;

@@ -35,6 +35,25 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Fuzz the protocol core (cargo-fuzz, nightly; installed when missing): each target for
+    /// --secs seconds, one after another, from the seed corpus plus what earlier runs found
+    /// (fuzz/target/corpus); fails when any finds a crash (saved under fuzz/artifacts).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Targets to run (default: all of them).
+        targets: Vec<String>,
+    },
+    /// Rebuild the fuzz seed corpus (fuzz/corpus) from pcap captures of real SRT traffic
+    /// through the relay (fuzz/capture.sh makes them).
+    FuzzCorpus {
+        /// The relay's UDP port in the captures.
+        #[arg(long, default_value_t = 9999)]
+        relay_port: u16,
+        #[arg(required = true)]
+        pcaps: Vec<PathBuf>,
+    },
 }
 
 /// Debian packages the integration tests drive: real SRT clients (srt-live-transmit,
@@ -58,6 +77,31 @@ fn main() -> Result<()> {
     let root = project_root();
     match Cli::parse().cmd {
         Cmd::BuildEbpf => build_ebpf(&root, ALL_EBPF),
+        Cmd::Fuzz { secs, targets } => fuzz(&root, secs, &targets),
+        Cmd::FuzzCorpus { relay_port, pcaps } => {
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(&root)
+                .args([
+                    "run",
+                    "-q",
+                    "-p",
+                    "stsync-user",
+                    "--example",
+                    "fuzz_corpus",
+                    "--",
+                ])
+                .args([
+                    "--out",
+                    "fuzz/corpus",
+                    "--relay-port",
+                    &relay_port.to_string(),
+                ])
+                .args(&pcaps);
+            if !cmd.status()?.success() {
+                bail!("fuzz_corpus failed");
+            }
+            Ok(())
+        }
         Cmd::Bench { args } => {
             build_ebpf_if_possible(
                 &root,
@@ -395,4 +439,206 @@ fn install_ebpf_toolchain() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The fuzz targets (fuzz/fuzz_targets) and the largest input each is given: a datagram
+/// and a bit for the codec targets, a few hundred operations for the stateful ones (the
+/// relay seeds from captures are up to ~8 KB).
+const FUZZ_TARGETS: &[(&str, usize)] = &[
+    ("packet", 2048),
+    ("handshake", 2048),
+    ("streamid", 1024),
+    ("receiver", 4096),
+    ("relay", 16384),
+];
+
+/// A toolchain-neutral `cargo +nightly` (whatever runs xtask must not leak into it).
+fn cargo_nightly(root: &Path) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root).arg("+nightly");
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTDOC",
+        "CARGO",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// nightly and cargo-fuzz, installed when missing.
+fn install_fuzz_tools(root: &Path) -> Result<()> {
+    let nightly = cargo_nightly(root)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nightly {
+        eprintln!("xtask: installing the nightly toolchain (cargo fuzz needs it)");
+        let ok = Command::new("rustup")
+            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .status()
+            .context("running rustup")?
+            .success();
+        if !ok {
+            bail!("rustup toolchain install nightly failed");
+        }
+    }
+    if !have("cargo-fuzz") {
+        eprintln!("xtask: installing cargo-fuzz");
+        let ok = Command::new(env!("CARGO"))
+            .args(["install", "cargo-fuzz", "--locked"])
+            .status()?
+            .success();
+        if !ok {
+            bail!("cargo install cargo-fuzz --locked failed");
+        }
+    }
+    Ok(())
+}
+
+/// Files under `dir` (none if it does not exist).
+fn files_in(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// `cargo xtask fuzz`: builds every target once, runs each for `secs` seconds and reports
+/// runs, coverage and new crash artifacts per target.
+fn fuzz(root: &Path, secs: u64, only: &[String]) -> Result<()> {
+    let targets: Vec<(&str, usize)> = FUZZ_TARGETS
+        .iter()
+        .copied()
+        .filter(|(t, _)| only.is_empty() || only.iter().any(|o| o == t))
+        .collect();
+    if let Some(bad) = only
+        .iter()
+        .find(|o| !FUZZ_TARGETS.iter().any(|(t, _)| t == o))
+    {
+        let names: Vec<&str> = FUZZ_TARGETS.iter().map(|(t, _)| *t).collect();
+        bail!("no fuzz target {bad:?} (targets: {})", names.join(", "));
+    }
+    install_fuzz_tools(root)?;
+    let fuzz_dir = root.join("fuzz");
+    // Plain Rust (no unsafe in what the targets reach): no sanitizer, about twice the
+    // executions per second of ASan. Debug assertions and overflow checks stay on.
+    let sanitizer = ["--sanitizer", "none"];
+    let started = std::time::Instant::now();
+    let ok = cargo_nightly(root)
+        .args(["fuzz", "build"])
+        .args(sanitizer)
+        .status()
+        .context("running cargo +nightly fuzz build")?
+        .success();
+    if !ok {
+        bail!("cargo +nightly fuzz build failed");
+    }
+    eprintln!(
+        "xtask: fuzz targets built in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut report = Vec::new();
+    let mut failed = Vec::new();
+    for (target, max_len) in targets {
+        let artifacts = fuzz_dir.join("artifacts").join(target);
+        let before = files_in(&artifacts);
+        // New inputs go to fuzz/target/corpus/<target> (kept between local runs, ignored by
+        // git); fuzz/corpus/<target> is the committed seed corpus, only read.
+        let work = fuzz_dir.join("target/corpus").join(target);
+        std::fs::create_dir_all(&work)?;
+        let log_path = fuzz_dir.join("target").join(format!("{target}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        eprintln!(
+            "xtask: fuzzing {target} for {secs} s (log: {})",
+            log_path.display()
+        );
+        let status = cargo_nightly(root)
+            .args(["fuzz", "run"])
+            .args(sanitizer)
+            .arg(target)
+            .arg(&work)
+            .arg(fuzz_dir.join("corpus").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={secs}"))
+            .arg(format!("-max_len={max_len}"))
+            .arg("-rss_limit_mb=2048")
+            .arg("-timeout=25")
+            .arg("-print_final_stats=1")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .context("running cargo +nightly fuzz run")?;
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let stat = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().strip_prefix(':'))
+                .map_or("?".to_string(), |v| v.trim().to_string())
+        };
+        let new: Vec<PathBuf> = files_in(&artifacts).difference(&before).cloned().collect();
+        let line = format!(
+            "{target:<10} {:>12} runs  cov {:>5}  corpus {:>5}  {}",
+            stat("stat::number_of_executed_units"),
+            text.lines()
+                .rev()
+                .find_map(|l| l.split(" cov: ").nth(1)?.split_whitespace().next())
+                .unwrap_or("?"),
+            text.lines()
+                .rev()
+                .find_map(|l| l.split(" corp: ").nth(1)?.split('/').next())
+                .unwrap_or("?"),
+            if status.success() && new.is_empty() {
+                "ok".to_string()
+            } else {
+                format!("FAILED ({status})")
+            }
+        );
+        if !status.success() || !new.is_empty() {
+            // The panic message (or libFuzzer's verdict: timeout, out of memory), for the
+            // CI log; the whole story is in the log file.
+            let lines: Vec<&str> = text.lines().collect();
+            let at = lines
+                .iter()
+                .position(|l| l.contains("panicked at"))
+                .or_else(|| lines.iter().position(|l| l.contains("ERROR: libFuzzer")))
+                .unwrap_or(lines.len().saturating_sub(5));
+            for l in lines.iter().skip(at).take(4) {
+                eprintln!("  | {l}");
+            }
+            failed.push((target, new));
+        }
+        report.push(line);
+    }
+    println!("fuzzed {secs} s per target:");
+    for l in &report {
+        println!("  {l}");
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    for (target, files) in &failed {
+        for f in files {
+            let f = f.strip_prefix(root).unwrap_or(f).display();
+            println!("NEW CRASH {target}: {f}");
+            println!("  reproduce: cargo +nightly fuzz run -s none {target} {f}");
+            println!("  minimise:  cargo +nightly fuzz tmin -s none {target} {f}");
+        }
+    }
+    println!(
+        "then fix the cause and add the minimised input to fuzz/regressions/<target>/ (replayed by stsync-user/tests/fuzz_regressions.rs)"
+    );
+    bail!(
+        "fuzzing found crashes in: {}",
+        failed
+            .iter()
+            .map(|(t, _)| *t)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }

@@ -137,7 +137,11 @@ impl LossList {
     }
 
     /// Removes every sequence number in `first..=last` (a sender's DROPREQ); returns how many.
+    /// A reversed range (`last` before `first`) names nothing.
     pub fn remove_range(&mut self, first: Seq, last: Seq) -> u32 {
+        if last.lt(first) {
+            return 0;
+        }
         let mut removed = 0;
         let mut kept = VecDeque::with_capacity(self.ranges.len());
         for r in self.ranges.drain(..) {
@@ -180,8 +184,9 @@ impl LossList {
         n
     }
 
-    pub fn clear(&mut self) {
-        self.ranges.clear();
+    /// Forgets every range; returns how many packets were given up.
+    pub fn clear(&mut self) -> u32 {
+        self.ranges.drain(..).map(|r| r.count()).sum()
     }
 }
 
@@ -245,5 +250,17 @@ mod tests {
         assert_eq!(l.first(), Some(Seq::new(5)));
         assert_eq!(l.expire(t + Duration::from_millis(60)), 2);
         assert!(l.is_empty());
+    }
+
+    /// Found by the receiver fuzz target (a DROPREQ's range as sent): a reversed range split
+    /// a range into two overlapping ones and counted about 2^32 packets removed.
+    #[test]
+    fn reversed_range_removes_nothing() {
+        let t = Instant::now();
+        let mut l = LossList::default();
+        l.push(Seq::new(10), Seq::new(20), t);
+        assert_eq!(l.remove_range(Seq::new(15), Seq::new(12)), 0);
+        let r: Vec<_> = l.ranges().map(|r| (r.first.get(), r.last.get())).collect();
+        assert_eq!(r, vec![(10, 20)]);
     }
 }

@@ -108,6 +108,11 @@ impl Receiver {
         self.next
     }
 
+    /// The packets still expected, in sequence order.
+    pub fn loss(&self) -> &LossList {
+        &self.loss
+    }
+
     pub fn on_data(
         &mut self,
         now: Instant,
@@ -116,21 +121,28 @@ impl Receiver {
         out: &mut Vec<Feedback>,
     ) -> Arrival {
         let ahead = seq.diff(self.next);
-        let arrival = if ahead == 0 {
-            self.next = seq.next();
-            Arrival::New
-        } else if ahead > 0 {
+        let arrival = if ahead >= 0 {
             if ahead as u32 >= self.buffer {
                 // Further ahead than any buffer could hold: the sender jumped; start over there.
-                self.stats.dropped += u64::from(self.loss.remove_range(self.ack_seq(), seq));
-                self.loss.clear();
+                // (Counted range by range: `seq` may be more than 2^30 past the oldest loss,
+                // where serial comparison of the two no longer says which is older.)
+                self.stats.dropped += u64::from(self.loss.clear());
             } else {
-                let (first, last) = (self.next, seq.sub(1));
-                self.loss.push(first, last, now);
-                self.stats.lost += ahead as u64;
-                let mut words = Vec::with_capacity(2);
-                encode_loss(&mut words, first, last);
-                out.push(Feedback::Nak(words));
+                // The ring holds `buffer` packets up to this one: an older gap could only be
+                // filled by evicting a newer packet (that viewers may still need), so it is
+                // given up, as libsrt drops what does not fit its receive buffer.
+                let oldest = seq.sub(self.buffer.saturating_sub(1));
+                if let Some(first) = self.loss.first().filter(|f| f.lt(oldest)) {
+                    self.stats.dropped += u64::from(self.loss.remove_range(first, oldest.sub(1)));
+                }
+                if ahead > 0 {
+                    let (first, last) = (self.next, seq.sub(1));
+                    self.loss.push(first, last, now);
+                    self.stats.lost += ahead as u64;
+                    let mut words = Vec::with_capacity(2);
+                    encode_loss(&mut words, first, last);
+                    out.push(Feedback::Nak(words));
+                }
             }
             self.next = seq.next();
             Arrival::New
@@ -411,5 +423,46 @@ mod tests {
         // A jump beyond the buffer restarts the window instead of NAKing millions.
         r.on_data(t, Seq::new(5000), 10, &mut out);
         assert_eq!(r.ack_seq(), Seq::new(5001));
+    }
+
+    /// Found by the receiver fuzz target: in-order packets after a gap moved the ACK window
+    /// past the ring's size (the gap could only be refilled by evicting newer packets).
+    #[test]
+    fn losses_older_than_the_ring_are_given_up() {
+        let t = Instant::now();
+        let mut r = Receiver::new(Seq::new(0), LAT, 16, t);
+        let mut out = Vec::new();
+        r.on_data(t, Seq::new(0), 10, &mut out);
+        r.on_data(t, Seq::new(3), 10, &mut out); // 1 and 2 missing
+        for s in 4..=17 {
+            r.on_data(t, Seq::new(s), 10, &mut out);
+        }
+        assert_eq!(
+            r.ack_seq(),
+            Seq::new(2),
+            "16 packets up to 17: 1 no longer fits"
+        );
+        assert_eq!((r.stats.lost, r.stats.dropped), (2, 1));
+        r.on_data(t, Seq::new(30), 10, &mut out);
+        assert_eq!(
+            r.ack_seq(),
+            Seq::new(18),
+            "the gap 18..=29 fits, 2 does not"
+        );
+        assert_eq!(r.stats.dropped, 2);
+    }
+
+    /// Found by the receiver fuzz target: a jump of 2^30 - 1 from the ISN left the gap it
+    /// had out of the `dropped` count (the range to remove wrapped the wrong way).
+    #[test]
+    fn a_jump_gives_up_every_loss_whatever_its_distance() {
+        let t = Instant::now();
+        let isn = Seq::new(0x3FFF_FFFF);
+        let mut r = Receiver::new(isn, LAT, 1024, t);
+        let mut out = Vec::new();
+        r.on_data(t, isn.add(1), 10, &mut out);
+        r.on_data(t, Seq::new(0), 10, &mut out);
+        assert_eq!((r.stats.lost, r.stats.dropped), (1, 1));
+        assert_eq!(r.ack_seq(), Seq::new(1));
     }
 }

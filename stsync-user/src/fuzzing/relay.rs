@@ -1,0 +1,714 @@
+//! The relay target: a [`Relay`] with two streams, four peer addresses and a virtual clock,
+//! driven by a list of operations. Peers can speak raw bytes (how the seed corpus replays
+//! real libsrt captures) or let the harness build valid handshakes, data and control
+//! packets so the fuzzer gets past the SYN cookie and the session keys quickly. The outbox
+//! and route events are drained and checked after every step.
+//!
+//! Input: one configuration byte, then operations, each an op byte (kind in bits 0-2, peer
+//! in bits 3-4, flags in bits 5-7) and its arguments (see [`RelayOp::read`]).
+
+use super::{Input, Ops};
+use crate::access::Sessions;
+use crate::metrics::{Metrics, StreamStats};
+use crate::relay::{AddressLimits, KernelAcks, Relay, RelayConfig, RouteEvent};
+use crate::srt::handshake::{
+    encode_sid, ext, ext_header, hs_type, parse_extensions, srt_flag, Handshake, BODY_LEN, MAGIC,
+    SRT_VERSION,
+};
+use crate::srt::packet::{write_control, write_data, Packet};
+use crate::srt::seq::Seq;
+use crate::srt::streamid;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stsync_common::srt::{ctrl, CONTROL_BIT, HEADER_LEN, MAX_DATAGRAM, MAX_PAYLOAD, SEQ_MASK};
+
+/// The peers' addresses (the op byte picks one): two ports of one host, another host on the
+/// same port, and IPv6.
+pub const PEERS: [&str; 4] = [
+    "127.0.0.1:40001",
+    "127.0.0.1:40002",
+    "127.0.0.2:40001",
+    "[::1]:40001",
+];
+const RESOURCES: [&str; 2] = ["1", "2"];
+/// A fixed cookie secret: runs are reproducible.
+pub(super) const SECRET: [u8; 16] = *b"stsync-fuzz-key!";
+/// Largest raw datagram an op sends: beyond `MAX_DATAGRAM`, to reach the oversized path.
+const MAX_RAW: u16 = 2048;
+/// Timer runs per `Advance` (a 6.5 s advance at a 10 ms ACK period needs ~700).
+const MAX_TIMER_RUNS: usize = 4096;
+/// Control types a `Control` op can send (the last is unknown to SRT).
+const CONTROL_TYPES: [u16; 11] = [
+    ctrl::KEEPALIVE,
+    ctrl::ACK,
+    ctrl::NAK,
+    ctrl::SHUTDOWN,
+    ctrl::ACKACK,
+    ctrl::DROPREQ,
+    ctrl::HANDSHAKE,
+    ctrl::CONGESTION_WARNING,
+    ctrl::PEERERROR,
+    ctrl::USER_DEFINED,
+    9,
+];
+
+/// Flags of a [`RelayOp::Raw`] datagram: what the harness fixes up before sending it, so
+/// bytes captured from another relay run (its socket IDs, cookies, session keys) work here.
+pub struct Flags;
+
+impl Flags {
+    /// Destination socket ID := the relay's ID for this peer's latest connection (not for a
+    /// handshake to socket 0).
+    pub const DEST: u8 = 1;
+    /// SYN cookie of a conclusion := the latest one the relay gave this peer (the harness
+    /// asks for one first if it has none).
+    pub const COOKIE: u8 = 2;
+    /// Mint the session key a conclusion's stream ID names, for its resource.
+    pub const MINT: u8 = 4;
+    pub const ALL: u8 = 7;
+}
+
+/// One step of the relay target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayOp {
+    /// A datagram from peer `peer`, fixed up as `flags` ([`Flags`]) say.
+    Raw { peer: u8, flags: u8, bytes: Vec<u8> },
+    /// An induction (HSv4 as libsrt sends it, HSv5 with flag 1).
+    Induction { peer: u8, flags: u8 },
+    /// A conclusion from the peer's latest cookie; `sel` bits, all clear for a well-formed
+    /// viewer of stream 1 with a fresh key: 0 stream 2, 1 publish, 2 reuse the peer's last
+    /// key, 3 wrong cookie, 4 percent-encoded ID, 5 KMREQ, 6 no HSREQ, 7 unknown resource.
+    /// Flag 1: a new caller socket ID (a new connection from the same address).
+    Conclusion {
+        peer: u8,
+        flags: u8,
+        sel: u8,
+        isn: u32,
+        latency: u32,
+        hs_flags: u8,
+    },
+    /// A data packet to the peer's connection: `delta` from its next sequence number, flag 1
+    /// marks it retransmitted.
+    Data {
+        peer: u8,
+        flags: u8,
+        delta: i8,
+        len: u16,
+    },
+    /// A control packet to the peer's connection; flag 1 makes each body word an offset
+    /// from the peer's ISN (bit 31 kept), so ACKs and NAKs land in its sequence space.
+    Control {
+        peer: u8,
+        flags: u8,
+        typ: u8,
+        info: u32,
+        body: Vec<u8>,
+    },
+    /// Time passes (100 µs units); every timer due meanwhile runs.
+    Advance(u16),
+    /// The clock jumps to the next timer, which runs.
+    Timer,
+    /// What the driver or the HTTP side does: 0 set a stream's delay, 1 kernel fan-out on or
+    /// off for the peer's connection, 2 kernel-answered ACKs, 3 graceful shutdown.
+    Misc {
+        peer: u8,
+        flags: u8,
+        sub: u8,
+        value: u32,
+    },
+}
+
+impl RelayOp {
+    fn head(kind: u8, peer: u8, flags: u8) -> u8 {
+        kind | (peer & 3) << 3 | flags << 5
+    }
+
+    pub fn read(inp: &mut Input) -> Self {
+        let b = inp.u8();
+        let (peer, flags) = ((b >> 3) & 3, b >> 5);
+        match b & 7 {
+            0 => {
+                let len = inp.u16() % (MAX_RAW + 1);
+                RelayOp::Raw {
+                    peer,
+                    flags,
+                    bytes: inp.bytes(len.into()).to_vec(),
+                }
+            }
+            1 => RelayOp::Induction { peer, flags },
+            2 => RelayOp::Conclusion {
+                peer,
+                flags,
+                sel: inp.u8(),
+                isn: inp.u32(),
+                latency: inp.u32(),
+                hs_flags: inp.u8(),
+            },
+            3 => RelayOp::Data {
+                peer,
+                flags,
+                delta: inp.u8() as i8,
+                len: inp.u16(),
+            },
+            4 => {
+                let typ = inp.u8();
+                let info = inp.u32();
+                let words = usize::from(inp.u8());
+                RelayOp::Control {
+                    peer,
+                    flags,
+                    typ,
+                    info,
+                    body: inp.bytes(words * 4).to_vec(),
+                }
+            }
+            5 => RelayOp::Advance(inp.u16()),
+            6 => RelayOp::Timer,
+            _ => RelayOp::Misc {
+                peer,
+                flags,
+                sub: inp.u8(),
+                value: inp.u32(),
+            },
+        }
+    }
+
+    pub fn write(&self, o: &mut Ops) {
+        match self {
+            RelayOp::Raw { peer, flags, bytes } => {
+                o.u8(Self::head(0, *peer, *flags))
+                    .u16(bytes.len() as u16)
+                    .bytes(bytes);
+            }
+            RelayOp::Induction { peer, flags } => {
+                o.u8(Self::head(1, *peer, *flags));
+            }
+            RelayOp::Conclusion {
+                peer,
+                flags,
+                sel,
+                isn,
+                latency,
+                hs_flags,
+            } => {
+                o.u8(Self::head(2, *peer, *flags))
+                    .u8(*sel)
+                    .u32(*isn)
+                    .u32(*latency)
+                    .u8(*hs_flags);
+            }
+            RelayOp::Data {
+                peer,
+                flags,
+                delta,
+                len,
+            } => {
+                o.u8(Self::head(3, *peer, *flags))
+                    .u8(*delta as u8)
+                    .u16(*len);
+            }
+            RelayOp::Control {
+                peer,
+                flags,
+                typ,
+                info,
+                body,
+            } => {
+                o.u8(Self::head(4, *peer, *flags))
+                    .u8(*typ)
+                    .u32(*info)
+                    .u8((body.len() / 4) as u8)
+                    .bytes(body);
+            }
+            RelayOp::Advance(units) => {
+                o.u8(5).u16(*units);
+            }
+            RelayOp::Timer => {
+                o.u8(6);
+            }
+            RelayOp::Misc {
+                peer,
+                flags,
+                sub,
+                value,
+            } => {
+                o.u8(Self::head(7, *peer, *flags)).u8(*sub).u32(*value);
+            }
+        }
+    }
+}
+
+/// What a run reached, for tests that check a seed gets deep (the fuzz target ignores it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayRun {
+    /// Conclusion answers the relay sent (connections accepted, and repeats).
+    pub conclusions: usize,
+    pub rejections: usize,
+    /// Data packets the relay sent (fan-out and retransmissions).
+    pub data_sent: usize,
+    pub transmits: usize,
+    /// Most datagrams the relay queued in one step.
+    pub max_step: usize,
+}
+
+/// What the harness knows about one peer, learned from what it sent and what the relay
+/// answered.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    socket_id: u32,
+    cookie: Option<u32>,
+    relay_id: Option<u32>,
+    isn: Seq,
+    next: Seq,
+    key: Option<String>,
+}
+
+pub(super) struct World {
+    pub relay: Relay,
+    sessions: Arc<Sessions>,
+    stats: Vec<Arc<StreamStats>>,
+    cfg: RelayConfig,
+    pub now: Instant,
+    t0: Instant,
+    pub peers: Vec<Peer>,
+    viewers: HashSet<u32>,
+    epochs: HashMap<String, u64>,
+    keys: u64,
+    pub run: RelayRun,
+}
+
+impl World {
+    /// Configuration byte: bits 0-1 ring size (32, 64, 256, 8192 packets), bits 2-3 latency
+    /// (20, 120, 500, 1000 ms), bit 4 a single viewer per stream, bit 5 a 1 s idle timeout.
+    pub fn new(conf: u8) -> Self {
+        let t0 = Instant::now();
+        let cfg = RelayConfig {
+            latency: Duration::from_millis([20, 120, 500, 1000][usize::from(conf >> 2 & 3)]),
+            buffer_packets: [32, 64, 256, 8192][usize::from(conf & 3)],
+            idle_timeout: Duration::from_secs(if conf & 0x20 != 0 { 1 } else { 5 }),
+            max_connections: 8,
+            max_viewers_per_stream: if conf & 0x10 != 0 { 1 } else { 4 },
+            per_address: AddressLimits {
+                max_connections: 6,
+                handshakes_per_sec: 1000,
+            },
+        };
+        let sessions = Arc::new(Sessions::new(Duration::from_secs(300)));
+        let stats: Vec<_> = RESOURCES
+            .iter()
+            .map(|_| Arc::new(StreamStats::default()))
+            .collect();
+        let streams = RESOURCES
+            .iter()
+            .map(|r| r.to_string())
+            .zip(stats.iter().cloned())
+            .collect();
+        let relay = Relay::new(
+            cfg.clone(),
+            streams,
+            sessions.clone(),
+            Arc::new(Metrics::new()),
+            SECRET,
+            t0,
+        );
+        let peers = PEERS
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Peer {
+                addr: a.parse().unwrap(),
+                socket_id: 0x0100_0000 * (i as u32 + 1),
+                cookie: None,
+                relay_id: None,
+                isn: Seq::new(0),
+                next: Seq::new(0),
+                key: None,
+            })
+            .collect();
+        World {
+            relay,
+            sessions,
+            stats,
+            cfg,
+            now: t0,
+            t0,
+            peers,
+            viewers: HashSet::new(),
+            epochs: HashMap::new(),
+            keys: 0,
+            run: RelayRun::default(),
+        }
+    }
+
+    /// Most datagrams one input datagram may make the relay send: a NAK answered from the
+    /// whole ring plus a DROPREQ per loss-list word, or a data packet fanned out to every
+    /// connection, with room for feedback and a takeover's SHUTDOWN.
+    fn datagram_limit(&self) -> usize {
+        self.cfg.buffer_packets as usize + MAX_DATAGRAM / 4 + 4 * self.cfg.max_connections + 8
+    }
+
+    /// Most datagrams one timer run may send: keepalive or SHUTDOWN to each connection, ACK
+    /// and NAK to each publisher.
+    fn timer_limit(&self) -> usize {
+        4 * self.cfg.max_connections + 8
+    }
+
+    pub fn send(&mut self, from: SocketAddr, bytes: &[u8]) {
+        self.relay.handle_datagram(self.now, from, bytes);
+        self.drain(self.datagram_limit(), "one datagram");
+    }
+
+    /// Checks and empties the outbox and the route events.
+    fn drain(&mut self, limit: usize, what: &str) {
+        let items = self.relay.outbox_ref().items().to_vec();
+        assert!(
+            items.len() <= limit,
+            "{what} made the relay queue {} datagrams (limit {limit})",
+            items.len()
+        );
+        self.run.max_step = self.run.max_step.max(items.len());
+        self.run.transmits += items.len();
+        for t in &items {
+            let mut bytes = self.relay.outbox_ref().head(t).to_vec();
+            bytes.extend_from_slice(self.relay.payload(t.payload));
+            assert!(bytes.len() <= MAX_DATAGRAM, "sent {} bytes", bytes.len());
+            let pkt = Packet::parse(&bytes).expect("the relay sends only what it can parse");
+            let peer = self
+                .peers
+                .iter_mut()
+                .find(|p| p.addr == t.dst)
+                .expect("the relay sends only to addresses that spoke to it");
+            match pkt {
+                Packet::Data(_) => self.run.data_sent += 1,
+                Packet::Control(c) if c.typ == ctrl::HANDSHAKE => {
+                    let hs = Handshake::parse(c.body).expect("a handshake answer parses");
+                    match hs.hs_type {
+                        hs_type::INDUCTION => {
+                            assert_eq!(hs.ext_field, MAGIC);
+                            peer.cookie = Some(hs.cookie);
+                        }
+                        hs_type::CONCLUSION => {
+                            peer.relay_id = Some(hs.socket_id);
+                            self.run.conclusions += 1;
+                        }
+                        t => {
+                            assert!((1000..3000).contains(&t), "handshake type {t}");
+                            self.run.rejections += 1;
+                        }
+                    }
+                }
+                Packet::Control(_) => {}
+            }
+        }
+        self.relay.outbox().clear();
+        for ev in self.relay.take_events() {
+            match ev {
+                RouteEvent::ViewerAdded { conn, .. } => {
+                    assert!(self.viewers.insert(conn), "viewer {conn} added twice")
+                }
+                RouteEvent::ViewerRemoved { conn } => {
+                    assert!(self.viewers.remove(&conn), "viewer {conn} removed unadded")
+                }
+                RouteEvent::ViewerMapped { conn, .. } => {
+                    assert!(self.viewers.contains(&conn), "unknown viewer {conn} mapped")
+                }
+                RouteEvent::PublisherChanged {
+                    resource, epoch, ..
+                } => {
+                    let e = self.epochs.entry(resource).or_default();
+                    assert!(epoch >= *e, "publisher epoch went back");
+                    *e = epoch;
+                }
+                RouteEvent::StreamDelay { delay_us, .. } => {
+                    assert!(delay_us <= 30_000_000, "delay {delay_us} µs")
+                }
+            }
+        }
+        // Viewers within max_connections, plus at most one publisher per stream.
+        assert!(self.relay.connection_count() <= self.cfg.max_connections + RESOURCES.len());
+    }
+
+    /// Runs the relay's next timer if it is due by `end`; false when none is.
+    fn timer_until(&mut self, end: Instant) -> bool {
+        let t = self.relay.poll_timeout();
+        if t > end {
+            return false;
+        }
+        self.now = self.now.max(t);
+        self.relay.handle_timeout(self.now);
+        self.drain(self.timer_limit(), "one timer run");
+        // Else the driver spins: it sleeps until `poll_timeout` and calls again.
+        assert!(
+            self.relay.poll_timeout() > self.now,
+            "a timer run left a timer due"
+        );
+        true
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        for _ in 0..MAX_TIMER_RUNS {
+            if !self.timer_until(end) {
+                break;
+            }
+        }
+        self.now = self.now.max(end);
+    }
+
+    fn clock(&self) -> u32 {
+        self.now.saturating_duration_since(self.t0).as_micros() as u32
+    }
+
+    fn induction(&mut self, p: usize, v5: bool) {
+        let peer = &self.peers[p];
+        let hs = Handshake {
+            version: if v5 { 5 } else { 4 },
+            encryption: 0,
+            ext_field: 2,
+            isn: peer.isn,
+            mtu: 1500,
+            flow_window: 8192,
+            hs_type: hs_type::INDUCTION,
+            socket_id: peer.socket_id,
+            cookie: 0,
+            peer_ip: [0; 16],
+        };
+        let mut b = Vec::new();
+        write_control(&mut b, ctrl::HANDSHAKE, 0, self.clock(), 0, &hs.words());
+        let addr = peer.addr;
+        self.send(addr, &b);
+    }
+
+    fn cookie(&mut self, p: usize) -> u32 {
+        if self.peers[p].cookie.is_none() {
+            self.induction(p, false);
+        }
+        self.peers[p].cookie.unwrap_or(0)
+    }
+
+    fn mint(&mut self, resource: &str) -> String {
+        self.keys += 1;
+        let key = 0xF0_0000_0000 | self.keys;
+        self.sessions.insert(resource, key, self.now)
+    }
+
+    fn conclusion(&mut self, p: usize, flags: u8, sel: u8, isn: u32, latency: u32, hs_fl: u8) {
+        if flags & 1 != 0 {
+            self.peers[p].socket_id = self.peers[p].socket_id.wrapping_add(1);
+        }
+        let resource = if sel & 0x80 != 0 {
+            "3"
+        } else {
+            RESOURCES[usize::from(sel & 1)]
+        };
+        let key = match self.peers[p].key.clone() {
+            Some(k) if sel & 4 != 0 => k,
+            _ => self.mint(resource),
+        };
+        self.peers[p].key = Some(key.clone());
+        let mode = if sel & 2 != 0 { "publish" } else { "request" };
+        let hash = if sel & 0x10 != 0 { "%23" } else { "#" };
+        let sid = format!("{hash}!::r={resource},s={key},m={mode}");
+        let cookie = self.cookie(p) ^ u32::from(sel >> 3 & 1);
+        let clock = self.clock();
+        let peer = &mut self.peers[p];
+        peer.isn = Seq::new(isn);
+        peer.next = peer.isn;
+        let mut words = Handshake {
+            version: 5,
+            encryption: 0,
+            ext_field: 5,
+            isn: peer.isn,
+            mtu: 1500,
+            flow_window: 8192,
+            hs_type: hs_type::CONCLUSION,
+            socket_id: peer.socket_id,
+            cookie,
+            peer_ip: [0; 16],
+        }
+        .words()
+        .to_vec();
+        if sel & 0x40 == 0 {
+            let base = srt_flag::TSBPDSND
+                | srt_flag::TSBPDRCV
+                | srt_flag::CRYPT
+                | srt_flag::TLPKTDROP
+                | srt_flag::PERIODICNAK
+                | srt_flag::REXMITFLG;
+            words.extend([
+                ext_header(ext::HSREQ, 3),
+                SRT_VERSION,
+                base ^ u32::from(hs_fl),
+                latency,
+            ]);
+        }
+        if sel & 0x20 != 0 {
+            words.extend([ext_header(ext::KMREQ, 1), 0]);
+        }
+        let sid = encode_sid(sid.as_bytes());
+        words.push(ext_header(ext::SID, sid.len()));
+        words.extend(sid);
+        let mut b = Vec::new();
+        write_control(&mut b, ctrl::HANDSHAKE, 0, clock, 0, &words);
+        let addr = peer.addr;
+        self.send(addr, &b);
+    }
+
+    fn data(&mut self, p: usize, flags: u8, delta: i8, len: u16) {
+        let clock = self.clock();
+        let peer = &mut self.peers[p];
+        let seq = peer.next.add(i32::from(delta) as u32);
+        if !seq.lt(peer.next) {
+            peer.next = seq.next();
+        }
+        let msg = 0xC000_0000 | (seq.get() & 0x03FF_FFFF) | u32::from(flags & 1) << 26;
+        let payload = vec![0x47; usize::from(len) % (MAX_PAYLOAD + 1)];
+        let (addr, dest) = (peer.addr, peer.relay_id.unwrap_or(0));
+        let mut b = Vec::new();
+        write_data(&mut b, seq, msg, clock, dest, &payload);
+        self.send(addr, &b);
+    }
+
+    fn control(&mut self, p: usize, flags: u8, typ: u8, info: u32, body: &[u8]) {
+        let peer = &self.peers[p];
+        let words: Vec<u32> = body
+            .chunks_exact(4)
+            .map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+            .map(|w| {
+                if flags & 1 != 0 {
+                    w & CONTROL_BIT | peer.isn.add(w & SEQ_MASK).get()
+                } else {
+                    w
+                }
+            })
+            .collect();
+        let typ = CONTROL_TYPES[usize::from(typ) % CONTROL_TYPES.len()];
+        let (addr, dest) = (peer.addr, peer.relay_id.unwrap_or(0));
+        let mut b = Vec::new();
+        write_control(&mut b, typ, info, self.clock(), dest, &words);
+        self.send(addr, &b);
+    }
+
+    pub fn raw(&mut self, p: usize, flags: u8, mut bytes: Vec<u8>) {
+        let is_hs = bytes.len() >= HEADER_LEN
+            && bytes[..4] == (CONTROL_BIT | u32::from(ctrl::HANDSHAKE) << 16).to_be_bytes()[..]
+            && bytes[12..16] == [0; 4];
+        let body = HEADER_LEN..HEADER_LEN + BODY_LEN;
+        let conclusion = is_hs
+            && bytes
+                .get(body.clone())
+                .and_then(|b| Handshake::parse(b).ok())
+                .is_some_and(|hs| hs.hs_type == hs_type::CONCLUSION);
+        if flags & Flags::DEST != 0 && bytes.len() >= HEADER_LEN && !is_hs {
+            if let Some(id) = self.peers[p].relay_id {
+                bytes[12..16].copy_from_slice(&id.to_be_bytes());
+            }
+        }
+        if conclusion {
+            if flags & Flags::COOKIE != 0 {
+                let c = self.cookie(p);
+                bytes[HEADER_LEN + 28..HEADER_LEN + 32].copy_from_slice(&c.to_be_bytes());
+            }
+            let hs = Handshake::parse(&bytes[body]).expect("checked");
+            self.peers[p].isn = hs.isn;
+            self.peers[p].next = hs.isn;
+            let sid = parse_extensions(&bytes[HEADER_LEN + BODY_LEN..])
+                .ok()
+                .and_then(|e| e.sid)
+                .and_then(|s| streamid::parse(&s).ok());
+            if let Some(id) = sid.filter(|_| flags & Flags::MINT != 0) {
+                if let Ok(key) = u64::from_str_radix(&id.session, 16) {
+                    self.sessions.insert(&id.resource, key, self.now);
+                }
+            }
+        }
+        let addr = self.peers[p].addr;
+        self.send(addr, &bytes);
+    }
+
+    fn misc(&mut self, p: usize, flags: u8, sub: u8, value: u32) {
+        let stream = usize::from(flags & 1);
+        let conn = self.peers[p].relay_id.unwrap_or(0);
+        match sub % 4 {
+            0 => self.stats[stream]
+                .delay_target_ms
+                .store(u64::from(value % 30_001), Relaxed),
+            1 => {
+                let epoch = self.epochs.get(RESOURCES[stream]).copied().unwrap_or(0);
+                let on = flags & 2 == 0;
+                self.relay
+                    .set_kernel_fanout(conn, on.then_some(epoch + u64::from(flags >> 2)));
+            }
+            2 => {
+                let acks = KernelAcks {
+                    last: self.now,
+                    ack_seq: self.peers[p].isn.add(value & 0xFFFF),
+                    rtt: (flags & 2 != 0).then_some((value >> 8, value >> 16)),
+                    answered: u64::from(value >> 24),
+                    light: u64::from(value >> 28),
+                    bytes: u64::from(value >> 16),
+                };
+                self.relay.on_kernel_acks(conn, &acks);
+                self.drain(0, "kernel ACKs");
+            }
+            _ => {
+                self.relay.shutdown(self.now);
+                self.drain(self.cfg.max_connections, "a shutdown");
+                assert_eq!(self.relay.connection_count(), 0);
+            }
+        }
+    }
+
+    pub fn apply(&mut self, op: RelayOp) {
+        match op {
+            RelayOp::Raw { peer, flags, bytes } => self.raw(peer.into(), flags, bytes),
+            RelayOp::Induction { peer, flags } => self.induction(peer.into(), flags & 1 != 0),
+            RelayOp::Conclusion {
+                peer,
+                flags,
+                sel,
+                isn,
+                latency,
+                hs_flags,
+            } => self.conclusion(peer.into(), flags, sel, isn, latency, hs_flags),
+            RelayOp::Data {
+                peer,
+                flags,
+                delta,
+                len,
+            } => self.data(peer.into(), flags, delta, len),
+            RelayOp::Control {
+                peer,
+                flags,
+                typ,
+                info,
+                body,
+            } => self.control(peer.into(), flags, typ, info, &body),
+            RelayOp::Advance(units) => self.advance(Duration::from_micros(u64::from(units) * 100)),
+            RelayOp::Timer => {
+                let t = self.relay.poll_timeout();
+                self.timer_until(t);
+            }
+            RelayOp::Misc {
+                peer,
+                flags,
+                sub,
+                value,
+            } => self.misc(peer.into(), flags, sub, value),
+        }
+    }
+}
+
+/// The relay target: a configuration byte, then [`RelayOp`]s.
+pub fn relay(data: &[u8]) -> RelayRun {
+    let mut inp = Input::new(data);
+    let mut w = World::new(inp.u8());
+    while !inp.is_empty() {
+        let op = RelayOp::read(&mut inp);
+        w.apply(op);
+    }
+    w.run
+}
