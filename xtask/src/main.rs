@@ -280,10 +280,8 @@ fn build_ebpf(root: &Path, crates: &[&str]) -> Result<()> {
 }
 
 fn build_one_ebpf(root: &Path, krate: &str) -> Result<()> {
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(root.join(krate))
+    let status = cargo_nightly(&root.join(krate))
         .args([
-            "+nightly",
             "build",
             "-Z",
             "build-std=core",
@@ -292,21 +290,9 @@ fn build_one_ebpf(root: &Path, krate: &str) -> Result<()> {
             "--release",
         ])
         .arg("--target-dir")
-        .arg(root.join("target"));
-    // Whatever toolchain runs xtask must not leak into the nightly build.
-    for var in [
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTDOC",
-        "CARGO",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd.status().context("running cargo +nightly")?;
+        .arg(root.join("target"))
+        .status()
+        .context("running cargo +nightly")?;
     if !status.success() {
         bail!("building {krate} failed");
     }
@@ -453,9 +439,9 @@ const FUZZ_TARGETS: &[(&str, usize)] = &[
 ];
 
 /// A toolchain-neutral `cargo +nightly` (whatever runs xtask must not leak into it).
-fn cargo_nightly(root: &Path) -> Command {
+fn cargo_nightly(dir: &Path) -> Command {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root).arg("+nightly");
+    cmd.current_dir(dir).arg("+nightly");
     for var in [
         "RUSTUP_TOOLCHAIN",
         "RUSTC",
