@@ -3,18 +3,21 @@
 
 use std::time::{Duration, Instant};
 
+/// Kept in millionths of a unit, so frequent refills lose no fraction of what they earn.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     /// May go negative by one item: the item that crossed zero was still allowed.
-    tokens: i64,
+    micros: i64,
     last: Instant,
 }
+
+const MICRO: i64 = 1_000_000;
 
 impl TokenBucket {
     /// A full bucket of `burst`.
     pub fn new(burst: u64, now: Instant) -> Self {
         TokenBucket {
-            tokens: burst as i64,
+            micros: (burst as i64).saturating_mul(MICRO),
             last: now,
         }
     }
@@ -23,17 +26,18 @@ impl TokenBucket {
     pub fn refill(&mut self, now: Instant, rate: u64, burst: u64) {
         let dt = now.saturating_duration_since(self.last);
         self.last = self.last.max(now);
-        let earned = (u128::from(rate) * dt.as_micros() / 1_000_000).min(i64::MAX as u128) as i64;
-        self.tokens = self.tokens.saturating_add(earned).min(burst as i64);
+        let earned = (u128::from(rate) * dt.as_micros()).min(i64::MAX as u128) as i64;
+        let cap = (burst as i64).saturating_mul(MICRO);
+        self.micros = self.micros.saturating_add(earned).min(cap);
     }
 
     /// Whether anything may be spent now.
     pub fn available(&self) -> bool {
-        self.tokens > 0
+        self.micros > 0
     }
 
     pub fn spend(&mut self, n: u64) {
-        self.tokens = self.tokens.saturating_sub(n as i64);
+        self.micros = self.micros.saturating_sub((n as i64).saturating_mul(MICRO));
     }
 
     /// Refills, then spends `n` if anything is available.
@@ -46,13 +50,14 @@ impl TokenBucket {
         ok
     }
 
-    /// When, refilling at `rate` per second, something will be available again.
-    pub fn ready_at(&self, rate: u64) -> Instant {
-        if self.available() {
+    /// When, refilling at `rate` per second, `want` will be available: waking then does a
+    /// worthwhile amount of work, not one unit at a time.
+    pub fn ready_at(&self, rate: u64, want: u64) -> Instant {
+        let need = (want as i64).saturating_mul(MICRO) - self.micros;
+        if need <= 0 {
             return self.last;
         }
-        let needed = (1 - self.tokens) as u64;
-        let us = needed.saturating_mul(1_000_000) / rate.max(1) + 1;
+        let us = (need as u64).div_ceil(rate.max(1));
         self.last + Duration::from_micros(us)
     }
 }
@@ -67,10 +72,19 @@ mod tests {
         let mut b = TokenBucket::new(1000, t);
         b.spend(1500);
         assert!(!b.available(), "overdrawn by the last item");
-        let ready = b.ready_at(1000);
-        assert_eq!(ready, t + Duration::from_micros(501_001));
+        let ready = b.ready_at(1000, 1);
+        assert_eq!(ready, t + Duration::from_micros(501_000));
         b.refill(ready, 1000, 1000);
         assert!(b.available());
+        // Many small refills add up to what one large one would.
+        let mut c = TokenBucket::new(0, t);
+        for us in 1..=1000 {
+            c.refill(t + Duration::from_micros(us * 7), 1000, 1000);
+        }
+        c.spend(6);
+        assert!(c.available(), "7 ms at 1000/s is 7");
+        c.spend(1);
+        assert!(!c.available());
         b.refill(t + Duration::from_secs(60), 1000, 1000);
         b.spend(1000);
         assert!(!b.available(), "never more than the burst");

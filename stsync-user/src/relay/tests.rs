@@ -959,3 +959,34 @@ fn per_address_limits_on_connections_and_handshakes() {
     c[2].connect(&mut w, &key)
         .expect("budget refilled, a connection free");
 }
+
+#[test]
+fn reported_packets_that_cannot_be_sent_still_cost_budget() {
+    let mut w = World::new();
+    w.relay.cfg.buffer_packets = 8192;
+    let mut v = Caller::new(1001, 0);
+    let mut p = Caller::new(2000, 0);
+    v.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    // The publisher skips 1..=7999: the relay still expects them from it.
+    p.data(&mut w, Seq::new(0), 0, b"a");
+    p.data(&mut w, Seq::new(8000), 1000, b"b");
+    w.take(v.addr);
+    v.nak(&mut w, 1, 7999);
+    let Role::Viewer(vs) = &w.relay.conns[&v.relay_id].role else {
+        panic!()
+    };
+    // One burst (31,250 bytes at the floor rate) examines about 1,950 of them, not 7,999.
+    let left: u32 = vs.loss.ranges().map(|r| r.count()).sum();
+    assert!((5_900..6_200).contains(&left), "{left} left for later");
+    assert!(
+        data(&w.take(v.addr)).is_empty(),
+        "nothing to send: all owed by the publisher"
+    );
+    w.advance(Duration::from_secs(1));
+    let Role::Viewer(vs) = &w.relay.conns[&v.relay_id].role else {
+        panic!()
+    };
+    let left: u32 = vs.loss.ranges().map(|r| r.count()).sum();
+    assert_eq!(left, 0, "worked through within the budget's pace");
+}

@@ -102,7 +102,9 @@ impl LossList {
     }
 
     pub fn contains(&self, s: Seq) -> bool {
-        self.ranges.iter().any(|r| r.first.le(s) && s.le(r.last))
+        // Ranges are in order: the first that does not end before `s` is the only candidate.
+        let i = self.ranges.partition_point(|r| r.last.lt(s));
+        self.ranges.get(i).is_some_and(|r| r.first.le(s))
     }
 
     /// Removes `s`; true when it was missing (a recovered packet).
