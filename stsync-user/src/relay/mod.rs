@@ -378,19 +378,15 @@ impl Relay {
                 return;
             }
             HandshakeOutcome::Ignore(reason) => return self.metrics.drop_packet(reason),
-            // Both are conclusions with a valid cookie: the address is the caller's own, so
-            // its per-address budget applies before any further work.
-            HandshakeOutcome::Reject(req, rej) => match self.addresses.handshake(from.ip(), now) {
-                true => (req, Err(rej)),
-                false => (req, Err(handshake::Rejection::Backlog)),
-            },
-            HandshakeOutcome::Conclusion(hs) => {
-                let result = match self.addresses.handshake(from.ip(), now) {
-                    true => self.admit(now, from, &hs),
-                    false => Err(handshake::Rejection::Backlog),
-                };
-                (hs.hs, result)
-            }
+            HandshakeOutcome::Reject(req, rej) => (req, Err(rej)),
+            HandshakeOutcome::Conclusion(hs) => (hs.hs.clone(), Ok(hs)),
+        };
+        // Both are conclusions with a valid cookie: the address is the caller's own, so its
+        // per-address budget applies before any further work.
+        let result = if self.addresses.handshake(from.ip(), now) {
+            result.and_then(|hs| self.admit(now, from, &hs))
+        } else {
+            Err(handshake::Rejection::Backlog)
         };
         if let Err(rej) = result {
             self.metrics.reject(rej.code());
