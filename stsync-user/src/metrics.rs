@@ -5,7 +5,7 @@ use prometheus::{
     Encoder, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 /// What a connection is doing, as the `mode` label of `srt_connections_current`.
@@ -41,6 +41,9 @@ pub struct ConnStats {
     pub data_packets_sent_kernel: AtomicU64,
     pub rtt_us: AtomicU64,
     pub rtt_var_us: AtomicU64,
+    /// A viewer's play-out lead (µs) for the newest packet it acknowledged: how long before
+    /// its play-out time it had it (see `relay::playout`).
+    pub playout_lead_us: AtomicI64,
 }
 
 impl ConnStats {
@@ -109,6 +112,7 @@ pub struct Metrics {
     kernel_sent: IntCounterVec,
     rtt: GaugeVec,
     rtt_var: GaugeVec,
+    playout_lead: GaugeVec,
     pub dropped: IntCounterVec,
     rejections: IntCounterVec,
     pub datapath: IntGaugeVec,
@@ -228,6 +232,14 @@ impl Metrics {
             &["id"],
         )
         .unwrap();
+        let playout_lead = GaugeVec::new(
+            Opts::new(
+                "srt_connection_playout_lead",
+                "Viewers: how long before its play-out time the newest packet the viewer acknowledged reached it, seconds (about the latency; negative: too late; minutes: its time base and the timestamps disagree).",
+            ),
+            &["id"],
+        )
+        .unwrap();
         let dropped = IntCounterVec::new(
             Opts::new(
                 "srt_packets_dropped_total",
@@ -266,6 +278,7 @@ impl Metrics {
         }
         registry.register(Box::new(rtt.clone())).unwrap();
         registry.register(Box::new(rtt_var.clone())).unwrap();
+        registry.register(Box::new(playout_lead.clone())).unwrap();
         registry.register(Box::new(datapath.clone())).unwrap();
         let kernel_skipped = IntCounterVec::new(
             Opts::new(
@@ -332,6 +345,7 @@ impl Metrics {
             kernel_sent,
             rtt,
             rtt_var,
+            playout_lead,
             dropped,
             rejections,
             datapath,
@@ -425,6 +439,7 @@ impl Metrics {
             let _ = self.kernel_sent.remove_label_values(&[&label]);
             let _ = self.rtt.remove_label_values(&[&label]);
             let _ = self.rtt_var.remove_label_values(&[&label]);
+            let _ = self.playout_lead.remove_label_values(&[&label]);
         }
         let mut by_mode = [0i64; 3];
         for (id, s) in &conns {
@@ -448,6 +463,11 @@ impl Metrics {
             self.rtt_var
                 .with_label_values(&[&label])
                 .set(s.rtt_var_us.load(Relaxed) as f64 / 1e6);
+            if s.mode() == ConnMode::Request {
+                self.playout_lead
+                    .with_label_values(&[&label])
+                    .set(s.playout_lead_us.load(Relaxed) as f64 / 1e6);
+            }
         }
         *exported = live;
         for (id, st) in self.streams.lock().unwrap().iter() {

@@ -214,7 +214,7 @@ fn prometheus_parser() {
     assert_eq!(prom_sum(text, "srt_connections_current"), 3.0);
     assert_eq!(prom_help_type(text, "srt_connections_total"), (true, true));
     assert_eq!(prom_help_type(text, "srt_connection_rtt"), (false, false));
-    assert_eq!(readme_metric_names().len(), 2 + 12 + 3);
+    assert_eq!(readme_metric_names().len(), 2 + 12 + 4);
 }
 
 #[test]

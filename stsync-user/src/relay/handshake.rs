@@ -165,7 +165,9 @@ fn encode(ts: u32, dest: u32, words: &[u32], ext: &[u32]) -> Vec<u8> {
 }
 
 /// The conclusion answer: our socket ID, the caller's ISN for both directions (libsrt's
-/// listener does the same) and HSRSP. Timestamp 0: the connection's clock starts now.
+/// listener does the same) and HSRSP. The caller takes its time base from the answer's
+/// timestamp, so the relay stamps it with the connection's clock each time it is sent
+/// (`stamp`).
 pub fn accept(
     req: &Handshake,
     id: u32,
@@ -198,6 +200,11 @@ pub fn accept(
         (u32::from(rcv_latency) << 16) | u32::from(snd_latency),
     ];
     encode(0, req.socket_id, &answer.words(), &hsrsp)
+}
+
+/// Sets a control packet's timestamp (bytes 8..12).
+pub fn stamp(packet: &mut [u8], ts: u32) {
+    packet[8..12].copy_from_slice(&ts.to_be_bytes());
 }
 
 /// The caller's own handshake sent back with the rejection code as its type.

@@ -8,6 +8,7 @@ mod budget;
 mod handshake;
 mod ingest;
 mod outbox;
+mod playout;
 pub mod ring;
 pub mod viewer;
 
@@ -55,6 +56,12 @@ const SWEEP: Duration = Duration::from_millis(100);
 const DELAY_STEP_US: u32 = 10_000;
 /// How far back (packets) a new viewer's mapping may start before the packet that maps it.
 const MAX_ANCHOR_GAP: i32 = 64;
+/// Every connection's clock starts this long before its handshake (the answer says so), so
+/// that a packet a little older than the one that maps a viewer still has a timestamp
+/// after the viewer's zero. Before it, a timestamp wraps to 2^32 − x, and libsrt holds the
+/// packet (and everything behind it) for 71 minutes. It also bounds how old a packet a
+/// viewer may start with: only a publisher younger than this lends its first packets.
+pub const CLOCK_HEADROOM: Duration = Duration::from_secs(1);
 /// A viewer's retransmissions (and DROPREQs) may take the stream's own byte rate again, but
 /// at least this much (bytes/s, 1 Mbit/s): a viewer at 10 % loss needs a tenth of it.
 const REXMIT_FLOOR_BPS: u64 = 125_000;
@@ -100,8 +107,14 @@ struct Conn {
     peer: SocketAddr,
     peer_id: u32,
     stream: usize,
-    /// The connection's clock starts here: every timestamp we send it is µs since `start`.
+    /// The connection's clock starts here (`CLOCK_HEADROOM` before its handshake): every
+    /// timestamp we send it is µs since `start`.
     start: Instant,
+    /// The latency agreed in the handshake (the viewer plays a packet this long after its
+    /// timestamp).
+    latency: Duration,
+    /// When a viewer's play-out was last found far off (warned at most every 10 s).
+    playout_warned: Option<Instant>,
     last_recv: Instant,
     last_sent: Instant,
     /// The conclusion answer, sent again if the caller repeats its conclusion.
@@ -114,8 +127,14 @@ struct Conn {
 }
 
 impl Conn {
+    /// The connection's clock as its timestamps carry it (wrapping every 71.6 minutes).
     fn clock(&self, now: Instant) -> u32 {
-        now.saturating_duration_since(self.start).as_micros() as u32
+        self.clock64(now) as u32
+    }
+
+    /// µs since `start`, not wrapped.
+    fn clock64(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_micros() as u64
     }
 }
 
@@ -313,7 +332,7 @@ impl Relay {
             return;
         };
         c.last_recv = c.last_recv.max(k.last);
-        v.on_ack(k.ack_seq, k.last);
+        let advanced = v.on_ack(k.ack_seq, k.last);
         if let Some((rtt, var)) = k.rtt {
             c.stats.rtt_us.store(rtt.into(), Relaxed);
             c.stats.rtt_var_us.store(var.into(), Relaxed);
@@ -325,6 +344,50 @@ impl Relay {
         ConnStats::add(&c.stats.ctrl_bytes_recv, k.bytes);
         ConnStats::add(&c.stats.ctrl_packets_sent, k.answered);
         ConnStats::add(&c.stats.ctrl_bytes_sent, k.answered * ACKACK_LEN);
+        if advanced {
+            self.check_playout(k.last, conn, k.ack_seq);
+        }
+    }
+
+    /// Where the packet viewer `id` newly acknowledged (up to `ack`, exclusive, at `at`)
+    /// fell against its play-out, read as libsrt reads it: kept as the viewer's play-out
+    /// lead, and warned about (at most every 10 s) when far off. A viewer whose time base
+    /// disagrees with its timestamps acknowledges everything and plays nothing, and says
+    /// nothing about it; this is where it shows.
+    fn check_playout(&mut self, at: Instant, id: u32, ack: Seq) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Role::Viewer(v) = &conn.role else {
+            return;
+        };
+        let s = &self.streams[conn.stream];
+        let Unmapped::Publisher(p) = v.unmap(s.epoch, ack.sub(1)) else {
+            return;
+        };
+        let Some((_, pkt)) = s.ring.as_ref().and_then(|r| r.get(p)) else {
+            return;
+        };
+        let ts = v.ts(pkt.ts).wrapping_add(pkt.delay);
+        let rtt = conn.stats.rtt_us.load(Relaxed);
+        let lead = playout::lead_us(conn.clock64(at), ts, conn.latency, rtt);
+        conn.stats.playout_lead_us.store(lead, Relaxed);
+        let quiet = conn
+            .playout_warned
+            .is_some_and(|t| at.saturating_duration_since(t) < Duration::from_secs(10));
+        if playout::far_off(lead, conn.latency, pkt.delay) && !quiet {
+            conn.playout_warned = Some(at);
+            warn!(
+                conn = id,
+                peer = %conn.peer,
+                lead_ms = lead / 1000,
+                latency_ms = conn.latency.as_millis() as u64,
+                delay_ms = pkt.delay / 1000,
+                "viewer acknowledged a packet it plays {:.3} s from now (latency {} ms): its time base and the timestamps it is sent disagree",
+                lead as f64 / 1e6,
+                conn.latency.as_millis()
+            );
+        }
     }
 
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
@@ -372,7 +435,7 @@ impl Relay {
         let (req, result) = match outcome {
             HandshakeOutcome::Reply(bytes) => return self.out.push_bytes(from, &bytes),
             HandshakeOutcome::Repeat(id) => {
-                if !self.answer_again(id, HEADER_LEN + c.body.len()) {
+                if !self.answer_again(now, id, HEADER_LEN + c.body.len()) {
                     self.metrics.drop_packet("short_handshake");
                 }
                 return;
@@ -403,15 +466,26 @@ impl Relay {
     /// Sends connection `id`'s conclusion answer again for a repeated conclusion of `len`
     /// bytes; never more bytes than asked with (libsrt's conclusion, with its HSREQ and
     /// stream ID, is longer than our answer), so it cannot be used to amplify.
-    fn answer_again(&mut self, id: u32, len: usize) -> bool {
-        let Some(conn) = self.conns.get(&id) else {
-            return true;
-        };
-        if conn.response.len() > len {
-            return false;
+    fn answer_again(&mut self, now: Instant, id: u32, len: usize) -> bool {
+        match self.conns.get(&id) {
+            Some(conn) if conn.response.len() > len => false,
+            Some(_) => {
+                self.send_answer(now, id);
+                true
+            }
+            None => true,
         }
+    }
+
+    /// Sends connection `id` its conclusion answer, stamped with its clock now: the caller
+    /// takes its time base from the answer it gets, whichever one that is.
+    fn send_answer(&mut self, now: Instant, id: u32) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let ts = conn.clock(now);
+        handshake::stamp(&mut conn.response, ts);
         self.out.push_bytes(conn.peer, &conn.response);
-        true
     }
 
     /// Checks a proven conclusion against the resource, limits and session key, then opens
@@ -469,12 +543,13 @@ impl Relay {
             latency_ms = rcv_latency.max(snd_latency),
             "connection accepted"
         );
-        self.out.push_bytes(from, &response);
         let conn = Conn {
             peer: from,
             peer_id: hs.hs.socket_id,
             stream,
-            start: now,
+            start: now.checked_sub(CLOCK_HEADROOM).unwrap_or(now),
+            latency: Duration::from_millis(rcv_latency.max(snd_latency).into()),
+            playout_warned: None,
             last_recv: now,
             last_sent: now,
             response,
@@ -482,7 +557,9 @@ impl Relay {
             kernel_epoch: None,
             stats,
         };
+        let start = conn.start;
         self.conns.insert(id, conn);
+        self.send_answer(now, id);
         self.by_peer.insert((from, hs.hs.socket_id), id);
         self.addresses.opened(from.ip());
         let s = &mut self.streams[stream];
@@ -514,7 +591,7 @@ impl Relay {
                     resource: s.resource.clone(),
                     peer: from,
                     peer_id: hs.hs.socket_id,
-                    start: now,
+                    start,
                 });
             }
         }
@@ -542,6 +619,8 @@ impl Relay {
             &conn.stats.data_bytes_recv,
             (HEADER_LEN + d.payload.len()) as u64,
         );
+        // The publisher's clock started `CLOCK_HEADROOM` before its handshake.
+        let publisher_young = conn.clock64(now) < 2 * CLOCK_HEADROOM.as_micros() as u64;
         let Role::Publisher(rx) = &mut conn.role else {
             return self.metrics.drop_packet("data_from_viewer");
         };
@@ -556,13 +635,18 @@ impl Relay {
             Relaxed,
         );
         let stream = conn.stream;
-        // A viewer mapped now starts at the oldest packet still missing just before this
-        // one (say, the publisher's very first packet was lost), so that packet reaches it
-        // when it is recovered.
-        let anchor = rx
-            .first_missing()
-            .filter(|m| m.lt(d.seq) && d.seq.diff(*m) <= MAX_ANCHOR_GAP)
-            .unwrap_or(d.seq);
+        // Where a viewer that this packet maps starts. Only a fresh packet starts one: a
+        // recovered packet's timing is its recovery's, and the viewer's time base follows
+        // the packet that starts it. A late joiner starts at that packet: an older one
+        // would reach it too late to play (libsrt drops it, or waits for it). While the
+        // publisher is young, a viewer that waited for it starts at the oldest packet still
+        // missing (say, the very first was lost) and gets the whole stream; its clock's
+        // headroom keeps such a packet after its zero.
+        let start = (arrival == Arrival::New).then(|| {
+            rx.first_missing()
+                .filter(|m| publisher_young && m.lt(d.seq) && d.seq.diff(*m) <= MAX_ANCHOR_GAP)
+                .unwrap_or(d.seq)
+        });
         let arrival_us = now.saturating_duration_since(conn.start).as_micros() as u64;
         self.send_feedback(now, id, &mut fb);
         self.feedback = fb;
@@ -574,11 +658,12 @@ impl Relay {
                 l.on_packet(now, arrival_us, d.ts);
             }
         }
-        self.fan_out(now, stream, d, anchor);
+        self.fan_out(now, stream, d, start);
     }
 
-    /// Stores a publisher packet and sends it to every viewer the kernel does not serve.
-    fn fan_out(&mut self, now: Instant, stream: usize, d: DataPacket, anchor: Seq) {
+    /// Stores a publisher packet and sends it to every viewer the kernel does not serve;
+    /// a viewer not mapped yet starts at `start`, if any (see `on_data`).
+    fn fan_out(&mut self, now: Instant, stream: usize, d: DataPacket, start: Option<Seq>) {
         let s = &mut self.streams[stream];
         let msg = d.msg & !MSG_REXMIT_FLAG;
         let delay = s.delay_us;
@@ -591,12 +676,12 @@ impl Relay {
             let Some(conn) = self.conns.get_mut(&vid) else {
                 continue;
             };
-            let clock = conn.clock(now);
+            let clock = conn.clock64(now);
             let Role::Viewer(v) = &mut conn.role else {
                 continue;
             };
             let before = v.mapping();
-            let Some((vseq, vts)) = v.map_new(epoch, d.seq, d.ts, clock, anchor) else {
+            let Some((vseq, vts)) = v.map_new(epoch, d.seq, d.ts, clock as u32, start) else {
                 continue;
             };
             if let Some(m) = v.mapping().filter(|m| Some(*m) != before) {
@@ -610,11 +695,21 @@ impl Relay {
             if conn.kernel_epoch == Some(epoch) {
                 continue;
             }
+            let vts = vts.wrapping_add(delay);
+            if playout::before_zero(clock, vts) {
+                // Only a publisher whose timestamps run backwards gets here: libsrt would
+                // hold this packet for 71 minutes. The viewer asks for it; DROPREQ.
+                debug!(
+                    conn = vid,
+                    "not sent: timestamp before the viewer's clock started"
+                );
+                continue;
+            }
             self.out.push_data(
                 conn.peer,
                 vseq,
                 msg,
-                vts.wrapping_add(delay),
+                vts,
                 conn.peer_id,
                 Payload::Ring {
                     stream: stream as u32,
@@ -675,11 +770,14 @@ impl Relay {
             },
             (ctrl::ACK, Role::Viewer(v)) => match Ack::parse(c.body) {
                 Ok(ack) => {
-                    v.on_ack(ack.ack_seq, now);
+                    let advanced = v.on_ack(ack.ack_seq, now);
                     if let Some(f) = ack.full {
                         conn.stats.rtt_us.store(f.rtt_us.into(), Relaxed);
                         conn.stats.rtt_var_us.store(f.rtt_var_us.into(), Relaxed);
                         self.send_control(now, id, ctrl::ACKACK, c.info, &[0]);
+                    }
+                    if advanced {
+                        self.check_playout(now, id, ack.ack_seq);
                     }
                 }
                 Err(e) => self.metrics.drop_packet(e.reason()),
@@ -687,7 +785,7 @@ impl Relay {
             (ctrl::NAK, Role::Viewer(_)) => self.on_viewer_nak(now, id, c.body),
             (ctrl::HANDSHAKE, _) => {
                 // A conclusion repeated to our socket ID: the answer was lost.
-                if !self.answer_again(id, len) {
+                if !self.answer_again(now, id, len) {
                     self.metrics.drop_packet("short_handshake");
                 }
             }
@@ -759,7 +857,8 @@ impl Relay {
         });
         let rate = rexmit_rate(publisher_rx);
         let burst = rexmit_burst(rate);
-        let ts = conn.clock(now);
+        let clock = conn.clock64(now);
+        let ts = clock as u32;
         let stream = conn.stream as u32;
         let Role::Viewer(v) = &mut conn.role else {
             self.conns.insert(id, conn);
@@ -792,6 +891,12 @@ impl Relay {
             };
             let held = match v.unmap(s.epoch, vseq) {
                 Unmapped::Publisher(p) => match s.ring.as_ref().and_then(|r| r.get(p)) {
+                    // A timestamp before the viewer's zero would stall it (see `fan_out`).
+                    Some((_, pkt))
+                        if playout::before_zero(clock, v.ts(pkt.ts).wrapping_add(pkt.delay)) =>
+                    {
+                        None
+                    }
                     Some((slot, pkt)) => Some(Some((slot, pkt))),
                     // Still expected from the publisher: forwarded when it comes.
                     None if publisher_rx.is_some_and(|rx| rx.is_missing(p)) => Some(None),

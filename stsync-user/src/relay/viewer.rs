@@ -107,21 +107,23 @@ impl ViewerSend {
     }
 
     /// Maps a publisher packet being forwarded for the first time. The first packet of an
-    /// epoch fixes the offsets: publisher sequence `anchor` (this packet, or an older one
-    /// still missing) continues the viewer's sequence, and this packet's timestamp becomes
-    /// the viewer's clock now. `None` for a packet older than the viewer's mapping (a late
-    /// recovery from before the viewer joined).
+    /// epoch that may start the viewer (`start` is `Some`) fixes the offsets: publisher
+    /// sequence `start` (this packet, or an older one still missing) continues the viewer's
+    /// sequence, and this packet's timestamp becomes the viewer's clock now. `None` for a
+    /// packet older than the viewer's mapping (a late recovery from before the viewer
+    /// joined), or one that may not start it.
     pub fn map_new(
         &mut self,
         epoch: u64,
         pseq: Seq,
         pts: u32,
         clock_now: u32,
-        anchor: Seq,
+        start: Option<Seq>,
     ) -> Option<(Seq, u32)> {
         let map = match self.map {
             Some(m) if m.epoch == epoch => m,
             _ => {
+                let anchor = start?;
                 let m = Mapping {
                     epoch,
                     seq_off: Seq::offset_to(anchor, self.next_vseq),
@@ -219,8 +221,8 @@ impl ViewerSend {
         ts_add(pts, self.map.map_or(0, |m| m.ts_off))
     }
 
-    /// An ACK (received at `now`) up to `ack`, exclusive.
-    pub fn on_ack(&mut self, ack: Seq, now: Instant) {
+    /// An ACK (received at `now`) up to `ack`, exclusive; whether it acknowledged anything new.
+    pub fn on_ack(&mut self, ack: Seq, now: Instant) -> bool {
         // The kernel path can deliver (and the viewer acknowledge) packets the relay has not
         // read yet, so an ACK a little beyond `next_vseq` is not an error; it counts once the
         // relay catches up.
@@ -228,7 +230,9 @@ impl ViewerSend {
             self.last_ack = ack;
             self.stalled_since = self.outstanding().then_some(now);
             self.loss.remove_before(ack);
+            return true;
         }
+        false
     }
 
     fn outstanding(&self) -> bool {
@@ -273,7 +277,7 @@ mod tests {
         let t = Instant::now();
         let mut v = viewer(0);
         for i in 0..200 {
-            v.map_new(1, Seq::new(1000 + i), 0, 0, Seq::new(1000 + i));
+            v.map_new(1, Seq::new(1000 + i), 0, 0, Some(Seq::new(1000 + i)));
         }
         v.on_ack(Seq::new(50), t);
         let s = Seq::new;
@@ -314,22 +318,22 @@ mod tests {
         let mut v = viewer(500);
         // Publisher A starts at 9000 with timestamps around 1 s; the viewer's clock reads 2 ms.
         assert_eq!(
-            v.map_new(1, Seq::new(9000), 1_000_000, 2_000, Seq::new(9000)),
+            v.map_new(1, Seq::new(9000), 1_000_000, 2_000, Some(Seq::new(9000))),
             Some((Seq::new(500), 2_000))
         );
         assert_eq!(
-            v.map_new(1, Seq::new(9001), 1_010_000, 12_000, Seq::new(9001)),
+            v.map_new(1, Seq::new(9001), 1_010_000, 12_000, Some(Seq::new(9001))),
             Some((Seq::new(501), 12_000))
         );
         // Gap on the publisher leg: 9002 missing, 9003 forwarded, 9002 recovered later.
         assert_eq!(
-            v.map_new(1, Seq::new(9003), 1_030_000, 0, Seq::new(9003))
+            v.map_new(1, Seq::new(9003), 1_030_000, 0, Some(Seq::new(9003)))
                 .unwrap()
                 .0,
             Seq::new(503)
         );
         assert_eq!(
-            v.map_new(1, Seq::new(9002), 1_020_000, 0, Seq::new(9002))
+            v.map_new(1, Seq::new(9002), 1_020_000, 0, Some(Seq::new(9002)))
                 .unwrap()
                 .0,
             Seq::new(502)
@@ -346,11 +350,11 @@ mod tests {
         // Publisher B: wrapped sequence numbers, a fresh clock of its own.
         let b = Seq::new(0x7FFF_FFFF);
         assert_eq!(
-            v.map_new(2, b, 10, 5_000_000, b),
+            v.map_new(2, b, 10, 5_000_000, Some(b)),
             Some((Seq::new(504), 5_000_000))
         );
         assert_eq!(
-            v.map_new(2, b.next(), u32::MAX, 0, b.next()),
+            v.map_new(2, b.next(), u32::MAX, 0, Some(b.next())),
             Some((Seq::new(505), 4_999_989))
         );
         assert_eq!(v.unmap(2, Seq::new(505)), Unmapped::Publisher(Seq::new(0)));
@@ -367,7 +371,9 @@ mod tests {
         let mut v = viewer(500);
         // Publisher packet 100 was lost; 101 maps the viewer with 100 as its anchor.
         assert_eq!(
-            v.map_new(1, Seq::new(101), 0, 0, Seq::new(100)).unwrap().0,
+            v.map_new(1, Seq::new(101), 0, 0, Some(Seq::new(100)))
+                .unwrap()
+                .0,
             Seq::new(501)
         );
         assert_eq!(
@@ -375,7 +381,9 @@ mod tests {
             Unmapped::Publisher(Seq::new(100))
         );
         assert_eq!(
-            v.map_new(1, Seq::new(100), 0, 0, Seq::new(100)).unwrap().0,
+            v.map_new(1, Seq::new(100), 0, 0, Some(Seq::new(100)))
+                .unwrap()
+                .0,
             Seq::new(500),
             "the recovered first packet is forwarded"
         );
@@ -384,8 +392,8 @@ mod tests {
     #[test]
     fn late_joiner_skips_older_recoveries() {
         let mut v = viewer(0);
-        v.map_new(1, Seq::new(100), 0, 0, Seq::new(100));
-        assert_eq!(v.map_new(1, Seq::new(99), 0, 0, Seq::new(99)), None);
+        v.map_new(1, Seq::new(100), 0, 0, Some(Seq::new(100)));
+        assert_eq!(v.map_new(1, Seq::new(99), 0, 0, Some(Seq::new(99))), None);
     }
 
     #[test]

@@ -735,6 +735,7 @@ pub fn readme_metric_names() -> Vec<String> {
     }
     v.push("srt_connection_rtt".into());
     v.push("srt_connection_rtt_variance".into());
+    v.push("srt_connection_playout_lead".into());
     v.push("srt_packets_dropped_total".into());
     v
 }
