@@ -611,6 +611,14 @@ fn clones_per_packet(relay: &Relay, secs: f64) -> f64 {
     (b.clones - a.clones) / seen
 }
 
+/// `n` is `viewers` clones per packet. The program counts a packet as seen before it clones
+/// it, so a scrape that falls in between counts that packet's clones in the next interval:
+/// each end may be off by one packet's clones (a fresh-machine CI run measured 4.018 for 4).
+fn is_viewers(n: f64, viewers: u32) -> bool {
+    let v = f64::from(viewers);
+    (v - 0.1..=v + 0.05).contains(&n)
+}
+
 /// Waits (up to 5 s) until the relay has `n` viewer connections.
 fn wait_viewers(relay: &Relay, n: usize) {
     let ok = wait_until(Duration::from_secs(5), || {
@@ -669,7 +677,7 @@ fn viewers_come_and_go_and_publisher_takeover() {
     sleep_secs(2.0);
     let n = clones_per_packet(&relay, 1.0);
     assert!(
-        (3.9..=4.0).contains(&n),
+        is_viewers(n, 4),
         "4 viewers on the kernel path, {n} clones per packet"
     );
 
@@ -681,16 +689,13 @@ fn viewers_come_and_go_and_publisher_takeover() {
         "late joiner got nothing"
     );
     let n = clones_per_packet(&relay, 1.0);
-    assert!((4.9..=5.0).contains(&n), "5 viewers, {n} clones per packet");
+    assert!(is_viewers(n, 5), "5 viewers, {n} clones per packet");
 
     // A viewer that says goodbye leaves the kernel's set at once...
     leaver.stop();
     wait_viewers(&relay, 4);
     let n = clones_per_packet(&relay, 1.0);
-    assert!(
-        (3.9..=4.0).contains(&n),
-        "after a SHUTDOWN: {n} clones per packet"
-    );
+    assert!(is_viewers(n, 4), "after a SHUTDOWN: {n} clones per packet");
     // ...one that vanishes, when the relay times it out (1.5 s of silence).
     vanisher.proc.signal(libc::SIGKILL);
     assert!(
@@ -699,10 +704,7 @@ fn viewers_come_and_go_and_publisher_takeover() {
     );
     wait_viewers(&relay, 3);
     let n = clones_per_packet(&relay, 1.0);
-    assert!(
-        (2.9..=3.0).contains(&n),
-        "after a timeout: {n} clones per packet"
-    );
+    assert!(is_viewers(n, 3), "after a timeout: {n} clones per packet");
 
     // Takeover: B (the clip from 6.5 s on) replaces A; the viewers are re-anchored on B
     // and the kernel serves them again.
@@ -722,7 +724,7 @@ fn viewers_come_and_go_and_publisher_takeover() {
     sleep_secs(1.0);
     let n = clones_per_packet(&relay, 1.0);
     assert!(
-        (2.9..=3.0).contains(&n),
+        is_viewers(n, 3),
         "after the takeover: {n} clones per packet"
     );
     pb.finish(LINGER);
