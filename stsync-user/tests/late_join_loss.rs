@@ -39,6 +39,27 @@ fn late_joiners_play(datapath: &str) {
     ns.add_loss("edge", "input", &format!("udp sport {port}"), LOSS_PCT);
     ns.add_loss("edge", "output", &format!("udp dport {port}"), LOSS_PCT);
     let dir = TempDir::new(&format!("late-join-{datapath}"));
+    // STSYNC_CAPTURE=<prefix>: a packet capture of the relay's port (headers only), for
+    // reading what was late and why.
+    let _cap = std::env::var("STSYNC_CAPTURE").ok().map(|path| {
+        let mut c = command(Some(ns.name("relay")), "tcpdump");
+        c.args([
+            "-i",
+            "any",
+            "-w",
+            &format!("{path}-{datapath}.pcap"),
+            "-s",
+            "96",
+            "udp",
+            "port",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        let p = Proc::spawn("tcpdump", c, libc::SIGINT, None);
+        sleep_secs(0.5);
+        p
+    });
     let padded = c.padded(&dir, 1.0);
     let edge = Some(ns.name("edge"));
     let mut first = SltViewer::start_opts(&dir, "first", &relay.viewer_url("1"), edge, true);
