@@ -1067,7 +1067,7 @@ impl Relay {
     fn probe_tails(&mut self, now: Instant) {
         let mut due = Vec::new();
         for s in &mut self.streams {
-            if s.tail_check.is_none_or(|t| now < t) {
+            if !s.tail_check.is_some_and(|t| now >= t) {
                 continue;
             }
             s.tail_check = None;
