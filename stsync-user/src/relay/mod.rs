@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stsync_common::srt::{ctrl, HEADER_LEN, MAX_DATAGRAM, MAX_PAYLOAD, MSG_REXMIT_FLAG};
 use tracing::{debug, info, warn};
-use viewer::{TailProbe, Unmapped, ViewerSend};
+use viewer::{Unmapped, ViewerSend};
 
 /// Settings the relay core needs (a subset of config.json).
 #[derive(Debug, Clone)]
@@ -67,9 +67,6 @@ pub const CLOCK_HEADROOM: Duration = Duration::from_secs(1);
 const REXMIT_FLOOR_BPS: u64 = 125_000;
 /// The burst a viewer's retransmission budget allows, as time at its rate.
 const REXMIT_BURST: Duration = Duration::from_millis(250);
-/// A tail-loss probe waits for the viewer's RTT + 4·RTTVar and this (its ACK period, 10 ms,
-/// and some slack) without an ACK of the newest packets before resending them.
-const TAIL_PROBE_SLACK: Duration = Duration::from_millis(15);
 
 /// Bytes per second of retransmission a viewer of a stream fed by `publisher` may take.
 fn rexmit_rate(publisher: Option<&Receiver>) -> u64 {
@@ -99,9 +96,6 @@ struct Stream {
     ingest: Option<IngestLatency>,
     /// The delay no longer fits viewers' receive buffers at the publisher's rate (warned).
     delay_too_big: bool,
-    /// When to look for unacknowledged tails among its userspace viewers (the stream went
-    /// quiet after a burst; see `ViewerSend::probe_tail`).
-    tail_check: Option<Instant>,
 }
 
 enum Role {
@@ -266,7 +260,6 @@ impl Relay {
                     delay_us,
                     ingest: None,
                     delay_too_big: false,
-                    tail_check: None,
                 }
             })
             .collect();
@@ -712,9 +705,6 @@ impl Relay {
                 );
                 continue;
             }
-            v.sent_new(now);
-            // Checked once the stream pauses: each packet moves the tail.
-            s.tail_check = Some(now + TAIL_PROBE_SLACK);
             self.out.push_data(
                 conn.peer,
                 vseq,
@@ -1008,9 +998,6 @@ impl Relay {
             t = t.min(w);
         }
         for s in &self.streams {
-            if let Some(w) = s.tail_check {
-                t = t.min(w);
-            }
             if let Some(Role::Publisher(rx)) = s
                 .publisher
                 .and_then(|p| self.conns.get(&p))
@@ -1046,7 +1033,6 @@ impl Relay {
             }
         }
         self.feedback = fb;
-        self.probe_tails(now);
         if self.rexmit_wake.is_some_and(|w| now >= w) {
             self.rexmit_wake = None;
             let pending: Vec<u32> = self.rexmit_pending.drain().collect();
@@ -1057,41 +1043,6 @@ impl Relay {
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP;
             self.sweep(now);
-        }
-    }
-
-    /// Tail-loss probes for the userspace viewers of streams that went quiet: each viewer's
-    /// unacknowledged tail, once its RTT + 4·RTTVar + `TAIL_PROBE_SLACK` passed, is resent
-    /// within its retransmission budget. Not for viewers the kernel serves: their ACKs reach
-    /// the relay only every 100 ms, too late to tell a lost tail from an unread ACK.
-    fn probe_tails(&mut self, now: Instant) {
-        let mut due = Vec::new();
-        for s in &mut self.streams {
-            if !s.tail_check.is_some_and(|t| now >= t) {
-                continue;
-            }
-            s.tail_check = None;
-            for &vid in &s.viewers {
-                let Some(conn) = self.conns.get_mut(&vid) else {
-                    continue;
-                };
-                if conn.kernel_epoch == Some(s.epoch) {
-                    continue;
-                }
-                let rtt = conn.stats.rtt_us.load(Relaxed) + 4 * conn.stats.rtt_var_us.load(Relaxed);
-                let after = Duration::from_micros(rtt) + TAIL_PROBE_SLACK;
-                let Role::Viewer(v) = &mut conn.role else {
-                    continue;
-                };
-                match v.probe_tail(now, after) {
-                    TailProbe::Idle => {}
-                    TailProbe::At(t) => s.tail_check = Some(s.tail_check.map_or(t, |c| c.min(t))),
-                    TailProbe::Queued => due.push(vid),
-                }
-            }
-        }
-        for id in due {
-            self.retransmit(now, id, &[]);
         }
     }
 

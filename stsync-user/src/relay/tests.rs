@@ -143,13 +143,6 @@ fn data(got: &[Got]) -> Vec<(u32, Vec<u8>)> {
         .collect()
 }
 
-/// `got` without retransmissions (tail-loss probes of viewers that never ACK included).
-fn fresh(got: Vec<Got>) -> Vec<Got> {
-    got.into_iter()
-        .filter(|g| !matches!(g, Got::Data { msg, .. } if msg & MSG_REXMIT_FLAG != 0))
-        .collect()
-}
-
 fn ctrl(got: &[Got], typ: u16) -> Vec<(u32, Vec<u8>)> {
     got.iter()
         .filter_map(|g| match g {
@@ -445,7 +438,7 @@ fn a_lost_first_packet_still_reaches_viewers() {
     }
     w.advance(Duration::from_millis(20));
     p.data(&mut w, p.isn, 0, &[0; 188]);
-    let got = data(&fresh(w.take(v.addr)));
+    let got = data(&w.take(v.addr));
     let seqs: Vec<u32> = got.iter().map(|(s, _)| *s).collect();
     assert_eq!(
         seqs,
@@ -674,7 +667,7 @@ fn takeover_shuts_down_old_publisher_and_viewer_sequence_continues() {
     for i in 0..5 {
         b.data(&mut w, b.isn.add(i), 40 + i * 100, b"b");
     }
-    let got = fresh(w.take(v.addr));
+    let got = w.take(v.addr);
     let seqs: Vec<u32> = data(&got).iter().map(|d| d.0).collect();
     assert_eq!(seqs, (50..60).collect::<Vec<_>>());
     let ts: Vec<u32> = got
@@ -1349,58 +1342,4 @@ fn a_viewer_acknowledging_far_from_its_play_out_is_measured_and_warned() {
         "srt_connection_playout_lead{{id=\"{}\"}} -2.",
         v.relay_id
     )));
-}
-
-/// A packet lost at the end of a burst: the viewer cannot know until the next burst, so
-/// the relay resends the unacknowledged tail once the viewer's RTT + 4·RTTVar + 15 ms
-/// passed without an ACK for it; once per tail, not when it was acknowledged, and not for
-/// a viewer the kernel serves.
-#[test]
-fn an_unacknowledged_tail_is_probed_once() {
-    let mut w = World::new();
-    let mut v = Caller::new(1001, 100);
-    let mut p = Caller::new(2000, 0);
-    v.join(&mut w, "request");
-    p.join(&mut w, "publish");
-    let rexmits = |got: &[Got]| -> Vec<u32> {
-        got.iter()
-            .filter_map(|g| match g {
-                Got::Data { seq, msg, .. } if msg & MSG_REXMIT_FLAG != 0 => Some(seq.get()),
-                _ => None,
-            })
-            .collect()
-    };
-    // A burst of 5; the viewer acknowledges 4 of them (RTT 1 ms, variance 0.1 ms).
-    for i in 0..5u32 {
-        p.data(&mut w, Seq::new(i), i * 1_000, b"x");
-    }
-    w.take(v.addr);
-    v.control(&mut w, ctrl::ACK, 1, &[104, 1_000, 100, 8192, 0, 0, 0]);
-    w.advance(Duration::from_millis(16));
-    assert!(rexmits(&w.take(v.addr)).is_empty(), "not before 16.4 ms");
-    w.advance(Duration::from_millis(1));
-    assert_eq!(rexmits(&w.take(v.addr)), vec![104], "the tail, at 16.4 ms");
-    w.advance(Duration::from_millis(80));
-    assert!(rexmits(&w.take(v.addr)).is_empty(), "once per tail");
-    // The next burst, acknowledged in time: nothing resent.
-    for i in 5..10u32 {
-        p.data(&mut w, Seq::new(i), i * 1_000, b"x");
-    }
-    v.control(&mut w, ctrl::ACK, 2, &[110, 1_000, 100, 8192, 0, 0, 0]);
-    w.advance(Duration::from_millis(80));
-    assert!(rexmits(&w.take(v.addr)).is_empty());
-    // Two unacknowledged: both go again.
-    for i in 10..13u32 {
-        p.data(&mut w, Seq::new(i), i * 1_000, b"x");
-    }
-    v.control(&mut w, ctrl::ACK, 3, &[111, 1_000, 100, 8192, 0, 0, 0]);
-    w.advance(Duration::from_millis(80));
-    assert_eq!(rexmits(&w.take(v.addr)), vec![111, 112]);
-    // Served by the kernel: its ACKs reach the relay late, no probe.
-    w.relay.set_kernel_fanout(v.relay_id, Some(1));
-    for i in 13..15u32 {
-        p.data(&mut w, Seq::new(i), i * 1_000, b"x");
-    }
-    w.advance(Duration::from_millis(80));
-    assert!(rexmits(&w.take(v.addr)).is_empty());
 }

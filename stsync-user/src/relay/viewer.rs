@@ -15,20 +15,6 @@ pub const NAK_AHEAD_SLACK: i32 = 1024;
 /// receiver has a handful); a report that would add more is counted and dropped.
 pub const MAX_LOSS_RANGES: usize = 1024;
 
-/// How many of the newest packets a tail-loss probe sends again.
-pub const TAIL_PROBE: u32 = 2;
-
-/// What a tail-loss probe check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TailProbe {
-    /// Nothing to probe: all acknowledged, already probed, or nothing sent.
-    Idle,
-    /// Not yet: look again then.
-    At(Instant),
-    /// The tail is queued for retransmission.
-    Queued,
-}
-
 /// A loss report that ends the connection, as libsrt ends it ("BUG or ATTACK").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NakViolation {
@@ -95,10 +81,6 @@ pub struct ViewerSend {
     pub loss: LossList,
     /// Bytes of retransmission (and DROPREQ) this viewer may still be sent.
     pub budget: TokenBucket,
-    /// When the relay last sent this viewer a new packet (not the kernel).
-    sent_new_at: Option<Instant>,
-    /// `next_vseq` when its tail was last probed: each tail is probed once.
-    probed: Option<Seq>,
 }
 
 impl ViewerSend {
@@ -113,8 +95,6 @@ impl ViewerSend {
             nak_high: None,
             loss: LossList::default(),
             budget: TokenBucket::new(burst, now),
-            sent_new_at: None,
-            probed: None,
         }
     }
 
@@ -235,41 +215,6 @@ impl ViewerSend {
             self.loss.insert(first, last, now);
         }
         q
-    }
-
-    /// The relay sent this viewer a new packet at `now`.
-    pub fn sent_new(&mut self, now: Instant) {
-        self.sent_new_at = Some(now);
-    }
-
-    /// A tail-loss probe. A receiver learns that a packet is lost only from a later one, so
-    /// one lost at the end of a burst (sources send per frame, or in bursts) waits for the
-    /// next burst, and under loss its retransmission then often misses its play-out time.
-    /// When the newest packets went out `after` ago or more with nothing after them, and
-    /// the viewer has not acknowledged them, the last `TAIL_PROBE` are queued again, once
-    /// per tail (the sender-side timer of TCP's tail loss probe).
-    pub fn probe_tail(&mut self, now: Instant, after: Duration) -> TailProbe {
-        let Some(sent) = self.sent_new_at else {
-            return TailProbe::Idle;
-        };
-        if !self.outstanding() || self.probed == Some(self.next_vseq) {
-            return TailProbe::Idle;
-        }
-        if now < sent + after {
-            return TailProbe::At(sent + after);
-        }
-        self.probed = Some(self.next_vseq);
-        let last = self.next_vseq.sub(1);
-        let tail = last.sub(TAIL_PROBE - 1);
-        let first = if tail.lt(self.last_ack) {
-            self.last_ack
-        } else {
-            tail
-        };
-        if self.loss.len() < MAX_LOSS_RANGES {
-            self.loss.insert(first, last, now);
-        }
-        TailProbe::Queued
     }
 
     pub fn ts(&self, pts: u32) -> u32 {
