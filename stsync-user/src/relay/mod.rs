@@ -67,12 +67,39 @@ pub const CLOCK_HEADROOM: Duration = Duration::from_secs(1);
 const REXMIT_FLOOR_BPS: u64 = 125_000;
 /// The burst a viewer's retransmission budget allows, as time at its rate.
 const REXMIT_BURST: Duration = Duration::from_millis(250);
+/// A viewer's ACK that stops at a packet sent more than its RTT + 4·RTTVar and this ago
+/// shows that packet lost (the ACK would include it otherwise; this much for libsrt's own
+/// processing).
+const ACK_GAP_SLACK: Duration = Duration::from_millis(10);
+/// A packet resent on a viewer's loss report is checked (and sent once more if the viewer's
+/// ACK still stops at it) after the viewer's RTT + 4·RTTVar and this: libsrt acknowledges
+/// on a 10 ms timer its receive loop checks about every 10 ms (captured: 10–20 ms), and a
+/// lossless viewer should never get a packet twice.
+const RECHECK_SLACK: Duration = Duration::from_millis(30);
 
 /// Bytes per second of retransmission a viewer of a stream fed by `publisher` may take.
 fn rexmit_rate(publisher: Option<&Receiver>) -> u64 {
     publisher
         .map_or(0, |rx| u64::from(rx.byte_rate()))
         .max(REXMIT_FLOOR_BPS)
+}
+
+/// A viewer's RTT + 4·RTTVar as it reports them. libsrt reports 100 ms ± 50 ms, its
+/// initial guess, until its first ACKACK; that guess is no RTT (its 300 ms would be past a
+/// 120 ms latency), so it counts as 0.
+fn viewer_rtt(stats: &ConnStats) -> Duration {
+    let (rtt, var) = (stats.rtt_us.load(Relaxed), stats.rtt_var_us.load(Relaxed));
+    if (rtt, var) == (100_000, 50_000) {
+        Duration::ZERO
+    } else {
+        Duration::from_micros(rtt + 4 * var)
+    }
+}
+
+/// How long after resending a packet on a viewer's loss report the relay checks (by the
+/// viewer's ACK) that it arrived.
+fn recheck_after(stats: &ConnStats) -> Duration {
+    viewer_rtt(stats) + RECHECK_SLACK
 }
 
 /// The burst for `rate`: `REXMIT_BURST` of it, at least 16 full packets.
@@ -213,6 +240,8 @@ pub struct Relay {
     feedback: Vec<Feedback>,
     /// The loss report being handled (kept for its allocation).
     nak_scratch: LossList,
+    /// Resent packets due to be sent once more (kept for its allocation).
+    recheck_scratch: Vec<(Seq, u8)>,
     /// Viewers whose retransmission list waits for budget, and when the first can go on.
     rexmit_pending: HashSet<u32>,
     rexmit_wake: Option<Instant>,
@@ -278,6 +307,7 @@ impl Relay {
             events,
             feedback: Vec::new(),
             nak_scratch: LossList::default(),
+            recheck_scratch: Vec::new(),
             rexmit_pending: HashSet::new(),
             rexmit_wake: None,
             next_sweep: now + SWEEP,
@@ -471,10 +501,34 @@ impl Relay {
             Some(conn) if conn.response.len() > len => false,
             Some(_) => {
                 self.send_answer(now, id);
+                self.replay_unconfirmed(now, id);
                 true
             }
             None => true,
         }
+    }
+
+    /// A viewer that repeats its conclusion did not get our answer, so it dropped whatever
+    /// data came before it (libsrt re-requests on the first one: "PACKET NOT HANDSHAKE"),
+    /// and would ask for it only after its first loss report round, too late at 120 ms
+    /// (captured). Everything it was sent so far follows the answer, within its budget.
+    /// Only until the viewer is heard from: then it reports its own losses.
+    fn replay_unconfirmed(&mut self, now: Instant, id: u32) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.stats.mode() != ConnMode::Handshake {
+            return;
+        }
+        let Role::Viewer(v) = &mut conn.role else {
+            return;
+        };
+        if v.mapping().is_none() || !v.last_ack.lt(v.next_vseq()) {
+            return;
+        }
+        let (first, last) = (v.last_ack, v.next_vseq().sub(1));
+        v.loss.insert(first, last, now);
+        self.retransmit(now, id, &[]);
     }
 
     /// Sends connection `id` its conclusion answer, stamped with its clock now: the caller
@@ -670,7 +724,7 @@ impl Relay {
         let slot = s
             .ring
             .get_or_insert_with(|| Ring::new(self.cfg.buffer_packets))
-            .insert(d.seq, msg, d.ts, delay, d.payload);
+            .insert(now, d.seq, msg, d.ts, delay, d.payload);
         let epoch = s.epoch;
         for &vid in &s.viewers {
             let Some(conn) = self.conns.get_mut(&vid) else {
@@ -779,6 +833,8 @@ impl Relay {
                     if advanced {
                         self.check_playout(now, id, ack.ack_seq);
                     }
+                    self.on_ack_gap(now, id, ack.ack_seq);
+                    self.arm_recheck(id);
                 }
                 Err(e) => self.metrics.drop_packet(e.reason()),
             },
@@ -860,11 +916,22 @@ impl Relay {
         let clock = conn.clock64(now);
         let ts = clock as u32;
         let stream = conn.stream as u32;
+        let rto = recheck_after(&conn.stats);
+        // A viewer the kernel serves: its ACKs reach the relay only every 100 ms, too late to
+        // tell a lost retransmission from an unread ACK.
+        let rechecks = conn.kernel_epoch != Some(s.epoch);
         let Role::Viewer(v) = &mut conn.role else {
             self.conns.insert(id, conn);
             return;
         };
         v.budget.refill(now, rate, burst);
+        let again = &mut self.recheck_scratch;
+        again.clear();
+        if rechecks {
+            v.due_rechecks(now, rto, again);
+            // Sent from the back: the oldest first.
+            again.reverse();
+        }
         let mut drop_run: Option<(Seq, Seq)> = None;
         let dropreq = |out: &mut Outbox, v: &mut ViewerSend, run: (Seq, Seq)| {
             let len = out.push_control(
@@ -886,7 +953,8 @@ impl Relay {
             dropreq(&mut self.out, v, run);
         }
         while v.budget.available() {
-            let Some(vseq) = v.loss.pop_first() else {
+            let Some((vseq, sends)) = again.pop().or_else(|| v.loss.pop_first().map(|s| (s, 0)))
+            else {
                 break;
             };
             let held = match v.unmap(s.epoch, vseq) {
@@ -940,17 +1008,80 @@ impl Relay {
             ConnStats::add(&conn.stats.data_packets_retrans, 1);
             ConnStats::add(&conn.stats.data_bytes_sent, len);
             conn.last_sent = now;
+            if rechecks {
+                v.resent(vseq, sends + 1, now);
+            }
+        }
+        // Due rechecks the budget did not allow: the viewer asks again, or the next check.
+        for &(vseq, sends) in again.iter().rev() {
+            v.resent(vseq, sends, now);
         }
         if let Some(run) = drop_run {
             dropreq(&mut self.out, v, run);
         }
-        if !v.loss.is_empty() {
-            // Wake when a full datagram's worth is there, not for every byte.
-            let at = v.budget.ready_at(rate, MAX_DATAGRAM as u64);
+        // Wake when a full datagram's worth is there (not for every byte), or for the next
+        // recheck.
+        let at = [
+            (!v.loss.is_empty()).then(|| v.budget.ready_at(rate, MAX_DATAGRAM as u64)),
+            v.next_recheck(rto),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Some(at) = at {
             self.rexmit_wake = Some(self.rexmit_wake.map_or(at, |w| w.min(at)));
             self.rexmit_pending.insert(id);
         }
         self.conns.insert(id, conn);
+    }
+
+    /// A viewer's ACK that stops at a packet the relay sent it long enough ago that the ACK
+    /// would include it had it arrived: that packet is lost, and libsrt may not say so in
+    /// time (a burst's last packet is noticed only at the next burst; a lost loss report is
+    /// repeated on a timer that starts at 300 ms). It is resent now, once; its recheck
+    /// follows. libsrt sends no further ACK while its ACK point stays (it was ACKACKed), so
+    /// this happens once per stall. Userspace-served viewers only (as rechecks).
+    fn on_ack_gap(&mut self, now: Instant, id: u32, ack: Seq) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let s = &self.streams[conn.stream];
+        if conn.kernel_epoch == Some(s.epoch) {
+            return;
+        }
+        let after = viewer_rtt(&conn.stats) + ACK_GAP_SLACK;
+        let Role::Viewer(v) = &mut conn.role else {
+            return;
+        };
+        if !ack.lt(v.next_vseq()) || v.rechecking(ack) {
+            return;
+        }
+        let Unmapped::Publisher(p) = v.unmap(s.epoch, ack) else {
+            return;
+        };
+        let sent = s
+            .ring
+            .as_ref()
+            .and_then(|r| r.get(p))
+            .and_then(|(_, pkt)| pkt.arrived);
+        if sent.is_some_and(|t| now >= t + after) {
+            v.loss.insert(ack, ack, now);
+            self.retransmit(now, id, &[]);
+        }
+    }
+
+    /// Wakes for viewer `id`'s next recheck on its current RTT (which its ACKs update).
+    fn arm_recheck(&mut self, id: u32) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let Role::Viewer(v) = &conn.role else {
+            return;
+        };
+        if let Some(at) = v.next_recheck(recheck_after(&conn.stats)) {
+            self.rexmit_wake = Some(self.rexmit_wake.map_or(at, |w| w.min(at)));
+            self.rexmit_pending.insert(id);
+        }
     }
 
     /// Closes a connection; `notify` sends the peer a SHUTDOWN first.

@@ -2,6 +2,7 @@
 //! number, shared by all the stream's viewers.
 
 use crate::srt::seq::Seq;
+use std::time::Instant;
 
 #[derive(Default)]
 pub struct Slot {
@@ -11,6 +12,8 @@ pub struct Slot {
     /// The stream's delay (µs) when the packet was forwarded: a retransmission carries the
     /// timestamp the original did.
     pub delay: u32,
+    /// When the relay got it, which is when it sent it to its userspace viewers.
+    pub arrived: Option<Instant>,
     pub payload: Vec<u8>,
 }
 
@@ -34,14 +37,24 @@ impl Ring {
         (seq.get() & self.mask) as usize
     }
 
-    /// Stores a packet, evicting whatever held its slot. Returns the slot index.
-    pub fn insert(&mut self, seq: Seq, msg: u32, ts: u32, delay: u32, payload: &[u8]) -> usize {
+    /// Stores a packet (arrived `now`), evicting whatever held its slot. Returns the slot
+    /// index.
+    pub fn insert(
+        &mut self,
+        now: Instant,
+        seq: Seq,
+        msg: u32,
+        ts: u32,
+        delay: u32,
+        payload: &[u8],
+    ) -> usize {
         let i = self.index(seq);
         let slot = &mut self.slots[i];
         slot.seq = Some(seq);
         slot.msg = msg;
         slot.ts = ts;
         slot.delay = delay;
+        slot.arrived = Some(now);
         slot.payload.clear();
         slot.payload.extend_from_slice(payload);
         i
@@ -78,11 +91,12 @@ mod tests {
     fn evicts_by_sequence_and_survives_wrap() {
         let mut r = Ring::new(16);
         let top = Seq::new(0x7FFF_FFFF);
-        r.insert(top, 1, 10, 0, b"a");
-        r.insert(top.next(), 2, 11, 0, b"b");
+        let t = Instant::now();
+        r.insert(t, top, 1, 10, 0, b"a");
+        r.insert(t, top.next(), 2, 11, 0, b"b");
         assert_eq!(r.get(top).unwrap().1.payload, b"a");
         assert_eq!(r.get(Seq::new(0)).unwrap().1.msg, 2);
-        r.insert(Seq::new(15), 3, 12, 0, b"c"); // same slot as 0x7FFF_FFFF
+        r.insert(t, Seq::new(15), 3, 12, 0, b"c"); // same slot as 0x7FFF_FFFF
         assert!(r.get(top).is_none());
         r.clear();
         assert!(r.get(Seq::new(0)).is_none());

@@ -5,6 +5,7 @@
 use super::budget::TokenBucket;
 use crate::srt::loss::LossList;
 use crate::srt::seq::{ts_add, Seq};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// How far past what the relay has forwarded a viewer may report a loss: the kernel path
@@ -14,6 +15,19 @@ pub const NAK_AHEAD_SLACK: i32 = 1024;
 /// At most this many separate ranges wait in a viewer's retransmission list (a live
 /// receiver has a handful); a report that would add more is counted and dropped.
 pub const MAX_LOSS_RANGES: usize = 1024;
+
+/// At most this many resent packets wait to be checked per viewer (the oldest give way).
+pub const MAX_RECHECKS: usize = 64;
+/// How often a resent packet is sent once more for want of an ACK.
+pub const RECHECK_TRIES: u8 = 3;
+
+/// A packet resent on a loss report (last at `at`), `sends` times so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Recheck {
+    seq: Seq,
+    at: Instant,
+    sends: u8,
+}
 
 /// A loss report that ends the connection, as libsrt ends it ("BUG or ATTACK").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +95,8 @@ pub struct ViewerSend {
     pub loss: LossList,
     /// Bytes of retransmission (and DROPREQ) this viewer may still be sent.
     pub budget: TokenBucket,
+    /// Packets resent on its loss reports, oldest first.
+    rechecks: VecDeque<Recheck>,
 }
 
 impl ViewerSend {
@@ -95,6 +111,7 @@ impl ViewerSend {
             nak_high: None,
             loss: LossList::default(),
             budget: TokenBucket::new(burst, now),
+            rechecks: VecDeque::new(),
         }
     }
 
@@ -215,6 +232,59 @@ impl ViewerSend {
             self.loss.insert(first, last, now);
         }
         q
+    }
+
+    /// `vseq` was resent at `now` for the `sends`-th time: to be checked.
+    pub fn resent(&mut self, vseq: Seq, sends: u8, now: Instant) {
+        if sends > RECHECK_TRIES {
+            return;
+        }
+        if self.rechecks.len() >= MAX_RECHECKS {
+            self.rechecks.pop_front();
+        }
+        self.rechecks.push_back(Recheck {
+            seq: vseq,
+            at: now,
+            sends,
+        });
+    }
+
+    /// Resent packets whose check is due at `now` (resent `rto` ago or more) and that the
+    /// viewer still lacks first of all (its ACK stops right there), with how often each was
+    /// sent: to send once more. `rto` is evaluated now, so a viewer whose RTT estimate
+    /// settles after the resend is checked on its new one.
+    ///
+    /// Why: libsrt reports a loss at once, then again only on its periodic NAK timer, and
+    /// that timer runs at 300 ms until its first periodic report (`checkNAKTimer`), so at
+    /// the start of a connection a lost retransmission is asked for again only after the
+    /// packet's play-out time (captured: every libsrt "RCV-DROPPED" of issue 12's runs).
+    /// The relay sees the viewer's ACK instead. A packet it acknowledged is done; one
+    /// behind another gap waits (`rto` more) for that gap's own check.
+    pub fn due_rechecks(&mut self, now: Instant, rto: Duration, out: &mut Vec<(Seq, u8)>) {
+        while let Some(&r) = self.rechecks.front() {
+            if r.at + rto > now {
+                break;
+            }
+            self.rechecks.pop_front();
+            if r.seq.lt(self.last_ack) {
+                continue;
+            }
+            if r.seq == self.last_ack {
+                out.push((r.seq, r.sends));
+            } else {
+                self.rechecks.push_back(Recheck { at: now, ..r });
+            }
+        }
+    }
+
+    /// Whether `vseq` was resent and waits for its check.
+    pub fn rechecking(&self, vseq: Seq) -> bool {
+        self.rechecks.iter().any(|r| r.seq == vseq)
+    }
+
+    /// When the next resent packet is due for a check.
+    pub fn next_recheck(&self, rto: Duration) -> Option<Instant> {
+        self.rechecks.front().map(|r| r.at + rto)
     }
 
     pub fn ts(&self, pts: u32) -> u32 {
