@@ -931,6 +931,8 @@ impl Relay {
             v.due_rechecks(now, rto, again);
             // Sent from the back: the oldest first.
             again.reverse();
+        } else {
+            v.clear_rechecks();
         }
         let mut drop_run: Option<(Seq, Seq)> = None;
         let dropreq = |out: &mut Outbox, v: &mut ViewerSend, run: (Seq, Seq)| {
@@ -1078,6 +1080,9 @@ impl Relay {
         let Role::Viewer(v) = &conn.role else {
             return;
         };
+        if conn.kernel_epoch == Some(self.streams[conn.stream].epoch) {
+            return;
+        }
         if let Some(at) = v.next_recheck(recheck_after(&conn.stats)) {
             self.rexmit_wake = Some(self.rexmit_wake.map_or(at, |w| w.min(at)));
             self.rexmit_pending.insert(id);
