@@ -143,6 +143,16 @@ fn data(got: &[Got]) -> Vec<(u32, Vec<u8>)> {
         .collect()
 }
 
+/// The sequence numbers of the retransmissions in `got`.
+fn rexmits(got: &[Got]) -> Vec<u32> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Data { seq, msg, .. } if msg & MSG_REXMIT_FLAG != 0 => Some(seq.get()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `got` without retransmissions.
 fn fresh(got: Vec<Got>) -> Vec<Got> {
     got.into_iter()
@@ -250,6 +260,11 @@ impl Caller {
         let mut b = Vec::new();
         write_control(&mut b, typ, info, 0, self.relay_id, body);
         w.send(self.addr, &b);
+    }
+
+    /// A full ACK up to `n` (also its ACK number), reporting RTT 1 ms ± 0.1 ms.
+    fn ack(&self, w: &mut World, n: u32) {
+        self.control(w, ctrl::ACK, n, &[n, 1_000, 100, 8192, 0, 0, 0]);
     }
 
     fn nak(&self, w: &mut World, first: u32, last: u32) {
@@ -1187,12 +1202,7 @@ impl Scene {
             let got = self.w.take(c.addr);
             v.take(self.w.now, &got);
             if let Some(ack) = v.ack_due(self.w.now, c.isn) {
-                c.control(
-                    &mut self.w,
-                    ctrl::ACK,
-                    ack,
-                    &[ack, 1_000, 100, 8192, 0, 0, 0],
-                );
+                c.ack(&mut self.w, ack);
                 let got = self.w.take(c.addr);
                 v.take(self.w.now, &got);
             }
@@ -1316,7 +1326,7 @@ fn late_joiners_keep_one_time_base_whatever_is_lost_around_their_join() {
             .map(|d| d.0)
             .reduce(|a, b| if b.gt(a) { b } else { a });
         let ack = high.unwrap().next().get();
-        c.control(&mut sc.w, ctrl::ACK, 9, &[ack, 1000, 100, 8192, 0, 0, 0]);
+        c.ack(&mut sc.w, ack);
         let lead = sc.w.relay.conns[&c.relay_id]
             .stats
             .playout_lead_us
@@ -1367,8 +1377,7 @@ fn a_viewer_acknowledging_far_from_its_play_out_is_measured_and_warned() {
         p.data(&mut w, Seq::new(i), i * 5_000, b"x");
         w.advance(Duration::from_millis(5));
     }
-    let ack = |w: &mut World, n: u32| v.control(w, ctrl::ACK, n, &[n, 1000, 100, 8192, 0, 0, 0]);
-    ack(&mut w, 110);
+    v.ack(&mut w, 110);
     let lead = |w: &World| {
         w.relay.conns[&v.relay_id]
             .stats
@@ -1378,7 +1387,7 @@ fn a_viewer_acknowledging_far_from_its_play_out_is_measured_and_warned() {
     let warned = |w: &World| w.relay.conns[&v.relay_id].playout_warned;
     assert!((115_000..=120_000).contains(&lead(&w)), "{}", lead(&w));
     w.advance(Duration::from_millis(2_500));
-    ack(&mut w, 110);
+    v.ack(&mut w, 110);
     assert!(
         (115_000..=120_000).contains(&lead(&w)),
         "nothing new acknowledged"
@@ -1390,7 +1399,7 @@ fn a_viewer_acknowledging_far_from_its_play_out_is_measured_and_warned() {
         w.advance(Duration::from_millis(5));
     }
     w.advance(Duration::from_millis(2_500));
-    ack(&mut w, 111);
+    v.ack(&mut w, 111);
     assert!(lead(&w) < -2_000_000, "{}", lead(&w));
     assert_eq!(warned(&w), Some(w.now));
     assert!(w.metrics.render().contains(&format!(
@@ -1411,21 +1420,12 @@ fn a_lost_retransmission_is_sent_again_while_the_ack_stops_at_it() {
     let mut p = Caller::new(2000, 0);
     v.join(&mut w, "request");
     p.join(&mut w, "publish");
-    let rexmits = |got: &[Got]| -> Vec<u32> {
-        got.iter()
-            .filter_map(|g| match g {
-                Got::Data { seq, msg, .. } if msg & MSG_REXMIT_FLAG != 0 => Some(seq.get()),
-                _ => None,
-            })
-            .collect()
-    };
-    let ack = |w: &mut World, n: u32| v.control(w, ctrl::ACK, n, &[n, 1_000, 100, 8192, 0, 0, 0]);
     for i in 0..20u32 {
         p.data(&mut w, Seq::new(i), i * 1_000, b"x");
     }
     w.take(v.addr);
     // 105 and 110 lost; the viewer reports both, and its ACK stops at 105 (RTT 1 ms, var 0.1).
-    ack(&mut w, 105);
+    v.ack(&mut w, 105);
     v.nak(&mut w, 105, 105);
     v.nak(&mut w, 110, 110);
     assert_eq!(rexmits(&w.take(v.addr)), vec![105, 110]);
@@ -1435,14 +1435,14 @@ fn a_lost_retransmission_is_sent_again_while_the_ack_stops_at_it() {
     w.advance(Duration::from_millis(1));
     assert_eq!(rexmits(&w.take(v.addr)), vec![105]);
     // 105 arrives: the ACK moves to 110, whose check (waiting) sends it once more.
-    ack(&mut w, 110);
+    v.ack(&mut w, 110);
     w.advance(Duration::from_millis(40));
     assert_eq!(rexmits(&w.take(v.addr)), vec![110]);
     // 110 never arrives: twice more (3 in all after the first resend), then no more.
     w.advance(Duration::from_millis(200));
     assert_eq!(rexmits(&w.take(v.addr)), vec![110, 110]);
     // Acknowledged: nothing more, ever.
-    ack(&mut w, 120);
+    v.ack(&mut w, 120);
     v.nak(&mut w, 115, 115);
     assert_eq!(
         rexmits(&w.take(v.addr)),
@@ -1473,28 +1473,19 @@ fn an_ack_that_stops_at_an_old_packet_gets_it_resent() {
     let mut p = Caller::new(2000, 0);
     v.join(&mut w, "request");
     p.join(&mut w, "publish");
-    let rexmits = |got: &[Got]| -> Vec<u32> {
-        got.iter()
-            .filter_map(|g| match g {
-                Got::Data { seq, msg, .. } if msg & MSG_REXMIT_FLAG != 0 => Some(seq.get()),
-                _ => None,
-            })
-            .collect()
-    };
-    let ack = |w: &mut World, n: u32| v.control(w, ctrl::ACK, n, &[n, 1_000, 100, 8192, 0, 0, 0]);
     for i in 0..5u32 {
         p.data(&mut w, Seq::new(i), i * 1_000, b"x");
     }
     w.take(v.addr);
     // 2 ms later: 104 may be in flight.
     w.advance(Duration::from_millis(2));
-    ack(&mut w, 104);
+    v.ack(&mut w, 104);
     assert!(rexmits(&w.take(v.addr)).is_empty());
     // 12 ms later (> 1.4 ms + 10 ms): lost.
     w.advance(Duration::from_millis(10));
-    ack(&mut w, 104);
+    v.ack(&mut w, 104);
     assert_eq!(rexmits(&w.take(v.addr)), vec![104]);
-    ack(&mut w, 104);
+    v.ack(&mut w, 104);
     assert!(
         rexmits(&w.take(v.addr)).is_empty(),
         "once; its recheck follows"
