@@ -514,8 +514,8 @@ pub struct EbpfDatapath {
     lo_accept_local: bool,
 }
 
-/// Poll cadence while nothing waits.
-const POLL: Duration = Duration::from_millis(50);
+/// Poll cadence while nothing waits: `ACK_READ`'s.
+const POLL: Duration = ACK_READ;
 /// Poll cadence while a mapped viewer waits for its route (it arrives with the viewer's
 /// first ACK, ~10 ms after data starts flowing): every poll missed is packets the relay
 /// sends from userspace instead.
@@ -525,8 +525,10 @@ const FAST_FOR: Duration = Duration::from_secs(2);
 /// Counters and route refresh.
 const SLOW: Duration = Duration::from_secs(1);
 /// How often the daemon reads what the program recorded of viewers' ACKs (memory reads):
-/// their liveness, acknowledged position and RTT reach the relay this fresh.
-const ACK_READ: Duration = Duration::from_millis(100);
+/// their liveness, acknowledged position and RTT reach the relay this fresh. The relay
+/// resends a packet whose viewer's ACK still stops at it (`KERNEL_ACK_LAG` in `relay`), so
+/// this bounds how late that comes; 20 ms leaves a 120 ms latency room for two more tries.
+const ACK_READ: Duration = Duration::from_millis(20);
 
 impl EbpfDatapath {
     /// Loads, configures and attaches the program; any failure is the reason to fall back.

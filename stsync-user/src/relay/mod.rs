@@ -76,6 +76,9 @@ const ACK_GAP_SLACK: Duration = Duration::from_millis(10);
 /// on a 10 ms timer its receive loop checks about every 10 ms (captured: 10–20 ms), and a
 /// lossless viewer should never get a packet twice.
 const RECHECK_SLACK: Duration = Duration::from_millis(30);
+/// How stale the relay's view of a kernel-served viewer's ACKs may be: the eBPF datapath
+/// reads them every 20 ms (`ACK_READ` in `datapath/ebpf.rs`), plus its poll's jitter.
+const KERNEL_ACK_LAG: Duration = Duration::from_millis(25);
 
 /// Bytes per second of retransmission a viewer of a stream fed by `publisher` may take.
 fn rexmit_rate(publisher: Option<&Receiver>) -> u64 {
@@ -97,9 +100,15 @@ fn viewer_rtt(stats: &ConnStats) -> Duration {
 }
 
 /// How long after resending a packet on a viewer's loss report the relay checks (by the
-/// viewer's ACK) that it arrived.
-fn recheck_after(stats: &ConnStats) -> Duration {
-    viewer_rtt(stats) + RECHECK_SLACK
+/// viewer's ACK) that it arrived; `kernel`: the kernel answers its ACKs, which the relay
+/// reads later.
+fn recheck_after(stats: &ConnStats, kernel: bool) -> Duration {
+    let lag = if kernel {
+        KERNEL_ACK_LAG
+    } else {
+        Duration::ZERO
+    };
+    viewer_rtt(stats) + RECHECK_SLACK + lag
 }
 
 /// The burst for `rate`: `REXMIT_BURST` of it, at least 16 full packets.
@@ -377,6 +386,10 @@ impl Relay {
         if advanced {
             self.check_playout(k.last, conn, k.ack_seq);
         }
+        // Judged at the ACK's own arrival: the packet's ring time is when the relay read it,
+        // after the kernel had sent it, so this errs late.
+        self.on_ack_gap(k.last, conn, k.ack_seq);
+        self.arm_recheck(conn);
     }
 
     /// Where the packet viewer `id` newly acknowledged (up to `ack`, exclusive, at `at`)
@@ -916,10 +929,7 @@ impl Relay {
         let clock = conn.clock64(now);
         let ts = clock as u32;
         let stream = conn.stream as u32;
-        let rto = recheck_after(&conn.stats);
-        // A viewer the kernel serves: its ACKs reach the relay only every 100 ms, too late to
-        // tell a lost retransmission from an unread ACK.
-        let rechecks = conn.kernel_epoch != Some(s.epoch);
+        let rto = recheck_after(&conn.stats, conn.kernel_epoch == Some(s.epoch));
         let Role::Viewer(v) = &mut conn.role else {
             self.conns.insert(id, conn);
             return;
@@ -927,13 +937,9 @@ impl Relay {
         v.budget.refill(now, rate, burst);
         let again = &mut self.recheck_scratch;
         again.clear();
-        if rechecks {
-            v.due_rechecks(now, rto, again);
-            // Sent from the back: the oldest first.
-            again.reverse();
-        } else {
-            v.clear_rechecks();
-        }
+        v.due_rechecks(now, rto, again);
+        // Sent from the back: the oldest first.
+        again.reverse();
         let mut drop_run: Option<(Seq, Seq)> = None;
         let dropreq = |out: &mut Outbox, v: &mut ViewerSend, run: (Seq, Seq)| {
             let len = out.push_control(
@@ -1010,9 +1016,7 @@ impl Relay {
             ConnStats::add(&conn.stats.data_packets_retrans, 1);
             ConnStats::add(&conn.stats.data_bytes_sent, len);
             conn.last_sent = now;
-            if rechecks {
-                v.resent(vseq, sends + 1, now);
-            }
+            v.resent(vseq, sends + 1, now);
         }
         // Due rechecks the budget did not allow: the viewer asks again, or the next check.
         for &(vseq, sends) in again.iter().rev() {
@@ -1048,9 +1052,6 @@ impl Relay {
             return;
         };
         let s = &self.streams[conn.stream];
-        if conn.kernel_epoch == Some(s.epoch) {
-            return;
-        }
         let after = viewer_rtt(&conn.stats) + ACK_GAP_SLACK;
         let Role::Viewer(v) = &mut conn.role else {
             return;
@@ -1080,10 +1081,8 @@ impl Relay {
         let Role::Viewer(v) = &conn.role else {
             return;
         };
-        if conn.kernel_epoch == Some(self.streams[conn.stream].epoch) {
-            return;
-        }
-        if let Some(at) = v.next_recheck(recheck_after(&conn.stats)) {
+        let kernel = conn.kernel_epoch == Some(self.streams[conn.stream].epoch);
+        if let Some(at) = v.next_recheck(recheck_after(&conn.stats, kernel)) {
             self.rexmit_wake = Some(self.rexmit_wake.map_or(at, |w| w.min(at)));
             self.rexmit_pending.insert(id);
         }

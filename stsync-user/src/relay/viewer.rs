@@ -277,11 +277,6 @@ impl ViewerSend {
         }
     }
 
-    /// Forgets the resent packets waiting for a check (the kernel serves the viewer now).
-    pub fn clear_rechecks(&mut self) {
-        self.rechecks.clear();
-    }
-
     /// Whether `vseq` was resent and waits for its check.
     pub fn rechecking(&self, vseq: Seq) -> bool {
         self.rechecks.iter().any(|r| r.seq == vseq)
