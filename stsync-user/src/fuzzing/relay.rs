@@ -652,7 +652,9 @@ impl World {
                     bytes: u64::from(value >> 16),
                 };
                 self.relay.on_kernel_acks(conn, &acks);
-                self.drain(0, "kernel ACKs");
+                // Like a viewer's own ACK: one that stops at a packet sent long ago has it
+                // resent (and the retransmission pass sends what else is due).
+                self.drain(self.datagram_limit(), "kernel ACKs");
             }
             _ => {
                 self.relay.shutdown(self.now);
