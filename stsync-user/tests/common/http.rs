@@ -1,0 +1,55 @@
+//! HTTP.
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub struct HttpResp {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl HttpResp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<HttpResp, String> {
+    http_body(method, url, headers, None)
+}
+
+/// An HTTP request with a body (sent as given, without a content type of its own).
+pub fn http_body(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<HttpResp, String> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .build();
+    let mut req = agent.request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let sent = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    let resp = match sent {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(format!("{method} {url}: {e}")),
+    };
+    let status = resp.status();
+    let content_type = resp.header("content-type").unwrap_or("").to_string();
+    let body = resp.into_string().map_err(|e| e.to_string())?;
+    Ok(HttpResp {
+        status,
+        content_type,
+        body,
+    })
+}

@@ -1,0 +1,410 @@
+//! Relay.
+
+use super::*;
+
+#[derive(Clone, Debug)]
+pub struct RelayOpts {
+    pub session_ttl_secs: Option<u64>,
+    pub latency_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub max_viewers_per_stream: Option<u64>,
+    pub max_connections_per_ip: Option<u64>,
+    pub handshakes_per_ip_per_sec: Option<u64>,
+    pub buffer_packets: Option<u64>,
+    /// Run the relay inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// Address the relay's SRT socket binds (and clients dial). HTTP always binds
+    /// 127.0.0.1 (inside the namespace, if any).
+    pub srt_ip: Ipv4Addr,
+    /// Bind the SRT socket here instead of `srt_ip` (e.g. 0.0.0.0 for a relay reached on
+    /// several interfaces; clients then pick an address with `Relay::url_at`).
+    pub srt_bind: Option<Ipv4Addr>,
+    /// `--datapath` (auto, ebpf, userspace). Default: `STSYNC_DATAPATH` if set, else the
+    /// daemon's own default.
+    pub datapath: Option<String>,
+    /// `delay_ms` of streams in config.json.
+    pub stream_delays: Vec<(String, u64)>,
+    pub http_header_timeout_ms: Option<u64>,
+    pub http_idle_timeout_ms: Option<u64>,
+    pub http_shutdown_timeout_ms: Option<u64>,
+    /// RLIMIT_NOFILE (soft and hard) the relay runs under.
+    pub nofile: Option<u64>,
+}
+
+impl Default for RelayOpts {
+    fn default() -> Self {
+        RelayOpts {
+            session_ttl_secs: None,
+            latency_ms: None,
+            idle_timeout_ms: None,
+            max_connections: None,
+            max_viewers_per_stream: None,
+            max_connections_per_ip: None,
+            handshakes_per_ip_per_sec: None,
+            buffer_packets: None,
+            netns: None,
+            srt_ip: Ipv4Addr::LOCALHOST,
+            srt_bind: None,
+            datapath: std::env::var("STSYNC_DATAPATH")
+                .ok()
+                .filter(|d| !d.is_empty()),
+            stream_delays: Vec::new(),
+            http_header_timeout_ms: None,
+            http_idle_timeout_ms: None,
+            http_shutdown_timeout_ms: None,
+            nofile: None,
+        }
+    }
+}
+
+pub struct Relay {
+    pub srt: SocketAddrV4,
+    pub http: SocketAddrV4,
+    pub tokens: HashMap<String, String>,
+    pub netns: Option<String>,
+    pub log_path: PathBuf,
+    pub config_path: PathBuf,
+    pub dir: TempDir,
+    proc: Proc,
+}
+
+pub(crate) fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub(crate) fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Relay {
+    pub fn start_default() -> Relay {
+        Relay::start(RelayOpts::default())
+    }
+
+    pub fn start(opts: RelayOpts) -> Relay {
+        let dir = TempDir::new("relay");
+        let srt = SocketAddrV4::new(opts.srt_ip, free_udp_port());
+        let http = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_tcp_port());
+        let mut tokens = HashMap::new();
+        tokens.insert(
+            "1".to_string(),
+            format!("tok-one-{:016x}", rand::random::<u64>()),
+        );
+        tokens.insert(
+            "2".to_string(),
+            format!("tok-two-{:016x}", rand::random::<u64>()),
+        );
+        let mut cfg = serde_json::json!({
+            "srt_listen": SocketAddrV4::new(opts.srt_bind.unwrap_or(opts.srt_ip), srt.port()).to_string(),
+            "http_listen": http.to_string(),
+            "streams": [
+                { "id": "1", "name": "Stream one", "token": tokens["1"] },
+                { "id": "2", "name": "Stream two", "token": tokens["2"] },
+            ],
+        });
+        for (stream, delay) in &opts.stream_delays {
+            for s in cfg["streams"].as_array_mut().unwrap() {
+                if s["id"] == stream.as_str() {
+                    s["delay_ms"] = serde_json::json!(delay);
+                }
+            }
+        }
+        let m = cfg.as_object_mut().unwrap();
+        for (k, v) in [
+            ("session_ttl_secs", opts.session_ttl_secs),
+            ("latency_ms", opts.latency_ms),
+            ("idle_timeout_ms", opts.idle_timeout_ms),
+            ("max_connections", opts.max_connections),
+            ("max_viewers_per_stream", opts.max_viewers_per_stream),
+            ("max_connections_per_ip", opts.max_connections_per_ip),
+            ("handshakes_per_ip_per_sec", opts.handshakes_per_ip_per_sec),
+            ("buffer_packets", opts.buffer_packets),
+            ("http_header_timeout_ms", opts.http_header_timeout_ms),
+            ("http_idle_timeout_ms", opts.http_idle_timeout_ms),
+            ("http_shutdown_timeout_ms", opts.http_shutdown_timeout_ms),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.to_string(), serde_json::json!(v));
+            }
+        }
+        let config_path = dir.file("config.json");
+        fs::write(&config_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+        let log_path = dir.file("relay.log");
+        let log = out_file(&log_path);
+        let mut cmd = command(opts.netns.as_deref(), "relay");
+        if let Some(d) = &opts.datapath {
+            cmd.args(["--datapath", d]);
+        }
+        cmd.arg("--config")
+            .arg(&config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("STSYNC_RELAY_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(n) = opts.nofile {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe; `lim` is a plain value.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let proc = Proc::spawn("stsync-proxy", cmd, libc::SIGTERM, Some(log_path.clone()));
+        let mut relay = Relay {
+            srt,
+            http,
+            tokens,
+            netns: opts.netns.clone(),
+            log_path,
+            config_path,
+            dir,
+            proc,
+        };
+        let ok = wait_until(Duration::from_secs(10), || {
+            if !relay.proc.running() {
+                return true;
+            }
+            matches!(relay.get("/v1/health"), Ok(r) if r.status == 200)
+        });
+        if let Some(st) = relay.proc.status() {
+            panic!(
+                "stsync-proxy exited at start ({st}); log:\n{}",
+                tail_lines(&relay.log(), 60)
+            );
+        }
+        assert!(
+            ok,
+            "stsync-proxy did not answer GET /v1/health with 200 within 10 s; log:\n{}",
+            tail_lines(&relay.log(), 60)
+        );
+        relay
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.proc.running()
+    }
+
+    pub fn status(&mut self) -> Option<ExitStatus> {
+        self.proc.status()
+    }
+
+    /// SIGTERM and wait up to `timeout` for the exit (no SIGKILL).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.proc.signal(libc::SIGTERM);
+        self.proc.wait_exit(timeout)
+    }
+
+    pub fn log(&self) -> String {
+        strip_ansi(&read_lossy(&self.log_path))
+    }
+
+    /// Rejection codes the relay sent, each as often as it was sent (from
+    /// `srt_handshake_rejections_total{code}`; its log has only the first per address per
+    /// 10 s at info).
+    pub fn reject_codes(&self) -> Vec<u32> {
+        let Ok(m) = self.get("/v1/metrics") else {
+            return Vec::new();
+        };
+        let mut codes = Vec::new();
+        for s in prom_samples(&m.body, "srt_handshake_rejections_total", &[]) {
+            if let Some(code) = s.label("code").and_then(|c| c.parse::<u32>().ok()) {
+                codes.extend(std::iter::repeat_n(code, s.value as usize));
+            }
+        }
+        codes
+    }
+
+    /// Waits (up to `within`) for `srt_connections_current{mode}` to read `n`.
+    pub fn wait_connections(&self, mode: &str, n: usize, within: Duration) -> bool {
+        wait_until(within, || {
+            self.metric("srt_connections_current", &[("mode", mode)]) == Some(n as f64)
+        })
+    }
+
+    // --- HTTP ---
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<HttpResp, String> {
+        self.request_body(method, path, headers, None)
+    }
+
+    pub fn request_body(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Result<HttpResp, String> {
+        let url = format!("http://{}{}", self.http, path);
+        match &self.netns {
+            None => http_body(method, &url, headers, body),
+            Some(ns) => {
+                let method = method.to_string();
+                let body = body.map(str::to_string);
+                let headers: Vec<(String, String)> = headers
+                    .iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect();
+                in_netns(ns, move || {
+                    let h: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(a, b)| (a.as_str(), b.as_str()))
+                        .collect();
+                    http_body(&method, &url, &h, body.as_deref())
+                })
+            }
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Result<HttpResp, String> {
+        self.request("GET", path, &[])
+    }
+
+    pub fn token(&self, stream: &str) -> &str {
+        &self.tokens[stream]
+    }
+
+    /// POST /v1/streams/:id/sessions with the given bearer token (None: no header).
+    pub fn try_session(&self, stream: &str, token: Option<&str>) -> HttpResp {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        self.request("POST", &format!("/v1/streams/{stream}/sessions"), &headers)
+            .expect("POST sessions")
+    }
+
+    /// A fresh session key for `stream`, minted with that stream's token.
+    pub fn session(&self, stream: &str) -> String {
+        let r = self.try_session(stream, Some(self.token(stream)));
+        assert_eq!(r.status, 201, "POST /v1/streams/{stream}/sessions: {r:?}");
+        r.json()["session_id"]
+            .as_str()
+            .expect("session_id")
+            .to_string()
+    }
+
+    pub fn url(&self, resource: &str, key: &str, mode: &str) -> String {
+        format!(
+            "srt://{}?streamid=#!::r={resource},s={key},m={mode}",
+            self.srt
+        )
+    }
+
+    /// A URL for a client that reaches the relay at `ip` (see `RelayOpts::srt_bind`).
+    pub fn url_at(&self, ip: Ipv4Addr, resource: &str, key: &str, mode: &str) -> String {
+        let a = SocketAddrV4::new(ip, self.srt.port());
+        format!("srt://{a}?streamid=#!::r={resource},s={key},m={mode}")
+    }
+
+    pub fn url_sid(&self, streamid: &str) -> String {
+        format!("srt://{}?streamid={streamid}", self.srt)
+    }
+
+    /// Mints a key and returns a viewer (`m=request`) URL.
+    pub fn viewer_url(&self, stream: &str) -> String {
+        self.url(stream, &self.session(stream), "request")
+    }
+
+    pub fn publisher_url(&self, stream: &str) -> String {
+        self.url(stream, &self.session(stream), "publish")
+    }
+
+    pub fn metrics(&self) -> String {
+        let r = self.get("/metrics").expect("GET /metrics");
+        assert_eq!(r.status, 200, "GET /metrics: {r:?}");
+        r.body
+    }
+
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        prom_value(&self.metrics(), name, labels)
+    }
+
+    pub fn streams(&self) -> serde_json::Value {
+        let r = self.get("/v1/streams").expect("GET /v1/streams");
+        assert_eq!(r.status, 200, "GET /v1/streams: {r:?}");
+        r.json()
+    }
+
+    /// The relay's CPU time so far (utime + stime), seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        proc_cpu_seconds(self.pid())
+    }
+
+    pub fn rss_kb(&self) -> u64 {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Panics with the log tail unless the relay is still running.
+    pub fn assert_alive(&mut self, what: &str) {
+        if let Some(st) = self.proc.status() {
+            panic!(
+                "relay died ({st}) {what}; log:\n{}",
+                tail_lines(&self.log(), 80)
+            );
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.proc.running() {
+            self.proc.stop_within(Duration::from_secs(3));
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- stsync-proxy log tail ({}) -----\n{}\n-----",
+                self.log_path.display(),
+                tail_lines(&self.log(), 80)
+            );
+        }
+    }
+}
+
+pub fn proc_cpu_seconds(pid: i32) -> f64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // fields after the command name "(...)": state is field 3; utime 14, stime 15.
+    let after = match s.rfind(')') {
+        Some(i) => &s[i + 2..],
+        None => return 0.0,
+    };
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (ut + st) / ticks
+}
