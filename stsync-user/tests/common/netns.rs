@@ -106,31 +106,17 @@ impl Netns {
     }
 
     pub fn count(&self, tag: &str, label: &str) -> u64 {
-        let out = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                self.name(tag),
-                "nft",
-                "list",
-                "table",
-                "inet",
-                "stt_count",
-            ],
-        )
-        .unwrap_or_default();
-        out.lines()
-            .filter(|l| l.contains(&format!("comment \"{label}\"")))
-            .filter_map(|l| {
-                let i = l.find("counter packets ")?;
-                l[i + 16..].split_whitespace().next()?.parse::<u64>().ok()
-            })
-            .sum()
+        self.counted(tag, "stt_count", Some(label))
     }
 
     /// Packets dropped so far by the loss rules in namespace `tag`.
     pub fn loss_counter(&self, tag: &str) -> u64 {
+        self.counted(tag, "lossy", None)
+    }
+
+    /// The sum of the packet counters of nft table `table` in namespace `tag` (only the
+    /// rules commented `label`, if given).
+    fn counted(&self, tag: &str, table: &str, label: Option<&str>) -> u64 {
         let out = run(
             "ip",
             &[
@@ -141,11 +127,13 @@ impl Netns {
                 "list",
                 "table",
                 "inet",
-                "lossy",
+                table,
             ],
         )
         .unwrap_or_default();
+        let comment = label.map(|l| format!("comment \"{l}\""));
         out.lines()
+            .filter(|l| comment.as_ref().is_none_or(|c| l.contains(c.as_str())))
             .filter_map(|l| {
                 let i = l.find("counter packets ")?;
                 l[i + 16..].split_whitespace().next()?.parse::<u64>().ok()
