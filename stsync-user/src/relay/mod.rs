@@ -1035,8 +1035,7 @@ impl Relay {
         .flatten()
         .min();
         if let Some(at) = at {
-            self.rexmit_wake = Some(self.rexmit_wake.map_or(at, |w| w.min(at)));
-            self.rexmit_pending.insert(id);
+            self.wake_rexmit(id, at);
         }
         self.conns.insert(id, conn);
     }
@@ -1046,7 +1045,8 @@ impl Relay {
     /// time (a burst's last packet is noticed only at the next burst; a lost loss report is
     /// repeated on a timer that starts at 300 ms). It is resent now, once; its recheck
     /// follows. libsrt sends no further ACK while its ACK point stays (it was ACKACKed), so
-    /// this happens once per stall. Userspace-served viewers only (as rechecks).
+    /// this happens once per stall. For a kernel-served viewer `now` is the ACK's own
+    /// arrival, read from the kernel's maps.
     fn on_ack_gap(&mut self, now: Instant, id: u32, ack: Seq) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -1083,9 +1083,14 @@ impl Relay {
         };
         let kernel = conn.kernel_epoch == Some(self.streams[conn.stream].epoch);
         if let Some(at) = v.next_recheck(recheck_after(&conn.stats, kernel)) {
-            self.rexmit_wake = Some(self.rexmit_wake.map_or(at, |w| w.min(at)));
-            self.rexmit_pending.insert(id);
+            self.wake_rexmit(id, at);
         }
+    }
+
+    /// Runs viewer `id`'s retransmission pass again at `at` (or earlier, for another's).
+    fn wake_rexmit(&mut self, id: u32, at: Instant) {
+        self.rexmit_wake = Some(self.rexmit_wake.map_or(at, |w| w.min(at)));
+        self.rexmit_pending.insert(id);
     }
 
     /// Closes a connection; `notify` sends the peer a SHUTDOWN first.
