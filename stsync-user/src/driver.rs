@@ -1,11 +1,14 @@
-//! The IO driver: feeds the sans-IO relay from a tokio UDP socket and timers, and hands its
-//! output to the datapath. One task owns the relay; nothing on this path awaits a peer.
+//! The IO driver: one task owns the relay and the datapath and moves data one way between
+//! them. Datagrams, timers, the HTTP side's requests and the datapath's reports go into the
+//! relay; what it lends out (datagrams, route events) goes to the datapath. Nothing on this
+//! path awaits a peer.
 
-use crate::datapath::Datapath;
-use crate::relay::Relay;
+use crate::datapath::{Datapath, DatapathStats};
+use crate::relay::{Command, CommandError, Relay, Reply, Snapshot};
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 /// Datagrams handled per wake-up before output is flushed, so a busy socket cannot starve
@@ -13,18 +16,69 @@ use tracing::{info, warn};
 const RECV_BATCH: usize = 64;
 /// At most this many datagrams are read to empty the socket before the datapath's poll.
 const DRAIN_MAX: usize = 4096;
+/// How long the HTTP side waits for the relay's answer before it gives up (503).
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
+/// What the HTTP side asks the driver.
+enum Request {
+    Stats(oneshot::Sender<(Snapshot, DatapathStats)>),
+    Command(Command, oneshot::Sender<Result<Reply, CommandError>>),
+}
+
+/// The HTTP side's way to the relay: requests are answered between two batches of
+/// datagrams.
+#[derive(Clone)]
+pub struct RelayHandle(mpsc::Sender<Request>);
+
+/// The relay did not answer (stopped, or busier than `ANSWER_WITHIN`).
+#[derive(Debug, thiserror::Error)]
+#[error("the relay did not answer")]
+pub struct Unavailable;
+
+impl RelayHandle {
+    /// A handle and the receiving end the driver takes.
+    pub fn new() -> (RelayHandle, Requests) {
+        let (tx, rx) = mpsc::channel(64);
+        (RelayHandle(tx), Requests(rx))
+    }
+
+    async fn ask<T>(
+        &self,
+        req: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, Unavailable> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(req(tx)).await.map_err(|_| Unavailable)?;
+        match tokio::time::timeout(ANSWER_WITHIN, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            _ => Err(Unavailable),
+        }
+    }
+
+    /// The relay's and the datapath's counters.
+    pub async fn stats(&self) -> Result<(Snapshot, DatapathStats), Unavailable> {
+        self.ask(Request::Stats).await
+    }
+
+    pub async fn command(&self, cmd: Command) -> Result<Result<Reply, CommandError>, Unavailable> {
+        self.ask(|tx| Request::Command(cmd, tx)).await
+    }
+}
+
+/// The driver's end of a [`RelayHandle`].
+pub struct Requests(mpsc::Receiver<Request>);
 
 pub async fn run(
     mut relay: Relay,
     socket: &UdpSocket,
     mut datapath: Box<dyn Datapath>,
+    mut requests: Requests,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     // Larger than any datagram: an oversized one is seen whole and refused, never cut.
     let mut buf = vec![0u8; 65_536];
     let mut next_poll = datapath
-        .poll_interval()
+        .poll_interval(Instant::now())
         .map(|d| tokio::time::Instant::now() + d);
     loop {
         let deadline = tokio::time::Instant::from_std(relay.poll_timeout());
@@ -33,10 +87,10 @@ pub async fn run(
             _ = &mut shutdown => {
                 info!(connections = relay.connection_count(), "shutting down: sending SHUTDOWN to every peer");
                 relay.shutdown(Instant::now());
-                route(&mut relay, datapath.as_mut());
-                datapath.flush(&mut relay);
+                pump(&mut relay, datapath.as_mut());
                 return Ok(());
             }
+            Some(req) = requests.0.recv() => answer(&mut relay, datapath.as_ref(), req),
             r = socket.readable() => {
                 r?;
                 receive(&mut relay, socket, &mut buf, RECV_BATCH);
@@ -50,28 +104,47 @@ pub async fn run(
             relay.handle_timeout(Instant::now());
         }
         if next_poll.is_some_and(|t| tokio::time::Instant::now() >= t) {
-            // Poll with the socket emptied first: a viewer the kernel takes over from here
-            // on then misses no packet that passed the kernel before it was switched on but
-            // was still queued for the relay.
+            // The datapath may hand a viewer to the kernel in its poll: read what is queued
+            // first, so every packet that passed the kernel before the switch reaches the
+            // relay (and that viewer) while the relay still serves it.
             for _ in 0..DRAIN_MAX / RECV_BATCH {
                 let n = receive(&mut relay, socket, &mut buf, RECV_BATCH);
-                route(&mut relay, datapath.as_mut());
-                if !relay.outbox_ref().is_empty() {
-                    datapath.flush(&mut relay);
-                }
+                pump(&mut relay, datapath.as_mut());
                 if n < RECV_BATCH {
                     break;
                 }
             }
-            datapath.poll(&mut relay);
+            let now = Instant::now();
+            datapath.poll(now);
             next_poll = datapath
-                .poll_interval()
+                .poll_interval(now)
                 .map(|d| tokio::time::Instant::now() + d);
         }
-        route(&mut relay, datapath.as_mut());
-        if !relay.outbox_ref().is_empty() {
-            datapath.flush(&mut relay);
-        }
+        pump(&mut relay, datapath.as_mut());
+    }
+}
+
+/// Moves everything pending one way: route events to the datapath, its reports to the
+/// relay, then the relay's datagrams out. Reports can make datagrams (a kernel-read ACK
+/// that shows a loss) and events (none today), so they go before the datagrams.
+fn pump(relay: &mut Relay, datapath: &mut dyn Datapath) {
+    let now = Instant::now();
+    while let Some(ev) = relay.poll_event() {
+        datapath.on_route(now, &ev);
+    }
+    while let Some(report) = datapath.poll_report() {
+        relay.handle_kernel(report);
+    }
+    if let Some(batch) = relay.poll_transmit() {
+        datapath.send(&batch);
+    }
+}
+
+fn answer(relay: &mut Relay, datapath: &dyn Datapath, req: Request) {
+    // A requester that gave up is no concern of the relay's: its answer is dropped.
+    match req {
+        Request::Stats(tx) => drop(tx.send((relay.stats(), datapath.stats()))),
+        Request::Command(cmd, tx) => drop(tx.send(relay.handle_command(Instant::now(), cmd))),
     }
 }
 
@@ -93,10 +166,4 @@ fn receive(relay: &mut Relay, socket: &UdpSocket, buf: &mut [u8], max: usize) ->
         }
     }
     max
-}
-
-fn route(relay: &mut Relay, datapath: &mut dyn Datapath) {
-    for ev in relay.take_events() {
-        datapath.on_route(relay, &ev);
-    }
 }

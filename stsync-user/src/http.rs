@@ -5,8 +5,9 @@ mod serve;
 
 pub use serve::{connection_cap, nofile_limit, serve, ServeOptions, MAX_CONNECTIONS};
 
-use crate::access::{Sessions, MAX_KEYS_PER_STREAM};
-use crate::metrics::{Metrics, StreamStats};
+use crate::driver::{RelayHandle, Unavailable};
+use crate::metrics::Scrape;
+use crate::relay::{Command, CommandError, Reply, StreamSnapshot};
 use crate::srt::streamid::normalize_hex;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -19,11 +20,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use std::borrow::Cow;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
 use subtle::ConstantTimeEq;
-use tracing::debug;
 
 /// A request's URI (path and query) may be this long; longer ones get 414.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -38,15 +36,12 @@ pub struct StreamEntry {
     pub id: String,
     pub name: String,
     pub token: String,
-    pub stats: Arc<StreamStats>,
 }
 
 pub struct AppState {
     pub streams: Vec<StreamEntry>,
-    pub sessions: Arc<Sessions>,
-    pub metrics: Arc<Metrics>,
-    /// The relay's latency (the least any viewer has), for the delay headroom check.
-    pub latency_ms: u64,
+    /// Live state and changes go through the relay.
+    pub relay: RelayHandle,
 }
 
 struct ApiError(StatusCode, Cow<'static, str>);
@@ -54,6 +49,23 @@ struct ApiError(StatusCode, Cow<'static, str>);
 impl ApiError {
     fn new(status: StatusCode, msg: impl Into<Cow<'static, str>>) -> Self {
         ApiError(status, msg.into())
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(e: Unavailable) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        let status = match e {
+            CommandError::UnknownStream => StatusCode::NOT_FOUND,
+            CommandError::TooManyKeys(_) => StatusCode::TOO_MANY_REQUESTS,
+            CommandError::Delay(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, e.to_string())
     }
 }
 
@@ -196,29 +208,34 @@ async fn create_session(
     if !body.trim_ascii().is_empty() {
         let SessionParams {} = json_object(&body, "empty or {}")?;
     }
-    let resource = &stream.id;
-    let session_id = st
-        .sessions
-        .mint(
-            resource,
-            rand::random(),
-            Instant::now(),
-            MAX_KEYS_PER_STREAM,
-        )
-        .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))?;
-    // Per request, so not at info: a client could flood the log.
-    debug!(resource = %resource, "session key issued");
+    let cmd = Command::MintSession {
+        resource: stream.id.clone(),
+        key: rand::random(),
+    };
+    let Reply::Session(session_id) = st.relay.command(cmd).await?? else {
+        unreachable!("a session command is answered with a session");
+    };
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "resource_id": resource, "session_id": session_id })),
+        Json(json!({ "resource_id": stream.id, "session_id": session_id })),
     ))
 }
 
-fn delay_json(s: &StreamEntry) -> serde_json::Value {
+/// Stream `id`'s live state, from a snapshot of the relay.
+async fn snapshot(st: &AppState, id: &str) -> Result<StreamSnapshot, ApiError> {
+    let (relay, _) = st.relay.stats().await?;
+    relay
+        .streams
+        .into_iter()
+        .find(|s| s.resource == id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown stream"))
+}
+
+fn delay_json(s: &StreamSnapshot) -> serde_json::Value {
     json!({
-        "id": s.id,
-        "delay_ms": s.stats.delay_target_ms.load(Relaxed),
-        "delay_applied_ms": s.stats.delay_applied_us.load(Relaxed) / 1000,
+        "id": s.resource,
+        "delay_ms": s.delay_target_ms,
+        "delay_applied_ms": s.delay_applied_us / 1000,
     })
 }
 
@@ -226,7 +243,8 @@ async fn get_delay(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(delay_json(stream(&st, &id)?)))
+    let stream = stream(&st, &id)?;
+    Ok(Json(delay_json(&snapshot(&st, &stream.id).await?)))
 }
 
 /// `{"delay_ms": N}`: the stream's viewers move to the new delay gradually (see README).
@@ -239,37 +257,47 @@ async fn put_delay(
     let stream = stream(&st, &id)?;
     authorize(stream, &headers)?;
     let DelayParams { delay_ms } = json_object(&body, r#"{"delay_ms": <non-negative integer>}"#)?;
-    let rate = stream.stats.packet_rate.load(Relaxed);
-    crate::delay::check(delay_ms, rate, st.latency_ms)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
-    stream.stats.delay_target_ms.store(delay_ms, Relaxed);
-    debug!(resource = %stream.id, delay_ms, "stream delay set");
-    Ok(Json(delay_json(stream)))
+    let cmd = Command::SetDelay {
+        resource: stream.id.clone(),
+        delay_ms,
+    };
+    let Reply::Stream(s) = st.relay.command(cmd).await?? else {
+        unreachable!("a delay command is answered with the stream");
+    };
+    Ok(Json(delay_json(&s)))
 }
 
-async fn list_streams(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+async fn list_streams(State(st): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
+    let (relay, _) = st.relay.stats().await?;
     let list: Vec<_> = st
         .streams
         .iter()
-        .map(|s| {
-            json!({
-                "id": s.id,
-                "name": s.name,
-                "publisher": s.stats.publisher.load(Relaxed),
-                "viewers": s.stats.viewers.load(Relaxed),
-                "bitrate_bps": s.stats.bitrate_bps.load(Relaxed),
-                "delay_ms": s.stats.delay_target_ms.load(Relaxed),
-                "delay_applied_ms": s.stats.delay_applied_us.load(Relaxed) / 1000,
-                "ingest_latency_ms": s.stats.ingest_latency_us.load(Relaxed) as f64 / 1e3,
-            })
+        .filter_map(|e| {
+            let s = relay.streams.iter().find(|s| s.resource == e.id)?;
+            Some(json!({
+                "id": e.id,
+                "name": e.name,
+                "publisher": s.publisher,
+                "viewers": s.viewers,
+                "bitrate_bps": s.bitrate_bps,
+                "delay_ms": s.delay_target_ms,
+                "delay_applied_ms": s.delay_applied_us / 1000,
+                "ingest_latency_ms": s.ingest_latency_us as f64 / 1e3,
+            }))
         })
         .collect();
-    Json(list)
+    Ok(Json(list))
 }
 
-async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
-    (
+async fn metrics(State(st): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
+    let (relay, datapath) = st.relay.stats().await?;
+    let scrape = Scrape {
+        relay,
+        datapath,
+        heap_allocations: crate::alloc_count::allocations(),
+    };
+    Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(),
-    )
+        scrape.render(),
+    ))
 }

@@ -2,16 +2,15 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stsync_user::access::Sessions;
 use stsync_user::config::Config;
-use stsync_user::datapath::ebpf::{EbpfDatapath, EbpfOptions, Kernel};
+use stsync_user::datapath::ebpf::{EbpfDatapath, EbpfOptions};
+use stsync_user::datapath::kernel::Kernel;
 use stsync_user::datapath::{userspace::Userspace, Datapath};
+use stsync_user::driver::RelayHandle;
 use stsync_user::http::{self, AppState, StreamEntry};
-use stsync_user::metrics::{Metrics, StreamStats};
-use stsync_user::relay::{AddressLimits, Relay, RelayConfig};
+use stsync_user::relay::{AddressLimits, Relay, RelayConfig, StreamConfig};
 use tracing::{info, warn};
 
 #[global_allocator]
@@ -233,21 +232,13 @@ fn udp_socket(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::UdpSocke
 
 async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     let datapath = args.datapath;
-    let metrics = Arc::new(Metrics::new());
-    let sessions = Arc::new(Sessions::new(Duration::from_secs(cfg.session_ttl_secs)));
     let entries: Vec<StreamEntry> = cfg
         .streams
         .iter()
-        .map(|s| {
-            let stats = Arc::new(StreamStats::default());
-            stats.delay_target_ms.store(s.delay_ms, Relaxed);
-            metrics.register_stream(&s.id, stats.clone());
-            StreamEntry {
-                id: s.id.clone(),
-                name: s.name.clone(),
-                token: s.token.clone(),
-                stats,
-            }
+        .map(|s| StreamEntry {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            token: s.token.clone(),
         })
         .collect();
     let relay = Relay::new(
@@ -261,13 +252,15 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
                 max_connections: cfg.max_connections_per_ip,
                 handshakes_per_sec: cfg.handshakes_per_ip_per_sec,
             },
+            session_ttl: Duration::from_secs(cfg.session_ttl_secs),
         },
-        entries
+        cfg.streams
             .iter()
-            .map(|e| (e.id.clone(), e.stats.clone()))
+            .map(|s| StreamConfig {
+                resource: s.id.clone(),
+                delay_ms: s.delay_ms,
+            })
             .collect(),
-        sessions.clone(),
-        metrics.clone(),
         rand::random(),
         Instant::now(),
     );
@@ -277,7 +270,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     http_listener.set_nonblocking(true)?;
 
     let dp: Box<dyn Datapath> = match datapath {
-        DatapathArg::Userspace => Box::new(Userspace::new(&socket, metrics.clone())),
+        DatapathArg::Userspace => Box::new(Userspace::new(&socket)),
         DatapathArg::Auto | DatapathArg::Ebpf => {
             let opts = EbpfOptions {
                 object: args
@@ -289,19 +282,18 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
                 streams: entries.len() as u32,
                 max_connections: cfg.max_connections.try_into().unwrap_or(u32::MAX),
             };
-            match EbpfDatapath::start(&opts, &socket, metrics.clone()) {
+            match EbpfDatapath::start(&opts, &socket) {
                 Ok(dp) => Box::new(dp),
                 Err(e) if datapath == DatapathArg::Ebpf => {
                     anyhow::bail!("--datapath ebpf: {e}")
                 }
                 Err(e) => {
                     warn!("eBPF datapath unavailable, serving viewers from userspace: {e}");
-                    Box::new(Userspace::new(&socket, metrics.clone()))
+                    Box::new(Userspace::new(&socket))
                 }
             }
         }
     };
-    metrics.set_datapath(dp.kind());
     info!(
         srt = %socket.local_addr()?,
         http = %http_listener.local_addr()?,
@@ -310,11 +302,10 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         dp.kind()
     );
 
+    let (handle, requests) = RelayHandle::new();
     let state = Arc::new(AppState {
         streams: entries,
-        sessions,
-        metrics,
-        latency_ms: cfg.latency_ms.into(),
+        relay: handle,
     });
     let nofile = http::nofile_limit();
     let http_opts = http::ServeOptions {
@@ -365,7 +356,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         })?;
     stop_on_signal(stop_tx);
     let mut relay_stop = stop_rx;
-    stsync_user::driver::run(relay, &socket, dp, async move {
+    stsync_user::driver::run(relay, &socket, dp, requests, async move {
         let _ = relay_stop.changed().await;
     })
     .await?;

@@ -1,29 +1,52 @@
-//! How queued datagrams leave the relay. The relay core does not know which datapath runs:
-//! the userspace one sends everything through the socket; the kernel one (eBPF) also
-//! clones data packets to viewers itself and tells the relay which viewers it serves.
+//! How the relay's output leaves the host. The relay core does not know which datapath
+//! runs: the userspace one sends every datagram through the socket; the kernel one (eBPF)
+//! also clones data packets to viewers itself and reports what it did. A datapath never
+//! sees the relay: it sends what the relay lends it, follows its route events, and hands
+//! back `KernelReport`s.
 
 pub mod ebpf;
+pub mod handover;
+pub mod kernel;
 mod mmap_array;
 pub mod userspace;
 
-use crate::relay::{Relay, RouteEvent};
+use crate::relay::{KernelReport, RouteEvent, Transmits};
+use kernel::KernelCounters;
+use std::time::{Duration, Instant};
 
 pub trait Datapath: Send {
     /// `userspace` or `ebpf`, for logs and the `stsync_datapath` metric.
     fn kind(&self) -> &'static str;
 
-    /// Sends and clears the relay's outbox.
-    fn flush(&mut self, relay: &mut Relay);
+    /// Sends a batch of the relay's datagrams.
+    fn send(&mut self, batch: &Transmits<'_>);
 
     /// Keeps the datapath's view of viewers and publishers in step with the relay.
-    fn on_route(&mut self, relay: &mut Relay, event: &RouteEvent);
+    fn on_route(&mut self, _now: Instant, _event: &RouteEvent) {}
 
     /// Called every `poll_interval`: asynchronous work (the kernel path learns viewer
-    /// routes on its own and exports its counters from here).
-    fn poll(&mut self, _relay: &mut Relay) {}
+    /// routes on its own and reads what it did for them).
+    fn poll(&mut self, _now: Instant) {}
 
-    /// When the driver calls `poll` next (asked again after every poll); `None`: never.
-    fn poll_interval(&self) -> Option<std::time::Duration> {
+    /// What the datapath did that the relay must know (see `KernelReport`).
+    fn poll_report(&mut self) -> Option<KernelReport> {
         None
     }
+
+    /// When the driver calls `poll` next (asked again after every poll); `None`: never.
+    fn poll_interval(&self, _now: Instant) -> Option<Duration> {
+        None
+    }
+
+    fn stats(&self) -> DatapathStats;
+}
+
+/// What a datapath counts, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DatapathStats {
+    pub kind: &'static str,
+    /// Datagrams the socket refused (buffer full, or an error for one destination).
+    pub send_failures: u64,
+    /// The kernel program's counters (the eBPF datapath only).
+    pub kernel: Option<KernelCounters>,
 }

@@ -1,57 +1,52 @@
 //! The userspace datapath: every datagram through the UDP socket, gathered with `sendmmsg`
 //! (header from the outbox arena + payload from the stream's ring, no copy). Its buffers are
-//! kept between flushes, so steady state allocates nothing.
+//! kept between sends, so steady state allocates nothing.
 
-use super::Datapath;
-use crate::metrics::Metrics;
-use crate::relay::{Relay, RouteEvent};
+use super::{Datapath, DatapathStats};
+use crate::relay::Transmits;
 use socket2::SockAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 
 const BATCH: usize = 64;
 
 pub struct Userspace {
     fd: RawFd,
-    metrics: Arc<Metrics>,
+    send_failures: u64,
     addrs: Vec<SockAddr>,
     iovs: Vec<[libc::iovec; 2]>,
     msgs: Vec<libc::mmsghdr>,
 }
 
-// SAFETY: the raw pointers in `iovs`/`msgs` are scratch space, only valid during `flush`.
+// SAFETY: the raw pointers in `iovs`/`msgs` are scratch space, only valid during `send`.
 unsafe impl Send for Userspace {}
 
 impl Userspace {
     /// `socket` must outlive the datapath and be non-blocking.
-    pub fn new(socket: &impl AsRawFd, metrics: Arc<Metrics>) -> Self {
+    pub fn new(socket: &impl AsRawFd) -> Self {
         Userspace {
             fd: socket.as_raw_fd(),
-            metrics,
+            send_failures: 0,
             addrs: Vec::with_capacity(BATCH),
             iovs: Vec::with_capacity(BATCH),
             msgs: Vec::with_capacity(BATCH),
         }
     }
 
-    fn send_batch(&mut self, relay: &Relay, first: usize) -> usize {
-        let items = relay.outbox_ref().items();
-        let chunk = &items[first..(first + BATCH).min(items.len())];
+    fn send_batch(&mut self, batch: &Transmits<'_>, first: usize) -> usize {
         self.addrs.clear();
         self.iovs.clear();
         self.msgs.clear();
-        for t in chunk {
-            let head = relay.outbox_ref().head(t);
-            let body = relay.payload(t.payload);
-            self.addrs.push(SockAddr::from(t.dst));
+        for i in first..(first + BATCH).min(batch.len()) {
+            let d = batch.get(i);
+            self.addrs.push(SockAddr::from(d.dst));
             self.iovs.push([
                 libc::iovec {
-                    iov_base: head.as_ptr() as *mut _,
-                    iov_len: head.len(),
+                    iov_base: d.head.as_ptr() as *mut _,
+                    iov_len: d.head.len(),
                 },
                 libc::iovec {
-                    iov_base: body.as_ptr() as *mut _,
-                    iov_len: body.len(),
+                    iov_base: d.payload.as_ptr() as *mut _,
+                    iov_len: d.payload.len(),
                 },
             ]);
         }
@@ -71,7 +66,7 @@ impl Userspace {
         if n <= 0 {
             // Socket buffer full, or an error for this one destination: a live packet that
             // cannot go now is worthless later, so skip it and count rather than wait.
-            self.metrics.drop_packet("send_failed");
+            self.send_failures += 1;
             1
         } else {
             n as usize
@@ -84,14 +79,18 @@ impl Datapath for Userspace {
         "userspace"
     }
 
-    fn flush(&mut self, relay: &mut Relay) {
-        let total = relay.outbox_ref().items().len();
+    fn send(&mut self, batch: &Transmits<'_>) {
         let mut sent = 0;
-        while sent < total {
-            sent += self.send_batch(relay, sent);
+        while sent < batch.len() {
+            sent += self.send_batch(batch, sent);
         }
-        relay.outbox().clear();
     }
 
-    fn on_route(&mut self, _relay: &mut Relay, _event: &RouteEvent) {}
+    fn stats(&self) -> DatapathStats {
+        DatapathStats {
+            kind: self.kind(),
+            send_failures: self.send_failures,
+            kernel: None,
+        }
+    }
 }

@@ -8,9 +8,10 @@
 //! in bits 3-4, flags in bits 5-7) and its arguments (see [`RelayOp::read`]).
 
 use super::{Input, Ops};
-use crate::access::Sessions;
-use crate::metrics::{Metrics, StreamStats};
-use crate::relay::{AddressLimits, KernelAcks, Relay, RelayConfig, RouteEvent};
+use crate::relay::{
+    AddressLimits, Command, CommandError, KernelAcks, KernelReport, Relay, RelayConfig, Reply,
+    RouteEvent, StreamConfig,
+};
 use crate::srt::handshake::{
     encode_sid, ext, ext_header, hs_type, parse_extensions, srt_flag, Handshake, BODY_LEN, MAGIC,
     SRT_VERSION,
@@ -20,8 +21,6 @@ use crate::srt::seq::Seq;
 use crate::srt::streamid;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stsync_common::srt::{ctrl, CONTROL_BIT, HEADER_LEN, MAX_DATAGRAM, MAX_PAYLOAD, SEQ_MASK};
 
@@ -269,8 +268,6 @@ pub struct Peer {
 
 pub(super) struct World {
     pub relay: Relay,
-    sessions: Arc<Sessions>,
-    stats: Vec<Arc<StreamStats>>,
     cfg: RelayConfig,
     pub now: Instant,
     t0: Instant,
@@ -296,25 +293,16 @@ impl World {
                 max_connections: 6,
                 handshakes_per_sec: 1000,
             },
+            session_ttl: Duration::from_secs(300),
         };
-        let sessions = Arc::new(Sessions::new(Duration::from_secs(300)));
-        let stats: Vec<_> = RESOURCES
-            .iter()
-            .map(|_| Arc::new(StreamStats::default()))
-            .collect();
         let streams = RESOURCES
             .iter()
-            .map(|r| r.to_string())
-            .zip(stats.iter().cloned())
+            .map(|r| StreamConfig {
+                resource: r.to_string(),
+                delay_ms: 0,
+            })
             .collect();
-        let relay = Relay::new(
-            cfg.clone(),
-            streams,
-            sessions.clone(),
-            Arc::new(Metrics::new()),
-            SECRET,
-            t0,
-        );
+        let relay = Relay::new(cfg.clone(), streams, SECRET, t0);
         let peers = PEERS
             .iter()
             .enumerate()
@@ -330,8 +318,6 @@ impl World {
             .collect();
         World {
             relay,
-            sessions,
-            stats,
             cfg,
             now: t0,
             t0,
@@ -363,17 +349,18 @@ impl World {
 
     /// Checks and empties the outbox and the route events.
     fn drain(&mut self, limit: usize, what: &str) {
-        let items = self.relay.outbox_ref().items().to_vec();
+        let Some(batch) = self.relay.poll_transmit() else {
+            return self.drain_events();
+        };
         assert!(
-            items.len() <= limit,
+            batch.len() <= limit,
             "{what} made the relay queue {} datagrams (limit {limit})",
-            items.len()
+            batch.len()
         );
-        self.run.max_step = self.run.max_step.max(items.len());
-        self.run.transmits += items.len();
-        for t in &items {
-            let mut bytes = self.relay.outbox_ref().head(t).to_vec();
-            bytes.extend_from_slice(self.relay.payload(t.payload));
+        self.run.max_step = self.run.max_step.max(batch.len());
+        self.run.transmits += batch.len();
+        for t in batch.iter() {
+            let bytes = [t.head, t.payload].concat();
             assert!(bytes.len() <= MAX_DATAGRAM, "sent {} bytes", bytes.len());
             let pkt = Packet::parse(&bytes).expect("the relay sends only what it can parse");
             let peer = self
@@ -403,8 +390,13 @@ impl World {
                 Packet::Control(_) => {}
             }
         }
-        self.relay.outbox().clear();
-        for ev in self.relay.take_events() {
+        drop(batch);
+        self.drain_events();
+    }
+
+    /// Checks and empties the route events.
+    fn drain_events(&mut self) {
+        while let Some(ev) = self.relay.poll_event() {
             match ev {
                 RouteEvent::ViewerAdded { conn, .. } => {
                     assert!(self.viewers.insert(conn), "viewer {conn} added twice")
@@ -492,7 +484,16 @@ impl World {
     fn mint(&mut self, resource: &str) -> String {
         self.keys += 1;
         let key = 0xF0_0000_0000 | self.keys;
-        self.sessions.insert(resource, key, self.now)
+        let cmd = Command::MintSession {
+            resource: resource.to_string(),
+            key,
+        };
+        match self.relay.handle_command(self.now, cmd) {
+            Ok(Reply::Session(id)) => id,
+            // An unconfigured stream has no keys: the handshake with this one is refused.
+            Err(CommandError::UnknownStream) => format!("{key:016x}"),
+            other => panic!("minting for a stream: {other:?}"),
+        }
     }
 
     fn conclusion(&mut self, p: usize, flags: u8, sel: u8, isn: u32, latency: u32, hs_fl: u8) {
@@ -621,7 +622,12 @@ impl World {
                 .and_then(|s| streamid::parse(&s).ok());
             if let Some(id) = sid.filter(|_| flags & Flags::MINT != 0) {
                 if let Ok(key) = u64::from_str_radix(&id.session, 16) {
-                    self.sessions.insert(&id.resource, key, self.now);
+                    let cmd = Command::MintSession {
+                        resource: id.resource,
+                        key,
+                    };
+                    // An unconfigured resource has no keys: the handshake is refused.
+                    let _ = self.relay.handle_command(self.now, cmd);
                 }
             }
         }
@@ -633,14 +639,20 @@ impl World {
         let stream = usize::from(flags & 1);
         let conn = self.peers[p].relay_id.unwrap_or(0);
         match sub % 4 {
-            0 => self.stats[stream]
-                .delay_target_ms
-                .store(u64::from(value % 30_001), Relaxed),
+            0 => {
+                let cmd = Command::SetDelay {
+                    resource: RESOURCES[stream].to_string(),
+                    delay_ms: u64::from(value % 30_001),
+                };
+                // Refused when it does not fit the stream's rate, as over HTTP.
+                let _ = self.relay.handle_command(self.now, cmd);
+            }
             1 => {
                 let epoch = self.epochs.get(RESOURCES[stream]).copied().unwrap_or(0);
                 let on = flags & 2 == 0;
+                let epoch = on.then_some(epoch + u64::from(flags >> 2));
                 self.relay
-                    .set_kernel_fanout(conn, on.then_some(epoch + u64::from(flags >> 2)));
+                    .handle_kernel(KernelReport::Serving { conn, epoch });
             }
             2 => {
                 let acks = KernelAcks {
@@ -651,7 +663,7 @@ impl World {
                     light: u64::from(value >> 28),
                     bytes: u64::from(value >> 16),
                 };
-                self.relay.on_kernel_acks(conn, &acks);
+                self.relay.handle_kernel(KernelReport::Acks { conn, acks });
                 // Like a viewer's own ACK: one that stops at a packet sent long ago has it
                 // resent (and the retransmission pass sends what else is due).
                 self.drain(self.datagram_limit(), "kernel ACKs");

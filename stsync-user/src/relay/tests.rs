@@ -5,8 +5,9 @@ use super::*;
 use crate::srt::handshake::{
     encode_sid, ext, ext_header, hs_type, srt_flag, Handshake, SRT_VERSION,
 };
-use crate::srt::packet::{encode_loss, write_control, write_data};
-use admission::PerAddress;
+use crate::srt::packet::{encode_loss, write_control, write_data, Ack};
+use per_address::PerAddress;
+use stsync_common::srt::MSG_REXMIT_FLAG;
 
 const LATENCY: Duration = Duration::from_millis(120);
 /// Where a new connection's clock reads at its handshake.
@@ -14,8 +15,8 @@ const HEADROOM_US: u32 = CLOCK_HEADROOM.as_micros() as u32;
 
 struct World {
     relay: Relay,
-    sessions: Arc<Sessions>,
-    metrics: Arc<Metrics>,
+    /// Datagrams the relay sent that no `take` asked for yet.
+    sent: Vec<(SocketAddr, Vec<u8>)>,
     now: Instant,
 }
 
@@ -40,8 +41,6 @@ enum Got {
 impl World {
     fn new() -> Self {
         let now = Instant::now();
-        let sessions = Arc::new(Sessions::new(Duration::from_secs(300)));
-        let metrics = Arc::new(Metrics::new());
         let cfg = RelayConfig {
             latency: LATENCY,
             buffer_packets: 64,
@@ -52,26 +51,67 @@ impl World {
                 max_connections: 12,
                 handshakes_per_sec: 50,
             },
+            session_ttl: Duration::from_secs(300),
         };
-        let streams = vec![("1".to_string(), Arc::new(StreamStats::default()))];
-        let relay = Relay::new(
-            cfg,
-            streams,
-            sessions.clone(),
-            metrics.clone(),
-            [9; 16],
-            now,
-        );
+        let streams = vec![StreamConfig {
+            resource: "1".to_string(),
+            delay_ms: 0,
+        }];
         World {
-            relay,
-            sessions,
-            metrics,
+            relay: Relay::new(cfg, streams, [9; 16], now),
+            sent: Vec::new(),
             now,
         }
     }
 
-    fn key(&self, resource: &str) -> String {
-        self.sessions.insert(resource, rand::random(), self.now)
+    /// A session key for `resource`, or why not.
+    fn try_key(&mut self, resource: &str) -> Result<String, CommandError> {
+        let cmd = Command::MintSession {
+            resource: resource.to_string(),
+            key: rand::random(),
+        };
+        match self.relay.handle_command(self.now, cmd)? {
+            Reply::Session(key) => Ok(key),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn key(&mut self, resource: &str) -> String {
+        self.try_key(resource).expect("a configured stream")
+    }
+
+    /// Asks for a stream delay the way the HTTP API does.
+    fn set_delay(&mut self, delay_ms: u64) {
+        let cmd = Command::SetDelay {
+            resource: "1".to_string(),
+            delay_ms,
+        };
+        self.relay.handle_command(self.now, cmd).unwrap();
+    }
+
+    fn stream(&self) -> StreamSnapshot {
+        self.relay.stats().streams.remove(0)
+    }
+
+    /// The Prometheus exposition of the relay's counters.
+    fn render(&self) -> String {
+        crate::metrics::Scrape {
+            relay: self.relay.stats(),
+            datapath: Default::default(),
+            heap_allocations: 0,
+        }
+        .render()
+    }
+
+    /// Moves what the relay sent since the last call into `sent`; returns how many.
+    fn collect(&mut self) -> usize {
+        let Some(batch) = self.relay.poll_transmit() else {
+            return 0;
+        };
+        let n = batch.len();
+        self.sent
+            .extend(batch.iter().map(|d| (d.dst, [d.head, d.payload].concat())));
+        n
     }
 
     fn advance(&mut self, d: Duration) {
@@ -94,14 +134,12 @@ impl World {
     /// Everything queued for `to` since the last call (others' datagrams stay queued).
     fn take(&mut self, to: SocketAddr) -> Vec<Got> {
         let mut got = Vec::new();
-        let mut keep = Outbox::default();
-        for t in self.relay.outbox_ref().items().to_vec() {
-            let mut bytes = self.relay.outbox_ref().head(&t).to_vec();
-            bytes.extend_from_slice(self.relay.payload(t.payload));
-            if t.dst != to {
-                keep.push_bytes(t.dst, &bytes);
-                continue;
-            }
+        self.collect();
+        let (mine, others) = std::mem::take(&mut self.sent)
+            .into_iter()
+            .partition(|(dst, _)| *dst == to);
+        self.sent = others;
+        for (_, bytes) in mine {
             got.push(match Packet::parse(&bytes).unwrap() {
                 Packet::Data(d) => Got::Data {
                     seq: d.seq,
@@ -125,12 +163,11 @@ impl World {
                 }
             });
         }
-        self.relay.out = keep;
         got
     }
 
     fn dropped(&self, reason: &str) -> u64 {
-        self.metrics.dropped.with_label_values(&[reason]).get()
+        self.relay.stats().dropped(reason)
     }
 }
 
@@ -274,7 +311,7 @@ impl Caller {
     }
 }
 
-fn sid(w: &World, mode: &str) -> String {
+fn sid(w: &mut World, mode: &str) -> String {
     format!("#!::r=1,s={},m={mode}", w.key("1"))
 }
 
@@ -358,7 +395,6 @@ fn stream_delay_moves_timestamps_gradually() {
     let mut p = Caller::new(2000, 0);
     v.join(&mut w, "request");
     p.join(&mut w, "publish");
-    let stats = w.relay.streams[0].stats.clone();
     let send = |w: &mut World, n: u32, from: u32| -> Vec<u32> {
         let mut ts = Vec::new();
         for i in from..from + n {
@@ -381,7 +417,7 @@ fn stream_delay_moves_timestamps_gradually() {
     };
     let before = send(&mut w, 40, 0);
     assert!(before.windows(2).all(|p| p[1] - p[0] == 2_500));
-    stats.delay_target_ms.store(500, Relaxed);
+    w.set_delay(500);
     // 6 s of packets: 50 steps of 10 ms take 5 s.
     let during = send(&mut w, 2_400, 40);
     let steps: Vec<u32> = during.windows(2).map(|p| p[1] - p[0] - 2_500).collect();
@@ -395,11 +431,8 @@ fn stream_delay_moves_timestamps_gradually() {
         500_000,
         "the whole 500 ms, no more"
     );
-    assert_eq!(stats.delay_applied_us.load(Relaxed), 500_000);
-    let events: Vec<_> = w
-        .relay
-        .take_events()
-        .into_iter()
+    assert_eq!(w.stream().delay_applied_us, 500_000);
+    let events: Vec<_> = std::iter::from_fn(|| w.relay.poll_event())
         .filter(|e| matches!(e, RouteEvent::StreamDelay { .. }))
         .collect();
     assert_eq!(events.len(), 50, "the datapath hears of every step");
@@ -421,7 +454,7 @@ fn stream_delay_moves_timestamps_gradually() {
     let last = first_ts(&w.take(v.addr)).unwrap();
     // Back to 0: the same walk down. A retransmission of a packet sent before the walk
     // started keeps its 500 ms.
-    stats.delay_target_ms.store(0, Relaxed);
+    w.set_delay(0);
     let mut down = send(&mut w, 60, 2_441);
     v.nak(&mut w, 2_440, 2_440);
     assert_eq!(
@@ -444,7 +477,7 @@ fn stream_delay_moves_timestamps_gradually() {
             .collect::<Vec<_>>()
     );
     assert_eq!(gaps.iter().sum::<i64>(), 500_000);
-    assert_eq!(stats.delay_applied_us.load(Relaxed), 0);
+    assert_eq!(w.stream().delay_applied_us, 0);
 }
 
 /// The publisher's very first packet is lost: viewers are mapped from it anyway, so its
@@ -556,7 +589,7 @@ fn viewer_nak_gets_retransmission_or_dropreq() {
     let before = w.dropped("malformed");
     v.control(&mut w, ctrl::NAK, 0, &[5 | (1 << 31)]);
     assert_eq!(w.dropped("malformed"), before + 1);
-    let text = w.metrics.render();
+    let text = w.render();
     assert!(text.contains(&format!(
         "srt_connection_data_packets_retransmitted{{id=\"{}\"}} 1",
         v.relay_id
@@ -595,10 +628,7 @@ fn silent_viewer_times_out_without_disturbing_others() {
     }
     assert_eq!(live_got, 700, "the live viewer got every packet");
     assert_eq!(w.relay.streams[0].viewers, vec![live.relay_id]);
-    assert!(!w
-        .metrics
-        .render()
-        .contains(&format!("id=\"{}\"", quiet.relay_id)));
+    assert!(!w.render().contains(&format!("id=\"{}\"", quiet.relay_id)));
     assert!(w.take(p.addr).iter().all(|g| !matches!(
         g,
         Got::Ctrl {
@@ -632,7 +662,10 @@ fn kernel_handled_acks_keep_a_viewer_alive_and_a_stuck_viewer_is_closed() {
                 light: 2,
                 bytes: 44 + 2 * 20,
             };
-            w.relay.on_kernel_acks(kern.relay_id, &report);
+            w.relay.handle_kernel(KernelReport::Acks {
+                conn: kern.relay_id,
+                acks: report,
+            });
             stuck.control(&mut w, ctrl::ACK, i, &[5, 1000, 100, 8192, 0, 0, 0]);
             p.control(&mut w, ctrl::KEEPALIVE, 0, &[0]);
         }
@@ -649,7 +682,7 @@ fn kernel_handled_acks_keep_a_viewer_alive_and_a_stuck_viewer_is_closed() {
     let at = closed_at.expect("the stuck viewer was closed");
     assert!((495..=520).contains(&at), "closed as stuck at i = {at}");
     assert_eq!(w.relay.streams[0].viewers, vec![kern.relay_id]);
-    let m = w.metrics.render();
+    let m = w.render();
     let id = kern.relay_id.to_string();
     let metric = |name: &str| {
         m.lines()
@@ -840,9 +873,9 @@ fn nak_storm_is_merged_paced_and_bounded() {
             v.control(&mut w, ctrl::NAK, 0, &words);
             v.control(&mut w, ctrl::KEEPALIVE, 0, &[0]);
         }
-        max_outbox = max_outbox.max(w.relay.outbox_ref().items().len());
+        max_outbox = max_outbox.max(w.collect());
         w.advance(Duration::from_micros(2_500));
-        max_outbox = max_outbox.max(w.relay.outbox_ref().items().len());
+        max_outbox = max_outbox.max(w.collect());
         sent_to_attacker += rexmit_bytes(&w.take(v.addr));
         to_honest += data(&w.take(honest.addr)).len();
         w.take(p.addr);
@@ -938,18 +971,17 @@ fn retransmissions_beyond_the_burst_wait_for_the_budget() {
 fn publishers_have_their_own_budget_and_viewers_count_once_connected() {
     let mut w = World::new();
     w.relay.cfg.max_connections = 2;
-    let stats = w.relay.streams[0].stats.clone();
     let mut viewers: Vec<Caller> = (0..3).map(|i| Caller::new(1001 + i, 0)).collect();
     viewers[0].join(&mut w, "request");
     assert_eq!(
-        stats.viewers.load(Relaxed),
+        w.stream().viewers,
         0,
         "a viewer counts once it answers, not at its conclusion"
     );
     viewers[0].control(&mut w, ctrl::KEEPALIVE, 0, &[0]);
-    assert_eq!(stats.viewers.load(Relaxed), 1);
+    assert_eq!(w.stream().viewers, 1);
     viewers[1].join(&mut w, "request");
-    let key = sid(&w, "request");
+    let key = sid(&mut w, "request");
     assert_eq!(viewers[2].connect(&mut w, &key), Err(2402), "viewers full");
     // The stream's publisher, and a takeover, still get in.
     let mut a = Caller::new(2000, 0);
@@ -959,7 +991,7 @@ fn publishers_have_their_own_budget_and_viewers_count_once_connected() {
     assert_eq!(ctrl(&w.take(a.addr), ctrl::SHUTDOWN).len(), 1);
     // A viewer that never completed leaves without having counted.
     w.advance(Duration::from_secs(6));
-    assert_eq!(stats.viewers.load(Relaxed), 0);
+    assert_eq!(w.stream().viewers, 0);
 }
 
 #[test]
@@ -972,7 +1004,7 @@ fn per_address_limits_on_connections_and_handshakes() {
     let mut c: Vec<Caller> = (0..3).map(|i| Caller::new(1001 + i, 0)).collect();
     c[0].join(&mut w, "request");
     c[1].join(&mut w, "request");
-    let key = sid(&w, "request");
+    let key = sid(&mut w, "request");
     assert_eq!(c[2].connect(&mut w, &key), Err(2402), "2 per address");
     // Another host is not affected.
     let mut other = Caller::new(1004, 0);
@@ -983,7 +1015,7 @@ fn per_address_limits_on_connections_and_handshakes() {
     assert_eq!(c[2].connect(&mut w, &key), Err(1005), "burst spent");
     w.advance(Duration::from_secs(1));
     c[0].control(&mut w, ctrl::SHUTDOWN, 0, &[0]);
-    let key = sid(&w, "publish");
+    let key = sid(&mut w, "publish");
     c[2].connect(&mut w, &key)
         .expect("budget refilled, a connection free");
 }
@@ -1327,10 +1359,7 @@ fn late_joiners_keep_one_time_base_whatever_is_lost_around_their_join() {
             .reduce(|a, b| if b.gt(a) { b } else { a });
         let ack = high.unwrap().next().get();
         c.ack(&mut sc.w, ack);
-        let lead = sc.w.relay.conns[&c.relay_id]
-            .stats
-            .playout_lead_us
-            .load(Relaxed);
+        let lead = sc.w.relay.conns[&c.relay_id].stats.playout_lead_us;
         assert!(
             (105_000..=121_000).contains(&lead),
             "viewer {}: play-out lead {lead} µs",
@@ -1378,12 +1407,7 @@ fn a_viewer_acknowledging_far_from_its_play_out_is_measured_and_warned() {
         w.advance(Duration::from_millis(5));
     }
     v.ack(&mut w, 110);
-    let lead = |w: &World| {
-        w.relay.conns[&v.relay_id]
-            .stats
-            .playout_lead_us
-            .load(Relaxed)
-    };
+    let lead = |w: &World| w.relay.conns[&v.relay_id].stats.playout_lead_us;
     let warned = |w: &World| w.relay.conns[&v.relay_id].playout_warned;
     assert!((115_000..=120_000).contains(&lead(&w)), "{}", lead(&w));
     w.advance(Duration::from_millis(2_500));
@@ -1402,7 +1426,7 @@ fn a_viewer_acknowledging_far_from_its_play_out_is_measured_and_warned() {
     v.ack(&mut w, 111);
     assert!(lead(&w) < -2_000_000, "{}", lead(&w));
     assert_eq!(warned(&w), Some(w.now));
-    assert!(w.metrics.render().contains(&format!(
+    assert!(w.render().contains(&format!(
         "srt_connection_playout_lead{{id=\"{}\"}} -2.",
         v.relay_id
     )));
@@ -1457,7 +1481,10 @@ fn a_lost_retransmission_is_sent_again_while_the_ack_stops_at_it() {
         p.data(&mut w, Seq::new(i), i * 1_000, b"x");
     }
     w.take(v.addr);
-    w.relay.set_kernel_fanout(v.relay_id, Some(1));
+    w.relay.handle_kernel(KernelReport::Serving {
+        conn: v.relay_id,
+        epoch: Some(1),
+    });
     let kernel_ack = |w: &mut World| {
         let report = KernelAcks {
             last: w.now,
@@ -1467,7 +1494,10 @@ fn a_lost_retransmission_is_sent_again_while_the_ack_stops_at_it() {
             light: 0,
             bytes: 44,
         };
-        w.relay.on_kernel_acks(v.relay_id, &report);
+        w.relay.handle_kernel(KernelReport::Acks {
+            conn: v.relay_id,
+            acks: report,
+        });
     };
     kernel_ack(&mut w);
     v.nak(&mut w, 125, 125);

@@ -3,6 +3,7 @@
 
 pub mod cookie;
 pub mod handshake;
+pub mod listener;
 pub mod loss;
 pub mod packet;
 pub mod receiver;

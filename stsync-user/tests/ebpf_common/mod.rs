@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
-use stsync_user::datapath::ebpf::Kernel;
+use stsync_user::datapath::kernel::Kernel;
 
 /// True when a privileged run is required: a skip is then a failure.
 pub fn privileged_required() -> bool {

@@ -1,5 +1,6 @@
-//! The listener side of the HSv5 handshake: stateless induction with a SYN cookie, then a
-//! conclusion that is checked and answered with HSRSP, or rejected with a reason code.
+//! The listener side of the HSv5 handshake (the codec is `handshake.rs`): stateless
+//! induction with a SYN cookie, then a conclusion that is checked and answered with HSRSP,
+//! or rejected with a reason code.
 
 use crate::srt::cookie::CookieJar;
 use crate::srt::handshake::{

@@ -1,7 +1,7 @@
-//! Single-use session keys with a limited life, minted over HTTP and redeemed at handshake.
+//! Single-use session keys with a limited life, minted over HTTP (a `Command` to the
+//! relay) and redeemed at handshake.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,16 +40,16 @@ struct Keys {
     per_resource: HashMap<String, usize>,
 }
 
-pub struct Sessions {
+pub struct SessionKeys {
     ttl: Duration,
-    keys: Mutex<Keys>,
+    keys: Keys,
 }
 
-impl Sessions {
+impl SessionKeys {
     pub fn new(ttl: Duration) -> Self {
-        Sessions {
+        SessionKeys {
             ttl,
-            keys: Mutex::new(Keys::default()),
+            keys: Keys::default(),
         }
     }
 
@@ -58,19 +58,19 @@ impl Sessions {
     }
 
     /// Registers `key` (64 random bits from the caller) for `resource`; returns its hex form.
-    pub fn insert(&self, resource: &str, key: u64, now: Instant) -> String {
+    pub fn insert(&mut self, resource: &str, key: u64, now: Instant) -> String {
         self.mint(resource, key, now, usize::MAX).expect("no limit")
     }
 
     /// `insert`, unless `resource` already has `limit` keys (see `MAX_KEYS_PER_STREAM`).
     pub fn mint(
-        &self,
+        &mut self,
         resource: &str,
         key: u64,
         now: Instant,
         limit: usize,
     ) -> Result<String, TooMany> {
-        let mut keys = self.keys.lock().unwrap();
+        let keys = &mut self.keys;
         let n = keys.per_resource.entry(resource.to_owned()).or_default();
         if *n >= limit {
             return Err(TooMany);
@@ -92,10 +92,10 @@ impl Sessions {
     }
 
     /// Marks the key used if it is valid for `resource`. `session` is normalised hex.
-    pub fn redeem(&self, resource: &str, session: &str, now: Instant) -> Result<(), Denied> {
+    pub fn redeem(&mut self, resource: &str, session: &str, now: Instant) -> Result<(), Denied> {
         let key = u64::from_str_radix(session, 16).map_err(|_| Denied::Unknown)?;
-        let mut keys = self.keys.lock().unwrap();
-        let e = keys
+        let e = self
+            .keys
             .map
             .get_mut(&key)
             .filter(|e| e.resource == resource)
@@ -111,10 +111,9 @@ impl Sessions {
     }
 
     /// Forgets keys whose grace period is over.
-    pub fn purge(&self, now: Instant) {
+    pub fn purge(&mut self, now: Instant) {
         let grace = self.ttl.max(MIN_GRACE);
-        let mut keys = self.keys.lock().unwrap();
-        let Keys { map, per_resource } = &mut *keys;
+        let Keys { map, per_resource } = &mut self.keys;
         map.retain(|_, e| {
             let keep = now < e.expires + grace;
             if !keep {
@@ -125,7 +124,7 @@ impl Sessions {
     }
 
     pub fn len(&self) -> usize {
-        self.keys.lock().unwrap().map.len()
+        self.keys.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -140,7 +139,7 @@ mod tests {
     #[test]
     fn single_use_expiring_keys() {
         let t = Instant::now();
-        let s = Sessions::new(Duration::from_secs(300));
+        let mut s = SessionKeys::new(Duration::from_secs(300));
         let k = s.insert("1", 0xABC, t);
         assert_eq!(k, "0000000000000abc");
         assert_eq!(s.redeem("2", "abc", t), Err(Denied::Unknown));
@@ -162,7 +161,7 @@ mod tests {
         s.purge(t + Duration::from_secs(900));
         assert!(s.is_empty());
         // A short TTL still keeps the tombstone long enough to say "expired".
-        let short = Sessions::new(Duration::from_secs(1));
+        let mut short = SessionKeys::new(Duration::from_secs(1));
         let k = short.insert("1", 5, t);
         short.purge(t + Duration::from_secs(3));
         assert_eq!(
@@ -174,7 +173,7 @@ mod tests {
     #[test]
     fn keys_per_stream_are_capped_until_purged() {
         let t = Instant::now();
-        let s = Sessions::new(Duration::from_secs(1));
+        let mut s = SessionKeys::new(Duration::from_secs(1));
         for k in 0..3 {
             s.mint("1", k, t, 3).unwrap();
         }

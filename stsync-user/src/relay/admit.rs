@@ -1,0 +1,221 @@
+//! Handshakes: the listener's answer (`srt::listener`), then the relay's own checks (per
+//! address budget, resource, limits, session key) before a connection opens.
+
+use super::ingest::IngestLatency;
+use super::keys::Denied;
+use super::retransmit::{rexmit_burst, REXMIT_FLOOR_BPS};
+use super::ring::Ring;
+use super::viewer::ViewerSend;
+use super::{Conn, ConnMode, ConnStats, Relay, Role, RouteEvent, CLOCK_HEADROOM};
+use crate::srt::listener::{self, Conclusion, HandshakeOutcome, Rejection};
+use crate::srt::packet::ControlPacket;
+use crate::srt::receiver::Receiver;
+use crate::srt::streamid::Mode;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use stsync_common::srt::HEADER_LEN;
+use tracing::{debug, info};
+
+impl Relay {
+    pub(super) fn on_handshake(&mut self, now: Instant, from: SocketAddr, c: ControlPacket) {
+        let existing = |peer_id| self.by_peer.get(&(from, peer_id)).copied();
+        let outcome = listener::process(&self.cookies, now, from, c.body, existing);
+        let (req, result) = match outcome {
+            HandshakeOutcome::Reply(bytes) => return self.out.push_bytes(from, &bytes),
+            HandshakeOutcome::Repeat(id) => {
+                if !self.answer_again(now, id, HEADER_LEN + c.body.len()) {
+                    self.drops.drop_packet("short_handshake");
+                }
+                return;
+            }
+            HandshakeOutcome::Ignore(reason) => return self.drops.drop_packet(reason),
+            HandshakeOutcome::Reject(req, rej) => (req, Err(rej)),
+            HandshakeOutcome::Conclusion(hs) => (hs.hs.clone(), Ok(hs)),
+        };
+        // Both are conclusions with a valid cookie: the address is the caller's own, so its
+        // per-address budget applies before any further work.
+        let result = if self.addresses.handshake(from.ip(), now) {
+            result.and_then(|hs| self.admit(now, from, &hs))
+        } else {
+            Err(Rejection::Backlog)
+        };
+        if let Err(rej) = result {
+            self.drops.reject(rej.code());
+            if self.addresses.should_log(from.ip(), now) {
+                info!(peer = %from, code = rej.code(), reason = %rej, "reject code={} (this address's next rejections for 10 s at debug)", rej.code());
+            } else {
+                debug!(peer = %from, code = rej.code(), reason = %rej, "reject code={}", rej.code());
+            }
+            self.out
+                .push_bytes(from, &listener::rejection(&req, rej.code()));
+        }
+    }
+
+    /// Sends connection `id`'s conclusion answer again for a repeated conclusion of `len`
+    /// bytes; never more bytes than asked with (libsrt's conclusion, with its HSREQ and
+    /// stream ID, is longer than our answer), so it cannot be used to amplify.
+    pub(super) fn answer_again(&mut self, now: Instant, id: u32, len: usize) -> bool {
+        match self.conns.get(&id) {
+            Some(conn) if conn.response.len() > len => false,
+            Some(_) => {
+                self.send_answer(now, id);
+                self.replay_unconfirmed(now, id);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// A viewer that repeats its conclusion did not get our answer, so it dropped whatever
+    /// data came before it (libsrt re-requests on the first one: "PACKET NOT HANDSHAKE"),
+    /// and would ask for it only after its first loss report round, too late at 120 ms
+    /// (captured). Everything it was sent so far follows the answer, within its budget.
+    /// Only until the viewer is heard from: then it reports its own losses.
+    fn replay_unconfirmed(&mut self, now: Instant, id: u32) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.mode != ConnMode::Handshake {
+            return;
+        }
+        let Role::Viewer(v) = &mut conn.role else {
+            return;
+        };
+        if v.mapping().is_none() || !v.last_ack.lt(v.next_vseq()) {
+            return;
+        }
+        let (first, last) = (v.last_ack, v.next_vseq().sub(1));
+        v.loss.insert(first, last, now);
+        self.retransmit(now, id, &[]);
+    }
+
+    /// Sends connection `id` its conclusion answer, stamped with its clock now: the caller
+    /// takes its time base from the answer it gets, whichever one that is.
+    fn send_answer(&mut self, now: Instant, id: u32) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let ts = conn.clock(now);
+        listener::stamp(&mut conn.response, ts);
+        self.out.push_bytes(conn.peer, &conn.response);
+    }
+
+    /// Checks a proven conclusion against the resource, limits and session key, then opens
+    /// the connection and answers.
+    fn admit(&mut self, now: Instant, from: SocketAddr, hs: &Conclusion) -> Result<(), Rejection> {
+        use Rejection as R;
+        let sid = &hs.stream_id;
+        let &stream = self.by_resource.get(&sid.resource).ok_or(R::NotFound)?;
+        // Publishers have a budget of their own (one per stream; a takeover closes the old
+        // one), so viewers filling the relay never keep a stream's publisher out.
+        if sid.mode == Mode::Request
+            && (self.viewer_count >= self.cfg.max_connections
+                || self.streams[stream].viewers.len() >= self.cfg.max_viewers_per_stream)
+        {
+            return Err(R::Overload);
+        }
+        if !self.addresses.may_connect(from.ip()) {
+            return Err(R::AddressOverload);
+        }
+        self.keys
+            .redeem(&sid.resource, &sid.session, now)
+            .map_err(|d| match d {
+                Denied::Unknown => R::Unauthorized,
+                Denied::Used => R::Forbidden,
+                Denied::Expired => R::Expired,
+            })?;
+
+        let id = self.new_socket_id();
+        let (rcv_latency, snd_latency) = hs.latencies(self.cfg.latency);
+        let response = listener::accept(&hs.hs, id, from, rcv_latency, snd_latency);
+        let role = match sid.mode {
+            Mode::Publish => Role::Publisher(Box::new(Receiver::new(
+                hs.hs.isn,
+                Duration::from_millis(rcv_latency.into()),
+                self.cfg.buffer_packets,
+                now,
+            ))),
+            Mode::Request => Role::Viewer(ViewerSend::new(
+                hs.hs.isn,
+                rexmit_burst(REXMIT_FLOOR_BPS),
+                now,
+            )),
+        };
+        info!(
+            conn = id,
+            peer = %from,
+            resource = %sid.resource,
+            mode = sid.mode.as_str(),
+            latency_ms = rcv_latency.max(snd_latency),
+            "connection accepted"
+        );
+        let conn = Conn {
+            peer: from,
+            peer_id: hs.hs.socket_id,
+            stream,
+            mode: ConnMode::Handshake,
+            start: now.checked_sub(CLOCK_HEADROOM).unwrap_or(now),
+            latency: Duration::from_millis(rcv_latency.max(snd_latency).into()),
+            playout_warned: None,
+            last_recv: now,
+            last_sent: now,
+            response,
+            role,
+            kernel_epoch: None,
+            stats: ConnStats::default(),
+        };
+        let start = conn.start;
+        self.conns.insert(id, conn);
+        self.connections_total += 1;
+        self.send_answer(now, id);
+        self.by_peer.insert((from, hs.hs.socket_id), id);
+        self.addresses.opened(from.ip());
+        let s = &mut self.streams[stream];
+        match sid.mode {
+            Mode::Publish => {
+                let old = s.publisher.replace(id);
+                s.epoch += 1;
+                s.ingest = Some(IngestLatency::new(now));
+                match &mut s.ring {
+                    Some(r) => r.clear(),
+                    None => s.ring = Some(Ring::new(self.cfg.buffer_packets)),
+                }
+                self.events.push_back(RouteEvent::PublisherChanged {
+                    resource: s.resource.clone(),
+                    publisher: Some((from, id)),
+                    epoch: s.epoch,
+                });
+                if let Some(old) = old {
+                    info!(conn = old, "publisher taken over by conn {id}");
+                    self.close(now, old, true);
+                }
+            }
+            Mode::Request => {
+                s.viewers.push(id);
+                self.viewer_count += 1;
+                self.events.push_back(RouteEvent::ViewerAdded {
+                    conn: id,
+                    resource: s.resource.clone(),
+                    peer: from,
+                    peer_id: hs.hs.socket_id,
+                    start,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn new_socket_id(&mut self) -> u32 {
+        loop {
+            // splitmix64: well spread, and unpredictable enough with a random seed.
+            self.id_state = self.id_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.id_state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let id = ((z ^ (z >> 31)) as u32) & 0x3FFF_FFFF;
+            if id != 0 && !self.conns.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}

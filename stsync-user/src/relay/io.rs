@@ -1,0 +1,101 @@
+//! What crosses between the relay and the rest besides datagrams: route events out to the
+//! datapath, reports in from the kernel fast path, and commands in from the HTTP API.
+
+use super::keys::TooMany;
+use super::stats::StreamSnapshot;
+use crate::srt::seq::Seq;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// What the datapath must learn about viewers and publishers (the kernel fast path keeps
+/// its maps in step), from [`Relay::poll_event`](super::Relay::poll_event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteEvent {
+    ViewerAdded {
+        conn: u32,
+        resource: String,
+        peer: SocketAddr,
+        peer_id: u32,
+        /// The connection's clock starts here (the time base of its timestamps).
+        start: Instant,
+    },
+    /// The viewer's offsets for the stream's current publisher.
+    ViewerMapped {
+        conn: u32,
+        epoch: u64,
+        seq_off: u32,
+        ts_off: u32,
+    },
+    ViewerRemoved {
+        conn: u32,
+    },
+    PublisherChanged {
+        resource: String,
+        publisher: Option<(SocketAddr, u32)>,
+        epoch: u64,
+    },
+    /// The stream's viewers get timestamps `delay_us` later from now on.
+    StreamDelay {
+        resource: String,
+        delay_us: u32,
+    },
+}
+
+/// What the kernel fast path did, for [`Relay::handle_kernel`](super::Relay::handle_kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelReport {
+    /// The kernel fans publisher epoch `epoch` out to viewer `conn` from now on (the relay
+    /// then sends it only retransmissions while that epoch lasts); `None`: it no longer
+    /// does, the relay sends it everything again.
+    Serving { conn: u32, epoch: Option<u64> },
+    /// Viewer `conn`'s ACKs that the kernel answered instead of the relay.
+    Acks { conn: u32, acks: KernelAcks },
+    /// Data packets the kernel cloned to viewer `conn` so far.
+    Clones { conn: u32, total: u64 },
+}
+
+/// A viewer's ACKs that the kernel fast path handled (recorded, and answered with ACKACKs)
+/// instead of the relay, as the datapath read them from the program's maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelAcks {
+    /// When the latest of them arrived.
+    pub last: Instant,
+    /// The latest acknowledged sequence number.
+    pub ack_seq: Seq,
+    /// The viewer's RTT and RTT variance (µs) from its latest full or small ACK.
+    pub rtt: Option<(u32, u32)>,
+    /// Since the previous report: ACKs answered with an ACKACK, light ACKs, and the SRT
+    /// bytes of both.
+    pub answered: u64,
+    pub light: u64,
+    pub bytes: u64,
+}
+
+/// What the HTTP API asks of the relay, for
+/// [`Relay::handle_command`](super::Relay::handle_command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Registers a single-use session key (64 random bits from the caller) for a stream.
+    MintSession { resource: String, key: u64 },
+    /// Moves a stream's viewers to a new delay (gradually, see README).
+    SetDelay { resource: String, delay_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The new key, as hex for the stream ID.
+    Session(String),
+    /// The stream after the change.
+    Stream(StreamSnapshot),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("unknown stream")]
+    UnknownStream,
+    #[error(transparent)]
+    TooManyKeys(#[from] TooMany),
+    /// The delay does not fit (the message says why, for an operator).
+    #[error("{0}")]
+    Delay(String),
+}

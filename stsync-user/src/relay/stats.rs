@@ -1,0 +1,133 @@
+//! What the relay counts, as plain numbers in each connection and stream, and the snapshot
+//! [`Relay::stats`](super::Relay::stats) copies them into for whoever exports them (the
+//! Prometheus collector in `metrics.rs`, the HTTP API). Nothing here is shared or locked:
+//! the relay owns its counters and a reader gets a copy.
+
+use std::collections::BTreeMap;
+
+/// What a connection is doing, as the `mode` label of `srt_connections_current`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ConnMode {
+    Handshake,
+    Request,
+    Publish,
+}
+
+impl ConnMode {
+    pub const ALL: [ConnMode; 3] = [ConnMode::Handshake, ConnMode::Request, ConnMode::Publish];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnMode::Handshake => "handshake",
+            ConnMode::Request => "request",
+            ConnMode::Publish => "publish",
+        }
+    }
+}
+
+/// One connection's counters (SRT bytes: header included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    pub ctrl_packets_sent: u64,
+    pub ctrl_packets_recv: u64,
+    /// Full ACKs never answered with an ACKACK (publishers).
+    pub ctrl_packets_lost: u64,
+    pub ctrl_bytes_sent: u64,
+    pub ctrl_bytes_recv: u64,
+    pub ctrl_bytes_lost: u64,
+    pub data_packets_sent: u64,
+    pub data_packets_recv: u64,
+    pub data_packets_lost: u64,
+    pub data_bytes_sent: u64,
+    pub data_bytes_recv: u64,
+    pub data_bytes_lost: u64,
+    /// Data packets sent again (NAK answers), a subset of `data_packets_sent`.
+    pub data_packets_retrans: u64,
+    /// Data packets the kernel fast path cloned to this viewer (not in `data_packets_sent`).
+    pub data_packets_sent_kernel: u64,
+    pub rtt_us: u64,
+    pub rtt_var_us: u64,
+    /// A viewer's play-out lead (µs) for the newest packet it acknowledged: how long before
+    /// its play-out time it had it (see `relay::playout`).
+    pub playout_lead_us: i64,
+}
+
+impl ConnStats {
+    pub fn sent_control(&mut self, len: usize) {
+        self.ctrl_packets_sent += 1;
+        self.ctrl_bytes_sent += len as u64;
+    }
+
+    pub fn received_control(&mut self, len: usize) {
+        self.ctrl_packets_recv += 1;
+        self.ctrl_bytes_recv += len as u64;
+    }
+
+    pub fn sent_data(&mut self, len: usize) {
+        self.data_packets_sent += 1;
+        self.data_bytes_sent += len as u64;
+    }
+}
+
+/// One connection in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnSnapshot {
+    pub id: u32,
+    pub mode: ConnMode,
+    pub stats: ConnStats,
+}
+
+/// One configured stream in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSnapshot {
+    pub resource: String,
+    pub publisher: bool,
+    /// Viewers past their handshake.
+    pub viewers: u64,
+    pub bitrate_bps: u64,
+    /// The publisher's packet rate (packets/s).
+    pub packet_rate: u64,
+    /// The delay asked for (config.json or the HTTP API), ms.
+    pub delay_target_ms: u64,
+    /// The delay applied now (it moves towards the target gradually), µs.
+    pub delay_applied_us: u64,
+    /// The estimate of the publisher's ingest latency, µs (0: no publisher).
+    pub ingest_latency_us: u64,
+}
+
+/// Datagrams dropped without effect, by reason, and handshakes refused, by code.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drops {
+    pub dropped: BTreeMap<&'static str, u64>,
+    pub rejections: BTreeMap<u32, u64>,
+}
+
+impl Drops {
+    pub fn drop_packet(&mut self, reason: &'static str) {
+        *self.dropped.entry(reason).or_default() += 1;
+    }
+
+    pub fn reject(&mut self, code: u32) {
+        *self.rejections.entry(code).or_default() += 1;
+    }
+}
+
+/// Everything the relay counts, at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    pub conns: Vec<ConnSnapshot>,
+    pub streams: Vec<StreamSnapshot>,
+    pub drops: Drops,
+}
+
+impl Snapshot {
+    pub fn conn(&self, id: u32) -> Option<&ConnSnapshot> {
+        self.conns.iter().find(|c| c.id == id)
+    }
+
+    pub fn dropped(&self, reason: &str) -> u64 {
+        self.drops.dropped.get(reason).copied().unwrap_or(0)
+    }
+}

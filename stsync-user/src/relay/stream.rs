@@ -1,0 +1,257 @@
+//! A stream's publisher side: its data in (ACKed and NAKed by the receiver), stored in the
+//! stream's ring and fanned out to every viewer the kernel does not serve; its rates and
+//! the delay ramp.
+
+use super::ingest::IngestLatency;
+use super::outbox::Payload;
+use super::ring::Ring;
+use super::{playout, Relay, Role, RouteEvent, StreamConfig, StreamSnapshot, CLOCK_HEADROOM};
+use crate::srt::packet::{be32, ControlPacket, DataPacket};
+use crate::srt::receiver::Arrival;
+use crate::srt::seq::Seq;
+use std::time::Instant;
+use stsync_common::srt::{ctrl, HEADER_LEN, MAX_PAYLOAD, MSG_REXMIT_FLAG};
+use tracing::{debug, warn};
+
+/// How far back (packets) a new viewer's mapping may start before the packet that maps it.
+const MAX_ANCHOR_GAP: i32 = 64;
+/// How far a stream's applied delay moves towards a new target per sweep: 10 % of real
+/// time, so viewers' players get the stream 10 % slower (delay growing) or faster
+/// (shrinking) until it is reached, and nothing is held back, dropped or repeated.
+const DELAY_STEP_US: u32 = 10_000;
+
+/// A configured resource and its live state.
+pub(super) struct Stream {
+    pub resource: String,
+    pub publisher: Option<u32>,
+    pub viewers: Vec<u32>,
+    /// Viewers past their handshake.
+    pub viewers_connected: u64,
+    /// Bumped on every publisher change: viewers re-anchor their offsets to the new one.
+    pub epoch: u64,
+    pub ring: Option<Ring>,
+    /// Added to every timestamp the stream's viewers get (µs): their play-out is that much
+    /// later. Moves towards `delay_target_ms` by `DELAY_STEP_US` per sweep.
+    pub delay_us: u32,
+    /// The delay asked for (config.json or the HTTP API), ms.
+    pub delay_target_ms: u64,
+    /// The current publisher's ingest latency.
+    pub ingest: Option<IngestLatency>,
+    /// The delay no longer fits viewers' receive buffers at the publisher's rate (warned).
+    pub delay_too_big: bool,
+    /// As of the last sweep.
+    pub bitrate_bps: u64,
+    pub packet_rate: u64,
+    pub ingest_latency_us: u64,
+}
+
+impl Stream {
+    pub fn new(cfg: StreamConfig) -> Self {
+        Stream {
+            resource: cfg.resource,
+            publisher: None,
+            viewers: Vec::new(),
+            viewers_connected: 0,
+            epoch: 0,
+            ring: None,
+            delay_us: delay_target_us(cfg.delay_ms),
+            delay_target_ms: cfg.delay_ms,
+            ingest: None,
+            delay_too_big: false,
+            bitrate_bps: 0,
+            packet_rate: 0,
+            ingest_latency_us: 0,
+        }
+    }
+
+    pub fn snapshot(&self) -> StreamSnapshot {
+        StreamSnapshot {
+            resource: self.resource.clone(),
+            publisher: self.publisher.is_some(),
+            viewers: self.viewers_connected,
+            bitrate_bps: self.bitrate_bps,
+            packet_rate: self.packet_rate,
+            delay_target_ms: self.delay_target_ms,
+            delay_applied_us: self.delay_us.into(),
+            ingest_latency_us: self.ingest_latency_us,
+        }
+    }
+}
+
+/// A delay in ms as the µs added to timestamps.
+fn delay_target_us(ms: u64) -> u32 {
+    (ms * 1000).min(u64::from(u32::MAX)) as u32
+}
+
+/// The payload bytes of a queued data transmit.
+pub(super) fn payload(streams: &[Stream], p: Payload) -> &[u8] {
+    match p {
+        Payload::None => &[],
+        Payload::Ring { stream, slot } => streams[stream as usize]
+            .ring
+            .as_ref()
+            .map_or(&[][..], |r| r.payload(slot as usize)),
+    }
+}
+
+impl Relay {
+    pub(super) fn on_data(&mut self, now: Instant, id: u32, d: DataPacket) {
+        let conn = self.conns.get_mut(&id).expect("caller checked");
+        conn.stats.data_packets_recv += 1;
+        conn.stats.data_bytes_recv += (HEADER_LEN + d.payload.len()) as u64;
+        // The publisher's clock started `CLOCK_HEADROOM` before its handshake.
+        let publisher_young = conn.clock64(now) < 2 * CLOCK_HEADROOM.as_micros() as u64;
+        let Role::Publisher(rx) = &mut conn.role else {
+            return self.drops.drop_packet("data_from_viewer");
+        };
+        let mut fb = std::mem::take(&mut self.feedback);
+        let arrival = rx.on_data(now, d.seq, d.payload.len(), &mut fb);
+        conn.stats.data_packets_lost = rx.stats.lost;
+        conn.stats.data_bytes_lost = rx.stats.lost * MAX_PAYLOAD as u64;
+        let stream = conn.stream;
+        // Where a viewer that this packet maps starts. Only a fresh packet starts one: a
+        // recovered packet's timing is its recovery's, and the viewer's time base follows
+        // the packet that starts it. A late joiner starts at that packet: an older one
+        // would reach it too late to play (libsrt drops it, or waits for it). While the
+        // publisher is young, a viewer that waited for it starts at the oldest packet still
+        // missing (say, the very first was lost) and gets the whole stream; its clock's
+        // headroom keeps such a packet after its zero.
+        let start = (arrival == Arrival::New).then(|| {
+            rx.first_missing()
+                .filter(|m| publisher_young && m.lt(d.seq) && d.seq.diff(*m) <= MAX_ANCHOR_GAP)
+                .unwrap_or(d.seq)
+        });
+        let arrival_us = conn.clock64(now);
+        self.send_feedback(now, id, &mut fb);
+        self.feedback = fb;
+        if arrival == Arrival::Duplicate {
+            return;
+        }
+        if d.msg & MSG_REXMIT_FLAG == 0 {
+            if let Some(l) = &mut self.streams[stream].ingest {
+                l.on_packet(now, arrival_us, d.ts);
+            }
+        }
+        self.fan_out(now, stream, d, start);
+    }
+
+    /// A publisher's ACKACK (its RTT) or DROPREQ (what it gave up sending).
+    pub(super) fn on_publisher_control(&mut self, now: Instant, id: u32, c: ControlPacket) {
+        let conn = self.conns.get_mut(&id).expect("caller checked");
+        let Role::Publisher(rx) = &mut conn.role else {
+            return;
+        };
+        if c.typ == ctrl::ACKACK {
+            rx.on_ackack(now, c.info);
+            conn.stats.rtt_us = rx.rtt.rtt_us.into();
+            conn.stats.rtt_var_us = rx.rtt.var_us.into();
+            return;
+        }
+        match (be32(c.body, 0), be32(c.body, 4)) {
+            (Ok(a), Ok(b)) => rx.on_dropreq(Seq::new(a), Seq::new(b)),
+            _ => self.drops.drop_packet("malformed"),
+        }
+    }
+
+    /// Stores a publisher packet and sends it to every viewer the kernel does not serve;
+    /// a viewer not mapped yet starts at `start`, if any (see `on_data`).
+    fn fan_out(&mut self, now: Instant, stream: usize, d: DataPacket, start: Option<Seq>) {
+        let s = &mut self.streams[stream];
+        let msg = d.msg & !MSG_REXMIT_FLAG;
+        let delay = s.delay_us;
+        let slot = s
+            .ring
+            .get_or_insert_with(|| Ring::new(self.cfg.buffer_packets))
+            .insert(now, d.seq, msg, d.ts, delay, d.payload);
+        let epoch = s.epoch;
+        for &vid in &s.viewers {
+            let Some(conn) = self.conns.get_mut(&vid) else {
+                continue;
+            };
+            let clock = conn.clock64(now);
+            let Role::Viewer(v) = &mut conn.role else {
+                continue;
+            };
+            let before = v.mapping();
+            let Some((vseq, vts)) = v.map_new(epoch, d.seq, d.ts, clock as u32, start) else {
+                continue;
+            };
+            if let Some(m) = v.mapping().filter(|m| Some(*m) != before) {
+                self.events.push_back(RouteEvent::ViewerMapped {
+                    conn: vid,
+                    epoch,
+                    seq_off: m.seq_off,
+                    ts_off: m.ts_off,
+                });
+            }
+            if conn.kernel_epoch == Some(epoch) {
+                continue;
+            }
+            let vts = vts.wrapping_add(delay);
+            if playout::before_zero(clock, vts) {
+                // Only a publisher whose timestamps run backwards gets here: libsrt would
+                // hold this packet for 71 minutes. The viewer asks for it; DROPREQ.
+                debug!(
+                    conn = vid,
+                    "not sent: timestamp before the viewer's clock started"
+                );
+                continue;
+            }
+            self.out.push_data(
+                conn.peer,
+                vseq,
+                msg,
+                vts,
+                conn.peer_id,
+                Payload::Ring {
+                    stream: stream as u32,
+                    slot: slot as u32,
+                },
+            );
+            conn.last_sent = now;
+            conn.stats.sent_data(HEADER_LEN + d.payload.len());
+        }
+    }
+
+    /// Stream `i`'s rates and ingest latency from its publisher, and one step of its delay
+    /// towards the target.
+    pub(super) fn sweep_stream(&mut self, i: usize) {
+        let latency_ms = self.cfg.latency.as_millis() as u64;
+        let s = &self.streams[i];
+        let rx = self.publisher_rx(s);
+        let bitrate_bps = rx.map_or(0, |rx| u64::from(rx.byte_rate()) * 8);
+        let packet_rate = rx.map_or(0, |rx| rx.packet_rate().into());
+        let ingest = match (rx, &s.ingest) {
+            (Some(rx), Some(l)) => l.estimate_us(rx.rtt.rtt_us),
+            _ => 0,
+        };
+        let s = &mut self.streams[i];
+        s.bitrate_bps = bitrate_bps;
+        s.packet_rate = packet_rate;
+        s.ingest_latency_us = ingest;
+        // A delay accepted at a lower rate may not fit once a faster publisher arrives:
+        // say so (viewers' buffers overflow and libsrt drops), once per episode.
+        match crate::delay::check(s.delay_target_ms, packet_rate, latency_ms) {
+            Err(why) if !s.delay_too_big => {
+                warn!(resource = %s.resource, "stream delay too large for its rate: {why}");
+                s.delay_too_big = true;
+            }
+            Ok(()) => s.delay_too_big = false,
+            Err(_) => {}
+        }
+        let target = delay_target_us(s.delay_target_ms);
+        if s.delay_us != target {
+            s.delay_us = if s.viewers.is_empty() {
+                target
+            } else if target > s.delay_us {
+                target.min(s.delay_us + DELAY_STEP_US)
+            } else {
+                target.max(s.delay_us.saturating_sub(DELAY_STEP_US))
+            };
+            self.events.push_back(RouteEvent::StreamDelay {
+                resource: s.resource.clone(),
+                delay_us: s.delay_us,
+            });
+        }
+    }
+}
