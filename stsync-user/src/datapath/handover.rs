@@ -231,3 +231,164 @@ impl Handover {
         table.set_viewer(self.viewers[&conn].slot, &e);
     }
 }
+
+/// The program's viewer table as plain memory, for tests of the handover and of the relay
+/// with it: what the kernel would read, every write in order, and writes that fail on ask.
+#[cfg(test)]
+#[derive(Default)]
+pub struct TestTable {
+    pub routes: HashMap<u32, Route>,
+    pub entries: HashMap<u32, ViewerEntry>,
+    /// (slot, active flag) of every write.
+    pub writes: Vec<(u32, u32)>,
+    pub fail_writes: bool,
+}
+
+#[cfg(test)]
+impl ViewerTable for TestTable {
+    fn route(&self, conn: u32) -> Option<Route> {
+        self.routes.get(&conn).copied()
+    }
+
+    fn set_viewer(&mut self, slot: u32, e: &ViewerEntry) -> bool {
+        if self.fail_writes {
+            return false;
+        }
+        self.writes.push((slot, e.active));
+        self.entries.insert(slot, *e);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONN: u32 = 7;
+    const SLOT: u32 = 1030;
+
+    fn route(ifindex: u32, mac_end: u8) -> Route {
+        Route {
+            ifindex,
+            viewer_mac: [2, 0, 0, 0, 0, mac_end],
+            ..Default::default()
+        }
+    }
+
+    fn offsets(epoch: u64) -> Offsets {
+        Offsets {
+            epoch,
+            seq_off: 100 * epoch as u32,
+            ts_off: 1_000 * epoch as u32,
+        }
+    }
+
+    fn reports(h: &mut Handover) -> Vec<KernelReport> {
+        std::iter::from_fn(|| h.poll_report()).collect()
+    }
+
+    fn serving(epoch: Option<u64>) -> KernelReport {
+        KernelReport::Serving { conn: CONN, epoch }
+    }
+
+    #[test]
+    fn a_viewer_moves_to_the_kernel_once_mapped_and_routed_flag_last() {
+        let t0 = Instant::now();
+        let (mut h, mut table) = (Handover::new(false), TestTable::default());
+        h.add(CONN, 1, SLOT, 0x55);
+        // A route alone moves nothing: the kernel has no offsets to rewrite with.
+        table.routes.insert(CONN, route(3, 1));
+        h.learned([CONN], &mut table);
+        assert!(reports(&mut h).is_empty() && table.writes.is_empty());
+        // Mapped without a route: it waits, and the datapath polls fast meanwhile.
+        table.routes.clear();
+        h.mapped(t0, CONN, offsets(1), &mut table);
+        assert!(reports(&mut h).is_empty());
+        assert!(h.hurried(t0 + Duration::from_millis(10)));
+        assert!(!h.hurried(t0 + FAST_FOR), "not forever");
+        // Its route learned: served, the entry written whole before its flag.
+        table.routes.insert(CONN, route(3, 1));
+        h.learned([CONN], &mut table);
+        assert_eq!(reports(&mut h), vec![serving(Some(1))]);
+        assert_eq!(table.writes, vec![(SLOT, 0), (SLOT, 1)]);
+        let e = table.entries[&SLOT];
+        assert_eq!(
+            (e.epoch, e.conn, e.peer_id, e.seq_off, e.ts_off, e.route),
+            (1, CONN, 0x55, 100, 1_000, route(3, 1))
+        );
+        assert!(!h.hurried(t0 + Duration::from_millis(10)));
+        // Learned again (the once-a-second sweep): nothing changes.
+        h.learned([CONN], &mut table);
+        assert!(reports(&mut h).is_empty());
+        assert_eq!(table.writes.len(), 2);
+    }
+
+    #[test]
+    fn a_new_publisher_or_route_takes_it_back_until_both_hold_again() {
+        let t0 = Instant::now();
+        let (mut h, mut table) = (Handover::new(false), TestTable::default());
+        h.add(CONN, 1, SLOT, 0x55);
+        table.routes.insert(CONN, route(3, 1));
+        h.mapped(t0, CONN, offsets(1), &mut table);
+        assert_eq!(reports(&mut h), vec![serving(Some(1))]);
+        // A takeover: the old entry's flag cleared (nothing else changes), then the new
+        // epoch's entry.
+        table.writes.clear();
+        h.mapped(t0, CONN, offsets(2), &mut table);
+        assert_eq!(reports(&mut h), vec![serving(None), serving(Some(2))]);
+        assert_eq!(table.writes, vec![(SLOT, 0), (SLOT, 0), (SLOT, 1)]);
+        assert_eq!(table.entries[&SLOT].seq_off, 200);
+        // The next hop's MAC changed: back to userspace, then served on the new route.
+        table.routes.insert(CONN, route(3, 2));
+        h.refresh_routes(&mut table);
+        assert_eq!(reports(&mut h), vec![serving(None), serving(Some(2))]);
+        assert_eq!(table.entries[&SLOT].route, route(3, 2));
+        // A route that stays the same is left alone.
+        h.refresh_routes(&mut table);
+        assert!(reports(&mut h).is_empty());
+        // Removed: its slot is handed back, nothing is reported (the relay removed it).
+        assert_eq!(h.remove(CONN), Some((1, SLOT)));
+        h.learned([CONN], &mut table);
+        assert!(reports(&mut h).is_empty());
+    }
+
+    #[test]
+    fn a_viewer_on_this_host_of_a_remote_publisher_stays_in_userspace() {
+        let t0 = Instant::now();
+        let lo = route(LOOPBACK_IFINDEX, 1);
+        let mut table = TestTable::default();
+        table.routes.insert(CONN, lo);
+        let mut h = Handover::new(false);
+        h.add(CONN, 1, SLOT, 0x55);
+        h.mapped(t0, CONN, offsets(1), &mut table);
+        assert!(reports(&mut h).is_empty() && table.writes.is_empty());
+        assert!(!h.hurried(t0), "given up on, not polled for");
+        // Its publisher on this host too: `lo` carries both, the kernel serves it.
+        h.set_publisher_local(1, true);
+        h.mapped(t0, CONN, offsets(2), &mut table);
+        assert_eq!(reports(&mut h), vec![serving(Some(2))]);
+        // Or any publisher, once `lo` accepts local sources.
+        let mut h = Handover::new(true);
+        h.add(CONN, 1, SLOT, 0x55);
+        h.mapped(t0, CONN, offsets(1), &mut table);
+        assert_eq!(reports(&mut h), vec![serving(Some(1))]);
+    }
+
+    #[test]
+    fn a_table_that_refuses_writes_leaves_the_viewer_to_userspace() {
+        let t0 = Instant::now();
+        let mut table = TestTable {
+            fail_writes: true,
+            ..Default::default()
+        };
+        table.routes.insert(CONN, route(3, 1));
+        let mut h = Handover::new(false);
+        h.add(CONN, 1, SLOT, 0x55);
+        h.mapped(t0, CONN, offsets(1), &mut table);
+        assert!(reports(&mut h).is_empty());
+        // Tried again with the next learned route once writes work.
+        table.fail_writes = false;
+        h.learned([CONN], &mut table);
+        assert_eq!(reports(&mut h), vec![serving(Some(1))]);
+    }
+}
