@@ -23,13 +23,15 @@ mod retransmit;
 pub mod ring;
 mod stats;
 mod stream;
+mod transmits;
 pub mod viewer;
 
 pub use io::{Command, CommandError, KernelAcks, KernelReport, Reply, RouteEvent};
 pub use keys::{Denied, SessionKeys, TooMany, MAX_KEYS_PER_STREAM};
-pub use outbox::{Datagram, Outbox, Transmits};
+pub use outbox::Outbox;
 pub use per_address::AddressLimits;
 pub use stats::{ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot};
+pub use transmits::{Datagram, Transmits};
 
 use crate::srt::cookie::CookieJar;
 use crate::srt::loss::LossList;
