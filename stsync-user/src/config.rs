@@ -10,40 +10,40 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    #[serde(default = "d::srt_listen")]
+    #[serde(default = "defaults::srt_listen")]
     pub srt_listen: SocketAddr,
-    #[serde(default = "d::http_listen")]
+    #[serde(default = "defaults::http_listen")]
     pub http_listen: SocketAddr,
     /// The relay's own TSBPD latency; each connection uses the larger of this and the peer's.
-    #[serde(default = "d::latency_ms")]
+    #[serde(default = "defaults::latency_ms")]
     pub latency_ms: u16,
     /// Packets kept per stream for retransmission.
-    #[serde(default = "d::buffer_packets")]
+    #[serde(default = "defaults::buffer_packets")]
     pub buffer_packets: u32,
-    #[serde(default = "d::session_ttl_secs")]
+    #[serde(default = "defaults::session_ttl_secs")]
     pub session_ttl_secs: u64,
-    #[serde(default = "d::idle_timeout_ms")]
+    #[serde(default = "defaults::idle_timeout_ms")]
     pub idle_timeout_ms: u64,
-    #[serde(default = "d::max_connections")]
+    #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
-    #[serde(default = "d::max_viewers_per_stream")]
+    #[serde(default = "defaults::max_viewers_per_stream")]
     pub max_viewers_per_stream: usize,
     /// Open SRT connections from one source address.
-    #[serde(default = "d::max_connections_per_ip")]
+    #[serde(default = "defaults::max_connections_per_ip")]
     pub max_connections_per_ip: usize,
     /// Handshake conclusions per second from one source address (bursts of twice this).
-    #[serde(default = "d::handshakes_per_ip_per_sec")]
+    #[serde(default = "defaults::handshakes_per_ip_per_sec")]
     pub handshakes_per_ip_per_sec: u32,
     /// An HTTP request head must be complete this long after the server starts waiting for
     /// it (connection accepted, or the previous response sent); else the connection closes.
-    #[serde(default = "d::http_header_timeout_ms")]
+    #[serde(default = "defaults::http_header_timeout_ms")]
     pub http_header_timeout_ms: u64,
     /// An HTTP connection that moves no byte either way for this long closes (a stalled
     /// body upload, a client that does not read its response).
-    #[serde(default = "d::http_idle_timeout_ms")]
+    #[serde(default = "defaults::http_idle_timeout_ms")]
     pub http_idle_timeout_ms: u64,
     /// On SIGTERM/SIGINT, HTTP connections still open this long after the signal are closed.
-    #[serde(default = "d::http_shutdown_timeout_ms")]
+    #[serde(default = "defaults::http_shutdown_timeout_ms")]
     pub http_shutdown_timeout_ms: u64,
     pub streams: Vec<StreamConfig>,
 }
@@ -60,7 +60,8 @@ pub struct StreamConfig {
     pub delay_ms: u64,
 }
 
-mod d {
+/// What config.json's optional fields default to (the README's table says the same).
+mod defaults {
     use std::net::SocketAddr;
     pub fn srt_listen() -> SocketAddr {
         "0.0.0.0:9999".parse().unwrap()
