@@ -6,7 +6,7 @@
 //! through the userspace path it holds. Which viewers the kernel serves is decided in
 //! `handover.rs`; the program and its maps are `kernel.rs`.
 
-use super::handover::{Handover, Offsets, ViewerTable};
+use super::handover::{Handover, ViewerTable};
 use super::kernel::{
     instant_to_ns, interfaces_up, monotonic_ns, ns_to_instant, raw_ip, raw_port, v4, Kernel,
     KernelError,
@@ -392,18 +392,8 @@ impl Datapath for EbpfDatapath {
                 peer_id,
                 start,
             } => self.viewer_added(*conn, resource, *peer, *peer_id, *start),
-            RouteEvent::ViewerMapped {
-                conn,
-                epoch,
-                seq_off,
-                ts_off,
-            } => {
-                let m = Offsets {
-                    epoch: *epoch,
-                    seq_off: *seq_off,
-                    ts_off: *ts_off,
-                };
-                self.handover.mapped(now, *conn, m, &mut self.kernel);
+            RouteEvent::ViewerMapped { conn, offsets } => {
+                self.handover.mapped(now, *conn, *offsets, &mut self.kernel)
             }
             RouteEvent::ViewerRemoved { conn } => self.viewer_removed(*conn),
             RouteEvent::StreamDelay { resource, delay_us } => {

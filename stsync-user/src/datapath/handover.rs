@@ -18,7 +18,7 @@
 //!    └──── removed (any state) ◀─────────────────────────────────┘
 //! ```
 
-use crate::relay::KernelReport;
+use crate::relay::{KernelReport, Offsets};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use stsync_common::maps::{Route, ViewerEntry, LOOPBACK_IFINDEX};
@@ -33,14 +33,6 @@ pub trait ViewerTable {
     fn route(&self, conn: u32) -> Option<Route>;
     /// Writes slot `slot`; false if the write failed.
     fn set_viewer(&mut self, slot: u32, e: &ViewerEntry) -> bool;
-}
-
-/// A viewer's offsets for one publisher epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Offsets {
-    pub epoch: u64,
-    pub seq_off: u32,
-    pub ts_off: u32,
 }
 
 struct Viewer {

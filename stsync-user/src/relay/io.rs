@@ -22,9 +22,7 @@ pub enum RouteEvent {
     /// The viewer's offsets for the stream's current publisher.
     ViewerMapped {
         conn: u32,
-        epoch: u64,
-        seq_off: u32,
-        ts_off: u32,
+        offsets: Offsets,
     },
     ViewerRemoved {
         conn: u32,
@@ -39,6 +37,16 @@ pub enum RouteEvent {
         resource: String,
         delay_us: u32,
     },
+}
+
+/// How a viewer's packets are numbered and timed, for one publisher epoch: viewer seq =
+/// (publisher seq + `seq_off`) & 0x7FFF_FFFF, viewer timestamp = publisher timestamp +
+/// `ts_off` (wrapping; the stream's delay comes on top).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offsets {
+    pub epoch: u64,
+    pub seq_off: u32,
+    pub ts_off: u32,
 }
 
 /// What the kernel fast path did, for [`Relay::handle_kernel`](super::Relay::handle_kernel).

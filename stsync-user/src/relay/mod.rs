@@ -26,7 +26,7 @@ mod stream;
 mod transmits;
 pub mod viewer;
 
-pub use io::{Command, CommandError, KernelAcks, KernelReport, Reply, RouteEvent};
+pub use io::{Command, CommandError, KernelAcks, KernelReport, Offsets, Reply, RouteEvent};
 pub use keys::{Denied, SessionKeys, TooMany, MAX_KEYS_PER_STREAM};
 pub use outbox::Outbox;
 pub use per_address::AddressLimits;

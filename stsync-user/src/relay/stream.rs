@@ -5,7 +5,9 @@
 use super::ingest::IngestLatency;
 use super::outbox::Payload;
 use super::ring::Ring;
-use super::{playout, Relay, Role, RouteEvent, StreamConfig, StreamSnapshot, CLOCK_HEADROOM};
+use super::{
+    playout, Offsets, Relay, Role, RouteEvent, StreamConfig, StreamSnapshot, CLOCK_HEADROOM,
+};
 use crate::srt::packet::{be32, ControlPacket, DataPacket};
 use crate::srt::receiver::Arrival;
 use crate::srt::seq::Seq;
@@ -177,12 +179,13 @@ impl Relay {
                 continue;
             };
             if let Some(m) = v.mapping().filter(|m| Some(*m) != before) {
-                self.events.push_back(RouteEvent::ViewerMapped {
-                    conn: vid,
+                let offsets = Offsets {
                     epoch,
                     seq_off: m.seq_off,
                     ts_off: m.ts_off,
-                });
+                };
+                self.events
+                    .push_back(RouteEvent::ViewerMapped { conn: vid, offsets });
             }
             if conn.kernel_epoch == Some(epoch) {
                 continue;

@@ -1546,7 +1546,7 @@ fn an_ack_that_stops_at_an_old_packet_gets_it_resent() {
 /// it. A new publisher takes the viewer back to userspace until it is mapped again.
 #[test]
 fn kernel_handover_and_a_nak_for_a_packet_the_relay_has_not_read_yet() {
-    use crate::datapath::handover::{Handover, Offsets, TestTable};
+    use crate::datapath::handover::{Handover, TestTable};
     use stsync_common::maps::Route;
     let mut w = World::new();
     let mut v = Caller::new(1001, 5000);
@@ -1560,19 +1560,7 @@ fn kernel_handover_and_a_nak_for_a_packet_the_relay_has_not_read_yet() {
         while let Some(ev) = w.relay.poll_event() {
             match ev {
                 RouteEvent::ViewerAdded { conn, peer_id, .. } => h.add(conn, 0, SLOT, peer_id),
-                RouteEvent::ViewerMapped {
-                    conn,
-                    epoch,
-                    seq_off,
-                    ts_off,
-                } => {
-                    let m = Offsets {
-                        epoch,
-                        seq_off,
-                        ts_off,
-                    };
-                    h.mapped(w.now, conn, m, table)
-                }
+                RouteEvent::ViewerMapped { conn, offsets } => h.mapped(w.now, conn, offsets, table),
                 _ => {}
             }
         }
