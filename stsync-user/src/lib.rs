@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod alloc_count;
+pub mod api;
 pub mod clients;
 pub mod config;
 pub mod datapath;
