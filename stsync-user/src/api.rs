@@ -1,9 +1,13 @@
-//! The HTTP API's bodies as types, for the server's handlers and for clients.
+//! The HTTP API's bodies as types, for the server's handlers and for [`client::Client`].
 //!
 //! Fields are in alphabetical order: the handlers built these bodies with `json!`, whose
 //! maps sort their keys, so this order keeps the bytes on the wire what they were.
 //! Responses accept fields they do not know (a newer relay may add some); request bodies
 //! refuse them, as the handlers do, so a typo is an error instead of a silent no-op.
+
+pub mod client;
+
+pub use client::{ApiError, Client};
 
 use serde::{Deserialize, Serialize};
 
