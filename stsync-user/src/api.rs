@@ -6,6 +6,7 @@
 //! refuse them, as the handlers do, so a typo is an error instead of a silent no-op.
 
 pub mod client;
+pub mod metrics;
 
 pub use client::{ApiError, Client};
 

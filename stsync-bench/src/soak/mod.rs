@@ -302,7 +302,7 @@ fn scrape(http: SocketAddr) -> (Option<RelayMetrics>, f64) {
     let t = Instant::now();
     let m = crate::http::metrics(None, http)
         .ok()
-        .map(|body| RelayMetrics::parse(&body));
+        .and_then(|body| RelayMetrics::parse(&body).ok());
     (m, t.elapsed().as_secs_f64() * 1e3)
 }
 

@@ -108,7 +108,7 @@ impl Client {
         json(req.send_json(SetDelay { delay_ms })?)
     }
 
-    /// `GET /v1/metrics`: the Prometheus text.
+    /// `GET /v1/metrics`: the Prometheus text (see [`super::metrics`] to read it).
     pub fn metrics_text(&self) -> Result<String, ApiError> {
         let resp = self.request("GET", "/v1/metrics").call()?;
         let mut text = String::new();
