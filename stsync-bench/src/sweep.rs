@@ -575,9 +575,7 @@ fn start_relay(o: &SweepOpts, kind: &str, dir: &Path, tag: &str) -> Result<Relay
             };
             bail!("relay --datapath {kind} exited ({status}): {why}");
         }
-        if crate::http::request(Some(NS_PUB), http, "GET", "/v1/health", None)
-            .is_ok_and(|(s, _)| s == 200)
-        {
+        if crate::http::healthy(Some(NS_PUB), http) {
             break;
         }
         if Instant::now() > deadline {
@@ -681,13 +679,7 @@ fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Po
         std::thread::sleep(Duration::from_millis(100));
     };
     // The relay's own view (drops, per-connection counters), for diagnosis.
-    if let Ok((200, body)) = crate::http::request(
-        Some(NS_PUB),
-        format!("{RELAY_PUB}:9998").parse()?,
-        "GET",
-        "/metrics",
-        None,
-    ) {
+    if let Ok(body) = crate::http::metrics(Some(NS_PUB), format!("{RELAY_PUB}:9998").parse()?) {
         let keep: String = body
             .lines()
             .filter(|l| !l.starts_with("srt_connection_"))

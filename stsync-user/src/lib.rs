@@ -1,6 +1,7 @@
 //! stsync-proxy: a live SRT relay. See the README for what it does and how to run it.
 
 pub mod alloc_count;
+pub mod api;
 pub mod clients;
 pub mod config;
 pub mod datapath;

@@ -108,9 +108,8 @@ mod session {
     //! `stsync-proxy session`: a key from the running relay, and the commands that use it.
     use super::{Cmd, SessionMode};
     use anyhow::{bail, Context};
-    use std::io::{Read, Write};
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-    use std::time::Duration;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use stsync_user::api::Client;
     use stsync_user::clients::{invocations, Target};
     use stsync_user::config::Config;
     use stsync_user::srt::streamid::{normalize_hex, Mode};
@@ -192,30 +191,12 @@ mod session {
         String::from_utf8(buf[..end].to_vec()).ok()
     }
 
-    /// `POST /v1/streams/:id/sessions` over plain HTTP/1.1.
+    /// `POST /v1/streams/:id/sessions`: the new key.
     fn mint(http: SocketAddr, resource: &str, token: &str) -> anyhow::Result<String> {
-        let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(3))
-            .with_context(|| format!("cannot reach the relay's HTTP API at {http}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            s,
-            "POST /v1/streams/{resource}/sessions HTTP/1.1\r\nHost: {http}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-        let status = head.split(' ').nth(1).unwrap_or("?");
-        let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
-        if status != "201" {
-            bail!(
-                "the relay answered {status}: {}",
-                v["error"].as_str().unwrap_or(body.trim())
-            );
-        }
-        v["session_id"]
-            .as_str()
-            .map(str::to_string)
-            .context("no session_id in the relay's answer")
+        let created = Client::for_addr(http, Some(token))
+            .create_session(resource)
+            .with_context(|| format!("minting a key for stream {resource} at {http}"))?;
+        Ok(created.session_id)
     }
 }
 

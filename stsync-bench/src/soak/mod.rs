@@ -281,8 +281,7 @@ fn start_relay(
                 log_tail(log_path, 10)
             );
         }
-        if crate::http::request(None, http, "GET", "/v1/health", None).is_ok_and(|(s, _)| s == 200)
-        {
+        if crate::http::healthy(None, http) {
             return Ok(relay);
         }
         if Instant::now() > deadline {
@@ -301,10 +300,9 @@ fn count_fds(pid: u32) -> Option<u64> {
 
 fn scrape(http: SocketAddr) -> (Option<RelayMetrics>, f64) {
     let t = Instant::now();
-    let m = match crate::http::request(None, http, "GET", "/v1/metrics", None) {
-        Ok((200, body)) => Some(RelayMetrics::parse(&body)),
-        _ => None,
-    };
+    let m = crate::http::metrics(None, http)
+        .ok()
+        .and_then(|body| RelayMetrics::parse(&body).ok());
     (m, t.elapsed().as_secs_f64() * 1e3)
 }
 

@@ -3,99 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use stsync_user::api::metrics::{ParseError, Scrape};
 use stsync_user::srt::packet::encode_loss;
 use stsync_user::srt::seq::Seq;
 
 // ---------------------------------------------------------------------------------------
 // Prometheus text
-
-/// One sample line of Prometheus' text format.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PromSample {
-    pub name: String,
-    pub labels: Vec<(String, String)>,
-    pub value: f64,
-}
-
-impl PromSample {
-    pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Every sample line of a Prometheus text exposition (comments and malformed lines skipped).
-pub fn parse_prom(text: &str) -> Vec<PromSample> {
-    text.lines().filter_map(parse_prom_line).collect()
-}
-
-fn parse_prom_line(line: &str) -> Option<PromSample> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
-    let name = line[..name_end].to_string();
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if let Some(r) = rest.strip_prefix('{') {
-        let mut chars = r.char_indices().peekable();
-        let mut end = None;
-        loop {
-            // key
-            while chars
-                .peek()
-                .is_some_and(|(_, c)| *c == ',' || c.is_whitespace())
-            {
-                chars.next();
-            }
-            match chars.peek() {
-                Some((i, '}')) => {
-                    end = Some(*i);
-                    break;
-                }
-                None => break,
-                _ => {}
-            }
-            let mut key = String::new();
-            for (_, c) in chars.by_ref() {
-                if c == '=' {
-                    break;
-                }
-                key.push(c);
-            }
-            if chars.next().map(|(_, c)| c) != Some('"') {
-                return None;
-            }
-            let mut val = String::new();
-            loop {
-                match chars.next()? {
-                    (_, '\\') => match chars.next()?.1 {
-                        'n' => val.push('\n'),
-                        c => val.push(c),
-                    },
-                    (_, '"') => break,
-                    (_, c) => val.push(c),
-                }
-            }
-            labels.push((key.trim().to_string(), val));
-        }
-        rest = &r[end? + 1..];
-    }
-    let value = rest.split_whitespace().next()?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
-    };
-    Some(PromSample {
-        name,
-        labels,
-        value,
-    })
-}
 
 /// Per-connection counters of the relay (`id` label = the relay's SRT socket ID).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -121,9 +34,9 @@ pub struct RelayMetrics {
 }
 
 impl RelayMetrics {
-    pub fn parse(text: &str) -> RelayMetrics {
+    pub fn parse(text: &str) -> Result<RelayMetrics, ParseError> {
         let mut m = RelayMetrics::default();
-        for s in parse_prom(text) {
+        for s in Scrape::parse(text)?.samples() {
             let id = || s.label("id").and_then(|v| v.parse::<u32>().ok());
             match s.name.as_str() {
                 "srt_connections_current" => {
@@ -160,7 +73,7 @@ impl RelayMetrics {
                 _ => {}
             }
         }
-        m
+        Ok(m)
     }
 
     pub fn current(&self, mode: &str) -> Option<u64> {
@@ -707,17 +620,18 @@ stsync_datapath{kind="ebpf"} 0
 stsync_datapath{kind="userspace"} 1
 stsync_heap_allocations_total 123456
 weird{a="x\"y,z}",b="w"} +Inf 1700000000
-not a sample line {
 "#;
 
     #[test]
     fn parses_the_relays_metrics() {
-        let all = parse_prom(METRICS);
-        let w = all.iter().find(|s| s.name == "weird").unwrap();
+        let all = Scrape::parse(METRICS).unwrap();
+        let w = all.matching("weird", &[]).next().unwrap();
         assert_eq!(w.label("a"), Some("x\"y,z}"));
         assert_eq!(w.label("b"), Some("w"));
         assert_eq!(w.value, f64::INFINITY);
-        let m = RelayMetrics::parse(METRICS);
+        // A malformed line fails the scrape (counted as a failed one), not just that line.
+        assert!(RelayMetrics::parse(&format!("{METRICS}not a sample line {{\n")).is_err());
+        let m = RelayMetrics::parse(METRICS).unwrap();
         assert_eq!(m.current("handshake"), Some(3));
         assert_eq!(m.current("request"), Some(27));
         assert_eq!(m.current("publish"), Some(1));
@@ -733,15 +647,16 @@ not a sample line {
     #[test]
     fn connection_deltas_follow_each_id() {
         let mut d = ConnDeltas::default();
-        let m1 = RelayMetrics::parse("srt_connection_data_bytes_sent{id=\"1\"} 100\n");
+        let m1 = RelayMetrics::parse("srt_connection_data_bytes_sent{id=\"1\"} 100\n").unwrap();
         assert_eq!(d.step(&m1, &[1, 2]).data_bytes_sent, 100.0);
         // 1 grew by 50, 2 appeared with 30, 3 is not asked for.
         let m2 = RelayMetrics::parse(
             "srt_connection_data_bytes_sent{id=\"1\"} 150\nsrt_connection_data_bytes_sent{id=\"2\"} 30\nsrt_connection_data_bytes_sent{id=\"3\"} 999\n",
-        );
+        )
+        .unwrap();
         assert_eq!(d.step(&m2, &[1, 2]).data_bytes_sent, 80.0);
         // 1 is gone (closed): nothing from it, nothing negative.
-        let m3 = RelayMetrics::parse("srt_connection_data_bytes_sent{id=\"2\"} 40\n");
+        let m3 = RelayMetrics::parse("srt_connection_data_bytes_sent{id=\"2\"} 40\n").unwrap();
         assert_eq!(d.step(&m3, &[1, 2]).data_bytes_sent, 10.0);
     }
 

@@ -1,4 +1,4 @@
-//! Temp dirs (under cargo's per-target tmp dir).
+//! Temp dirs (under cargo's per-target tmp dir) and the tool paths tests run.
 
 use super::*;
 
@@ -41,28 +41,35 @@ pub(crate) fn which(prog: &str) -> PathBuf {
     panic!("{prog} not found in PATH (apt-get install ffmpeg srt-tools pv)");
 }
 
-/// A directory removed on drop; kept (and its path printed) when the test panicked.
-pub struct TempDir {
-    pub path: PathBuf,
-}
+/// A directory removed on drop (by `tempfile`); kept, and its path printed, when the test
+/// panicked, so its logs and captures can be read.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let path = tmp_root().join(unique(tag));
-        fs::create_dir_all(&path).expect("create temp dir");
-        TempDir { path }
+        let root = tmp_root();
+        fs::create_dir_all(&root).expect("create temp root");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{tag}-"))
+            .tempdir_in(root)
+            .expect("create temp dir");
+        TempDir(dir)
     }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
     pub fn file(&self, name: &str) -> PathBuf {
-        self.path.join(name)
+        self.path().join(name)
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("[harness] test failed; kept {}", self.path.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.path);
+            self.0.disable_cleanup(true);
+            eprintln!("[harness] test failed; kept {}", self.path().display());
         }
     }
 }

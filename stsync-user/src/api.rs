@@ -1,0 +1,227 @@
+//! The HTTP API's bodies as types, for the server's handlers and for [`client::Client`].
+//!
+//! Fields are in alphabetical order: the handlers built these bodies with `json!`, whose
+//! maps sort their keys, so this order keeps the bytes on the wire what they were.
+//! Responses accept fields they do not know (a newer relay may add some); request bodies
+//! refuse them, as the handlers do, so a typo is an error instead of a silent no-op.
+
+pub mod client;
+pub mod metrics;
+
+pub use client::{ApiError, Client};
+
+use serde::{Deserialize, Serialize};
+
+/// `Content-Type` of `GET /metrics` and `GET /v1/metrics` (Prometheus text format 0.0.4).
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// Body of `POST /v1/streams/{id}/sessions`: empty, or `{}` (no parameters yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {}
+
+/// 201 answer to `POST /v1/streams/{id}/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCreated {
+    /// The stream the key is for: its id as configured (lowercase hex, no leading zeros).
+    pub resource_id: String,
+    /// The session key (16 hex characters) that goes in the SRT stream ID as `s=`.
+    pub session_id: String,
+}
+
+/// One entry of `GET /v1/streams` (an array of these, one per configured stream).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    /// Publisher data rate over the last measurement interval, bit/s.
+    pub bitrate_bps: u64,
+    /// The delay viewers get now, ms; it moves towards `delay_ms` gradually.
+    pub delay_applied_ms: u64,
+    /// The delay the operator asked for (config.json or `PUT .../delay`), ms.
+    pub delay_ms: u64,
+    /// The stream's id (hex).
+    pub id: String,
+    /// Estimated latency from the publisher to the relay, ms (0 without a publisher).
+    pub ingest_latency_ms: f64,
+    /// The stream's name from config.json.
+    pub name: String,
+    /// Whether a publisher is connected.
+    pub publisher: bool,
+    /// Connected viewers.
+    pub viewers: u64,
+}
+
+/// Body of `PUT /v1/streams/{id}/delay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetDelay {
+    /// The new delay, ms (at most 30000, and what the viewers' buffers hold at the
+    /// stream's rate; otherwise 422).
+    pub delay_ms: u64,
+}
+
+/// Answer to `GET` and `PUT /v1/streams/{id}/delay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delay {
+    /// The delay viewers get now, ms.
+    pub delay_applied_ms: u64,
+    /// The delay asked for, ms.
+    pub delay_ms: u64,
+    /// The stream's id (hex).
+    pub id: String,
+}
+
+/// Answer to `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `"ok"` whenever the relay answers at all.
+    pub status: String,
+}
+
+impl Health {
+    pub fn ok() -> Health {
+        Health {
+            status: "ok".into(),
+        }
+    }
+}
+
+/// Body of every error answer, whatever its status and whoever refused the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Why, for a person (e.g. `"invalid token"`).
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::DeserializeOwned;
+    use std::fmt::Debug;
+
+    /// `json` (written as the relay sends it) decodes to `value` and encodes back to the
+    /// same bytes.
+    fn round_trip<T>(json: &str, value: T)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        let decoded: T = serde_json::from_str(json).expect(json);
+        assert_eq!(decoded, value, "{json}");
+        assert_eq!(serde_json::to_string(&value).unwrap(), json);
+    }
+
+    #[test]
+    fn api_session_created() {
+        round_trip(
+            r#"{"resource_id":"1","session_id":"91bf7a9ed500c8ce"}"#,
+            SessionCreated {
+                resource_id: "1".into(),
+                session_id: "91bf7a9ed500c8ce".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn api_create_session_is_empty() {
+        round_trip("{}", CreateSession {});
+        assert!(serde_json::from_str::<CreateSession>(r#"{"encrypt": true}"#).is_err());
+    }
+
+    #[test]
+    fn api_stream_listing() {
+        round_trip(
+            concat!(
+                r#"[{"bitrate_bps":4000000,"delay_applied_ms":120,"delay_ms":180,"id":"1","#,
+                r#""ingest_latency_ms":0.4,"name":"Main stage","publisher":true,"viewers":2},"#,
+                r#"{"bitrate_bps":0,"delay_applied_ms":0,"delay_ms":0,"id":"2","#,
+                r#""ingest_latency_ms":0.0,"name":"Stream two","publisher":false,"viewers":0}]"#
+            ),
+            vec![
+                StreamInfo {
+                    bitrate_bps: 4_000_000,
+                    delay_applied_ms: 120,
+                    delay_ms: 180,
+                    id: "1".into(),
+                    ingest_latency_ms: 0.4,
+                    name: "Main stage".into(),
+                    publisher: true,
+                    viewers: 2,
+                },
+                StreamInfo {
+                    bitrate_bps: 0,
+                    delay_applied_ms: 0,
+                    delay_ms: 0,
+                    id: "2".into(),
+                    ingest_latency_ms: 0.0,
+                    name: "Stream two".into(),
+                    publisher: false,
+                    viewers: 0,
+                },
+            ],
+        );
+    }
+
+    #[test]
+    fn api_delay() {
+        round_trip(
+            r#"{"delay_applied_ms":0,"delay_ms":180,"id":"1"}"#,
+            Delay {
+                delay_applied_ms: 0,
+                delay_ms: 180,
+                id: "1".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn api_set_delay_takes_exactly_delay_ms() {
+        round_trip(r#"{"delay_ms":750}"#, SetDelay { delay_ms: 750 });
+        for bad in [
+            r#"{"delay": 100}"#,
+            r#"{"delay_ms": -5}"#,
+            r#"{"delay_ms": 1.5}"#,
+            r#"{"delay_ms": 100, "extra": 1}"#,
+            r#"{"delay_ms": 100, "delay_ms": 200}"#,
+        ] {
+            assert!(serde_json::from_str::<SetDelay>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn api_health() {
+        round_trip(r#"{"status":"ok"}"#, Health::ok());
+    }
+
+    #[test]
+    fn api_error_body() {
+        round_trip(
+            r#"{"error":"invalid token"}"#,
+            ErrorBody {
+                error: "invalid token".into(),
+            },
+        );
+    }
+
+    /// What the handlers build today with `json!` encodes exactly as the types do.
+    #[test]
+    fn api_types_match_the_handlers_json() {
+        let ingest_latency_us: u64 = 400;
+        let listed = serde_json::json!([{
+            "id": "1",
+            "name": "Main stage",
+            "publisher": true,
+            "viewers": 2u64,
+            "bitrate_bps": 4_000_000u64,
+            "delay_ms": 180u64,
+            "delay_applied_ms": 120u64,
+            "ingest_latency_ms": ingest_latency_us as f64 / 1e3,
+        }]);
+        let typed: Vec<StreamInfo> = serde_json::from_value(listed.clone()).unwrap();
+        assert_eq!(serde_json::to_string(&typed).unwrap(), listed.to_string());
+        let delay = serde_json::json!({ "id": "1", "delay_ms": 180u64, "delay_applied_ms": 0u64 });
+        let typed: Delay = serde_json::from_value(delay.clone()).unwrap();
+        assert_eq!(serde_json::to_string(&typed).unwrap(), delay.to_string());
+        let created = serde_json::json!({ "resource_id": "1", "session_id": "00ff" });
+        let typed: SessionCreated = serde_json::from_value(created.clone()).unwrap();
+        assert_eq!(serde_json::to_string(&typed).unwrap(), created.to_string());
+    }
+}
