@@ -5,6 +5,10 @@ mod serve;
 
 pub use serve::{connection_cap, nofile_limit, serve, ServeOptions, MAX_CONNECTIONS};
 
+use crate::api::{
+    CreateSession, Delay, ErrorBody, Health, SessionCreated, SetDelay, StreamInfo,
+    METRICS_CONTENT_TYPE,
+};
 use crate::driver::{RelayHandle, Unavailable};
 use crate::metrics::Scrape;
 use crate::relay::{Command, CommandError, Reply, StreamSnapshot};
@@ -17,8 +21,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use serde_json::json;
 use std::borrow::Cow;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -71,13 +73,20 @@ impl From<CommandError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (
+            self.0,
+            Json(ErrorBody {
+                error: self.1.into(),
+            }),
+        )
+            .into_response()
     }
 }
 
 /// `{"error": msg}` as bytes, for answers written below axum.
 fn error_body(msg: &str) -> Vec<u8> {
-    json!({ "error": msg }).to_string().into_bytes()
+    let body = ErrorBody { error: msg.into() };
+    serde_json::to_vec(&body).expect("a string serialises")
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -87,10 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/streams", get(list_streams))
         .route("/v1/metrics", get(metrics))
         .route("/metrics", get(metrics))
-        .route(
-            "/v1/health",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/v1/health", get(|| async { Json(Health::ok()) }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -162,18 +168,6 @@ fn json_object<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiEr
     })
 }
 
-/// `POST .../sessions` takes no parameters yet: an empty body or `{}`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SessionParams {}
-
-/// `PUT .../delay`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DelayParams {
-    delay_ms: u64,
-}
-
 /// The configured stream `id` names.
 fn stream<'a>(st: &'a AppState, id: &str) -> Result<&'a StreamEntry, ApiError> {
     let resource = normalize_hex(id)
@@ -206,7 +200,7 @@ async fn create_session(
     let stream = stream(&st, &id)?;
     authorize(stream, &headers)?;
     if !body.trim_ascii().is_empty() {
-        let SessionParams {} = json_object(&body, "empty or {}")?;
+        let CreateSession {} = json_object(&body, "empty or {}")?;
     }
     let cmd = Command::MintSession {
         resource: stream.id.clone(),
@@ -215,10 +209,11 @@ async fn create_session(
     let Reply::Session(session_id) = st.relay.command(cmd).await?? else {
         unreachable!("a session command is answered with a session");
     };
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "resource_id": stream.id, "session_id": session_id })),
-    ))
+    let created = SessionCreated {
+        resource_id: stream.id.clone(),
+        session_id,
+    };
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// Stream `id`'s live state, from a snapshot of the relay.
@@ -231,12 +226,12 @@ async fn snapshot(st: &AppState, id: &str) -> Result<StreamSnapshot, ApiError> {
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown stream"))
 }
 
-fn delay_json(s: &StreamSnapshot) -> serde_json::Value {
-    json!({
-        "id": s.resource,
-        "delay_ms": s.delay_target_ms,
-        "delay_applied_ms": s.delay_applied_us / 1000,
-    })
+fn delay(s: &StreamSnapshot) -> Delay {
+    Delay {
+        id: s.resource.clone(),
+        delay_ms: s.delay_target_ms,
+        delay_applied_ms: s.delay_applied_us / 1000,
+    }
 }
 
 async fn get_delay(
@@ -244,7 +239,7 @@ async fn get_delay(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let stream = stream(&st, &id)?;
-    Ok(Json(delay_json(&snapshot(&st, &stream.id).await?)))
+    Ok(Json(delay(&snapshot(&st, &stream.id).await?)))
 }
 
 /// `{"delay_ms": N}`: the stream's viewers move to the new delay gradually (see README).
@@ -256,7 +251,7 @@ async fn put_delay(
 ) -> Result<impl IntoResponse, ApiError> {
     let stream = stream(&st, &id)?;
     authorize(stream, &headers)?;
-    let DelayParams { delay_ms } = json_object(&body, r#"{"delay_ms": <non-negative integer>}"#)?;
+    let SetDelay { delay_ms } = json_object(&body, r#"{"delay_ms": <non-negative integer>}"#)?;
     let cmd = Command::SetDelay {
         resource: stream.id.clone(),
         delay_ms,
@@ -264,26 +259,26 @@ async fn put_delay(
     let Reply::Stream(s) = st.relay.command(cmd).await?? else {
         unreachable!("a delay command is answered with the stream");
     };
-    Ok(Json(delay_json(&s)))
+    Ok(Json(delay(&s)))
 }
 
 async fn list_streams(State(st): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     let (relay, _) = st.relay.stats().await?;
-    let list: Vec<_> = st
+    let list: Vec<StreamInfo> = st
         .streams
         .iter()
         .filter_map(|e| {
             let s = relay.streams.iter().find(|s| s.resource == e.id)?;
-            Some(json!({
-                "id": e.id,
-                "name": e.name,
-                "publisher": s.publisher,
-                "viewers": s.viewers,
-                "bitrate_bps": s.bitrate_bps,
-                "delay_ms": s.delay_target_ms,
-                "delay_applied_ms": s.delay_applied_us / 1000,
-                "ingest_latency_ms": s.ingest_latency_us as f64 / 1e3,
-            }))
+            Some(StreamInfo {
+                id: e.id.clone(),
+                name: e.name.clone(),
+                publisher: s.publisher,
+                viewers: s.viewers,
+                bitrate_bps: s.bitrate_bps,
+                delay_ms: s.delay_target_ms,
+                delay_applied_ms: s.delay_applied_us / 1000,
+                ingest_latency_ms: s.ingest_latency_us as f64 / 1e3,
+            })
         })
         .collect();
     Ok(Json(list))
@@ -297,7 +292,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Result<impl IntoResponse, A
         heap_allocations: crate::alloc_count::allocations(),
     };
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         scrape.render(),
     ))
 }
