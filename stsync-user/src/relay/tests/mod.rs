@@ -1,0 +1,330 @@
+//! The relay driven over a virtual clock by scripted callers that speak the wire format the
+//! way libsrt does: handshakes, publishing, viewing, loss, silence, takeover, garbage.
+
+use super::*;
+use crate::srt::handshake::{
+    encode_sid, ext, ext_header, hs_type, srt_flag, Handshake, SRT_VERSION,
+};
+use crate::srt::packet::{encode_loss, write_control, write_data, Ack};
+use per_address::PerAddress;
+use stsync_common::srt::MSG_REXMIT_FLAG;
+
+const LATENCY: Duration = Duration::from_millis(120);
+/// Where a new connection's clock reads at its handshake.
+const HEADROOM_US: u32 = CLOCK_HEADROOM.as_micros() as u32;
+
+struct World {
+    relay: Relay,
+    /// Datagrams the relay sent that no `take` asked for yet.
+    sent: Vec<(SocketAddr, Vec<u8>)>,
+    now: Instant,
+}
+
+/// One datagram the relay sent, decoded.
+#[derive(Debug, Clone)]
+enum Got {
+    Data {
+        seq: Seq,
+        msg: u32,
+        ts: u32,
+        dest: u32,
+        payload: Vec<u8>,
+    },
+    Ctrl {
+        typ: u16,
+        info: u32,
+        ts: u32,
+        body: Vec<u8>,
+    },
+}
+
+impl World {
+    fn new() -> Self {
+        let now = Instant::now();
+        let cfg = RelayConfig {
+            latency: LATENCY,
+            buffer_packets: 64,
+            idle_timeout: Duration::from_secs(5),
+            max_connections: 16,
+            max_viewers_per_stream: 8,
+            per_address: AddressLimits {
+                max_connections: 12,
+                handshakes_per_sec: 50,
+            },
+            session_ttl: Duration::from_secs(300),
+        };
+        let streams = vec![StreamConfig {
+            resource: "1".to_string(),
+            delay_ms: 0,
+        }];
+        World {
+            relay: Relay::new(cfg, streams, [9; 16], now),
+            sent: Vec::new(),
+            now,
+        }
+    }
+
+    /// A session key for `resource`, or why not.
+    fn try_key(&mut self, resource: &str) -> Result<String, CommandError> {
+        let cmd = Command::MintSession {
+            resource: resource.to_string(),
+            key: rand::random(),
+        };
+        match self.relay.handle_command(self.now, cmd)? {
+            Reply::Session(key) => Ok(key),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn key(&mut self, resource: &str) -> String {
+        self.try_key(resource).expect("a configured stream")
+    }
+
+    /// Asks for a stream delay the way the HTTP API does.
+    fn set_delay(&mut self, delay_ms: u64) {
+        let cmd = Command::SetDelay {
+            resource: "1".to_string(),
+            delay_ms,
+        };
+        self.relay.handle_command(self.now, cmd).unwrap();
+    }
+
+    fn stream(&self) -> StreamSnapshot {
+        self.relay.stats().streams.remove(0)
+    }
+
+    /// The Prometheus exposition of the relay's counters.
+    fn render(&self) -> String {
+        crate::metrics::Scrape {
+            relay: self.relay.stats(),
+            datapath: Default::default(),
+            heap_allocations: 0,
+        }
+        .render()
+    }
+
+    /// Moves what the relay sent since the last call into `sent`; returns how many.
+    fn collect(&mut self) -> usize {
+        let Some(batch) = self.relay.poll_transmit() else {
+            return 0;
+        };
+        let n = batch.len();
+        self.sent
+            .extend(batch.iter().map(|d| (d.dst, [d.head, d.payload].concat())));
+        n
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let t = self.relay.poll_timeout();
+            if t > end {
+                break;
+            }
+            self.now = t.max(self.now);
+            self.relay.handle_timeout(self.now);
+        }
+        self.now = end;
+    }
+
+    fn send(&mut self, from: SocketAddr, bytes: &[u8]) {
+        self.relay.handle_datagram(self.now, from, bytes);
+    }
+
+    /// Everything queued for `to` since the last call (others' datagrams stay queued).
+    fn take(&mut self, to: SocketAddr) -> Vec<Got> {
+        let mut got = Vec::new();
+        self.collect();
+        let (mine, others) = std::mem::take(&mut self.sent)
+            .into_iter()
+            .partition(|(dst, _)| *dst == to);
+        self.sent = others;
+        for (_, bytes) in mine {
+            got.push(match Packet::parse(&bytes).unwrap() {
+                Packet::Data(d) => Got::Data {
+                    seq: d.seq,
+                    msg: d.msg,
+                    ts: d.ts,
+                    dest: d.dest,
+                    payload: d.payload.to_vec(),
+                },
+                Packet::Control(c) => {
+                    assert_eq!(
+                        c.dest,
+                        0x100 + u32::from(to.port()),
+                        "addressed to the caller's socket"
+                    );
+                    Got::Ctrl {
+                        typ: c.typ,
+                        info: c.info,
+                        ts: c.ts,
+                        body: c.body.to_vec(),
+                    }
+                }
+            });
+        }
+        got
+    }
+
+    fn dropped(&self, reason: &str) -> u64 {
+        self.relay.stats().dropped(reason)
+    }
+}
+
+fn data(got: &[Got]) -> Vec<(u32, Vec<u8>)> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Data { seq, payload, .. } => Some((seq.get(), payload.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The sequence numbers of the retransmissions in `got`.
+fn rexmits(got: &[Got]) -> Vec<u32> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Data { seq, msg, .. } if msg & MSG_REXMIT_FLAG != 0 => Some(seq.get()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `got` without retransmissions.
+fn fresh(got: Vec<Got>) -> Vec<Got> {
+    got.into_iter()
+        .filter(|g| !matches!(g, Got::Data { msg, .. } if msg & MSG_REXMIT_FLAG != 0))
+        .collect()
+}
+
+fn ctrl(got: &[Got], typ: u16) -> Vec<(u32, Vec<u8>)> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Ctrl {
+                typ: t, info, body, ..
+            } if *t == typ => Some((*info, body.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A scripted libsrt-like caller.
+struct Caller {
+    addr: SocketAddr,
+    socket_id: u32,
+    isn: Seq,
+    relay_id: u32,
+}
+
+impl Caller {
+    fn new(port: u16, isn: u32) -> Self {
+        Caller {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            socket_id: 0x100 + u32::from(port),
+            isn: Seq::new(isn),
+            relay_id: 0,
+        }
+    }
+
+    fn handshake(&self, typ: u32, version: u32, cookie: u32) -> Handshake {
+        crate::srt::handshake::caller(typ, version, cookie, self.isn, self.socket_id)
+    }
+
+    /// Induction then conclusion; returns the relay's final answer (type, body).
+    fn connect(&mut self, w: &mut World, sid: &str) -> Result<(), u32> {
+        let mut b = Vec::new();
+        write_control(
+            &mut b,
+            ctrl::HANDSHAKE,
+            0,
+            0,
+            0,
+            &self.handshake(hs_type::INDUCTION, 4, 0).words(),
+        );
+        w.send(self.addr, &b);
+        let ind = ctrl(&w.take(self.addr), ctrl::HANDSHAKE);
+        let cookie = Handshake::parse(&ind[0].1).unwrap().cookie;
+        let concl = self.conclusion(cookie, sid);
+        w.send(self.addr, &concl);
+        let ans = ctrl(&w.take(self.addr), ctrl::HANDSHAKE);
+        let hs = Handshake::parse(&ans[0].1).unwrap();
+        if hs.hs_type != hs_type::CONCLUSION {
+            return Err(hs.hs_type);
+        }
+        assert_eq!(hs.isn, self.isn, "listener answers with the caller's ISN");
+        self.relay_id = hs.socket_id;
+        Ok(())
+    }
+
+    fn conclusion(&self, cookie: u32, sid: &str) -> Vec<u8> {
+        let mut words = self
+            .handshake(hs_type::CONCLUSION, 5, cookie)
+            .words()
+            .to_vec();
+        let flags = srt_flag::TSBPDSND
+            | srt_flag::TSBPDRCV
+            | srt_flag::CRYPT
+            | srt_flag::TLPKTDROP
+            | srt_flag::REXMITFLG;
+        words.extend([
+            ext_header(ext::HSREQ, 3),
+            SRT_VERSION,
+            flags,
+            (120 << 16) | 120,
+        ]);
+        let sid = encode_sid(sid.as_bytes());
+        words.push(ext_header(ext::SID, sid.len()));
+        words.extend(sid);
+        let mut b = Vec::new();
+        write_control(&mut b, ctrl::HANDSHAKE, 0, 0, 0, &words);
+        b
+    }
+
+    fn data(&self, w: &mut World, seq: Seq, ts: u32, payload: &[u8]) {
+        let mut b = Vec::new();
+        write_data(
+            &mut b,
+            seq,
+            0xC000_0000 | seq.get() & 0x3FF_FFFF,
+            ts,
+            self.relay_id,
+            payload,
+        );
+        w.send(self.addr, &b);
+    }
+
+    fn control(&self, w: &mut World, typ: u16, info: u32, body: &[u32]) {
+        let mut b = Vec::new();
+        write_control(&mut b, typ, info, 0, self.relay_id, body);
+        w.send(self.addr, &b);
+    }
+
+    /// A full ACK up to `n` (also its ACK number), reporting RTT 1 ms ± 0.1 ms.
+    fn ack(&self, w: &mut World, n: u32) {
+        self.control(w, ctrl::ACK, n, &[n, 1_000, 100, 8192, 0, 0, 0]);
+    }
+
+    fn nak(&self, w: &mut World, first: u32, last: u32) {
+        let mut words = Vec::new();
+        encode_loss(&mut words, Seq::new(first), Seq::new(last));
+        self.control(w, ctrl::NAK, 0, &words);
+    }
+}
+
+fn sid(w: &mut World, mode: &str) -> String {
+    format!("#!::r=1,s={},m={mode}", w.key("1"))
+}
+
+impl Caller {
+    /// Connects to resource 1 in `mode` with a fresh key; panics on rejection.
+    fn join(&mut self, w: &mut World, mode: &str) {
+        let s = sid(w, mode);
+        self.connect(w, &s).unwrap();
+    }
+}
+
+mod connections;
+mod handover;
+mod retransmission;
+mod streaming;
+mod time_base;
