@@ -1,10 +1,6 @@
 //! ACKs of kernel-served viewers, answered here: recorded in `VIEWER_ACKS` for the daemon,
 //! and turned in place into the ACKACK that answers them.
 
-use crate::frame::{
-    be16, be32, raw16, raw32, HDR_LEN, IP, IP_CSUM, IP_LEN, SRT, SRT_DEST, SRT_TS, SRT_WORD0,
-    SRT_WORD1, UDP_CSUM, UDP_LEN, UDP_SPORT,
-};
 use crate::patch::{csum_diff, csum_diff_sized, store};
 use crate::{count, DROP, PASS, VIEWERS, VIEWER_ACKS, VIEWER_COUNTS};
 use aya_ebpf::{
@@ -15,6 +11,10 @@ use aya_ebpf::{
     },
 };
 use core::ffi::c_void;
+use stsync_common::frame::{
+    be16, be32, raw16, raw32, Header, HDR_LEN, IP, IP_CSUM, IP_LEN, SRT, SRT_DEST, SRT_TS,
+    SRT_WORD0, SRT_WORD1, UDP_CSUM, UDP_LEN, UDP_SPORT,
+};
 use stsync_common::maps::{counter, ViewerConn};
 use stsync_common::srt;
 
@@ -31,7 +31,7 @@ const ACK_MAX_WORDS: usize = 7;
 /// full or small one by turning the packet into its ACKACK (returns `TC_ACT_REDIRECT`). Anything
 /// else, including an ACK of a size libsrt does not send, goes on to the daemon.
 #[inline(always)]
-pub(crate) fn answer_ack(skb: *mut __sk_buff, h: &[u8; HDR_LEN], dest: u32, c: &ViewerConn) -> i32 {
+pub(crate) fn answer_ack(skb: *mut __sk_buff, h: &Header, dest: u32, c: &ViewerConn) -> i32 {
     let Some(v) = VIEWERS.get(c.slot) else {
         return PASS;
     };
@@ -124,7 +124,7 @@ pub(crate) fn answer_ack(skb: *mut __sk_buff, h: &[u8; HDR_LEN], dest: u32, c: &
 #[inline(always)]
 fn ackack(
     skb: *mut __sk_buff,
-    h: &[u8; HDR_LEN],
+    h: &Header,
     body: &[u32; ACK_MAX_WORDS],
     words: usize,
     ts: u32,

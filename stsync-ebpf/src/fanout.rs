@@ -1,10 +1,6 @@
 //! Publisher data fanned out: the packet rewritten in place for each of the stream's
 //! active viewers and cloned to that viewer's interface, then put back for the daemon.
 
-use crate::frame::{
-    be32, raw16, raw32, HDR_LEN, IP_CSUM, IP_DST, IP_SRC, SRT_DEST, SRT_TS, SRT_WORD0, SRT_WORD1,
-    UDP_CSUM, UDP_SPORT,
-};
 use crate::patch::{csum_diff, replace_word, store};
 use crate::{count, DROP, PASS, PUBLISHERS, STREAMS, VIEWERS, VIEWER_COUNTS};
 use aya_ebpf::{
@@ -12,6 +8,10 @@ use aya_ebpf::{
     helpers::generated::{bpf_clone_redirect, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_loop},
 };
 use core::ffi::c_void;
+use stsync_common::frame::{
+    be32, raw16, raw32, Header, IP_CSUM, IP_DST, IP_SRC, SRT_DEST, SRT_TS, SRT_WORD0, SRT_WORD1,
+    UDP_CSUM, UDP_SPORT,
+};
 use stsync_common::maps::{
     counter, PublisherEntry, CONFIG_LO_ACCEPT_LOCAL, LOOPBACK_IFINDEX, MAX_VIEWERS,
 };
@@ -32,7 +32,7 @@ struct Fields {
 }
 
 impl Fields {
-    fn read(h: &[u8; HDR_LEN]) -> Fields {
+    fn read(h: &Header) -> Fields {
         let mut macs = [0u8; 12];
         macs.copy_from_slice(&h[..12]);
         Fields {
@@ -74,7 +74,7 @@ struct FanOut {
 #[inline(never)]
 pub(crate) fn fan_out(
     skb: *mut __sk_buff,
-    h: &[u8; HDR_LEN],
+    h: &Header,
     word0: u32,
     cfg_flags: u16,
 ) -> Result<i32, i32> {

@@ -23,14 +23,14 @@
 //! Packet bytes are only read and written through helpers (`bpf_skb_load_bytes`,
 //! `bpf_skb_store_bytes`): direct packet pointers would be invalid after each clone.
 //!
-//! This file is the entry point and the maps; `frame` has the header layout, `fanout` the
-//! data path, `route` and `ack` a viewer's control packets, `patch` the packet writes.
+//! This file is the entry point and the maps; `fanout` is the data path, `route` and `ack`
+//! a viewer's control packets, `patch` the packet writes. The frame layout is
+//! `stsync_common::frame`, shared with the benchmark's sink.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod ack;
 mod fanout;
-mod frame;
 mod patch;
 mod route;
 
@@ -42,9 +42,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use core::ffi::c_void;
-use frame::{
-    be32, raw16, raw32, ETH_P_IP, ETH_TYPE, HDR_LEN, IP, IPPROTO_UDP, IP_DST, IP_FRAG, IP_PROTO,
-    SRT_DEST, SRT_WORD0, UDP_DPORT,
+use stsync_common::frame::{
+    be32, raw16, raw32, Header, ETH_P_IP, ETH_TYPE, HDR_LEN, IP, IPPROTO_UDP, IP_DST, IP_FRAG,
+    IP_PROTO, SRT_DEST, SRT_WORD0, UDP_DPORT,
 };
 use stsync_common::maps::{
     counter, Config, PublisherEntry, Route, StreamEntry, ViewerAcks, ViewerConn, ViewerCounts,
@@ -134,7 +134,7 @@ fn try_stsync_tc(ctx: &TcContext) -> Result<i32, i32> {
 /// A control packet: a viewer's teaches the program its route, and its ACK may be
 /// answered here. A subprogram (like `fan_out`), so the two paths' stacks do not add up.
 #[inline(never)]
-fn viewer_control(skb: *mut __sk_buff, h: &[u8; HDR_LEN], word0: u32) -> i32 {
+fn viewer_control(skb: *mut __sk_buff, h: &Header, word0: u32) -> i32 {
     let dest = be32(h, SRT_DEST);
     let Some(conn) = route::learn_route(skb, h, dest) else {
         return PASS;

@@ -1,12 +1,12 @@
 //! Writes to the packet, through the kernel's helpers only (packet pointers would not
 //! survive a clone), with the checksums kept right incrementally.
 
-use crate::frame::UDP_CSUM;
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MARK_MANGLED_0},
     helpers::generated::{bpf_csum_diff, bpf_l4_csum_replace, bpf_skb_store_bytes},
 };
 use core::ffi::c_void;
+use stsync_common::frame::UDP_CSUM;
 
 /// Replaces one 32-bit word covered by the UDP checksum.
 pub(crate) fn replace_word(skb: *mut __sk_buff, off: usize, from: u32, to: u32) -> Result<(), ()> {

@@ -1,14 +1,14 @@
 //! Viewer routes, learned from the viewers' own control packets: how a clone reaches them.
 
-use crate::frame::{raw16, raw32, HDR_LEN, IP_DST, IP_SRC, UDP_DPORT, UDP_SPORT};
 use crate::{count, LEARNED, ROUTES, VIEWER_CONNS};
 use aya_ebpf::bindings::__sk_buff;
+use stsync_common::frame::{raw16, raw32, Header, IP_DST, IP_SRC, UDP_DPORT, UDP_SPORT};
 use stsync_common::maps::{counter, Route, ViewerConn};
 
 /// Remembers how to reach a viewer: the interface its packet came in on, its MAC and
 /// address, and the relay's as it addressed them. Returns the viewer connection when the
 /// packet is from that viewer.
-pub(crate) fn learn_route(skb: *mut __sk_buff, h: &[u8; HDR_LEN], dest: u32) -> Option<ViewerConn> {
+pub(crate) fn learn_route(skb: *mut __sk_buff, h: &Header, dest: u32) -> Option<ViewerConn> {
     // SAFETY: plain value, replaced whole by the daemon.
     let c: ViewerConn = *unsafe { VIEWER_CONNS.get(dest) }?;
     if c.peer_ip != raw32(h, IP_SRC) || c.peer_port != raw16(h, UDP_SPORT) {
