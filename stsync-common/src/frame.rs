@@ -50,12 +50,14 @@ pub fn raw16(h: &Header, off: usize) -> u16 {
     u16::from_ne_bytes([h[off], h[off + 1]])
 }
 
+/// The 32 bits at `off` as a number (host order).
 #[inline]
 pub fn be32(h: &Header, off: usize) -> u32 {
-    u32::from_be_bytes([h[off], h[off + 1], h[off + 2], h[off + 3]])
+    u32::from_be(raw32(h, off))
 }
 
+/// The 16 bits at `off` as a number (host order).
 #[inline]
 pub fn be16(h: &Header, off: usize) -> u16 {
-    u16::from_be_bytes([h[off], h[off + 1]])
+    u16::from_be(raw16(h, off))
 }
