@@ -2,7 +2,7 @@
 //! and turned in place into the ACKACK that answers them.
 
 use crate::patch::{csum_diff, csum_diff_sized, store};
-use crate::{count, DROP, PASS, VIEWERS, VIEWER_ACKS, VIEWER_COUNTS};
+use crate::{count, log_due, DROP, PASS, VIEWERS, VIEWER_ACKS, VIEWER_COUNTS};
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::generated::{
@@ -10,12 +10,13 @@ use aya_ebpf::{
         bpf_skb_change_tail, bpf_skb_load_bytes,
     },
 };
+use aya_log_ebpf::{debug, warn};
 use core::ffi::c_void;
 use stsync_common::frame::{
     be16, be32, raw16, raw32, Header, HDR_LEN, IP, IP_CSUM, IP_LEN, SRT, SRT_DEST, SRT_TS,
     SRT_WORD0, SRT_WORD1, UDP_CSUM, UDP_LEN, UDP_SPORT,
 };
-use stsync_common::maps::{counter, ViewerConn};
+use stsync_common::maps::{counter, ViewerConn, CONFIG_LOG};
 use stsync_common::srt;
 
 /// The ACKACK the program sends: 16-byte SRT header + one 32-bit word (libsrt's size).
@@ -31,7 +32,13 @@ const ACK_MAX_WORDS: usize = 7;
 /// full or small one by turning the packet into its ACKACK (returns `TC_ACT_REDIRECT`). Anything
 /// else, including an ACK of a size libsrt does not send, goes on to the daemon.
 #[inline(always)]
-pub(crate) fn answer_ack(skb: *mut __sk_buff, h: &Header, dest: u32, c: &ViewerConn) -> i32 {
+pub(crate) fn answer_ack(
+    skb: *mut __sk_buff,
+    h: &Header,
+    dest: u32,
+    c: &ViewerConn,
+    cfg_flags: u16,
+) -> i32 {
     let Some(v) = VIEWERS.get(c.slot) else {
         return PASS;
     };
@@ -87,6 +94,15 @@ pub(crate) fn answer_ack(skb: *mut __sk_buff, h: &Header, dest: u32, c: &ViewerC
             }
         }
     }
+    if cfg_flags & CONFIG_LOG != 0 {
+        debug!(
+            skb,
+            "viewer conn {:x}: ACK of {} words, seq {}",
+            dest,
+            words as u32,
+            u32::from_be(body[0]) & srt::SEQ_MASK
+        );
+    }
     let counts = VIEWER_COUNTS.get_ptr_mut(c.slot);
     if let Some(n) = counts {
         // SAFETY: a per-CPU slot, written only by this CPU.
@@ -103,7 +119,12 @@ pub(crate) fn answer_ack(skb: *mut __sk_buff, h: &Header, dest: u32, c: &ViewerC
     let ts = (now.saturating_sub(c.start_ns) / 1000) as u32;
     if ackack(skb, h, &body, words, ts, peer_id).is_err() {
         // The packet is half rewritten: drop it (the viewer's next ACK comes in 10 ms).
-        count(counter::ACK_FAILURES, 1);
+        if count(counter::ACK_FAILURES, 1).is_some_and(|total| log_due(total, 1)) {
+            warn!(
+                skb,
+                "viewer conn {:x}: ACKACK rewrite failed, ACK dropped", dest
+            );
+        }
         return DROP;
     }
     if let Some(n) = counts {

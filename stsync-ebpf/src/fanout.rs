@@ -2,18 +2,19 @@
 //! active viewers and cloned to that viewer's interface, then put back for the daemon.
 
 use crate::patch::{csum_diff, replace_word, store};
-use crate::{count, DROP, PASS, PUBLISHERS, STREAMS, VIEWERS, VIEWER_COUNTS};
+use crate::{count, log_due, DROP, PASS, PUBLISHERS, STREAMS, VIEWERS, VIEWER_COUNTS};
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::generated::{bpf_clone_redirect, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_loop},
 };
+use aya_log_ebpf::{debug, error, warn};
 use core::ffi::c_void;
 use stsync_common::frame::{
     be32, raw16, raw32, Header, IP_CSUM, IP_DST, IP_SRC, SRT_DEST, SRT_TS, SRT_WORD0, SRT_WORD1,
     UDP_CSUM, UDP_SPORT,
 };
 use stsync_common::maps::{
-    counter, PublisherEntry, CONFIG_LO_ACCEPT_LOCAL, LOOPBACK_IFINDEX, MAX_VIEWERS,
+    counter, PublisherEntry, CONFIG_LOG, CONFIG_LO_ACCEPT_LOCAL, LOOPBACK_IFINDEX, MAX_VIEWERS,
 };
 use stsync_common::srt;
 
@@ -66,6 +67,11 @@ struct FanOut {
     lo_ok: u32,
     /// A rewrite failed: the packet is in an unknown state, stop cloning.
     broken: u32,
+    /// The latest failure, for the log: its slot, the viewer's interface and the clone's
+    /// error (0: the rewrite failed).
+    fail_slot: u32,
+    fail_ifindex: u32,
+    fail_err: i64,
     /// What the packet holds now.
     cur: Fields,
 }
@@ -124,6 +130,9 @@ pub(crate) fn fan_out(
                 || cfg_flags & CONFIG_LO_ACCEPT_LOCAL != 0,
         ),
         broken: 0,
+        fail_slot: 0,
+        fail_ifindex: 0,
+        fail_err: 0,
         cur: orig,
     };
     // SAFETY: the callback only touches `f` through the pointer given here.
@@ -136,8 +145,30 @@ pub(crate) fn fan_out(
         )
     };
     count(counter::CLONES, f.clones.into());
-    count(counter::CLONE_FAILURES, f.failures.into());
+    let failed = count(counter::CLONE_FAILURES, f.failures.into());
     count(counter::LOOPBACK_SKIPPED, f.lo_skipped.into());
+    if failed.is_some_and(|total| log_due(total, f.failures.into())) {
+        warn!(
+            skb,
+            "publisher {:x}: clones failed: {}; latest slot {}, ifindex {}, error {} (0 = rewrite)",
+            dest,
+            f.failures,
+            f.fail_slot,
+            f.fail_ifindex,
+            f.fail_err
+        );
+    }
+    if cfg_flags & CONFIG_LOG != 0 {
+        debug!(
+            skb,
+            "publisher {:x} seq {}: {} clones, {} failed, {} left out on lo",
+            dest,
+            f.pub_seq,
+            f.clones,
+            f.failures,
+            f.lo_skipped
+        );
+    }
 
     let mut restored = rewrite(skb, &mut f.cur, &orig).is_ok();
     if rexmit {
@@ -146,7 +177,12 @@ pub(crate) fn fan_out(
     if !restored {
         // The daemon must not see a viewer's packet as the publisher's: drop it, the
         // publisher retransmits it on the daemon's NAK.
-        count(counter::RESTORE_FAILURES, 1);
+        if count(counter::RESTORE_FAILURES, 1).is_some_and(|total| log_due(total, 1)) {
+            error!(
+                skb,
+                "publisher {:x} seq {}: original not restored, dropped", dest, f.pub_seq
+            );
+        }
         return Err(DROP);
     }
     Ok(PASS)
@@ -187,10 +223,12 @@ extern "C" fn fan_out_one(i: u64, ctx: *mut c_void) -> i64 {
     if rewrite(f.skb, &mut f.cur, &want).is_err() {
         f.failures += 1;
         f.broken = 1;
+        (f.fail_slot, f.fail_ifindex, f.fail_err) = (slot, ifindex, 0);
         return 1;
     }
     // SAFETY: `f.skb` is the program's context.
-    if unsafe { bpf_clone_redirect(f.skb, ifindex, 0) } == 0 {
+    let err = unsafe { bpf_clone_redirect(f.skb, ifindex, 0) };
+    if err == 0 {
         f.clones += 1;
         if let Some(c) = VIEWER_COUNTS.get_ptr_mut(slot) {
             // SAFETY: a per-CPU slot, written only by this CPU.
@@ -198,6 +236,7 @@ extern "C" fn fan_out_one(i: u64, ctx: *mut c_void) -> i64 {
         }
     } else {
         f.failures += 1;
+        (f.fail_slot, f.fail_ifindex, f.fail_err) = (slot, ifindex, err);
     }
     0
 }

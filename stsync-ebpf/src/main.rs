@@ -81,12 +81,31 @@ const PASS: i32 = TC_ACT_OK as i32;
 #[allow(clippy::unnecessary_cast)]
 const DROP: i32 = TC_ACT_SHOT as i32;
 
+/// Adds `n` to this CPU's counter `idx`; returns its new value.
 #[inline(always)]
-fn count(idx: u32, n: u64) {
-    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: a per-CPU slot, written only by this CPU.
-        unsafe { *c += n };
+fn count(idx: u32, n: u64) -> Option<u64> {
+    let c = COUNTERS.get_ptr_mut(idx)?;
+    // SAFETY: a per-CPU slot, written only by this CPU.
+    unsafe {
+        *c += n;
+        Some(*c)
     }
+}
+
+/// Whether `n` failures that brought this CPU's count of them to `total` deserve a log
+/// line: the first one, then each time the count passes a power of two. A lasting fault
+/// (an interface gone, say) then logs a few dozen lines, not one per packet; the counters
+/// have the full story.
+///
+/// Only ever decide this on a `total` read from the map: a branch the verifier can settle
+/// from known values marks them precise, and precise per-iteration counts of the fan-out
+/// loop would keep its states from ever matching (the program would be too large to
+/// verify). For the same reason no `leading_zeros` (LLVM turns it into a table lookup).
+#[inline(always)]
+fn log_due(total: u64, n: u64) -> bool {
+    // The top bit moved up exactly when it is set in `prev ^ total` but not in `prev`.
+    let prev = total.wrapping_sub(n);
+    prev ^ total > prev
 }
 
 #[classifier]
@@ -126,7 +145,7 @@ fn try_stsync_tc(ctx: &TcContext) -> Result<i32, i32> {
     }
     let word0 = be32(&h, SRT_WORD0);
     if word0 & srt::CONTROL_BIT != 0 {
-        return Ok(viewer_control(skb, &h, word0));
+        return Ok(viewer_control(skb, &h, word0, cfg.flags));
     }
     fanout::fan_out(skb, &h, word0, cfg.flags)
 }
@@ -134,13 +153,13 @@ fn try_stsync_tc(ctx: &TcContext) -> Result<i32, i32> {
 /// A control packet: a viewer's teaches the program its route, and its ACK may be
 /// answered here. A subprogram (like `fan_out`), so the two paths' stacks do not add up.
 #[inline(never)]
-fn viewer_control(skb: *mut __sk_buff, h: &Header, word0: u32) -> i32 {
+fn viewer_control(skb: *mut __sk_buff, h: &Header, word0: u32, cfg_flags: u16) -> i32 {
     let dest = be32(h, SRT_DEST);
     let Some(conn) = route::learn_route(skb, h, dest) else {
         return PASS;
     };
     if (word0 >> 16) & 0x7FFF == u32::from(srt::ctrl::ACK) {
-        return ack::answer_ack(skb, h, dest, &conn);
+        return ack::answer_ack(skb, h, dest, &conn, cfg_flags);
     }
     PASS
 }

@@ -2,6 +2,7 @@
 
 use crate::{count, LEARNED, ROUTES, VIEWER_CONNS};
 use aya_ebpf::bindings::__sk_buff;
+use aya_log_ebpf::debug;
 use stsync_common::frame::{raw16, raw32, Header, IP_DST, IP_SRC, UDP_DPORT, UDP_SPORT};
 use stsync_common::maps::{counter, Route, ViewerConn};
 
@@ -30,6 +31,15 @@ pub(crate) fn learn_route(skb: *mut __sk_buff, h: &Header, dest: u32) -> Option<
     // SAFETY: as above; only this program writes ROUTES values.
     if unsafe { ROUTES.get(dest) } != Some(&route) && ROUTES.insert(dest, route, 0).is_ok() {
         count(counter::ROUTES_LEARNED, 1);
+        debug!(
+            skb,
+            "viewer conn {:x}: route learned, {:i}:{} ({:mac}) via ifindex {}",
+            dest,
+            route.viewer_ip.to_ne_bytes(),
+            u16::from_be(route.viewer_port),
+            route.viewer_mac,
+            route.ifindex
+        );
         // Tell the daemon (a full queue only delays it to its periodic scan).
         let _ = LEARNED.push(dest, 0);
     }
