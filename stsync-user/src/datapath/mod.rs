@@ -3,6 +3,7 @@
 //! clones data packets to viewers itself and tells the relay which viewers it serves.
 
 pub mod ebpf;
+pub mod kernel_log;
 mod mmap_array;
 pub mod userspace;
 
