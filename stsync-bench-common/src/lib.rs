@@ -21,9 +21,9 @@ pub const MAP_COUNTERS: &str = "SINK_COUNTERS";
 pub const PROGRAM_XDP: &str = "stsb_sink_xdp";
 pub const PROGRAM_TC: &str = "stsb_sink_tc";
 
-/// `Slot::seq`: the slot holds this sequence number (slots start zeroed = empty).
+/// `Slot::seq`: the slot holds this sequence number (slots start zeroed = empty); the
+/// number itself is below it (`stsync_common::srt::SEQ_MASK`).
 pub const SLOT_VALID: u32 = 1 << 31;
-pub const SEQ_MASK: u32 = 0x7FFF_FFFF;
 /// `Slot::flags`: the packet had the retransmitted flag.
 pub const FLAG_REXMIT: u32 = 1 << 31;
 /// `Slot::flags`: the payload does not start like the generator's (no index, no time).
@@ -138,6 +138,7 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stsync_common::srt::SEQ_MASK;
 
     #[test]
     fn sequence_order_wraps_at_31_bits() {

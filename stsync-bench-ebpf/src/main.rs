@@ -26,9 +26,14 @@ use aya_ebpf::{
 use core::{ffi::c_void, mem::MaybeUninit};
 use stsync_bench_common::{
     counter, seq_lt, Head, SinkConfig, Slot, FLAG_BAD_PAYLOAD, FLAG_LEN_MASK, FLAG_REXMIT,
-    FLAG_RX_REALTIME, PAYLOAD_MAGIC, PAYLOAD_OFF_INDEX, PAYLOAD_OFF_SENT, PAYLOAD_PEEK, SEQ_MASK,
-    SLOT_VALID, SYSCOUNT_SLOTS,
+    FLAG_RX_REALTIME, PAYLOAD_MAGIC, PAYLOAD_OFF_INDEX, PAYLOAD_OFF_SENT, PAYLOAD_PEEK, SLOT_VALID,
+    SYSCOUNT_SLOTS,
 };
+use stsync_common::frame::{
+    be16, be32, raw16, raw32, ETH_P_IP, ETH_TYPE, HDR_LEN, IP, IPPROTO_UDP, IP_DST, IP_FRAG,
+    IP_PROTO, IP_SRC, SRT_DEST, SRT_WORD0, SRT_WORD1, UDP, UDP_DPORT, UDP_LEN, UDP_SPORT,
+};
+use stsync_common::srt::{CONTROL_BIT, MSG_REXMIT_FLAG, SEQ_MASK};
 
 #[map(name = "SINK_CONFIG")]
 static CONFIG: Array<SinkConfig> = Array::with_max_entries(1, 0);
@@ -40,31 +45,11 @@ static SLOTS: Array<Slot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "SINK_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-// Byte offsets in an Ethernet + IPv4 (no options) + UDP + SRT frame.
-const ETH_TYPE: usize = 12;
-const IP: usize = 14;
-const IP_FRAG: usize = IP + 6;
-const IP_PROTO: usize = IP + 9;
-const IP_SRC: usize = IP + 12;
-const IP_DST: usize = IP + 16;
-const UDP: usize = IP + 20;
-const UDP_SPORT: usize = UDP;
-const UDP_DPORT: usize = UDP + 2;
-const UDP_LEN: usize = UDP + 4;
-const SRT: usize = UDP + 8;
-const SRT_WORD0: usize = SRT;
-const SRT_WORD1: usize = SRT + 4;
-const SRT_DEST: usize = SRT + 12;
-const HDR_LEN: usize = SRT + 16;
-const UDP_SRT_LEN: u32 = 8 + 16;
-
-const ETH_P_IP: [u8; 2] = [0x08, 0x00];
-const IPPROTO_UDP: u8 = 17;
-const CONTROL_BIT: u32 = 1 << 31;
+/// UDP + SRT header bytes: an SRT payload's length is the UDP length less these.
+const UDP_SRT_LEN: u32 = (HDR_LEN - UDP) as u32;
 /// `__sk_buff::tstamp_type` of a receive timestamp (BPF_SKB_CLOCK_REALTIME, formerly
 /// BPF_SKB_TSTAMP_UNSPEC).
 const TSTAMP_REALTIME: u8 = 0;
-const MSG_REXMIT_FLAG: u32 = 1 << 26;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -144,22 +129,6 @@ pub fn stsb_sink_tc(ctx: TcContext) -> i32 {
         Verdict::Pass => TC_ACT_OK as i32,
         Verdict::Drop => TC_ACT_SHOT as i32,
     }
-}
-
-fn raw32(h: &[u8], off: usize) -> u32 {
-    u32::from_ne_bytes([h[off], h[off + 1], h[off + 2], h[off + 3]])
-}
-
-fn raw16(h: &[u8], off: usize) -> u16 {
-    u16::from_ne_bytes([h[off], h[off + 1]])
-}
-
-fn be16(h: &[u8], off: usize) -> u16 {
-    u16::from_be_bytes([h[off], h[off + 1]])
-}
-
-fn be32(h: &[u8], off: usize) -> u32 {
-    u32::from_be_bytes([h[off], h[off + 1], h[off + 2], h[off + 3]])
 }
 
 fn be64(h: &[u8], off: usize) -> u64 {

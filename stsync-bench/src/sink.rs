@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use stsync_bench_common::{
     self as common, counter, Head, SinkConfig, Slot, FLAG_BAD_PAYLOAD, FLAG_LEN_MASK, FLAG_REXMIT,
-    FLAG_RX_REALTIME, SEQ_MASK, SLOT_VALID,
+    FLAG_RX_REALTIME, SLOT_VALID,
 };
+use stsync_common::srt::SEQ_MASK;
 
 /// Where the sink runs.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

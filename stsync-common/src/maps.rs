@@ -85,6 +85,10 @@ pub const LOOPBACK_IFINDEX: u32 = 1;
 /// viewer on `lo` only packets that themselves came in on `lo` (they carry a local route;
 /// the others would be dropped as martians, "IP_LOCAL_SOURCE").
 pub const CONFIG_LO_ACCEPT_LOCAL: u16 = 1;
+/// `Config::flags`: the program also logs (aya-log, debug level, target `stsync_ebpf::*`)
+/// every publisher packet it fans out and every viewer ACK it handles. Off by default: only
+/// rare events (a route learned, failures) are logged without it.
+pub const CONFIG_LOG: u16 = 2;
 
 /// `PUBLISHERS`: relay socket ID of a publisher connection (the SRT destination socket ID
 /// on its data packets) → where its packets go.

@@ -114,6 +114,7 @@ impl EbpfDatapath {
     /// Loads, configures and attaches the program; any failure is the reason to fall back.
     pub fn start(opts: &EbpfOptions, socket: &impl AsRawFd) -> Result<EbpfDatapath, KernelError> {
         let mut kernel = Kernel::load_file_sized(&opts.object, opts.streams, opts.max_connections)?;
+        kernel.start_log();
         let listen = v4(opts.listen).ok_or_else(|| {
             KernelError::Other(format!(
                 "the kernel path handles IPv4 only; listening on {}",

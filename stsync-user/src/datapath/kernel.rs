@@ -84,6 +84,8 @@ pub struct Kernel {
     max_streams: u32,
     attached: Vec<String>,
     config: Config,
+    /// Forwards the program's log lines while it lives (`start_log`).
+    log: Option<super::kernel_log::KernelLog>,
 }
 
 impl Kernel {
@@ -203,7 +205,14 @@ impl Kernel {
             max_streams,
             attached: Vec::new(),
             config: Config::default(),
+            log: None,
         })
+    }
+
+    /// Forwards the program's aya-log lines to the daemon's log (needs a tokio runtime;
+    /// without one, says so once and goes on without).
+    pub fn start_log(&mut self) {
+        self.log = super::kernel_log::start(&mut self.bpf);
     }
 
     /// The classifier, e.g. for `test_run`.

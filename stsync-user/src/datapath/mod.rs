@@ -7,6 +7,7 @@
 pub mod ebpf;
 pub mod handover;
 pub mod kernel;
+pub mod kernel_log;
 mod mmap_array;
 pub mod userspace;
 
