@@ -317,7 +317,11 @@ fn kernel_fanout_across_namespaces() {
         return;
     }
     let t = three_hosts();
-    let relay = start_relay(t.ns.name("relay"), t.relay_ip, RelayOpts::default());
+    let opts = RelayOpts {
+        rust_log: Some("info,stsync_ebpf=debug".into()),
+        ..Default::default()
+    };
+    let relay = start_relay(t.ns.name("relay"), t.relay_ip, opts);
     assert!(relay.log().contains("datapath=ebpf"), "{}", relay.log());
     let dir = TempDir::new("ebpf-ns");
     let m = five_viewers(
@@ -329,6 +333,14 @@ fn kernel_fanout_across_namespaces() {
         || {},
     );
     assert_kernel_served("3 namespaces", &m, 5);
+    // The program's own log lines reach the daemon's log (aya-log), one per route learned.
+    let log = relay.log();
+    let learned = log.matches(": route learned, ").count();
+    assert!(
+        (5..=10).contains(&learned),
+        "{learned} route-learned lines from the kernel program:\n{}",
+        tail_lines(&log, 40)
+    );
 }
 
 #[test]

@@ -25,6 +25,8 @@ pub struct RelayOpts {
     pub datapath: Option<String>,
     /// `delay_ms` of streams in config.json.
     pub stream_delays: Vec<(String, u64)>,
+    /// `RUST_LOG` for the relay (default: `STSYNC_RELAY_LOG` if set, else `info`).
+    pub rust_log: Option<String>,
     pub http_header_timeout_ms: Option<u64>,
     pub http_idle_timeout_ms: Option<u64>,
     pub http_shutdown_timeout_ms: Option<u64>,
@@ -50,6 +52,7 @@ impl Default for RelayOpts {
                 .ok()
                 .filter(|d| !d.is_empty()),
             stream_delays: Vec::new(),
+            rust_log: None,
             http_header_timeout_ms: None,
             http_idle_timeout_ms: None,
             http_shutdown_timeout_ms: None,
@@ -148,7 +151,10 @@ impl Relay {
             .arg(&config_path)
             .env(
                 "RUST_LOG",
-                std::env::var("STSYNC_RELAY_LOG").unwrap_or_else(|_| "info".into()),
+                opts.rust_log
+                    .clone()
+                    .or_else(|| std::env::var("STSYNC_RELAY_LOG").ok())
+                    .unwrap_or_else(|| "info".into()),
             )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
