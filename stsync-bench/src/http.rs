@@ -13,7 +13,7 @@ pub fn request(
     path: &str,
     token: Option<&str>,
 ) -> Result<(u16, String)> {
-    let mut s = crate::sys::in_netns(netns, || {
+    let mut s = stsync_user::os::in_netns(netns, || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(2))
     })
     .with_context(|| format!("connecting to {addr}"))?;

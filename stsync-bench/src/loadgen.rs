@@ -23,7 +23,6 @@ use crate::caller::{self, HsAnswer};
 use crate::hist::Hist;
 use crate::report::*;
 use crate::sink::{Arrived, Attach, Rings, Sink, SinkParams};
-use crate::sys::{self, RecvBatch, SendBatch};
 use crate::syscalls::{Counter, SyscallReport};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -34,6 +33,9 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use stsync_bench_common::SinkConfig;
 use stsync_common::srt::{ctrl, MSG_REXMIT_FLAG};
+use stsync_user::os::mmsg::{RecvBatch, SendBatch};
+use stsync_user::os::proc::{self, CpuTimes, Stat};
+use stsync_user::os::{clock, in_netns, udp};
 use stsync_user::srt::packet::{loss_ranges, write_control, write_data, Ack, Packet};
 use stsync_user::srt::receiver::{Arrival, Feedback, Receiver};
 use stsync_user::srt::rtt::Rtt;
@@ -611,7 +613,7 @@ fn publisher_loop(
         publ.tx.flush(fd);
         let timeout = wake.saturating_duration_since(Instant::now());
         if !timeout.is_zero() {
-            sys::wait_readable(&[fd], timeout.as_nanos() as u64);
+            udp::wait_readable(&[fd], timeout.as_nanos() as u64);
         }
     }
     if publ.conn.state == Hs::Connected {
@@ -803,33 +805,40 @@ struct Sample {
     relay_us: Option<(u64, u64)>,
     relay_ticks: Option<u64>,
     relay_rss_kb: Option<u64>,
-    cpu: sys::CpuTimes,
+    cpu: CpuTimes,
     procs: std::collections::HashMap<(u32, u64), u64>,
     softnet_dropped: u64,
 }
 
 impl Sample {
     fn take(watch: Option<u32>, pub_tid: u32) -> Sample {
+        let me = Stat::read("self").unwrap_or_default();
+        let relay = watch.and_then(Stat::read);
         Sample {
             t: Instant::now(),
-            self_ticks: sys::self_cpu_ticks(),
-            self_us: sys::proc_user_sys("self").unwrap_or_default(),
+            self_ticks: me.cpu_ticks(),
+            self_us: me.user_sys(),
             pub_us: (pub_tid != 0)
-                .then(|| sys::proc_user_sys(&format!("self/task/{pub_tid}")))
-                .flatten(),
-            relay_us: watch.and_then(|p| sys::proc_user_sys(&p.to_string())),
-            relay_ticks: watch.and_then(sys::proc_cpu_ticks),
-            relay_rss_kb: watch.and_then(sys::proc_rss_kb),
-            cpu: sys::CpuTimes::read(),
-            procs: sys::all_user_procs(),
-            softnet_dropped: sys::softnet_dropped(),
+                .then(|| Stat::read(format!("self/task/{pub_tid}")))
+                .flatten()
+                .map(|s| s.user_sys()),
+            relay_us: relay.map(|s| s.user_sys()),
+            relay_ticks: relay.map(|s| s.cpu_ticks()),
+            relay_rss_kb: watch.and_then(proc::rss_kb),
+            cpu: CpuTimes::read(),
+            procs: proc::user_process_ticks(),
+            softnet_dropped: proc::softnet_dropped(),
         }
     }
 }
 
+fn self_cpu_ticks() -> u64 {
+    Stat::read("self").map_or(0, |s| s.cpu_ticks())
+}
+
 fn cpu_report(a: &Sample, b: &Sample, watch: Option<u32>) -> CpuReport {
     let secs = b.t.duration_since(a.t).as_secs_f64().max(1e-6);
-    let tck = sys::clk_tck() as f64;
+    let tck = proc::clk_tck() as f64;
     let pct = |ticks: u64| ticks as f64 / tck / secs * 100.0;
     let me = std::process::id();
     let gen = b.self_ticks.saturating_sub(a.self_ticks);
@@ -903,12 +912,12 @@ pub fn run(o: &Opts) -> Result<Report> {
     };
     let sid = |i: usize, mode: &str| caller::stream_id(&o.sid_template, &o.stream, &keys[i], mode);
 
-    let pub_fd = sys::in_netns(o.pub_netns.as_deref(), || {
-        sys::udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 4 << 20)
+    let pub_fd = in_netns(o.pub_netns.as_deref(), || {
+        udp::udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 4 << 20)
     })
     .context("publisher socket")?;
-    let view_fd = sys::in_netns(o.view_netns.as_deref(), || {
-        sys::udp_socket(
+    let view_fd = in_netns(o.view_netns.as_deref(), || {
+        udp::udp_socket(
             SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, o.viewer_port),
             64 << 20,
         )
@@ -917,9 +926,9 @@ pub fn run(o: &Opts) -> Result<Report> {
     let vfd = view_fd.as_raw_fd();
 
     let t0 = Instant::now();
-    let base_ns = sys::mono_ns();
+    let base_ns = clock::monotonic_ns();
     let ns_of = move |i: Instant| base_ns + i.saturating_duration_since(t0).as_nanos() as u64;
-    let cpu_start = sys::self_cpu_ticks();
+    let cpu_start = self_cpu_ticks();
 
     let pkts_per_sec = o.bitrate as f64 / (o.payload as f64 * 8.0);
     let (publ, shared) = new_publisher(
@@ -971,7 +980,7 @@ pub fn run(o: &Opts) -> Result<Report> {
             let ring = ((pkts_per_sec * 2.0) as u32)
                 .clamp(1024, 1 << 16)
                 .next_power_of_two();
-            let port = sys::local_addr(vfd)
+            let port = udp::local_addr(&view_fd)
                 .context("viewer socket address")?
                 .port();
             let mut sink = Sink::load(&SinkParams {
@@ -1027,7 +1036,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         + Duration::from_millis(o.drain_ms);
     let mut min_due = t0;
     let mut last_connect_ms = 0u64;
-    let mut rt_offset = sys::realtime_offset_ns();
+    let mut rt_offset = clock::realtime_offset_ns();
     let mut next_offset_refresh = t0;
 
     let publisher = {
@@ -1148,7 +1157,7 @@ pub fn run(o: &Opts) -> Result<Report> {
             let now = Instant::now();
             let now_ns = ns_of(now);
             if now >= next_offset_refresh {
-                rt_offset = sys::realtime_offset_ns();
+                rt_offset = clock::realtime_offset_ns();
                 next_offset_refresh = now + Duration::from_secs(1);
             }
             for i in 0..k {
@@ -1230,7 +1239,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         if let Some(sink) = &sink {
             let now = Instant::now();
             if now >= next_offset_refresh {
-                rt_offset = sys::realtime_offset_ns();
+                rt_offset = clock::realtime_offset_ns();
                 next_offset_refresh = now + Duration::from_secs(1);
             }
             let mut io = ViewerIo {
@@ -1291,11 +1300,11 @@ pub fn run(o: &Opts) -> Result<Report> {
         let timeout = wake.saturating_duration_since(Instant::now());
         if !timeout.is_zero() {
             if o.tick_us == 0 {
-                sys::wait_readable(&[vfd], timeout.as_nanos() as u64);
+                udp::wait_readable(&[vfd], timeout.as_nanos() as u64);
             } else {
                 // Sleep, not poll: what arrives meanwhile is read in one batch.
                 let t = timeout.min(Duration::from_micros(o.tick_us));
-                sys::wait_readable(&[], t.as_nanos() as u64);
+                udp::wait_readable(&[], t.as_nanos() as u64);
             }
         }
     }
@@ -1313,7 +1322,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         Ok(r) => r?,
         Err(_) => bail!("the publisher thread panicked"),
     };
-    let cpu_total_secs = (sys::self_cpu_ticks() - cpu_start) as f64 / sys::clk_tck() as f64;
+    let cpu_total_secs = (self_cpu_ticks() - cpu_start) as f64 / proc::clk_tck() as f64;
 
     let (Some(a), Some(b)) = (sample_a, sample_b) else {
         bail!("the measurement window never ran");

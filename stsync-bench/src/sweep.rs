@@ -11,7 +11,6 @@
 //! routed via 10.88.2.2 from the relay), one per viewer.
 
 use crate::report::Report;
-use crate::sys;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -22,6 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use stsync_user::os::mmsg::{RecvBatch, SendBatch};
+use stsync_user::os::proc::{self, loadavg, CpuTimes};
+use stsync_user::os::{in_netns, udp};
 
 pub const NS_PUB: &str = "stsb-pub";
 pub const NS_RELAY: &str = "stsb-relay";
@@ -307,24 +309,11 @@ pub struct SweepResults {
 }
 
 pub fn machine() -> Machine {
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
     Machine {
         nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        cpu_model,
-        kernel,
-        clk_tck: sys::clk_tck(),
+        cpu_model: proc::cpu_model(),
+        kernel: proc::kernel_release(),
+        clk_tck: proc::clk_tck(),
     }
 }
 
@@ -403,13 +392,6 @@ impl Drop for Snapshot {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-pub(crate) fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
 }
 
 fn sh(args: &[&str]) -> Result<()> {
@@ -596,12 +578,12 @@ fn start_relay(o: &SweepOpts, kind: &str, dir: &Path, tag: &str) -> Result<Relay
 /// returns the busy % of the last second.
 fn wait_quiet(pct: f64, max_wait: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs_f64(max_wait);
-    let tck = sys::clk_tck() as f64;
+    let tck = proc::clk_tck() as f64;
     let mut quiet_secs = 0;
     loop {
-        let a = sys::CpuTimes::read();
+        let a = CpuTimes::read();
         std::thread::sleep(Duration::from_secs(1));
-        let busy = (sys::CpuTimes::read().busy() - a.busy()) as f64 / tck * 100.0;
+        let busy = (CpuTimes::read().busy() - a.busy()) as f64 / tck * 100.0;
         quiet_secs = if busy < pct { quiet_secs + 1 } else { 0 };
         if quiet_secs >= 3 {
             return busy;
@@ -709,28 +691,28 @@ fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Po
 /// as fast as it can from stsb-relay, another recvmmsg()s them in stsb-view.
 pub fn baseline(secs: f64, payload: usize) -> Result<Baseline> {
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 88, 2, 2), 7000);
-    let rx = sys::in_netns(Some(NS_VIEW), || sys::udp_socket(dst, 32 << 20))?;
-    let tx = sys::in_netns(Some(NS_RELAY), || {
-        sys::udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 4 << 20)
+    let rx = in_netns(Some(NS_VIEW), || udp::udp_socket(dst, 32 << 20))?;
+    let tx = in_netns(Some(NS_RELAY), || {
+        udp::udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 4 << 20)
     })?;
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let receiver = {
         let (stop, received) = (stop.clone(), received.clone());
         std::thread::spawn(move || {
-            let mut b = sys::RecvBatch::new(256);
+            let mut b = RecvBatch::new(256);
             while !stop.load(Ordering::Relaxed) {
                 let n = b.recv(rx.as_raw_fd());
                 if n == 0 {
-                    sys::wait_readable(&[rx.as_raw_fd()], 10_000_000);
+                    udp::wait_readable(&[rx.as_raw_fd()], 10_000_000);
                 }
                 received.fetch_add(n as u64, Ordering::Relaxed);
             }
         })
     };
-    let mut batch = sys::SendBatch::new();
+    let mut batch = SendBatch::new();
     let payload_bytes = vec![0x47u8; payload];
-    let a = sys::CpuTimes::read();
+    let a = CpuTimes::read();
     let r0 = received.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(secs);
@@ -743,11 +725,11 @@ pub fn baseline(secs: f64, payload: usize) -> Result<Baseline> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(100));
-    let b = sys::CpuTimes::read();
+    let b = CpuTimes::read();
     let got = received.load(Ordering::Relaxed) - r0;
     stop.store(true, Ordering::Relaxed);
     let _ = receiver.join();
-    let tck = sys::clk_tck() as f64;
+    let tck = proc::clk_tck() as f64;
     let secs_all = elapsed + 0.1;
     let busy = (b.busy() - a.busy()) as f64 / tck;
     Ok(Baseline {

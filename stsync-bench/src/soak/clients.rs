@@ -8,7 +8,6 @@ use crate::caller::{self, HsAnswer};
 use crate::loadgen::{
     rand_u32, send_feedback, Conn, Hs, ViewerCountersView, BUFFER_PKTS, KEEPALIVE,
 };
-use crate::sys::{self, RecvBatch, SendBatch};
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -17,6 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use stsync_common::srt::{ctrl, MSG_REXMIT_FLAG};
+use stsync_user::os::mmsg::{RecvBatch, SendBatch};
+use stsync_user::os::{clock, udp};
 use stsync_user::srt::packet::{write_control, write_data, Packet};
 use stsync_user::srt::receiver::{Arrival, Feedback, Receiver};
 use stsync_user::srt::seq::Seq;
@@ -409,7 +410,7 @@ pub fn viewers_thread(
     evals: mpsc::Receiver<EvalRequest>,
 ) -> Result<()> {
     let c = &cfg.common;
-    let fd_owned = sys::udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 64 << 20)
+    let fd_owned = udp::udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 64 << 20)
         .context("viewers' socket")?;
     let fd = fd_owned.as_raw_fd();
     let mut tx = SendBatch::new();
@@ -428,7 +429,7 @@ pub fn viewers_thread(
         })
         .collect();
     let late_ns = u64::from(c.latency_ms) * 1_000_000;
-    let mut rt_offset = sys::realtime_offset_ns();
+    let mut rt_offset = clock::realtime_offset_ns();
     let mut next_offset_refresh = Instant::now();
     let join_every = (cfg.churn_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / cfg.churn_rate));
     let mut next_join = sh.t0 + join_every.unwrap_or_default();
@@ -538,10 +539,10 @@ pub fn viewers_thread(
             }
             let now = Instant::now();
             if now >= next_offset_refresh {
-                rt_offset = sys::realtime_offset_ns();
+                rt_offset = clock::realtime_offset_ns();
                 next_offset_refresh = now + Duration::from_secs(1);
             }
-            let now_ns = sys::mono_ns();
+            let now_ns = clock::monotonic_ns();
             for i in 0..k {
                 let d = recv.get(i);
                 let len = d.data.len() as u64;
@@ -742,7 +743,7 @@ pub fn viewers_thread(
                     .map(|v| v.conn.peer_id),
             );
         }
-        sys::wait_readable(&[fd], 1_000_000);
+        udp::wait_readable(&[fd], 1_000_000);
     }
     // Polite end: every connected viewer says goodbye.
     let now = Instant::now();
@@ -775,7 +776,7 @@ pub fn attacker_thread(cfg: AttackerCfg, keys: Arc<KeyPool>, sh: Arc<Shared>) ->
     // A modest receive buffer: what overflows it is dropped by the kernel, cheaply; the
     // relay's own count of what it sent is in its metrics.
     let fd_owned =
-        sys::udp_socket(SocketAddrV4::new(cfg.src, 0), 4 << 20).context("attacker's socket")?;
+        udp::udp_socket(SocketAddrV4::new(cfg.src, 0), 4 << 20).context("attacker's socket")?;
     let fd = fd_owned.as_raw_fd();
     let mut tx = SendBatch::new();
     let mut recv = RecvBatch::new(256);
@@ -918,7 +919,7 @@ pub fn attacker_thread(cfg: AttackerCfg, keys: Arc<KeyPool>, sh: Arc<Shared>) ->
             }
         }
         tx.flush(fd);
-        sys::wait_readable(&[fd], 1_000_000);
+        udp::wait_readable(&[fd], 1_000_000);
     }
     if let Some(cn) = conn.as_mut().filter(|c| c.state == Hs::Connected) {
         cn.control(Instant::now(), fd, &mut tx, ctrl::SHUTDOWN, 0, &[0]);
@@ -1043,10 +1044,10 @@ pub fn spoof(rng: &mut Rng, dst: u32, out: &mut Vec<u8>) {
 
 pub fn hostile_thread(cfg: HostileCfg, sh: Arc<Shared>) -> Result<()> {
     let c = &cfg.common;
-    let g_owned = sys::udp_socket(SocketAddrV4::new(cfg.garbage_src, 0), 1 << 20)
+    let g_owned = udp::udp_socket(SocketAddrV4::new(cfg.garbage_src, 0), 1 << 20)
         .context("garbage socket")?;
     let f_owned =
-        sys::udp_socket(SocketAddrV4::new(cfg.flood_src, 0), 4 << 20).context("flood socket")?;
+        udp::udp_socket(SocketAddrV4::new(cfg.flood_src, 0), 4 << 20).context("flood socket")?;
     let (gfd, ffd) = (g_owned.as_raw_fd(), f_owned.as_raw_fd());
     let mut gtx = SendBatch::new();
     let mut ftx = SendBatch::new();
@@ -1191,7 +1192,7 @@ pub fn hostile_thread(cfg: HostileCfg, sh: Arc<Shared>) -> Result<()> {
         sh.add(C::FloodUnanswered, (before - pending.len()) as u64);
         gtx.flush(gfd);
         ftx.flush(ffd);
-        sys::wait_readable(&[ffd], 1_000_000);
+        udp::wait_readable(&[ffd], 1_000_000);
     }
     Ok(())
 }

@@ -23,8 +23,7 @@ pub mod stats;
 
 use crate::loadgen::{new_publisher, parse_rate, spawn_publisher, PubShared, PublisherOutcome};
 use crate::plot::{draw_time_series, TimePanel};
-use crate::sweep::{exe_sibling, fingerprint, loadavg, machine, Machine, RelayProc};
-use crate::sys;
+use crate::sweep::{exe_sibling, fingerprint, machine, Machine, RelayProc};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use clients::{Common, EvalRequest, KeyPool, Shared, C, NAMES};
@@ -40,6 +39,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use stsync_user::os::proc::{self, loadavg, CpuTimes, Stat, Status};
+use stsync_user::os::{clock, udp};
 
 const TOKEN: &str = "stsync-soak-token-5b1e0d";
 const PUBLISHER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 5, 1);
@@ -295,8 +296,8 @@ fn start_relay(
     }
 }
 
-fn count_fds(pid: u32) -> Option<u64> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+fn self_cpu_ticks() -> u64 {
+    Stat::read("self").map_or(0, |s| s.cpu_ticks())
 }
 
 fn scrape(http: SocketAddr) -> (Option<RelayMetrics>, f64) {
@@ -333,7 +334,7 @@ impl PubCfg {
         key: &str,
         first_index: u64,
     ) -> Result<(Arc<PubShared>, JoinHandle<PublisherOutcome>)> {
-        let fd = sys::udp_socket(SocketAddrV4::new(PUBLISHER_IP, 0), 4 << 20)
+        let fd = udp::udp_socket(SocketAddrV4::new(PUBLISHER_IP, 0), 4 << 20)
             .context("publisher socket")?;
         let sid = crate::caller::stream_id(&self.sid_template, "1", key, "publish");
         let (publ, shared) = new_publisher(
@@ -365,7 +366,7 @@ struct Sampler {
     http: SocketAddr,
     last_t: Instant,
     last_cpu: Option<(u64, u64)>,
-    last_sys: sys::CpuTimes,
+    last_sys: CpuTimes,
     last_self: u64,
     last_counters: clients::Snapshot,
     last_dropped: Option<f64>,
@@ -393,11 +394,11 @@ impl Sampler {
     ) -> Sample {
         let now = Instant::now();
         let dt = now.duration_since(self.last_t).as_secs_f64().max(1e-6);
-        let tck = sys::clk_tck() as f64;
+        let tck = proc::clk_tck() as f64;
         let pct = |ticks: u64| ticks as f64 / tck / dt * 100.0;
         let pid = self.pid;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let cpu = sys::proc_user_sys(&pid.to_string());
+        let status = Status::read(pid).unwrap_or_default();
+        let cpu = Stat::read(pid).map(|s| s.user_sys());
         let (cpu_pct, cpu_user_pct, cpu_sys_pct) = match (self.last_cpu, cpu) {
             (Some(a), Some(b)) => (
                 Some(pct((b.0 + b.1).saturating_sub(a.0 + a.1))),
@@ -407,8 +408,8 @@ impl Sampler {
             _ => (None, None, None),
         };
         self.last_cpu = cpu;
-        let machine = sys::CpuTimes::read();
-        let me = sys::self_cpu_ticks();
+        let machine = CpuTimes::read();
+        let me = self_cpu_ticks();
         let (m, metrics_ms) = scrape(self.http);
         let counters = sh.snapshot();
         let d = |c: C| counters[c as usize].saturating_sub(self.last_counters[c as usize]);
@@ -417,12 +418,12 @@ impl Sampler {
         let mut s = Sample {
             t_s: now.duration_since(t0).as_secs_f64(),
             interval_s: dt,
-            rss_kb: stats::status_field(&status, "VmRSS"),
+            rss_kb: status.field("VmRSS"),
             cpu_pct,
             cpu_user_pct,
             cpu_sys_pct,
-            fds: count_fds(pid),
-            threads: stats::status_field(&status, "Threads"),
+            fds: proc::fd_count(pid),
+            threads: status.field("Threads"),
             metrics_ok: m.is_some(),
             metrics_ms,
             attacker_rx_bytes_per_s: d(C::AttackerRxBytes) as f64 / dt,
@@ -797,7 +798,6 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
     let mut relay = start_relay(o, &bin, &cfg_path, &log_path, http)?;
     let pid = relay.pid();
     let (m0, _) = scrape(http);
-    let status0 = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let mut info = RunInfo {
         opts: o.clone(),
         seed,
@@ -812,8 +812,8 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
         datapath: m0.and_then(|m| m.datapath),
         loadavg_start: loadavg(),
         loadavg_end: String::new(),
-        rss_kb_idle: stats::status_field(&status0, "VmRSS"),
-        fds_idle: count_fds(pid),
+        rss_kb_idle: proc::rss_kb(pid),
+        fds_idle: proc::fd_count(pid),
     };
     eprintln!(
         "soak: relay pid {pid}, datapath {}, idle RSS {} KiB, {} fds",
@@ -879,7 +879,7 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
         latency: o.latency_ms,
         deadline: hard_deadline,
         t0,
-        base_ns: sys::mono_ns(),
+        base_ns: clock::monotonic_ns(),
     };
     let (shared, h) = pcfg.spawn(&keys.take().context("no key")?, 0)?;
     let mut publ = Pub {
@@ -977,9 +977,9 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
         pid,
         http,
         last_t: Instant::now(),
-        last_cpu: sys::proc_user_sys(&pid.to_string()),
-        last_sys: sys::CpuTimes::read(),
-        last_self: sys::self_cpu_ticks(),
+        last_cpu: Stat::read(pid).map(|s| s.user_sys()),
+        last_sys: CpuTimes::read(),
+        last_self: self_cpu_ticks(),
         last_counters: sh.snapshot(),
         last_dropped: None,
         last_heap: None,

@@ -195,20 +195,6 @@ impl ConnDeltas {
 }
 
 // ---------------------------------------------------------------------------------------
-// /proc
-
-/// A `Name:   value ...` field of /proc/PID/status (e.g. VmRSS in kB, Threads).
-pub fn status_field(status: &str, name: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-// ---------------------------------------------------------------------------------------
 // Honest viewers' delivery
 
 /// Which payload indices a viewer received, in a ring indexed by payload index (the
@@ -743,14 +729,6 @@ not a sample line {
         // 1 is gone (closed): nothing from it, nothing negative.
         let m3 = RelayMetrics::parse("srt_connection_data_bytes_sent{id=\"2\"} 40\n");
         assert_eq!(d.step(&m3, &[1, 2]).data_bytes_sent, 10.0);
-    }
-
-    #[test]
-    fn reads_proc_status_fields() {
-        let st = "Name:\tstsync-proxy\nVmPeak:\t  120000 kB\nVmRSS:\t   14336 kB\nThreads:\t3\n";
-        assert_eq!(status_field(st, "VmRSS"), Some(14336));
-        assert_eq!(status_field(st, "Threads"), Some(3));
-        assert_eq!(status_field(st, "VmSwap"), None);
     }
 
     #[test]

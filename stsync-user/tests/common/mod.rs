@@ -27,6 +27,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use stsync_user::os;
 
 pub const TS: usize = 188;
 /// srt-live-transmit reads stdin in chunks of exactly this many bytes (its `-chunk`
