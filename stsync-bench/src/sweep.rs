@@ -43,13 +43,6 @@ fn attach_name(a: crate::sink::Attach) -> &'static str {
     }
 }
 
-fn rx_name(o: &SweepOpts) -> &'static str {
-    match o.rx {
-        crate::loadgen::RxMode::Socket => "socket",
-        crate::loadgen::RxMode::Xdp => "xdp",
-    }
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct SweepOpts {
     /// Output directory (results.json, table.md, plot.svg, per-point reports and relay logs).
@@ -770,7 +763,7 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
         datapath_errors: Vec::new(),
         relay_bin: snap.relay_desc.clone(),
         ebpf_object: snap.ebpf_desc.clone(),
-        rx: rx_name(o).into(),
+        rx: o.rx.name().into(),
         loadavg_start: loadavg(),
         loadavg_end: String::new(),
         baseline: None,
@@ -815,7 +808,7 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
                     eprintln!("bench:   failed: {e:#}");
                     res.points.push(Point::failed(
                         kind,
-                        rx_name(o),
+                        o.rx.name(),
                         viewers,
                         bitrate,
                         format!("{e:#}"),
