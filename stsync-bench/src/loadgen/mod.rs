@@ -34,12 +34,13 @@ mod window;
 
 pub(crate) use conn::{rand_u32, Conn, Hs, KEEPALIVE};
 pub(crate) use publisher::{new_publisher, spawn_publisher, PubShared, PublisherOutcome};
-pub(crate) use viewers::{send_feedback, ViewerCountersView, BUFFER_PKTS};
+pub(crate) use viewers::{ViewerCountersView, ViewerIo, BUFFER_PKTS};
 
 use crate::report::{GeneratorReport, Report};
 use crate::sink::{Attach, Sink};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -76,15 +77,8 @@ pub struct Opts {
     /// Number of viewers.
     #[arg(long, default_value_t = 1)]
     pub viewers: u32,
-    /// Publisher bitrate in bits per second of SRT payload (accepts k/M suffixes).
-    #[arg(long, default_value = "4M", value_parser = parse_rate)]
-    pub bitrate: u64,
-    /// SRT payload bytes per packet.
-    #[arg(long, default_value_t = 1316)]
-    pub payload: usize,
-    /// Latency (TSBPD) announced in HSREQ, ms; also how long a viewer waits for a lost packet.
-    #[arg(long, default_value_t = 120)]
-    pub latency_ms: u16,
+    #[command(flatten)]
+    pub media: Media,
     /// Seconds of streaming after every viewer is connected, before measuring.
     #[arg(long, default_value_t = 3.0)]
     pub warmup: f64,
@@ -169,6 +163,44 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         .map(|v| (v * mult) as u64)
         .map_err(|e| format!("{s}: {e}"))
 }
+/// The stream the publisher sends, and the latency every client announces.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct Media {
+    /// Publisher bitrate in bits per second of SRT payload (accepts k/M suffixes).
+    #[arg(long, default_value = "4M", value_parser = parse_rate)]
+    pub bitrate: u64,
+    /// SRT payload bytes per packet.
+    #[arg(long, default_value_t = 1316)]
+    pub payload: usize,
+    /// Latency (TSBPD) announced in HSREQ, ms: how long a viewer waits for a lost packet,
+    /// and a packet later than this is not on time.
+    #[arg(long, default_value_t = 120)]
+    pub latency_ms: u16,
+}
+
+impl Media {
+    pub fn check(&self) -> Result<()> {
+        if self.payload < crate::caller::MIN_PAYLOAD
+            || self.payload > stsync_common::srt::MAX_PAYLOAD
+        {
+            bail!(
+                "--payload must be {}..={} bytes",
+                crate::caller::MIN_PAYLOAD,
+                stsync_common::srt::MAX_PAYLOAD
+            );
+        }
+        if self.bitrate == 0 {
+            bail!("--bitrate must be positive");
+        }
+        Ok(())
+    }
+
+    /// Packets per second the publisher sends.
+    pub fn pkts_per_sec(&self) -> f64 {
+        self.bitrate as f64 / (self.payload as f64 * 8.0)
+    }
+}
+
 impl RxMode {
     /// As the option is spelled.
     pub fn name(self) -> &'static str {
@@ -177,11 +209,6 @@ impl RxMode {
             RxMode::Xdp => "xdp",
         }
     }
-}
-
-/// Packets per second the publisher sends.
-fn pkts_per_sec(o: &Opts) -> f64 {
-    o.bitrate as f64 / (o.payload as f64 * 8.0)
 }
 
 /// One run: the publisher streams, the viewers connect, and after the warm-up the window
@@ -200,7 +227,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         s.viewers,
         s.view_fd.as_raw_fd(),
         s.id_base,
-        o.latency_ms,
+        o.media.latency_ms,
         t0,
     );
     let hard_deadline = t0
@@ -208,15 +235,21 @@ pub fn run(o: &Opts) -> Result<Report> {
         + Duration::from_millis(o.drain_ms);
     let publisher = {
         let deadline = hard_deadline + Duration::from_secs(1);
-        spawn_publisher(s.publisher, o.latency_ms, o.payload, ns_of, deadline)
-            .context("starting the publisher thread")?
+        spawn_publisher(
+            s.publisher,
+            o.media.latency_ms,
+            o.media.payload,
+            ns_of,
+            deadline,
+        )
+        .context("starting the publisher thread")?
     };
     log(format!(
         "publishing to {} at {} bit/s ({:.0} packets/s of {} bytes), {n} viewers to {}",
         o.pub_relay.unwrap_or(o.relay),
-        o.bitrate,
-        pkts_per_sec(o),
-        o.payload,
+        o.media.bitrate,
+        o.media.pkts_per_sec(),
+        o.media.payload,
         o.relay
     ));
 
@@ -264,10 +297,10 @@ pub fn run(o: &Opts) -> Result<Report> {
     let generator = GeneratorReport {
         cpu_total_s: cpu_total_secs,
         run_s: t0.elapsed().as_secs_f64(),
-        send_syscalls: vs.tx.syscalls + pub_tx.syscalls,
+        send_syscalls: vs.io.tx.syscalls + pub_tx.syscalls,
         recv_syscalls: vs.recv.syscalls + pub_recv_syscalls,
-        datagrams_sent: vs.tx.sent + pub_tx.sent,
-        send_failed: vs.tx.failed + pub_tx.failed,
+        datagrams_sent: vs.io.tx.sent + pub_tx.sent,
+        send_failed: vs.io.tx.failed + pub_tx.failed,
         stray: vs.stray,
     };
     Ok(report::build(

@@ -2,6 +2,7 @@
 //! connection, answering ACKs and NAKs (retransmitting from a ring) on a thread of its own.
 
 use super::conn::{rand_u32, Conn, Hs, KEEPALIVE};
+use super::Media;
 use crate::caller;
 use crate::report::PublisherReport;
 use anyhow::{bail, Result};
@@ -196,19 +197,16 @@ impl Publisher {
 }
 
 /// A publisher not yet started: it will connect to `relay` with stream ID `sid` from `fd`,
-/// then pace `bitrate` bit/s of `payload`-byte packets whose payload indices start at
-/// `first_index`. Returns it with what its thread shares.
-#[allow(clippy::too_many_arguments)]
+/// then pace `media`'s packets, whose payload indices start at `first_index`. Returns it
+/// with what its thread shares.
 pub(crate) fn new_publisher(
     fd: OwnedFd,
     relay: SocketAddrV4,
     sid: String,
-    bitrate: u64,
-    payload: usize,
+    media: &Media,
     first_index: u64,
     now: Instant,
 ) -> (Publisher, Arc<PubShared>) {
-    let pkts_per_sec = bitrate as f64 / (payload as f64 * 8.0);
     let shared = Arc::new(PubShared::default());
     shared.next_index.store(first_index, Ordering::Release);
     let publ = Publisher {
@@ -221,7 +219,7 @@ pub(crate) fn new_publisher(
         msgno: 1,
         pace_start: now,
         pace_k: 0,
-        interval: Duration::from_secs_f64(1.0 / pkts_per_sec),
+        interval: Duration::from_secs_f64(1.0 / media.pkts_per_sec()),
         publishing: false,
         stats: PublisherReport::default(),
         shared: shared.clone(),
@@ -284,16 +282,11 @@ fn publisher_loop(
             Hs::Closed => bail!("relay closed the publisher"),
             _ => {}
         }
-        for _ in 0..16 {
-            let k = recv.recv(fd);
-            if k == 0 {
-                break;
+        recv.drain(fd, 16, |now, batch| {
+            for d in batch.received() {
+                publ.on_datagram(now, d.data, latency, payload);
             }
-            let now = Instant::now();
-            for i in 0..k {
-                publ.on_datagram(now, recv.get(i).data, latency, payload);
-            }
-        }
+        });
         let now = Instant::now();
         publ.tick(now, ns_of(now), payload);
         let mut wake = now + Duration::from_millis(5);

@@ -34,9 +34,9 @@ pub(super) fn build(o: &Opts, viewers: &[Viewer], win: &Window, m: Measured) -> 
         config: RunConfig {
             relay: o.relay.to_string(),
             viewers: o.viewers,
-            bitrate_bps: o.bitrate,
-            payload: o.payload,
-            latency_ms: o.latency_ms,
+            bitrate_bps: o.media.bitrate,
+            payload: o.media.payload,
+            latency_ms: o.media.latency_ms,
             warmup_s: o.warmup,
             duration_s: o.duration,
             sid_template: o.sid_template.clone(),

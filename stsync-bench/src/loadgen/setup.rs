@@ -6,10 +6,10 @@ use super::conn::{rand_u32, Conn};
 use super::publisher::{new_publisher, PubShared, Publisher};
 use super::viewers::Viewer;
 use super::window::self_cpu_ticks;
-use super::{pkts_per_sec, Opts, RxMode};
+use super::{Opts, RxMode};
 use crate::caller;
 use crate::sink::{Sink, SinkParams};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub(super) struct Setup {
 
 impl Setup {
     pub(super) fn new(o: &Opts, log: &impl Fn(String)) -> Result<Setup> {
-        check(o)?;
+        o.media.check()?;
         let n = o.viewers as usize;
         let keys = session_keys(o, n)?;
         let sid =
@@ -47,8 +47,7 @@ impl Setup {
             pub_fd,
             o.pub_relay.unwrap_or(o.relay),
             sid(0, "publish"),
-            o.bitrate,
-            o.payload,
+            &o.media,
             0,
             t0,
         );
@@ -87,20 +86,6 @@ impl Setup {
         let (t0, base_ns) = (self.t0, self.base_ns);
         move |i: Instant| base_ns + i.saturating_duration_since(t0).as_nanos() as u64
     }
-}
-
-fn check(o: &Opts) -> Result<()> {
-    if o.payload < caller::MIN_PAYLOAD || o.payload > stsync_common::srt::MAX_PAYLOAD {
-        bail!(
-            "--payload must be {}..={} bytes",
-            caller::MIN_PAYLOAD,
-            stsync_common::srt::MAX_PAYLOAD
-        );
-    }
-    if o.bitrate == 0 {
-        bail!("--bitrate must be positive");
-    }
-    Ok(())
 }
 
 /// One session key per connection: the publisher's, then the viewers'.
@@ -151,7 +136,7 @@ fn load_sink(o: &Opts, view_fd: &OwnedFd, id_base: u32, log: &impl Fn(String)) -
         .unwrap_or_else(crate::sink::default_object_path);
     // Two seconds of packets per viewer: the loop drains every millisecond or so; a
     // retransmission is only useful within the latency.
-    let ring = ((pkts_per_sec(o) * 2.0) as u32)
+    let ring = ((o.media.pkts_per_sec() * 2.0) as u32)
         .clamp(1024, 1 << 16)
         .next_power_of_two();
     let port = udp::local_addr(view_fd)

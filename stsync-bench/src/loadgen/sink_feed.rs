@@ -65,7 +65,6 @@ mod tests {
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::time::Duration;
-    use stsync_user::os::mmsg::SendBatch;
     use stsync_user::srt::receiver::Receiver;
 
     /// The sink's rings without a kernel: one viewer.
@@ -136,14 +135,7 @@ mod tests {
             cap: 256,
             late_ns: 120_000_000,
         };
-        let mut tx = SendBatch::new();
-        let mut fb = Vec::new();
-        let mut io = ViewerIo {
-            fd: -1,
-            tx: &mut tx,
-            fb: &mut fb,
-            rt_offset: 0,
-        };
+        let mut io = ViewerIo::new(-1, now);
         let isn = SEQ_MAX - 2; // crosses the 31-bit wrap
         let seq = |k: u32| Seq::new(isn).add(k).get();
         let mut rings = FakeRings::default();

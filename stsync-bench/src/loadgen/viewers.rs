@@ -61,13 +61,62 @@ pub(super) struct Window {
     pub(super) late_ns: u64,
 }
 
-/// Where a viewer's feedback goes.
-pub(super) struct ViewerIo<'a> {
-    pub(super) fd: RawFd,
-    pub(super) tx: &'a mut SendBatch,
-    pub(super) fb: &'a mut Vec<Feedback>,
-    /// CLOCK_REALTIME − CLOCK_MONOTONIC, for kernel receive timestamps.
-    pub(super) rt_offset: i64,
+/// Where SRT clients on one socket send from: their socket, through one send batch.
+pub(crate) struct ViewerIo {
+    pub(crate) fd: RawFd,
+    pub(crate) tx: SendBatch,
+    /// A receiver's ACKs and NAKs, on their way to `tx` (see `send_feedback`).
+    pub(crate) fb: Vec<Feedback>,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC, for kernel receive timestamps; refreshed every
+    /// second.
+    pub(crate) rt_offset: i64,
+    next_offset_refresh: Instant,
+}
+
+impl ViewerIo {
+    pub(crate) fn new(fd: RawFd, now: Instant) -> ViewerIo {
+        ViewerIo {
+            fd,
+            tx: SendBatch::new(),
+            fb: Vec::new(),
+            rt_offset: clock::realtime_offset_ns(),
+            next_offset_refresh: now,
+        }
+    }
+
+    pub(crate) fn refresh_rt_offset(&mut self, now: Instant) {
+        if now >= self.next_offset_refresh {
+            self.rt_offset = clock::realtime_offset_ns();
+            self.next_offset_refresh = now + Duration::from_secs(1);
+        }
+    }
+
+    /// Sends what a receiver put in `fb` (ACKs, light ACKs, NAKs) for `conn`, counted in
+    /// `st`.
+    pub(crate) fn send_feedback(
+        &mut self,
+        conn: &mut Conn,
+        now: Instant,
+        st: &mut ViewerCountersView,
+    ) {
+        for f in self.fb.drain(..) {
+            match f {
+                Feedback::Ack { number, ack } => {
+                    if ack.full.is_some() {
+                        st.acks_full += 1;
+                    } else {
+                        st.acks_light += 1;
+                    }
+                    let (w, n) = ack.words();
+                    conn.control(now, self.fd, &mut self.tx, ctrl::ACK, number, &w[..n]);
+                }
+                Feedback::Nak(words) => {
+                    st.naks_sent += 1;
+                    conn.control(now, self.fd, &mut self.tx, ctrl::NAK, 0, &words);
+                }
+            }
+        }
+    }
 }
 
 /// One data packet reached viewer `v` (through its socket or the sink): its receiver sees
@@ -81,10 +130,8 @@ pub(super) fn on_data(
     io: &mut ViewerIo,
 ) {
     let Some(rx) = v.rx.as_mut() else { return };
-    let arrival = rx.on_data(now, seq, a.len, io.fb);
-    if !io.fb.is_empty() {
-        send_feedback(&mut v.conn, now, io.fd, io.tx, io.fb, &mut v.st);
-    }
+    let arrival = rx.on_data(now, seq, a.len, &mut io.fb);
+    io.send_feedback(&mut v.conn, now, &mut v.st);
     if arrival == Arrival::Duplicate {
         v.st.duplicates += 1;
         return;
@@ -120,33 +167,6 @@ pub(super) fn on_data(
     }
 }
 
-pub(crate) fn send_feedback(
-    conn: &mut Conn,
-    now: Instant,
-    fd: RawFd,
-    tx: &mut SendBatch,
-    fb: &mut Vec<Feedback>,
-    st: &mut ViewerCountersView,
-) {
-    for f in fb.drain(..) {
-        match f {
-            Feedback::Ack { number, ack } => {
-                if ack.full.is_some() {
-                    st.acks_full += 1;
-                } else {
-                    st.acks_light += 1;
-                }
-                let (w, n) = ack.words();
-                conn.control(now, fd, tx, ctrl::ACK, number, &w[..n]);
-            }
-            Feedback::Nak(words) => {
-                st.naks_sent += 1;
-                conn.control(now, fd, tx, ctrl::NAK, 0, &words);
-            }
-        }
-    }
-}
-
 impl Viewer {
     pub(super) fn new(conn: Conn) -> Viewer {
         Viewer {
@@ -164,23 +184,17 @@ impl Viewer {
 /// All the viewers, on their one socket, with what their loop keeps between passes.
 pub(super) struct Viewers {
     pub(super) list: Vec<Viewer>,
-    fd: RawFd,
+    pub(super) io: ViewerIo,
     /// Viewer i's SRT socket ID is id_base + i: datagrams are routed by it.
     id_base: u32,
     latency: u16,
     /// When each viewer's timers are due next, and the earliest of those.
     due: Vec<Instant>,
     min_due: Instant,
-    pub(super) tx: SendBatch,
     pub(super) recv: RecvBatch,
-    fb: Vec<Feedback>,
     /// Datagrams for none of the viewers (or not SRT).
     pub(super) stray: u64,
     pub(super) win: Window,
-    /// CLOCK_REALTIME − CLOCK_MONOTONIC, for kernel receive timestamps; refreshed every
-    /// second.
-    rt_offset: i64,
-    next_offset_refresh: Instant,
 }
 
 impl Viewers {
@@ -194,13 +208,11 @@ impl Viewers {
         Viewers {
             due: vec![t0 + Duration::from_secs(3600); list.len()],
             list,
-            fd,
+            io: ViewerIo::new(fd, t0),
             id_base,
             latency,
             min_due: t0,
-            tx: SendBatch::new(),
             recv: RecvBatch::new(256),
-            fb: Vec::new(),
             stray: 0,
             win: Window {
                 start: u64::MAX,
@@ -208,8 +220,6 @@ impl Viewers {
                 cap: 0,
                 late_ns: u64::from(latency) * 1_000_000,
             },
-            rt_offset: clock::realtime_offset_ns(),
-            next_offset_refresh: t0,
         }
     }
 
@@ -218,7 +228,7 @@ impl Viewers {
         for i in range {
             self.list[i]
                 .conn
-                .start(now, self.latency, self.fd, &mut self.tx);
+                .start(now, self.latency, self.io.fd, &mut self.io.tx);
             self.due[i] = now + HS_RETRY;
             self.min_due = self.min_due.min(self.due[i]);
         }
@@ -252,35 +262,16 @@ impl Viewers {
         }
     }
 
-    fn refresh_rt_offset(&mut self, now: Instant) {
-        if now >= self.next_offset_refresh {
-            self.rt_offset = clock::realtime_offset_ns();
-            self.next_offset_refresh = now + Duration::from_secs(1);
-        }
-    }
-
     /// Reads what the socket holds (up to 64 batches) and hands each datagram to its
     /// viewer; `ns_of` maps an instant to the payloads' clock.
     pub(super) fn receive(&mut self, ns_of: &impl Fn(Instant) -> u64) {
-        for _ in 0..64 {
-            let k = self.recv.recv(self.fd);
-            if k == 0 {
-                break;
-            }
-            let now = Instant::now();
+        self.recv.drain(self.io.fd, 64, |now, batch| {
             let now_ns = ns_of(now);
-            self.refresh_rt_offset(now);
-            let mut io = ViewerIo {
-                fd: self.fd,
-                tx: &mut self.tx,
-                fb: &mut self.fb,
-                rt_offset: self.rt_offset,
-            };
-            for i in 0..k {
-                let d = self.recv.get(i);
+            self.io.refresh_rt_offset(now);
+            for d in batch.received() {
                 let rx_ns = d
                     .rx_realtime_ns
-                    .map_or(now_ns, |t| (t as i64 - io.rt_offset) as u64);
+                    .map_or(now_ns, |t| (t as i64 - self.io.rt_offset) as u64);
                 let Ok(p) = Packet::parse(d.data) else {
                     self.stray += 1;
                     continue;
@@ -294,30 +285,24 @@ impl Viewers {
                     continue;
                 }
                 match p {
-                    Packet::Data(dp) => on_socket_data(v, now, &dp, rx_ns, &self.win, &mut io),
+                    Packet::Data(dp) => on_socket_data(v, now, &dp, rx_ns, &self.win, &mut self.io),
                     Packet::Control(c) => {
-                        if on_control(v, now, &c, self.latency, &mut io) {
+                        if on_control(v, now, &c, self.latency, &mut self.io) {
                             self.due[idx] = now + Duration::from_millis(10);
                             self.min_due = self.min_due.min(self.due[idx]);
                         }
                     }
                 }
             }
-        }
+        });
     }
 
     /// --rx xdp: what the sink recorded since the last pass, to every viewer.
     pub(super) fn take_from_sink(&mut self, sink: &impl Rings) {
         let now = Instant::now();
-        self.refresh_rt_offset(now);
-        let mut io = ViewerIo {
-            fd: self.fd,
-            tx: &mut self.tx,
-            fb: &mut self.fb,
-            rt_offset: self.rt_offset,
-        };
+        self.io.refresh_rt_offset(now);
         for (i, v) in self.list.iter_mut().enumerate() {
-            drain_sink(sink, i as u32, v, now, &self.win, &mut io);
+            drain_sink(sink, i as u32, v, now, &self.win, &mut self.io);
         }
     }
 
@@ -325,22 +310,16 @@ impl Viewers {
     /// retries), then sends what all this queued.
     pub(super) fn timers(&mut self, now: Instant) {
         if now >= self.min_due {
-            let mut io = ViewerIo {
-                fd: self.fd,
-                tx: &mut self.tx,
-                fb: &mut self.fb,
-                rt_offset: self.rt_offset,
-            };
             let mut next = now + Duration::from_secs(1);
             for (v, due) in self.list.iter_mut().zip(self.due.iter_mut()) {
                 if *due <= now {
-                    *due = viewer_timers(v, now, self.latency, &mut io);
+                    *due = viewer_timers(v, now, self.latency, &mut self.io);
                 }
                 next = next.min(*due);
             }
             self.min_due = next;
         }
-        self.tx.flush(self.fd);
+        self.io.tx.flush(self.io.fd);
     }
 
     /// Sleeps until the next timer, or a tick (see --tick-us), or (with `tick_us` 0) the
@@ -357,7 +336,7 @@ impl Viewers {
         let timeout = wake.saturating_duration_since(Instant::now());
         if !timeout.is_zero() {
             if tick_us == 0 {
-                udp::wait_readable(&[self.fd], timeout.as_nanos() as u64);
+                udp::wait_readable(&[self.io.fd], timeout.as_nanos() as u64);
             } else {
                 // Sleep, not poll: what arrives meanwhile is read in one batch.
                 let t = timeout.min(Duration::from_micros(tick_us));
@@ -380,10 +359,10 @@ impl Viewers {
         for v in self.list.iter_mut() {
             if v.conn.state == Hs::Connected {
                 v.conn
-                    .control(now, self.fd, &mut self.tx, ctrl::SHUTDOWN, 0, &[0]);
+                    .control(now, self.io.fd, &mut self.io.tx, ctrl::SHUTDOWN, 0, &[0]);
             }
         }
-        self.tx.flush(self.fd);
+        self.io.tx.flush(self.io.fd);
     }
 }
 
@@ -438,7 +417,7 @@ fn on_control(
     io: &mut ViewerIo,
 ) -> bool {
     match c.typ {
-        ctrl::HANDSHAKE if v.conn.on_hs(now, c.body, latency, io.fd, io.tx) => {
+        ctrl::HANDSHAKE if v.conn.on_hs(now, c.body, latency, io.fd, &mut io.tx) => {
             let lat = Duration::from_millis(u64::from(latency));
             v.rx = Some(Receiver::new(v.conn.isn, lat, BUFFER_PKTS, now));
             v.sink_next = v.conn.isn;
@@ -469,20 +448,19 @@ fn viewer_timers(v: &mut Viewer, now: Instant, latency: u16, io: &mut ViewerIo) 
     match v.conn.state {
         Hs::Connected => {
             let rx = v.rx.as_mut().expect("connected viewers have a receiver");
-            rx.handle_timeout(now, io.fb);
+            rx.handle_timeout(now, &mut io.fb);
             let rx_due = rx.poll_timeout();
-            if !io.fb.is_empty() {
-                send_feedback(&mut v.conn, now, io.fd, io.tx, io.fb, &mut v.st);
-            }
+            io.send_feedback(&mut v.conn, now, &mut v.st);
             if now >= v.conn.last_sent + KEEPALIVE {
                 v.st.keepalives += 1;
-                v.conn.control(now, io.fd, io.tx, ctrl::KEEPALIVE, 0, &[0]);
+                v.conn
+                    .control(now, io.fd, &mut io.tx, ctrl::KEEPALIVE, 0, &[0]);
             }
             rx_due.min(v.conn.last_sent + KEEPALIVE)
         }
         _ => v
             .conn
-            .hs_timer(now, latency, io.fd, io.tx)
+            .hs_timer(now, latency, io.fd, &mut io.tx)
             .unwrap_or(now + Duration::from_secs(3600)),
     }
 }

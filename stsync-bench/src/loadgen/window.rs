@@ -4,7 +4,7 @@
 
 use super::publisher::PubShared;
 use super::viewers::Viewers;
-use super::{pkts_per_sec, Opts};
+use super::Opts;
 use crate::report::CpuReport;
 use crate::syscalls::{Counter, SyscallReport};
 use anyhow::{bail, Context, Result};
@@ -114,7 +114,10 @@ impl Phases {
         self.window_started = Some(now);
         self.acks_in_window = vs.acks_full();
         let start = shared.next_index.load(Ordering::Acquire);
-        vs.open_window(start, (pkts_per_sec(o) * (o.duration + 5.0)) as u64 + 1024);
+        vs.open_window(
+            start,
+            (o.media.pkts_per_sec() * (o.duration + 5.0)) as u64 + 1024,
+        );
         let (watch, tid) = (o.watch_pid, shared.tid.load(Ordering::Acquire));
         self.sample_a = Some(std::thread::spawn(move || Sample::take(watch, tid)));
         if let Some(c) = &self.syscalls {

@@ -21,7 +21,7 @@
 pub mod clients;
 pub mod stats;
 
-use crate::loadgen::{new_publisher, parse_rate, spawn_publisher, PubShared, PublisherOutcome};
+use crate::loadgen::{new_publisher, spawn_publisher, Media, PubShared, PublisherOutcome};
 use crate::plot::{draw_time_series, TimePanel};
 use crate::sweep::{exe_sibling, fingerprint, machine, Machine, RelayProc};
 use anyhow::{bail, Context, Result};
@@ -89,15 +89,9 @@ pub struct SoakOpts {
     /// Seconds between samples.
     #[arg(long, default_value_t = 5.0)]
     pub sample_secs: f64,
-    /// Publisher bitrate (SRT payload bits per second; k/M suffixes).
-    #[arg(long, default_value = "4M", value_parser = parse_rate)]
-    pub bitrate: u64,
-    /// SRT payload bytes per packet.
-    #[arg(long, default_value_t = 1316)]
-    pub payload: usize,
-    /// Latency every client announces (ms); a packet later than this is not "on time".
-    #[arg(long, default_value_t = 120)]
-    pub latency_ms: u16,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub media: Media,
     /// Honest viewers, connected for the whole run.
     #[arg(long, default_value_t = 5)]
     pub viewers: u32,
@@ -320,9 +314,7 @@ struct Pub {
 struct PubCfg {
     relay: SocketAddrV4,
     sid_template: String,
-    bitrate: u64,
-    payload: usize,
-    latency: u16,
+    media: Media,
     deadline: Instant,
     t0: Instant,
     base_ns: u64,
@@ -341,15 +333,20 @@ impl PubCfg {
             fd,
             self.relay,
             sid,
-            self.bitrate,
-            self.payload,
+            &self.media,
             first_index,
             Instant::now(),
         );
         let (t0, base_ns) = (self.t0, self.base_ns);
         let ns_of = move |i: Instant| base_ns + i.saturating_duration_since(t0).as_nanos() as u64;
-        let h = spawn_publisher(publ, self.latency, self.payload, ns_of, self.deadline)
-            .context("starting the publisher thread")?;
+        let h = spawn_publisher(
+            publ,
+            self.media.latency_ms,
+            self.media.payload,
+            ns_of,
+            self.deadline,
+        )
+        .context("starting the publisher thread")?;
         Ok((shared, h))
     }
 }
@@ -757,9 +754,7 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
     if o.minutes <= 0.0 || o.sample_secs <= 0.0 {
         bail!("--minutes and --sample-secs must be positive");
     }
-    if o.payload < crate::caller::MIN_PAYLOAD || o.payload > stsync_common::srt::MAX_PAYLOAD {
-        bail!("--payload out of range");
-    }
+    o.media.check()?;
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     install_signal_handlers();
     let seed = o.seed.unwrap_or_else(|| {
@@ -784,7 +779,7 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
         serde_json::to_string_pretty(&serde_json::json!({
             "srt_listen": srt.to_string(),
             "http_listen": http.to_string(),
-            "latency_ms": o.latency_ms,
+            "latency_ms": o.media.latency_ms,
             "streams": [{ "id": "1", "name": "soak", "token": TOKEN }]
         }))?,
     )?;
@@ -833,7 +828,7 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
         relay: srt,
         stream: "1".into(),
         sid_template: "#!::r={stream},s={key},m={mode}".into(),
-        latency_ms: o.latency_ms,
+        latency_ms: o.media.latency_ms,
         seed,
         hard_deadline,
     };
@@ -874,9 +869,7 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
     let pcfg = PubCfg {
         relay: srt,
         sid_template: common.sid_template.clone(),
-        bitrate: o.bitrate,
-        payload: o.payload,
-        latency: o.latency_ms,
+        media: o.media.clone(),
         deadline: hard_deadline,
         t0,
         base_ns: clock::monotonic_ns(),
@@ -901,7 +894,7 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
         std::thread::sleep(Duration::from_millis(10));
     }
 
-    let pkts_per_sec = o.bitrate as f64 / (o.payload as f64 * 8.0);
+    let pkts_per_sec = o.media.pkts_per_sec();
     let (eval_tx, eval_rx) = mpsc::channel();
     {
         let cfg = clients::ViewersCfg {
@@ -1009,7 +1002,7 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
     eprintln!(
         "soak: load running for {:.1} min: publisher {:.1} Mbit/s, {} honest viewers, churn {}/s, hostile {}",
         o.minutes,
-        o.bitrate as f64 / 1e6,
+        o.media.bitrate as f64 / 1e6,
         o.viewers,
         o.churn_rate,
         if hostile { "on" } else { "off" }

@@ -14,6 +14,7 @@ use std::mem::size_of;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::AddAssign;
 use std::os::fd::RawFd;
+use std::time::Instant;
 
 /// The kernel's limit of messages per sendmmsg/recvmmsg call (UIO_MAXIOV).
 pub const MAX_BATCH: usize = 1024;
@@ -280,6 +281,8 @@ pub struct RecvBatch {
     iovs: Vec<libc::iovec>,
     cmsgs: Vec<Cmsgs>,
     hdrs: Vec<libc::mmsghdr>,
+    /// Datagrams the last `recv` got.
+    count: usize,
     pub syscalls: u64,
 }
 
@@ -314,6 +317,7 @@ impl RecvBatch {
             iovs: vec![iov; slots],
             cmsgs: vec![[0; 16]; slots],
             hdrs: vec![hdr; slots],
+            count: 0,
             syscalls: 0,
         }
     }
@@ -346,7 +350,24 @@ impl RecvBatch {
             )
         };
         self.syscalls += 1;
-        n.max(0) as usize
+        self.count = n.max(0) as usize;
+        self.count
+    }
+
+    /// Receives batch after batch until the socket is empty or `max_calls` calls were
+    /// made; `f` gets each batch (see `received`) with the time it was read.
+    pub fn drain(&mut self, fd: RawFd, max_calls: usize, mut f: impl FnMut(Instant, &Self)) {
+        for _ in 0..max_calls {
+            if self.recv(fd) == 0 {
+                break;
+            }
+            f(Instant::now(), self);
+        }
+    }
+
+    /// The datagrams of the last `recv`.
+    pub fn received(&self) -> impl Iterator<Item = Received<'_>> {
+        (0..self.count).map(|i| self.get(i))
     }
 
     /// Datagram `i` of the last `recv` (`i` below what it returned).
@@ -404,18 +425,16 @@ mod tests {
     fn receive(rx: &OwnedFd, want: usize) -> Vec<(SocketAddrV4, Option<Ipv4Addr>, Vec<u8>)> {
         let mut b = RecvBatch::new(64);
         let mut out = Vec::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        while out.len() < want && std::time::Instant::now() < deadline {
-            let n = b.recv(rx.as_raw_fd());
-            for i in 0..n {
-                let d = b.get(i);
-                assert!(!d.truncated);
-                assert!(d.rx_realtime_ns.is_some(), "SO_TIMESTAMPNS is on");
-                out.push((d.src, d.dst, d.data.to_vec()));
-            }
-            if n == 0 {
-                wait_readable(&[rx.as_raw_fd()], 10_000_000);
-            }
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        while out.len() < want && Instant::now() < deadline {
+            b.drain(rx.as_raw_fd(), 4, |_, batch| {
+                for d in batch.received() {
+                    assert!(!d.truncated);
+                    assert!(d.rx_realtime_ns.is_some(), "SO_TIMESTAMPNS is on");
+                    out.push((d.src, d.dst, d.data.to_vec()));
+                }
+            });
+            wait_readable(&[rx.as_raw_fd()], 10_000_000);
         }
         out
     }
