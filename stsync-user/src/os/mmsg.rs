@@ -67,7 +67,7 @@ pub struct Gather {
 }
 
 // SAFETY: the raw pointers in `iovs` and `hdrs` are set and used within one `send` call,
-// which clears both before it returns; no pointer outlives the call or is shared.
+// which empties both before it returns (see there); no pointer outlives the call.
 unsafe impl Send for Gather {}
 
 impl Gather {
@@ -97,18 +97,20 @@ impl Gather {
         let mut items = items.into_iter().map(Into::into);
         let mut r = SendResult::default();
         loop {
+            // Emptied first, so that nothing staged by an earlier call (one that panicked
+            // half-way) is ever sent, and no pointer to the caller's buffers outlives this
+            // call: the last pass stages nothing.
+            self.iovs.clear();
+            self.hdrs.clear();
+            self.addrs.clear();
             for d in items.by_ref().take(self.batch) {
                 self.stage(d);
             }
-            if self.addrs.is_empty() {
+            if self.hdrs.is_empty() {
                 return r;
             }
             self.point_headers();
             r += self.send_staged(fd);
-            // No pointer into the caller's buffers is kept past this call.
-            self.iovs.clear();
-            self.hdrs.clear();
-            self.addrs.clear();
         }
     }
 
