@@ -1,6 +1,5 @@
 //! The relay's HTTP API through `stsync_user::api::Client`, from inside `netns` when the
-//! relay lives in a network namespace: the client connects on the calling thread, so the
-//! whole call runs while that thread is switched into the namespace.
+//! relay lives in a network namespace (the whole call runs on a thread that entered it).
 
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
@@ -8,14 +7,14 @@ use std::time::Duration;
 use stsync_user::api::{ApiError, Client};
 
 /// Runs `call` against the relay at `addr`, inside `netns` if given.
-fn with_client<T>(
+fn with_client<T: Send>(
     netns: Option<&str>,
     addr: SocketAddr,
     token: Option<&str>,
-    call: impl FnOnce(&Client) -> Result<T, ApiError>,
+    call: impl FnOnce(&Client) -> Result<T, ApiError> + Send,
 ) -> Result<T> {
     let client = Client::for_addr(addr, token);
-    let answer = crate::sys::in_netns(netns, || Ok(call(&client)))
+    let answer = stsync_user::os::in_netns(netns, || Ok::<_, std::io::Error>(call(&client)))
         .with_context(|| format!("entering network namespace {netns:?}"))?;
     Ok(answer?)
 }

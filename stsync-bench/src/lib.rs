@@ -13,5 +13,4 @@ pub mod report;
 pub mod sink;
 pub mod soak;
 pub mod sweep;
-pub mod sys;
 pub mod syscalls;

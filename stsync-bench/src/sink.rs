@@ -228,7 +228,7 @@ impl Sink {
             .program_mut(program_name(self.attach))
             .expect("checked at load");
         let attach = self.attach;
-        crate::sys::in_netns(netns, || {
+        stsync_user::os::in_netns(netns, || {
             let r = match attach {
                 Attach::Tc => <&mut SchedClassifier>::try_from(prog)
                     .map_err(std::io::Error::other)?

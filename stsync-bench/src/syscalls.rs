@@ -198,16 +198,7 @@ impl BpfSyscallCounter {
             .filter(|(_, &n)| n > 0)
             .map(|(nr, &n)| (syscall_name(nr as u32), n))
             .collect();
-        Ok(SyscallReport {
-            seconds: self.seconds,
-            total,
-            per_second: if self.seconds > 0.0 {
-                total as f64 / self.seconds
-            } else {
-                0.0
-            },
-            by_name,
-        })
+        Ok(SyscallReport::new(self.seconds, total, by_name))
     }
 }
 
@@ -220,6 +211,21 @@ pub struct SyscallReport {
     /// Per syscall: perf counts the names of its list (those the kernel has) and `other`;
     /// bpf counts every syscall number (`nr_<n>` for those without a name here).
     pub by_name: BTreeMap<String, u64>,
+}
+
+impl SyscallReport {
+    fn new(seconds: f64, total: u64, by_name: BTreeMap<String, u64>) -> SyscallReport {
+        SyscallReport {
+            seconds,
+            total,
+            per_second: if seconds > 0.0 {
+                total as f64 / seconds
+            } else {
+                0.0
+            },
+            by_name,
+        }
+    }
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -410,16 +416,7 @@ impl SyscallCounter {
             }
         }
         by_name.insert("other".to_string(), total.saturating_sub(named));
-        Ok(SyscallReport {
-            seconds: self.seconds,
-            total,
-            per_second: if self.seconds > 0.0 {
-                total as f64 / self.seconds
-            } else {
-                0.0
-            },
-            by_name,
-        })
+        Ok(SyscallReport::new(self.seconds, total, by_name))
     }
 }
 

@@ -11,5 +11,6 @@ pub mod driver;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
+pub mod os;
 pub mod relay;
 pub mod srt;

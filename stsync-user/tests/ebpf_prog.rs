@@ -16,7 +16,8 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 use stsync_common::maps::{PublisherEntry, Route, ViewerConn, ViewerEntry, MAX_VIEWERS};
-use stsync_user::datapath::kernel::{monotonic_ns, raw_ip, raw_port, Kernel};
+use stsync_user::datapath::kernel::{raw_ip, raw_port, Kernel};
+use stsync_user::os::clock::monotonic_ns;
 
 const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 const VIEW_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);

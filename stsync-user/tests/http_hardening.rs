@@ -98,9 +98,7 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 }
 
 fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    stsync_user::os::proc::fd_count(pid).unwrap_or(0) as usize
 }
 
 /// The connection cap the relay logged at start.

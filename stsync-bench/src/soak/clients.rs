@@ -5,20 +5,19 @@
 
 use super::stats::{storm_nak, Delivered, RangeStats, Rng, Schedule};
 use crate::caller::{self, HsAnswer};
-use crate::loadgen::{
-    rand_u32, send_feedback, Conn, Hs, ViewerCountersView, BUFFER_PKTS, KEEPALIVE,
-};
-use crate::sys::{self, RecvBatch, SendBatch};
+use crate::loadgen::{rand_u32, Conn, Hs, ViewerCountersView, ViewerIo, BUFFER_PKTS, KEEPALIVE};
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use stsync_common::srt::{ctrl, MSG_REXMIT_FLAG};
+use stsync_user::os::mmsg::{RecvBatch, SendBatch};
+use stsync_user::os::{clock, udp};
 use stsync_user::srt::packet::{write_control, write_data, Packet};
-use stsync_user::srt::receiver::{Arrival, Feedback, Receiver};
+use stsync_user::srt::receiver::{Arrival, Receiver};
 use stsync_user::srt::seq::Seq;
 
 /// Event counters shared by the client threads and read by the sampler.
@@ -254,13 +253,6 @@ fn new_socket_id(taken: impl Fn(u32) -> bool) -> u32 {
     }
 }
 
-/// Where a client's answers go: its socket's send batch, and a scratch feedback buffer.
-struct Out<'a> {
-    fd: RawFd,
-    tx: &'a mut SendBatch,
-    fb: &'a mut Vec<Feedback>,
-}
-
 /// Feeds one received data packet to a connected client's receiver (which may ACK or NAK
 /// at once) and says whether it was new.
 fn receive_data(
@@ -270,13 +262,11 @@ fn receive_data(
     now: Instant,
     seq: Seq,
     len: usize,
-    out: &mut Out,
+    out: &mut ViewerIo,
 ) -> Arrival {
     st.received += 1;
-    let a = rx.on_data(now, seq, len, out.fb);
-    if !out.fb.is_empty() {
-        send_feedback(conn, now, out.fd, out.tx, out.fb, st);
-    }
+    let a = rx.on_data(now, seq, len, &mut out.fb);
+    out.send_feedback(conn, now, st);
     a
 }
 
@@ -313,17 +303,15 @@ fn client_timers(
     rx: &mut Receiver,
     st: &mut ViewerCountersView,
     now: Instant,
-    out: &mut Out,
+    out: &mut ViewerIo,
 ) {
     if now >= rx.poll_timeout() {
-        rx.handle_timeout(now, out.fb);
-        if !out.fb.is_empty() {
-            send_feedback(conn, now, out.fd, out.tx, out.fb, st);
-        }
+        rx.handle_timeout(now, &mut out.fb);
+        out.send_feedback(conn, now, st);
     }
     if now >= conn.last_sent + KEEPALIVE {
         st.keepalives += 1;
-        conn.control(now, out.fd, out.tx, ctrl::KEEPALIVE, 0, &[0]);
+        conn.control(now, out.fd, &mut out.tx, ctrl::KEEPALIVE, 0, &[0]);
     }
 }
 
@@ -391,6 +379,22 @@ struct V {
     last_rx: Instant,
 }
 
+impl V {
+    /// A viewer that has just started its handshake.
+    fn new(conn: Conn, role: Role, silent: bool, now: Instant) -> V {
+        V {
+            conn,
+            rx: None,
+            st: ViewerCountersView::default(),
+            role,
+            life: Life::Active,
+            leave_at: None,
+            silent,
+            last_rx: now,
+        }
+    }
+}
+
 struct HonestSlot {
     delivered: Delivered,
     /// Our socket ID of its current connection.
@@ -409,12 +413,11 @@ pub fn viewers_thread(
     evals: mpsc::Receiver<EvalRequest>,
 ) -> Result<()> {
     let c = &cfg.common;
-    let fd_owned = sys::udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 64 << 20)
+    let fd_owned = udp::udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 64 << 20)
         .context("viewers' socket")?;
     let fd = fd_owned.as_raw_fd();
-    let mut tx = SendBatch::new();
+    let mut io = ViewerIo::new(fd, Instant::now());
     let mut recv = RecvBatch::new(256);
-    let mut fb: Vec<Feedback> = Vec::new();
     let mut rng = Rng::new(c.seed ^ 0x7669_6577);
     let mut map: HashMap<u32, V> = HashMap::new();
     let mut honest: Vec<HonestSlot> = (0..cfg.honest)
@@ -428,8 +431,6 @@ pub fn viewers_thread(
         })
         .collect();
     let late_ns = u64::from(c.latency_ms) * 1_000_000;
-    let mut rt_offset = sys::realtime_offset_ns();
-    let mut next_offset_refresh = Instant::now();
     let join_every = (cfg.churn_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / cfg.churn_rate));
     let mut next_join = sh.t0 + join_every.unwrap_or_default();
     let mut churn_ip_next = 0u32;
@@ -478,20 +479,8 @@ pub fn viewers_thread(
                 let id = new_socket_id(|x| map.contains_key(&x));
                 let src = Ipv4Addr::from(u32::from(cfg.honest_ip) + i as u32);
                 let mut conn = Conn::new(id, c.relay, Some(src), c.sid(&key, "request"), now);
-                conn.start(now, latency, fd, &mut tx);
-                map.insert(
-                    id,
-                    V {
-                        conn,
-                        rx: None,
-                        st: ViewerCountersView::default(),
-                        role: Role::Honest(i),
-                        life: Life::Active,
-                        leave_at: None,
-                        silent: false,
-                        last_rx: now,
-                    },
-                );
+                conn.start(now, latency, fd, &mut io.tx);
+                map.insert(id, V::new(conn, Role::Honest(i), false, now));
                 h.id = Some(id);
                 h.reconnect_at = None;
             }
@@ -512,38 +501,18 @@ pub fn viewers_thread(
                 let src = Ipv4Addr::from(u32::from(cfg.churn_ip) + churn_ip_next);
                 churn_ip_next = (churn_ip_next + 1) % cfg.churn_ips.max(1);
                 let mut conn = Conn::new(id, c.relay, Some(src), c.sid(&key, "request"), now);
-                conn.start(now, latency, fd, &mut tx);
+                conn.start(now, latency, fd, &mut io.tx);
                 sh.add(C::ChurnJoined, 1);
-                map.insert(
-                    id,
-                    V {
-                        conn,
-                        rx: None,
-                        st: ViewerCountersView::default(),
-                        role: Role::Churn,
-                        life: Life::Active,
-                        leave_at: None,
-                        silent: rng.unit() < cfg.churn_silent,
-                        last_rx: now,
-                    },
-                );
+                let silent = rng.unit() < cfg.churn_silent;
+                map.insert(id, V::new(conn, Role::Churn, silent, now));
             }
         }
 
         // Receive.
-        for _ in 0..64 {
-            let k = recv.recv(fd);
-            if k == 0 {
-                break;
-            }
-            let now = Instant::now();
-            if now >= next_offset_refresh {
-                rt_offset = sys::realtime_offset_ns();
-                next_offset_refresh = now + Duration::from_secs(1);
-            }
-            let now_ns = sys::mono_ns();
-            for i in 0..k {
-                let d = recv.get(i);
+        recv.drain(fd, 64, |now, batch| {
+            io.refresh_rt_offset(now);
+            let now_ns = clock::monotonic_ns();
+            for d in batch.received() {
                 let len = d.data.len() as u64;
                 let Ok(p) = Packet::parse(d.data) else {
                     sh.add(C::Stray, 1);
@@ -580,17 +549,13 @@ pub fn viewers_thread(
                             now,
                             dp.seq,
                             dp.payload.len(),
-                            &mut Out {
-                                fd,
-                                tx: &mut tx,
-                                fb: &mut fb,
-                            },
+                            &mut io,
                         );
                         if let (Role::Honest(h), false) = (v.role, a == Arrival::Duplicate) {
                             if let Some((index, sent_ns)) = caller::read_payload(dp.payload) {
                                 let rx_ns = d
                                     .rx_realtime_ns
-                                    .map_or(now_ns, |t| (t as i64 - rt_offset) as u64);
+                                    .map_or(now_ns, |t| (t as i64 - io.rt_offset) as u64);
                                 let on_time = rx_ns.saturating_sub(sent_ns) <= late_ns;
                                 honest[h].delivered.record(index, on_time);
                             }
@@ -598,7 +563,7 @@ pub fn viewers_thread(
                     }
                     Packet::Control(pc) => {
                         if pc.typ == ctrl::HANDSHAKE {
-                            if v.conn.on_hs(now, pc.body, latency, fd, &mut tx) {
+                            if v.conn.on_hs(now, pc.body, latency, fd, &mut io.tx) {
                                 v.rx =
                                     Some(Receiver::new(v.conn.isn, c.latency(), BUFFER_PKTS, now));
                                 match v.role {
@@ -623,7 +588,7 @@ pub fn viewers_thread(
                     }
                 }
             }
-        }
+        });
 
         // Timers, leaves, deaths.
         let now = Instant::now();
@@ -660,27 +625,17 @@ pub fn viewers_thread(
                                 v.life = Life::Dead(now, now + Duration::from_secs(30));
                             } else {
                                 sh.add(C::ChurnLeft, 1);
-                                v.conn.control(now, fd, &mut tx, ctrl::SHUTDOWN, 0, &[0]);
+                                v.conn.control(now, fd, &mut io.tx, ctrl::SHUTDOWN, 0, &[0]);
                                 v.life = Life::Left(now + Duration::from_secs(2));
                             }
                             continue;
                         }
                     }
                     let rx = v.rx.as_mut().expect("connected viewers have a receiver");
-                    client_timers(
-                        &mut v.conn,
-                        rx,
-                        &mut v.st,
-                        now,
-                        &mut Out {
-                            fd,
-                            tx: &mut tx,
-                            fb: &mut fb,
-                        },
-                    );
+                    client_timers(&mut v.conn, rx, &mut v.st, now, &mut io);
                 }
                 Hs::Induction | Hs::Conclusion(_) => {
-                    v.conn.hs_timer(now, latency, fd, &mut tx);
+                    v.conn.hs_timer(now, latency, fd, &mut io.tx);
                 }
                 Hs::Waiting => {}
                 Hs::Rejected(_) | Hs::TimedOut | Hs::Closed => {
@@ -711,7 +666,7 @@ pub fn viewers_thread(
         for id in gone.drain(..) {
             map.remove(&id);
         }
-        tx.flush(fd);
+        io.tx.flush(fd);
 
         if now >= next_gauges {
             next_gauges = now + Duration::from_millis(500);
@@ -742,16 +697,16 @@ pub fn viewers_thread(
                     .map(|v| v.conn.peer_id),
             );
         }
-        sys::wait_readable(&[fd], 1_000_000);
+        udp::wait_readable(&[fd], 1_000_000);
     }
     // Polite end: every connected viewer says goodbye.
     let now = Instant::now();
     for v in map.values_mut() {
         if v.life == Life::Active && v.conn.state == Hs::Connected {
-            v.conn.control(now, fd, &mut tx, ctrl::SHUTDOWN, 0, &[0]);
+            v.conn.control(now, fd, &mut io.tx, ctrl::SHUTDOWN, 0, &[0]);
         }
     }
-    tx.flush(fd);
+    io.tx.flush(fd);
     Ok(())
 }
 
@@ -775,11 +730,10 @@ pub fn attacker_thread(cfg: AttackerCfg, keys: Arc<KeyPool>, sh: Arc<Shared>) ->
     // A modest receive buffer: what overflows it is dropped by the kernel, cheaply; the
     // relay's own count of what it sent is in its metrics.
     let fd_owned =
-        sys::udp_socket(SocketAddrV4::new(cfg.src, 0), 4 << 20).context("attacker's socket")?;
+        udp::udp_socket(SocketAddrV4::new(cfg.src, 0), 4 << 20).context("attacker's socket")?;
     let fd = fd_owned.as_raw_fd();
-    let mut tx = SendBatch::new();
+    let mut io = ViewerIo::new(fd, Instant::now());
     let mut recv = RecvBatch::new(256);
-    let mut fb: Vec<Feedback> = Vec::new();
     let mut st = ViewerCountersView::default();
     let mut conn: Option<Conn> = None;
     let mut rx: Option<Receiver> = None;
@@ -803,21 +757,15 @@ pub fn attacker_thread(cfg: AttackerCfg, keys: Arc<KeyPool>, sh: Arc<Shared>) ->
                         c.sid(&key, "request"),
                         now,
                     );
-                    cn.start(now, latency, fd, &mut tx);
+                    cn.start(now, latency, fd, &mut io.tx);
                     conn = Some(cn);
                     rx = None;
                 }
                 None => reconnect_at = now + Duration::from_millis(100),
             }
         }
-        for _ in 0..64 {
-            let k = recv.recv(fd);
-            if k == 0 {
-                break;
-            }
-            let now = Instant::now();
-            for i in 0..k {
-                let d = recv.get(i);
+        recv.drain(fd, 64, |now, batch| {
+            for d in batch.received() {
                 let Some(cn) = conn.as_mut() else { continue };
                 let Ok(p) = Packet::parse(d.data) else {
                     continue;
@@ -833,23 +781,11 @@ pub fn attacker_thread(cfg: AttackerCfg, keys: Arc<KeyPool>, sh: Arc<Shared>) ->
                             sh.add(C::AttackerRexmitPackets, 1);
                         }
                         if let Some(r) = rx.as_mut() {
-                            receive_data(
-                                cn,
-                                r,
-                                &mut st,
-                                now,
-                                dp.seq,
-                                dp.payload.len(),
-                                &mut Out {
-                                    fd,
-                                    tx: &mut tx,
-                                    fb: &mut fb,
-                                },
-                            );
+                            receive_data(cn, r, &mut st, now, dp.seq, dp.payload.len(), &mut io);
                         }
                     }
                     Packet::Control(pc) if pc.typ == ctrl::HANDSHAKE => {
-                        if cn.on_hs(now, pc.body, latency, fd, &mut tx) {
+                        if cn.on_hs(now, pc.body, latency, fd, &mut io.tx) {
                             rx = Some(Receiver::new(cn.isn, c.latency(), BUFFER_PKTS, now));
                             sh.attacker_ids.lock().expect("ids").push(cn.peer_id);
                         }
@@ -859,23 +795,13 @@ pub fn attacker_thread(cfg: AttackerCfg, keys: Arc<KeyPool>, sh: Arc<Shared>) ->
                     }
                 }
             }
-        }
+        });
         let now = Instant::now();
         if let Some(cn) = conn.as_mut() {
             match cn.state {
                 Hs::Connected => {
                     let r = rx.as_mut().expect("connected");
-                    client_timers(
-                        cn,
-                        r,
-                        &mut st,
-                        now,
-                        &mut Out {
-                            fd,
-                            tx: &mut tx,
-                            fb: &mut fb,
-                        },
-                    );
+                    client_timers(cn, r, &mut st, now, &mut io);
                     let on = cfg.storms.active(sh.t(now)) && !sh.quiesce.load(Relaxed);
                     if on != storming {
                         storming = on;
@@ -899,13 +825,13 @@ pub fn attacker_thread(cfg: AttackerCfg, keys: Arc<KeyPool>, sh: Arc<Shared>) ->
                                 continue;
                             }
                             let words = storm_nak(r.next_seq(), span, cfg.nak_ranges);
-                            cn.control(now, fd, &mut tx, ctrl::NAK, 0, &words);
+                            cn.control(now, fd, &mut io.tx, ctrl::NAK, 0, &words);
                             sh.add(C::NaksSent, 1);
                         }
                     }
                 }
                 Hs::Induction | Hs::Conclusion(_) => {
-                    cn.hs_timer(now, latency, fd, &mut tx);
+                    cn.hs_timer(now, latency, fd, &mut io.tx);
                 }
                 Hs::Waiting => {}
                 Hs::Rejected(_) | Hs::TimedOut | Hs::Closed => {
@@ -917,12 +843,12 @@ pub fn attacker_thread(cfg: AttackerCfg, keys: Arc<KeyPool>, sh: Arc<Shared>) ->
                 }
             }
         }
-        tx.flush(fd);
-        sys::wait_readable(&[fd], 1_000_000);
+        io.tx.flush(fd);
+        udp::wait_readable(&[fd], 1_000_000);
     }
     if let Some(cn) = conn.as_mut().filter(|c| c.state == Hs::Connected) {
-        cn.control(Instant::now(), fd, &mut tx, ctrl::SHUTDOWN, 0, &[0]);
-        tx.flush(fd);
+        cn.control(Instant::now(), fd, &mut io.tx, ctrl::SHUTDOWN, 0, &[0]);
+        io.tx.flush(fd);
     }
     Ok(())
 }
@@ -1043,10 +969,10 @@ pub fn spoof(rng: &mut Rng, dst: u32, out: &mut Vec<u8>) {
 
 pub fn hostile_thread(cfg: HostileCfg, sh: Arc<Shared>) -> Result<()> {
     let c = &cfg.common;
-    let g_owned = sys::udp_socket(SocketAddrV4::new(cfg.garbage_src, 0), 1 << 20)
+    let g_owned = udp::udp_socket(SocketAddrV4::new(cfg.garbage_src, 0), 1 << 20)
         .context("garbage socket")?;
     let f_owned =
-        sys::udp_socket(SocketAddrV4::new(cfg.flood_src, 0), 4 << 20).context("flood socket")?;
+        udp::udp_socket(SocketAddrV4::new(cfg.flood_src, 0), 4 << 20).context("flood socket")?;
     let (gfd, ffd) = (g_owned.as_raw_fd(), f_owned.as_raw_fd());
     let mut gtx = SendBatch::new();
     let mut ftx = SendBatch::new();
@@ -1130,13 +1056,8 @@ pub fn hostile_thread(cfg: HostileCfg, sh: Arc<Shared>) -> Result<()> {
         // Answers to the flood: conclude on every cookie with a stream ID the relay must
         // refuse (unknown key, malformed ID, unknown resource), like a client that keeps
         // reconnecting after each rejection.
-        for _ in 0..16 {
-            let k = recv.recv(ffd);
-            if k == 0 {
-                break;
-            }
-            for i in 0..k {
-                let d = recv.get(i);
+        recv.drain(ffd, 16, |_, batch| {
+            for d in batch.received() {
                 let Ok(Packet::Control(pc)) = Packet::parse(d.data) else {
                     continue;
                 };
@@ -1185,13 +1106,13 @@ pub fn hostile_thread(cfg: HostileCfg, sh: Arc<Shared>) -> Result<()> {
                     HsAnswer::Other => {}
                 }
             }
-        }
+        });
         let before = pending.len();
         pending.retain(|_, t| now.saturating_duration_since(*t) < Duration::from_secs(2));
         sh.add(C::FloodUnanswered, (before - pending.len()) as u64);
         gtx.flush(gfd);
         ftx.flush(ffd);
-        sys::wait_readable(&[ffd], 1_000_000);
+        udp::wait_readable(&[ffd], 1_000_000);
     }
     Ok(())
 }

@@ -21,10 +21,9 @@
 pub mod clients;
 pub mod stats;
 
-use crate::loadgen::{new_publisher, parse_rate, spawn_publisher, PubShared, PublisherOutcome};
+use crate::loadgen::{new_publisher, spawn_publisher, Media, PubShared, PublisherOutcome};
 use crate::plot::{draw_time_series, TimePanel};
-use crate::sweep::{exe_sibling, fingerprint, loadavg, machine, Machine, RelayProc};
-use crate::sys;
+use crate::sweep::{exe_sibling, fingerprint, machine, Machine, RelayProc};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use clients::{Common, EvalRequest, KeyPool, Shared, C, NAMES};
@@ -40,6 +39,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use stsync_user::os::proc::{self, loadavg, CpuTimes, Stat, Status};
+use stsync_user::os::{clock, udp};
 
 const TOKEN: &str = "stsync-soak-token-5b1e0d";
 const PUBLISHER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 5, 1);
@@ -88,15 +89,9 @@ pub struct SoakOpts {
     /// Seconds between samples.
     #[arg(long, default_value_t = 5.0)]
     pub sample_secs: f64,
-    /// Publisher bitrate (SRT payload bits per second; k/M suffixes).
-    #[arg(long, default_value = "4M", value_parser = parse_rate)]
-    pub bitrate: u64,
-    /// SRT payload bytes per packet.
-    #[arg(long, default_value_t = 1316)]
-    pub payload: usize,
-    /// Latency every client announces (ms); a packet later than this is not "on time".
-    #[arg(long, default_value_t = 120)]
-    pub latency_ms: u16,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub media: Media,
     /// Honest viewers, connected for the whole run.
     #[arg(long, default_value_t = 5)]
     pub viewers: u32,
@@ -294,8 +289,8 @@ fn start_relay(
     }
 }
 
-fn count_fds(pid: u32) -> Option<u64> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+fn self_cpu_ticks() -> u64 {
+    Stat::read("self").map_or(0, |s| s.cpu_ticks())
 }
 
 fn scrape(http: SocketAddr) -> (Option<RelayMetrics>, f64) {
@@ -317,9 +312,7 @@ struct Pub {
 struct PubCfg {
     relay: SocketAddrV4,
     sid_template: String,
-    bitrate: u64,
-    payload: usize,
-    latency: u16,
+    media: Media,
     deadline: Instant,
     t0: Instant,
     base_ns: u64,
@@ -331,22 +324,27 @@ impl PubCfg {
         key: &str,
         first_index: u64,
     ) -> Result<(Arc<PubShared>, JoinHandle<PublisherOutcome>)> {
-        let fd = sys::udp_socket(SocketAddrV4::new(PUBLISHER_IP, 0), 4 << 20)
+        let fd = udp::udp_socket(SocketAddrV4::new(PUBLISHER_IP, 0), 4 << 20)
             .context("publisher socket")?;
         let sid = crate::caller::stream_id(&self.sid_template, "1", key, "publish");
         let (publ, shared) = new_publisher(
             fd,
             self.relay,
             sid,
-            self.bitrate,
-            self.payload,
+            &self.media,
             first_index,
             Instant::now(),
         );
         let (t0, base_ns) = (self.t0, self.base_ns);
         let ns_of = move |i: Instant| base_ns + i.saturating_duration_since(t0).as_nanos() as u64;
-        let h = spawn_publisher(publ, self.latency, self.payload, ns_of, self.deadline)
-            .context("starting the publisher thread")?;
+        let h = spawn_publisher(
+            publ,
+            self.media.latency_ms,
+            self.media.payload,
+            ns_of,
+            self.deadline,
+        )
+        .context("starting the publisher thread")?;
         Ok((shared, h))
     }
 }
@@ -363,7 +361,7 @@ struct Sampler {
     http: SocketAddr,
     last_t: Instant,
     last_cpu: Option<(u64, u64)>,
-    last_sys: sys::CpuTimes,
+    last_sys: CpuTimes,
     last_self: u64,
     last_counters: clients::Snapshot,
     last_dropped: Option<f64>,
@@ -391,11 +389,11 @@ impl Sampler {
     ) -> Sample {
         let now = Instant::now();
         let dt = now.duration_since(self.last_t).as_secs_f64().max(1e-6);
-        let tck = sys::clk_tck() as f64;
+        let tck = proc::clk_tck() as f64;
         let pct = |ticks: u64| ticks as f64 / tck / dt * 100.0;
         let pid = self.pid;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let cpu = sys::proc_user_sys(&pid.to_string());
+        let status = Status::read(pid).unwrap_or_default();
+        let cpu = Stat::read(pid).map(|s| s.user_sys());
         let (cpu_pct, cpu_user_pct, cpu_sys_pct) = match (self.last_cpu, cpu) {
             (Some(a), Some(b)) => (
                 Some(pct((b.0 + b.1).saturating_sub(a.0 + a.1))),
@@ -405,8 +403,8 @@ impl Sampler {
             _ => (None, None, None),
         };
         self.last_cpu = cpu;
-        let machine = sys::CpuTimes::read();
-        let me = sys::self_cpu_ticks();
+        let machine = CpuTimes::read();
+        let me = self_cpu_ticks();
         let (m, metrics_ms) = scrape(self.http);
         let counters = sh.snapshot();
         let d = |c: C| counters[c as usize].saturating_sub(self.last_counters[c as usize]);
@@ -415,12 +413,12 @@ impl Sampler {
         let mut s = Sample {
             t_s: now.duration_since(t0).as_secs_f64(),
             interval_s: dt,
-            rss_kb: stats::status_field(&status, "VmRSS"),
+            rss_kb: status.field("VmRSS"),
             cpu_pct,
             cpu_user_pct,
             cpu_sys_pct,
-            fds: count_fds(pid),
-            threads: stats::status_field(&status, "Threads"),
+            fds: proc::fd_count(pid),
+            threads: status.field("Threads"),
             metrics_ok: m.is_some(),
             metrics_ms,
             attacker_rx_bytes_per_s: d(C::AttackerRxBytes) as f64 / dt,
@@ -754,9 +752,7 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
     if o.minutes <= 0.0 || o.sample_secs <= 0.0 {
         bail!("--minutes and --sample-secs must be positive");
     }
-    if o.payload < crate::caller::MIN_PAYLOAD || o.payload > stsync_common::srt::MAX_PAYLOAD {
-        bail!("--payload out of range");
-    }
+    o.media.check()?;
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     install_signal_handlers();
     let seed = o.seed.unwrap_or_else(|| {
@@ -781,7 +777,7 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
         serde_json::to_string_pretty(&serde_json::json!({
             "srt_listen": srt.to_string(),
             "http_listen": http.to_string(),
-            "latency_ms": o.latency_ms,
+            "latency_ms": o.media.latency_ms,
             "streams": [{ "id": "1", "name": "soak", "token": TOKEN }]
         }))?,
     )?;
@@ -795,7 +791,6 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
     let mut relay = start_relay(o, &bin, &cfg_path, &log_path, http)?;
     let pid = relay.pid();
     let (m0, _) = scrape(http);
-    let status0 = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let mut info = RunInfo {
         opts: o.clone(),
         seed,
@@ -810,8 +805,8 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
         datapath: m0.and_then(|m| m.datapath),
         loadavg_start: loadavg(),
         loadavg_end: String::new(),
-        rss_kb_idle: stats::status_field(&status0, "VmRSS"),
-        fds_idle: count_fds(pid),
+        rss_kb_idle: proc::rss_kb(pid),
+        fds_idle: proc::fd_count(pid),
     };
     eprintln!(
         "soak: relay pid {pid}, datapath {}, idle RSS {} KiB, {} fds",
@@ -831,7 +826,7 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
         relay: srt,
         stream: "1".into(),
         sid_template: "#!::r={stream},s={key},m={mode}".into(),
-        latency_ms: o.latency_ms,
+        latency_ms: o.media.latency_ms,
         seed,
         hard_deadline,
     };
@@ -872,12 +867,10 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
     let pcfg = PubCfg {
         relay: srt,
         sid_template: common.sid_template.clone(),
-        bitrate: o.bitrate,
-        payload: o.payload,
-        latency: o.latency_ms,
+        media: o.media.clone(),
         deadline: hard_deadline,
         t0,
-        base_ns: sys::mono_ns(),
+        base_ns: clock::monotonic_ns(),
     };
     let (shared, h) = pcfg.spawn(&keys.take().context("no key")?, 0)?;
     let mut publ = Pub {
@@ -899,7 +892,7 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
         std::thread::sleep(Duration::from_millis(10));
     }
 
-    let pkts_per_sec = o.bitrate as f64 / (o.payload as f64 * 8.0);
+    let pkts_per_sec = o.media.pkts_per_sec();
     let (eval_tx, eval_rx) = mpsc::channel();
     {
         let cfg = clients::ViewersCfg {
@@ -975,9 +968,9 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
         pid,
         http,
         last_t: Instant::now(),
-        last_cpu: sys::proc_user_sys(&pid.to_string()),
-        last_sys: sys::CpuTimes::read(),
-        last_self: sys::self_cpu_ticks(),
+        last_cpu: Stat::read(pid).map(|s| s.user_sys()),
+        last_sys: CpuTimes::read(),
+        last_self: self_cpu_ticks(),
         last_counters: sh.snapshot(),
         last_dropped: None,
         last_heap: None,
@@ -1007,7 +1000,7 @@ pub fn run(o: &SoakOpts) -> Result<Ending> {
     eprintln!(
         "soak: load running for {:.1} min: publisher {:.1} Mbit/s, {} honest viewers, churn {}/s, hostile {}",
         o.minutes,
-        o.bitrate as f64 / 1e6,
+        o.media.bitrate as f64 / 1e6,
         o.viewers,
         o.churn_rate,
         if hostile { "on" } else { "off" }

@@ -108,20 +108,6 @@ impl ConnDeltas {
 }
 
 // ---------------------------------------------------------------------------------------
-// /proc
-
-/// A `Name:   value ...` field of /proc/PID/status (e.g. VmRSS in kB, Threads).
-pub fn status_field(status: &str, name: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-// ---------------------------------------------------------------------------------------
 // Honest viewers' delivery
 
 /// Which payload indices a viewer received, in a ring indexed by payload index (the
@@ -658,14 +644,6 @@ weird{a="x\"y,z}",b="w"} +Inf 1700000000
         // 1 is gone (closed): nothing from it, nothing negative.
         let m3 = RelayMetrics::parse("srt_connection_data_bytes_sent{id=\"2\"} 40\n").unwrap();
         assert_eq!(d.step(&m3, &[1, 2]).data_bytes_sent, 10.0);
-    }
-
-    #[test]
-    fn reads_proc_status_fields() {
-        let st = "Name:\tstsync-proxy\nVmPeak:\t  120000 kB\nVmRSS:\t   14336 kB\nThreads:\t3\n";
-        assert_eq!(status_field(st, "VmRSS"), Some(14336));
-        assert_eq!(status_field(st, "Threads"), Some(3));
-        assert_eq!(status_field(st, "VmSwap"), None);
     }
 
     #[test]

@@ -8,11 +8,11 @@
 
 use super::handover::{Handover, ViewerTable};
 use super::kernel::{
-    instant_to_ns, interfaces_up, monotonic_ns, ns_to_instant, raw_ip, raw_port, v4, Kernel,
-    KernelError,
+    instant_to_ns, interfaces_up, ns_to_instant, raw_ip, raw_port, v4, Kernel, KernelError,
 };
 use super::userspace::Userspace;
 use super::{Datapath, DatapathStats};
+use crate::os::clock::monotonic_ns;
 use crate::relay::{KernelAcks, KernelReport, RouteEvent, Transmits};
 use crate::srt::seq::Seq;
 use std::collections::{HashMap, VecDeque};

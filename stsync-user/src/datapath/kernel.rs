@@ -7,6 +7,7 @@
 //! exits, so a crash leaves nothing attached.
 
 use super::mmap_array::MmapArray;
+use crate::os::clock::monotonic_ns;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, Queue};
 use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
@@ -380,17 +381,6 @@ pub fn raw_ip(ip: Ipv4Addr) -> u32 {
 /// A port as the program stores it.
 pub fn raw_port(port: u16) -> u16 {
     u16::from_ne_bytes(port.to_be_bytes())
-}
-
-/// CLOCK_MONOTONIC now, ns: the clock of `Instant` on Linux and of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// `t` as CLOCK_MONOTONIC ns.

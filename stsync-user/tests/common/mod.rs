@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use stsync_user::api::{ApiError, Client};
+use stsync_user::os;
 
 pub const TS: usize = 188;
 /// srt-live-transmit reads stdin in chunks of exactly this many bytes (its `-chunk`

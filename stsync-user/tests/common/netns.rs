@@ -2,18 +2,12 @@
 
 use super::*;
 
-/// Runs `f` on a fresh thread that has entered network namespace `ns`: sockets it creates
-/// (e.g. HTTP requests to a relay inside the namespace) live there.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("netns thread panicked")
+/// Runs `f` inside network namespace `ns` (`stsync_user::os::in_netns`: on a thread of its
+/// own): sockets it creates (e.g. HTTP requests to a relay inside the namespace) live
+/// there. Panics if the namespace cannot be entered.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    stsync_user::os::in_netns(Some(ns), || Ok::<_, std::io::Error>(f()))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A set of network namespaces (`stt-<pid>-<n>-<tag>`) joined by veth pairs, deleted on

@@ -378,16 +378,11 @@ impl Relay {
 
     /// The relay's CPU time so far (utime + stime), seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        proc_cpu_seconds(self.pid())
+        os::proc::Stat::read(self.pid()).map_or(0.0, |s| s.cpu_seconds())
     }
 
     pub fn rss_kb(&self) -> u64 {
-        let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        s.lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        os::proc::rss_kb(self.pid()).unwrap_or(0)
     }
 
     /// Panics with the log tail unless the relay is still running.
@@ -414,18 +409,4 @@ impl Drop for Relay {
             );
         }
     }
-}
-
-pub fn proc_cpu_seconds(pid: i32) -> f64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // fields after the command name "(...)": state is field 3; utime 14, stime 15.
-    let after = match s.rfind(')') {
-        Some(i) => &s[i + 2..],
-        None => return 0.0,
-    };
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    (ut + st) / ticks
 }

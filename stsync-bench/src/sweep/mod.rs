@@ -1,0 +1,221 @@
+//! The sweep: three network namespaces joined by two veth pairs (publisher — relay —
+//! viewers), the relay started per point with each datapath, stsync-loadgen driving it, and
+//! a raw UDP sendmmsg baseline over the same relay→viewers veth.
+//!
+//! ```text
+//!  stsb-pub                stsb-relay                       stsb-view
+//!  10.88.1.2 [stsb-p0]──[stsb-p1] 10.88.1.1   10.88.2.1 [stsb-v1]──[stsb-v0] 10.88.2.2
+//!                                                                   + local 10.88.128.0/20
+//! ```
+//! Viewers use source addresses from 10.88.128.0/20 (an AnyIP `local` route in stsb-view,
+//! routed via 10.88.2.2 from the relay), one per viewer.
+//!
+//! Files: `topology` (the namespaces), `relay` (the relay under test and its snapshot),
+//! `point` (one point: relay + stsync-loadgen), `baseline` (raw UDP), `results` (what is
+//! kept), `table` (table.md).
+
+mod baseline;
+mod point;
+mod relay;
+mod results;
+mod table;
+mod topology;
+
+pub use baseline::baseline;
+pub(crate) use relay::{exe_sibling, fingerprint, RelayProc};
+pub use results::{machine, Baseline, Machine, Point, SweepResults};
+pub use table::table;
+pub use topology::Topology;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use point::run_point;
+use relay::Snapshot;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use stsync_user::os::proc::loadavg;
+
+pub const NS_PUB: &str = "stsb-pub";
+pub const NS_RELAY: &str = "stsb-relay";
+pub const NS_VIEW: &str = "stsb-view";
+const TOKEN: &str = "stsync-bench-token-7f3a9c";
+const RELAY_PUB: &str = "10.88.1.1";
+const RELAY_VIEW: &str = "10.88.2.1";
+const VIEWER_BASE: Ipv4Addr = Ipv4Addr::new(10, 88, 128, 1);
+/// The veth end in stsb-view where the relay's packets to the viewers arrive.
+const VIEW_IFACE: &str = "stsb-v0";
+
+#[derive(Args, Debug, Clone)]
+pub struct SweepOpts {
+    /// Output directory (results.json, table.md, plot.svg, per-point reports and relay logs).
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// The relay binary (default: stsync-proxy next to this executable).
+    #[arg(long)]
+    pub relay_bin: Option<PathBuf>,
+    /// The generator binary (default: stsync-loadgen next to this executable).
+    #[arg(long)]
+    pub loadgen_bin: Option<PathBuf>,
+    /// Datapaths to measure, in order.
+    #[arg(long, value_delimiter = ',', default_value = "ebpf,userspace")]
+    pub datapaths: Vec<String>,
+    /// Viewer counts of the viewer sweep (at --base-bitrate).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,500,1000")]
+    pub viewers: Vec<u32>,
+    #[arg(long, default_value = "4M", value_parser = crate::loadgen::parse_rate)]
+    pub base_bitrate: u64,
+    /// Bitrates of the bitrate sweep (at --bitrate-viewers).
+    #[arg(long, value_delimiter = ',', default_value = "1M,4M,8M,16M", value_parser = crate::loadgen::parse_rate)]
+    pub bitrates: Vec<u64>,
+    #[arg(long, default_value_t = 100)]
+    pub bitrate_viewers: u32,
+    /// Seconds of warm-up and of measurement per point.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+    #[arg(long, default_value_t = 12.0)]
+    pub duration: f64,
+    /// Seconds of the raw UDP baseline.
+    #[arg(long, default_value_t = 5.0)]
+    pub baseline_secs: f64,
+    /// Passed to the relay as --ebpf-object.
+    #[arg(long)]
+    pub ebpf_object: Option<PathBuf>,
+    /// How the generator's viewers receive data: `xdp` (the kernel sink stsync-bench-ebpf
+    /// records and drops data packets in stsb-view; the generator reads its rings) or
+    /// `socket` (recvmmsg, as a plain UDP receiver).
+    #[arg(long, value_enum, default_value_t = crate::loadgen::RxMode::Xdp)]
+    pub rx: crate::loadgen::RxMode,
+    /// Hook of the kernel sink (--rx xdp).
+    #[arg(long, value_enum, default_value_t = crate::sink::Attach::Tc)]
+    pub sink_attach: crate::sink::Attach,
+    /// The kernel sink's object (default: next to the generator's build directory).
+    #[arg(long)]
+    pub sink_object: Option<PathBuf>,
+    /// Do not count the relay's system calls in each window.
+    #[arg(long)]
+    pub no_syscalls: bool,
+    /// How to count them: a raw tracepoint program (bpf) or perf stat.
+    #[arg(long, value_enum, default_value_t = crate::syscalls::Method::Bpf)]
+    pub syscall_counter: crate::syscalls::Method,
+    /// On a shared machine: before each point, wait until the whole machine has been below
+    /// this busy % (of one core) for 3 s in a row, for at most --quiet-max-wait seconds.
+    #[arg(long)]
+    pub wait_quiet: Option<f64>,
+    #[arg(long, default_value_t = 600.0)]
+    pub quiet_max_wait: f64,
+}
+
+pub fn run(o: &SweepOpts) -> Result<SweepResults> {
+    std::fs::create_dir_all(&o.out)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the sweep needs root (network namespaces, veth)");
+    }
+    let snap = Snapshot::take(o)?;
+    let o = &SweepOpts {
+        relay_bin: Some(snap.relay_bin.clone()),
+        ebpf_object: snap.ebpf_object.clone(),
+        ..o.clone()
+    };
+    let _topo = Topology::create().context("creating the namespaces")?;
+    let mut res = SweepResults {
+        machine: machine(),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        warmup_s: o.warmup,
+        duration_s: o.duration,
+        datapath_errors: Vec::new(),
+        relay_bin: snap.relay_desc.clone(),
+        ebpf_object: snap.ebpf_desc.clone(),
+        rx: o.rx.name().into(),
+        loadavg_start: loadavg(),
+        loadavg_end: String::new(),
+        baseline: None,
+        points: Vec::new(),
+    };
+    match baseline(o.baseline_secs, 1316) {
+        Ok(b) => {
+            eprintln!(
+                "bench: raw UDP baseline: {:.0} datagrams/s sent, {:.0} received, {:.0} ns busy CPU each",
+                b.sent_pps, b.received_pps, b.busy_ns_per_packet
+            );
+            res.baseline = Some(b);
+        }
+        Err(e) => eprintln!("bench: raw UDP baseline failed: {e:#}"),
+    }
+    let plan = plan(o);
+    for kind in &o.datapaths {
+        run_datapath(o, kind, &plan, &mut res)?;
+    }
+    res.loadavg_end = loadavg();
+    write_results(o, &res)?;
+    std::fs::write(o.out.join("table.md"), table(&res))?;
+    crate::plot::draw(&res, &o.out.join("plot.svg"))?;
+    Ok(res)
+}
+
+/// Every point of `plan` with datapath `kind`, into `res` (and results.json); none after
+/// the first if the relay cannot run that datapath at all.
+fn run_datapath(
+    o: &SweepOpts,
+    kind: &str,
+    plan: &[(u32, u64)],
+    res: &mut SweepResults,
+) -> Result<()> {
+    for (i, &(viewers, bitrate)) in plan.iter().enumerate() {
+        eprintln!(
+            "bench: {kind}: {viewers} viewers at {:.1} Mbit/s",
+            bitrate as f64 / 1e6
+        );
+        match run_point(o, kind, viewers, bitrate) {
+            Ok(p) => {
+                eprintln!(
+                    "bench:   delivery min {:.4} mean {:.4}, relay {:.1} % + softirq {:.1} %, p99 {:.0} µs",
+                    p.delivery_min, p.delivery_mean, p.relay_pct, p.softirq_pct, p.latency_p99_us
+                );
+                res.points.push(p);
+            }
+            Err(e) if i == 0 && e.to_string().contains("relay --datapath") => {
+                eprintln!("bench: datapath {kind} unavailable: {e:#}");
+                res.datapath_errors
+                    .push((kind.to_string(), format!("{e:#}")));
+                break;
+            }
+            Err(e) => {
+                eprintln!("bench:   failed: {e:#}");
+                res.points.push(Point::failed(
+                    kind,
+                    o.rx.name(),
+                    viewers,
+                    bitrate,
+                    format!("{e:#}"),
+                ));
+            }
+        }
+        write_results(o, res)?;
+    }
+    Ok(())
+}
+
+/// The points of one datapath: the viewer sweep at --base-bitrate, then the bitrate sweep
+/// at --bitrate-viewers (without repeating a point).
+fn plan(o: &SweepOpts) -> Vec<(u32, u64)> {
+    let mut plan: Vec<(u32, u64)> = o.viewers.iter().map(|&v| (v, o.base_bitrate)).collect();
+    for &b in &o.bitrates {
+        if !plan.contains(&(o.bitrate_viewers, b)) {
+            plan.push((o.bitrate_viewers, b));
+        }
+    }
+    plan
+}
+
+/// results.json as it stands: rewritten after every point, so an interrupted sweep keeps
+/// what it measured.
+fn write_results(o: &SweepOpts, res: &SweepResults) -> Result<()> {
+    std::fs::write(
+        o.out.join("results.json"),
+        serde_json::to_string_pretty(res)?,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! One point of the sweep: a fresh relay with one datapath, stsync-loadgen against it from
+//! the publisher's and the viewers' namespaces, and its report flattened into a `Point`.
+
+use super::relay::{exe_sibling, start_relay};
+use super::{
+    Point, SweepOpts, Topology, NS_PUB, NS_RELAY, NS_VIEW, RELAY_PUB, RELAY_VIEW, TOKEN,
+    VIEWER_BASE, VIEW_IFACE,
+};
+use crate::report::Report;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use stsync_user::os::proc::{self, CpuTimes};
+
+fn attach_name(a: crate::sink::Attach) -> &'static str {
+    match a {
+        crate::sink::Attach::Xdp => "xdp",
+        crate::sink::Attach::XdpGeneric => "xdp-generic",
+        crate::sink::Attach::Tc => "tc",
+    }
+}
+
+/// Waits (bounded) until the machine has been below `pct` busy for 3 consecutive seconds;
+/// returns the busy % of the last second.
+fn wait_quiet(pct: f64, max_wait: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs_f64(max_wait);
+    let tck = proc::clk_tck() as f64;
+    let mut quiet_secs = 0;
+    loop {
+        let a = CpuTimes::read();
+        std::thread::sleep(Duration::from_secs(1));
+        let busy = (CpuTimes::read().busy() - a.busy()) as f64 / tck * 100.0;
+        quiet_secs = if busy < pct { quiet_secs + 1 } else { 0 };
+        if quiet_secs >= 3 {
+            return busy;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "bench:   machine still {busy:.0} % busy after {max_wait} s: measuring anyway"
+            );
+            return busy;
+        }
+    }
+}
+
+pub(super) fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Point> {
+    // Something else on the machine may have removed our namespaces: rebuild them.
+    if [NS_PUB, NS_RELAY, NS_VIEW]
+        .iter()
+        .any(|n| !Path::new("/var/run/netns").join(n).exists())
+    {
+        eprintln!("bench: namespaces gone, recreating them");
+        std::mem::forget(Topology::create()?);
+    }
+    let tag = format!("{kind}-{viewers}v-{}k", bitrate / 1000);
+    let busy_before = o.wait_quiet.map(|pct| wait_quiet(pct, o.quiet_max_wait));
+    let relay = start_relay(o, kind, &o.out, &tag)?;
+    let json = o.out.join(format!("point-{tag}.json"));
+    let _ = std::fs::remove_file(&json);
+    let bin = o
+        .loadgen_bin
+        .clone()
+        .unwrap_or_else(|| exe_sibling("stsync-loadgen"));
+    let mut child = loadgen_command(o, &bin, viewers, bitrate, relay.pid(), &json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs_f64(o.warmup + o.duration + 90.0);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("stsync-loadgen ran past its time bound");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    save_relay_metrics(o, &tag)?;
+    drop(relay);
+    if !status.success() {
+        bail!("stsync-loadgen failed ({status})");
+    }
+    let r: Report = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    let mut p = Point::from_report(kind, &r, &json);
+    p.busy_before_pct = busy_before;
+    Ok(p)
+}
+
+/// stsync-loadgen for one point: the publisher in stsb-pub, the viewers in stsb-view,
+/// watching the relay's process, its report in `json`.
+fn loadgen_command(
+    o: &SweepOpts,
+    bin: &Path,
+    viewers: u32,
+    bitrate: u64,
+    relay_pid: u32,
+    json: &Path,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--relay", &format!("{RELAY_VIEW}:9999")])
+        .args(["--pub-relay", &format!("{RELAY_PUB}:9999")])
+        .args(["--http", &format!("{RELAY_PUB}:9998")])
+        .args(["--token", TOKEN])
+        .args(["--viewers", &viewers.to_string()])
+        .args(["--bitrate", &bitrate.to_string()])
+        .args(["--warmup", &o.warmup.to_string()])
+        .args(["--duration", &o.duration.to_string()])
+        .args(["--viewer-ip", &VIEWER_BASE.to_string()])
+        .args(["--pub-netns", NS_PUB, "--view-netns", NS_VIEW])
+        .args(["--watch-pid", &relay_pid.to_string()])
+        .arg("--json")
+        .arg(json);
+    if !o.no_syscalls {
+        cmd.arg("--count-syscalls").args([
+            "--syscall-counter",
+            match o.syscall_counter {
+                crate::syscalls::Method::Bpf => "bpf",
+                crate::syscalls::Method::Perf => "perf",
+            },
+        ]);
+    }
+    if let Some(obj) = &o.sink_object {
+        cmd.arg("--sink-object").arg(obj);
+    }
+    if o.rx == crate::loadgen::RxMode::Xdp {
+        cmd.args(["--rx", "xdp", "--sink-iface", VIEW_IFACE])
+            .args(["--sink-attach", attach_name(o.sink_attach)]);
+    }
+    cmd
+}
+
+/// The relay's own view (drops, per-connection counters), for diagnosis: its metrics
+/// without the per-connection series, in metrics-<tag>.txt.
+fn save_relay_metrics(o: &SweepOpts, tag: &str) -> Result<()> {
+    if let Ok(body) = crate::http::metrics(Some(NS_PUB), format!("{RELAY_PUB}:9998").parse()?) {
+        let keep: String = body
+            .lines()
+            .filter(|l| !l.starts_with("srt_connection_"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let _ = std::fs::write(o.out.join(format!("metrics-{tag}.txt")), keep);
+    }
+    Ok(())
+}

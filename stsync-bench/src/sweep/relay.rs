@@ -1,0 +1,189 @@
+//! The relay under test: private copies of its binary and eBPF object, and the process
+//! started in stsb-relay for each point.
+
+use super::{SweepOpts, NS_PUB, NS_RELAY, RELAY_PUB, TOKEN};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Private copies of the relay binary and eBPF object under test, so that a rebuild of
+/// the checkout they come from cannot change them in the middle of a sweep; removed on drop.
+pub(super) struct Snapshot {
+    dir: PathBuf,
+    pub(super) relay_bin: PathBuf,
+    pub(super) ebpf_object: Option<PathBuf>,
+    /// "path (size, modification time, content hash)" of the originals.
+    pub(super) relay_desc: String,
+    pub(super) ebpf_desc: String,
+}
+
+/// Size, modification time and a 64-bit FNV-1a hash of a file, to tell builds apart.
+pub(crate) fn fingerprint(path: &Path, bytes: &[u8]) -> String {
+    let mtime = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!(
+        "{} ({} bytes, mtime {mtime}, fnv64 {h:016x})",
+        path.display(),
+        bytes.len()
+    )
+}
+
+impl Snapshot {
+    pub(super) fn take(o: &SweepOpts) -> Result<Snapshot> {
+        let dir = std::env::temp_dir().join(format!("stsync-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut snap = Snapshot {
+            dir: dir.clone(),
+            relay_bin: dir.join("stsync-proxy"),
+            ebpf_object: None,
+            relay_desc: String::new(),
+            ebpf_desc: "(the relay's default)".into(),
+        };
+        let src = o
+            .relay_bin
+            .clone()
+            .unwrap_or_else(|| exe_sibling("stsync-proxy"));
+        let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+        std::fs::write(&snap.relay_bin, &bytes)?;
+        std::fs::set_permissions(
+            &snap.relay_bin,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        snap.relay_desc = fingerprint(&src, &bytes);
+        // Without --ebpf-object the relay would look next to its own build output; the
+        // copy lives elsewhere, so pin that object explicitly (as the relay would find it).
+        let obj = o.ebpf_object.clone().or_else(|| {
+            const REL: &str = "bpfel-unknown-none/release/stsync-ebpf";
+            let dir = src.parent()?;
+            [dir.join("..").join(REL), dir.join("../..").join(REL)]
+                .into_iter()
+                .find(|p| p.is_file())
+        });
+        if let Some(obj) = &obj {
+            let bytes = std::fs::read(obj).with_context(|| format!("reading {}", obj.display()))?;
+            let copy = dir.join("stsync-ebpf");
+            std::fs::write(&copy, &bytes)?;
+            snap.ebpf_desc = fingerprint(obj, &bytes);
+            snap.ebpf_object = Some(copy);
+        }
+        Ok(snap)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A relay process we started; killed (SIGTERM, then SIGKILL) on drop.
+pub(crate) struct RelayProc {
+    pub(crate) child: Child,
+}
+
+impl RelayProc {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn exe_sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+pub(super) fn start_relay(o: &SweepOpts, kind: &str, dir: &Path, tag: &str) -> Result<RelayProc> {
+    let cfg = dir.join("relay.json");
+    std::fs::write(
+        &cfg,
+        serde_json::json!({
+            "srt_listen": "0.0.0.0:9999",
+            "http_listen": "0.0.0.0:9998",
+            "max_connections": 4096,
+            "max_viewers_per_stream": 1024,
+            // Every generated viewer comes from one address, as fast as it can connect.
+            "max_connections_per_ip": 4096,
+            "handshakes_per_ip_per_sec": 100_000,
+            "streams": [{ "id": "1", "name": "bench", "token": TOKEN }]
+        })
+        .to_string(),
+    )?;
+    let bin = o
+        .relay_bin
+        .clone()
+        .unwrap_or_else(|| exe_sibling("stsync-proxy"));
+    let log_path = dir.join(format!("relay-{tag}.log"));
+    let log = std::fs::File::create(&log_path)?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", NS_RELAY])
+        .arg(&bin)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--datapath", kind]);
+    if let Some(obj) = &o.ebpf_object {
+        cmd.arg("--ebpf-object").arg(obj);
+    }
+    // `ip netns exec` execs the relay, so the child's PID is the relay's.
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .env("RUST_LOG", "info")
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut relay = RelayProc { child };
+    let http = format!("{RELAY_PUB}:9998").parse()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = relay.child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            // anyhow's "Error: ..." line says why; otherwise the last lines.
+            let why = match log.lines().find(|l| l.starts_with("Error:")) {
+                Some(l) => l.to_string(),
+                None => {
+                    let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                }
+            };
+            bail!("relay --datapath {kind} exited ({status}): {why}");
+        }
+        if crate::http::healthy(Some(NS_PUB), http) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("relay --datapath {kind} did not answer /v1/health within 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if !log.contains(&format!("datapath={kind}")) {
+        bail!("relay did not report datapath={kind}: {}", log.trim());
+    }
+    Ok(relay)
+}

@@ -1,0 +1,220 @@
+//! What a sweep keeps: the machine, the raw UDP baseline, and one flattened row per point
+//! (results.json, read back by `replot`).
+
+use crate::report::Report;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use stsync_user::os::proc;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub clk_tck: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Baseline {
+    pub seconds: f64,
+    pub payload: usize,
+    pub sent_pps: f64,
+    pub received_pps: f64,
+    pub system_busy_pct: f64,
+    pub softirq_pct: f64,
+    /// Whole-machine busy CPU per received datagram (send syscall + veth + receive).
+    pub busy_ns_per_packet: f64,
+}
+
+/// One point of the sweep, flattened for the table, the plot and the docs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Point {
+    pub datapath: String,
+    pub viewers: u32,
+    pub bitrate_mbps: f64,
+    /// How the generator received: "socket" or "xdp" (kernel sink).
+    #[serde(default)]
+    pub rx: String,
+    pub error: Option<String>,
+    pub connected: u32,
+    pub delivery_min: f64,
+    pub delivery_mean: f64,
+    /// Delivery counting only packets whose transit was within the latency.
+    /// (None in results from before it was measured.)
+    #[serde(default)]
+    pub on_time_min: Option<f64>,
+    #[serde(default)]
+    pub on_time_mean: Option<f64>,
+    pub relay_pct: f64,
+    pub softirq_pct: f64,
+    pub relay_total_pct: f64,
+    pub attributed_pct: f64,
+    pub generator_pct: f64,
+    /// The generator's utime alone (its stime holds softirq work run in its context).
+    #[serde(default)]
+    pub generator_user_pct: Option<f64>,
+    pub other_pct: f64,
+    pub busy_pct: f64,
+    pub latency_p50_us: f64,
+    pub latency_p99_us: f64,
+    pub latency_max_us: f64,
+    pub relay_rss_kb: u64,
+    pub delivered_pps: f64,
+    /// (relay + softirq + irq) CPU time per delivered packet.
+    pub ns_per_delivered: f64,
+    /// The relay process's system calls per second over the window (perf), if counted.
+    #[serde(default)]
+    pub relay_syscalls_per_s: Option<f64>,
+    /// relay_syscalls_per_s / viewers.
+    #[serde(default)]
+    pub syscalls_per_viewer_s: Option<f64>,
+    /// relay_pct / viewers: the daemon's own CPU per viewer (% of one core).
+    #[serde(default)]
+    pub relay_pct_per_viewer: f64,
+    /// Packets the publisher sent in the window / what its bitrate asks for: below 1 the
+    /// offered load fell short (the generator could not keep pace).
+    #[serde(default)]
+    pub offered: f64,
+    /// Packets dropped at full kernel input backlogs during the window (machine-wide).
+    #[serde(default)]
+    pub backlog_drops: Option<u64>,
+    /// Full ACKs per viewer per second in the window (libsrt: ~100).
+    #[serde(default)]
+    pub acks_per_viewer_s: Option<f64>,
+    /// --wait-quiet: the machine's busy % in the second before the point started.
+    #[serde(default)]
+    pub busy_before_pct: Option<f64>,
+    pub report: Option<String>,
+}
+
+impl Point {
+    /// The point carried its nominal load (offered ≥ 0.99) and every viewer got at least
+    /// 99.9 % of the window's packets within the latency.
+    pub fn holds(&self) -> bool {
+        self.error.is_none() && self.offered >= 0.99 && self.on_time_min.is_some_and(|d| d >= 0.999)
+    }
+
+    pub(super) fn failed(
+        datapath: &str,
+        rx: &str,
+        viewers: u32,
+        bitrate: u64,
+        error: String,
+    ) -> Point {
+        Point {
+            datapath: datapath.into(),
+            viewers,
+            bitrate_mbps: bitrate as f64 / 1e6,
+            rx: rx.into(),
+            error: Some(error),
+            connected: 0,
+            delivery_min: 0.0,
+            delivery_mean: 0.0,
+            on_time_min: None,
+            on_time_mean: None,
+            relay_pct: 0.0,
+            softirq_pct: 0.0,
+            relay_total_pct: 0.0,
+            attributed_pct: 0.0,
+            generator_pct: 0.0,
+            generator_user_pct: None,
+            other_pct: 0.0,
+            busy_pct: 0.0,
+            latency_p50_us: 0.0,
+            latency_p99_us: 0.0,
+            latency_max_us: 0.0,
+            relay_rss_kb: 0,
+            delivered_pps: 0.0,
+            ns_per_delivered: 0.0,
+            relay_syscalls_per_s: None,
+            syscalls_per_viewer_s: None,
+            relay_pct_per_viewer: 0.0,
+            offered: 0.0,
+            backlog_drops: None,
+            acks_per_viewer_s: None,
+            busy_before_pct: None,
+            report: None,
+        }
+    }
+
+    pub(super) fn from_report(datapath: &str, r: &Report, path: &Path) -> Point {
+        let c = &r.cpu;
+        let total = c.relay_total_pct.unwrap_or(0.0);
+        let viewers = r.config.viewers.max(1) as f64;
+        let syscalls = r.relay_syscalls.as_ref().map(|s| s.per_second);
+        Point {
+            datapath: datapath.into(),
+            viewers: r.config.viewers,
+            bitrate_mbps: r.config.bitrate_bps as f64 / 1e6,
+            rx: r.config.rx.clone(),
+            error: None,
+            connected: r.connected,
+            delivery_min: r.delivery.min,
+            delivery_mean: r.delivery.mean,
+            on_time_min: Some(r.delivery.on_time_min),
+            on_time_mean: Some(r.delivery.on_time_mean),
+            relay_pct: c.relay_pct.unwrap_or(0.0),
+            softirq_pct: c.softirq_pct + c.irq_pct,
+            relay_total_pct: total,
+            attributed_pct: c.attributed_pct,
+            generator_pct: c.generator_pct,
+            generator_user_pct: c.generator_user_pct,
+            other_pct: c.other_processes_pct,
+            busy_pct: c.system_busy_pct,
+            latency_p50_us: r.latency_us.p50,
+            latency_p99_us: r.latency_us.p99,
+            latency_max_us: r.latency_us.max,
+            relay_rss_kb: c.relay_rss_kb_end.unwrap_or(0),
+            delivered_pps: r.delivered_pps,
+            ns_per_delivered: if r.delivered_pps > 0.0 {
+                total / 100.0 * 1e9 / r.delivered_pps
+            } else {
+                0.0
+            },
+            relay_syscalls_per_s: syscalls,
+            syscalls_per_viewer_s: syscalls.map(|s| s / viewers),
+            relay_pct_per_viewer: c.relay_pct.unwrap_or(0.0) / viewers,
+            offered: {
+                let pps = r.config.bitrate_bps as f64 / (r.config.payload as f64 * 8.0);
+                r.delivery.expected_per_viewer as f64 / (pps * c.seconds).max(1e-9)
+            },
+            backlog_drops: c.softnet_dropped,
+            acks_per_viewer_s: r.full_acks_per_viewer_s,
+            busy_before_pct: None,
+            report: Some(path.display().to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepResults {
+    pub machine: Machine,
+    pub started_unix: u64,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    /// Why a datapath could not run at all (e.g. the kernel path not built).
+    pub datapath_errors: Vec<(String, String)>,
+    /// What was measured: the relay binary and eBPF object (as given; default if empty),
+    /// how the generator received, and /proc/loadavg at the start and end of the sweep.
+    #[serde(default)]
+    pub relay_bin: String,
+    #[serde(default)]
+    pub ebpf_object: String,
+    #[serde(default)]
+    pub rx: String,
+    #[serde(default)]
+    pub loadavg_start: String,
+    #[serde(default)]
+    pub loadavg_end: String,
+    pub baseline: Option<Baseline>,
+    pub points: Vec<Point>,
+}
+
+pub fn machine() -> Machine {
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model: proc::cpu_model(),
+        kernel: proc::kernel_release(),
+        clk_tck: proc::clk_tck(),
+    }
+}
