@@ -37,20 +37,7 @@ pub enum Attach {
 /// Where `stsync-loadgen` looks for the object when --sink-object is not given: next to the
 /// build output it came from (`target/release/..`), then the working directory's `target/`.
 pub fn default_object_path() -> PathBuf {
-    const REL: &str = "bpfel-unknown-none/release/stsync-bench-ebpf";
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-    {
-        candidates.push(dir.join("..").join(REL));
-    }
-    candidates.push(Path::new("target").join(REL));
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| candidates[0].clone())
+    stsync_user::datapath::kernel::find_object("stsync-bench-ebpf", None)
 }
 
 /// One shared read-only mapping of an mmapable array map.

@@ -89,27 +89,38 @@ pub struct Kernel {
     log: Option<super::kernel_log::KernelLog>,
 }
 
+/// Where eBPF object `name` (built by `cargo xtask build-ebpf`) is: next to the build
+/// output the running executable came from (`target/{debug,release}/..`), then the working
+/// directory's `target/`, then `installed`; the first candidate when none exists (for the
+/// error message).
+pub fn find_object(name: &str, installed: Option<&Path>) -> PathBuf {
+    let rel = Path::new("bpfel-unknown-none/release").join(name);
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        candidates.push(dir.join("..").join(&rel));
+        candidates.push(dir.join("../..").join(&rel));
+    }
+    candidates.push(Path::new("target").join(&rel));
+    candidates.extend(installed.map(Path::to_path_buf));
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| candidates[0].clone())
+}
+
 impl Kernel {
     /// Where the daemon looks for the object when `--ebpf-object` is not given: next to
     /// the build output the executable came from (`target/{debug,release}/..`), then the
     /// working directory's `target/`, then the install location.
     pub fn default_object_path() -> PathBuf {
-        const REL: &str = "bpfel-unknown-none/release/stsync-ebpf";
-        let mut candidates = Vec::new();
-        if let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-        {
-            candidates.push(dir.join("..").join(REL));
-            candidates.push(dir.join("../..").join(REL));
-        }
-        candidates.push(Path::new("target").join(REL));
-        candidates.push(PathBuf::from("/usr/lib/stsync/stsync-ebpf"));
-        candidates
-            .iter()
-            .find(|p| p.is_file())
-            .cloned()
-            .unwrap_or_else(|| candidates[0].clone())
+        find_object(
+            "stsync-ebpf",
+            Some(Path::new("/usr/lib/stsync/stsync-ebpf")),
+        )
     }
 
     /// Loads the object at `path` and verifies the program, with room for `max_streams`
