@@ -59,8 +59,8 @@ pub mod counter {
     pub const ACKS_ANSWERED: u32 = 7;
     /// Viewers' light ACKs the program recorded (and consumed).
     pub const LIGHT_ACKS: u32 = 8;
-    /// Viewers' ACKs the program could not answer (redirect or rewrite failed): they go
-    /// on to the daemon.
+    /// Viewers' ACKs the program could not answer (the ACKACK rewrite failed): dropped,
+    /// being half rewritten; the viewer's next full ACK follows within 10 ms.
     pub const ACK_FAILURES: u32 = 9;
     pub const COUNT: u32 = 10;
 }
