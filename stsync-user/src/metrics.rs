@@ -6,7 +6,9 @@ use crate::datapath::DatapathStats;
 use crate::relay::{ConnMode, ConnStats, Snapshot};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 const COUNTER_HELP: [(&str, &str); 12] = [
     ("ctrl_packets_sent", "Control packets sent to the peer."),
@@ -280,14 +282,16 @@ impl Scrape {
         ));
     }
 
-    /// The text exposition.
-    pub fn render(&self) -> String {
-        let mut families = self.collect();
-        families.retain(|f| !f.get_metric().is_empty());
-        families.sort_by(|a, b| a.name().cmp(b.name()));
+    /// The text exposition, as a registry gathers it (empty families left out, series
+    /// sorted by name and label values).
+    pub fn render(self) -> String {
+        let registry = Registry::new();
+        registry
+            .register(Box::new(self))
+            .expect("a fresh registry takes one collector");
         let mut buf = Vec::new();
         TextEncoder::new()
-            .encode(&families, &mut buf)
+            .encode(&registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
@@ -369,6 +373,19 @@ mod tests {
         assert!(scrape(relay.clone())
             .render()
             .contains("srt_connection_data_packets_sent{id=\"42\"} 7"));
+        // As a registry gathers: series sorted by label values.
+        let modes: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("srt_connections_current{"))
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                "srt_connections_current{mode=\"handshake\"} 0",
+                "srt_connections_current{mode=\"publish\"} 0",
+                "srt_connections_current{mode=\"request\"} 1",
+            ]
+        );
         relay.conns.clear();
         let text = scrape(relay).render();
         assert!(!text.contains("id=\"42\""), "{text}");
