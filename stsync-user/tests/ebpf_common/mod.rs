@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
+use stsync_common::frame;
 use stsync_user::datapath::kernel::Kernel;
 
 /// True when a privileged run is required: a skip is then a failure.
@@ -51,10 +52,11 @@ pub fn load(path: &std::path::Path, streams: u32) -> Kernel {
 
 // --- frames -----------------------------------------------------------------------------
 
-pub const ETH_LEN: usize = 14;
-pub const IP_LEN: usize = 20;
-pub const UDP_LEN: usize = 8;
-pub const SRT_OFF: usize = ETH_LEN + IP_LEN + UDP_LEN;
+// Header lengths of the frames the tests build, from the offsets the programs parse.
+pub const ETH_LEN: usize = frame::IP;
+pub const IP_LEN: usize = frame::UDP - frame::IP;
+pub const UDP_LEN: usize = frame::SRT - frame::UDP;
+pub const SRT_OFF: usize = frame::SRT;
 
 fn fold(mut sum: u32) -> u16 {
     while sum > 0xFFFF {
