@@ -74,7 +74,8 @@ pub struct Handshake {
 pub struct Extensions {
     /// HSREQ: (SRT version, flags, receiver latency ms, sender latency ms).
     pub hsreq: Option<SrtHs>,
-    pub kmreq: bool,
+    /// KMREQ: the caller's keying material (`srt::crypto::KeyMaterial`), as sent.
+    pub kmreq: Option<Vec<u8>>,
     /// The stream ID as raw bytes (decoded from the wire's word-reversed form).
     pub sid: Option<Vec<u8>>,
 }
@@ -166,7 +167,7 @@ pub fn parse_extensions(mut rest: &[u8]) -> Result<Extensions, PacketError> {
                     send_latency_ms: lat as u16,
                 });
             }
-            ext::KMREQ => exts.kmreq = true,
+            ext::KMREQ => exts.kmreq = Some(content.to_vec()),
             ext::SID => {
                 if content.len() > MAX_SID_LEN {
                     return Err(PacketError::Malformed);

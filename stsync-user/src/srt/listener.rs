@@ -133,7 +133,7 @@ pub fn process(
             let Some(hsreq) = exts.hsreq else {
                 return HandshakeOutcome::Reject(hs, Rejection::Rogue);
             };
-            if exts.kmreq || hs.encryption != 0 {
+            if exts.kmreq.is_some() || hs.encryption != 0 {
                 return HandshakeOutcome::Reject(hs, Rejection::Unsecure);
             }
             if hsreq.flags & srt_flag::STREAM != 0 {

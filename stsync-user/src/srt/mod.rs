@@ -2,6 +2,7 @@
 //! and `now` in, packets and wake-up times out; no sockets, no clock reads.
 
 pub mod cookie;
+pub mod crypto;
 pub mod handshake;
 pub mod listener;
 pub mod loss;
