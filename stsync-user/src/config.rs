@@ -58,6 +58,13 @@ pub struct StreamConfig {
     /// Viewers play this stream so many ms later (see README, "Synchronising streams").
     #[serde(default)]
     pub delay_ms: u64,
+    /// The publisher must encrypt with this passphrase (SRT's `passphrase`); none: it must
+    /// not encrypt.
+    #[serde(default)]
+    pub publish_passphrase: Option<String>,
+    /// Viewers must encrypt with this passphrase; none: they must not.
+    #[serde(default)]
+    pub view_passphrase: Option<String>,
 }
 
 /// What config.json's optional fields default to (the README's table says the same).
@@ -254,6 +261,18 @@ impl Config {
                         s.delay_ms
                     ),
                 ));
+            }
+            for (field, p) in [
+                ("publish_passphrase", &s.publish_passphrase),
+                ("view_passphrase", &s.view_passphrase),
+            ] {
+                let len = p.as_ref().map_or(10, |p| p.chars().count());
+                if !crate::srt::crypto::PASSPHRASE_LEN.contains(&len) {
+                    return Err(invalid(
+                        format!("streams[{i}].{field}"),
+                        format!("must be 10 to 79 characters (as libsrt takes), got {len}"),
+                    ));
+                }
             }
             s.id = norm;
         }
@@ -482,6 +501,13 @@ mod tests {
             r#"{{"streams":[{{"id":"1","token":"{STRONG}","delay_ms":30001}}]}}"#
         ));
         assert!(e.contains("streams[0].delay_ms"), "{e}");
+        let e = err(&format!(
+            r#"{{"streams":[{{"id":"1","token":"{STRONG}","view_passphrase":"short"}}]}}"#
+        ));
+        assert!(
+            e.contains("streams[0].view_passphrase") && e.contains("10 to 79"),
+            "{e}"
+        );
         assert!(err(r#"{"srt_listen":"nope","streams":[]}"#).contains("line 1"));
     }
 
