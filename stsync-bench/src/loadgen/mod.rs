@@ -30,7 +30,7 @@ mod publisher;
 mod report;
 mod setup;
 mod sink_feed;
-mod viewers;
+pub(crate) mod viewers;
 mod window;
 
 pub(crate) use conn::{rand_u32, Conn, Hs, KEEPALIVE};
