@@ -104,7 +104,7 @@ pub struct ViewerTotals {
 impl ViewerTotals {
     pub(crate) fn add(
         &mut self,
-        c: &crate::loadgen::ViewerCountersView,
+        c: &crate::loadgen::viewers::ViewerCountersView,
         lost: u64,
         given_up: u64,
         unanswered: u64,

@@ -2,7 +2,7 @@
 //! connection, answering ACKs and NAKs (retransmitting from a ring) on a thread of its own.
 
 use super::conn::{rand_u32, Conn, Hs, KEEPALIVE};
-use super::Media;
+use super::opts::Media;
 use crate::caller;
 use crate::report::PublisherReport;
 use anyhow::{bail, Result};

@@ -2,8 +2,8 @@
 //! what else the run measured.
 
 use super::conn::Hs;
+use super::opts::Opts;
 use super::viewers::{Viewer, Window};
-use super::Opts;
 use crate::hist::Hist;
 use crate::report::*;
 use crate::sink::SinkReport;

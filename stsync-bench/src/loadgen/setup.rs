@@ -3,10 +3,10 @@
 //! --rx xdp, the kernel sink.
 
 use super::conn::{rand_u32, Conn};
+use super::opts::{Opts, RxMode};
 use super::publisher::{new_publisher, PubShared, Publisher};
 use super::viewers::Viewer;
 use super::window::self_cpu_ticks;
-use super::{Opts, RxMode};
 use crate::caller;
 use crate::sink::{Sink, SinkParams};
 use anyhow::{Context, Result};

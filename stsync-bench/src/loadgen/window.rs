@@ -2,9 +2,9 @@
 //! measurement window, a drain) and what is measured at the window's edges: CPU and memory
 //! from /proc, and the relay's system calls.
 
+use super::opts::Opts;
 use super::publisher::PubShared;
 use super::viewers::Viewers;
-use super::Opts;
 use crate::report::CpuReport;
 use crate::syscalls::{Counter, SyscallReport};
 use anyhow::{bail, Context, Result};

@@ -1,0 +1,171 @@
+//! The load generator's options (`stsync-loadgen --help`), and the stream every run sends
+//! (`Media`, shared with the soak): in a file of their own so the parts of a run can take
+//! them without reaching back into `loadgen`.
+
+use crate::sink::Attach;
+use anyhow::{bail, Result};
+use clap::Args;
+use serde::Serialize;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+#[derive(Args, Debug, Clone)]
+pub struct Opts {
+    /// SRT address the viewers connect to.
+    #[arg(long, default_value = "127.0.0.1:9999")]
+    pub relay: SocketAddrV4,
+    /// SRT address the publisher connects to (default: --relay).
+    #[arg(long)]
+    pub pub_relay: Option<SocketAddrV4>,
+    /// The relay's HTTP API, to mint one session key per connection (stsync-proxy). Without
+    /// it, `{key}` in the template is --key.
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Bearer token of the stream (for --http).
+    #[arg(long, default_value = "")]
+    pub token: String,
+    /// Stream (resource) ID, `{stream}` in the template.
+    #[arg(long, default_value = "1")]
+    pub stream: String,
+    /// Static session key, `{key}` in the template when --http is not given.
+    #[arg(long, default_value = "")]
+    pub key: String,
+    /// Stream ID template: `{stream}`, `{key}` and `{mode}` (publish | request) are filled
+    /// in. Any server's syntax works, e.g. `{stream}/{mode}` or `#!::r=live/{stream},m={mode}`.
+    #[arg(long, default_value = "#!::r={stream},s={key},m={mode}")]
+    pub sid_template: String,
+    /// Number of viewers.
+    #[arg(long, default_value_t = 1)]
+    pub viewers: u32,
+    #[command(flatten)]
+    pub media: Media,
+    /// Seconds of streaming after every viewer is connected, before measuring.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Milliseconds of streaming after the window, so late retransmissions still count.
+    #[arg(long, default_value_t = 600)]
+    pub drain_ms: u64,
+    /// Source address of viewer 0; viewer i uses this + i.
+    #[arg(long, default_value = "127.0.1.1")]
+    pub viewer_ip: Ipv4Addr,
+    /// UDP port of the viewers' shared socket (0: any).
+    #[arg(long, default_value_t = 0)]
+    pub viewer_port: u16,
+    /// Network namespace of the publisher socket (and of the HTTP requests).
+    #[arg(long)]
+    pub pub_netns: Option<String>,
+    /// Network namespace of the viewers' socket.
+    #[arg(long)]
+    pub view_netns: Option<String>,
+    /// PID of the relay: its CPU and RSS are sampled over the window.
+    #[arg(long)]
+    pub watch_pid: Option<u32>,
+    /// Viewers that start their handshake per millisecond.
+    #[arg(long, default_value_t = 20)]
+    pub connect_rate: u32,
+    /// Longest sleep between two passes of the event loop, µs. The generator does not wake
+    /// per datagram: it sleeps until the next publisher packet or this tick, then drains the
+    /// sockets with recvmmsg (latency uses kernel receive timestamps, so batching does not
+    /// skew it). 0 = wake on every datagram.
+    #[arg(long, default_value_t = 1000)]
+    pub tick_us: u64,
+    /// How the viewers receive data packets: `socket` (recvmmsg on their shared UDP socket)
+    /// or `xdp` (the kernel sink stsync-bench-ebpf on --sink-iface records and drops them;
+    /// control packets still reach the socket). `xdp` needs root.
+    #[arg(long, value_enum, default_value_t = RxMode::Socket)]
+    pub rx: RxMode,
+    /// The benchmark's eBPF object, with the sink and the syscall counter (default:
+    /// target/bpfel-unknown-none/release/stsync-bench-ebpf next to this executable's build
+    /// directory).
+    #[arg(long)]
+    pub sink_object: Option<std::path::PathBuf>,
+    /// Interface (in --view-netns) where the relay's packets to the viewers arrive.
+    #[arg(long)]
+    pub sink_iface: Option<String>,
+    /// Hook of the sink: native XDP, generic XDP or TC ingress.
+    #[arg(long, value_enum, default_value_t = Attach::Tc)]
+    pub sink_attach: Attach,
+    /// Count the --watch-pid process's system calls over the window.
+    #[arg(long)]
+    pub count_syscalls: bool,
+    /// How: a raw tracepoint program from the bench eBPF object (--sink-object), or perf.
+    #[arg(long, value_enum, default_value_t = crate::syscalls::Method::Bpf)]
+    pub syscall_counter: crate::syscalls::Method,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Include one row per viewer in the JSON report.
+    #[arg(long)]
+    pub per_viewer: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxMode {
+    Socket,
+    Xdp,
+}
+
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.trim().chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1e3),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1e6),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1e9),
+        _ => (s, 1.0),
+    };
+    num.trim()
+        .parse::<f64>()
+        .map(|v| (v * mult) as u64)
+        .map_err(|e| format!("{s}: {e}"))
+}
+/// The stream the publisher sends, and the latency every client announces.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct Media {
+    /// Publisher bitrate in bits per second of SRT payload (accepts k/M suffixes).
+    #[arg(long, default_value = "4M", value_parser = parse_rate)]
+    pub bitrate: u64,
+    /// SRT payload bytes per packet.
+    #[arg(long, default_value_t = 1316)]
+    pub payload: usize,
+    /// Latency (TSBPD) announced in HSREQ, ms: how long a viewer waits for a lost packet,
+    /// and a packet later than this is not on time.
+    #[arg(long, default_value_t = 120)]
+    pub latency_ms: u16,
+}
+
+impl Media {
+    pub fn check(&self) -> Result<()> {
+        if self.payload < crate::caller::MIN_PAYLOAD
+            || self.payload > stsync_common::srt::MAX_PAYLOAD
+        {
+            bail!(
+                "--payload must be {}..={} bytes",
+                crate::caller::MIN_PAYLOAD,
+                stsync_common::srt::MAX_PAYLOAD
+            );
+        }
+        if self.bitrate == 0 {
+            bail!("--bitrate must be positive");
+        }
+        Ok(())
+    }
+
+    /// Packets per second the publisher sends.
+    pub fn pkts_per_sec(&self) -> f64 {
+        self.bitrate as f64 / (self.payload as f64 * 8.0)
+    }
+}
+
+impl RxMode {
+    /// As the option is spelled.
+    pub fn name(self) -> &'static str {
+        match self {
+            RxMode::Socket => "socket",
+            RxMode::Xdp => "xdp",
+        }
+    }
+}
