@@ -240,6 +240,8 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
             .map(|s| StreamConfig {
                 resource: s.id.clone(),
                 delay_ms: s.delay_ms,
+                publish_passphrase: s.publish_passphrase.clone(),
+                view_passphrase: s.view_passphrase.clone(),
             })
             .collect(),
         rand::random(),

@@ -298,7 +298,7 @@ impl EbpfDatapath {
         let Some(stream) = self.stream_index(resource) else {
             return;
         };
-        self.handover.set_publisher_local(stream, false);
+        self.handover.set_publisher(stream, None);
         if let Some(old) = self.slots[stream as usize].publisher.take() {
             self.kernel.remove_publisher(old);
         }
@@ -319,7 +319,7 @@ impl EbpfDatapath {
             self.slots[stream as usize].publisher = Some(id);
             // Its packets come in on `lo` iff its address is one of ours.
             let local = std::net::UdpSocket::bind(SocketAddrV4::new(*addr.ip(), 0)).is_ok();
-            self.handover.set_publisher_local(stream, local);
+            self.handover.set_publisher(stream, Some(local));
         }
     }
 
@@ -388,10 +388,19 @@ impl Datapath for EbpfDatapath {
         match event {
             RouteEvent::ViewerAdded {
                 conn,
+                encrypted: true,
+                ..
+            } => debug!(
+                conn,
+                "encrypted viewer: served from userspace (its own key)"
+            ),
+            RouteEvent::ViewerAdded {
+                conn,
                 resource,
                 peer,
                 peer_id,
                 start,
+                encrypted: false,
             } => self.viewer_added(*conn, resource, *peer, *peer_id, *start),
             RouteEvent::ViewerMapped { conn, offsets } => {
                 self.handover.mapped(now, *conn, *offsets, &mut self.kernel)
@@ -404,7 +413,13 @@ impl Datapath for EbpfDatapath {
                 resource,
                 publisher,
                 epoch,
-            } => self.publisher_changed(resource, *publisher, *epoch),
+                encrypted,
+            } => {
+                // The kernel cannot decrypt: an encrypted publisher's viewers are all served
+                // from userspace.
+                let publisher = publisher.filter(|_| !encrypted);
+                self.publisher_changed(resource, publisher, *epoch)
+            }
         }
     }
 

@@ -58,8 +58,9 @@ impl Viewer {
 #[derive(Default)]
 pub struct Handover {
     viewers: HashMap<u32, Viewer>,
-    /// Streams whose publisher is on this host (its packets come in on `lo`).
-    local_publishers: HashMap<u32, bool>,
+    /// Streams whose publisher the kernel knows (so it can clone its packets), and whether
+    /// it is on this host (its packets come in on `lo`).
+    publishers: HashMap<u32, bool>,
     /// `lo` accepts clones of packets from other interfaces
     /// (`net.ipv4.conf.lo.accept_local = 1`).
     lo_accept_local: bool,
@@ -98,8 +99,13 @@ impl Handover {
         self.viewers.iter().map(|(&c, v)| (c, v.slot))
     }
 
-    pub fn set_publisher_local(&mut self, stream: u32, local: bool) {
-        self.local_publishers.insert(stream, local);
+    /// The kernel knows `stream`'s publisher, on this host or not (`Some(local)`), or it
+    /// has none the kernel can fan out (`None`: an encrypted or IPv6 one, or none at all).
+    pub fn set_publisher(&mut self, stream: u32, local: Option<bool>) {
+        match local {
+            Some(local) => self.publishers.insert(stream, local),
+            None => self.publishers.remove(&stream),
+        };
     }
 
     /// The relay mapped viewer `conn` onto a publisher epoch.
@@ -168,10 +174,13 @@ impl Handover {
         let Some(route) = table.route(conn) else {
             return;
         };
+        // Nothing to clone: the kernel does not know the stream's publisher.
+        let Some(&publisher_local) = self.publishers.get(&v.stream) else {
+            return;
+        };
         // A viewer on this host (route on `lo`) can take clones of a remote publisher's
         // packets only if `lo` accepts local sources without a route; else userspace
         // serves it.
-        let publisher_local = self.local_publishers.get(&v.stream) == Some(&true);
         if route.ifindex == LOOPBACK_IFINDEX && !self.lo_accept_local && !publisher_local {
             if v.pending_since.take().is_some() {
                 info!(conn, "viewer on this host, publisher elsewhere: served from userspace (net.ipv4.conf.lo.accept_local=1 lets the kernel serve it)");
@@ -288,6 +297,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut h, mut table) = (Handover::new(false), TestTable::default());
         h.add(CONN, 1, SLOT, 0x55);
+        h.set_publisher(1, Some(false));
         // A route alone moves nothing: the kernel has no offsets to rewrite with.
         table.routes.insert(CONN, route(3, 1));
         h.learned([CONN], &mut table);
@@ -320,6 +330,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut h, mut table) = (Handover::new(false), TestTable::default());
         h.add(CONN, 1, SLOT, 0x55);
+        h.set_publisher(1, Some(false));
         table.routes.insert(CONN, route(3, 1));
         h.mapped(t0, CONN, offsets(1), &mut table);
         assert_eq!(reports(&mut h), vec![serving(Some(1))]);
@@ -352,16 +363,18 @@ mod tests {
         table.routes.insert(CONN, lo);
         let mut h = Handover::new(false);
         h.add(CONN, 1, SLOT, 0x55);
+        h.set_publisher(1, Some(false));
         h.mapped(t0, CONN, offsets(1), &mut table);
         assert!(reports(&mut h).is_empty() && table.writes.is_empty());
         assert!(!h.hurried(t0), "given up on, not polled for");
         // Its publisher on this host too: `lo` carries both, the kernel serves it.
-        h.set_publisher_local(1, true);
+        h.set_publisher(1, Some(true));
         h.mapped(t0, CONN, offsets(2), &mut table);
         assert_eq!(reports(&mut h), vec![serving(Some(2))]);
         // Or any publisher, once `lo` accepts local sources.
         let mut h = Handover::new(true);
         h.add(CONN, 1, SLOT, 0x55);
+        h.set_publisher(1, Some(false));
         h.mapped(t0, CONN, offsets(1), &mut table);
         assert_eq!(reports(&mut h), vec![serving(Some(1))]);
     }
@@ -376,11 +389,34 @@ mod tests {
         table.routes.insert(CONN, route(3, 1));
         let mut h = Handover::new(false);
         h.add(CONN, 1, SLOT, 0x55);
+        h.set_publisher(1, Some(false));
         h.mapped(t0, CONN, offsets(1), &mut table);
         assert!(reports(&mut h).is_empty());
         // Tried again with the next learned route once writes work.
         table.fail_writes = false;
         h.learned([CONN], &mut table);
         assert_eq!(reports(&mut h), vec![serving(Some(1))]);
+    }
+
+    /// A stream whose publisher the kernel does not know (encrypted, IPv6, or gone) has
+    /// nothing to clone: its viewers stay in userspace whatever their routes.
+    #[test]
+    fn without_a_publisher_in_the_kernel_viewers_stay_in_userspace() {
+        let t0 = Instant::now();
+        let (mut h, mut table) = (Handover::new(true), TestTable::default());
+        table.routes.insert(CONN, route(3, 1));
+        h.add(CONN, 1, SLOT, 0x55);
+        h.mapped(t0, CONN, offsets(1), &mut table);
+        assert!(reports(&mut h).is_empty() && table.writes.is_empty());
+        h.set_publisher(1, Some(false));
+        h.learned([CONN], &mut table);
+        assert_eq!(reports(&mut h), vec![serving(Some(1))]);
+        // A new (say, encrypted) publisher the kernel is not given: back to userspace on its
+        // mapping, and not served again.
+        h.set_publisher(1, None);
+        h.mapped(t0, CONN, offsets(2), &mut table);
+        assert_eq!(reports(&mut h), vec![serving(None)]);
+        h.learned([CONN], &mut table);
+        assert!(reports(&mut h).is_empty());
     }
 }

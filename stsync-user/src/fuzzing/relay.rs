@@ -300,6 +300,8 @@ impl World {
             .map(|r| StreamConfig {
                 resource: r.to_string(),
                 delay_ms: 0,
+                publish_passphrase: None,
+                view_passphrase: None,
             })
             .collect();
         let relay = Relay::new(cfg.clone(), streams, SECRET, t0);

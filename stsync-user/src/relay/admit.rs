@@ -7,6 +7,7 @@ use super::retransmit::{rexmit_burst, REXMIT_FLOOR_BPS};
 use super::ring::Ring;
 use super::viewer::ViewerSend;
 use super::{Conn, ConnMode, ConnStats, Relay, Role, RouteEvent, CLOCK_HEADROOM};
+use crate::srt::crypto::{KeyMaterial, KmError, StreamKeys};
 use crate::srt::listener::{self, Conclusion, HandshakeOutcome, Rejection};
 use crate::srt::packet::ControlPacket;
 use crate::srt::receiver::Receiver;
@@ -117,6 +118,8 @@ impl Relay {
         if !self.addresses.may_connect(from.ip()) {
             return Err(R::AddressOverload);
         }
+        // Before the session key is spent: a caller with the wrong passphrase may try again.
+        let keys = self.caller_keys(stream, sid.mode, hs.km.as_deref())?;
         self.keys
             .redeem(&sid.resource, &sid.session, now)
             .map_err(|d| match d {
@@ -127,7 +130,8 @@ impl Relay {
 
         let id = self.new_socket_id();
         let (rcv_latency, snd_latency) = hs.latencies(self.cfg.latency);
-        let response = listener::accept(&hs.hs, id, from, rcv_latency, snd_latency);
+        let kmrsp = hs.km.as_deref().filter(|_| keys.is_some());
+        let response = listener::accept(&hs.hs, id, from, (rcv_latency, snd_latency), kmrsp);
         let role = match sid.mode {
             Mode::Publish => Role::Publisher(Box::new(Receiver::new(
                 hs.hs.isn,
@@ -147,8 +151,10 @@ impl Relay {
             resource = %sid.resource,
             mode = sid.mode.as_str(),
             latency_ms = rcv_latency.max(snd_latency),
+            encrypted = keys.is_some(),
             "connection accepted"
         );
+        let encrypted = keys.is_some();
         let conn = Conn {
             peer: from,
             peer_id: hs.hs.socket_id,
@@ -162,6 +168,7 @@ impl Relay {
             response,
             role,
             kernel_epoch: None,
+            keys: keys.map(Box::new),
             stats: ConnStats::default(),
         };
         let start = conn.start;
@@ -184,6 +191,7 @@ impl Relay {
                     resource: s.resource.clone(),
                     publisher: Some((from, id)),
                     epoch: s.epoch,
+                    encrypted,
                 });
                 if let Some(old) = old {
                     info!(conn = old, "publisher taken over by conn {id}");
@@ -199,10 +207,40 @@ impl Relay {
                     peer: from,
                     peer_id: hs.hs.socket_id,
                     start,
+                    encrypted,
                 });
             }
         }
         Ok(())
+    }
+
+    /// The caller's stream keys when the stream wants its `mode` encrypted (its keying
+    /// material `km`, opened with the stream's passphrase), as libsrt's listener decides:
+    /// keys offered where none is set, or none offered where one is, is REJ_UNSECURE; keys
+    /// that do not open are REJ_BADSECRET.
+    fn caller_keys(
+        &self,
+        stream: usize,
+        mode: Mode,
+        km: Option<&[u8]>,
+    ) -> Result<Option<StreamKeys>, Rejection> {
+        let s = &self.streams[stream];
+        let passphrase = match mode {
+            Mode::Publish => s.publish_passphrase.as_deref(),
+            Mode::Request => s.view_passphrase.as_deref(),
+        };
+        let (passphrase, km) = match (passphrase, km) {
+            (None, None) => return Ok(None),
+            (Some(p), Some(km)) => (p, km),
+            _ => return Err(Rejection::Unsecure),
+        };
+        KeyMaterial::parse(km)
+            .and_then(|km| km.open(passphrase.as_bytes()))
+            .map(Some)
+            .map_err(|e| match e {
+                KmError::BadSecret => Rejection::BadSecret,
+                KmError::Malformed(_) | KmError::Cipher => Rejection::Unsecure,
+            })
     }
 
     fn new_socket_id(&mut self) -> u32 {

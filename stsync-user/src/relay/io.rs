@@ -18,6 +18,8 @@ pub enum RouteEvent {
         peer_id: u32,
         /// The connection's clock starts here (the time base of its timestamps).
         start: Instant,
+        /// It encrypts with a key of its own: the kernel's clones cannot serve it.
+        encrypted: bool,
     },
     /// The viewer's offsets for the stream's current publisher.
     ViewerMapped {
@@ -31,6 +33,8 @@ pub enum RouteEvent {
         resource: String,
         publisher: Option<(SocketAddr, u32)>,
         epoch: u64,
+        /// Its packets are encrypted: only the relay, which decrypts them, can fan them out.
+        encrypted: bool,
     },
     /// The stream's viewers get timestamps `delay_us` later from now on.
     StreamDelay {

@@ -34,6 +34,7 @@ pub use stats::{ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapsh
 pub use transmits::{Datagram, Transmits};
 
 use crate::srt::cookie::CookieJar;
+use crate::srt::crypto::StreamKeys;
 use crate::srt::loss::LossList;
 use crate::srt::packet::{ControlPacket, Packet};
 use crate::srt::receiver::{Feedback, Receiver};
@@ -68,6 +69,10 @@ pub struct StreamConfig {
     pub resource: String,
     /// The delay its viewers get from the start, ms.
     pub delay_ms: u64,
+    /// The publisher must encrypt with this passphrase; none: it must not encrypt.
+    pub publish_passphrase: Option<String>,
+    /// Viewers must encrypt with this passphrase; none: they must not.
+    pub view_passphrase: Option<String>,
 }
 
 const KEEPALIVE: Duration = Duration::from_secs(1);
@@ -82,6 +87,9 @@ pub const CLOCK_HEADROOM: Duration = Duration::from_secs(1);
 pub const ACKACK_LEN: u64 = stsync_common::srt::HEADER_LEN as u64 + 4;
 /// SRT bytes of a full ACK (header + 7 words): a lost one is counted at this size.
 const FULL_ACK_LEN: u64 = stsync_common::srt::HEADER_LEN as u64 + 28;
+/// Subtypes of the extended control message (type 0x7FFF) that carry keying material.
+const SRT_CMD_KMREQ: u16 = 3;
+const SRT_CMD_KMRSP: u16 = 4;
 
 enum Role {
     Publisher(Box<Receiver>),
@@ -109,6 +117,9 @@ struct Conn {
     /// The kernel fans this publisher epoch's data out to this viewer (its offsets are
     /// installed there); the relay only retransmits. Any other epoch goes through userspace.
     kernel_epoch: Option<u64>,
+    /// An encrypting peer's keys: a publisher's data is decrypted with them, a viewer's is
+    /// encrypted with them.
+    keys: Option<Box<StreamKeys>>,
     stats: ConnStats,
 }
 
@@ -144,6 +155,8 @@ pub struct Relay {
     nak_scratch: LossList,
     /// Resent packets due to be sent once more (kept for its allocation).
     recheck_scratch: Vec<(Seq, u8)>,
+    /// An encrypted publisher's packet, decrypted (kept for its allocation).
+    plain: Vec<u8>,
     /// Viewers whose retransmission list waits for budget, and when the first can go on.
     rexmit_pending: HashSet<u32>,
     rexmit_wake: Option<Instant>,
@@ -190,6 +203,7 @@ impl Relay {
             feedback: Vec::new(),
             nak_scratch: LossList::default(),
             recheck_scratch: Vec::new(),
+            plain: Vec::new(),
             rexmit_pending: HashSet::new(),
             rexmit_wake: None,
             next_sweep: now + SWEEP,
@@ -324,6 +338,9 @@ impl Relay {
             (ctrl::ACKACK | ctrl::DROPREQ, Role::Publisher(_)) => {
                 self.on_publisher_control(now, id, c)
             }
+            (ctrl::USER_DEFINED, Role::Publisher(_)) if c.subtype == SRT_CMD_KMREQ => {
+                self.on_key_refresh(now, id, c.body)
+            }
             (ctrl::ACK, Role::Viewer(_)) => self.on_viewer_ack(now, id, c),
             (ctrl::NAK, Role::Viewer(_)) => self.on_viewer_nak(now, id, c.body),
             (ctrl::HANDSHAKE, _) => {
@@ -349,6 +366,17 @@ impl Relay {
                 Feedback::Nak(words) => self.send_control(now, id, ctrl::NAK, 0, &words),
             }
         }
+    }
+
+    /// Sends an extended control message (type 0x7FFF) of `subtype`.
+    fn send_ext(&mut self, now: Instant, id: u32, subtype: u16, body: &[u32]) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let (peer, ts, dest) = (conn.peer, conn.clock(now), conn.peer_id);
+        let len = self.out.push_control_ext(peer, subtype, ts, dest, body);
+        conn.last_sent = now;
+        conn.stats.sent_control(len);
     }
 
     fn send_control(&mut self, now: Instant, id: u32, typ: u16, info: u32, body: &[u32]) {
@@ -383,6 +411,7 @@ impl Relay {
                         resource: s.resource.clone(),
                         publisher: None,
                         epoch: s.epoch,
+                        encrypted: false,
                     });
                 }
             }

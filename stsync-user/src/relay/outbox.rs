@@ -6,6 +6,7 @@ use crate::srt::packet::{write_control, write_data};
 use crate::srt::seq::Seq;
 use std::net::SocketAddr;
 use std::ops::Range;
+use stsync_common::srt::ctrl;
 
 /// Buffers larger than this (bytes) shrink back after a burst.
 const SHRINK_ABOVE: usize = 256 << 10;
@@ -65,6 +66,27 @@ impl Outbox {
         self.arena.len() - start
     }
 
+    /// Queues an extended control message (type 0x7FFF) of `subtype`; returns its length.
+    pub fn push_control_ext(
+        &mut self,
+        dst: SocketAddr,
+        subtype: u16,
+        ts: u32,
+        dest: u32,
+        body: &[u32],
+    ) -> usize {
+        let start = self.arena.len();
+        write_control(&mut self.arena, ctrl::USER_DEFINED, 0, ts, dest, body);
+        // The subtype is the first word's low half.
+        self.arena[start + 2..start + 4].copy_from_slice(&subtype.to_be_bytes());
+        self.items.push(Transmit {
+            dst,
+            head: start..self.arena.len(),
+            payload: Payload::None,
+        });
+        self.arena.len() - start
+    }
+
     pub fn push_data(
         &mut self,
         dst: SocketAddr,
@@ -81,6 +103,24 @@ impl Outbox {
             head: start..self.arena.len(),
             payload,
         });
+    }
+
+    /// Gives the last queued datagram its own copy of `payload`, then `seal`s (encrypts)
+    /// that copy in place: an encrypted viewer's ciphertext is its own, not the ring's.
+    pub fn own_payload(&mut self, payload: &[u8], seal: impl FnOnce(&mut [u8])) {
+        let Some(t) = self.items.last_mut() else {
+            return;
+        };
+        debug_assert_eq!(
+            t.head.end,
+            self.arena.len(),
+            "the last datagram ends the arena"
+        );
+        let start = self.arena.len();
+        self.arena.extend_from_slice(payload);
+        seal(&mut self.arena[start..]);
+        t.head.end = self.arena.len();
+        t.payload = Payload::None;
     }
 
     pub fn items(&self) -> &[Transmit] {

@@ -4,6 +4,7 @@
 use super::outbox::{Outbox, Payload};
 use super::viewer::{Unmapped, ViewerSend};
 use super::{playout, ConnStats, Relay, Role};
+use crate::srt::crypto::{Parity, StreamKeys};
 use crate::srt::packet::loss_ranges;
 use crate::srt::receiver::Receiver;
 use crate::srt::seq::Seq;
@@ -132,6 +133,10 @@ impl Relay {
         let stream = conn.stream as u32;
         let rto = recheck_after(&conn.stats, conn.kernel_epoch == Some(s.epoch));
         let (peer, peer_id) = (conn.peer, conn.peer_id);
+        // An encrypted viewer's retransmission is encrypted as its original was: same key,
+        // same sequence number, so the same ciphertext.
+        let keys = conn.keys.as_deref();
+        let parity = keys.map(StreamKeys::send_parity);
         let Role::Viewer(v) = &mut conn.role else {
             self.conns.insert(id, conn);
             return;
@@ -200,7 +205,7 @@ impl Relay {
             self.out.push_data(
                 peer,
                 vseq,
-                pkt.msg | MSG_REXMIT_FLAG,
+                pkt.msg | MSG_REXMIT_FLAG | parity.map_or(0, Parity::msg_bits),
                 v.ts(pkt.ts).wrapping_add(pkt.delay),
                 peer_id,
                 Payload::Ring {
@@ -208,6 +213,9 @@ impl Relay {
                     slot: slot as u32,
                 },
             );
+            if let Some(keys) = keys {
+                self.out.own_payload(&pkt.payload, |p| keys.seal(vseq, p));
+            }
             let len = (HEADER_LEN + pkt.payload.len()) as u64;
             v.budget.spend(len);
             stats.sent_data(len as usize);

@@ -7,12 +7,14 @@ use super::outbox::Payload;
 use super::ring::Ring;
 use super::{
     playout, Offsets, Relay, Role, RouteEvent, StreamConfig, StreamSnapshot, CLOCK_HEADROOM,
+    SRT_CMD_KMRSP,
 };
+use crate::srt::crypto::{KeyMaterial, Parity, StreamKeys};
 use crate::srt::packet::{be32, ControlPacket, DataPacket};
 use crate::srt::receiver::Arrival;
 use crate::srt::seq::Seq;
 use std::time::Instant;
-use stsync_common::srt::{ctrl, HEADER_LEN, MAX_PAYLOAD, MSG_REXMIT_FLAG};
+use stsync_common::srt::{ctrl, HEADER_LEN, MAX_PAYLOAD, MSG_KK_MASK, MSG_REXMIT_FLAG};
 use tracing::{debug, warn};
 
 /// How far back (packets) a new viewer's mapping may start before the packet that maps it.
@@ -41,6 +43,9 @@ pub(super) struct Stream {
     pub ingest: Option<IngestLatency>,
     /// The delay no longer fits viewers' receive buffers at the publisher's rate (warned).
     pub delay_too_big: bool,
+    /// What the publisher and the viewers must encrypt with (none: they must not).
+    pub publish_passphrase: Option<String>,
+    pub view_passphrase: Option<String>,
     /// As of the last sweep.
     pub bitrate_bps: u64,
     pub packet_rate: u64,
@@ -60,6 +65,8 @@ impl Stream {
             delay_target_ms: cfg.delay_ms,
             ingest: None,
             delay_too_big: false,
+            publish_passphrase: cfg.publish_passphrase,
+            view_passphrase: cfg.view_passphrase,
             bitrate_bps: 0,
             packet_rate: 0,
             ingest_latency_us: 0,
@@ -134,7 +141,59 @@ impl Relay {
                 l.on_packet(now, arrival_us, d.ts);
             }
         }
-        self.fan_out(now, stream, d, start);
+        // An encrypted publisher's packet is decrypted once; its viewers get it in clear or
+        // under their own keys.
+        let mut plain = std::mem::take(&mut self.plain);
+        let keys = self.conns.get(&id).and_then(|c| c.keys.as_deref());
+        match (keys, Parity::of_msg(d.msg)) {
+            (Some(keys), Some(parity)) => {
+                plain.clear();
+                plain.extend_from_slice(d.payload);
+                if !keys.crypt(parity, d.seq, &mut plain) {
+                    self.plain = plain;
+                    return self.drops.drop_packet("no_key_for_packet");
+                }
+                let d = DataPacket {
+                    payload: &plain,
+                    msg: d.msg & !MSG_KK_MASK,
+                    ..d
+                };
+                self.fan_out(now, stream, d, start);
+            }
+            _ => {
+                let d = DataPacket {
+                    msg: d.msg & !MSG_KK_MASK,
+                    ..d
+                };
+                self.fan_out(now, stream, d, start);
+            }
+        }
+        self.plain = plain;
+    }
+
+    /// A publisher's new keys (the refresh libsrt sends before it switches KK): opened with
+    /// the stream's passphrase and answered with KMRSP, the same bytes, as libsrt does.
+    pub(super) fn on_key_refresh(&mut self, now: Instant, id: u32, body: &[u8]) {
+        let conn = self.conns.get_mut(&id).expect("caller checked");
+        let passphrase = self.streams[conn.stream].publish_passphrase.as_deref();
+        let (Some(passphrase), Some(_)) = (passphrase, &conn.keys) else {
+            return self.drops.drop_packet("unexpected_control");
+        };
+        match KeyMaterial::parse(body).and_then(|km| km.open(passphrase.as_bytes())) {
+            Ok(keys) => {
+                debug!(conn = id, "publisher's keys refreshed");
+                conn.keys = Some(Box::new(keys));
+                let words: Vec<u32> = body
+                    .chunks_exact(4)
+                    .map(|w| u32::from_be_bytes(w.try_into().expect("4 bytes")))
+                    .collect();
+                self.send_ext(now, id, SRT_CMD_KMRSP, &words);
+            }
+            Err(e) => {
+                warn!(conn = id, "publisher's key refresh refused: {e}");
+                self.drops.drop_packet("bad_key_refresh");
+            }
+        }
     }
 
     /// A publisher's ACKACK (its RTT) or DROPREQ (what it gave up sending).
@@ -200,10 +259,11 @@ impl Relay {
                 );
                 continue;
             }
+            let parity = conn.keys.as_deref().map(StreamKeys::send_parity);
             self.out.push_data(
                 conn.peer,
                 vseq,
-                msg,
+                msg | parity.map_or(0, Parity::msg_bits),
                 vts,
                 conn.peer_id,
                 Payload::Ring {
@@ -211,6 +271,9 @@ impl Relay {
                     slot: slot as u32,
                 },
             );
+            if let Some(keys) = conn.keys.as_deref() {
+                self.out.own_payload(d.payload, |p| keys.seal(vseq, p));
+            }
             conn.last_sent = now;
             conn.stats.sent_data(HEADER_LEN + d.payload.len());
         }

@@ -317,6 +317,23 @@ pub struct StreamKeys {
 }
 
 impl StreamKeys {
+    /// The key data to this peer goes under: the even one when there is one.
+    pub fn send_parity(&self) -> Parity {
+        if self.even.is_some() {
+            Parity::Even
+        } else {
+            Parity::Odd
+        }
+    }
+
+    /// Encrypts data packet `seq`'s payload for this peer (under `send_parity`).
+    pub fn seal(&self, seq: Seq, payload: &mut [u8]) {
+        let parity = self.send_parity();
+        if let Some(k) = self.key(parity) {
+            k.crypt(&self.salt, seq, payload);
+        }
+    }
+
     pub fn key(&self, parity: Parity) -> Option<&Sek> {
         match parity {
             Parity::Even => self.even.as_ref(),

@@ -21,8 +21,10 @@ pub enum Rejection {
     Rogue,
     #[error("handshake version not supported (REJ_VERSION)")]
     Version,
-    #[error("encryption requested but not supported (REJ_UNSECURE)")]
+    #[error("encryption offered where none is set, or required and not offered (REJ_UNSECURE)")]
     Unsecure,
+    #[error("wrong passphrase (REJ_BADSECRET)")]
+    BadSecret,
     #[error("stream (file) mode requested; this is a live relay (REJ_MESSAGEAPI)")]
     MessageApi,
     #[error("session key unknown or for another resource")]
@@ -48,6 +50,7 @@ impl Rejection {
         match self {
             Rejection::Rogue => 1004,
             Rejection::Version => 1008,
+            Rejection::BadSecret => 1010,
             Rejection::Unsecure => 1011,
             Rejection::MessageApi => 1012,
             Rejection::Unauthorized => 2401,
@@ -66,6 +69,9 @@ impl Rejection {
 pub struct Conclusion {
     pub hs: Handshake,
     pub hsreq: SrtHs,
+    /// The caller's keying material (KMREQ), if it encrypts: whether it may, and with which
+    /// passphrase, is the stream's to say.
+    pub km: Option<Vec<u8>>,
     pub stream_id: StreamId,
 }
 
@@ -133,9 +139,6 @@ pub fn process(
             let Some(hsreq) = exts.hsreq else {
                 return HandshakeOutcome::Reject(hs, Rejection::Rogue);
             };
-            if exts.kmreq.is_some() || hs.encryption != 0 {
-                return HandshakeOutcome::Reject(hs, Rejection::Unsecure);
-            }
             if hsreq.flags & srt_flag::STREAM != 0 {
                 return HandshakeOutcome::Reject(hs, Rejection::MessageApi);
             }
@@ -151,6 +154,7 @@ pub fn process(
             HandshakeOutcome::Conclusion(Box::new(Conclusion {
                 hs,
                 hsreq,
+                km: exts.kmreq,
                 stream_id,
             }))
         }
@@ -168,18 +172,23 @@ fn encode(ts: u32, dest: u32, words: &[u32], ext: &[u32]) -> Vec<u8> {
 /// The conclusion answer: our socket ID, the caller's ISN for both directions (libsrt's
 /// listener does the same) and HSRSP. The caller takes its time base from the answer's
 /// timestamp, so the relay stamps it with the connection's clock each time it is sent
-/// (`stamp`).
+/// (`stamp`). An encrypting caller whose keying material opened gets it back as KMRSP, as
+/// libsrt's listener answers.
 pub fn accept(
     req: &Handshake,
     id: u32,
     from: SocketAddr,
-    rcv_latency: u16,
-    snd_latency: u16,
+    (rcv_latency, snd_latency): (u16, u16),
+    kmrsp: Option<&[u8]>,
 ) -> Vec<u8> {
+    let (encryption, ext_field) = match kmrsp {
+        Some(_) => (req.encryption, ext_flag::HSREQ | ext_flag::KMREQ),
+        None => (0, ext_flag::HSREQ),
+    };
     let answer = Handshake {
         version: VERSION_5,
-        encryption: 0,
-        ext_field: ext_flag::HSREQ,
+        encryption,
+        ext_field,
         isn: req.isn,
         mtu: req.mtu.clamp(576, 1500),
         flow_window: req.flow_window.clamp(32, 8192),
@@ -194,13 +203,22 @@ pub fn accept(
         | srt_flag::TLPKTDROP
         | srt_flag::PERIODICNAK
         | srt_flag::REXMITFLG;
-    let hsrsp = [
+    let mut exts = vec![
         ext_header(ext::HSRSP, 3),
         SRT_VERSION,
         flags,
         (u32::from(rcv_latency) << 16) | u32::from(snd_latency),
     ];
-    encode(0, req.socket_id, &answer.words(), &hsrsp)
+    if let Some(km) = kmrsp {
+        let words = km.chunks(4).map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_be_bytes(w)
+        });
+        exts.push(ext_header(ext::KMRSP, km.len().div_ceil(4)));
+        exts.extend(words);
+    }
+    encode(0, req.socket_id, &answer.words(), &exts)
 }
 
 /// Sets a control packet's timestamp (bytes 8..12).
@@ -308,10 +326,11 @@ mod tests {
             rejected(conclusion_body(c, "#!::r=1,s=1,m=watch", flags, false)),
             Rejection::BadMode
         );
-        assert_eq!(
-            rejected(conclusion_body(c, "#!::r=1,s=1,m=request", flags, true)),
-            Rejection::Unsecure
-        );
+        // Keying material is passed on: whether the stream takes it is the relay's call.
+        match run(conclusion_body(c, "#!::r=1,s=1,m=request", flags, true)) {
+            HandshakeOutcome::Conclusion(cc) => assert_eq!(cc.km, Some(vec![0; 8])),
+            _ => panic!("accepted"),
+        }
         assert_eq!(
             rejected(conclusion_body(
                 c,
@@ -334,7 +353,7 @@ mod tests {
     fn accept_and_rejection_layouts() {
         let req = caller_hs(hs_type::CONCLUSION, 5, 42);
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let bytes = accept(&req, 99, from, 200, 120);
+        let bytes = accept(&req, 99, from, (200, 120), None);
         let Packet::Control(c) = Packet::parse(&bytes).unwrap() else {
             panic!()
         };

@@ -25,6 +25,9 @@ fn kernel_handover_and_a_nak_for_a_packet_the_relay_has_not_read_yet() {
             match ev {
                 RouteEvent::ViewerAdded { conn, peer_id, .. } => h.add(conn, 0, SLOT, peer_id),
                 RouteEvent::ViewerMapped { conn, offsets } => h.mapped(w.now, conn, offsets, table),
+                RouteEvent::PublisherChanged { publisher, .. } => {
+                    h.set_publisher(0, publisher.map(|_| false))
+                }
                 _ => {}
             }
         }

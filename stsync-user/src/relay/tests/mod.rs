@@ -40,6 +40,11 @@ enum Got {
 
 impl World {
     fn new() -> Self {
+        Self::with_passphrases(None, None)
+    }
+
+    /// A world whose stream "1" wants its publisher and its viewers to encrypt with these.
+    fn with_passphrases(publish: Option<&str>, view: Option<&str>) -> Self {
         let now = Instant::now();
         let cfg = RelayConfig {
             latency: LATENCY,
@@ -56,6 +61,8 @@ impl World {
         let streams = vec![StreamConfig {
             resource: "1".to_string(),
             delay_ms: 0,
+            publish_passphrase: publish.map(str::to_string),
+            view_passphrase: view.map(str::to_string),
         }];
         World {
             relay: Relay::new(cfg, streams, [9; 16], now),
@@ -214,6 +221,8 @@ struct Caller {
     socket_id: u32,
     isn: Seq,
     relay_id: u32,
+    /// An encrypting caller's keying material (sent in its conclusion) and keys.
+    km: Option<(Vec<u8>, crate::srt::crypto::StreamKeys)>,
 }
 
 impl Caller {
@@ -223,7 +232,29 @@ impl Caller {
             socket_id: 0x100 + u32::from(port),
             isn: Seq::new(isn),
             relay_id: 0,
+            km: None,
         }
+    }
+
+    /// A caller that encrypts with `passphrase`, as libsrt does: a fresh even key of
+    /// `key_len` bytes under a fresh salt, sent as KMREQ in its conclusion.
+    fn encrypting(port: u16, isn: u32, passphrase: &str, key_len: usize) -> Self {
+        use crate::srt::crypto::KeyMaterial;
+        let salt: [u8; 16] = rand::random();
+        let key: Vec<u8> = (0..key_len).map(|_| rand::random()).collect();
+        let km = KeyMaterial::seal(passphrase.as_bytes(), salt, Some(&key), None).unwrap();
+        let mut bytes = Vec::new();
+        km.encode(&mut bytes);
+        let keys = km.open(passphrase.as_bytes()).unwrap();
+        Caller {
+            km: Some((bytes, keys)),
+            ..Caller::new(port, isn)
+        }
+    }
+
+    /// Its keys (an encrypting caller's).
+    fn keys(&self) -> &crate::srt::crypto::StreamKeys {
+        &self.km.as_ref().expect("an encrypting caller").1
     }
 
     fn handshake(&self, typ: u32, version: u32, cookie: u32) -> Handshake {
@@ -272,6 +303,13 @@ impl Caller {
             flags,
             (120 << 16) | 120,
         ]);
+        if let Some((km, _)) = &self.km {
+            words.push(ext_header(ext::KMREQ, km.len() / 4));
+            words.extend(
+                km.chunks(4)
+                    .map(|w| u32::from_be_bytes(w.try_into().unwrap())),
+            );
+        }
         let sid = encode_sid(sid.as_bytes());
         words.push(ext_header(ext::SID, sid.len()));
         words.extend(sid);
@@ -280,16 +318,16 @@ impl Caller {
         b
     }
 
+    /// Sends a data packet, encrypted under its even key if it encrypts.
     fn data(&self, w: &mut World, seq: Seq, ts: u32, payload: &[u8]) {
+        let mut payload = payload.to_vec();
+        let mut msg = 0xC000_0000 | seq.get() & 0x3FF_FFFF;
+        if let Some((_, keys)) = &self.km {
+            keys.seal(seq, &mut payload);
+            msg |= keys.send_parity().msg_bits();
+        }
         let mut b = Vec::new();
-        write_data(
-            &mut b,
-            seq,
-            0xC000_0000 | seq.get() & 0x3FF_FFFF,
-            ts,
-            self.relay_id,
-            payload,
-        );
+        write_data(&mut b, seq, msg, ts, self.relay_id, &payload);
         w.send(self.addr, &b);
     }
 
@@ -324,6 +362,7 @@ impl Caller {
 }
 
 mod connections;
+mod encryption;
 mod handover;
 mod retransmission;
 mod streaming;

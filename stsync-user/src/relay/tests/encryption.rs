@@ -1,0 +1,244 @@
+//! Encryption: which callers a stream takes (libsrt's rejection codes), an encrypted
+//! publisher's packets decrypted once and each encrypted viewer's under its own key,
+//! retransmissions that repeat their original's ciphertext, and a publisher's key refresh.
+
+use super::*;
+use crate::srt::crypto::{KeyMaterial, Parity};
+
+const PUBLISH: &str = "publisher-secret-1";
+const VIEW: &str = "viewer-secret-22";
+
+/// What viewer `v` got, decrypted with its own keys when the packet says it is encrypted:
+/// (sequence number, plaintext, the packet's key parity).
+fn opened(v: &Caller, got: &[Got]) -> Vec<(u32, Vec<u8>, Option<Parity>)> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Data {
+                seq, msg, payload, ..
+            } => {
+                let parity = Parity::of_msg(*msg);
+                let mut p = payload.clone();
+                if let Some(parity) = parity {
+                    assert!(v.keys().crypt(parity, *seq, &mut p), "a key the viewer has");
+                }
+                Some((seq.get(), p, parity))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stream_takes_only_callers_that_encrypt_as_it_says() {
+    let mut w = World::with_passphrases(Some(PUBLISH), None);
+    // Required and not offered, offered and not set: REJ_UNSECURE.
+    let key = sid(&mut w, "publish");
+    assert_eq!(Caller::new(2000, 0).connect(&mut w, &key), Err(1011));
+    let key = sid(&mut w, "request");
+    let mut v = Caller::encrypting(1001, 0, VIEW, 16);
+    assert_eq!(v.connect(&mut w, &key), Err(1011));
+    // The wrong passphrase: REJ_BADSECRET, and the session key is not spent by it.
+    let key = sid(&mut w, "publish");
+    let mut wrong = Caller::encrypting(2001, 0, "not-the-right-one", 16);
+    assert_eq!(wrong.connect(&mut w, &key), Err(1010));
+    let mut p = Caller::encrypting(2001, 0, PUBLISH, 32);
+    assert_eq!(p.connect(&mut w, &key), Ok(()));
+    assert_eq!(w.relay.stats().drops.rejections.get(&1010), Some(&1));
+    assert_eq!(w.relay.stats().drops.rejections.get(&1011), Some(&2));
+}
+
+#[test]
+fn the_answer_carries_the_keying_material_back() {
+    let mut w = World::with_passphrases(None, Some(VIEW));
+    let v = Caller::encrypting(1001, 0, VIEW, 24);
+    let key = sid(&mut w, "request");
+    // As `connect`, keeping the answer.
+    let mut b = Vec::new();
+    write_control(
+        &mut b,
+        ctrl::HANDSHAKE,
+        0,
+        0,
+        0,
+        &v.handshake(hs_type::INDUCTION, 4, 0).words(),
+    );
+    w.send(v.addr, &b);
+    let ind = ctrl(&w.take(v.addr), ctrl::HANDSHAKE);
+    let cookie = Handshake::parse(&ind[0].1).unwrap().cookie;
+    let concl = v.conclusion(cookie, &key);
+    w.send(v.addr, &concl);
+    let ans = ctrl(&w.take(v.addr), ctrl::HANDSHAKE);
+    let hs = Handshake::parse(&ans[0].1).unwrap();
+    assert_eq!(hs.hs_type, hs_type::CONCLUSION);
+    assert_eq!(hs.ext_field & crate::srt::handshake::ext_flag::KMREQ, 2);
+    // After HSRSP (4 words), KMRSP: type 4, then the caller's own keying material.
+    let exts = &ans[0].1[crate::srt::handshake::BODY_LEN + 16..];
+    let km = &v.km.as_ref().unwrap().0;
+    assert_eq!(
+        exts[..4],
+        ext_header(ext::KMRSP, km.len() / 4).to_be_bytes()
+    );
+    assert_eq!(&exts[4..4 + km.len()], km.as_slice());
+}
+
+#[test]
+fn an_encrypted_publisher_reaches_clear_and_encrypted_viewers_each_under_their_own_key() {
+    // Clear viewers of an encrypted publisher.
+    let mut w = World::with_passphrases(Some(PUBLISH), None);
+    let mut clear = Caller::new(1001, 0);
+    let mut p = Caller::encrypting(2000, 0, PUBLISH, 16);
+    clear.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    for i in 0..10u32 {
+        p.data(&mut w, Seq::new(i), i * 1000, &[i as u8; 100]);
+    }
+    let got = w.take(clear.addr);
+    let data: Vec<_> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Data { msg, payload, .. } => Some((Parity::of_msg(*msg), payload.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(data.len(), 10);
+    for (i, (parity, payload)) in data.iter().enumerate() {
+        assert_eq!(*parity, None, "clear: no KK bits");
+        assert_eq!(
+            payload,
+            &vec![i as u8; 100],
+            "decrypted once, sent in clear"
+        );
+    }
+    // Encrypted viewers of an encrypted publisher: each its own key, so two viewers of one
+    // packet get two ciphertexts.
+    let mut w = World::with_passphrases(Some(PUBLISH), Some(VIEW));
+    let mut a = Caller::encrypting(1001, 0, VIEW, 16);
+    let mut b = Caller::encrypting(1002, 0, VIEW, 32);
+    let mut p = Caller::encrypting(2000, 0, PUBLISH, 24);
+    a.join(&mut w, "request");
+    b.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    for i in 0..10u32 {
+        p.data(&mut w, Seq::new(i), i * 1000, &[i as u8; 1316]);
+    }
+    let (got_a, got_b) = (w.take(a.addr), w.take(b.addr));
+    for (v, got) in [(&a, &got_a), (&b, &got_b)] {
+        let o = opened(v, got);
+        assert_eq!(o.len(), 10);
+        for (i, (_, plain, parity)) in o.iter().enumerate() {
+            assert_eq!(*parity, Some(Parity::Even));
+            assert_eq!(plain, &vec![i as u8; 1316]);
+        }
+    }
+    assert_ne!(
+        data_of(&got_a)[0],
+        data_of(&got_b)[0],
+        "one ciphertext per viewer"
+    );
+    // A clear publisher with encrypted viewers.
+    let mut w = World::with_passphrases(None, Some(VIEW));
+    let mut v = Caller::encrypting(1001, 7, VIEW, 16);
+    let mut p = Caller::new(2000, 0);
+    v.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    p.data(&mut w, Seq::new(0), 0, b"clear in, encrypted out");
+    let o = opened(&v, &w.take(v.addr));
+    assert_eq!(o[0].1, b"clear in, encrypted out");
+}
+
+fn data_of(got: &[Got]) -> Vec<Vec<u8>> {
+    data(got).into_iter().map(|(_, p)| p).collect()
+}
+
+#[test]
+fn a_retransmission_repeats_its_originals_ciphertext() {
+    let mut w = World::with_passphrases(Some(PUBLISH), Some(VIEW));
+    let mut v = Caller::encrypting(1001, 0, VIEW, 16);
+    let mut p = Caller::encrypting(2000, 0, PUBLISH, 16);
+    v.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    for i in 0..20u32 {
+        p.data(&mut w, Seq::new(i), i * 1000, &[i as u8; 500]);
+    }
+    let first = w.take(v.addr);
+    v.nak(&mut w, 12, 12);
+    let again = w.take(v.addr);
+    let find = |got: &[Got]| {
+        got.iter().find_map(|g| match g {
+            Got::Data {
+                seq, msg, payload, ..
+            } if seq.get() == 12 => Some((*msg & !MSG_REXMIT_FLAG, payload.clone())),
+            _ => None,
+        })
+    };
+    let (orig, resent) = (find(&first).unwrap(), find(&again).unwrap());
+    assert_eq!(orig, resent, "same KK bits, same ciphertext");
+    assert_eq!(opened(&v, &again)[0].1, vec![12u8; 500]);
+}
+
+#[test]
+fn a_publishers_key_refresh_is_taken_and_answered() {
+    let mut w = World::with_passphrases(Some(PUBLISH), None);
+    let mut v = Caller::new(1001, 0);
+    let mut p = Caller::encrypting(2000, 0, PUBLISH, 16);
+    v.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    p.data(&mut w, Seq::new(0), 0, b"even");
+    // libsrt announces both keys (KF 3) before it switches to the odd one.
+    let salt = p.keys().salt;
+    let (even, odd) = (vec![1u8; 16], vec![2u8; 16]);
+    let km = KeyMaterial::seal(PUBLISH.as_bytes(), salt, Some(&even), Some(&odd)).unwrap();
+    let mut bytes = Vec::new();
+    km.encode(&mut bytes);
+    let words: Vec<u32> = bytes
+        .chunks(4)
+        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+        .collect();
+    let mut b = Vec::new();
+    write_control(&mut b, ctrl::USER_DEFINED, 0, 0, p.relay_id, &words);
+    b[2..4].copy_from_slice(&3u16.to_be_bytes()); // SRT_CMD_KMREQ
+    w.send(p.addr, &b);
+    // KMRSP: the same bytes back, subtype 4.
+    let rsp = w
+        .take(p.addr)
+        .into_iter()
+        .find_map(|g| match g {
+            Got::Ctrl {
+                typ: ctrl::USER_DEFINED,
+                body,
+                ..
+            } => Some(body),
+            _ => None,
+        })
+        .expect("KMRSP");
+    assert_eq!(rsp, bytes);
+    // A packet under the new odd key decrypts.
+    let keys = km.open(PUBLISH.as_bytes()).unwrap();
+    let mut payload = b"odd".to_vec();
+    keys.crypt(Parity::Odd, Seq::new(1), &mut payload);
+    let mut b = Vec::new();
+    write_data(
+        &mut b,
+        Seq::new(1),
+        0xC000_0001 | Parity::Odd.msg_bits(),
+        1000,
+        p.relay_id,
+        &payload,
+    );
+    w.send(p.addr, &b);
+    let got: Vec<Vec<u8>> = data_of(&w.take(v.addr));
+    assert_eq!(got, vec![b"even".to_vec(), b"odd".to_vec()]);
+    // A refresh under another passphrase is refused and the keys stay.
+    let bad = KeyMaterial::seal(b"someone-elses-key", salt, Some(&even), None).unwrap();
+    let mut bytes = Vec::new();
+    bad.encode(&mut bytes);
+    let words: Vec<u32> = bytes
+        .chunks(4)
+        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+        .collect();
+    let mut b = Vec::new();
+    write_control(&mut b, ctrl::USER_DEFINED, 0, 0, p.relay_id, &words);
+    b[2..4].copy_from_slice(&3u16.to_be_bytes());
+    w.send(p.addr, &b);
+    assert_eq!(w.dropped("bad_key_refresh"), 1);
+}
