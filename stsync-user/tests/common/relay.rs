@@ -27,6 +27,8 @@ pub struct RelayOpts {
     pub stream_delays: Vec<(String, u64)>,
     /// `RUST_LOG` for the relay (default: `STSYNC_RELAY_LOG` if set, else `info`).
     pub rust_log: Option<String>,
+    /// (stream, publish_passphrase, view_passphrase) in config.json.
+    pub passphrases: Vec<(String, Option<String>, Option<String>)>,
     pub http_header_timeout_ms: Option<u64>,
     pub http_idle_timeout_ms: Option<u64>,
     pub http_shutdown_timeout_ms: Option<u64>,
@@ -53,6 +55,7 @@ impl Default for RelayOpts {
                 .filter(|d| !d.is_empty()),
             stream_delays: Vec::new(),
             rust_log: None,
+            passphrases: Vec::new(),
             http_header_timeout_ms: None,
             http_idle_timeout_ms: None,
             http_shutdown_timeout_ms: None,
@@ -118,6 +121,14 @@ impl Relay {
             for s in cfg["streams"].as_array_mut().unwrap() {
                 if s["id"] == stream.as_str() {
                     s["delay_ms"] = serde_json::json!(delay);
+                }
+            }
+        }
+        for (stream, publish, view) in &opts.passphrases {
+            for s in cfg["streams"].as_array_mut().unwrap() {
+                if s["id"] == stream.as_str() {
+                    s["publish_passphrase"] = serde_json::json!(publish);
+                    s["view_passphrase"] = serde_json::json!(view);
                 }
             }
         }

@@ -1,0 +1,192 @@
+//! Encrypted streams with real libsrt clients (srt-live-transmit, ffmpeg), on both
+//! datapaths: an encrypted publisher with clear viewers, an encrypted publisher with
+//! encrypted viewers of three key lengths, every byte intact; and the rejections libsrt
+//! reports for a wrong or missing passphrase.
+
+mod common;
+mod ebpf_common;
+
+use common::*;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+const LINGER: Duration = Duration::from_millis(1500);
+const PUBLISH_1: &str = "stream-one-publisher";
+const PUBLISH_2: &str = "stream-two-publisher";
+const VIEW_2: &str = "stream-two-viewers!";
+
+fn opts() -> RelayOpts {
+    RelayOpts {
+        passphrases: vec![
+            ("1".into(), Some(PUBLISH_1.into()), None),
+            ("2".into(), Some(PUBLISH_2.into()), Some(VIEW_2.into())),
+        ],
+        ..Default::default()
+    }
+}
+
+/// `url` with SRT's encryption options.
+fn secret(url: &str, passphrase: &str, pbkeylen: u32) -> String {
+    format!("{url}&passphrase={passphrase}&pbkeylen={pbkeylen}")
+}
+
+/// Stream 1: an AES-128 publisher, a clear srt-live-transmit viewer. Stream 2: an AES-256
+/// publisher, srt-live-transmit viewers with AES-128 and AES-192 keys of their own and an
+/// ffmpeg viewer with AES-256. Every viewer's output is the clip, byte for byte (ffmpeg's
+/// continuous). Returns the relay's metrics after the run.
+fn encrypted_streams(relay: &Relay, ns: Option<&str>, label: &str) -> String {
+    let c = clip();
+    let dir = TempDir::new(label);
+    let v = |stream: &str| relay.viewer_url(stream);
+    let mut clear = SltViewer::start_opts(&dir, "clear-1", &v("1"), ns, false);
+    let mut a128 = SltViewer::start_opts(&dir, "aes128-2", &secret(&v("2"), VIEW_2, 16), ns, false);
+    let mut a192 = SltViewer::start_opts(&dir, "aes192-2", &secret(&v("2"), VIEW_2, 24), ns, false);
+    let mut ff = FfmpegViewer::start(
+        &dir,
+        "ff-aes256-2",
+        &secret(&v("2"), VIEW_2, 32),
+        FfKind::Copy,
+        ns,
+    );
+    sleep_secs(1.0);
+    let p1 = secret(&relay.publisher_url("1"), PUBLISH_1, 16);
+    let p2 = secret(&relay.publisher_url("2"), PUBLISH_2, 32);
+    let mut pub1 = BytePublisher::start_opts(&dir, "pub-1", &p1, c, ns, false);
+    let mut pub2 = BytePublisher::start_opts(&dir, "pub-2", &p2, c, ns, false);
+    pub1.finish(LINGER);
+    pub2.finish(LINGER);
+    let m = relay.metrics();
+    for v in [&mut clear, &mut a128, &mut a192] {
+        v.assert_running("after the publishers left");
+        v.stop();
+    }
+    ff.assert_running("after the publishers left");
+    ff.stop();
+    let all = Expect {
+        from_start: true,
+        to_end: true,
+        min_packets: c.n_packets(),
+    };
+    assert_contiguous(
+        &format!("{label}: clear viewer of an AES-128 publisher"),
+        &clear.output(),
+        c,
+        all,
+    );
+    assert_contiguous(
+        &format!("{label}: AES-128 viewer of an AES-256 publisher"),
+        &a128.output(),
+        c,
+        all,
+    );
+    assert_contiguous(
+        &format!("{label}: AES-192 viewer of an AES-256 publisher"),
+        &a192.output(),
+        c,
+        all,
+    );
+    let copied = ff.output();
+    let al = ts_align(&copied);
+    assert!(
+        al.packets.len() > c.n_packets() / 2,
+        "{label}: ffmpeg AES-256 viewer wrote {} packets",
+        al.packets.len()
+    );
+    let breaks = cc_breaks(&al.packets);
+    assert!(
+        breaks.is_empty(),
+        "{label}: ffmpeg viewer's CC breaks: {:?}",
+        &breaks[..breaks.len().min(10)]
+    );
+    m
+}
+
+#[test]
+fn encrypted_streams_userspace() {
+    let relay = Relay::start(RelayOpts {
+        datapath: Some("userspace".into()),
+        ..opts()
+    });
+    encrypted_streams(&relay, None, "enc-user");
+}
+
+/// On the kernel datapath, with publisher and viewers on the relay's host (where the kernel
+/// serves clear viewers of a clear publisher): an encrypted publisher's stream is fanned
+/// out by the relay alone (the kernel cannot decrypt), so its clear viewer gets plaintext,
+/// and encrypted viewers each get their own ciphertext.
+#[test]
+fn encrypted_streams_kernel_datapath() {
+    if ebpf_common::object_or_skip("encrypted_streams_kernel_datapath").is_none() {
+        return;
+    }
+    let ns = Netns::create(&["solo"]);
+    let solo = ns.name("solo");
+    let relay = Relay::start(RelayOpts {
+        netns: Some(solo.to_string()),
+        srt_ip: Ipv4Addr::LOCALHOST,
+        datapath: Some("ebpf".into()),
+        ..opts()
+    });
+    assert!(relay.log().contains("datapath=ebpf"), "{}", relay.log());
+    let m = encrypted_streams(&relay, Some(solo), "enc-kernel");
+    let kernel_clones = prom_sum(&m, "stsync_kernel_clones_total");
+    assert_eq!(
+        kernel_clones, 0.0,
+        "nothing of an encrypted publisher cloned in the kernel"
+    );
+}
+
+#[test]
+fn wrong_or_missing_passphrases_are_refused_as_libsrt_says() {
+    let relay = Relay::start(opts());
+    let dir = TempDir::new("enc-rej");
+    let cases = [
+        (
+            "publisher with the wrong passphrase",
+            secret(&relay.publisher_url("1"), "not-the-passphrase", 16),
+            "Incorrect passphrase",
+            1010,
+        ),
+        (
+            "publisher without one",
+            relay.publisher_url("1"),
+            "Password required or unexpected",
+            1011,
+        ),
+        (
+            "viewer with one where viewers are clear",
+            secret(&relay.viewer_url("1"), "some-passphrase", 16),
+            "Password required or unexpected",
+            1011,
+        ),
+        (
+            "viewer with the publishers' passphrase",
+            secret(&relay.viewer_url("2"), PUBLISH_2, 16),
+            "Incorrect passphrase",
+            1010,
+        ),
+        (
+            "clear viewer where viewers encrypt",
+            relay.viewer_url("2"),
+            "Password required or unexpected",
+            1011,
+        ),
+    ];
+    for (what, url, text, code) in cases {
+        let (_, stderr) =
+            slt_attempt_until(&dir, &unique("caller"), &url, Duration::from_secs(5), |e| {
+                e.contains(text)
+            });
+        assert!(
+            stderr.contains(text),
+            "{what}: expected {text:?}, got:\n{stderr}"
+        );
+        assert!(
+            wait_until(Duration::from_secs(2), || relay
+                .reject_codes()
+                .contains(&code)),
+            "{what}: the relay did not count {code}: {:?}",
+            relay.reject_codes()
+        );
+    }
+}
