@@ -21,6 +21,8 @@ fn opts() -> RelayOpts {
             ("1".into(), Some(PUBLISH_1.into()), None),
             ("2".into(), Some(PUBLISH_2.into()), Some(VIEW_2.into())),
         ],
+        // Key refreshes are logged at debug.
+        rust_log: Some("info,stsync_user::relay::stream=debug".into()),
         ..Default::default()
     }
 }
@@ -31,7 +33,7 @@ fn secret(url: &str, passphrase: &str, pbkeylen: u32) -> String {
 }
 
 /// Stream 1: an AES-128 publisher, a clear srt-live-transmit viewer. Stream 2: an AES-256
-/// publisher, srt-live-transmit viewers with AES-128 and AES-192 keys of their own and an
+/// publisher that refreshes its key every 500 packets, srt-live-transmit viewers with AES-128 and AES-192 keys of their own and an
 /// ffmpeg viewer with AES-256. Every viewer's output is the clip, byte for byte (ffmpeg's
 /// continuous). Returns the relay's metrics after the run.
 fn encrypted_streams(relay: &Relay, ns: Option<&str>, label: &str) -> String {
@@ -50,12 +52,22 @@ fn encrypted_streams(relay: &Relay, ns: Option<&str>, label: &str) -> String {
     );
     sleep_secs(1.0);
     let p1 = secret(&relay.publisher_url("1"), PUBLISH_1, 16);
-    let p2 = secret(&relay.publisher_url("2"), PUBLISH_2, 32);
+    // This one changes its key every 500 packets (about 4 times in the clip), announcing
+    // the next 100 packets ahead, as libsrt does every 2^24 by default.
+    let p2 = format!(
+        "{}&kmrefreshrate=500&kmpreannounce=100",
+        secret(&relay.publisher_url("2"), PUBLISH_2, 32)
+    );
     let mut pub1 = BytePublisher::start_opts(&dir, "pub-1", &p1, c, ns, false);
     let mut pub2 = BytePublisher::start_opts(&dir, "pub-2", &p2, c, ns, false);
     pub1.finish(LINGER);
     pub2.finish(LINGER);
     let m = relay.metrics();
+    let refreshed = relay.log().matches("publisher's keys refreshed").count();
+    assert!(
+        refreshed >= 3,
+        "{label}: {refreshed} key refreshes followed"
+    );
     for v in [&mut clear, &mut a128, &mut a192] {
         v.assert_running("after the publishers left");
         v.stop();

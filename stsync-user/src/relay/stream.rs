@@ -176,13 +176,13 @@ impl Relay {
     pub(super) fn on_key_refresh(&mut self, now: Instant, id: u32, body: &[u8]) {
         let conn = self.conns.get_mut(&id).expect("caller checked");
         let passphrase = self.streams[conn.stream].publish_passphrase.as_deref();
-        let (Some(passphrase), Some(_)) = (passphrase, &conn.keys) else {
+        let (Some(passphrase), Some(keys)) = (passphrase, &mut conn.keys) else {
             return self.drops.drop_packet("unexpected_control");
         };
         match KeyMaterial::parse(body).and_then(|km| km.open(passphrase.as_bytes())) {
-            Ok(keys) => {
+            Ok(new) => {
                 debug!(conn = id, "publisher's keys refreshed");
-                conn.keys = Some(Box::new(keys));
+                keys.refresh(new);
                 let words: Vec<u32> = body
                     .chunks_exact(4)
                     .map(|w| u32::from_be_bytes(w.try_into().expect("4 bytes")))

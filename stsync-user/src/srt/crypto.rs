@@ -317,6 +317,22 @@ pub struct StreamKeys {
 }
 
 impl StreamKeys {
+    /// Takes a refresh: the keys it carries replace those of their parity; a key it does
+    /// not carry stays (libsrt announces the next key before it switches, and packets under
+    /// the old one may still be retransmitted). A new salt replaces everything.
+    pub fn refresh(&mut self, new: StreamKeys) {
+        if new.salt != self.salt {
+            *self = new;
+            return;
+        }
+        if new.even.is_some() {
+            self.even = new.even;
+        }
+        if new.odd.is_some() {
+            self.odd = new.odd;
+        }
+    }
+
     /// The key data to this peer goes under: the even one when there is one.
     pub fn send_parity(&self) -> Parity {
         if self.even.is_some() {
