@@ -15,14 +15,23 @@ use serde::{Deserialize, Serialize};
 /// `Content-Type` of `GET /metrics` and `GET /v1/metrics` (Prometheus text format 0.0.4).
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
-/// Body of `POST /v1/streams/{id}/sessions`: empty, or `{}` (no parameters yet).
+/// Body of `POST /v1/streams/{id}/sessions`: empty, `{}`, or `{"encrypt": true}`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateSession {}
+pub struct CreateSession {
+    /// `true`: the key comes with a fresh passphrase that its connection must encrypt with
+    /// (instead of the stream's), so no two connections share one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypt: Option<bool>,
+}
 
 /// 201 answer to `POST /v1/streams/{id}/sessions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionCreated {
+    /// With `{"encrypt": true}`: the passphrase this key's connection must use (SRT's
+    /// `passphrase`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<String>,
     /// The stream the key is for: its id as configured (lowercase hex, no leading zeros).
     pub resource_id: String,
     /// The session key (16 hex characters) that goes in the SRT stream ID as `s=`.
@@ -114,16 +123,31 @@ mod tests {
         round_trip(
             r#"{"resource_id":"1","session_id":"91bf7a9ed500c8ce"}"#,
             SessionCreated {
+                passphrase: None,
                 resource_id: "1".into(),
                 session_id: "91bf7a9ed500c8ce".into(),
+            },
+        );
+        round_trip(
+            r#"{"passphrase":"0123456789abcdef","resource_id":"1","session_id":"91bf"}"#,
+            SessionCreated {
+                passphrase: Some("0123456789abcdef".into()),
+                resource_id: "1".into(),
+                session_id: "91bf".into(),
             },
         );
     }
 
     #[test]
     fn api_create_session_is_empty() {
-        round_trip("{}", CreateSession {});
-        assert!(serde_json::from_str::<CreateSession>(r#"{"encrypt": true}"#).is_err());
+        round_trip("{}", CreateSession { encrypt: None });
+        round_trip(
+            r#"{"encrypt":true}"#,
+            CreateSession {
+                encrypt: Some(true),
+            },
+        );
+        assert!(serde_json::from_str::<CreateSession>(r#"{"encrypted": true}"#).is_err());
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub struct Target {
     pub resource: String,
     pub key: String,
     pub mode: Mode,
+    /// The passphrase the connection encrypts with (SRT's `passphrase`), if any.
+    pub passphrase: Option<String>,
 }
 
 impl Target {
@@ -29,8 +31,12 @@ impl Target {
     /// `srt://host:port?streamid=#!::…` (libsrt-based clients parse the query themselves,
     /// so the `#` stays literal).
     pub fn url(&self) -> String {
+        let secret = self
+            .passphrase
+            .as_ref()
+            .map_or(String::new(), |p| format!("&passphrase={p}"));
         format!(
-            "srt://{}:{}?streamid={}",
+            "srt://{}:{}?streamid={}{secret}",
             self.host,
             self.port,
             self.stream_id()
@@ -57,6 +63,11 @@ pub fn invocations(t: &Target, input: &str) -> Vec<Invocation> {
     let url = t.url();
     let sid = t.stream_id();
     let addr = format!("srt://{}:{}", t.host, t.port);
+    // GStreamer and VLC take the passphrase as an option of their own.
+    let (gst_secret, vlc_secret) = match &t.passphrase {
+        Some(p) => (format!(" passphrase={p}"), format!(" --srt-passphrase={p}")),
+        None => (String::new(), String::new()),
+    };
     let inv = |client, text: String| Invocation { client, text };
     match t.mode {
         Mode::Publish => vec![
@@ -73,7 +84,7 @@ pub fn invocations(t: &Target, input: &str) -> Vec<Invocation> {
             inv(
                 "gstreamer",
                 format!(
-                    "gst-launch-1.0 filesrc location={input} ! tsparse set-timestamps=true ! srtsink uri={addr} streamid='{sid}' sync=true"
+                    "gst-launch-1.0 filesrc location={input} ! tsparse set-timestamps=true ! srtsink uri={addr} streamid='{sid}'{gst_secret} sync=true"
                 ),
             ),
             inv(
@@ -90,11 +101,11 @@ pub fn invocations(t: &Target, input: &str) -> Vec<Invocation> {
                 "srt-live-transmit",
                 format!("srt-live-transmit '{url}' file://con > out.ts"),
             ),
-            inv("vlc", format!("vlc '{}'", t.url_encoded())),
+            inv("vlc", format!("vlc{vlc_secret} '{}'", t.url_encoded())),
             inv(
                 "gstreamer",
                 format!(
-                    "gst-launch-1.0 srtsrc uri={addr} streamid='{sid}' ! tsdemux ! decodebin ! autovideosink"
+                    "gst-launch-1.0 srtsrc uri={addr} streamid='{sid}'{gst_secret} ! tsdemux ! decodebin ! autovideosink"
                 ),
             ),
         ],
@@ -113,6 +124,7 @@ mod tests {
             resource: "1".into(),
             key: "91bf7a9ed500c8ce".into(),
             mode: Mode::Request,
+            passphrase: None,
         };
         assert_eq!(
             t.url(),
@@ -130,12 +142,28 @@ mod tests {
         let publish = invocations(
             &Target {
                 mode: Mode::Publish,
-                ..t
+                ..t.clone()
             },
             "in.ts",
         );
         assert!(publish[0].text.starts_with("ffmpeg -re -i in.ts"));
         assert!(publish.iter().any(|i| i.client == "obs"));
+        // An encrypted session: every client gets its passphrase.
+        let secret = Target {
+            passphrase: Some("0123456789abcdef".into()),
+            ..t
+        };
+        assert!(secret
+            .url()
+            .ends_with("m=request&passphrase=0123456789abcdef"));
+        for i in invocations(&secret, "-") {
+            assert!(
+                i.text.contains("0123456789abcdef"),
+                "{}: {}",
+                i.client,
+                i.text
+            );
+        }
     }
 
     /// The README's client commands are these, word for word (OBS is prose there).
@@ -149,6 +177,7 @@ mod tests {
                 resource: "1".into(),
                 key: "<key>".into(),
                 mode,
+                passphrase: None,
             };
             for i in invocations(&t, "input.ts") {
                 if i.client == "obs" {

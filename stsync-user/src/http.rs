@@ -64,6 +64,7 @@ impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         let status = match e {
             CommandError::UnknownStream => StatusCode::NOT_FOUND,
+            CommandError::Passphrase => StatusCode::BAD_REQUEST,
             CommandError::TooManyKeys(_) => StatusCode::TOO_MANY_REQUESTS,
             CommandError::Delay(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
@@ -199,17 +200,27 @@ async fn create_session(
 ) -> Result<impl IntoResponse, ApiError> {
     let stream = stream(&st, &id)?;
     authorize(stream, &headers)?;
+    let mut params = CreateSession::default();
     if !body.trim_ascii().is_empty() {
-        let CreateSession {} = json_object(&body, "empty or {}")?;
+        params = json_object(&body, r#"empty, {} or {"encrypt": true}"#)?;
     }
+    // 24 random bytes as hex: 48 characters, within libsrt's 10 to 79.
+    let passphrase = (params.encrypt == Some(true)).then(|| {
+        rand::random::<[u8; 24]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    });
     let cmd = Command::MintSession {
         resource: stream.id.clone(),
         key: rand::random(),
+        passphrase: passphrase.clone(),
     };
     let Reply::Session(session_id) = st.relay.command(cmd).await?? else {
         unreachable!("a session command is answered with a session");
     };
     let created = SessionCreated {
+        passphrase,
         resource_id: stream.id.clone(),
         session_id,
     };

@@ -66,6 +66,10 @@ enum Cmd {
         /// gstreamer, obs), or `url`.
         #[arg(long)]
         client: Option<String>,
+        /// Mint the key with a passphrase of its own, which the printed commands carry: the
+        /// connection encrypts with it (instead of the stream's, if any).
+        #[arg(long)]
+        encrypt: bool,
     },
 }
 
@@ -123,6 +127,7 @@ mod session {
             token,
             input,
             client,
+            encrypt,
         } = cmd;
         let resource = normalize_hex(&stream).context("the stream id must be hex")?;
         let token = match token {
@@ -135,7 +140,7 @@ mod session {
                 .with_context(|| format!("stream {resource} is not in the config; pass --token"))?,
         };
         let http = http.unwrap_or_else(|| local(cfg.http_listen));
-        let key = mint(http, &resource, &token)?;
+        let (key, passphrase) = mint(http, &resource, &token, encrypt)?;
         let host = host.unwrap_or_else(|| match cfg.srt_listen.ip() {
             ip if ip.is_unspecified() => hostname().unwrap_or_else(|| "127.0.0.1".into()),
             ip => ip.to_string(),
@@ -149,6 +154,7 @@ mod session {
                 SessionMode::View => Mode::Request,
                 SessionMode::Publish => Mode::Publish,
             },
+            passphrase,
         };
         let all = invocations(&t, &input);
         if let Some(c) = client {
@@ -191,12 +197,21 @@ mod session {
         String::from_utf8(buf[..end].to_vec()).ok()
     }
 
-    /// `POST /v1/streams/:id/sessions`: the new key.
-    fn mint(http: SocketAddr, resource: &str, token: &str) -> anyhow::Result<String> {
-        let created = Client::for_addr(http, Some(token))
-            .create_session(resource)
-            .with_context(|| format!("minting a key for stream {resource} at {http}"))?;
-        Ok(created.session_id)
+    /// `POST /v1/streams/:id/sessions`: the new key, and its passphrase if `encrypt`.
+    fn mint(
+        http: SocketAddr,
+        resource: &str,
+        token: &str,
+        encrypt: bool,
+    ) -> anyhow::Result<(String, Option<String>)> {
+        let client = Client::for_addr(http, Some(token));
+        let created = if encrypt {
+            client.create_encrypted_session(resource)
+        } else {
+            client.create_session(resource)
+        }
+        .with_context(|| format!("minting a key for stream {resource} at {http}"))?;
+        Ok((created.session_id, created.passphrase))
     }
 }
 

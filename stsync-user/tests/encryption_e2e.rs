@@ -202,3 +202,51 @@ fn wrong_or_missing_passphrases_are_refused_as_libsrt_says() {
         );
     }
 }
+
+/// Keys minted with `{"encrypt": true}` come with a passphrase of their own: two viewers of
+/// a clear stream each encrypt with theirs and get every byte; one key with the other's
+/// passphrase is refused as a wrong passphrase.
+#[test]
+fn per_session_passphrases_from_the_api() {
+    let c = clip();
+    let relay = Relay::start(RelayOpts {
+        datapath: Some("userspace".into()),
+        ..Default::default()
+    });
+    let dir = TempDir::new("enc-session");
+    let mint = || {
+        relay
+            .api(Some("1"), |c| c.create_encrypted_session("1"))
+            .expect("POST /v1/streams/1/sessions {\"encrypt\": true}")
+    };
+    let (a, b, c_key) = (mint(), mint(), mint());
+    let pa = a.passphrase.clone().expect("a passphrase");
+    let pb = b.passphrase.clone().expect("a passphrase");
+    assert_ne!(pa, pb, "one passphrase per key");
+    assert!((10..=79).contains(&pa.len()), "{pa}");
+    let url = |key: &str, p: &str, len: u32| secret(&relay.url("1", key, "request"), p, len);
+    let (_, stderr) = slt_attempt_until(
+        &dir,
+        "other-passphrase",
+        &url(&c_key.session_id, &pa, 16),
+        Duration::from_secs(5),
+        |e| e.contains("Incorrect passphrase"),
+    );
+    assert!(stderr.contains("Incorrect passphrase"), "{stderr}");
+    let mut va = SltViewer::start(&dir, "session-a", &url(&a.session_id, &pa, 16));
+    let mut vb = SltViewer::start(&dir, "session-b", &url(&b.session_id, &pb, 32));
+    sleep_secs(1.0);
+    let mut p = BytePublisher::start(&dir, "pub", &relay.publisher_url("1"), c);
+    p.finish(LINGER);
+    for v in [&mut va, &mut vb] {
+        v.assert_running("after the publisher left");
+        v.stop();
+    }
+    let all = Expect {
+        from_start: true,
+        to_end: true,
+        min_packets: c.n_packets(),
+    };
+    assert_contiguous("viewer with session A's passphrase", &va.output(), c, all);
+    assert_contiguous("viewer with session B's passphrase", &vb.output(), c, all);
+}

@@ -2,7 +2,7 @@
 //! the tests. Blocking because all of them are synchronous, and because a caller that must
 //! reach a relay inside a network namespace switches the thread's namespace around the call.
 
-use super::{Delay, ErrorBody, Health, SessionCreated, SetDelay, StreamInfo};
+use super::{CreateSession, Delay, ErrorBody, Health, SessionCreated, SetDelay, StreamInfo};
 use serde::de::DeserializeOwned;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -85,6 +85,16 @@ impl Client {
     pub fn create_session(&self, stream: &str) -> Result<SessionCreated, ApiError> {
         let req = self.request("POST", &format!("/v1/streams/{stream}/sessions"));
         json(req.call()?)
+    }
+
+    /// `POST /v1/streams/{stream}/sessions` with `{"encrypt": true}`: a new session key and
+    /// the passphrase its connection must encrypt with.
+    pub fn create_encrypted_session(&self, stream: &str) -> Result<SessionCreated, ApiError> {
+        let req = self.request("POST", &format!("/v1/streams/{stream}/sessions"));
+        let body = CreateSession {
+            encrypt: Some(true),
+        };
+        json(req.send_json(body)?)
     }
 
     /// `GET /v1/health`.

@@ -489,6 +489,7 @@ impl World {
         let cmd = Command::MintSession {
             resource: resource.to_string(),
             key,
+            passphrase: None,
         };
         match self.relay.handle_command(self.now, cmd) {
             Ok(Reply::Session(id)) => id,
@@ -627,6 +628,7 @@ impl World {
                     let cmd = Command::MintSession {
                         resource: id.resource,
                         key,
+                        passphrase: None,
                     };
                     // An unconfigured resource has no keys: the handshake is refused.
                     let _ = self.relay.handle_command(self.now, cmd);

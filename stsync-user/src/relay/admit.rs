@@ -119,7 +119,16 @@ impl Relay {
             return Err(R::AddressOverload);
         }
         // Before the session key is spent: a caller with the wrong passphrase may try again.
-        let keys = self.caller_keys(stream, sid.mode, hs.km.as_deref())?;
+        // A key minted with a passphrase of its own asks for that one.
+        let s = &self.streams[stream];
+        let passphrase = self
+            .keys
+            .passphrase(&sid.resource, &sid.session)
+            .or(match sid.mode {
+                Mode::Publish => s.publish_passphrase.as_deref(),
+                Mode::Request => s.view_passphrase.as_deref(),
+            });
+        let keys = caller_keys(passphrase, hs.km.as_deref())?;
         self.keys
             .redeem(&sid.resource, &sid.session, now)
             .map_err(|d| match d {
@@ -214,35 +223,6 @@ impl Relay {
         Ok(())
     }
 
-    /// The caller's stream keys when the stream wants its `mode` encrypted (its keying
-    /// material `km`, opened with the stream's passphrase), as libsrt's listener decides:
-    /// keys offered where none is set, or none offered where one is, is REJ_UNSECURE; keys
-    /// that do not open are REJ_BADSECRET.
-    fn caller_keys(
-        &self,
-        stream: usize,
-        mode: Mode,
-        km: Option<&[u8]>,
-    ) -> Result<Option<StreamKeys>, Rejection> {
-        let s = &self.streams[stream];
-        let passphrase = match mode {
-            Mode::Publish => s.publish_passphrase.as_deref(),
-            Mode::Request => s.view_passphrase.as_deref(),
-        };
-        let (passphrase, km) = match (passphrase, km) {
-            (None, None) => return Ok(None),
-            (Some(p), Some(km)) => (p, km),
-            _ => return Err(Rejection::Unsecure),
-        };
-        KeyMaterial::parse(km)
-            .and_then(|km| km.open(passphrase.as_bytes()))
-            .map(Some)
-            .map_err(|e| match e {
-                KmError::BadSecret => Rejection::BadSecret,
-                KmError::Malformed(_) | KmError::Cipher => Rejection::Unsecure,
-            })
-    }
-
     fn new_socket_id(&mut self) -> u32 {
         loop {
             // splitmix64: well spread, and unpredictable enough with a random seed.
@@ -256,4 +236,26 @@ impl Relay {
             }
         }
     }
+}
+
+/// The caller's stream keys when its connection must encrypt with `passphrase` (its keying
+/// material `km`, opened with it), as libsrt's listener decides: keys offered where none is
+/// set, or none offered where one is, is REJ_UNSECURE; keys that do not open are
+/// REJ_BADSECRET.
+fn caller_keys(
+    passphrase: Option<&str>,
+    km: Option<&[u8]>,
+) -> Result<Option<StreamKeys>, Rejection> {
+    let (passphrase, km) = match (passphrase, km) {
+        (None, None) => return Ok(None),
+        (Some(p), Some(km)) => (p, km),
+        _ => return Err(Rejection::Unsecure),
+    };
+    KeyMaterial::parse(km)
+        .and_then(|km| km.open(passphrase.as_bytes()))
+        .map(Some)
+        .map_err(|e| match e {
+            KmError::BadSecret => Rejection::BadSecret,
+            KmError::Malformed(_) | KmError::Cipher => Rejection::Unsecure,
+        })
 }

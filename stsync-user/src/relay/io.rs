@@ -87,8 +87,13 @@ pub struct KernelAcks {
 /// [`Relay::handle_command`](super::Relay::handle_command).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Registers a single-use session key (64 random bits from the caller) for a stream.
-    MintSession { resource: String, key: u64 },
+    /// Registers a single-use session key (64 random bits from the caller) for a stream;
+    /// with a passphrase, the connection that uses it must encrypt with that one.
+    MintSession {
+        resource: String,
+        key: u64,
+        passphrase: Option<String>,
+    },
     /// Moves a stream's viewers to a new delay (gradually, see README).
     SetDelay { resource: String, delay_ms: u64 },
 }
@@ -107,6 +112,8 @@ pub enum CommandError {
     UnknownStream,
     #[error(transparent)]
     TooManyKeys(#[from] TooMany),
+    #[error("a passphrase is 10 to 79 characters")]
+    Passphrase,
     /// The delay does not fit (the message says why, for an operator).
     #[error("{0}")]
     Delay(String),

@@ -18,6 +18,8 @@ struct Entry {
     resource: String,
     expires: Instant,
     used: bool,
+    /// The connection that redeems it must encrypt with this (instead of the stream's).
+    passphrase: Option<String>,
 }
 
 /// Keys are kept for a grace period after they expire (the longer of the TTL and
@@ -59,7 +61,8 @@ impl SessionKeys {
 
     /// Registers `key` (64 random bits from the caller) for `resource`; returns its hex form.
     pub fn insert(&mut self, resource: &str, key: u64, now: Instant) -> String {
-        self.mint(resource, key, now, usize::MAX).expect("no limit")
+        self.mint(resource, key, None, now, usize::MAX)
+            .expect("no limit")
     }
 
     /// `insert`, unless `resource` already has `limit` keys (see `MAX_KEYS_PER_STREAM`).
@@ -67,6 +70,7 @@ impl SessionKeys {
         &mut self,
         resource: &str,
         key: u64,
+        passphrase: Option<String>,
         now: Instant,
         limit: usize,
     ) -> Result<String, TooMany> {
@@ -82,6 +86,7 @@ impl SessionKeys {
                 resource: resource.to_owned(),
                 expires: now + self.ttl,
                 used: false,
+                passphrase,
             },
         );
         if let Some(old) = old {
@@ -89,6 +94,13 @@ impl SessionKeys {
             *keys.per_resource.get_mut(&old.resource).expect("counted") -= 1;
         }
         Ok(format!("{key:016x}"))
+    }
+
+    /// The passphrase key `session` (normalised hex) of `resource` was minted with, if any.
+    pub fn passphrase(&self, resource: &str, session: &str) -> Option<&str> {
+        let key = u64::from_str_radix(session, 16).ok()?;
+        let e = self.keys.map.get(&key).filter(|e| e.resource == resource)?;
+        e.passphrase.as_deref()
     }
 
     /// Marks the key used if it is valid for `resource`. `session` is normalised hex.
@@ -175,13 +187,13 @@ mod tests {
         let t = Instant::now();
         let mut s = SessionKeys::new(Duration::from_secs(1));
         for k in 0..3 {
-            s.mint("1", k, t, 3).unwrap();
+            s.mint("1", k, None, t, 3).unwrap();
         }
-        assert_eq!(s.mint("1", 9, t, 3), Err(TooMany));
-        assert!(s.mint("2", 9, t, 3).is_ok(), "per stream");
+        assert_eq!(s.mint("1", 9, None, t, 3), Err(TooMany));
+        assert!(s.mint("2", 9, None, t, 3).is_ok(), "per stream");
         s.purge(t + MIN_GRACE + Duration::from_secs(2));
         assert!(
-            s.mint("1", 10, t, 3).is_ok(),
+            s.mint("1", 10, None, t, 3).is_ok(),
             "purged keys free their places"
         );
     }

@@ -271,9 +271,21 @@ impl Relay {
     pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<Reply, CommandError> {
         let stream = |r: &str| self.by_resource.get(r).copied();
         match cmd {
-            Command::MintSession { resource, key } => {
+            Command::MintSession {
+                resource,
+                key,
+                passphrase,
+            } => {
                 stream(&resource).ok_or(CommandError::UnknownStream)?;
-                let id = self.keys.mint(&resource, key, now, MAX_KEYS_PER_STREAM)?;
+                if passphrase
+                    .as_ref()
+                    .is_some_and(|p| !crate::srt::crypto::PASSPHRASE_LEN.contains(&p.len()))
+                {
+                    return Err(CommandError::Passphrase);
+                }
+                let id = self
+                    .keys
+                    .mint(&resource, key, passphrase, now, MAX_KEYS_PER_STREAM)?;
                 // Per request, so not at info: a client could flood the log.
                 debug!(resource = %resource, "session key issued");
                 Ok(Reply::Session(id))

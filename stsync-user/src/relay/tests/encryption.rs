@@ -242,3 +242,58 @@ fn a_publishers_key_refresh_is_taken_and_answered() {
     w.send(p.addr, &b);
     assert_eq!(w.dropped("bad_key_refresh"), 1);
 }
+
+/// A key minted with a passphrase of its own (`POST .../sessions {"encrypt": true}`) asks
+/// its connection for that one, not the stream's; another key's passphrase is refused as
+/// a wrong one.
+#[test]
+fn a_session_passphrase_is_asked_of_its_own_connection_only() {
+    let mut w = World::with_passphrases(None, Some(VIEW));
+    let mint = |w: &mut World, passphrase: &str| {
+        let cmd = Command::MintSession {
+            resource: "1".into(),
+            key: rand::random(),
+            passphrase: Some(passphrase.into()),
+        };
+        match w.relay.handle_command(w.now, cmd) {
+            Ok(Reply::Session(k)) => format!("#!::r=1,s={k},m=request"),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (one, two) = (
+        mint(&mut w, "session-one-secret"),
+        mint(&mut w, "session-two-secret"),
+    );
+    let mut a = Caller::encrypting(1001, 0, VIEW, 16);
+    assert_eq!(
+        a.connect(&mut w, &one),
+        Err(1010),
+        "the stream's passphrase"
+    );
+    let mut a = Caller::encrypting(1001, 0, "session-two-secret", 16);
+    assert_eq!(a.connect(&mut w, &one), Err(1010), "another session's");
+    let mut a = Caller::encrypting(1001, 0, "session-one-secret", 16);
+    assert_eq!(a.connect(&mut w, &one), Ok(()));
+    assert_eq!(Caller::new(1002, 0).connect(&mut w, &two), Err(1011));
+    let mut b = Caller::encrypting(1002, 0, "session-two-secret", 32);
+    assert_eq!(b.connect(&mut w, &two), Ok(()));
+    // A plain key still asks for the stream's.
+    let mut c = Caller::encrypting(1003, 0, VIEW, 24);
+    c.join(&mut w, "request");
+    // Each viewer gets the stream under its own key.
+    let mut p = Caller::new(2000, 0);
+    p.join(&mut w, "publish");
+    p.data(&mut w, Seq::new(0), 0, b"to each their own");
+    for v in [&a, &b, &c] {
+        assert_eq!(opened(v, &w.take(v.addr))[0].1, b"to each their own");
+    }
+    let cmd = Command::MintSession {
+        resource: "1".into(),
+        key: 1,
+        passphrase: Some("short".into()),
+    };
+    assert_eq!(
+        w.relay.handle_command(w.now, cmd),
+        Err(CommandError::Passphrase)
+    );
+}

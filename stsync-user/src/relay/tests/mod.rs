@@ -76,6 +76,7 @@ impl World {
         let cmd = Command::MintSession {
             resource: resource.to_string(),
             key: rand::random(),
+            passphrase: None,
         };
         match self.relay.handle_command(self.now, cmd)? {
             Reply::Session(key) => Ok(key),
