@@ -341,13 +341,14 @@ fn every_error_is_json() {
         "a refused body changes nothing"
     );
 
-    // POST .../sessions takes no parameters: an empty body or {} only.
+    // POST .../sessions takes an empty body, {} or {"encrypt": true} only.
     for body in ["", "{}", " { } \n"] {
         let r = post_session(body);
         assert_eq!(r.status, 201, "session body {body:?}: {r:?}");
     }
     for (body, what) in [
-        (r#"{"encrypt": true}"#, "an unknown field"),
+        (r#"{"encrypted": true}"#, "an unknown field"),
+        (r#"{"encrypt": 1}"#, "encrypt not a boolean"),
         ("hello", "not JSON"),
         ("[]", "an array"),
         ("null", "null"),
