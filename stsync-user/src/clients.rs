@@ -65,7 +65,7 @@ pub fn invocations(t: &Target, input: &str) -> Vec<Invocation> {
     let addr = format!("srt://{}:{}", t.host, t.port);
     // GStreamer and VLC take the passphrase as an option of their own.
     let (gst_secret, vlc_secret) = match &t.passphrase {
-        Some(p) => (format!(" passphrase={p}"), format!(" --srt-passphrase={p}")),
+        Some(p) => (format!(" passphrase={p}"), format!(" --passphrase={p}")),
         None => (String::new(), String::new()),
     };
     let inv = |client, text: String| Invocation { client, text };

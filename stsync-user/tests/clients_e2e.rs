@@ -17,9 +17,16 @@ use std::time::Duration;
 
 const LINGER: Duration = Duration::from_millis(1500);
 
-/// `stsync-proxy session <stream> --mode <mode> --client <client>` against `relay`: mints a
-/// key and prints the client's command.
-fn session_command(relay: &Relay, stream: &str, mode: &str, client: &str, input: &str) -> String {
+/// `stsync-proxy session <stream> --mode <mode> --client <client> <more>` against `relay`:
+/// mints a key and prints the client's command.
+fn session_command(
+    relay: &Relay,
+    stream: &str,
+    mode: &str,
+    client: &str,
+    input: &str,
+    more: &[&str],
+) -> String {
     let out = Command::new(tool("relay"))
         .arg("--config")
         .arg(&relay.config_path)
@@ -35,6 +42,7 @@ fn session_command(relay: &Relay, stream: &str, mode: &str, client: &str, input:
             "--input",
             input,
         ])
+        .args(more)
         .output()
         .expect("run stsync-proxy session");
     assert!(
@@ -115,13 +123,25 @@ fn open_dir(dir: &TempDir) -> std::path::PathBuf {
 /// once, each started from its printed command.
 #[test]
 fn every_viewer_client_plays_the_stream() {
-    if !require("cvlc", "every_viewer_client_plays_the_stream")
-        || !require("gst-launch-1.0", "every_viewer_client_plays_the_stream")
-        || !require("ffplay", "every_viewer_client_plays_the_stream")
-    {
+    viewers_play_the_stream("every_viewer_client_plays_the_stream", &[]);
+}
+
+/// The same, each client with a key minted `--encrypt`: a passphrase of its own, which its
+/// printed command carries (SRT's `passphrase` in the URL, GStreamer's `passphrase`
+/// property, VLC's `--passphrase`).
+#[test]
+fn every_viewer_client_plays_the_stream_encrypted() {
+    viewers_play_the_stream(
+        "every_viewer_client_plays_the_stream_encrypted",
+        &["--encrypt"],
+    );
+}
+
+fn viewers_play_the_stream(test: &str, more: &[&str]) {
+    if !require("cvlc", test) || !require("gst-launch-1.0", test) || !require("ffplay", test) {
         return;
     }
-    if !require_root("every_viewer_client_plays_the_stream") {
+    if !require_root(test) {
         return;
     }
     let relay = Relay::start_default();
@@ -129,6 +149,9 @@ fn every_viewer_client_plays_the_stream() {
     let out = open_dir(&dir);
     let c = clip();
     let file = |n: &str| out.join(n).to_string_lossy().into_owned();
+    let session_command = |relay: &Relay, stream: &str, mode: &str, client: &str, input: &str| {
+        session_command(relay, stream, mode, client, input, more)
+    };
 
     let vlc = session_command(&relay, "1", "view", "vlc", "-");
     assert!(
@@ -241,7 +264,21 @@ fn every_viewer_client_plays_the_stream() {
 /// commands; a srt-live-transmit viewer gets a decodable, continuous stream each time.
 #[test]
 fn every_publisher_client_feeds_the_stream() {
-    if !require("gst-launch-1.0", "every_publisher_client_feeds_the_stream") {
+    publishers_feed_the_stream("every_publisher_client_feeds_the_stream", &[]);
+}
+
+/// The same, each publisher encrypting with its key's own passphrase (`--encrypt`); the
+/// clear viewer gets the stream decrypted.
+#[test]
+fn every_publisher_client_feeds_the_stream_encrypted() {
+    publishers_feed_the_stream(
+        "every_publisher_client_feeds_the_stream_encrypted",
+        &["--encrypt"],
+    );
+}
+
+fn publishers_feed_the_stream(test: &str, more: &[&str]) {
+    if !require("gst-launch-1.0", test) {
         return;
     }
     let c = clip();
@@ -250,12 +287,19 @@ fn every_publisher_client_feeds_the_stream() {
         let dir = TempDir::new(&format!("clients-pub-{client}"));
         let mut v = SltViewer::start(&dir, "viewer", &relay.viewer_url("1"));
         sleep_secs(1.0);
-        let line = session_command(&relay, "1", "publish", client, &c.path.to_string_lossy())
-            .replace("ffmpeg -re", "ffmpeg -nostdin -loglevel error -re")
-            .replace(
-                "srt-live-transmit file://con",
-                "srt-live-transmit -q file://con",
-            );
+        let line = session_command(
+            &relay,
+            "1",
+            "publish",
+            client,
+            &c.path.to_string_lossy(),
+            more,
+        )
+        .replace("ffmpeg -re", "ffmpeg -nostdin -loglevel error -re")
+        .replace(
+            "srt-live-transmit file://con",
+            "srt-live-transmit -q file://con",
+        );
         let mut p = shell(&dir, client, &line, false);
         let limit = secs(c.secs + 10.0);
         let exited = p.wait_exit(limit);
