@@ -10,14 +10,6 @@ use common::*;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-const LOSS_PCT: u32 = 5;
-/// The relay's `latency_ms` for these tests. libsrt receivers repeat a loss report only
-/// every few tens to 300 ms, so at the 120 ms default a packet whose retransmission is
-/// lost too is sometimes given up: measured with libsrt's own srt-live-transmit as the
-/// relay in the same setup (5 % loss on the viewer's input), 1 of 5 runs lost a packet.
-/// 500 ms leaves room for several reports; the test is about the relay repairing loss.
-const LOSS_LATENCY_MS: u64 = 500;
-
 fn report_viewer(name: &str, st: Option<SltStats>) {
     let st = st.unwrap_or_else(|| panic!("{name}: no libsrt stats"));
     record_result(&format!(

@@ -154,3 +154,12 @@ impl Drop for Netns {
         }
     }
 }
+
+/// The loss (percent) the loss tests' nftables rules drop.
+pub const LOSS_PCT: u32 = 5;
+/// The relay's `latency_ms` for these tests. libsrt receivers repeat a loss report only
+/// every few tens to 300 ms, so at the 120 ms default a packet whose retransmission is
+/// lost too is sometimes given up: measured with libsrt's own srt-live-transmit as the
+/// relay in the same setup (5 % loss on the viewer's input), 1 of 5 runs lost a packet.
+/// 500 ms leaves room for several reports; the test is about the relay repairing loss.
+pub const LOSS_LATENCY_MS: u64 = 500;
