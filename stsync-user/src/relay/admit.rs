@@ -1,12 +1,15 @@
 //! Handshakes: the listener's answer (`srt::listener`), then the relay's own checks (per
 //! address budget, resource, limits, session key) before a connection opens.
 
+use super::budget::TokenBucket;
 use super::ingest::IngestLatency;
 use super::keys::Denied;
 use super::retransmit::{rexmit_burst, REXMIT_FLOOR_BPS};
 use super::ring::Ring;
 use super::viewer::ViewerSend;
-use super::{Conn, ConnMode, ConnStats, Relay, Role, RouteEvent, CLOCK_HEADROOM};
+use super::{
+    Conn, ConnMode, ConnStats, Relay, Role, RouteEvent, CLOCK_HEADROOM, KEY_REFRESH_BURST,
+};
 use crate::srt::crypto::{KeyMaterial, KmError, StreamKeys};
 use crate::srt::listener::{self, Conclusion, HandshakeOutcome, Rejection};
 use crate::srt::packet::ControlPacket;
@@ -178,6 +181,7 @@ impl Relay {
             role,
             kernel_epoch: None,
             keys: keys.map(Box::new),
+            refreshes: TokenBucket::new(KEY_REFRESH_BURST, now),
             stats: ConnStats::default(),
         };
         let start = conn.start;

@@ -90,6 +90,11 @@ const FULL_ACK_LEN: u64 = stsync_common::srt::HEADER_LEN as u64 + 28;
 /// Subtypes of the extended control message (type 0x7FFF) that carry keying material.
 const SRT_CMD_KMREQ: u16 = 3;
 const SRT_CMD_KMRSP: u16 = 4;
+/// Key refreshes a publisher may send per second, and in a burst: libsrt sends two per
+/// refresh (the next key announced, the old one retired), every 2^24 packets by default;
+/// each costs the relay a 2048-round PBKDF2 (about a millisecond).
+const KEY_REFRESHES_PER_SEC: u64 = 2;
+const KEY_REFRESH_BURST: u64 = 8;
 
 enum Role {
     Publisher(Box<Receiver>),
@@ -120,6 +125,8 @@ struct Conn {
     /// An encrypting peer's keys: a publisher's data is decrypted with them, a viewer's is
     /// encrypted with them.
     keys: Option<Box<StreamKeys>>,
+    /// Key refreshes an encrypting publisher may still send (each costs a PBKDF2).
+    refreshes: budget::TokenBucket,
     stats: ConnStats,
 }
 

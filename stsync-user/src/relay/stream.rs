@@ -7,7 +7,7 @@ use super::outbox::Payload;
 use super::ring::Ring;
 use super::{
     playout, Offsets, Relay, Role, RouteEvent, StreamConfig, StreamSnapshot, CLOCK_HEADROOM,
-    SRT_CMD_KMRSP,
+    KEY_REFRESHES_PER_SEC, KEY_REFRESH_BURST, SRT_CMD_KMRSP,
 };
 use crate::srt::crypto::{KeyMaterial, Parity, StreamKeys};
 use crate::srt::packet::{be32, ControlPacket, DataPacket};
@@ -179,6 +179,11 @@ impl Relay {
         let (Some(passphrase), Some(keys)) = (passphrase, &mut conn.keys) else {
             return self.drops.drop_packet("unexpected_control");
         };
+        let (rate, burst) = (KEY_REFRESHES_PER_SEC, KEY_REFRESH_BURST);
+        if !conn.refreshes.try_spend(now, rate, burst, 1) {
+            // Unanswered: libsrt asks again, and a publisher that floods is not served.
+            return self.drops.drop_packet("key_refresh_over_budget");
+        }
         match KeyMaterial::parse(body).and_then(|km| km.open(passphrase.as_bytes())) {
             Ok(new) => {
                 debug!(conn = id, "publisher's keys refreshed");

@@ -188,16 +188,7 @@ fn a_publishers_key_refresh_is_taken_and_answered() {
     let salt = p.keys().salt;
     let (even, odd) = (vec![1u8; 16], vec![2u8; 16]);
     let km = KeyMaterial::seal(PUBLISH.as_bytes(), salt, Some(&even), Some(&odd)).unwrap();
-    let mut bytes = Vec::new();
-    km.encode(&mut bytes);
-    let words: Vec<u32> = bytes
-        .chunks(4)
-        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
-        .collect();
-    let mut b = Vec::new();
-    write_control(&mut b, ctrl::USER_DEFINED, 0, 0, p.relay_id, &words);
-    b[2..4].copy_from_slice(&3u16.to_be_bytes()); // SRT_CMD_KMREQ
-    w.send(p.addr, &b);
+    let bytes = p.refresh(&mut w, &km);
     // KMRSP: the same bytes back, subtype 4.
     let rsp = w
         .take(p.addr)
@@ -230,17 +221,61 @@ fn a_publishers_key_refresh_is_taken_and_answered() {
     assert_eq!(got, vec![b"even".to_vec(), b"odd".to_vec()]);
     // A refresh under another passphrase is refused and the keys stay.
     let bad = KeyMaterial::seal(b"someone-elses-key", salt, Some(&even), None).unwrap();
-    let mut bytes = Vec::new();
-    bad.encode(&mut bytes);
-    let words: Vec<u32> = bytes
-        .chunks(4)
-        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
-        .collect();
-    let mut b = Vec::new();
-    write_control(&mut b, ctrl::USER_DEFINED, 0, 0, p.relay_id, &words);
-    b[2..4].copy_from_slice(&3u16.to_be_bytes());
-    w.send(p.addr, &b);
+    p.refresh(&mut w, &bad);
     assert_eq!(w.dropped("bad_key_refresh"), 1);
+}
+
+impl Caller {
+    /// Sends `km` as a key refresh (SRT_CMD_KMREQ); returns its bytes.
+    fn refresh(&self, w: &mut World, km: &KeyMaterial) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        km.encode(&mut bytes);
+        let words: Vec<u32> = bytes
+            .chunks(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        let mut b = Vec::new();
+        write_control(&mut b, ctrl::USER_DEFINED, 0, 0, self.relay_id, &words);
+        b[2..4].copy_from_slice(&3u16.to_be_bytes()); // SRT_CMD_KMREQ
+        w.send(self.addr, &b);
+        bytes
+    }
+}
+
+/// A publisher that floods key refreshes (each a PBKDF2 for the relay) gets a burst of 8
+/// answered, then 2 a second; the rest are dropped unanswered and counted.
+#[test]
+fn a_publisher_flooding_key_refreshes_is_served_within_its_budget() {
+    let mut w = World::with_passphrases(Some(PUBLISH), None);
+    let mut p = Caller::encrypting(2000, 0, PUBLISH, 16);
+    p.join(&mut w, "publish");
+    let salt = p.keys().salt;
+    let km = KeyMaterial::seal(PUBLISH.as_bytes(), salt, Some(&[3u8; 16]), None).unwrap();
+    let answers = |w: &mut World| {
+        w.take(p.addr)
+            .iter()
+            .filter(|g| {
+                matches!(
+                    g,
+                    Got::Ctrl {
+                        typ: ctrl::USER_DEFINED,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    // One second: 100 refreshes.
+    for _ in 0..100 {
+        p.refresh(&mut w, &km);
+        w.advance(Duration::from_millis(10));
+    }
+    let answered = answers(&mut w);
+    assert!(
+        (8..=11).contains(&answered),
+        "{answered} refreshes answered in 1 s"
+    );
+    assert_eq!(w.dropped("key_refresh_over_budget"), 100 - answered as u64);
 }
 
 /// A key minted with a passphrase of its own (`POST .../sessions {"encrypt": true}`) asks
