@@ -132,6 +132,7 @@ impl Relay {
                 Mode::Request => s.view_passphrase.as_deref(),
             });
         let keys = caller_keys(passphrase, hs.km.as_deref())?;
+        let passphrase = passphrase.filter(|_| keys.is_some()).map(str::to_string);
         self.keys
             .redeem(&sid.resource, &sid.session, now)
             .map_err(|d| match d {
@@ -181,6 +182,7 @@ impl Relay {
             role,
             kernel_epoch: None,
             keys: keys.map(Box::new),
+            passphrase,
             refreshes: TokenBucket::new(KEY_REFRESH_BURST, now),
             stats: ConnStats::default(),
         };

@@ -125,6 +125,8 @@ struct Conn {
     /// An encrypting peer's keys: a publisher's data is decrypted with them, a viewer's is
     /// encrypted with them.
     keys: Option<Box<StreamKeys>>,
+    /// The passphrase it was admitted with (its key refreshes are opened with it).
+    passphrase: Option<String>,
     /// Key refreshes an encrypting publisher may still send (each costs a PBKDF2).
     refreshes: budget::TokenBucket,
     stats: ConnStats,

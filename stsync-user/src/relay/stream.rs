@@ -145,7 +145,7 @@ impl Relay {
         // under their own keys.
         let mut plain = std::mem::take(&mut self.plain);
         let keys = self.conns.get(&id).and_then(|c| c.keys.as_deref());
-        match (keys, Parity::of_msg(d.msg)) {
+        let payload = match (keys, Parity::of_msg(d.msg)) {
             (Some(keys), Some(parity)) => {
                 plain.clear();
                 plain.extend_from_slice(d.payload);
@@ -153,30 +153,21 @@ impl Relay {
                     self.plain = plain;
                     return self.drops.drop_packet("no_key_for_packet");
                 }
-                let d = DataPacket {
-                    payload: &plain,
-                    msg: d.msg & !MSG_KK_MASK,
-                    ..d
-                };
-                self.fan_out(now, stream, d, start);
+                &plain[..]
             }
-            _ => {
-                let d = DataPacket {
-                    msg: d.msg & !MSG_KK_MASK,
-                    ..d
-                };
-                self.fan_out(now, stream, d, start);
-            }
-        }
+            _ => d.payload,
+        };
+        let msg = d.msg & !MSG_KK_MASK;
+        self.fan_out(now, stream, DataPacket { payload, msg, ..d }, start);
         self.plain = plain;
     }
 
     /// A publisher's new keys (the refresh libsrt sends before it switches KK): opened with
-    /// the stream's passphrase and answered with KMRSP, the same bytes, as libsrt does.
+    /// the passphrase its connection was admitted with, and answered with KMRSP, the same
+    /// bytes, as libsrt does.
     pub(super) fn on_key_refresh(&mut self, now: Instant, id: u32, body: &[u8]) {
         let conn = self.conns.get_mut(&id).expect("caller checked");
-        let passphrase = self.streams[conn.stream].publish_passphrase.as_deref();
-        let (Some(passphrase), Some(keys)) = (passphrase, &mut conn.keys) else {
+        let (Some(passphrase), Some(keys)) = (conn.passphrase.as_deref(), &mut conn.keys) else {
             return self.drops.drop_packet("unexpected_control");
         };
         let (rate, burst) = (KEY_REFRESHES_PER_SEC, KEY_REFRESH_BURST);

@@ -332,3 +332,39 @@ fn a_session_passphrase_is_asked_of_its_own_connection_only() {
         Err(CommandError::Passphrase)
     );
 }
+
+/// A publisher admitted with its key's own passphrase refreshes its keys under that one.
+#[test]
+fn a_session_passphrase_publisher_refreshes_under_its_own_passphrase() {
+    let mut w = World::new();
+    let cmd = Command::MintSession {
+        resource: "1".into(),
+        key: 77,
+        passphrase: Some("publisher-session-pass".into()),
+    };
+    let Ok(Reply::Session(k)) = w.relay.handle_command(w.now, cmd) else {
+        panic!("minted")
+    };
+    let mut p = Caller::encrypting(2000, 0, "publisher-session-pass", 16);
+    assert_eq!(
+        p.connect(&mut w, &format!("#!::r=1,s={k},m=publish")),
+        Ok(())
+    );
+    let salt = p.keys().salt;
+    let km = KeyMaterial::seal(b"publisher-session-pass", salt, Some(&[5u8; 16]), None).unwrap();
+    p.refresh(&mut w, &km);
+    let answered = w.take(p.addr).iter().any(|g| {
+        matches!(
+            g,
+            Got::Ctrl {
+                typ: ctrl::USER_DEFINED,
+                ..
+            }
+        )
+    });
+    assert!(answered, "KMRSP");
+    assert_eq!(
+        w.dropped("bad_key_refresh") + w.dropped("unexpected_control"),
+        0
+    );
+}
