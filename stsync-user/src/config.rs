@@ -65,6 +65,9 @@ pub struct StreamConfig {
     /// Viewers must encrypt with this passphrase; none: they must not.
     #[serde(default)]
     pub view_passphrase: Option<String>,
+    /// The AES key length (16, 24 or 32 bytes) encrypting callers must use; none: theirs.
+    #[serde(default)]
+    pub pbkeylen: Option<u8>,
 }
 
 /// What config.json's optional fields default to (the README's table says the same).
@@ -273,6 +276,12 @@ impl Config {
                         format!("must be 10 to 79 characters (as libsrt takes), got {len}"),
                     ));
                 }
+            }
+            if let Some(n) = s.pbkeylen.filter(|n| ![16, 24, 32].contains(n)) {
+                return Err(invalid(
+                    format!("streams[{i}].pbkeylen"),
+                    format!("must be 16, 24 or 32 (bytes: AES-128, -192, -256), got {n}"),
+                ));
             }
             s.id = norm;
         }
@@ -508,6 +517,10 @@ mod tests {
             e.contains("streams[0].view_passphrase") && e.contains("10 to 79"),
             "{e}"
         );
+        let e = err(&format!(
+            r#"{{"streams":[{{"id":"1","token":"{STRONG}","pbkeylen":20}}]}}"#
+        ));
+        assert!(e.contains("streams[0].pbkeylen"), "{e}");
         assert!(err(r#"{"srt_listen":"nope","streams":[]}"#).contains("line 1"));
     }
 

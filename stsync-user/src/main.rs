@@ -257,6 +257,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
                 delay_ms: s.delay_ms,
                 publish_passphrase: s.publish_passphrase.clone(),
                 view_passphrase: s.view_passphrase.clone(),
+                pbkeylen: s.pbkeylen,
             })
             .collect(),
         rand::random(),

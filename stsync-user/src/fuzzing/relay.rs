@@ -302,6 +302,7 @@ impl World {
                 delay_ms: 0,
                 publish_passphrase: None,
                 view_passphrase: None,
+                pbkeylen: None,
             })
             .collect();
         let relay = Relay::new(cfg.clone(), streams, SECRET, t0);

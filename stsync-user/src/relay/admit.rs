@@ -132,6 +132,13 @@ impl Relay {
                 Mode::Request => s.view_passphrase.as_deref(),
             });
         let keys = caller_keys(passphrase, hs.km.as_deref())?;
+        // A stream that asks for a key length takes no other (libsrt would let the
+        // caller's stand).
+        if let (Some(want), Some(k)) = (s.pbkeylen, &keys) {
+            if k.key_len() != usize::from(want) {
+                return Err(R::Unsecure);
+            }
+        }
         let passphrase = passphrase.filter(|_| keys.is_some()).map(str::to_string);
         self.keys
             .redeem(&sid.resource, &sid.session, now)

@@ -73,6 +73,8 @@ pub struct StreamConfig {
     pub publish_passphrase: Option<String>,
     /// Viewers must encrypt with this passphrase; none: they must not.
     pub view_passphrase: Option<String>,
+    /// The key length (bytes) encrypting callers must use; none: whatever they offer.
+    pub pbkeylen: Option<u8>,
 }
 
 const KEEPALIVE: Duration = Duration::from_secs(1);

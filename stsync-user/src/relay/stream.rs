@@ -46,6 +46,7 @@ pub(super) struct Stream {
     /// What the publisher and the viewers must encrypt with (none: they must not).
     pub publish_passphrase: Option<String>,
     pub view_passphrase: Option<String>,
+    pub pbkeylen: Option<u8>,
     /// As of the last sweep.
     pub bitrate_bps: u64,
     pub packet_rate: u64,
@@ -67,6 +68,7 @@ impl Stream {
             delay_too_big: false,
             publish_passphrase: cfg.publish_passphrase,
             view_passphrase: cfg.view_passphrase,
+            pbkeylen: cfg.pbkeylen,
             bitrate_bps: 0,
             packet_rate: 0,
             ingest_latency_us: 0,

@@ -333,6 +333,15 @@ impl StreamKeys {
         }
     }
 
+    /// Bytes per key (16, 24 or 32).
+    pub fn key_len(&self) -> usize {
+        match self.even.as_ref().or(self.odd.as_ref()) {
+            Some(Sek::Aes128(_)) => 16,
+            Some(Sek::Aes192(_)) => 24,
+            Some(Sek::Aes256(_)) | None => 32,
+        }
+    }
+
     /// The key data to this peer goes under: the even one when there is one.
     pub fn send_parity(&self) -> Parity {
         if self.even.is_some() {

@@ -368,3 +368,16 @@ fn a_session_passphrase_publisher_refreshes_under_its_own_passphrase() {
         0
     );
 }
+
+/// A stream with `pbkeylen` set takes keys of that length only (REJ_UNSECURE otherwise),
+/// before the session key is spent.
+#[test]
+fn a_stream_that_sets_a_key_length_takes_no_other() {
+    let mut w = World::with_passphrases(None, Some(VIEW));
+    w.relay.streams[0].pbkeylen = Some(32);
+    let key = sid(&mut w, "request");
+    let mut short = Caller::encrypting(1001, 0, VIEW, 16);
+    assert_eq!(short.connect(&mut w, &key), Err(1011));
+    let mut long = Caller::encrypting(1002, 0, VIEW, 32);
+    assert_eq!(long.connect(&mut w, &key), Ok(()));
+}

@@ -63,6 +63,7 @@ impl World {
             delay_ms: 0,
             publish_passphrase: publish.map(str::to_string),
             view_passphrase: view.map(str::to_string),
+            pbkeylen: None,
         }];
         World {
             relay: Relay::new(cfg, streams, [9; 16], now),
