@@ -55,10 +55,6 @@ impl SessionKeys {
         }
     }
 
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Registers `key` (64 random bits from the caller) for `resource`; returns its hex form.
     pub fn insert(&mut self, resource: &str, key: u64, now: Instant) -> String {
         self.mint(resource, key, None, now, usize::MAX)

@@ -28,7 +28,6 @@ pub mod viewer;
 
 pub use io::{Command, CommandError, KernelAcks, KernelReport, Offsets, Reply, RouteEvent};
 pub use keys::{Denied, SessionKeys, TooMany, MAX_KEYS_PER_STREAM};
-pub use outbox::Outbox;
 pub use per_address::AddressLimits;
 pub use stats::{ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot};
 pub use transmits::{Datagram, Transmits};
@@ -39,6 +38,7 @@ use crate::srt::loss::LossList;
 use crate::srt::packet::{ControlPacket, Packet};
 use crate::srt::receiver::{Feedback, Receiver};
 use crate::srt::seq::Seq;
+use outbox::Outbox;
 use per_address::PerAddress;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;

@@ -123,10 +123,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn conn(&self, id: u32) -> Option<&ConnSnapshot> {
-        self.conns.iter().find(|c| c.id == id)
-    }
-
     pub fn dropped(&self, reason: &str) -> u64 {
         self.drops.dropped.get(reason).copied().unwrap_or(0)
     }
