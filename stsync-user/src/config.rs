@@ -45,6 +45,14 @@ pub struct Config {
     /// On SIGTERM/SIGINT, HTTP connections still open this long after the signal are closed.
     #[serde(default = "defaults::http_shutdown_timeout_ms")]
     pub http_shutdown_timeout_ms: u64,
+    /// Packets an encrypted viewer gets under one key before the relay changes it (libsrt's
+    /// SRTO_KMREFRESHRATE).
+    #[serde(default = "defaults::kmrefreshrate")]
+    pub kmrefreshrate: u32,
+    /// The next key is announced this many packets before the change, and the old one kept
+    /// as long after it (SRTO_KMPREANNOUNCE).
+    #[serde(default = "defaults::kmpreannounce")]
+    pub kmpreannounce: u32,
     pub streams: Vec<StreamConfig>,
 }
 
@@ -112,6 +120,12 @@ mod defaults {
     pub fn http_shutdown_timeout_ms() -> u64 {
         3_000
     }
+    pub fn kmrefreshrate() -> u32 {
+        crate::relay::KeySchedule::default().refresh_rate
+    }
+    pub fn kmpreannounce() -> u32 {
+        crate::relay::KeySchedule::default().pre_announce
+    }
 }
 
 /// Tokens shorter than this are weak (see [`token_weakness`]).
@@ -166,6 +180,9 @@ impl Config {
                 ),
             ));
         }
+        self.key_schedule()
+            .check()
+            .map_err(|why| invalid("kmpreannounce", why))?;
         if self.session_ttl_secs == 0 {
             return Err(invalid("session_ttl_secs", "must be at least 1"));
         }
@@ -286,6 +303,13 @@ impl Config {
             s.id = norm;
         }
         Ok(())
+    }
+
+    pub fn key_schedule(&self) -> crate::relay::KeySchedule {
+        crate::relay::KeySchedule {
+            refresh_rate: self.kmrefreshrate,
+            pre_announce: self.kmpreannounce,
+        }
     }
 
     pub fn latency(&self) -> Duration {
@@ -645,6 +669,31 @@ mod tests {
                 Config::parse(&cfg(field, v)).unwrap();
             }
         }
+    }
+
+    /// libsrt's rule for its key schedule: 1 ≤ kmpreannounce ≤ (kmrefreshrate − 1) / 2.
+    #[test]
+    fn key_schedule_follows_libsrts_rule() {
+        let cfg = |rate: u32, pre: u32| {
+            format!(
+                "{{\n  \"http_listen\": \"127.0.0.1:1\",\n  \"kmrefreshrate\": {rate},\n  \
+                 \"kmpreannounce\": {pre},\n  \"streams\": [{{ \"id\": \"1\", \"token\": \"{STRONG}\" }}]\n}}"
+            )
+        };
+        for (rate, pre) in [(100, 0), (100, 50), (2, 1)] {
+            let e = err(&cfg(rate, pre));
+            assert!(
+                e.contains("field `kmpreannounce` at line 4"),
+                "{rate}/{pre}: {e}"
+            );
+        }
+        let c = Config::parse(&cfg(1000, 499)).unwrap();
+        assert_eq!((c.kmrefreshrate, c.kmpreannounce), (1000, 499));
+        let d = Config::parse(&format!(
+            r#"{{"streams":[{{"id":"1","token":"{STRONG}"}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!((d.kmrefreshrate, d.kmpreannounce), (1 << 24, 1 << 12));
     }
 
     #[test]

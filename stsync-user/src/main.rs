@@ -249,6 +249,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
                 handshakes_per_sec: cfg.handshakes_per_ip_per_sec,
             },
             session_ttl: Duration::from_secs(cfg.session_ttl_secs),
+            key_schedule: cfg.key_schedule(),
         },
         cfg.streams
             .iter()

@@ -22,7 +22,11 @@ fn opts() -> RelayOpts {
             ("2".into(), Some(PUBLISH_2.into()), Some(VIEW_2.into())),
         ],
         // Key refreshes are logged at debug.
-        rust_log: Some("info,stsync_user::relay::stream=debug".into()),
+        rust_log: Some("info,stsync_user::relay::encryption=debug".into()),
+        // The relay changes each encrypted viewer's key every 700 packets (about 3 times
+        // in the clip), announcing it 150 ahead.
+        kmrefreshrate: Some(700),
+        kmpreannounce: Some(150),
         ..Default::default()
     }
 }
@@ -63,10 +67,18 @@ fn encrypted_streams(relay: &Relay, ns: Option<&str>, label: &str) -> String {
     pub1.finish(LINGER);
     pub2.finish(LINGER);
     let m = relay.metrics();
-    let refreshed = relay.log().matches("publisher's keys refreshed").count();
+    let log = relay.log();
+    let refreshed = log.matches("publisher's keys refreshed").count();
     assert!(
         refreshed >= 3,
         "{label}: {refreshed} key refreshes followed"
+    );
+    // Three encrypted viewers, each told of its next key and of its old one's retirement
+    // at least twice.
+    let taken = log.matches("viewer took its new keys").count();
+    assert!(
+        taken >= 3 * 4,
+        "{label}: {taken} key changes taken by viewers"
     );
     for v in [&mut clear, &mut a128, &mut a192] {
         v.assert_running("after the publishers left");
@@ -253,7 +265,8 @@ fn per_session_passphrases_from_the_api() {
 
 /// 5 % of the datagrams dropped on both legs (nftables, in the test's own namespaces): an
 /// AES-128 publisher and AES-256 and AES-128 viewers, each with its own key, still get
-/// every byte (retransmissions re-encrypted as their originals were).
+/// every byte (retransmissions re-encrypted as their originals were), while the publisher
+/// and the relay both change keys mid-stream (key messages are lost too).
 #[test]
 fn encrypted_stream_survives_loss_on_both_legs() {
     if !require_root("encrypted_stream_survives_loss_on_both_legs") {
@@ -287,10 +300,13 @@ fn encrypted_stream_survives_loss_on_both_legs() {
         relay.metric("srt_connections_current", &[("mode", "request")]) == Some(2.0)
     });
     assert!(in_, "viewers not connected within 10 s");
-    let purl = secret(
-        &relay.url_at(pub_side, "2", &relay.session("2"), "publish"),
-        PUBLISH_2,
-        16,
+    let purl = format!(
+        "{}&kmrefreshrate=500&kmpreannounce=100",
+        secret(
+            &relay.url_at(pub_side, "2", &relay.session("2"), "publish"),
+            PUBLISH_2,
+            16,
+        )
     );
     let mut p = BytePublisher::start_when(
         &dir,
@@ -318,6 +334,13 @@ fn encrypted_stream_survives_loss_on_both_legs() {
     };
     assert_contiguous("AES-256 viewer under loss", &v256.output(), c, all);
     assert_contiguous("AES-128 viewer under loss", &v128.output(), c, all);
+    let log = relay.log();
+    let refreshed = log.matches("publisher's keys refreshed").count();
+    let taken = log.matches("viewer took its new keys").count();
+    assert!(
+        refreshed >= 3 && taken >= 2 * 4,
+        "key changes under loss: publisher {refreshed}, viewers {taken}"
+    );
     record_result(&format!(
         "encryption: 5 % loss on both legs, {dropped} datagrams dropped; two encrypted viewers byte-exact"
     ));

@@ -294,6 +294,7 @@ impl World {
                 handshakes_per_sec: 1000,
             },
             session_ttl: Duration::from_secs(300),
+            key_schedule: Default::default(),
         };
         let streams = RESOURCES
             .iter()

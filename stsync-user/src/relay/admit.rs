@@ -1,16 +1,14 @@
 //! Handshakes: the listener's answer (`srt::listener`), then the relay's own checks (per
 //! address budget, resource, limits, session key) before a connection opens.
 
-use super::budget::TokenBucket;
+use super::encryption::Encryption;
 use super::ingest::IngestLatency;
 use super::keys::Denied;
 use super::retransmit::{rexmit_burst, REXMIT_FLOOR_BPS};
 use super::ring::Ring;
 use super::viewer::ViewerSend;
-use super::{
-    Conn, ConnMode, ConnStats, Relay, Role, RouteEvent, CLOCK_HEADROOM, KEY_REFRESH_BURST,
-};
-use crate::srt::crypto::{KeyMaterial, KmError, StreamKeys};
+use super::{Conn, ConnMode, ConnStats, Relay, Role, RouteEvent, CLOCK_HEADROOM};
+use crate::srt::crypto::{Kek, KeyMaterial, KmError};
 use crate::srt::listener::{self, Conclusion, HandshakeOutcome, Rejection};
 use crate::srt::packet::ControlPacket;
 use crate::srt::receiver::Receiver;
@@ -131,15 +129,15 @@ impl Relay {
                 Mode::Publish => s.publish_passphrase.as_deref(),
                 Mode::Request => s.view_passphrase.as_deref(),
             });
-        let keys = caller_keys(passphrase, hs.km.as_deref())?;
+        let encryption = caller_encryption(passphrase, hs.km.as_deref(), sid.mode, now)?;
         // A stream that asks for a key length takes no other (libsrt would let the
         // caller's stand).
-        if let (Some(want), Some(k)) = (s.pbkeylen, &keys) {
-            if k.key_len() != usize::from(want) {
+        if let (Some(want), Some(e)) = (s.pbkeylen, &encryption) {
+            if e.keys.key_len() != usize::from(want) {
                 return Err(R::Unsecure);
             }
         }
-        let passphrase = passphrase.filter(|_| keys.is_some()).map(str::to_string);
+        let encrypted = encryption.is_some();
         self.keys
             .redeem(&sid.resource, &sid.session, now)
             .map_err(|d| match d {
@@ -150,7 +148,7 @@ impl Relay {
 
         let id = self.new_socket_id();
         let (rcv_latency, snd_latency) = hs.latencies(self.cfg.latency);
-        let kmrsp = hs.km.as_deref().filter(|_| keys.is_some());
+        let kmrsp = hs.km.as_deref().filter(|_| encrypted);
         let response = listener::accept(&hs.hs, id, from, (rcv_latency, snd_latency), kmrsp);
         let role = match sid.mode {
             Mode::Publish => Role::Publisher(Box::new(Receiver::new(
@@ -171,10 +169,9 @@ impl Relay {
             resource = %sid.resource,
             mode = sid.mode.as_str(),
             latency_ms = rcv_latency.max(snd_latency),
-            encrypted = keys.is_some(),
+            encrypted,
             "connection accepted"
         );
-        let encrypted = keys.is_some();
         let conn = Conn {
             peer: from,
             peer_id: hs.hs.socket_id,
@@ -188,9 +185,7 @@ impl Relay {
             response,
             role,
             kernel_epoch: None,
-            keys: keys.map(Box::new),
-            passphrase,
-            refreshes: TokenBucket::new(KEY_REFRESH_BURST, now),
+            encryption: encryption.map(Box::new),
             stats: ConnStats::default(),
         };
         let start = conn.start;
@@ -255,20 +250,26 @@ impl Relay {
 /// material `km`, opened with it), as libsrt's listener decides: keys offered where none is
 /// set, or none offered where one is, is REJ_UNSECURE; keys that do not open are
 /// REJ_BADSECRET.
-fn caller_keys(
+fn caller_encryption(
     passphrase: Option<&str>,
     km: Option<&[u8]>,
-) -> Result<Option<StreamKeys>, Rejection> {
+    mode: Mode,
+    now: Instant,
+) -> Result<Option<Encryption>, Rejection> {
     let (passphrase, km) = match (passphrase, km) {
         (None, None) => return Ok(None),
         (Some(p), Some(km)) => (p, km),
         _ => return Err(Rejection::Unsecure),
     };
-    KeyMaterial::parse(km)
-        .and_then(|km| km.open(passphrase.as_bytes()))
-        .map(Some)
-        .map_err(|e| match e {
-            KmError::BadSecret => Rejection::BadSecret,
-            KmError::Malformed(_) | KmError::Cipher => Rejection::Unsecure,
-        })
+    let open = || {
+        let km = KeyMaterial::parse(km)?;
+        let kek = Kek::derive(passphrase.as_bytes(), &km.salt, km.key_len)?;
+        let raw = km.unwrap(&kek)?;
+        let viewer = mode == Mode::Request;
+        Encryption::new(&km, raw, kek, passphrase.to_string(), viewer, now)
+    };
+    open().map(Some).map_err(|e| match e {
+        KmError::BadSecret => Rejection::BadSecret,
+        KmError::Malformed(_) | KmError::Cipher => Rejection::Unsecure,
+    })
 }

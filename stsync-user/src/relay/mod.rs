@@ -13,6 +13,7 @@
 mod acks;
 mod admit;
 mod budget;
+mod encryption;
 mod ingest;
 mod io;
 mod keys;
@@ -26,6 +27,7 @@ mod stream;
 mod transmits;
 pub mod viewer;
 
+pub use encryption::KeySchedule;
 pub use io::{Command, CommandError, KernelAcks, KernelReport, Offsets, Reply, RouteEvent};
 pub use keys::{Denied, SessionKeys, TooMany, MAX_KEYS_PER_STREAM};
 pub use per_address::AddressLimits;
@@ -33,11 +35,11 @@ pub use stats::{ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapsh
 pub use transmits::{Datagram, Transmits};
 
 use crate::srt::cookie::CookieJar;
-use crate::srt::crypto::StreamKeys;
 use crate::srt::loss::LossList;
 use crate::srt::packet::{ControlPacket, Packet};
 use crate::srt::receiver::{Feedback, Receiver};
 use crate::srt::seq::Seq;
+use encryption::Encryption;
 use outbox::Outbox;
 use per_address::PerAddress;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -60,6 +62,8 @@ pub struct RelayConfig {
     pub per_address: AddressLimits,
     /// How long a minted session key stays valid.
     pub session_ttl: Duration,
+    /// When encrypted viewers' keys change.
+    pub key_schedule: KeySchedule,
 }
 
 /// A configured stream.
@@ -126,11 +130,7 @@ struct Conn {
     kernel_epoch: Option<u64>,
     /// An encrypting peer's keys: a publisher's data is decrypted with them, a viewer's is
     /// encrypted with them.
-    keys: Option<Box<StreamKeys>>,
-    /// The passphrase it was admitted with (its key refreshes are opened with it).
-    passphrase: Option<String>,
-    /// Key refreshes an encrypting publisher may still send (each costs a PBKDF2).
-    refreshes: budget::TokenBucket,
+    encryption: Option<Box<Encryption>>,
     stats: ConnStats,
 }
 
@@ -364,6 +364,9 @@ impl Relay {
             (ctrl::USER_DEFINED, Role::Publisher(_)) if c.subtype == SRT_CMD_KMREQ => {
                 self.on_key_refresh(now, id, c.body)
             }
+            (ctrl::USER_DEFINED, Role::Viewer(_)) if c.subtype == SRT_CMD_KMRSP => {
+                self.on_key_answer(now, id, c.body)
+            }
             (ctrl::ACK, Role::Viewer(_)) => self.on_viewer_ack(now, id, c),
             (ctrl::NAK, Role::Viewer(_)) => self.on_viewer_nak(now, id, c.body),
             (ctrl::HANDSHAKE, _) => {
@@ -502,7 +505,11 @@ impl Relay {
         let mut idle = Vec::new();
         let mut stuck = Vec::new();
         let mut quiet = Vec::new();
+        let mut encrypted_viewers = Vec::new();
         for (&id, c) in &mut self.conns {
+            if c.encryption.is_some() && matches!(c.role, Role::Viewer(_)) {
+                encrypted_viewers.push(id);
+            }
             let stalled = match &mut c.role {
                 Role::Viewer(v) => v.stalled_for(now),
                 Role::Publisher(_) => Duration::ZERO,
@@ -532,6 +539,10 @@ impl Relay {
         }
         for id in quiet {
             self.send_control(now, id, ctrl::KEEPALIVE, 0, &[0]);
+        }
+        // Announcements not answered yet (also resent as data flows, see `fan_out`).
+        for id in encrypted_viewers {
+            self.announce_keys(now, id);
         }
         for i in 0..self.streams.len() {
             self.sweep_stream(i);

@@ -4,7 +4,7 @@
 use super::outbox::{Outbox, Payload};
 use super::viewer::{Unmapped, ViewerSend};
 use super::{playout, ConnStats, Relay, Role};
-use crate::srt::crypto::{Parity, StreamKeys};
+use crate::srt::crypto::Parity;
 use crate::srt::packet::loss_ranges;
 use crate::srt::receiver::Receiver;
 use crate::srt::seq::Seq;
@@ -135,8 +135,7 @@ impl Relay {
         let (peer, peer_id) = (conn.peer, conn.peer_id);
         // An encrypted viewer's retransmission is encrypted as its original was: same key,
         // same sequence number, so the same ciphertext.
-        let keys = conn.keys.as_deref();
-        let parity = keys.map(StreamKeys::send_parity);
+        let enc = conn.encryption.as_deref();
         let Role::Viewer(v) = &mut conn.role else {
             self.conns.insert(id, conn);
             return;
@@ -176,6 +175,8 @@ impl Relay {
                     {
                         None
                     }
+                    // Sent under a key since retired: the viewer could not decrypt it.
+                    Some(_) if enc.is_some_and(|e| e.parity_of(vseq).is_none()) => None,
                     Some((slot, pkt)) => Some(Some((slot, pkt))),
                     // Still expected from the publisher: forwarded when it comes.
                     None if publisher_rx.is_some_and(|rx| rx.is_missing(p)) => Some(None),
@@ -202,6 +203,8 @@ impl Relay {
                 }
                 continue;
             };
+            // The key it went under first: the same ciphertext again.
+            let parity = enc.and_then(|e| e.parity_of(vseq));
             self.out.push_data(
                 peer,
                 vseq,
@@ -213,8 +216,9 @@ impl Relay {
                     slot: slot as u32,
                 },
             );
-            if let Some(keys) = keys {
-                self.out.own_payload(&pkt.payload, |p| keys.seal(vseq, p));
+            if let (Some(e), Some(parity)) = (enc, parity) {
+                self.out
+                    .own_payload(&pkt.payload, |p| _ = e.keys.crypt(parity, vseq, p));
             }
             let len = (HEADER_LEN + pkt.payload.len()) as u64;
             v.budget.spend(len);

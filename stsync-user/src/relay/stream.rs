@@ -2,14 +2,14 @@
 //! stream's ring and fanned out to every viewer the kernel does not serve; its rates and
 //! the delay ramp.
 
+use super::encryption::send_announcement;
 use super::ingest::IngestLatency;
 use super::outbox::Payload;
 use super::ring::Ring;
 use super::{
     playout, Offsets, Relay, Role, RouteEvent, StreamConfig, StreamSnapshot, CLOCK_HEADROOM,
-    KEY_REFRESHES_PER_SEC, KEY_REFRESH_BURST, SRT_CMD_KMRSP,
 };
-use crate::srt::crypto::{KeyMaterial, Parity, StreamKeys};
+use crate::srt::crypto::Parity;
 use crate::srt::packet::{be32, ControlPacket, DataPacket};
 use crate::srt::receiver::Arrival;
 use crate::srt::seq::Seq;
@@ -146,7 +146,10 @@ impl Relay {
         // An encrypted publisher's packet is decrypted once; its viewers get it in clear or
         // under their own keys.
         let mut plain = std::mem::take(&mut self.plain);
-        let keys = self.conns.get(&id).and_then(|c| c.keys.as_deref());
+        let keys = self
+            .conns
+            .get(&id)
+            .and_then(|c| Some(&c.encryption.as_deref()?.keys));
         let payload = match (keys, Parity::of_msg(d.msg)) {
             (Some(keys), Some(parity)) => {
                 plain.clear();
@@ -162,36 +165,6 @@ impl Relay {
         let msg = d.msg & !MSG_KK_MASK;
         self.fan_out(now, stream, DataPacket { payload, msg, ..d }, start);
         self.plain = plain;
-    }
-
-    /// A publisher's new keys (the refresh libsrt sends before it switches KK): opened with
-    /// the passphrase its connection was admitted with, and answered with KMRSP, the same
-    /// bytes, as libsrt does.
-    pub(super) fn on_key_refresh(&mut self, now: Instant, id: u32, body: &[u8]) {
-        let conn = self.conns.get_mut(&id).expect("caller checked");
-        let (Some(passphrase), Some(keys)) = (conn.passphrase.as_deref(), &mut conn.keys) else {
-            return self.drops.drop_packet("unexpected_control");
-        };
-        let (rate, burst) = (KEY_REFRESHES_PER_SEC, KEY_REFRESH_BURST);
-        if !conn.refreshes.try_spend(now, rate, burst, 1) {
-            // Unanswered: libsrt asks again, and a publisher that floods is not served.
-            return self.drops.drop_packet("key_refresh_over_budget");
-        }
-        match KeyMaterial::parse(body).and_then(|km| km.open(passphrase.as_bytes())) {
-            Ok(new) => {
-                debug!(conn = id, "publisher's keys refreshed");
-                keys.refresh(new);
-                let words: Vec<u32> = body
-                    .chunks_exact(4)
-                    .map(|w| u32::from_be_bytes(w.try_into().expect("4 bytes")))
-                    .collect();
-                self.send_ext(now, id, SRT_CMD_KMRSP, &words);
-            }
-            Err(e) => {
-                warn!(conn = id, "publisher's key refresh refused: {e}");
-                self.drops.drop_packet("bad_key_refresh");
-            }
-        }
     }
 
     /// A publisher's ACKACK (its RTT) or DROPREQ (what it gave up sending).
@@ -257,7 +230,11 @@ impl Relay {
                 );
                 continue;
             }
-            let parity = conn.keys.as_deref().map(StreamKeys::send_parity);
+            let schedule = self.cfg.key_schedule;
+            let parity = conn
+                .encryption
+                .as_deref_mut()
+                .map(|e| e.next_packet(vseq, schedule));
             self.out.push_data(
                 conn.peer,
                 vseq,
@@ -269,11 +246,13 @@ impl Relay {
                     slot: slot as u32,
                 },
             );
-            if let Some(keys) = conn.keys.as_deref() {
-                self.out.own_payload(d.payload, |p| keys.seal(vseq, p));
+            if let (Some(e), Some(parity)) = (conn.encryption.as_deref(), parity) {
+                self.out
+                    .own_payload(d.payload, |p| _ = e.keys.crypt(parity, vseq, p));
             }
             conn.last_sent = now;
             conn.stats.sent_data(HEADER_LEN + d.payload.len());
+            send_announcement(&mut self.out, conn, now);
         }
     }
 

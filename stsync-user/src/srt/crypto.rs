@@ -52,6 +52,13 @@ pub enum Parity {
 }
 
 impl Parity {
+    pub fn other(self) -> Parity {
+        match self {
+            Parity::Even => Parity::Odd,
+            Parity::Odd => Parity::Even,
+        }
+    }
+
     /// From a data packet's message-number word (its KK bits); `None`: not encrypted.
     pub fn of_msg(msg: u32) -> Option<Parity> {
         match (msg >> 27) & 0b11 {
@@ -141,20 +148,37 @@ impl KeyMaterial {
         even: Option<&[u8]>,
         odd: Option<&[u8]>,
     ) -> Result<KeyMaterial, KmError> {
-        let keys: Vec<&[u8]> = even.iter().chain(odd.iter()).copied().collect();
-        let key_len = keys.first().map_or(0, |k| k.len());
-        if keys.is_empty() || keys.iter().any(|k| k.len() != key_len) {
-            return Err(KmError::Malformed("keys missing or of different lengths"));
+        let key_len = even.or(odd).map_or(0, <[u8]>::len);
+        let mut raw = RawKeys::new(key_len)?;
+        raw.set(Parity::Even, even)?;
+        raw.set(Parity::Odd, odd)?;
+        KeyMaterial::seal_with(&Kek::derive(passphrase, &salt, key_len)?, salt, &raw)
+    }
+
+    /// Wraps `keys` under `kek` (derived for `salt`): no PBKDF2 when the KEK is kept.
+    pub fn seal_with(
+        kek: &Kek,
+        salt: [u8; SALT_LEN],
+        keys: &RawKeys,
+    ) -> Result<KeyMaterial, KmError> {
+        let mut plain = [0u8; 64];
+        let mut n = 0;
+        for p in [Parity::Even, Parity::Odd] {
+            if let Some(k) = keys.get(p) {
+                plain[n..n + k.len()].copy_from_slice(k);
+                n += k.len();
+            }
         }
-        let plain: Vec<u8> = keys.concat();
-        let kek = Kek::derive(passphrase, &salt, key_len)?;
-        let mut wrap = vec![0; plain.len() + WRAP_OVERHEAD];
-        kek.wrap(&plain, &mut wrap)?;
-        let flags = u8::from(even.is_some()) | u8::from(odd.is_some()) << 1;
+        if n == 0 || kek.len != keys.len {
+            return Err(KmError::Malformed("no key, or a KEK of another length"));
+        }
+        let mut wrap = vec![0; n + WRAP_OVERHEAD];
+        kek.wrap(&plain[..n], &mut wrap)?;
+        let flags = u8::from(keys.even.is_some()) | u8::from(keys.odd.is_some()) << 1;
         Ok(KeyMaterial {
             flags,
             salt,
-            key_len,
+            key_len: keys.len,
             wrap,
         })
     }
@@ -174,30 +198,103 @@ impl KeyMaterial {
     /// The stream key(s), unwrapped with the key `passphrase` derives.
     pub fn open(&self, passphrase: &[u8]) -> Result<StreamKeys, KmError> {
         let kek = Kek::derive(passphrase, &self.salt, self.key_len)?;
+        StreamKeys::new(self.salt, &self.unwrap(&kek)?)
+    }
+
+    /// The stream key(s) as bytes, unwrapped with `kek`; a failed check is BADSECRET.
+    pub fn unwrap(&self, kek: &Kek) -> Result<RawKeys, KmError> {
+        if kek.len != self.key_len {
+            return Err(KmError::Malformed("a KEK of another length"));
+        }
         let mut plain = [0u8; 64];
         let plain = kek.unwrap(&self.wrap, &mut plain[..self.wrap.len() - WRAP_OVERHEAD])?;
         let mut keys = plain.chunks_exact(self.key_len);
-        let mut next = |present: bool| -> Result<Option<Sek>, KmError> {
-            present
-                .then(|| Sek::new(keys.next().expect("sized by flags")))
-                .transpose()
-        };
-        Ok(StreamKeys {
-            salt: self.salt,
-            even: next(self.flags & 1 != 0)?,
-            odd: next(self.flags & 2 != 0)?,
-        })
+        let mut raw = RawKeys::new(self.key_len)?;
+        for (bit, p) in [(1, Parity::Even), (2, Parity::Odd)] {
+            if self.flags & bit != 0 {
+                raw.set(p, keys.next())?;
+            }
+        }
+        Ok(raw)
     }
 }
 
-/// The key-encrypting key.
-struct Kek {
+/// Stream keys as bytes, before expansion: what keying material wraps.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawKeys {
+    len: usize,
+    even: Option<[u8; 32]>,
+    odd: Option<[u8; 32]>,
+}
+
+impl RawKeys {
+    /// No key yet; keys of `len` bytes (16, 24 or 32).
+    pub fn new(len: usize) -> Result<RawKeys, KmError> {
+        if ![16, 24, 32].contains(&len) {
+            return Err(KmError::Malformed("key length not 16, 24 or 32"));
+        }
+        Ok(RawKeys {
+            len,
+            even: None,
+            odd: None,
+        })
+    }
+
+    pub fn key_len(&self) -> usize {
+        self.len
+    }
+
+    pub fn get(&self, parity: Parity) -> Option<&[u8]> {
+        self.slot(parity).as_ref().map(|k| &k[..self.len])
+    }
+
+    /// Sets or removes the key of `parity`.
+    pub fn set(&mut self, parity: Parity, key: Option<&[u8]>) -> Result<(), KmError> {
+        let len = self.len;
+        *self.slot_mut(parity) = match key {
+            Some(k) if k.len() == len => {
+                let mut b = [0u8; 32];
+                b[..len].copy_from_slice(k);
+                Some(b)
+            }
+            Some(_) => return Err(KmError::Malformed("keys of different lengths")),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// A fresh random key for `parity` (from the OS-seeded CSPRNG, as libsrt's PRNG).
+    pub fn generate(&mut self, parity: Parity) {
+        use rand::RngCore;
+        let mut b = [0u8; 32];
+        rand::rng().fill_bytes(&mut b[..self.len]);
+        *self.slot_mut(parity) = Some(b);
+    }
+
+    fn slot(&self, parity: Parity) -> &Option<[u8; 32]> {
+        match parity {
+            Parity::Even => &self.even,
+            Parity::Odd => &self.odd,
+        }
+    }
+
+    fn slot_mut(&mut self, parity: Parity) -> &mut Option<[u8; 32]> {
+        match parity {
+            Parity::Even => &mut self.even,
+            Parity::Odd => &mut self.odd,
+        }
+    }
+}
+
+/// The key-encrypting key (PBKDF2 of the passphrase and salt: kept, since deriving it
+/// costs 0.2 to 0.4 ms).
+pub struct Kek {
     bytes: [u8; 32],
     len: usize,
 }
 
 impl Kek {
-    fn derive(passphrase: &[u8], salt: &[u8; SALT_LEN], len: usize) -> Result<Kek, KmError> {
+    pub fn derive(passphrase: &[u8], salt: &[u8; SALT_LEN], len: usize) -> Result<Kek, KmError> {
         let mut bytes = [0u8; 32];
         let out = bytes
             .get_mut(..len)
@@ -317,6 +414,16 @@ pub struct StreamKeys {
 }
 
 impl StreamKeys {
+    /// `keys` expanded, under `salt`.
+    pub fn new(salt: [u8; SALT_LEN], keys: &RawKeys) -> Result<StreamKeys, KmError> {
+        let expand = |p| keys.get(p).map(Sek::new).transpose();
+        Ok(StreamKeys {
+            salt,
+            even: expand(Parity::Even)?,
+            odd: expand(Parity::Odd)?,
+        })
+    }
+
     /// Takes a refresh: the keys it carries replace those of their parity; a key it does
     /// not carry stays (libsrt announces the next key before it switches, and packets under
     /// the old one may still be retransmitted). A new salt replaces everything.

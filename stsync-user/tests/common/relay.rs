@@ -34,6 +34,9 @@ pub struct RelayOpts {
     pub http_shutdown_timeout_ms: Option<u64>,
     /// RLIMIT_NOFILE (soft and hard) the relay runs under.
     pub nofile: Option<u64>,
+    /// The relay's schedule for encrypted viewers' keys (config.json).
+    pub kmrefreshrate: Option<u64>,
+    pub kmpreannounce: Option<u64>,
 }
 
 impl Default for RelayOpts {
@@ -56,6 +59,8 @@ impl Default for RelayOpts {
             stream_delays: Vec::new(),
             rust_log: None,
             passphrases: Vec::new(),
+            kmrefreshrate: None,
+            kmpreannounce: None,
             http_header_timeout_ms: None,
             http_idle_timeout_ms: None,
             http_shutdown_timeout_ms: None,
@@ -145,6 +150,8 @@ impl Relay {
             ("http_header_timeout_ms", opts.http_header_timeout_ms),
             ("http_idle_timeout_ms", opts.http_idle_timeout_ms),
             ("http_shutdown_timeout_ms", opts.http_shutdown_timeout_ms),
+            ("kmrefreshrate", opts.kmrefreshrate),
+            ("kmpreannounce", opts.kmpreannounce),
         ] {
             if let Some(v) = v {
                 m.insert(k.to_string(), serde_json::json!(v));

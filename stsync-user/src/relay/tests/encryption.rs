@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::srt::crypto::{KeyMaterial, Parity};
+use encryption::KeySchedule;
 
 const PUBLISH: &str = "publisher-secret-1";
 const VIEW: &str = "viewer-secret-22";
@@ -380,4 +381,145 @@ fn a_stream_that_sets_a_key_length_takes_no_other() {
     assert_eq!(short.connect(&mut w, &key), Err(1011));
     let mut long = Caller::encrypting(1002, 0, VIEW, 32);
     assert_eq!(long.connect(&mut w, &key), Ok(()));
+}
+
+impl Caller {
+    /// Takes the keys the relay announced (SRT_CMD_KMREQ) in `got`, opened with
+    /// `passphrase`, answering each with KMRSP as libsrt does; returns the KF flags of each.
+    fn take_announcements(&mut self, w: &mut World, got: &[Got], passphrase: &str) -> Vec<u8> {
+        let mut flags = Vec::new();
+        for g in got {
+            let Got::Ctrl {
+                typ: ctrl::USER_DEFINED,
+                subtype: 3,
+                body,
+                ..
+            } = g
+            else {
+                continue;
+            };
+            let km = KeyMaterial::parse(body).unwrap();
+            flags.push(km.flags);
+            let new = km
+                .open(passphrase.as_bytes())
+                .expect("the viewer's passphrase");
+            self.km.as_mut().unwrap().1.refresh(new);
+            let words: Vec<u32> = body
+                .chunks(4)
+                .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+                .collect();
+            let mut b = Vec::new();
+            write_control(&mut b, ctrl::USER_DEFINED, 0, 0, self.relay_id, &words);
+            b[2..4].copy_from_slice(&4u16.to_be_bytes()); // SRT_CMD_KMRSP
+            w.send(self.addr, &b);
+        }
+        flags
+    }
+}
+
+/// The relay rotates an encrypted viewer's key on its own schedule (here every 10 packets,
+/// announced 3 ahead): the viewer is told each next key before it is used and decrypts every
+/// packet; a retransmission after a switch goes under its original's key with its
+/// original's ciphertext; one whose key was since retired is dropped (DROPREQ), not sent
+/// under a key the viewer no longer has.
+#[test]
+fn a_viewers_key_rotates_on_the_relays_schedule() {
+    let mut w = World::with_passphrases(None, Some(VIEW));
+    w.relay.cfg.key_schedule = KeySchedule {
+        refresh_rate: 10,
+        pre_announce: 3,
+    };
+    let mut v = Caller::encrypting(1001, 0, VIEW, 24);
+    let mut p = Caller::new(2000, 0);
+    v.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    let mut parities = Vec::new();
+    let mut announced = Vec::new();
+    let mut originals = Vec::new();
+    for i in 0..30u32 {
+        p.data(&mut w, Seq::new(i), i * 1000, &[i as u8; 188]);
+        let got = w.take(v.addr);
+        for (seq, plain, parity) in opened(&v, &got) {
+            assert_eq!(plain, vec![seq as u8; 188], "packet {seq} decrypts");
+            parities.push(parity.unwrap());
+        }
+        originals.extend(got.iter().cloned());
+        announced.extend(v.take_announcements(&mut w, &got, VIEW));
+        if i == 21 {
+            // Packet 15 went under the odd key, which is kept until packet 23.
+            v.nak(&mut w, 15, 15);
+            let again = w.take(v.addr);
+            let pick = |got: &[Got]| {
+                got.iter().find_map(|g| match g {
+                    Got::Data {
+                        seq, msg, payload, ..
+                    } if seq.get() == 15 => Some((*msg & !MSG_REXMIT_FLAG, payload.clone())),
+                    _ => None,
+                })
+            };
+            assert_eq!(pick(&again), pick(&originals), "same key, same ciphertext");
+            assert_eq!(Parity::of_msg(pick(&again).unwrap().0), Some(Parity::Odd));
+        }
+    }
+    use Parity::*;
+    assert_eq!(parities, [[Even; 10], [Odd; 10], [Even; 10]].concat());
+    // Both keys announced before each switch (KF 3), the old one retired after (KF 2, 1).
+    assert_eq!(announced, [3, 2, 3, 1, 3]);
+    // Packet 5's even key was replaced at packet 17: not resent, dropped.
+    v.nak(&mut w, 5, 5);
+    let got = w.take(v.addr);
+    assert!(data(&got).is_empty(), "nothing resent under a retired key");
+    assert_eq!(ctrl(&got, ctrl::DROPREQ).len(), 1);
+}
+
+/// A viewer that does not answer an announcement gets it again (after 1.5 RTT, 20 ms at
+/// least, from the sweep while no data flows), ten times at most; one that refuses its new
+/// keys is cut off.
+#[test]
+fn key_announcements_are_resent_while_unanswered_and_a_refusal_cuts_the_viewer_off() {
+    let mut w = World::with_passphrases(None, Some(VIEW));
+    w.relay.cfg.key_schedule = KeySchedule {
+        refresh_rate: 10,
+        pre_announce: 3,
+    };
+    let mut v = Caller::encrypting(1001, 0, VIEW, 16);
+    let mut p = Caller::new(2000, 0);
+    v.join(&mut w, "request");
+    p.join(&mut w, "publish");
+    for i in 0..8u32 {
+        p.data(&mut w, Seq::new(i), i * 1000, &[1; 188]);
+    }
+    let kmreq = |got: &[Got]| {
+        got.iter()
+            .filter(|g| {
+                matches!(
+                    g,
+                    Got::Ctrl {
+                        typ: ctrl::USER_DEFINED,
+                        subtype: 3,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(kmreq(&w.take(v.addr)), 1, "announced at packet 7");
+    let mut resent = 0;
+    for _ in 0..30 {
+        w.advance(Duration::from_millis(100));
+        resent += kmreq(&w.take(v.addr));
+        v.ack(&mut w, 8);
+    }
+    assert_eq!(resent, 9, "ten sends in all");
+    // The next announcement (the retirement after the switch) refused: cut off.
+    for i in 8..14u32 {
+        p.data(&mut w, Seq::new(i), i * 1000, &[1; 188]);
+    }
+    assert_eq!(kmreq(&w.take(v.addr)), 1);
+    let mut b = Vec::new();
+    write_control(&mut b, ctrl::USER_DEFINED, 0, 0, v.relay_id, &[4]);
+    b[2..4].copy_from_slice(&4u16.to_be_bytes());
+    w.send(v.addr, &b);
+    assert_eq!(w.dropped("key_refresh_refused"), 1);
+    assert_eq!(w.relay.connection_count(), 1, "only the publisher is left");
 }

@@ -32,6 +32,8 @@ enum Got {
     },
     Ctrl {
         typ: u16,
+        /// The extended type's subtype (SRT_CMD_*).
+        subtype: u16,
         info: u32,
         ts: u32,
         body: Vec<u8>,
@@ -57,6 +59,7 @@ impl World {
                 handshakes_per_sec: 50,
             },
             session_ttl: Duration::from_secs(300),
+            key_schedule: Default::default(),
         };
         let streams = vec![StreamConfig {
             resource: "1".to_string(),
@@ -165,6 +168,7 @@ impl World {
                     );
                     Got::Ctrl {
                         typ: c.typ,
+                        subtype: c.subtype,
                         info: c.info,
                         ts: c.ts,
                         body: c.body.to_vec(),
