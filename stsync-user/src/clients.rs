@@ -15,6 +15,8 @@ pub struct Target {
     pub mode: Mode,
     /// The passphrase the connection encrypts with (SRT's `passphrase`), if any.
     pub passphrase: Option<String>,
+    /// The AES key length (bytes) it encrypts with (SRT's `pbkeylen`), if it says.
+    pub pbkeylen: Option<u8>,
 }
 
 impl Target {
@@ -31,10 +33,13 @@ impl Target {
     /// `srt://host:port?streamid=#!::…` (libsrt-based clients parse the query themselves,
     /// so the `#` stays literal).
     pub fn url(&self) -> String {
-        let secret = self
+        let mut secret = self
             .passphrase
             .as_ref()
             .map_or(String::new(), |p| format!("&passphrase={p}"));
+        if let Some(n) = self.pbkeylen {
+            secret += &format!("&pbkeylen={n}");
+        }
         format!(
             "srt://{}:{}?streamid={}{secret}",
             self.host,
@@ -63,11 +68,15 @@ pub fn invocations(t: &Target, input: &str) -> Vec<Invocation> {
     let url = t.url();
     let sid = t.stream_id();
     let addr = format!("srt://{}:{}", t.host, t.port);
-    // GStreamer and VLC take the passphrase as an option of their own.
-    let (gst_secret, vlc_secret) = match &t.passphrase {
+    // GStreamer and VLC take the passphrase and key length as options of their own.
+    let (mut gst_secret, mut vlc_secret) = match &t.passphrase {
         Some(p) => (format!(" passphrase={p}"), format!(" --passphrase={p}")),
         None => (String::new(), String::new()),
     };
+    if let Some(n) = t.pbkeylen {
+        gst_secret += &format!(" pbkeylen={n}");
+        vlc_secret += &format!(" --key-length={n}");
+    }
     let inv = |client, text: String| Invocation { client, text };
     match t.mode {
         Mode::Publish => vec![
@@ -125,6 +134,7 @@ mod tests {
             key: "91bf7a9ed500c8ce".into(),
             mode: Mode::Request,
             passphrase: None,
+            pbkeylen: None,
         };
         assert_eq!(
             t.url(),
@@ -148,17 +158,18 @@ mod tests {
         );
         assert!(publish[0].text.starts_with("ffmpeg -re -i in.ts"));
         assert!(publish.iter().any(|i| i.client == "obs"));
-        // An encrypted session: every client gets its passphrase.
+        // An encrypted session: every client gets its passphrase and key length.
         let secret = Target {
             passphrase: Some("0123456789abcdef".into()),
+            pbkeylen: Some(24),
             ..t
         };
         assert!(secret
             .url()
-            .ends_with("m=request&passphrase=0123456789abcdef"));
+            .ends_with("m=request&passphrase=0123456789abcdef&pbkeylen=24"));
         for i in invocations(&secret, "-") {
             assert!(
-                i.text.contains("0123456789abcdef"),
+                i.text.contains("0123456789abcdef") && i.text.contains("24"),
                 "{}: {}",
                 i.client,
                 i.text
@@ -178,6 +189,7 @@ mod tests {
                 key: "<key>".into(),
                 mode,
                 passphrase: None,
+                pbkeylen: None,
             };
             for i in invocations(&t, "input.ts") {
                 if i.client == "obs" {

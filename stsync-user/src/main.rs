@@ -70,6 +70,10 @@ enum Cmd {
         /// connection encrypts with it (instead of the stream's, if any).
         #[arg(long)]
         encrypt: bool,
+        /// With `--encrypt`: the AES key length in bytes the printed commands ask for (16,
+        /// 24 or 32; default: the stream's `pbkeylen`, else 16).
+        #[arg(long, value_parser = ["16", "24", "32"])]
+        pbkeylen: Option<String>,
     },
 }
 
@@ -128,16 +132,19 @@ mod session {
             input,
             client,
             encrypt,
+            pbkeylen,
         } = cmd;
         let resource = normalize_hex(&stream).context("the stream id must be hex")?;
+        let configured = cfg.streams.iter().find(|s| s.id == resource);
         let token = match token {
             Some(t) => t,
-            None => cfg
-                .streams
-                .iter()
-                .find(|s| s.id == resource)
+            None => configured
                 .map(|s| s.token.clone())
                 .with_context(|| format!("stream {resource} is not in the config; pass --token"))?,
+        };
+        let pbkeylen = match pbkeylen {
+            Some(n) => n.parse()?,
+            None => configured.and_then(|s| s.pbkeylen).unwrap_or(16),
         };
         let http = http.unwrap_or_else(|| local(cfg.http_listen));
         let (key, passphrase) = mint(http, &resource, &token, encrypt)?;
@@ -154,6 +161,7 @@ mod session {
                 SessionMode::View => Mode::Request,
                 SessionMode::Publish => Mode::Publish,
             },
+            pbkeylen: passphrase.as_ref().map(|_| pbkeylen),
             passphrase,
         };
         let all = invocations(&t, &input);

@@ -43,6 +43,7 @@ fn session_command(
             input,
         ])
         .args(more)
+        .args(key_length(client, mode, more))
         .output()
         .expect("run stsync-proxy session");
     assert!(
@@ -53,6 +54,23 @@ fn session_command(
     let text = String::from_utf8(out.stdout).unwrap().trim().to_string();
     eprintln!("[session] {client} {mode}: {text}");
     text
+}
+
+/// With `--encrypt`, each client asks for its own AES key length, so that between the
+/// viewer and publisher tests every client encrypts with at least two of 128/192/256 and
+/// each length is seen live.
+fn key_length(client: &str, mode: &str, more: &[&str]) -> Vec<String> {
+    if !more.contains(&"--encrypt") {
+        return Vec::new();
+    }
+    let bytes = match (client, mode) {
+        ("vlc", _) => 16,
+        ("gstreamer", "view") | ("ffmpeg", "publish") | ("srt-live-transmit", "view") => 32,
+        ("ffplay", _) | ("gstreamer", _) => 24,
+        ("ffmpeg", _) => 24,
+        _ => 16,
+    };
+    vec!["--pbkeylen".into(), bytes.to_string()]
 }
 
 /// Runs a printed command line through `sh -c` (optionally as `nobody`), in its own
@@ -218,6 +236,19 @@ fn viewers_play_the_stream(test: &str, more: &[&str]) {
     for n in ["gst.ts", "slt.ts"] {
         assert_contiguous(n, &std::fs::read(file(n)).unwrap_or_default(), c, whole);
     }
+    if more.contains(&"--encrypt") {
+        // Each viewer encrypted with the key length its command asked for.
+        let log = relay.log();
+        for bits in [128, 192, 256] {
+            let field = format!("aes_bits={bits}");
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("mode=\"request\"") && l.trim_end().ends_with(&field)),
+                "no AES-{bits} viewer in the relay's log:\n{}",
+                tail_lines(&log, 20)
+            );
+        }
+    }
     // Remuxers: decodable, every frame.
     let nref = c.reference_frames().len();
     for n in ["vlc.ts", "ffmpeg.ts"] {
@@ -335,6 +366,19 @@ fn publishers_feed_the_stream(test: &str, more: &[&str]) {
         let frames = decode_frames_of_file(&v.out);
         let nref = c.reference_frames().len();
         assert_frames_tail(client, &frames, c, nref * 95 / 100, 3, 2);
+        if more.contains(&"--encrypt") {
+            let bits = key_length(client, "publish", more)[1]
+                .parse::<usize>()
+                .unwrap()
+                * 8;
+            assert!(
+                relay
+                    .log()
+                    .lines()
+                    .any(|l| l.trim_end().ends_with(&format!("aes_bits={bits}"))),
+                "{client} publisher not AES-{bits}"
+            );
+        }
         record_result(&format!(
             "clients: {client} published, viewer got {} bytes, {} frames",
             got.len(),

@@ -169,7 +169,7 @@ impl Relay {
             resource = %sid.resource,
             mode = sid.mode.as_str(),
             latency_ms = rcv_latency.max(snd_latency),
-            encrypted,
+            aes_bits = encryption.as_ref().map_or(0, |e| e.keys.key_len() * 8),
             "connection accepted"
         );
         let conn = Conn {
