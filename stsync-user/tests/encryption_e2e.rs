@@ -36,7 +36,8 @@ fn secret(url: &str, passphrase: &str, pbkeylen: u32) -> String {
     format!("{url}&passphrase={passphrase}&pbkeylen={pbkeylen}")
 }
 
-/// Stream 1: an AES-128 publisher, a clear srt-live-transmit viewer. Stream 2: an AES-256
+/// Stream 1: an AES-128 publisher, a clear srt-live-transmit viewer and, at once, an
+/// AES-192 one with a per-session passphrase. Stream 2: an AES-256
 /// publisher that refreshes its key every 500 packets, srt-live-transmit viewers with AES-128 and AES-192 keys of their own and an
 /// ffmpeg viewer with AES-256. Every viewer's output is the clip, byte for byte (ffmpeg's
 /// continuous). Returns the relay's metrics after the run.
@@ -45,6 +46,15 @@ fn encrypted_streams(relay: &Relay, ns: Option<&str>, label: &str) -> String {
     let dir = TempDir::new(label);
     let v = |stream: &str| relay.viewer_url(stream);
     let mut clear = SltViewer::start_opts(&dir, "clear-1", &v("1"), ns, false);
+    let own = relay
+        .api(Some("1"), |c| c.create_encrypted_session("1"))
+        .expect("an encrypted session");
+    let own_url = secret(
+        &relay.url("1", &own.session_id, "request"),
+        own.passphrase.as_deref().unwrap(),
+        24,
+    );
+    let mut own1 = SltViewer::start_opts(&dir, "aes192-own-1", &own_url, ns, false);
     let mut a128 = SltViewer::start_opts(&dir, "aes128-2", &secret(&v("2"), VIEW_2, 16), ns, false);
     let mut a192 = SltViewer::start_opts(&dir, "aes192-2", &secret(&v("2"), VIEW_2, 24), ns, false);
     let mut ff = FfmpegViewer::start(
@@ -73,14 +83,14 @@ fn encrypted_streams(relay: &Relay, ns: Option<&str>, label: &str) -> String {
         refreshed >= 3,
         "{label}: {refreshed} key refreshes followed"
     );
-    // Three encrypted viewers, each told of its next key and of its old one's retirement
+    // Four encrypted viewers, each told of its next key and of its old one's retirement
     // at least twice.
     let taken = log.matches("viewer took its new keys").count();
     assert!(
-        taken >= 3 * 4,
+        taken >= 4 * 4,
         "{label}: {taken} key changes taken by viewers"
     );
-    for v in [&mut clear, &mut a128, &mut a192] {
+    for v in [&mut clear, &mut own1, &mut a128, &mut a192] {
         v.assert_running("after the publishers left");
         v.stop();
     }
@@ -94,6 +104,12 @@ fn encrypted_streams(relay: &Relay, ns: Option<&str>, label: &str) -> String {
     assert_contiguous(
         &format!("{label}: clear viewer of an AES-128 publisher"),
         &clear.output(),
+        c,
+        all,
+    );
+    assert_contiguous(
+        &format!("{label}: AES-192 viewer (own passphrase) of an AES-128 publisher"),
+        &own1.output(),
         c,
         all,
     );
