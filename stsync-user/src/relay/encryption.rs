@@ -202,10 +202,14 @@ impl Encryption {
     /// `ANNOUNCE_TRIES` times; then the viewer is left to fail on the next key).
     pub fn due(&mut self, now: Instant, rtt: Duration) -> Option<&[u32]> {
         let r = self.rotation.as_deref_mut()?;
-        let wait = (rtt * 3 / 2).max(ANNOUNCE_RETRY_FLOOR);
-        match &r.pending {
-            Some(a) if a.sent_at.is_some_and(|t| now < t + wait) => return None,
-            Some(a) if a.tries_left == 0 => {
+        match r.pending.as_ref()? {
+            a if a
+                .sent_at
+                .is_some_and(|t| now < t + (rtt * 3 / 2).max(ANNOUNCE_RETRY_FLOOR)) =>
+            {
+                return None
+            }
+            a if a.tries_left == 0 => {
                 warn!("viewer never answered its new keys");
                 r.pending = None;
                 return None;
@@ -306,11 +310,14 @@ impl Relay {
 
 /// Queues `conn`'s key announcement (SRT_CMD_KMREQ) if one is due.
 pub(super) fn send_announcement(out: &mut Outbox, conn: &mut Conn, now: Instant) {
-    let rtt = Duration::from_micros(conn.stats.rtt_us);
-    let ts = conn.clock(now);
-    let Some(words) = conn.encryption.as_deref_mut().and_then(|e| e.due(now, rtt)) else {
+    // On every packet to every viewer: nothing is computed for a clear one.
+    let Some(e) = conn.encryption.as_deref_mut() else {
         return;
     };
+    let Some(words) = e.due(now, Duration::from_micros(conn.stats.rtt_us)) else {
+        return;
+    };
+    let ts = now.saturating_duration_since(conn.start).as_micros() as u32;
     let len = out.push_control_ext(conn.peer, SRT_CMD_KMREQ, ts, conn.peer_id, words);
     conn.last_sent = now;
     conn.stats.sent_control(len);
