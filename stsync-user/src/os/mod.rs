@@ -6,6 +6,7 @@ pub mod clock;
 pub mod mmsg;
 pub mod netns;
 pub mod proc;
+pub mod reuseport;
 pub mod udp;
 
 pub use netns::in_netns;
