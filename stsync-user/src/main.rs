@@ -263,6 +263,15 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         rand::random(),
         Instant::now(),
     );
+    // Before binding anything: a certificate that cannot be served stops the start.
+    let tls = match cfg.tls() {
+        Some((cert, key)) => Some(
+            stsync_user::tls::server_config(cert, key)
+                .context("cannot serve the API over HTTPS (config.json `tls_cert`, `tls_key`)")?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let socket = udp_socket(cfg.srt_listen)?;
     let http_listener = std::net::TcpListener::bind(cfg.http_listen)
         .with_context(|| format!("cannot bind HTTP listener {}", cfg.http_listen))?;
@@ -295,7 +304,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     };
     info!(
         srt = %socket.local_addr()?,
-        http = %http_listener.local_addr()?,
+        api = %format_args!("{scheme}://{}", http_listener.local_addr()?),
         streams = entries.len(),
         "stsync-proxy listening, datapath={}",
         dp.kind()
@@ -312,6 +321,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         idle_timeout: Duration::from_millis(cfg.http_idle_timeout_ms),
         shutdown_timeout: Duration::from_millis(cfg.http_shutdown_timeout_ms),
         max_connections: http::connection_cap(nofile),
+        tls,
     };
     info!(
         max_connections = http_opts.max_connections,
