@@ -53,9 +53,16 @@ enum Cmd {
         /// machine's host name when it listens on every address).
         #[arg(long)]
         host: Option<String>,
-        /// The relay's HTTP address (default: `http_listen`, 127.0.0.1 for 0.0.0.0).
-        #[arg(long)]
-        http: Option<std::net::SocketAddr>,
+        /// The relay's API: `https://HOST:PORT`, `http://HOST:PORT`, or `HOST:PORT` (plain
+        /// HTTP). Default: `http_listen` (127.0.0.1 for 0.0.0.0), over HTTPS when the config
+        /// has `tls_cert`, accepting exactly that certificate.
+        #[arg(long, alias = "http", value_name = "URL")]
+        api: Option<String>,
+        /// For an https API: trust the certificates in this PEM file (the CA that issued the
+        /// relay's certificate, or a self-signed certificate itself) instead of the built-in
+        /// Mozilla roots, as curl's `--cacert` does.
+        #[arg(long, value_name = "PATH")]
+        cacert: Option<PathBuf>,
         /// Bearer token (default: the stream's token in the config).
         #[arg(long)]
         token: Option<String>,
@@ -113,6 +120,7 @@ mod session {
     use super::{Cmd, SessionMode};
     use anyhow::{bail, Context};
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::path::PathBuf;
     use stsync_user::api::Client;
     use stsync_user::clients::{invocations, Target};
     use stsync_user::config::Config;
@@ -123,7 +131,8 @@ mod session {
             stream,
             mode,
             host,
-            http,
+            api,
+            cacert,
             token,
             input,
             client,
@@ -139,8 +148,8 @@ mod session {
                 .map(|s| s.token.clone())
                 .with_context(|| format!("stream {resource} is not in the config; pass --token"))?,
         };
-        let http = http.unwrap_or_else(|| local(cfg.http_listen));
-        let (key, passphrase) = mint(http, &resource, &token, encrypt)?;
+        let api = api_client(cfg, api, cacert, &token)?;
+        let (key, passphrase) = mint(&api, &resource, encrypt)?;
         let host = host.unwrap_or_else(|| match cfg.srt_listen.ip() {
             ip if ip.is_unspecified() => hostname().unwrap_or_else(|| "127.0.0.1".into()),
             ip => ip.to_string(),
@@ -178,6 +187,53 @@ mod session {
         Ok(())
     }
 
+    /// The relay's API with `token`: at `api` if given, else at the config's `http_listen`;
+    /// an https one checked against `cacert`, else (the config's address) against exactly
+    /// the config's `tls_cert`: this host dials the relay's local address, which a
+    /// certificate made for its public name does not list.
+    fn api_client(
+        cfg: &Config,
+        api: Option<String>,
+        cacert: Option<PathBuf>,
+        token: &str,
+    ) -> anyhow::Result<Client> {
+        let (url, own_cert) = match api {
+            Some(a) => (api_url(&a)?, None),
+            None => {
+                let addr = local(cfg.http_listen);
+                match cfg.tls_cert.as_deref() {
+                    Some(cert) => (format!("https://{addr}"), Some(cert)),
+                    None => (format!("http://{addr}"), None),
+                }
+            }
+        };
+        let tls = match (cacert, own_cert) {
+            (Some(_), _) if !url.starts_with("https://") => {
+                bail!("--cacert is for an https:// API; {url} is plain HTTP")
+            }
+            (Some(ca), _) => Some(stsync_user::tls::trusting(&ca)?),
+            (None, Some(cert)) => {
+                Some(stsync_user::tls::pinned(cert).context("the config's `tls_cert`, to trust")?)
+            }
+            (None, None) => None,
+        };
+        Ok(match tls {
+            Some(tls) => Client::with_tls(&url, Some(token), tls),
+            None => Client::new(&url, Some(token)),
+        })
+    }
+
+    /// `--api`: a URL, or `HOST:PORT` for plain HTTP.
+    fn api_url(a: &str) -> anyhow::Result<String> {
+        match a.split_once("://") {
+            Some(("http" | "https", rest)) if !rest.is_empty() => Ok(a.to_string()),
+            Some(_) => {
+                bail!("--api {a}: expected https://HOST:PORT, http://HOST:PORT or HOST:PORT")
+            }
+            None => Ok(format!("http://{a}")),
+        }
+    }
+
     /// An address that reaches a server listening on `a` from this host.
     fn local(a: SocketAddr) -> SocketAddr {
         if a.ip().is_unspecified() {
@@ -199,18 +255,29 @@ mod session {
 
     /// `POST /v1/streams/:id/sessions`: the new key, and its passphrase if `encrypt`.
     fn mint(
-        http: SocketAddr,
+        client: &Client,
         resource: &str,
-        token: &str,
         encrypt: bool,
     ) -> anyhow::Result<(String, Option<String>)> {
-        let client = Client::for_addr(http, Some(token));
         let created = if encrypt {
             client.create_encrypted_session(resource)
         } else {
             client.create_session(resource)
         }
-        .with_context(|| format!("minting a key for stream {resource} at {http}"))?;
+        .map_err(|e| {
+            // rustls refuses a server certificate marked as a CA (what `openssl req -x509`
+            // makes unless told otherwise); curl does not, so say what to change.
+            let hint = if e.to_string().contains("CaUsedAsEndEntity") {
+                " (the relay's certificate is marked as a CA, basicConstraints CA:TRUE, which \
+                 rustls does not take as a server's: make it with CA:FALSE, see README, HTTPS)"
+            } else {
+                ""
+            };
+            anyhow::Error::new(e).context(format!(
+                "minting a key for stream {resource} at {}{hint}",
+                client.base_url()
+            ))
+        })?;
         Ok((created.session_id, created.passphrase))
     }
 }
