@@ -4,7 +4,7 @@ use crate::srt::streamid::normalize_hex;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +53,13 @@ pub struct Config {
     /// as long after it (SRTO_KMPREANNOUNCE).
     #[serde(default = "defaults::kmpreannounce")]
     pub kmpreannounce: u32,
+    /// The API's certificate chain (PEM, leaf first) and private key (PEM): both set, the
+    /// API is served over HTTPS only; neither, plain HTTP. After `load`, relative paths are
+    /// resolved against the config file's directory.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     pub streams: Vec<StreamConfig>,
 }
 
@@ -154,7 +161,19 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+        let mut cfg = Self::parse(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        // Relative to the file, so the config means the same whatever the working directory.
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for p in [&mut cfg.tls_cert, &mut cfg.tls_key].into_iter().flatten() {
+            *p = dir.join(&*p);
+        }
+        Ok(cfg)
+    }
+
+    /// `(tls_cert, tls_key)` when the API is served over HTTPS.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
     }
 
     /// Parses and validates. serde's errors carry the line, column and field at fault; a
@@ -232,6 +251,26 @@ impl Config {
                         range.end()
                     ),
                 ));
+            }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls_cert",
+                    "is set without `tls_key`: set both (PEM files) for HTTPS, or neither",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls_key",
+                    "is set without `tls_cert`: set both (PEM files) for HTTPS, or neither",
+                ))
+            }
+            _ => {}
+        }
+        for (name, p) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)] {
+            if p.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(name, "is empty: the path of a PEM file"));
             }
         }
         if self.streams.is_empty() {
@@ -515,6 +554,7 @@ mod tests {
         assert_eq!(c.http_header_timeout_ms, 30_000);
         assert_eq!(c.http_idle_timeout_ms, 30_000);
         assert_eq!(c.http_shutdown_timeout_ms, 3_000);
+        assert!(c.tls().is_none(), "plain HTTP by default");
         assert!(c.weak_tokens().is_empty());
     }
 
@@ -694,6 +734,48 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((d.kmrefreshrate, d.kmpreannounce), (1 << 24, 1 << 12));
+    }
+
+    #[test]
+    fn tls_cert_and_key_come_together() {
+        let cfg = |fields: &str| {
+            format!(
+                "{{\n  \"http_listen\": \"127.0.0.1:1\",\n  {fields},\n  \
+                 \"streams\": [{{ \"id\": \"1\", \"token\": \"{STRONG}\" }}]\n}}"
+            )
+        };
+        let e = err(&cfg(r#""tls_cert": "cert.pem""#));
+        assert!(
+            e.contains("field `tls_cert` at line 3") && e.contains("without `tls_key`"),
+            "{e}"
+        );
+        let e = err(&cfg(r#""tls_key": "key.pem""#));
+        assert!(
+            e.contains("field `tls_key` at line 3") && e.contains("without `tls_cert`"),
+            "{e}"
+        );
+        let e = err(&cfg(r#""tls_cert": "", "tls_key": "key.pem""#));
+        assert!(
+            e.contains("field `tls_cert`") && e.contains("is empty"),
+            "{e}"
+        );
+        let c = Config::parse(&cfg(r#""tls_cert": "c.pem", "tls_key": "/etc/k.pem""#)).unwrap();
+        assert_eq!(c.tls(), Some((Path::new("c.pem"), Path::new("/etc/k.pem"))));
+    }
+
+    /// Relative PEM paths are the config file's neighbours, whatever the working directory.
+    #[test]
+    fn tls_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let text = format!(
+            r#"{{"tls_cert": "tls/cert.pem", "tls_key": "/abs/key.pem",
+                "streams": [{{"id": "1", "token": "{STRONG}"}}]}}"#
+        );
+        std::fs::write(&path, text).unwrap();
+        let c = Config::load(&path).unwrap();
+        let cert = dir.path().join("tls/cert.pem");
+        assert_eq!(c.tls(), Some((cert.as_path(), Path::new("/abs/key.pem"))));
     }
 
     #[test]

@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod os;
 pub mod relay;
 pub mod srt;
+pub mod tls;

@@ -53,9 +53,16 @@ enum Cmd {
         /// machine's host name when it listens on every address).
         #[arg(long)]
         host: Option<String>,
-        /// The relay's HTTP address (default: `http_listen`, 127.0.0.1 for 0.0.0.0).
-        #[arg(long)]
-        http: Option<std::net::SocketAddr>,
+        /// The relay's API: `https://HOST:PORT`, `http://HOST:PORT`, or `HOST:PORT` (plain
+        /// HTTP). Default: `http_listen` (127.0.0.1 for 0.0.0.0), over HTTPS when the config
+        /// has `tls_cert`, accepting exactly that certificate.
+        #[arg(long, alias = "http", value_name = "URL")]
+        api: Option<String>,
+        /// For an https API: trust the certificates in this PEM file (the CA that issued the
+        /// relay's certificate, or a self-signed certificate itself) instead of the built-in
+        /// Mozilla roots, as curl's `--cacert` does.
+        #[arg(long, value_name = "PATH")]
+        cacert: Option<PathBuf>,
         /// Bearer token (default: the stream's token in the config).
         #[arg(long)]
         token: Option<String>,
@@ -117,6 +124,7 @@ mod session {
     use super::{Cmd, SessionMode};
     use anyhow::{bail, Context};
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::path::PathBuf;
     use stsync_user::api::Client;
     use stsync_user::clients::{invocations, Target};
     use stsync_user::config::Config;
@@ -127,7 +135,8 @@ mod session {
             stream,
             mode,
             host,
-            http,
+            api,
+            cacert,
             token,
             input,
             client,
@@ -146,8 +155,8 @@ mod session {
             Some(n) => n.parse()?,
             None => configured.and_then(|s| s.pbkeylen).unwrap_or(16),
         };
-        let http = http.unwrap_or_else(|| local(cfg.http_listen));
-        let (key, passphrase) = mint(http, &resource, &token, encrypt)?;
+        let api = api_client(cfg, api, cacert, &token)?;
+        let (key, passphrase) = mint(&api, &resource, encrypt)?;
         let host = host.unwrap_or_else(|| match cfg.srt_listen.ip() {
             ip if ip.is_unspecified() => hostname().unwrap_or_else(|| "127.0.0.1".into()),
             ip => ip.to_string(),
@@ -186,6 +195,53 @@ mod session {
         Ok(())
     }
 
+    /// The relay's API with `token`: at `api` if given, else at the config's `http_listen`;
+    /// an https one checked against `cacert`, else (the config's address) against exactly
+    /// the config's `tls_cert`: this host dials the relay's local address, which a
+    /// certificate made for its public name does not list.
+    fn api_client(
+        cfg: &Config,
+        api: Option<String>,
+        cacert: Option<PathBuf>,
+        token: &str,
+    ) -> anyhow::Result<Client> {
+        let (url, own_cert) = match api {
+            Some(a) => (api_url(&a)?, None),
+            None => {
+                let addr = local(cfg.http_listen);
+                match cfg.tls_cert.as_deref() {
+                    Some(cert) => (format!("https://{addr}"), Some(cert)),
+                    None => (format!("http://{addr}"), None),
+                }
+            }
+        };
+        let tls = match (cacert, own_cert) {
+            (Some(_), _) if !url.starts_with("https://") => {
+                bail!("--cacert is for an https:// API; {url} is plain HTTP")
+            }
+            (Some(ca), _) => Some(stsync_user::tls::trusting(&ca)?),
+            (None, Some(cert)) => {
+                Some(stsync_user::tls::pinned(cert).context("the config's `tls_cert`, to trust")?)
+            }
+            (None, None) => None,
+        };
+        Ok(match tls {
+            Some(tls) => Client::with_tls(&url, Some(token), tls),
+            None => Client::new(&url, Some(token)),
+        })
+    }
+
+    /// `--api`: a URL, or `HOST:PORT` for plain HTTP.
+    fn api_url(a: &str) -> anyhow::Result<String> {
+        match a.split_once("://") {
+            Some(("http" | "https", rest)) if !rest.is_empty() => Ok(a.to_string()),
+            Some(_) => {
+                bail!("--api {a}: expected https://HOST:PORT, http://HOST:PORT or HOST:PORT")
+            }
+            None => Ok(format!("http://{a}")),
+        }
+    }
+
     /// An address that reaches a server listening on `a` from this host.
     fn local(a: SocketAddr) -> SocketAddr {
         if a.ip().is_unspecified() {
@@ -207,18 +263,29 @@ mod session {
 
     /// `POST /v1/streams/:id/sessions`: the new key, and its passphrase if `encrypt`.
     fn mint(
-        http: SocketAddr,
+        client: &Client,
         resource: &str,
-        token: &str,
         encrypt: bool,
     ) -> anyhow::Result<(String, Option<String>)> {
-        let client = Client::for_addr(http, Some(token));
         let created = if encrypt {
             client.create_encrypted_session(resource)
         } else {
             client.create_session(resource)
         }
-        .with_context(|| format!("minting a key for stream {resource} at {http}"))?;
+        .map_err(|e| {
+            // rustls refuses a server certificate marked as a CA (what `openssl req -x509`
+            // makes unless told otherwise); curl does not, so say what to change.
+            let hint = if e.to_string().contains("CaUsedAsEndEntity") {
+                " (the relay's certificate is marked as a CA, basicConstraints CA:TRUE, which \
+                 rustls does not take as a server's: make it with CA:FALSE, see README, HTTPS)"
+            } else {
+                ""
+            };
+            anyhow::Error::new(e).context(format!(
+                "minting a key for stream {resource} at {}{hint}",
+                client.base_url()
+            ))
+        })?;
         Ok((created.session_id, created.passphrase))
     }
 }
@@ -272,6 +339,15 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         rand::random(),
         Instant::now(),
     );
+    // Before binding anything: a certificate that cannot be served stops the start.
+    let tls = match cfg.tls() {
+        Some((cert, key)) => Some(
+            stsync_user::tls::server_config(cert, key)
+                .context("cannot serve the API over HTTPS (config.json `tls_cert`, `tls_key`)")?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let socket = udp_socket(cfg.srt_listen)?;
     let http_listener = std::net::TcpListener::bind(cfg.http_listen)
         .with_context(|| format!("cannot bind HTTP listener {}", cfg.http_listen))?;
@@ -304,7 +380,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     };
     info!(
         srt = %socket.local_addr()?,
-        http = %http_listener.local_addr()?,
+        api = %format_args!("{scheme}://{}", http_listener.local_addr()?),
         streams = entries.len(),
         "stsync-proxy listening, datapath={}",
         dp.kind()
@@ -321,6 +397,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         idle_timeout: Duration::from_millis(cfg.http_idle_timeout_ms),
         shutdown_timeout: Duration::from_millis(cfg.http_shutdown_timeout_ms),
         max_connections: http::connection_cap(nofile),
+        tls,
     };
     info!(
         max_connections = http_opts.max_connections,

@@ -57,8 +57,9 @@ enum Cmd {
 }
 
 /// Debian packages the integration tests drive: real SRT clients (srt-live-transmit,
-/// ffmpeg/ffplay, VLC, GStreamer), pacing, loss, namespaces.
+/// ffmpeg/ffplay, VLC, GStreamer), pacing, loss, namespaces, and curl against the HTTPS API.
 const TEST_PACKAGES: &[&str] = &[
+    "curl",
     "ffmpeg",
     "srt-tools",
     "pv",

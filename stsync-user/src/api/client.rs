@@ -21,7 +21,8 @@ pub enum ApiError {
     /// when that is not JSON).
     #[error("the relay answered {status}: {message}")]
     Status { status: u16, message: String },
-    /// No answer: connection refused, timed out, or not HTTP.
+    /// No answer: connection refused, timed out, not HTTP, or a TLS handshake that failed
+    /// (a certificate this client does not trust, say).
     #[error("cannot reach the relay's HTTP API: {0}")]
     Transport(Box<ureq::Transport>),
     /// An answer whose body is not what the endpoint returns.
@@ -64,10 +65,25 @@ pub struct Client {
 }
 
 impl Client {
-    /// `base_url` is e.g. `http://127.0.0.1:9998`.
+    /// `base_url` is e.g. `http://127.0.0.1:9998`, or `https://relay.example:9998`, whose
+    /// certificate is then checked against the Mozilla roots built in (webpki-roots).
     pub fn new(base_url: &str, token: Option<&str>) -> Client {
+        Client::build(base_url, token, ureq::AgentBuilder::new())
+    }
+
+    /// An `https://` API whose certificate `tls` checks (see `crate::tls::trusting` for a
+    /// CA file, `crate::tls::pinned` for the relay's own certificate).
+    pub fn with_tls(
+        base_url: &str,
+        token: Option<&str>,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Client {
+        Client::build(base_url, token, ureq::AgentBuilder::new().tls_config(tls))
+    }
+
+    fn build(base_url: &str, token: Option<&str>, agent: ureq::AgentBuilder) -> Client {
         Client {
-            agent: ureq::AgentBuilder::new()
+            agent: agent
                 .timeout_connect(CONNECT_TIMEOUT)
                 .timeout(REQUEST_TIMEOUT)
                 .build(),
@@ -76,7 +92,12 @@ impl Client {
         }
     }
 
-    /// The relay whose `http_listen` is `addr`.
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The relay whose `http_listen` is `addr`, over plain HTTP.
     pub fn for_addr(addr: SocketAddr, token: Option<&str>) -> Client {
         Client::new(&format!("http://{addr}"), token)
     }

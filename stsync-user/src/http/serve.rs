@@ -12,7 +12,10 @@
 //! - on shutdown, the listener closes, idle connections close, and whatever is still open
 //!   after the shutdown timeout is dropped;
 //! - hyper's own answers to unparsable requests (empty-bodied 400, 414, 431) are replaced by
-//!   JSON ones (`ConnIo`).
+//!   JSON ones (`ConnIo`);
+//! - with TLS, the handshake runs first, on the same connection slot and within the same
+//!   header timeout, and `ConnIo` sits on the TLS stream, so every limit above applies to
+//!   the requests as the client wrote them.
 
 use super::{error_body, MAX_HEAD_BYTES, MAX_URI_BYTES};
 use axum::http::StatusCode;
@@ -34,6 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 use tracing::{debug, info, warn};
 
@@ -53,6 +57,8 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_connections: usize,
+    /// Serve HTTPS with this (see `crate::tls::server_config`); `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The connection cap for a file-descriptor limit (RLIMIT_NOFILE): half of it, leaving the
@@ -213,12 +219,32 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let stream = Arc::new(stream);
     let answered = Arc::new(AtomicBool::new(false));
-    let io = ConnIo::new(stream.clone(), opts.idle_timeout, answered.clone());
+    let tcp = SharedTcp(stream.clone());
     let service = hyper::service::service_fn(move |req| {
         fresh.store(micros_since(epoch), Relaxed);
         let mut app = app.clone();
         async move { app.call(req).await }
     });
+    let transport: Box<dyn Transport> = match opts.tls.clone() {
+        None => Box::new(tcp),
+        Some(tls) => {
+            // Until the handshake is done the client has sent no request head: it is held
+            // to the header timeout, and meanwhile it is the stalest connection for
+            // `evict_stalest`. A peer that is not speaking TLS (plain HTTP to this port)
+            // fails here and is closed without an answer.
+            let handshake =
+                tokio::time::timeout(opts.header_timeout, TlsAcceptor::from(tls).accept(tcp));
+            tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => return debug!("TLS handshake failed: {e}"),
+                    Err(_) => return debug!("TLS handshake not done within the header timeout"),
+                },
+                () = stopped(stop.clone()) => return,
+            }
+        }
+    };
+    let io = ConnIo::new(transport, opts.idle_timeout, answered.clone());
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_timeout)
@@ -267,16 +293,92 @@ async fn linger(stream: &TcpStream) {
     .await;
 }
 
-/// The socket as hyper sees it. Besides moving bytes it:
+/// What `ConnIo` reads and writes: the TCP socket itself, or the TLS stream on it.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+/// The connection's socket as a byte stream, shared (`Arc`) so the connection task can
+/// still linger on it after hyper and TLS are done with it.
+struct SharedTcp(Arc<TcpStream>);
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl SharedTcp {
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match write(&self.0) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_with(cx, |s| s.try_write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_with(cx, |s| s.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match SockRef::from(&*self.0).shutdown(Shutdown::Write) {
+            Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// The connection as hyper sees it, above TLS if any. Besides moving bytes it:
 /// - fails the connection when no byte has moved either way for `idle` (hyper's own timer
 ///   covers only request heads);
 /// - writes a JSON answer in place of the empty-bodied 400, 414 or 431 that hyper sends on
 ///   its own when it cannot parse a request head;
 /// - records whether the last bytes it moved were an answer (`answered`, for `linger`).
-///
-/// It shares the socket (`Arc`) so the connection task can still linger after hyper is done.
 struct ConnIo {
-    stream: Arc<TcpStream>,
+    io: Box<dyn Transport>,
     idle: Duration,
     last_io: Instant,
     idle_timer: Pin<Box<Sleep>>,
@@ -294,10 +396,10 @@ struct Replacement {
 }
 
 impl ConnIo {
-    fn new(stream: Arc<TcpStream>, idle: Duration, answered: Arc<AtomicBool>) -> ConnIo {
+    fn new(io: Box<dyn Transport>, idle: Duration, answered: Arc<AtomicBool>) -> ConnIo {
         let now = Instant::now();
         ConnIo {
-            stream,
+            io,
             idle,
             last_io: now,
             idle_timer: Box::pin(tokio::time::sleep_until(now + idle)),
@@ -390,43 +492,29 @@ impl ConnIo {
             if r.sent == r.bytes.len() {
                 break Poll::Ready(Ok(()));
             }
-            match self.stream.poll_write_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
-                Poll::Pending => break self.poll_idle(cx).map(Err),
-            }
-            match self.stream.try_write(&r.bytes[r.sent..]) {
-                Ok(n) => {
+            match Pin::new(&mut self.io).poll_write(cx, &r.bytes[r.sent..]) {
+                Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
                     r.sent += n;
                     self.wrote_some(n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => break Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break self.poll_idle(cx).map(Err),
             }
         };
         self.replacement = Some(r);
         res
     }
 
-    fn poll_write_with(
+    /// A write, flush or shutdown of the transport; pending counts towards the idle timeout.
+    fn poll_io<T>(
         &mut self,
         cx: &mut Context<'_>,
-        write: impl Fn(&TcpStream) -> io::Result<usize>,
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            match self.stream.poll_write_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return self.poll_idle(cx).map(Err),
-            }
-            match write(&self.stream) {
-                Ok(n) => {
-                    self.wrote_some(n);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        op: impl FnOnce(Pin<&mut dyn Transport>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match op(Pin::new(&mut *self.io), cx) {
+            Poll::Pending => self.poll_idle(cx).map(Err),
+            done => done,
         }
     }
 }
@@ -464,23 +552,10 @@ impl AsyncRead for ConnIo {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        loop {
-            match this.stream.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return this.poll_idle(cx).map(Err),
-            }
-            let dst = buf.initialize_unfilled();
-            match this.stream.try_read(dst) {
-                Ok(n) => {
-                    this.read_some(&dst[..n]);
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let before = buf.filled().len();
+        ready!(this.poll_io(cx, |io, cx| io.poll_read(cx, buf)))?;
+        this.read_some(&buf.filled()[before..]);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -496,7 +571,9 @@ impl AsyncWrite for ConnIo {
             ready!(this.poll_replacement(cx))?;
             return Poll::Ready(Ok(buf.len()));
         }
-        this.poll_write_with(cx, |s| s.try_write(buf))
+        let n = ready!(this.poll_io(cx, |io, cx| io.poll_write(cx, buf)))?;
+        this.wrote_some(n);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
@@ -512,22 +589,23 @@ impl AsyncWrite for ConnIo {
             ready!(this.poll_replacement(cx))?;
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
-        this.poll_write_with(cx, |s| s.try_write_vectored(bufs))
+        let n = ready!(this.poll_io(cx, |io, cx| io.poll_write_vectored(cx, bufs)))?;
+        this.wrote_some(n);
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.io.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    /// TLS holds written bytes until flushed; the socket alone holds none.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_io(cx, |io, cx| io.poll_flush(cx))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match SockRef::from(&*self.stream).shutdown(Shutdown::Write) {
-            Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
-            _ => Poll::Ready(Ok(())),
-        }
+    /// TLS sends its close_notify first; then the socket stops writing.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_io(cx, |io, cx| io.poll_shutdown(cx))
     }
 }
 

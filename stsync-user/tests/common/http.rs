@@ -27,10 +27,24 @@ pub fn http_body(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Result<HttpResp, String> {
-    let agent = ureq::AgentBuilder::new()
+    http_body_tls(method, url, headers, body, None)
+}
+
+/// `http_body`, to an https URL whose certificate `tls` checks.
+pub fn http_body_tls(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<HttpResp, String> {
+    let mut agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-        .build();
+        .timeout(Duration::from_secs(5));
+    if let Some(tls) = tls {
+        agent = agent.tls_config(tls);
+    }
+    let agent = agent.build();
     let mut req = agent.request(method, url);
     for (k, v) in headers {
         req = req.set(k, v);

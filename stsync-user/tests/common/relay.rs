@@ -37,6 +37,9 @@ pub struct RelayOpts {
     /// The relay's schedule for encrypted viewers' keys (config.json).
     pub kmrefreshrate: Option<u64>,
     pub kmpreannounce: Option<u64>,
+    /// (certificate, key) PEM texts: written next to config.json as `cert.pem` and
+    /// `key.pem`, named there by those relative paths, and the API is served over HTTPS.
+    pub tls: Option<(String, String)>,
 }
 
 impl Default for RelayOpts {
@@ -65,6 +68,7 @@ impl Default for RelayOpts {
             http_idle_timeout_ms: None,
             http_shutdown_timeout_ms: None,
             nofile: None,
+            tls: None,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct Relay {
     pub netns: Option<String>,
     pub log_path: PathBuf,
     pub config_path: PathBuf,
+    /// With `RelayOpts::tls`: the certificate file, which the harness's clients trust.
+    pub tls_cert: Option<PathBuf>,
     pub dir: TempDir,
     proc: Proc,
 }
@@ -157,6 +163,13 @@ impl Relay {
                 m.insert(k.to_string(), serde_json::json!(v));
             }
         }
+        let tls_cert = opts.tls.as_ref().map(|(cert, key)| {
+            fs::write(dir.file("cert.pem"), cert).unwrap();
+            fs::write(dir.file("key.pem"), key).unwrap();
+            m.insert("tls_cert".into(), "cert.pem".into());
+            m.insert("tls_key".into(), "key.pem".into());
+            dir.file("cert.pem")
+        });
         let config_path = dir.file("config.json");
         fs::write(&config_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
         let log_path = dir.file("relay.log");
@@ -201,6 +214,7 @@ impl Relay {
             netns: opts.netns.clone(),
             log_path,
             config_path,
+            tls_cert,
             dir,
             proc,
         };
@@ -287,9 +301,10 @@ impl Relay {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> Result<HttpResp, String> {
-        let url = format!("http://{}{}", self.http, path);
+        let url = format!("{}{path}", self.api_url());
+        let tls = self.client_tls();
         match &self.netns {
-            None => http_body(method, &url, headers, body),
+            None => http_body_tls(method, &url, headers, body, tls),
             Some(ns) => {
                 let method = method.to_string();
                 let body = body.map(str::to_string);
@@ -302,10 +317,27 @@ impl Relay {
                         .iter()
                         .map(|(a, b)| (a.as_str(), b.as_str()))
                         .collect();
-                    http_body(&method, &url, &h, body.as_deref())
+                    http_body_tls(&method, &url, &h, body.as_deref(), tls)
                 })
             }
         }
+    }
+
+    /// `https://127.0.0.1:PORT` with `RelayOpts::tls`, else `http://...`.
+    pub fn api_url(&self) -> String {
+        let scheme = if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.http)
+    }
+
+    /// What the harness's own clients trust: exactly the relay's certificate (curl checks
+    /// it the way other clients do; tests/https_api.rs).
+    fn client_tls(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        let cert = self.tls_cert.as_ref()?;
+        Some(stsync_user::tls::pinned(cert).expect("the relay's certificate"))
     }
 
     pub fn get(&self, path: &str) -> Result<HttpResp, String> {
@@ -335,7 +367,11 @@ impl Relay {
         stream: Option<&str>,
         call: impl FnOnce(&Client) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let client = Client::for_addr(self.http.into(), stream.map(|s| self.token(s)));
+        let token = stream.map(|s| self.token(s));
+        let client = match self.client_tls() {
+            Some(tls) => Client::with_tls(&self.api_url(), token, tls),
+            None => Client::new(&self.api_url(), token),
+        };
         match &self.netns {
             None => call(&client),
             Some(ns) => in_netns(ns, move || call(&client)),
