@@ -20,28 +20,6 @@ fn connect(addr: SocketAddrV4) -> TcpStream {
     s
 }
 
-/// Reads until the server closes (or `limit` passes): what it sent, and how long it took.
-fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
-    let start = Instant::now();
-    s.set_read_timeout(Some(limit)).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            // A reset also ends the connection.
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("no close within {limit:?} ({e}); got {:?}", lossy(&out)),
-        }
-    }
-    (out, start.elapsed())
-}
-
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// One raw request, its whole answer, on a connection the server closes.
 fn raw_request(addr: SocketAddrV4, request: &[u8]) -> HttpResp {
     let mut s = connect(addr);

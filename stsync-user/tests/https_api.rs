@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddrV4, TcpStream};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -33,27 +33,6 @@ fn curl(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run curl")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Reads until the server closes (or `limit` passes): what it sent, and how long it took.
-fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
-    let start = Instant::now();
-    s.set_read_timeout(Some(limit)).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("no close within {limit:?} ({e}); got {:?}", text(&out)),
-        }
-    }
-    (out, start.elapsed())
 }
 
 fn connect(addr: SocketAddrV4) -> TcpStream {
@@ -89,8 +68,8 @@ fn curl_with_the_cacert_mints_keys_and_reads_metrics() {
         "\n%{http_code} %{http_version}",
         &url,
     ]);
-    let body = text(&out.stdout);
-    assert!(out.status.success(), "curl: {}{body}", text(&out.stderr));
+    let body = lossy(&out.stdout);
+    assert!(out.status.success(), "curl: {}{body}", lossy(&out.stderr));
     let (json, status) = body.rsplit_once('\n').unwrap();
     assert_eq!(status, "201 1.1", "{body}");
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
@@ -103,23 +82,23 @@ fn curl_with_the_cacert_mints_keys_and_reads_metrics() {
         args.extend_from_slice(version);
         args.push(&by_name);
         let out = curl(&args);
-        let m = text(&out.stdout);
+        let m = lossy(&out.stdout);
         assert!(
             out.status.success() && m.contains("# TYPE srt_connections_total"),
             "curl {version:?}: {}{m}",
-            text(&out.stderr)
+            lossy(&out.stderr)
         );
     }
     // The same through the typed client, trusting the certificate.
     assert!(relay.metrics().contains("srt_connections_total"));
 
     let out = curl(&[&format!("{base}/v1/health")]);
-    let err = text(&out.stderr);
+    let err = lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
         Some(60),
         "curl without --cacert: {err}{}",
-        text(&out.stdout)
+        lossy(&out.stdout)
     );
     assert!(err.contains("certificate"), "{err}");
     record_result(&format!("https: curl --cacert minted {json}"));
@@ -137,14 +116,14 @@ fn plain_http_to_the_https_port_gets_no_answer() {
     assert!(
         !raw.starts_with(b"HTTP/"),
         "plain HTTP got an HTTP answer: {:?}",
-        text(&raw)
+        lossy(&raw)
     );
     assert!(took < Duration::from_secs(2), "closed after {took:?}");
     let out = curl(&[&format!("http://{}/v1/health", relay.http)]);
     assert!(
         !out.status.success(),
         "curl http:// succeeded: {}",
-        text(&out.stdout)
+        lossy(&out.stdout)
     );
     relay.assert_alive("after plain HTTP to the HTTPS port");
     let h = relay.get("/v1/health").unwrap();
@@ -179,7 +158,7 @@ fn an_unfinished_handshake_is_closed_at_the_header_timeout() {
     assert!(
         out.is_empty(),
         "answer to a silent client: {:?}",
-        text(&out)
+        lossy(&out)
     );
     let (_, _) = read_to_close(&mut partial, Duration::from_secs(5));
     let partial_took = t0.elapsed();
@@ -234,8 +213,8 @@ fn session_subcommand_mints_over_https() {
             .expect("run stsync-proxy session")
     };
     let url_of = |out: Output| {
-        assert!(out.status.success(), "session: {}", text(&out.stderr));
-        text(&out.stdout).trim().to_string()
+        assert!(out.status.success(), "session: {}", lossy(&out.stderr));
+        lossy(&out.stdout).trim().to_string()
     };
     let api = relay.api_url();
     let viewer = url_of(session(&[
@@ -265,7 +244,7 @@ fn session_subcommand_mints_over_https() {
     );
 
     let out = session(&["--api", &api]);
-    let err = text(&out.stderr);
+    let err = lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("UnknownIssuer"),
         "without --cacert: {err}"
@@ -291,7 +270,7 @@ fn session_subcommand_mints_over_https() {
         .arg(&ca_pem)
         .output()
         .unwrap();
-    let err = text(&out.stderr);
+    let err = lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("CA:FALSE"),
         "a CA certificate: {err}"

@@ -67,3 +67,26 @@ pub fn http_body_tls(
         body,
     })
 }
+
+pub fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Reads until the server closes (or `limit` passes): what it sent, and how long it took.
+pub fn read_to_close(s: &mut std::net::TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
+    use std::io::{ErrorKind, Read};
+    let start = std::time::Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // A reset also ends the connection.
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("no close within {limit:?} ({e}); got {:?}", lossy(&out)),
+        }
+    }
+    (out, start.elapsed())
+}

@@ -231,15 +231,20 @@ impl Caller {
     fn refresh(&self, w: &mut World, km: &KeyMaterial) -> Vec<u8> {
         let mut bytes = Vec::new();
         km.encode(&mut bytes);
-        let words: Vec<u32> = bytes
+        self.send_ext(w, SRT_CMD_KMREQ, &bytes);
+        bytes
+    }
+
+    /// Sends an extended control message (type 0x7FFF) of `subtype` carrying `body`.
+    fn send_ext(&self, w: &mut World, subtype: u16, body: &[u8]) {
+        let words: Vec<u32> = body
             .chunks(4)
             .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
             .collect();
         let mut b = Vec::new();
         write_control(&mut b, ctrl::USER_DEFINED, 0, 0, self.relay_id, &words);
-        b[2..4].copy_from_slice(&3u16.to_be_bytes()); // SRT_CMD_KMREQ
+        b[2..4].copy_from_slice(&subtype.to_be_bytes());
         w.send(self.addr, &b);
-        bytes
     }
 }
 
@@ -391,7 +396,7 @@ impl Caller {
         for g in got {
             let Got::Ctrl {
                 typ: ctrl::USER_DEFINED,
-                subtype: 3,
+                subtype: SRT_CMD_KMREQ,
                 body,
                 ..
             } = g
@@ -404,14 +409,7 @@ impl Caller {
                 .open(passphrase.as_bytes())
                 .expect("the viewer's passphrase");
             self.km.as_mut().unwrap().1.refresh(new);
-            let words: Vec<u32> = body
-                .chunks(4)
-                .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
-                .collect();
-            let mut b = Vec::new();
-            write_control(&mut b, ctrl::USER_DEFINED, 0, 0, self.relay_id, &words);
-            b[2..4].copy_from_slice(&4u16.to_be_bytes()); // SRT_CMD_KMRSP
-            w.send(self.addr, &b);
+            self.send_ext(w, SRT_CMD_KMRSP, body);
         }
         flags
     }
@@ -496,7 +494,7 @@ fn key_announcements_are_resent_while_unanswered_and_a_refusal_cuts_the_viewer_o
                     g,
                     Got::Ctrl {
                         typ: ctrl::USER_DEFINED,
-                        subtype: 3,
+                        subtype: SRT_CMD_KMREQ,
                         ..
                     }
                 )
@@ -516,10 +514,8 @@ fn key_announcements_are_resent_while_unanswered_and_a_refusal_cuts_the_viewer_o
         p.data(&mut w, Seq::new(i), i * 1000, &[1; 188]);
     }
     assert_eq!(kmreq(&w.take(v.addr)), 1);
-    let mut b = Vec::new();
-    write_control(&mut b, ctrl::USER_DEFINED, 0, 0, v.relay_id, &[4]);
-    b[2..4].copy_from_slice(&4u16.to_be_bytes());
-    w.send(v.addr, &b);
+    // KMRSP with one word: libsrt's KM state, 4 = bad secret.
+    v.send_ext(&mut w, SRT_CMD_KMRSP, &4u32.to_be_bytes());
     assert_eq!(w.dropped("key_refresh_refused"), 1);
     assert_eq!(w.relay.connection_count(), 1, "only the publisher is left");
 }
