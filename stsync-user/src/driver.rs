@@ -4,16 +4,20 @@
 //! path awaits a peer.
 
 use crate::datapath::{Datapath, DatapathStats};
+use crate::os::mmsg::RecvBatch;
 use crate::relay::{Command, CommandError, Relay, Reply, Snapshot};
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-/// Datagrams handled per wake-up before output is flushed, so a busy socket cannot starve
-/// timers or delay sends.
+/// Datagrams read per `recvmmsg` and handled per wake-up before output is flushed, so a
+/// busy socket cannot starve timers or delay sends.
 const RECV_BATCH: usize = 64;
+// A datagram cut to a receive slot is longer than any the relay takes: refused, not misread.
+const _: () = assert!(crate::os::mmsg::RECV_SLOT > stsync_common::srt::MAX_DATAGRAM);
 /// At most this many datagrams are read to empty the socket before the datapath's poll.
 const DRAIN_MAX: usize = 4096;
 /// How long the HTTP side waits for the relay's answer before it gives up (503).
@@ -75,8 +79,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
-    // Larger than any datagram: an oversized one is seen whole and refused, never cut.
-    let mut buf = vec![0u8; 65_536];
+    // Slots larger than any datagram the relay takes: one cut to a slot is still oversized,
+    // and refused as such.
+    let mut batch = RecvBatch::new(RECV_BATCH);
     let mut next_poll = datapath
         .poll_interval(Instant::now())
         .map(|d| tokio::time::Instant::now() + d);
@@ -93,7 +98,7 @@ pub async fn run(
             Some(req) = requests.0.recv() => answer(&mut relay, datapath.as_ref(), req),
             r = socket.readable() => {
                 r?;
-                receive(&mut relay, socket, &mut buf, RECV_BATCH);
+                receive(&mut relay, socket, &mut batch);
             }
             _ = tokio::time::sleep_until(deadline) => relay.handle_timeout(Instant::now()),
             _ = sleep_until_some(next_poll), if next_poll.is_some() => {}
@@ -108,7 +113,7 @@ pub async fn run(
             // first, so every packet that passed the kernel before the switch reaches the
             // relay (and that viewer) while the relay still serves it.
             for _ in 0..DRAIN_MAX / RECV_BATCH {
-                let n = receive(&mut relay, socket, &mut buf, RECV_BATCH);
+                let n = receive(&mut relay, socket, &mut batch);
                 pump(&mut relay, datapath.as_mut());
                 if n < RECV_BATCH {
                     break;
@@ -154,16 +159,24 @@ async fn sleep_until_some(t: Option<tokio::time::Instant>) {
     }
 }
 
-/// Feeds up to `max` queued datagrams to the relay; returns how many were read (fewer
-/// than `max`: the socket ran dry).
-fn receive(relay: &mut Relay, socket: &UdpSocket, buf: &mut [u8], max: usize) -> usize {
-    for i in 0..max {
-        match socket.try_recv_from(buf) {
-            Ok((n, from)) => relay.handle_datagram(Instant::now(), from, &buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return i,
-            // ICMP errors from a vanished peer surface here; they concern one peer only.
-            Err(e) => warn!("recv: {e}"),
+/// Feeds one `recvmmsg` worth of queued datagrams (up to `RECV_BATCH`) to the relay;
+/// returns how many were read (fewer: the socket ran dry).
+fn receive(relay: &mut Relay, socket: &UdpSocket, batch: &mut RecvBatch) -> usize {
+    let fd = socket.as_raw_fd();
+    // Through tokio, so that running dry clears the socket's readiness.
+    match socket.try_io(tokio::io::Interest::READABLE, || batch.try_recv(fd)) {
+        Ok(n) => {
+            let now = Instant::now();
+            for d in batch.received() {
+                relay.handle_datagram(now, d.src, d.data);
+            }
+            n
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        // ICMP errors from a vanished peer surface here; they concern one peer only.
+        Err(e) => {
+            warn!("recv: {e}");
+            0
         }
     }
-    max
 }

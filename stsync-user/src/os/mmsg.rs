@@ -4,8 +4,9 @@
 //!   (e.g. a header and a payload) without a copy: the daemon's way.
 //! - [`SendBatch`] queues datagrams written one by one into an arena of its own, then
 //!   sends them with a [`Gather`]: the benchmark's way.
-//! - [`RecvBatch`] receives into slots of its own, with each datagram's destination
-//!   address (IP_PKTINFO) and kernel receive time (SO_TIMESTAMPNS).
+//! - [`RecvBatch`] receives into slots of its own (IPv4 or IPv6), with each datagram's
+//!   destination address (IP_PKTINFO, IPv4) and kernel receive time (SO_TIMESTAMPNS): the
+//!   daemon's and the benchmark's way.
 //!
 //! All keep their buffers between calls: in steady state they allocate nothing.
 
@@ -279,7 +280,7 @@ pub const RECV_SLOT: usize = 2048;
 /// Buffers for `recvmmsg`, reused between calls.
 pub struct RecvBatch {
     bufs: Vec<u8>,
-    names: Vec<libc::sockaddr_in>,
+    names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     cmsgs: Vec<Cmsgs>,
     hdrs: Vec<libc::mmsghdr>,
@@ -294,7 +295,7 @@ unsafe impl Send for RecvBatch {}
 
 /// One received datagram.
 pub struct Received<'a> {
-    pub src: SocketAddrV4,
+    pub src: SocketAddr,
     /// The address the datagram was sent to (IP_PKTINFO).
     pub dst: Option<Ipv4Addr>,
     pub data: &'a [u8],
@@ -305,7 +306,7 @@ pub struct Received<'a> {
 }
 
 impl RecvBatch {
-    /// Room for `slots` datagrams per call (IPv4 sockets).
+    /// Room for `slots` datagrams per call.
     pub fn new(slots: usize) -> Self {
         // SAFETY: zeroed plain-C structs are valid placeholders, set up in `recv`.
         let (name, hdr) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
@@ -324,8 +325,15 @@ impl RecvBatch {
         }
     }
 
-    /// Receives up to the batch size without blocking; 0 when nothing is queued.
+    /// Receives up to the batch size without blocking; 0 when nothing is queued (or on an
+    /// error: see `try_recv`).
     pub fn recv(&mut self, fd: RawFd) -> usize {
+        self.try_recv(fd).unwrap_or(0)
+    }
+
+    /// Receives up to the batch size without blocking: how many, or the error (WouldBlock
+    /// when nothing is queued).
+    pub fn try_recv(&mut self, fd: RawFd) -> std::io::Result<usize> {
         let slots = self.hdrs.len();
         for i in 0..slots {
             self.iovs[i] = libc::iovec {
@@ -334,7 +342,7 @@ impl RecvBatch {
             };
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = &mut self.names[i] as *mut _ as *mut _;
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
             h.msg_control = self.cmsgs[i].as_mut_ptr() as *mut _;
@@ -353,7 +361,10 @@ impl RecvBatch {
         };
         self.syscalls += 1;
         self.count = n.max(0) as usize;
-        self.count
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(self.count)
     }
 
     /// Receives batch after batch until the socket is empty or `max_calls` calls were
@@ -396,12 +407,12 @@ impl RecvBatch {
                 c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
             }
         }
-        let name = &self.names[i];
+        // SAFETY: the kernel wrote a socket address of msg_namelen bytes into the storage.
+        let src = unsafe { SockAddr::new(self.names[i], h.msg_hdr.msg_namelen) }
+            .as_socket()
+            .unwrap_or(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)));
         Received {
-            src: SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
-                u16::from_be(name.sin_port),
-            ),
+            src,
             dst,
             data: &self.bufs[i * RECV_SLOT..i * RECV_SLOT + len],
             truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
@@ -424,7 +435,7 @@ mod tests {
 
     /// Everything `rx` receives within a second, until `want` datagrams: (source,
     /// destination, bytes).
-    fn receive(rx: &OwnedFd, want: usize) -> Vec<(SocketAddrV4, Option<Ipv4Addr>, Vec<u8>)> {
+    fn receive(rx: &OwnedFd, want: usize) -> Vec<(SocketAddr, Option<Ipv4Addr>, Vec<u8>)> {
         let mut b = RecvBatch::new(64);
         let mut out = Vec::new();
         let deadline = Instant::now() + std::time::Duration::from_secs(1);
@@ -468,7 +479,7 @@ mod tests {
         let got = receive(&rx, 10);
         assert_eq!(got.len(), 10);
         for (i, (src, dst, bytes)) in got.iter().enumerate() {
-            assert_eq!(*src, from);
+            assert_eq!(*src, SocketAddr::V4(from));
             assert_eq!(*dst, Some(Ipv4Addr::LOCALHOST));
             assert_eq!(bytes[..4], (i as u32).to_be_bytes());
             assert_eq!(bytes[4..], body[..]);
@@ -505,7 +516,7 @@ mod tests {
         assert!(b.is_empty());
         assert_eq!((b.sent, b.failed, b.syscalls), (4, 0, 1));
         let got = receive(&rx, 4);
-        let srcs: Vec<Ipv4Addr> = got.iter().map(|(s, _, _)| *s.ip()).collect();
+        let srcs: Vec<std::net::IpAddr> = got.iter().map(|(s, _, _)| s.ip()).collect();
         assert_eq!(
             srcs,
             [
@@ -531,6 +542,28 @@ mod tests {
         assert_eq!((b.len(), b.sent, b.syscalls), (1, MAX_BATCH as u64, 1));
         b.flush(tx.as_raw_fd());
         assert_eq!((b.sent, b.failed), (MAX_BATCH as u64 + 1, 0));
+    }
+
+    /// The daemon's SRT socket may be IPv6: sources come back as they are.
+    #[test]
+    fn an_ipv6_socket_receives_with_its_sources() {
+        use std::net::{Ipv6Addr, UdpSocket};
+        let Ok(rx) = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)) else {
+            return eprintln!("no IPv6 loopback here: skipped");
+        };
+        let tx = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+        for i in 0..3u8 {
+            tx.send_to(&[i; 20], rx.local_addr().unwrap()).unwrap();
+        }
+        let mut b = RecvBatch::new(8);
+        wait_readable(&[rx.as_raw_fd()], 1_000_000_000);
+        assert_eq!(b.try_recv(rx.as_raw_fd()).unwrap(), 3);
+        for (i, d) in b.received().enumerate() {
+            assert_eq!(d.src, tx.local_addr().unwrap());
+            assert_eq!(d.data, [i as u8; 20]);
+        }
+        let e = b.try_recv(rx.as_raw_fd()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
     }
 
     #[test]
