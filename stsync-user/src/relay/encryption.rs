@@ -139,7 +139,8 @@ impl Encryption {
             return self.keys.send_parity();
         };
         let n = r.sent;
-        let announce = if n >= schedule.refresh_rate {
+        // Only to a key the viewer was sent (so `crypt` never lacks the packet's key).
+        let announce = if n >= schedule.refresh_rate && self.keys.key(r.active.other()).is_some() {
             r.active = r.active.other();
             r.previous_from = Some(r.active_from);
             r.active_from = Some(seq);
@@ -176,10 +177,12 @@ impl Encryption {
                         sent_at: None,
                     });
                 }
+                // Cannot happen (the KEK was derived for these keys); the viewer then stays
+                // on its key rather than be switched to one it was never sent.
                 Err(e) => warn!("viewer's next key not sealed: {e}"),
             }
         }
-        r.sent += 1;
+        r.sent = r.sent.saturating_add(1);
         r.active
     }
 

@@ -217,8 +217,10 @@ impl Relay {
                 },
             );
             if let (Some(e), Some(parity)) = (enc, parity) {
-                self.out
-                    .own_payload(&pkt.payload, |p| _ = e.keys.crypt(parity, vseq, p));
+                self.out.own_payload(&pkt.payload, |p| {
+                    let sealed = e.keys.crypt(parity, vseq, p);
+                    debug_assert!(sealed, "a viewer is only sent under a key it holds");
+                });
             }
             let len = (HEADER_LEN + pkt.payload.len()) as u64;
             v.budget.spend(len);
