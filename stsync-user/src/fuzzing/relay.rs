@@ -9,9 +9,10 @@
 
 use super::{Input, Ops};
 use crate::relay::{
-    AddressLimits, Command, CommandError, KernelAcks, KernelReport, Relay, RelayConfig, Reply,
-    RouteEvent, StreamConfig,
+    AddressLimits, Command, CommandError, KernelAcks, KernelReport, KeySchedule, Relay,
+    RelayConfig, Reply, RouteEvent, StreamConfig,
 };
+use crate::srt::crypto::KeyMaterial;
 use crate::srt::handshake::{
     encode_sid, ext, ext_header, hs_type, parse_extensions, srt_flag, Handshake, BODY_LEN, MAGIC,
     SRT_VERSION,
@@ -35,6 +36,13 @@ pub const PEERS: [&str; 4] = [
 const RESOURCES: [&str; 2] = ["1", "2"];
 /// A fixed cookie secret: runs are reproducible.
 pub(super) const SECRET: [u8; 16] = *b"stsync-fuzz-key!";
+/// In an encrypted world (configuration bit 6), stream 2's publisher and viewers must
+/// encrypt with this, and viewers' keys change every 16 packets.
+const PASSPHRASE: &str = "stsync-fuzz-passphrase";
+const FUZZ_SCHEDULE: KeySchedule = KeySchedule {
+    refresh_rate: 16,
+    pre_announce: 4,
+};
 /// Largest raw datagram an op sends: beyond `MAX_DATAGRAM`, to reach the oversized path.
 const MAX_RAW: u16 = 2048;
 /// Timer runs per `Advance` (a 6.5 s advance at a 10 ms ACK period needs ~700).
@@ -79,7 +87,9 @@ pub enum RelayOp {
     Induction { peer: u8, flags: u8 },
     /// A conclusion from the peer's latest cookie; `sel` bits, all clear for a well-formed
     /// viewer of stream 1 with a fresh key: 0 stream 2, 1 publish, 2 reuse the peer's last
-    /// key, 3 wrong cookie, 4 percent-encoded ID, 5 KMREQ, 6 no HSREQ, 7 unknown resource.
+    /// key, 3 wrong cookie, 4 percent-encoded ID, 5 KMREQ (valid keying material under
+    /// `PASSPHRASE` in an encrypted world, of the key length `latency % 3` picks; else one
+    /// empty word), 6 no HSREQ, 7 unknown resource.
     /// Flag 1: a new caller socket ID (a new connection from the same address).
     Conclusion {
         peer: u8,
@@ -90,7 +100,7 @@ pub enum RelayOp {
         hs_flags: u8,
     },
     /// A data packet to the peer's connection: `delta` from its next sequence number, flag 1
-    /// marks it retransmitted.
+    /// marks it retransmitted, flags 2 and 4 are its KK bits (1 even, 2 odd, 3 invalid).
     Data {
         peer: u8,
         flags: u8,
@@ -99,6 +109,9 @@ pub enum RelayOp {
     },
     /// A control packet to the peer's connection; flag 1 makes each body word an offset
     /// from the peer's ISN (bit 31 kept), so ACKs and NAKs land in its sequence space.
+    /// An extended one (USER_DEFINED) gets subtype KMREQ with flag 2, KMRSP with flag 4,
+    /// and with both, the body is the keying material the relay last announced to the peer
+    /// (a viewer's correct answer).
     Control {
         peer: u8,
         flags: u8,
@@ -264,6 +277,8 @@ pub struct Peer {
     isn: Seq,
     next: Seq,
     key: Option<String>,
+    /// The keying material the relay last announced to this peer (SRT_CMD_KMREQ).
+    announced: Vec<u8>,
 }
 
 pub(super) struct World {
@@ -275,12 +290,41 @@ pub(super) struct World {
     viewers: HashSet<u32>,
     epochs: HashMap<String, u64>,
     keys: u64,
+    /// Stream 2 wants encryption (configuration bit 6).
+    encrypted: bool,
     pub run: RelayRun,
+}
+
+const SRT_CMD_KMREQ: u16 = 3;
+const SRT_CMD_KMRSP: u16 = 4;
+
+fn be_words(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+        .collect()
+}
+
+/// Keying material under `PASSPHRASE` with a 16-, 24- or 32-byte key (`pick % 3`), sealed
+/// once per length (PBKDF2 is slow for a fuzzer).
+fn keying_material(pick: u32) -> Vec<u8> {
+    static KM: std::sync::OnceLock<[Vec<u8>; 3]> = std::sync::OnceLock::new();
+    let all = KM.get_or_init(|| {
+        [16, 24, 32].map(|len| {
+            let key = vec![0x5A; len];
+            let km = KeyMaterial::seal(PASSPHRASE.as_bytes(), [7; 16], Some(&key), None)
+                .expect("sealable");
+            let mut b = Vec::new();
+            km.encode(&mut b);
+            b
+        })
+    });
+    all[pick as usize % 3].clone()
 }
 
 impl World {
     /// Configuration byte: bits 0-1 ring size (32, 64, 256, 8192 packets), bits 2-3 latency
-    /// (20, 120, 500, 1000 ms), bit 4 a single viewer per stream, bit 5 a 1 s idle timeout.
+    /// (20, 120, 500, 1000 ms), bit 4 a single viewer per stream, bit 5 a 1 s idle timeout,
+    /// bit 6 stream 2 encrypted (`PASSPHRASE`).
     pub fn new(conf: u8) -> Self {
         let t0 = Instant::now();
         let cfg = RelayConfig {
@@ -294,16 +338,20 @@ impl World {
                 handshakes_per_sec: 1000,
             },
             session_ttl: Duration::from_secs(300),
-            key_schedule: Default::default(),
+            key_schedule: FUZZ_SCHEDULE,
         };
+        let encrypted = conf & 0x40 != 0;
         let streams = RESOURCES
             .iter()
-            .map(|r| StreamConfig {
-                resource: r.to_string(),
-                delay_ms: 0,
-                publish_passphrase: None,
-                view_passphrase: None,
-                pbkeylen: None,
+            .map(|r| {
+                let secret = (encrypted && *r == "2").then(|| PASSPHRASE.to_string());
+                StreamConfig {
+                    resource: r.to_string(),
+                    delay_ms: 0,
+                    publish_passphrase: secret.clone(),
+                    view_passphrase: secret,
+                    pbkeylen: None,
+                }
             })
             .collect();
         let relay = Relay::new(cfg.clone(), streams, SECRET, t0);
@@ -318,6 +366,7 @@ impl World {
                 isn: Seq::new(0),
                 next: Seq::new(0),
                 key: None,
+                announced: Vec::new(),
             })
             .collect();
         World {
@@ -329,6 +378,7 @@ impl World {
             viewers: HashSet::new(),
             epochs: HashMap::new(),
             keys: 0,
+            encrypted,
             run: RelayRun::default(),
         }
     }
@@ -390,6 +440,10 @@ impl World {
                             self.run.rejections += 1;
                         }
                     }
+                }
+                Packet::Control(c) if c.typ == ctrl::USER_DEFINED && c.subtype == SRT_CMD_KMREQ => {
+                    KeyMaterial::parse(c.body).expect("the relay announces keys that parse");
+                    peer.announced = c.body.to_vec();
                 }
                 Packet::Control(_) => {}
             }
@@ -552,7 +606,13 @@ impl World {
             ]);
         }
         if sel & 0x20 != 0 {
-            words.extend([ext_header(ext::KMREQ, 1), 0]);
+            let km = self.encrypted.then(|| keying_material(latency));
+            let km = km.unwrap_or_else(|| vec![0; 4]);
+            words.push(ext_header(ext::KMREQ, km.len() / 4));
+            words.extend(
+                km.chunks(4)
+                    .map(|w| u32::from_be_bytes(w.try_into().unwrap())),
+            );
         }
         let sid = encode_sid(sid.as_bytes());
         words.push(ext_header(ext::SID, sid.len()));
@@ -570,7 +630,10 @@ impl World {
         if !seq.lt(peer.next) {
             peer.next = seq.next();
         }
-        let msg = 0xC000_0000 | (seq.get() & 0x03FF_FFFF) | u32::from(flags & 1) << 26;
+        let msg = 0xC000_0000
+            | (seq.get() & 0x03FF_FFFF)
+            | u32::from(flags & 1) << 26
+            | u32::from(flags >> 1 & 3) << 27;
         let payload = vec![0x47; usize::from(len) % (MAX_PAYLOAD + 1)];
         let (addr, dest) = (peer.addr, peer.relay_id.unwrap_or(0));
         let mut b = Vec::new();
@@ -593,8 +656,15 @@ impl World {
             .collect();
         let typ = CONTROL_TYPES[usize::from(typ) % CONTROL_TYPES.len()];
         let (addr, dest) = (peer.addr, peer.relay_id.unwrap_or(0));
+        let (subtype, words) = match (typ, flags >> 1 & 3) {
+            (ctrl::USER_DEFINED, 1) => (SRT_CMD_KMREQ, words),
+            (ctrl::USER_DEFINED, 2) => (SRT_CMD_KMRSP, words),
+            (ctrl::USER_DEFINED, 3) => (SRT_CMD_KMRSP, be_words(&peer.announced)),
+            _ => (0, words),
+        };
         let mut b = Vec::new();
         write_control(&mut b, typ, info, self.clock(), dest, &words);
+        b[2..4].copy_from_slice(&subtype.to_be_bytes());
         self.send(addr, &b);
     }
 

@@ -86,7 +86,9 @@ impl Relay {
             if let Err(e) = v.check_nak(first, last) {
                 return self.end_for_nak(now, id, e.reason(), &e.to_string());
             }
-            reported.insert(first, last, now);
+            if let Some((first, last)) = v.unacknowledged(first, last) {
+                reported.insert(first, last, now);
+            }
         }
         let s = &self.streams[conn.stream];
         let oldest = v.oldest_held(s.epoch, self.cfg.buffer_packets);

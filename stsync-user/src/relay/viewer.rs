@@ -203,6 +203,19 @@ impl ViewerSend {
         Ok(())
     }
 
+    /// The part of a (checked) loss range not acknowledged yet, if any: every range of a
+    /// report then lies within one window, where sequence numbers compare consistently (a
+    /// report listing ranges half the number space apart broke the list's order; found by
+    /// fuzzing).
+    pub fn unacknowledged(&self, first: Seq, last: Seq) -> Option<(Seq, Seq)> {
+        let first = if first.lt(self.last_ack) {
+            self.last_ack
+        } else {
+            first
+        };
+        (!last.lt(first)).then_some((first, last))
+    }
+
     /// Queues what of a (checked) loss range is worth resending: nothing already
     /// acknowledged (libsrt drops that part too), nothing not forwarded yet (the viewer asks
     /// again if it stays missing), and what is older than `oldest` comes back as gone.

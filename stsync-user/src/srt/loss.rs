@@ -51,7 +51,8 @@ impl LossList {
             merged.since = merged.since.min(r.since);
         }
         self.ranges.insert(lo, merged);
-        merged.count() - before
+        // Ranges far apart (over half the number space) do not order: never underflow.
+        merged.count().saturating_sub(before)
     }
 
     pub fn is_empty(&self) -> bool {
