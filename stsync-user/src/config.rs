@@ -45,6 +45,13 @@ pub struct Config {
     /// On SIGTERM/SIGINT, HTTP connections still open this long after the signal are closed.
     #[serde(default = "defaults::http_shutdown_timeout_ms")]
     pub http_shutdown_timeout_ms: u64,
+    /// HTTP connections one address may hold open at once.
+    #[serde(default = "defaults::http_max_connections_per_ip")]
+    pub http_max_connections_per_ip: usize,
+    /// HTTP connections one address may open per second (bursts of twice this); each may
+    /// cost a TLS handshake.
+    #[serde(default = "defaults::http_connections_per_ip_per_sec")]
+    pub http_connections_per_ip_per_sec: u32,
     /// Packets an encrypted viewer gets under one key before the relay changes it (libsrt's
     /// SRTO_KMREFRESHRATE).
     #[serde(default = "defaults::kmrefreshrate")]
@@ -126,6 +133,12 @@ mod defaults {
     }
     pub fn http_shutdown_timeout_ms() -> u64 {
         3_000
+    }
+    pub fn http_max_connections_per_ip() -> usize {
+        64
+    }
+    pub fn http_connections_per_ip_per_sec() -> u32 {
+        50
     }
     pub fn kmrefreshrate() -> u32 {
         crate::relay::KeySchedule::default().refresh_rate
@@ -218,6 +231,14 @@ impl Config {
             (
                 "handshakes_per_ip_per_sec",
                 self.handshakes_per_ip_per_sec as usize,
+            ),
+            (
+                "http_max_connections_per_ip",
+                self.http_max_connections_per_ip,
+            ),
+            (
+                "http_connections_per_ip_per_sec",
+                self.http_connections_per_ip_per_sec as usize,
             ),
         ] {
             if v == 0 {

@@ -397,6 +397,10 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         idle_timeout: Duration::from_millis(cfg.http_idle_timeout_ms),
         shutdown_timeout: Duration::from_millis(cfg.http_shutdown_timeout_ms),
         max_connections: http::connection_cap(nofile),
+        per_address: AddressLimits {
+            max_connections: cfg.http_max_connections_per_ip,
+            handshakes_per_sec: cfg.http_connections_per_ip_per_sec,
+        },
         tls,
     };
     info!(

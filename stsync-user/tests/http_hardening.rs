@@ -22,7 +22,12 @@ fn connect(addr: SocketAddrV4) -> TcpStream {
 
 /// One raw request, its whole answer, on a connection the server closes.
 fn raw_request(addr: SocketAddrV4, request: &[u8]) -> HttpResp {
-    let mut s = connect(addr);
+    raw_request_from(std::net::Ipv4Addr::LOCALHOST, addr, request)
+}
+
+/// `raw_request`, from loopback address `from`.
+fn raw_request_from(from: std::net::Ipv4Addr, addr: SocketAddrV4, request: &[u8]) -> HttpResp {
+    let mut s = connect_from(from, addr);
     s.write_all(request).unwrap();
     let (out, _) = read_to_close(&mut s, Duration::from_secs(5));
     let text = lossy(&out);
@@ -108,8 +113,9 @@ fn raise_own_nofile(want: u64) {
 }
 
 /// The issue's case: with RLIMIT_NOFILE 1024, 1,000 connections that each send a partial
-/// request head and never finish it. GET /v1/health keeps answering, promptly, while they
-/// are open, and the relay's descriptors stay bounded by its connection cap.
+/// request head and never finish it (from 25 addresses, 40 each, within their budgets).
+/// GET /v1/health keeps answering, promptly, while they are open, and the relay's
+/// descriptors stay bounded by its connection cap.
 #[test]
 fn partial_request_flood_leaves_the_api_answering() {
     raise_own_nofile(4096);
@@ -126,8 +132,8 @@ fn partial_request_flood_leaves_the_api_answering() {
 
     let start = Instant::now();
     let mut held: Vec<TcpStream> = (0..1000)
-        .map(|_| {
-            let mut s = connect(relay.http);
+        .map(|i| {
+            let mut s = connect_from(client_ip(i % 25), relay.http);
             s.write_all(PARTIAL).unwrap();
             s
         })
@@ -392,4 +398,64 @@ fn bad_config_stops_the_daemon_with_line_and_reason() {
             assert!(err.contains(e), "config {i}: {e:?} missing from:\n{err}");
         }
     }
+}
+
+/// A hostile client, one address: it opens 200 connections at once, each a partial request.
+/// It keeps at most `http_max_connections_per_ip` (64) of them; the rest are closed as soon
+/// as they are accepted. Its burst of 100 connections spent, it is refused outright until
+/// its rate refills, while other addresses, and the API, are served as if it were not there.
+#[test]
+fn one_address_holds_only_its_share_of_connections() {
+    let relay = Relay::start(RelayOpts {
+        http_header_timeout_ms: Some(60_000),
+        ..RelayOpts::default()
+    });
+    let hostile = client_ip(0);
+    let mut held: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = connect_from(hostile, relay.http);
+            let _ = s.write_all(PARTIAL);
+            s
+        })
+        .collect();
+    sleep_secs(0.5);
+    let open = held.iter_mut().map(closed_by_server).filter(|c| !c).count();
+    assert_eq!(open, 64, "connections the hostile address still holds");
+    // Over its rate as well: a new one is closed at once, even with slots free.
+    drop(held.drain(..10));
+    let mut more = connect_from(hostile, relay.http);
+    let (out, took) = read_to_close(&mut more, Duration::from_secs(2));
+    assert!(
+        out.is_empty() && took < Duration::from_millis(500),
+        "{took:?}"
+    );
+    // Everyone else: promptly served.
+    let t = Instant::now();
+    let h = relay.get("/v1/health").expect("health from 127.0.0.1");
+    assert_eq!(h.status, 200);
+    let other: Vec<TcpStream> = (0..20)
+        .map(|_| connect_from(client_ip(1), relay.http))
+        .collect();
+    let answered = raw_request_from(
+        client_ip(1),
+        relay.http,
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(answered.status, 200, "{answered:?}");
+    let others_took = t.elapsed();
+    record_result(&format!(
+        "http per address: 200 connections from one address, 64 held, the rest closed on \
+         accept; another address and the API served in {others_took:?}"
+    ));
+    assert!(others_took < Duration::from_secs(1), "{others_took:?}");
+    drop(other);
+    // Once its budget refills (50 a second), the hostile address is served again.
+    drop(held);
+    sleep_secs(1.5);
+    let back = raw_request_from(
+        hostile,
+        relay.http,
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(back.status, 200, "{back:?}");
 }

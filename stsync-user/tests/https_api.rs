@@ -169,7 +169,9 @@ fn an_unfinished_handshake_is_closed_at_the_header_timeout() {
         );
     }
 
-    let held: Vec<TcpStream> = (0..300).map(|_| connect(relay.http)).collect();
+    let held: Vec<TcpStream> = (0..300)
+        .map(|i| connect_from(client_ip(i % 10), relay.http))
+        .collect();
     let t = Instant::now();
     let h = relay.get("/v1/health");
     let answered_in = t.elapsed();
@@ -330,4 +332,50 @@ fn unusable_tls_files_stop_the_daemon_with_the_path_and_reason() {
             assert!(err.contains(e), "config {i}: {e:?} missing from:\n{err}");
         }
     }
+}
+
+/// A hostile client, one address, completing TLS handshakes back to back for 2 s: the
+/// relay does at most its burst of 100 plus 50 a second of them (each costs a signature);
+/// the rest of its connections are closed on accept, before any handshake, and another
+/// address is served promptly meanwhile.
+#[test]
+fn a_tls_handshake_flood_from_one_address_is_held_to_its_rate() {
+    let relay = tls_relay(RelayOpts::default());
+    let cert = relay.tls_cert.clone().expect("a TLS relay");
+    let config = stsync_user::tls::trusting(&cert).expect("the relay's certificate");
+    let hostile = client_ip(0);
+    let (mut done, mut refused) = (0u32, 0u32);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        let mut tcp = connect_from(hostile, relay.http);
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let mut ok = true;
+        while tls.is_handshaking() {
+            if tls.complete_io(&mut tcp).is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            done += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let h = relay.get("/v1/health");
+    let other_took = t.elapsed();
+    record_result(&format!(
+        "https per address: {done} handshakes done and {refused} connections refused for one \
+         address in {secs:.1} s; health from another answered in {other_took:?}"
+    ));
+    assert_eq!(h.map(|r| r.status), Ok(200));
+    assert!(
+        f64::from(done) <= 100.0 + 50.0 * secs + 5.0,
+        "{done} handshakes in {secs:.1} s"
+    );
+    assert!(refused > 0, "nothing refused ({done} handshakes)");
+    assert!(other_took < Duration::from_secs(1), "{other_took:?}");
 }

@@ -9,6 +9,10 @@
 //!   moves for the idle timeout is closed (`ConnIo`: a stalled body, an unread answer);
 //! - at most `max_connections` are open; at the cap a new connection closes the stalest
 //!   one (see `evict_stalest`), so the listen backlog never fills behind held connections;
+//! - one address may open `per_address.max_connections` at once and
+//!   `per_address.handshakes_per_sec` a second (bursts of twice that); beyond, a new
+//!   connection is closed as soon as it is accepted, before any TLS handshake (the costly
+//!   part of HTTPS) and without taking another client's slot;
 //! - on shutdown, the listener closes, idle connections close, and whatever is still open
 //!   after the shutdown timeout is dropped;
 //! - hyper's own answers to unparsable requests (empty-bodied 400, 414, 431) are replaced by
@@ -18,6 +22,7 @@
 //!   the requests as the client wrote them.
 
 use super::{error_body, MAX_HEAD_BYTES, MAX_URI_BYTES};
+use crate::relay::{AddressLimits, PerAddress};
 use axum::http::StatusCode;
 use axum::Router;
 use hyper::server::conn::http1;
@@ -26,6 +31,7 @@ use socket2::SockRef;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::net::IpAddr;
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -57,6 +63,8 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_connections: usize,
+    /// What one address may open: at once, and per second.
+    pub per_address: AddressLimits,
     /// Serve HTTPS with this (see `crate::tls::server_config`); `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -87,6 +95,32 @@ struct Open {
     /// (µs since the server started).
     fresh: Arc<AtomicU64>,
     abort: AbortHandle,
+    peer: IpAddr,
+}
+
+/// The open connections and what each address holds of them.
+struct Connections {
+    open: HashMap<Id, Open>,
+    addresses: PerAddress,
+    last_sweep: std::time::Instant,
+}
+
+impl Connections {
+    fn closed(&mut self, id: Id) {
+        if let Some(o) = self.open.remove(&id) {
+            self.addresses.closed(o.peer);
+        }
+    }
+
+    /// Whether `peer` may open one more (and counts the attempt against its rate).
+    fn admit(&mut self, peer: IpAddr) -> bool {
+        let now = std::time::Instant::now();
+        if now.saturating_duration_since(self.last_sweep) >= Duration::from_secs(1) {
+            self.addresses.sweep(now);
+            self.last_sweep = now;
+        }
+        self.addresses.handshake(peer, now) && self.addresses.may_connect(peer)
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains for at most
@@ -100,24 +134,40 @@ pub async fn serve(
     let epoch = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let mut open: HashMap<Id, Open> = HashMap::new();
+    let mut conns = Connections {
+        open: HashMap::new(),
+        addresses: PerAddress::new(opts.per_address),
+        last_sweep: std::time::Instant::now(),
+    };
     let mut evictions = Throttle::default();
+    let mut refusals = Throttle::default();
     let mut accept_errors = Throttle::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(done) = tasks.join_next_with_id() => {
-                open.remove(&task_id(&done));
-            }
+            Some(done) = tasks.join_next_with_id() => conns.closed(task_id(&done)),
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, from)) => {
                     while let Some(done) = tasks.try_join_next_with_id() {
-                        open.remove(&task_id(&done));
+                        conns.closed(task_id(&done));
                     }
-                    if open.len() >= opts.max_connections {
-                        evict_stalest(&mut open);
+                    let peer = from.ip();
+                    if !conns.admit(peer) {
+                        if let Some(n) = refusals.tick() {
+                            warn!(
+                                %peer,
+                                refused = n,
+                                "HTTP: an address over its connection budget; closing its new \
+                                 connections"
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                    if conns.open.len() >= opts.max_connections {
+                        evict_stalest(&mut conns);
                         if let Some(n) = evictions.tick() {
                             warn!(
                                 cap = opts.max_connections,
@@ -133,7 +183,8 @@ pub async fn serve(
                     let fresh = Arc::new(AtomicU64::new(micros_since(epoch)));
                     let conn = connection(stream, app.clone(), opts.clone(), epoch, fresh.clone(), stop_rx.clone());
                     let abort = tasks.spawn(conn);
-                    open.insert(abort.id(), Open { fresh, abort });
+                    conns.addresses.opened(peer);
+                    conns.open.insert(abort.id(), Open { fresh, abort, peer });
                 }
                 Err(e) => {
                     // Out of file descriptors or buffers: the listener stays readable, so
@@ -178,13 +229,17 @@ fn micros_since(epoch: Instant) -> u64 {
 /// being served has just delivered a head and is the last to go; a "refuse new connections
 /// at the cap" policy would instead leave honest requests queued in the listen backlog
 /// behind whoever holds the slots.
-fn evict_stalest(open: &mut HashMap<Id, Open>) {
-    let stalest = open
+fn evict_stalest(conns: &mut Connections) {
+    let stalest = conns
+        .open
         .iter()
         .min_by_key(|(_, o)| o.fresh.load(Relaxed))
         .map(|(id, _)| *id);
-    if let Some(o) = stalest.and_then(|id| open.remove(&id)) {
-        o.abort.abort();
+    if let Some(id) = stalest {
+        if let Some(o) = conns.open.get(&id) {
+            o.abort.abort();
+        }
+        conns.closed(id);
     }
 }
 

@@ -30,7 +30,7 @@ pub mod viewer;
 pub use encryption::KeySchedule;
 pub use io::{Command, CommandError, KernelAcks, KernelReport, Offsets, Reply, RouteEvent};
 pub use keys::{Denied, SessionKeys, TooMany, MAX_KEYS_PER_STREAM};
-pub use per_address::AddressLimits;
+pub use per_address::{AddressLimits, PerAddress};
 pub use stats::{ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot};
 pub use transmits::{Datagram, Transmits};
 
@@ -41,7 +41,6 @@ use crate::srt::receiver::{Feedback, Receiver};
 use crate::srt::seq::Seq;
 use encryption::Encryption;
 use outbox::Outbox;
-use per_address::PerAddress;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

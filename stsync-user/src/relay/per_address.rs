@@ -16,7 +16,8 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy)]
 pub struct AddressLimits {
     pub max_connections: usize,
-    /// Conclusions per second (the burst is twice this).
+    /// Conclusions per second (the burst is twice this); for the HTTP API, connections
+    /// accepted per second.
     pub handshakes_per_sec: u32,
 }
 

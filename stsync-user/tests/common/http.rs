@@ -90,3 +90,23 @@ pub fn read_to_close(s: &mut std::net::TcpStream, limit: Duration) -> (Vec<u8>, 
     }
     (out, start.elapsed())
 }
+
+/// A TCP connection to `to` from loopback address `from` (every 127.x.y.z is this host),
+/// so one test can be several clients of the relay's per-address budgets.
+pub fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddrV4::new(from, 0).into())
+        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    s.connect_timeout(&to.into(), Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("connect {from} → {to}: {e}"));
+    let s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// The `i`-th of several client addresses, none of them 127.0.0.1 (the tests' own API
+/// calls come from there): 127.0.1.x.
+pub fn client_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 1, 1 + (i % 250) as u8)
+}
