@@ -10,6 +10,10 @@ use stsync_common::srt::ctrl;
 
 /// Buffers larger than this (bytes) shrink back after a burst.
 const SHRINK_ABOVE: usize = 256 << 10;
+/// Batches between two looks at whether to shrink: a buffer is sized by the largest batch
+/// of a whole window, so batches that merely vary (5 packets fanned out, then 1) never make
+/// it shrink and grow again, an allocation per packet (seen at 100 encrypted viewers).
+const SHRINK_WINDOW: u32 = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Payload {
@@ -33,6 +37,9 @@ pub struct Transmit {
 pub struct Outbox {
     arena: Vec<u8>,
     items: Vec<Transmit>,
+    /// The largest batch of the window so far (arena bytes, items), and its length.
+    peak: (usize, usize),
+    batches: u32,
 }
 
 impl Outbox {
@@ -135,15 +142,22 @@ impl Outbox {
         self.items.is_empty()
     }
 
-    /// Empties the outbox, handing back memory a burst left behind: buffers far larger
-    /// than what this batch used shrink to twice that.
+    /// Empties the outbox, handing back memory a burst left behind: once per window,
+    /// buffers far larger than the window's largest batch shrink to twice that.
     pub fn clear(&mut self) {
-        if self.arena.capacity() > SHRINK_ABOVE && self.arena.len() < self.arena.capacity() / 4 {
-            self.arena.shrink_to(2 * self.arena.len());
-        }
-        let items_bytes = self.items.capacity() * std::mem::size_of::<Transmit>();
-        if items_bytes > SHRINK_ABOVE && self.items.len() < self.items.capacity() / 4 {
-            self.items.shrink_to(2 * self.items.len());
+        self.peak.0 = self.peak.0.max(self.arena.len());
+        self.peak.1 = self.peak.1.max(self.items.len());
+        self.batches += 1;
+        if self.batches >= SHRINK_WINDOW {
+            let (bytes, items) = std::mem::take(&mut self.peak);
+            self.batches = 0;
+            if self.arena.capacity() > SHRINK_ABOVE && bytes < self.arena.capacity() / 4 {
+                self.arena.shrink_to(2 * bytes);
+            }
+            let items_bytes = self.items.capacity() * std::mem::size_of::<Transmit>();
+            if items_bytes > SHRINK_ABOVE && items < self.items.capacity() / 4 {
+                self.items.shrink_to(2 * items);
+            }
         }
         self.arena.clear();
         self.items.clear();
@@ -163,8 +177,15 @@ mod tests {
         }
         o.clear();
         assert!(o.items.capacity() >= 100_000, "kept for a batch like it");
-        o.push_control(dst, 1, 0, 0, 1, &[0]);
-        o.clear();
+        // Small batches for a whole window: the burst's memory goes back at its end, and
+        // not before (a batch size that varies must not shrink and regrow the buffers).
+        for i in 1..2 * SHRINK_WINDOW {
+            o.push_control(dst, 1, 0, 0, 1, &[0]);
+            o.clear();
+            if i < SHRINK_WINDOW - 1 {
+                assert!(o.items.capacity() >= 100_000, "batch {i}");
+            }
+        }
         assert!(o.items.capacity() < 100, "{}", o.items.capacity());
         assert!(o.arena.capacity() < 100, "{}", o.arena.capacity());
     }
