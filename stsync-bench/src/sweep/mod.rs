@@ -117,7 +117,7 @@ pub struct SweepOpts {
     /// Instead of the viewer and bitrate sweeps: for each datapath and --crypto entry, the
     /// most viewers (between LO and HI, at --base-bitrate) for which a point holds, by
     /// bisection down to --find-max-step viewers.
-    #[arg(long, value_delimiter = ',', num_args = 2, value_names = ["LO", "HI"])]
+    #[arg(long, value_delimiter = ',', value_name = "LO,HI")]
     pub find_max: Option<Vec<u32>>,
     #[arg(long, default_value_t = 50)]
     pub find_max_step: u32,
@@ -226,9 +226,15 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
     }
     match &o.find_max {
         Some(range) => {
+            let &[lo, hi] = range.as_slice() else {
+                bail!("--find-max takes LO,HI");
+            };
+            if lo == 0 || lo >= hi {
+                bail!("--find-max: LO must be at least 1 and below HI");
+            }
             for kind in &o.datapaths {
                 for &enc in &o.crypto {
-                    let m = find_max(o, kind, enc, (range[0], range[1]), &mut res)?;
+                    let m = find_max(o, kind, enc, (lo, hi), &mut res)?;
                     res.max_viewers.push(m);
                 }
             }
