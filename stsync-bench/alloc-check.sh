@@ -34,6 +34,10 @@ esac
 cat > "$dir/relay.json" <<JSON
 {"srt_listen":"127.0.0.1:39999","http_listen":"127.0.0.1:39998","streams":[$stream}]}
 JSON
+if curl -sf http://127.0.0.1:39998/v1/health >/dev/null; then
+    echo "127.0.0.1:39998 already answers: another relay is running" >&2
+    exit 1
+fi
 extra=""
 [ "$datapath" = ebpf ] && extra="--ebpf-interfaces lo"
 # shellcheck disable=SC2086
