@@ -43,7 +43,8 @@ extra=""
 # shellcheck disable=SC2086
 "$bin/stsync-proxy" --config "$dir/relay.json" --datapath "$datapath" $extra >"$dir/relay.log" 2>&1 &
 relay=$!
-trap 'kill $relay $gen_pid 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+# (set -e holds in the trap too: nothing in it may fail before the rm.)
+trap 'kill $relay $gen_pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 gen_pid=""
 for _ in $(seq 50); do curl -sf http://127.0.0.1:39998/v1/health >/dev/null && break; sleep 0.1; done
 # shellcheck disable=SC2086

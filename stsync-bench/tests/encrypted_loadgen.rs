@@ -34,12 +34,14 @@ fn relay_bin() -> PathBuf {
     bin
 }
 
-struct Relay(Child);
+/// The relay process and its directory: killed and removed on drop, a failed test's too.
+struct Relay(Child, PathBuf);
 
 impl Drop for Relay {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
     }
 }
 
@@ -83,7 +85,7 @@ fn start_relay(dir: &std::path::Path) -> (Relay, u16, u16) {
         .stderr(std::fs::File::create(dir.join("relay.log")).unwrap())
         .spawn()
         .expect("start the relay");
-    let relay = Relay(child);
+    let relay = Relay(child, dir.to_path_buf());
     let addr = format!("127.0.0.1:{http}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !stsync_bench::http::healthy(None, addr) {
@@ -212,5 +214,4 @@ fn encrypted_publisher_and_viewers_through_the_relay() {
     );
     let e = run(srt, http, &["--stream", "1", "--passphrase", PUBLISH]).unwrap_err();
     assert!(e.to_string().contains("1011"), "{e:#}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
