@@ -26,16 +26,22 @@ pub const PROGRAM_TC: &str = "stsb_sink_tc";
 pub const SLOT_VALID: u32 = 1 << 31;
 /// `Slot::flags`: the packet had the retransmitted flag.
 pub const FLAG_REXMIT: u32 = 1 << 31;
-/// `Slot::flags`: the payload does not start like the generator's (no index, no time).
+/// `Slot::flags`: the payload is shorter than `PAYLOAD_PEEK` (nothing of it recorded).
 pub const FLAG_BAD_PAYLOAD: u32 = 1 << 30;
 /// `Slot::flags`: `rx_ns` is the skb's receive timestamp in CLOCK_REALTIME (TC hook), not
 /// `bpf_ktime_get_ns()`.
 pub const FLAG_RX_REALTIME: u32 = 1 << 29;
 /// `Slot::flags`: SRT payload length in bytes.
 pub const FLAG_LEN_MASK: u32 = 0xFFFF;
+/// `Slot::flags`: the data packet's KK bits (which key it is encrypted under: 1 even,
+/// 2 odd; 0 clear), shifted down to here.
+pub const FLAG_KK_SHIFT: u32 = 16;
+pub const FLAG_KK_MASK: u32 = 0b11 << FLAG_KK_SHIFT;
 
 /// The generator's payload (stsync-bench `caller::write_payload`): a TS null-packet header,
-/// then the packet index and the CLOCK_MONOTONIC send time, both u64 big-endian.
+/// then the packet index and the CLOCK_MONOTONIC send time, both u64 big-endian. The sink
+/// records these first `PAYLOAD_PEEK` bytes as they are (`Slot::head`, `index`,
+/// `sent_ns`): an encrypted payload is only bytes to it; the generator decrypts and checks.
 pub const PAYLOAD_MAGIC: [u8; 4] = [0x47, 0x1F, 0xFF, 0x10];
 pub const PAYLOAD_OFF_INDEX: usize = 4;
 pub const PAYLOAD_OFF_SENT: usize = 12;
@@ -84,15 +90,19 @@ pub struct Head {
 pub struct Slot {
     pub seq: u32,
     pub flags: u32,
-    /// The publisher's packet index from the payload.
+    /// Payload bytes 4..12 (big-endian): the publisher's packet index, if not encrypted.
     pub index: u64,
-    /// Send time from the payload (CLOCK_MONOTONIC ns).
+    /// Payload bytes 12..20 (big-endian): the send time (CLOCK_MONOTONIC ns), if not
+    /// encrypted.
     pub sent_ns: u64,
     /// Arrival time (ns): the kernel's receive timestamp of the packet (CLOCK_REALTIME,
     /// taken when it entered the interface's input queue, the one SO_TIMESTAMPNS reports)
     /// when `FLAG_RX_REALTIME` is set, else `bpf_ktime_get_ns()` when the sink saw it
     /// (CLOCK_MONOTONIC).
     pub rx_ns: u64,
+    /// Payload bytes 0..4 as they came (the generator's `PAYLOAD_MAGIC` when clear).
+    pub head: [u8; 4],
+    pub _pad: u32,
 }
 
 /// Indices into the per-CPU `SINK_COUNTERS`.
@@ -118,7 +128,7 @@ pub const SYSCOUNT_SLOTS: u32 = 512;
 
 const _: () = assert!(core::mem::size_of::<SinkConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<Head>() == 32);
-const _: () = assert!(core::mem::size_of::<Slot>() == 32);
+const _: () = assert!(core::mem::size_of::<Slot>() == 40);
 
 /// `a` comes before `b` in 31-bit sequence space.
 pub fn seq_lt(a: u32, b: u32) -> bool {

@@ -5,8 +5,9 @@
 //! the same logic under both hooks), it recognises an SRT data packet for viewer `i`
 //! (IPv4/UDP from the relay's address and port to the viewers' port, destination address
 //! `viewer_ip_base + i`, SRT destination socket ID `id_base + i`), records its sequence
-//! number, retransmission flag, payload length, the payload's packet index and send time
-//! and its arrival time (at TC the skb's receive timestamp, else `bpf_ktime_get_ns`) in the
+//! number, retransmission flag, key bits (KK), payload length, the payload's first 20 bytes
+//! as they came (clear: its packet index and send time; encrypted: the generator decrypts
+//! them) and its arrival time (at TC the skb's receive timestamp, else `bpf_ktime_get_ns`) in the
 //! viewer's slot ring, and drops it. The generator reads
 //! the rings through `mmap` and drives its libsrt-like receivers from them (ACK, NAK...).
 //! Everything else passes untouched to the generator's socket: control packets (ACKACK,
@@ -25,15 +26,15 @@ use aya_ebpf::{
 };
 use core::{ffi::c_void, mem::MaybeUninit};
 use stsync_bench_common::{
-    counter, seq_lt, Head, SinkConfig, Slot, FLAG_BAD_PAYLOAD, FLAG_LEN_MASK, FLAG_REXMIT,
-    FLAG_RX_REALTIME, PAYLOAD_MAGIC, PAYLOAD_OFF_INDEX, PAYLOAD_OFF_SENT, PAYLOAD_PEEK, SLOT_VALID,
+    counter, seq_lt, Head, SinkConfig, Slot, FLAG_BAD_PAYLOAD, FLAG_KK_SHIFT, FLAG_LEN_MASK,
+    FLAG_REXMIT, FLAG_RX_REALTIME, PAYLOAD_OFF_INDEX, PAYLOAD_OFF_SENT, PAYLOAD_PEEK, SLOT_VALID,
     SYSCOUNT_SLOTS,
 };
 use stsync_common::frame::{
     be16, be32, raw16, raw32, ETH_P_IP, ETH_TYPE, HDR_LEN, IP, IPPROTO_UDP, IP_DST, IP_FRAG,
     IP_PROTO, IP_SRC, SRT_DEST, SRT_WORD0, SRT_WORD1, UDP, UDP_DPORT, UDP_LEN, UDP_SPORT,
 };
-use stsync_common::srt::{CONTROL_BIT, MSG_REXMIT_FLAG, SEQ_MASK};
+use stsync_common::srt::{CONTROL_BIT, MSG_KK_MASK, MSG_REXMIT_FLAG, SEQ_MASK};
 
 #[map(name = "SINK_CONFIG")]
 static CONFIG: Array<SinkConfig> = Array::with_max_entries(1, 0);
@@ -222,15 +223,20 @@ fn sink<P: Packet>(p: &P) -> Verdict {
         if be32(&h, SRT_WORD1) & MSG_REXMIT_FLAG != 0 {
             flags |= FLAG_REXMIT;
         }
-        let (mut index, mut sent) = (0, 0);
+        flags |= ((be32(&h, SRT_WORD1) & MSG_KK_MASK) >> 27) << FLAG_KK_SHIFT;
+        // The payload's first bytes as they are: clear, the magic, index and time; an
+        // encrypted payload's are decrypted by the generator.
+        let (mut first, mut index, mut sent) = ([0; 4], 0, 0);
         match p.read::<PAYLOAD_PEEK>(HDR_LEN) {
-            Some(b) if len as usize >= PAYLOAD_PEEK && b[..4] == PAYLOAD_MAGIC => {
+            Some(b) if len as usize >= PAYLOAD_PEEK => {
+                first = [b[0], b[1], b[2], b[3]];
                 index = be64(&b, PAYLOAD_OFF_INDEX);
                 sent = be64(&b, PAYLOAD_OFF_SENT);
             }
             _ => flags |= FLAG_BAD_PAYLOAD,
         }
         core::ptr::write_volatile(&mut (*slot).flags, flags);
+        core::ptr::write_volatile(&mut (*slot).head, first);
         core::ptr::write_volatile(&mut (*slot).index, index);
         core::ptr::write_volatile(&mut (*slot).sent_ns, sent);
         core::ptr::write_volatile(&mut (*slot).rx_ns, now);

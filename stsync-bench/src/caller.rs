@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use stsync_common::srt::ctrl;
 use stsync_user::srt::handshake::{
-    encode_sid, ext, ext_flag, ext_header, hs_type, peer_ip_field, srt_flag, Handshake, MAGIC,
-    SRT_VERSION, VERSION_4, VERSION_5,
+    encode_sid, ext, ext_flag, ext_header, hs_type, peer_ip_field, srt_flag, Handshake, BODY_LEN,
+    MAGIC, SRT_VERSION, VERSION_4, VERSION_5,
 };
 use stsync_user::srt::packet::write_control;
 use stsync_user::srt::seq::Seq;
@@ -38,7 +38,8 @@ pub fn induction(out: &mut Vec<u8>, socket_id: u32, isn: Seq, ts: u32, peer: Soc
     write_control(out, ctrl::HANDSHAKE, 0, ts, 0, &hs.words());
 }
 
-/// Conclusion with HSREQ and the stream ID.
+/// Conclusion with HSREQ, KMREQ when `km` is given (an encrypting caller's keying
+/// material, `srt::crypto::KeyMaterial::encode`), and the stream ID, in libsrt's order.
 #[allow(clippy::too_many_arguments)]
 pub fn conclusion(
     out: &mut Vec<u8>,
@@ -49,11 +50,17 @@ pub fn conclusion(
     cookie: u32,
     latency_ms: u16,
     sid: &[u8],
+    km: Option<&[u8]>,
 ) {
+    let (encryption, kmreq) = match km {
+        // libsrt's caller advertises its key length (PBKEYLEN / 8: 2, 3 or 4) here.
+        Some(km) => (km_key_len(km).map_or(0, |l| l / 8) as u16, ext_flag::KMREQ),
+        None => (0, 0),
+    };
     let hs = Handshake {
         version: VERSION_5,
-        encryption: 0,
-        ext_field: ext_flag::HSREQ | ext_flag::CONFIG,
+        encryption,
+        ext_field: ext_flag::HSREQ | kmreq | ext_flag::CONFIG,
         isn,
         mtu: MTU,
         flow_window: FLOW_WINDOW,
@@ -69,10 +76,38 @@ pub fn conclusion(
         HS_FLAGS,
         (u32::from(latency_ms) << 16) | u32::from(latency_ms),
     ]);
+    if let Some(km) = km {
+        words.push(ext_header(ext::KMREQ, km.len().div_ceil(4)));
+        words.extend(km.chunks(4).map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_be_bytes(w)
+        }));
+    }
     let sid_words = encode_sid(sid);
     words.push(ext_header(ext::SID, sid_words.len()));
     words.extend_from_slice(&sid_words);
     write_control(out, ctrl::HANDSHAKE, 0, ts, 0, &words);
+}
+
+/// Bytes per key of encoded keying material (its Klen/4 byte), if it is that long.
+fn km_key_len(km: &[u8]) -> Option<usize> {
+    km.get(15).map(|&k| usize::from(k) * 4)
+}
+
+/// The KMRSP block of a conclusion answer (`body` is the handshake body), as sent.
+pub fn kmrsp(body: &[u8]) -> Option<&[u8]> {
+    let mut rest = body.get(BODY_LEN..)?;
+    while rest.len() >= 4 {
+        let head = u32::from_be_bytes(rest[..4].try_into().ok()?);
+        let (typ, words) = ((head >> 16) as u16, (head & 0xFFFF) as usize);
+        let content = rest.get(4..4 + words * 4)?;
+        if typ == ext::KMRSP {
+            return Some(content);
+        }
+        rest = &rest[4 + words * 4..];
+    }
+    None
 }
 
 /// What a listener's handshake answer means to a caller.
@@ -170,6 +205,7 @@ mod tests {
             99,
             120,
             b"#!::r=1,s=ab,m=request",
+            None,
         );
         let Packet::Control(c) = Packet::parse(&out).unwrap() else {
             panic!()
@@ -180,6 +216,54 @@ mod tests {
         let e = parse_extensions(&c.body[48..]).unwrap();
         assert_eq!(e.sid.as_deref(), Some(&b"#!::r=1,s=ab,m=request"[..]));
         assert_eq!(e.hsreq.unwrap().recv_latency_ms, 120);
+        assert_eq!((hs.encryption, e.kmreq), (0, None));
+    }
+
+    /// An encrypting caller's conclusion: the relay's listener reads its KMREQ back as
+    /// the keying material that was sealed, and its answer's KMRSP is found.
+    #[test]
+    fn kmreq_rides_in_the_conclusion_and_kmrsp_is_found_in_the_answer() {
+        use stsync_user::srt::crypto::KeyMaterial;
+        use stsync_user::srt::listener;
+        let km = KeyMaterial::seal(b"bench passphrase", [3; 16], Some(&[9; 32]), None).unwrap();
+        let mut km_bytes = Vec::new();
+        km.encode(&mut km_bytes);
+        let mut out = Vec::new();
+        let peer: SocketAddr = "10.0.0.1:9999".parse().unwrap();
+        let sid = b"#!::r=1,s=ab,m=publish";
+        conclusion(
+            &mut out,
+            7,
+            Seq::new(5),
+            0,
+            peer,
+            99,
+            120,
+            sid,
+            Some(&km_bytes),
+        );
+        let Packet::Control(c) = Packet::parse(&out).unwrap() else {
+            panic!()
+        };
+        let hs = Handshake::parse(c.body).unwrap();
+        assert_eq!(hs.encryption, 4, "AES-256 advertised");
+        assert_ne!(hs.ext_field & ext_flag::KMREQ, 0);
+        let e = parse_extensions(&c.body[BODY_LEN..]).unwrap();
+        assert_eq!(e.kmreq.as_deref(), Some(&km_bytes[..]));
+        assert_eq!(e.sid.as_deref(), Some(&sid[..]));
+        assert_eq!(KeyMaterial::parse(&km_bytes).unwrap(), km);
+        // The relay's answer carries it back.
+        let accepted = listener::accept(&hs, 42, peer, (120, 120), Some(&km_bytes));
+        let Packet::Control(a) = Packet::parse(&accepted).unwrap() else {
+            panic!()
+        };
+        assert_eq!(answer(a.body), HsAnswer::Accepted(42));
+        assert_eq!(kmrsp(a.body), Some(&km_bytes[..]));
+        let clear = listener::accept(&hs, 42, peer, (120, 120), None);
+        let Packet::Control(a) = Packet::parse(&clear).unwrap() else {
+            panic!()
+        };
+        assert_eq!(kmrsp(a.body), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ fn series<'a>(
     let mut v: Vec<&Point> = r
         .points
         .iter()
-        .filter(|p| p.datapath == kind && p.error.is_none())
+        .filter(|p| line_of(p) == kind && p.error.is_none())
         .filter(|p| match by_bitrate {
             Some(viewers) => p.viewers == viewers,
             None => (p.bitrate_mbps - base_mbps).abs() < 1e-9,
@@ -131,11 +131,20 @@ fn panel(
     Ok(())
 }
 
+/// One line per datapath and encryption ("ebpf", "ebpf aes128").
+fn line_of(p: &Point) -> String {
+    if p.crypto == "clear" {
+        p.datapath.clone()
+    } else {
+        format!("{} {}", p.datapath, p.crypto)
+    }
+}
+
 pub fn draw(r: &SweepResults, path: &Path) -> Result<()> {
     let mut kinds: Vec<String> = Vec::new();
     for p in &r.points {
-        if !kinds.contains(&p.datapath) {
-            kinds.push(p.datapath.clone());
+        if !kinds.contains(&line_of(p)) {
+            kinds.push(line_of(p));
         }
     }
     let base = r

@@ -51,6 +51,12 @@ pub struct RunConfig {
     /// How the viewers received data: "socket" or "xdp" (the kernel sink).
     #[serde(default)]
     pub rx: String,
+    /// Key length (bytes) the publisher encrypted with; None: clear.
+    #[serde(default)]
+    pub publish_key_len: Option<usize>,
+    /// Key length (bytes) the viewers encrypted with; None: clear.
+    #[serde(default)]
+    pub view_key_len: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -99,6 +105,12 @@ pub struct ViewerTotals {
     pub acks_unanswered: u64,
     pub keepalives: u64,
     pub dropreqs: u64,
+    /// Encrypted viewers, socket receive: whole payloads decrypted and checked.
+    #[serde(default)]
+    pub payloads_checked: u64,
+    /// Key refreshes from the relay that viewers answered (KMRSP).
+    #[serde(default)]
+    pub key_refreshes: u64,
 }
 
 impl ViewerTotals {
@@ -124,6 +136,8 @@ impl ViewerTotals {
         self.acks_unanswered += unanswered;
         self.keepalives += c.keepalives;
         self.dropreqs += c.dropreqs;
+        self.payloads_checked += c.payloads_checked;
+        self.key_refreshes += c.key_refreshes;
     }
 }
 

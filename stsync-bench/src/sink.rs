@@ -17,8 +17,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use stsync_bench_common::{
-    self as common, counter, Head, SinkConfig, Slot, FLAG_BAD_PAYLOAD, FLAG_LEN_MASK, FLAG_REXMIT,
-    FLAG_RX_REALTIME, SLOT_VALID,
+    self as common, counter, Head, SinkConfig, Slot, FLAG_BAD_PAYLOAD, FLAG_KK_MASK, FLAG_KK_SHIFT,
+    FLAG_LEN_MASK, FLAG_REXMIT, FLAG_RX_REALTIME, PAYLOAD_PEEK, SLOT_VALID,
 };
 use stsync_common::srt::SEQ_MASK;
 
@@ -82,11 +82,27 @@ impl Drop for Mapping {
 pub struct Arrived {
     pub len: usize,
     pub rexmit: bool,
-    /// (packet index, send time) from the payload; None if it was not the generator's.
-    pub payload: Option<(u64, u64)>,
+    /// The data packet's KK bits (0 clear, 1 even key, 2 odd key).
+    pub kk: u32,
+    /// The payload's first `PAYLOAD_PEEK` bytes as they came (None: it was shorter).
+    pub peek: Option<[u8; PAYLOAD_PEEK]>,
     /// When it arrived (ns): CLOCK_MONOTONIC, or CLOCK_REALTIME if `rx_realtime`.
     pub rx_ns: u64,
     pub rx_realtime: bool,
+}
+
+impl Arrived {
+    /// A clear payload's (packet index, send time); None if it was not the generator's.
+    pub fn payload(&self) -> Option<(u64, u64)> {
+        self.peek
+            .as_ref()
+            .and_then(|p| crate::caller::read_payload(p))
+    }
+
+    /// The first `PAYLOAD_PEEK` bytes of `payload`, if it is that long.
+    pub fn peek_of(payload: &[u8]) -> Option<[u8; PAYLOAD_PEEK]> {
+        payload.get(..PAYLOAD_PEEK)?.try_into().ok()
+    }
 }
 
 /// What the generator reads from the sink's maps; a trait so the draining logic can be
@@ -340,6 +356,7 @@ impl Rings for Sink {
                 return None;
             }
             let flags = std::ptr::read_volatile(std::ptr::addr_of!((*s).flags));
+            let head = std::ptr::read_volatile(std::ptr::addr_of!((*s).head));
             let index = std::ptr::read_volatile(std::ptr::addr_of!((*s).index));
             let sent = std::ptr::read_volatile(std::ptr::addr_of!((*s).sent_ns));
             let rx_ns = std::ptr::read_volatile(std::ptr::addr_of!((*s).rx_ns));
@@ -350,7 +367,14 @@ impl Rings for Sink {
             Some(Arrived {
                 len: (flags & FLAG_LEN_MASK) as usize,
                 rexmit: flags & FLAG_REXMIT != 0,
-                payload: (flags & FLAG_BAD_PAYLOAD == 0).then_some((index, sent)),
+                kk: (flags & FLAG_KK_MASK) >> FLAG_KK_SHIFT,
+                peek: (flags & FLAG_BAD_PAYLOAD == 0).then(|| {
+                    let mut p = [0u8; PAYLOAD_PEEK];
+                    p[..4].copy_from_slice(&head);
+                    p[4..12].copy_from_slice(&index.to_be_bytes());
+                    p[12..20].copy_from_slice(&sent.to_be_bytes());
+                    p
+                }),
                 rx_ns,
                 rx_realtime: flags & FLAG_RX_REALTIME != 0,
             })

@@ -72,6 +72,11 @@ fn data(viewer: u32, seq: u32, rexmit: bool, payload: &[u8]) -> Pkt {
     }
 }
 
+/// Bytes like an encrypted payload's: nothing the sink could read as the generator's.
+fn encrypted() -> Vec<u8> {
+    (0..1316u32).map(|i| (i * 131 + 7) as u8).collect()
+}
+
 fn payload(index: u64, sent: u64) -> Vec<u8> {
     let mut p = Vec::new();
     stsync_bench::caller::write_payload(&mut p, 1316, index, sent);
@@ -126,6 +131,9 @@ fn check(attach: Attach, obj: &std::path::Path) {
         drop,
         "bad payload"
     );
+    let mut enc = data(3, 9, false, &encrypted());
+    enc.srt[4..8].copy_from_slice(&(0xC000_0001u32 | 1 << 27).to_be_bytes());
+    assert_eq!(run(&enc), drop, "encrypted payload");
     // Passed to the socket: control, wrong source, wrong socket ID, unknown viewer.
     let mut ackack = data(1, 0, false, &[0; 4]);
     ackack.srt[0..4].copy_from_slice(&0x8006_0000u32.to_be_bytes());
@@ -146,12 +154,12 @@ fn check(attach: Attach, obj: &std::path::Path) {
     assert_eq!(sink.next(1), Some(6));
     let a = sink.slot(1, 5).expect("seq 5 recorded");
     assert_eq!(
-        (a.len, a.rexmit, a.payload),
+        (a.len, a.rexmit, a.payload()),
         (1316, false, Some((42, 1_000)))
     );
     assert!(a.rx_ns > 0);
     let b = sink.slot(1, 3).expect("seq 3 recorded");
-    assert_eq!((b.rexmit, b.payload), (true, Some((40, 900))));
+    assert_eq!((b.rexmit, b.payload()), (true, Some((40, 900))));
     assert!(sink.slot(1, 4).is_none());
     assert!(
         sink.slot(1, 5 + RING).is_none(),
@@ -162,7 +170,12 @@ fn check(attach: Attach, obj: &std::path::Path) {
     // 31-bit wrap: one past 0x7FFF_FFFF is 0.
     assert_eq!(sink.next(2), Some(0));
     let c = sink.slot(2, 0x7FFF_FFFF).expect("recorded");
-    assert_eq!((c.len, c.payload), (8, None));
+    assert_eq!((c.len, c.payload(), c.peek), (8, None, None));
+    // An encrypted payload (KK = even key) is recorded as it came, for the generator to
+    // decrypt.
+    let e = sink.slot(3, 9).expect("recorded");
+    assert_eq!((e.kk, e.payload()), (1, None));
+    assert_eq!(e.peek.map(|p| p.to_vec()), Some(encrypted()[..20].to_vec()));
     let r = sink.report();
     assert_eq!(
         (
@@ -171,7 +184,7 @@ fn check(attach: Attach, obj: &std::path::Path) {
             r.control_passed,
             r.unmatched_passed
         ),
-        (3, 2, 1, 3)
+        (4, 2, 1, 3)
     );
     // What one packet costs the program itself (a duplicate: the common path minus the
     // slot writes), for the docs.

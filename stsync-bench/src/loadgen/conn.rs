@@ -1,10 +1,12 @@
 //! The caller side of an SRT connection (HSv5 induction and conclusion, retries, control
 //! packets), shared by the publisher and the viewers.
 
+use super::crypto::Crypto;
 use crate::caller::{self, HsAnswer};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
+use stsync_common::srt::ctrl::USER_DEFINED;
 use stsync_user::os::mmsg::SendBatch;
 use stsync_user::srt::packet::write_control;
 use stsync_user::srt::seq::Seq;
@@ -20,6 +22,8 @@ pub(crate) enum Hs {
     Conclusion(u32),
     Connected,
     Rejected(u32),
+    /// Accepted, but the answer's KMRSP is missing or is not our KMREQ.
+    KeyRefused,
     TimedOut,
     Closed,
 }
@@ -36,6 +40,8 @@ pub(crate) struct Conn {
     clock0: Instant,
     hs_deadline: Instant,
     pub(crate) last_sent: Instant,
+    /// An encrypting caller's keys (its conclusion carries their KMREQ).
+    pub(crate) crypto: Option<Box<Crypto>>,
 }
 
 impl Conn {
@@ -57,6 +63,7 @@ impl Conn {
             clock0: now,
             hs_deadline: now,
             last_sent: now,
+            crypto: None,
         }
     }
 
@@ -88,6 +95,7 @@ impl Conn {
                     cookie,
                     latency,
                     self.sid.as_bytes(),
+                    self.crypto.as_ref().map(|c| &c.km[..]),
                 )
             }),
             _ => return,
@@ -112,6 +120,13 @@ impl Conn {
             }
             (HsAnswer::Accepted(peer), Hs::Conclusion(_)) => {
                 self.peer_id = peer;
+                // An encrypting caller needs its keying material back (libsrt's KMRSP);
+                // a clear one must not get any.
+                let want = self.crypto.as_ref().map(|c| &c.km[..]);
+                if caller::kmrsp(body) != want {
+                    self.state = Hs::KeyRefused;
+                    return false;
+                }
                 self.state = Hs::Connected;
                 true
             }
@@ -144,6 +159,26 @@ impl Conn {
             }
             _ => None,
         }
+    }
+
+    /// Sends an extended control message (type 0x7FFF) of `subtype`.
+    pub(crate) fn control_ext(
+        &mut self,
+        now: Instant,
+        fd: RawFd,
+        tx: &mut SendBatch,
+        subtype: u16,
+        body: &[u32],
+    ) {
+        let ts = self.ts(now);
+        let dest = self.peer_id;
+        tx.push(fd, self.relay, self.src, |out| {
+            let start = out.len();
+            write_control(out, USER_DEFINED, 0, ts, dest, body);
+            // The subtype is the first word's low half.
+            out[start + 2..start + 4].copy_from_slice(&subtype.to_be_bytes());
+        });
+        self.last_sent = now;
     }
 
     pub(crate) fn control(

@@ -20,11 +20,12 @@
 //! same delivery and latency bookkeeping. Control packets still come through the socket.
 //!
 //! Files: `opts` (the options, and the stream sent), `setup` (options checked, keys,
-//! sockets, sink), `conn` (the caller handshake), `publisher` (its thread), `viewers` (their
+//! sockets, sink), `conn` (the caller handshake), `crypto` (an encrypting caller's keys), `publisher` (its thread), `viewers` (their
 //! loop's work), `sink_feed` (--rx xdp), `window` (the phases, and what is measured at the
 //! window's edges), `report` (the figures).
 
 mod conn;
+mod crypto;
 mod opts;
 mod publisher;
 mod report;
@@ -34,6 +35,7 @@ pub(crate) mod viewers;
 mod window;
 
 pub(crate) use conn::{rand_u32, Conn, Hs, KEEPALIVE};
+pub use crypto::Secret;
 pub use opts::{parse_rate, Media, Opts, RxMode};
 pub(crate) use publisher::{new_publisher, spawn_publisher, PubShared, PublisherOutcome};
 pub(crate) use viewers::{ViewerCountersView, ViewerIo, BUFFER_PKTS};

@@ -2,6 +2,7 @@
 //! (`Media`, shared with the soak): in a file of their own so the parts of a run can take
 //! them without reaching back into `loadgen`.
 
+use super::crypto::Secret;
 use crate::sink::Attach;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -38,6 +39,24 @@ pub struct Opts {
     pub viewers: u32,
     #[command(flatten)]
     pub media: Media,
+    /// Encrypt the publisher and the viewers with this passphrase (SRT's `passphrase`, 10
+    /// to 79 bytes): each sends a fresh salt and key sealed with it in its conclusion
+    /// (KMREQ) and checks the relay's KMRSP; the publisher encrypts its payloads, viewers
+    /// decrypt the payload's index and time of every packet (the first 20 bytes) and the
+    /// whole payload of every 64th through the socket (`--rx socket`).
+    #[arg(long)]
+    pub passphrase: Option<String>,
+    /// The publisher's passphrase, if not --passphrase's (e.g. alone: encrypted publisher,
+    /// clear viewers).
+    #[arg(long)]
+    pub publish_passphrase: Option<String>,
+    /// The viewers' passphrase, if not --passphrase's (e.g. alone: clear publisher,
+    /// encrypted viewers).
+    #[arg(long)]
+    pub view_passphrase: Option<String>,
+    /// Key length of every encrypting connection: 16, 24 or 32 bytes (AES-128/192/256).
+    #[arg(long, default_value_t = 16)]
+    pub pbkeylen: usize,
     /// Seconds of streaming after every viewer is connected, before measuring.
     #[arg(long, default_value_t = 3.0)]
     pub warmup: f64,
@@ -102,6 +121,25 @@ pub struct Opts {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+impl Opts {
+    fn secret(&self, own: &Option<String>) -> Option<Secret> {
+        own.as_ref().or(self.passphrase.as_ref()).map(|p| Secret {
+            passphrase: p.clone(),
+            key_len: self.pbkeylen,
+        })
+    }
+
+    /// The publisher's passphrase and key length, if it encrypts.
+    pub fn publish_secret(&self) -> Option<Secret> {
+        self.secret(&self.publish_passphrase)
+    }
+
+    /// The viewers' passphrase and key length, if they encrypt.
+    pub fn view_secret(&self) -> Option<Secret> {
+        self.secret(&self.view_passphrase)
+    }
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

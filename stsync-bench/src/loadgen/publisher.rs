@@ -2,6 +2,7 @@
 //! connection, answering ACKs and NAKs (retransmitting from a ring) on a thread of its own.
 
 use super::conn::{rand_u32, Conn, Hs, KEEPALIVE};
+use super::crypto::Crypto;
 use super::opts::Media;
 use crate::caller;
 use crate::report::PublisherReport;
@@ -60,6 +61,11 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
+    /// From now on the publisher encrypts (its conclusion carries these keys' KMREQ).
+    pub(crate) fn encrypt(&mut self, c: Crypto) {
+        self.conn.crypto = Some(Box::new(c));
+    }
+
     fn next_due(&self) -> Instant {
         self.pace_start + self.interval.mul_f64(self.pace_k as f64)
     }
@@ -119,10 +125,18 @@ impl Publisher {
         } else {
             s.msg
         };
+        let crypto = self.conn.crypto.as_deref();
         self.tx
             .push(self.fd.as_raw_fd(), self.conn.relay, None, |out| {
+                let start = out.len();
                 write_data(out, Seq::new(s.seq), msg, s.ts, dest, &[]);
                 caller::write_payload(out, payload, s.index, s.sent_ns);
+                if let Some(c) = crypto {
+                    // A retransmission is sealed again to the same ciphertext (same seq).
+                    let body = start + stsync_common::srt::HEADER_LEN;
+                    let kk = c.seal(Seq::new(s.seq), &mut out[body..]);
+                    out[start + 4..start + 8].copy_from_slice(&(msg | kk).to_be_bytes());
+                }
             });
     }
 
@@ -275,6 +289,7 @@ fn publisher_loop(
                 publ.shared.publishing.store(true, Ordering::Release);
             }
             Hs::Rejected(code) => bail!("publisher rejected: handshake code {code}"),
+            Hs::KeyRefused => bail!("publisher accepted without its keying material (KMRSP)"),
             Hs::TimedOut => bail!(
                 "publisher handshake timed out (no answer from {})",
                 publ.conn.relay

@@ -41,6 +41,8 @@ pub(super) fn build(o: &Opts, viewers: &[Viewer], win: &Window, m: Measured) -> 
             duration_s: o.duration,
             sid_template: o.sid_template.clone(),
             rx: o.rx.name().into(),
+            publish_key_len: o.publish_secret().map(|s| s.key_len),
+            view_key_len: o.view_secret().map(|s| s.key_len),
         },
         connected: v.rows.iter().filter(|r| r.state == "connected").count() as u32,
         not_connected: v.rejections,
@@ -103,6 +105,7 @@ fn per_viewer(viewers: &[Viewer], expected: u64) -> PerViewer {
             Hs::Connected | Hs::Closed if v.rx.is_some() => "connected".to_string(),
             Hs::Rejected(code) => format!("rejected {code}"),
             Hs::TimedOut => "timed out".to_string(),
+            Hs::KeyRefused => "KMRSP missing or not our KMREQ".to_string(),
             s => format!("{s:?}"),
         };
         if state != "connected" {

@@ -3,6 +3,7 @@
 //! --rx xdp, the kernel sink.
 
 use super::conn::{rand_u32, Conn};
+use super::crypto::Crypto;
 use super::opts::{Opts, RxMode};
 use super::publisher::{new_publisher, PubShared, Publisher};
 use super::viewers::Viewer;
@@ -35,6 +36,10 @@ pub(super) struct Setup {
 impl Setup {
     pub(super) fn new(o: &Opts, log: &impl Fn(String)) -> Result<Setup> {
         o.media.check()?;
+        let (pub_secret, view_secret) = (o.publish_secret(), o.view_secret());
+        for s in pub_secret.iter().chain(view_secret.iter()) {
+            s.check()?;
+        }
         let n = o.viewers as usize;
         let keys = session_keys(o, n)?;
         let sid =
@@ -43,7 +48,7 @@ impl Setup {
         let t0 = Instant::now();
         let base_ns = clock::monotonic_ns();
         let cpu_start = self_cpu_ticks();
-        let (publisher, shared) = new_publisher(
+        let (mut publisher, shared) = new_publisher(
             pub_fd,
             o.pub_relay.unwrap_or(o.relay),
             sid(0, "publish"),
@@ -51,18 +56,28 @@ impl Setup {
             0,
             t0,
         );
+        if let Some(s) = &pub_secret {
+            publisher.encrypt(Crypto::new(s)?);
+        }
         let id_base = viewer_id_base(o.viewers);
         let viewers = (0..n)
             .map(|i| {
-                Viewer::new(Conn::new(
+                let mut conn = Conn::new(
                     id_base + i as u32,
                     o.relay,
                     Some(Ipv4Addr::from(u32::from(o.viewer_ip) + i as u32)),
                     sid(i + 1, "request"),
                     t0,
-                ))
+                );
+                // One key per viewer, as real ones have (a PBKDF2 each: 0.2 ms).
+                conn.crypto = view_secret
+                    .as_ref()
+                    .map(Crypto::new)
+                    .transpose()?
+                    .map(Box::new);
+                Ok(Viewer::new(conn))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let sink = match o.rx {
             RxMode::Socket => None,
             RxMode::Xdp if n == 0 => None,

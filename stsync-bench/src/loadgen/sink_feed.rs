@@ -81,7 +81,12 @@ mod tests {
                 Arrived {
                     len: 1316,
                     rexmit,
-                    payload: Some((index, 1_000)),
+                    kk: 0,
+                    peek: {
+                        let mut p = Vec::new();
+                        crate::caller::write_payload(&mut p, 1316, index, 1_000);
+                        Arrived::peek_of(&p)
+                    },
                     rx_ns: 1_000 + 50_000,
                     rx_realtime: false,
                 },

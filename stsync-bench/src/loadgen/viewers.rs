@@ -3,6 +3,7 @@
 //! through the socket or (--rx xdp) from the kernel sink's rings.
 
 use super::conn::{Conn, Hs, HS_RETRY, KEEPALIVE};
+use super::crypto::{SRT_CMD_KMREQ, SRT_CMD_KMRSP};
 use super::sink_feed::drain_sink;
 use crate::caller;
 use crate::hist::Hist;
@@ -10,7 +11,7 @@ use crate::sink::{Arrived, Rings, Sink};
 use std::ops::Range;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
-use stsync_common::srt::{ctrl, MSG_REXMIT_FLAG};
+use stsync_common::srt::{ctrl, MSG_KK_MASK, MSG_REXMIT_FLAG};
 use stsync_user::os::mmsg::{Received, RecvBatch, SendBatch};
 use stsync_user::os::{clock, udp};
 use stsync_user::srt::packet::{ControlPacket, DataPacket, Packet};
@@ -50,6 +51,11 @@ pub(crate) struct ViewerCountersView {
     pub(crate) acks_light: u64,
     pub(crate) keepalives: u64,
     pub(crate) dropreqs: u64,
+    /// Encrypted viewers (through the socket): whole payloads decrypted and compared with
+    /// what the publisher wrote (every 64th packet); a mismatch counts as `bad_payload`.
+    pub(crate) payloads_checked: u64,
+    /// Key refreshes (SRT_CMD_KMREQ) the relay sent and this viewer answered.
+    pub(crate) key_refreshes: u64,
 }
 
 pub(super) struct Window {
@@ -71,6 +77,8 @@ pub(crate) struct ViewerIo {
     /// second.
     pub(crate) rt_offset: i64,
     next_offset_refresh: Instant,
+    /// A payload being decrypted for a check.
+    scratch: Vec<u8>,
 }
 
 impl ViewerIo {
@@ -81,6 +89,7 @@ impl ViewerIo {
             fb: Vec::new(),
             rt_offset: clock::realtime_offset_ns(),
             next_offset_refresh: now,
+            scratch: Vec::new(),
         }
     }
 
@@ -144,7 +153,7 @@ pub(super) fn on_data(
     } else {
         a.rx_ns
     };
-    match a.payload {
+    match payload_of(v, seq, a) {
         Some((pi, sent)) if pi >= win.start && pi < win.end => {
             let off = pi - win.start;
             if off < win.cap {
@@ -165,6 +174,23 @@ pub(super) fn on_data(
         Some(_) => v.st.outside_window += 1,
         None => v.st.bad_payload += 1,
     }
+}
+
+/// The (packet index, send time) of what reached viewer `v`: its first bytes decrypted
+/// with the viewer's own keys when it encrypts. None: not the generator's payload, or not
+/// encrypted as the viewer's connection must be (or the other way round).
+fn payload_of(v: &Viewer, seq: Seq, a: &Arrived) -> Option<(u64, u64)> {
+    let mut peek = a.peek?;
+    match (&v.conn.crypto, a.kk) {
+        (None, 0) => {}
+        (Some(c), kk) if kk != 0 => {
+            if !c.open(kk << 27, seq, &mut peek) {
+                return None;
+            }
+        }
+        _ => return None,
+    }
+    caller::read_payload(&peek)
 }
 
 impl Viewer {
@@ -398,10 +424,22 @@ fn on_socket_data(
         return;
     }
     v.st.received += 1;
+    if let Some(c) = &v.conn.crypto {
+        // Every 64th: the whole payload decrypts to exactly what was published.
+        if v.st.received % 64 == 1 {
+            v.st.payloads_checked += 1;
+            io.scratch.clear();
+            io.scratch.extend_from_slice(dp.payload);
+            if !c.open(dp.msg, dp.seq, &mut io.scratch) || !caller::payload_intact(&io.scratch) {
+                v.st.bad_payload += 1;
+            }
+        }
+    }
     let a = Arrived {
         len: dp.payload.len(),
         rexmit: dp.msg & MSG_REXMIT_FLAG != 0,
-        payload: caller::read_payload(dp.payload),
+        kk: (dp.msg & MSG_KK_MASK) >> 27,
+        peek: Arrived::peek_of(dp.payload),
         rx_ns,
         rx_realtime: false,
     };
@@ -438,6 +476,15 @@ fn on_control(
             }
         }
         ctrl::SHUTDOWN => v.conn.state = Hs::Closed,
+        ctrl::USER_DEFINED if c.subtype == SRT_CMD_KMREQ => {
+            // The relay's key refresh: taken and answered with the same bytes, as libsrt
+            // does; one that does not open goes unanswered (the relay asks again).
+            if let Some(words) = v.conn.crypto.as_mut().and_then(|k| k.refresh(c.body)) {
+                v.st.key_refreshes += 1;
+                v.conn
+                    .control_ext(now, io.fd, &mut io.tx, SRT_CMD_KMRSP, &words);
+            }
+        }
         _ => {}
     }
     false

@@ -23,7 +23,7 @@ mod topology;
 
 pub use baseline::baseline;
 pub(crate) use relay::{exe_sibling, fingerprint, RelayProc};
-pub use results::{machine, Baseline, Machine, Point, SweepResults};
+pub use results::{machine, Baseline, Machine, MaxViewers, Point, SweepResults};
 pub use table::table;
 pub use topology::Topology;
 
@@ -103,6 +103,85 @@ pub struct SweepOpts {
     pub wait_quiet: Option<f64>,
     #[arg(long, default_value_t = 600.0)]
     pub quiet_max_wait: f64,
+    /// Encryption of each point, in order (every point is run once per entry, one after
+    /// the other): `clear`; `aes128`, `aes192`, `aes256` (publisher and viewers encrypt,
+    /// each connection with its own key); `pub-aes128`... (only the publisher: clear
+    /// viewers of an encrypted stream); `view-aes128`... (only the viewers). The relay's
+    /// stream gets the passphrases and `pbkeylen` that asks for.
+    #[arg(long, value_delimiter = ',', default_value = "clear", value_parser = Encryption::parse)]
+    pub crypto: Vec<Encryption>,
+    /// Run the whole plan this many times, round after round (for the spread on a shared
+    /// machine).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// Instead of the viewer and bitrate sweeps: for each datapath and --crypto entry, the
+    /// most viewers (between LO and HI, at --base-bitrate) for which a point holds, by
+    /// bisection down to --find-max-step viewers.
+    #[arg(long, value_delimiter = ',', value_name = "LO,HI")]
+    pub find_max: Option<Vec<u32>>,
+    #[arg(long, default_value_t = 50)]
+    pub find_max_step: u32,
+}
+
+/// Passphrases of the sweep's encrypted points (the relay's config and the generator's).
+pub const PUBLISH_PASSPHRASE: &str = "stsync-bench-publish-secret";
+pub const VIEW_PASSPHRASE: &str = "stsync-bench-view-secret";
+
+/// Who encrypts at a point, and with what key length (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Encryption {
+    pub publish: Option<usize>,
+    pub view: Option<usize>,
+}
+
+impl Encryption {
+    pub fn parse(s: &str) -> Result<Encryption, String> {
+        if s == "clear" {
+            return Ok(Encryption::default());
+        }
+        let (who, aes) = match s.split_once('-') {
+            Some((who, aes)) => (who, aes),
+            None => ("both", s),
+        };
+        let len = match aes {
+            "aes128" => 16,
+            "aes192" => 24,
+            "aes256" => 32,
+            _ => return Err(format!("{s}: not clear, aesNNN, pub-aesNNN or view-aesNNN")),
+        };
+        match who {
+            "both" => Ok(Encryption {
+                publish: Some(len),
+                view: Some(len),
+            }),
+            "pub" => Ok(Encryption {
+                publish: Some(len),
+                view: None,
+            }),
+            "view" => Ok(Encryption {
+                publish: None,
+                view: Some(len),
+            }),
+            _ => Err(format!("{s}: not clear, aesNNN, pub-aesNNN or view-aesNNN")),
+        }
+    }
+
+    /// As `parse` reads it.
+    pub fn name(&self) -> String {
+        let aes = |l: usize| format!("aes{}", l * 8);
+        match (self.publish, self.view) {
+            (None, None) => "clear".into(),
+            (Some(a), Some(b)) if a == b => aes(a),
+            (Some(a), None) => format!("pub-{}", aes(a)),
+            (None, Some(b)) => format!("view-{}", aes(b)),
+            (Some(a), Some(b)) => format!("pub-{}+view-{}", aes(a), aes(b)),
+        }
+    }
+
+    /// The key length the stream's config asks for (`pbkeylen`).
+    pub(crate) fn key_len(&self) -> Option<usize> {
+        self.publish.or(self.view)
+    }
 }
 
 pub fn run(o: &SweepOpts) -> Result<SweepResults> {
@@ -133,6 +212,7 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
         loadavg_end: String::new(),
         baseline: None,
         points: Vec::new(),
+        max_viewers: Vec::new(),
     };
     match baseline(o.baseline_secs, 1316) {
         Ok(b) => {
@@ -144,9 +224,29 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
         }
         Err(e) => eprintln!("bench: raw UDP baseline failed: {e:#}"),
     }
-    let plan = plan(o);
-    for kind in &o.datapaths {
-        run_datapath(o, kind, &plan, &mut res)?;
+    match &o.find_max {
+        Some(range) => {
+            let &[lo, hi] = range.as_slice() else {
+                bail!("--find-max takes LO,HI");
+            };
+            if lo == 0 || lo >= hi {
+                bail!("--find-max: LO must be at least 1 and below HI");
+            }
+            for kind in &o.datapaths {
+                for &enc in &o.crypto {
+                    let m = find_max(o, kind, enc, (lo, hi), &mut res)?;
+                    res.max_viewers.push(m);
+                }
+            }
+        }
+        None => {
+            let plan = plan(o);
+            for _ in 0..o.repeat.max(1) {
+                for kind in &o.datapaths {
+                    run_datapath(o, kind, &plan, &mut res)?;
+                }
+            }
+        }
     }
     res.loadavg_end = loadavg();
     write_results(o, &res)?;
@@ -163,39 +263,112 @@ fn run_datapath(
     plan: &[(u32, u64)],
     res: &mut SweepResults,
 ) -> Result<()> {
-    for (i, &(viewers, bitrate)) in plan.iter().enumerate() {
-        eprintln!(
-            "bench: {kind}: {viewers} viewers at {:.1} Mbit/s",
-            bitrate as f64 / 1e6
-        );
-        match run_point(o, kind, viewers, bitrate) {
-            Ok(p) => {
-                eprintln!(
-                    "bench:   delivery min {:.4} mean {:.4}, relay {:.1} % + softirq {:.1} %, p99 {:.0} µs",
-                    p.delivery_min, p.delivery_mean, p.relay_pct, p.softirq_pct, p.latency_p99_us
-                );
-                res.points.push(p);
-            }
-            Err(e) if i == 0 && e.to_string().contains("relay --datapath") => {
-                eprintln!("bench: datapath {kind} unavailable: {e:#}");
-                res.datapath_errors
-                    .push((kind.to_string(), format!("{e:#}")));
-                break;
-            }
-            Err(e) => {
-                eprintln!("bench:   failed: {e:#}");
-                res.points.push(Point::failed(
-                    kind,
-                    o.rx.name(),
-                    viewers,
-                    bitrate,
-                    format!("{e:#}"),
-                ));
+    if res.datapath_errors.iter().any(|(k, _)| k == kind) {
+        return Ok(());
+    }
+    for &(viewers, bitrate) in plan {
+        for &enc in &o.crypto {
+            if !measure(o, kind, viewers, bitrate, enc, res)? {
+                return Ok(());
             }
         }
-        write_results(o, res)?;
     }
     Ok(())
+}
+
+/// One point into `res` (and results.json); false if the relay cannot run datapath
+/// `kind` at all (recorded in `res.datapath_errors`).
+fn measure(
+    o: &SweepOpts,
+    kind: &str,
+    viewers: u32,
+    bitrate: u64,
+    enc: Encryption,
+    res: &mut SweepResults,
+) -> Result<bool> {
+    eprintln!(
+        "bench: {kind}: {viewers} viewers at {:.1} Mbit/s, {}",
+        bitrate as f64 / 1e6,
+        enc.name()
+    );
+    let first = !res.points.iter().any(|p| p.datapath == kind);
+    match run_point(o, kind, viewers, bitrate, enc) {
+        Ok(p) => {
+            eprintln!(
+                "bench:   holds {}: on time min {:.4}, relay {:.1} % + softirq {:.1} %, p99 {:.0} µs",
+                p.holds(), p.on_time_min.unwrap_or(0.0), p.relay_pct, p.softirq_pct, p.latency_p99_us
+            );
+            res.points.push(p);
+        }
+        Err(e) if first && e.to_string().contains("relay --datapath") => {
+            eprintln!("bench: datapath {kind} unavailable: {e:#}");
+            res.datapath_errors
+                .push((kind.to_string(), format!("{e:#}")));
+            return Ok(false);
+        }
+        Err(e) => {
+            eprintln!("bench:   failed: {e:#}");
+            let mut p = Point::failed(kind, o.rx.name(), viewers, bitrate, format!("{e:#}"));
+            p.crypto = enc.name();
+            res.points.push(p);
+        }
+    }
+    write_results(o, res)?;
+    Ok(true)
+}
+
+/// --find-max: the most viewers in `lo..=hi` (at --base-bitrate, with `enc`) for which a
+/// point of datapath `kind` holds, by bisection down to --find-max-step; every point tried
+/// goes into `res.points`.
+fn find_max(
+    o: &SweepOpts,
+    kind: &str,
+    enc: Encryption,
+    (lo, hi): (u32, u32),
+    res: &mut SweepResults,
+) -> Result<MaxViewers> {
+    let holds = |n: u32, res: &mut SweepResults| -> Result<Option<bool>> {
+        if !measure(o, kind, n, o.base_bitrate, enc, res)? {
+            return Ok(None);
+        }
+        Ok(Some(res.points.last().is_some_and(Point::holds)))
+    };
+    let mut m = MaxViewers {
+        datapath: kind.into(),
+        crypto: enc.name(),
+        holds_at: None,
+        fails_at: None,
+    };
+    let (mut good, mut bad) = (lo, hi);
+    match holds(lo, res)? {
+        None => return Ok(m),
+        Some(false) => {
+            m.fails_at = Some(lo);
+            return Ok(m);
+        }
+        Some(true) => {}
+    }
+    if holds(hi, res)? == Some(true) {
+        m.holds_at = Some(hi);
+        return Ok(m);
+    }
+    while bad - good > o.find_max_step.max(1) {
+        // Rounded to the step, so the points land on round numbers.
+        let step = o.find_max_step.max(1);
+        let mid = ((good + bad) / 2 / step * step).clamp(good + 1, bad - 1);
+        if holds(mid, res)? == Some(true) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    m.holds_at = Some(good);
+    m.fails_at = Some(bad);
+    eprintln!(
+        "bench: {kind}, {}: holds at {good} viewers, not at {bad}",
+        enc.name()
+    );
+    Ok(m)
 }
 
 /// The points of one datapath: the viewer sweep at --base-bitrate, then the bitrate sweep

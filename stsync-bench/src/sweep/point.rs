@@ -3,8 +3,8 @@
 
 use super::relay::{exe_sibling, start_relay};
 use super::{
-    Point, SweepOpts, Topology, NS_PUB, NS_RELAY, NS_VIEW, RELAY_PUB, RELAY_VIEW, TOKEN,
-    VIEWER_BASE, VIEW_IFACE,
+    Encryption, Point, SweepOpts, Topology, NS_PUB, NS_RELAY, NS_VIEW, PUBLISH_PASSPHRASE,
+    RELAY_PUB, RELAY_VIEW, TOKEN, VIEWER_BASE, VIEW_IFACE, VIEW_PASSPHRASE,
 };
 use crate::report::Report;
 use anyhow::{bail, Context, Result};
@@ -44,7 +44,13 @@ fn wait_quiet(pct: f64, max_wait: f64) -> f64 {
     }
 }
 
-pub(super) fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -> Result<Point> {
+pub(super) fn run_point(
+    o: &SweepOpts,
+    kind: &str,
+    viewers: u32,
+    bitrate: u64,
+    enc: Encryption,
+) -> Result<Point> {
     // Something else on the machine may have removed our namespaces: rebuild them.
     if [NS_PUB, NS_RELAY, NS_VIEW]
         .iter()
@@ -53,16 +59,26 @@ pub(super) fn run_point(o: &SweepOpts, kind: &str, viewers: u32, bitrate: u64) -
         eprintln!("bench: namespaces gone, recreating them");
         std::mem::forget(Topology::create()?);
     }
-    let tag = format!("{kind}-{viewers}v-{}k", bitrate / 1000);
+    // Repeated points (--repeat, --find-max) keep their own files.
+    let base = format!("{kind}-{}-{viewers}v-{}k", enc.name(), bitrate / 1000);
+    let tag = (1..)
+        .map(|k| {
+            if k == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{k}")
+            }
+        })
+        .find(|t| !o.out.join(format!("point-{t}.json")).exists())
+        .expect("a free name");
     let busy_before = o.wait_quiet.map(|pct| wait_quiet(pct, o.quiet_max_wait));
-    let relay = start_relay(o, kind, &o.out, &tag)?;
+    let relay = start_relay(o, kind, &o.out, &tag, enc)?;
     let json = o.out.join(format!("point-{tag}.json"));
-    let _ = std::fs::remove_file(&json);
     let bin = o
         .loadgen_bin
         .clone()
         .unwrap_or_else(|| exe_sibling("stsync-loadgen"));
-    let mut child = loadgen_command(o, &bin, viewers, bitrate, relay.pid(), &json)
+    let mut child = loadgen_command(o, &bin, viewers, bitrate, relay.pid(), &json, enc)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -99,6 +115,7 @@ fn loadgen_command(
     bitrate: u64,
     relay_pid: u32,
     json: &Path,
+    enc: Encryption,
 ) -> Command {
     let mut cmd = Command::new(bin);
     cmd.args(["--relay", &format!("{RELAY_VIEW}:9999")])
@@ -122,6 +139,15 @@ fn loadgen_command(
                 crate::syscalls::Method::Perf => "perf",
             },
         ]);
+    }
+    if enc.publish.is_some() {
+        cmd.args(["--publish-passphrase", PUBLISH_PASSPHRASE]);
+    }
+    if enc.view.is_some() {
+        cmd.args(["--view-passphrase", VIEW_PASSPHRASE]);
+    }
+    if let Some(l) = enc.key_len() {
+        cmd.args(["--pbkeylen", &l.to_string()]);
     }
     if let Some(obj) = &o.sink_object {
         cmd.arg("--sink-object").arg(obj);

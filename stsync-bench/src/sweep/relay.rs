@@ -1,7 +1,9 @@
 //! The relay under test: private copies of its binary and eBPF object, and the process
 //! started in stsb-relay for each point.
 
-use super::{SweepOpts, NS_PUB, NS_RELAY, RELAY_PUB, TOKEN};
+use super::{
+    Encryption, SweepOpts, NS_PUB, NS_RELAY, PUBLISH_PASSPHRASE, RELAY_PUB, TOKEN, VIEW_PASSPHRASE,
+};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -118,8 +120,24 @@ pub(crate) fn exe_sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-pub(super) fn start_relay(o: &SweepOpts, kind: &str, dir: &Path, tag: &str) -> Result<RelayProc> {
+pub(super) fn start_relay(
+    o: &SweepOpts,
+    kind: &str,
+    dir: &Path,
+    tag: &str,
+    enc: Encryption,
+) -> Result<RelayProc> {
     let cfg = dir.join("relay.json");
+    let mut stream = serde_json::json!({ "id": "1", "name": "bench", "token": TOKEN });
+    if enc.publish.is_some() {
+        stream["publish_passphrase"] = PUBLISH_PASSPHRASE.into();
+    }
+    if enc.view.is_some() {
+        stream["view_passphrase"] = VIEW_PASSPHRASE.into();
+    }
+    if let Some(l) = enc.key_len() {
+        stream["pbkeylen"] = l.into();
+    }
     std::fs::write(
         &cfg,
         serde_json::json!({
@@ -130,7 +148,7 @@ pub(super) fn start_relay(o: &SweepOpts, kind: &str, dir: &Path, tag: &str) -> R
             // Every generated viewer comes from one address, as fast as it can connect.
             "max_connections_per_ip": 4096,
             "handshakes_per_ip_per_sec": 100_000,
-            "streams": [{ "id": "1", "name": "bench", "token": TOKEN }]
+            "streams": [stream]
         })
         .to_string(),
     )?;

@@ -30,6 +30,9 @@ pub struct Baseline {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Point {
     pub datapath: String,
+    /// Who encrypted (`--crypto`'s spelling: clear, aes128, pub-aes128...).
+    #[serde(default = "clear")]
+    pub crypto: String,
     pub viewers: u32,
     pub bitrate_mbps: f64,
     /// How the generator received: "socket" or "xdp" (kernel sink).
@@ -103,6 +106,7 @@ impl Point {
     ) -> Point {
         Point {
             datapath: datapath.into(),
+            crypto: "clear".into(),
             viewers,
             bitrate_mbps: bitrate as f64 / 1e6,
             rx: rx.into(),
@@ -144,6 +148,11 @@ impl Point {
         let syscalls = r.relay_syscalls.as_ref().map(|s| s.per_second);
         Point {
             datapath: datapath.into(),
+            crypto: super::Encryption {
+                publish: r.config.publish_key_len,
+                view: r.config.view_key_len,
+            }
+            .name(),
             viewers: r.config.viewers,
             bitrate_mbps: r.config.bitrate_bps as f64 / 1e6,
             rx: r.config.rx.clone(),
@@ -208,6 +217,24 @@ pub struct SweepResults {
     pub loadavg_end: String,
     pub baseline: Option<Baseline>,
     pub points: Vec<Point>,
+    /// --find-max: the most viewers each datapath and encryption held.
+    #[serde(default)]
+    pub max_viewers: Vec<MaxViewers>,
+}
+
+/// --find-max's answer for one datapath and encryption.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaxViewers {
+    pub datapath: String,
+    pub crypto: String,
+    /// The most viewers tried that held (None: not even the lowest).
+    pub holds_at: Option<u32>,
+    /// The fewest tried that did not (None: not even the highest failed).
+    pub fails_at: Option<u32>,
+}
+
+fn clear() -> String {
+    "clear".into()
 }
 
 pub fn machine() -> Machine {

@@ -25,13 +25,14 @@ pub fn table(r: &SweepResults) -> String {
     for (k, e) in &r.datapath_errors {
         s += &format!("Datapath {k} not measured: {e}\n\n");
     }
-    s += "| datapath | rx | viewers | Mbit/s | holds | offered | delivered min | mean | on time min | ACKs/s / viewer | relay CPU % | relay % / viewer | syscalls/s | syscalls/s / viewer | softirq % | backlog drops | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % (user) | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
-    s += "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| datapath | crypto | rx | viewers | Mbit/s | holds | offered | delivered min | mean | on time min | ACKs/s / viewer | relay CPU % | relay % / viewer | syscalls/s | syscalls/s / viewer | softirq % | backlog drops | relay+softirq % | ns/delivered pkt | busy−gen−other % | generator % (user) | p50 µs | p99 µs | max µs | relay RSS MiB |\n";
+    s += "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for p in &r.points {
         if let Some(e) = &p.error {
             s += &format!(
-                "| {} | {} | {} | {:.0} | no | failed: {} |||||||||||||||||||\n",
+                "| {} | {} | {} | {} | {:.0} | no | failed: {} |||||||||||||||||||\n",
                 p.datapath,
+                p.crypto,
                 p.rx,
                 p.viewers,
                 p.bitrate_mbps,
@@ -42,8 +43,9 @@ pub fn table(r: &SweepResults) -> String {
         let opt =
             |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
         s += &format!(
-            "| {} | {} | {} | {:.0} | {} | {:.3} | {:.4} | {:.4} | {} | {} | {:.1} | {:.3} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {} | {:.0} | {} | {:.3} | {:.4} | {:.4} | {} | {} | {:.1} | {:.3} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
             p.datapath,
+            p.crypto,
             p.rx,
             p.viewers,
             p.bitrate_mbps,
@@ -69,6 +71,19 @@ pub fn table(r: &SweepResults) -> String {
             p.latency_max_us,
             p.relay_rss_kb as f64 / 1024.0
         );
+    }
+    if !r.max_viewers.is_empty() {
+        s += "\n| datapath | crypto | most viewers that held | fewest that did not |\n|---|---|---:|---:|\n";
+        for m in &r.max_viewers {
+            let n = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+            s += &format!(
+                "| {} | {} | {} | {} |\n",
+                m.datapath,
+                m.crypto,
+                n(m.holds_at),
+                n(m.fails_at)
+            );
+        }
     }
     s
 }

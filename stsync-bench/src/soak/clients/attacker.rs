@@ -116,7 +116,7 @@ pub fn attacker_thread(cfg: AttackerCfg, keys: Arc<KeyPool>, sh: Arc<Shared>) ->
                     cn.hs_timer(now, latency, fd, &mut io.tx);
                 }
                 Hs::Waiting => {}
-                Hs::Rejected(_) | Hs::TimedOut | Hs::Closed => {
+                Hs::Rejected(_) | Hs::KeyRefused | Hs::TimedOut | Hs::Closed => {
                     sh.event(format!("NAK attacker: {:?}; reconnecting in 1 s", cn.state));
                     sh.add(C::AttackerReconnects, 1);
                     conn = None;

@@ -108,6 +108,7 @@ impl Flood {
                                 cookie,
                                 latency,
                                 sid.as_bytes(),
+                                None,
                             )
                         });
                     }

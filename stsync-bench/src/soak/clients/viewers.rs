@@ -237,7 +237,7 @@ impl Viewers<'_> {
                     v.conn.hs_timer(now, latency, fd, &mut io.tx);
                 }
                 Hs::Waiting => {}
-                Hs::Rejected(_) | Hs::TimedOut | Hs::Closed => {
+                Hs::Rejected(_) | Hs::KeyRefused | Hs::TimedOut | Hs::Closed => {
                     let what = match v.conn.state {
                         Hs::Rejected(code) => format!("rejected {code}"),
                         Hs::TimedOut => "handshake timed out".to_string(),
