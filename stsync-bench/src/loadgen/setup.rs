@@ -106,9 +106,9 @@ impl Setup {
 /// One session key per connection: the publisher's, then the viewers'.
 fn session_keys(o: &Opts, n: usize) -> Result<Vec<String>> {
     Ok(match o.http {
-        Some(http) => (0..=n)
-            .map(|_| crate::http::mint_session(o.pub_netns.as_deref(), http, &o.stream, &o.token))
-            .collect::<Result<_>>()?,
+        Some(http) => {
+            crate::http::mint_sessions(o.pub_netns.as_deref(), http, &o.stream, &o.token, n + 1)?
+        }
         None => vec![o.key.clone(); n + 1],
     })
 }

@@ -99,13 +99,13 @@ impl SessionKeys {
         e.passphrase.as_deref()
     }
 
-    /// Marks the key used if it is valid for `resource`. `session` is normalised hex.
-    pub fn redeem(&mut self, resource: &str, session: &str, now: Instant) -> Result<(), Denied> {
+    /// Whether the key is valid for `resource` now (unspent). `session` is normalised hex.
+    pub fn check(&self, resource: &str, session: &str, now: Instant) -> Result<(), Denied> {
         let key = u64::from_str_radix(session, 16).map_err(|_| Denied::Unknown)?;
         let e = self
             .keys
             .map
-            .get_mut(&key)
+            .get(&key)
             .filter(|e| e.resource == resource)
             .ok_or(Denied::Unknown)?;
         if e.used {
@@ -114,7 +114,16 @@ impl SessionKeys {
         if now >= e.expires {
             return Err(Denied::Expired);
         }
-        e.used = true;
+        Ok(())
+    }
+
+    /// Marks the key used if it is valid for `resource`. `session` is normalised hex.
+    pub fn redeem(&mut self, resource: &str, session: &str, now: Instant) -> Result<(), Denied> {
+        self.check(resource, session, now)?;
+        let key = u64::from_str_radix(session, 16).map_err(|_| Denied::Unknown)?;
+        if let Some(e) = self.keys.map.get_mut(&key) {
+            e.used = true;
+        }
         Ok(())
     }
 

@@ -46,6 +46,14 @@ fn a_stream_takes_only_callers_that_encrypt_as_it_says() {
     assert_eq!(p.connect(&mut w, &key), Ok(()));
     assert_eq!(w.relay.stats().drops.rejections.get(&1010), Some(&1));
     assert_eq!(w.relay.stats().drops.rejections.get(&1011), Some(&2));
+    // Without a valid session key the passphrase is not even tried (no key derivation for
+    // whoever has no key): REJ_X_UNAUTHORIZED, and a spent key is REJ_X_FORBIDDEN.
+    let mut stranger = Caller::encrypting(2002, 0, "not-the-right-one", 16);
+    assert_eq!(
+        stranger.connect(&mut w, "#!::r=1,s=0123456789abcdef,m=publish"),
+        Err(2401)
+    );
+    assert_eq!(stranger.connect(&mut w, &key), Err(2403));
 }
 
 #[test]
