@@ -64,5 +64,5 @@ echo "datapath=$datapath crypto=$crypto viewers=$viewers window=10s" \
     "kernel_clones_out=$(d srt_connection_data_packets_sent_kernel)" \
     "control_packets_in=$(d srt_connection_ctrl_packets_recv)" \
     "scrape_cost=$((a2 - a1)) allocations=$(( (a3 - a2) - (a2 - a1) ))"
-grep -c "encrypted=true" "$dir/relay.log" | sed 's/^/encrypted_connections=/'
+grep -c "aes_bits=[1-9]" "$dir/relay.log" | sed 's/^/encrypted_connections=/'
 wait $gen_pid

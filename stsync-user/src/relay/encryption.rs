@@ -225,6 +225,11 @@ impl Encryption {
         Some(&a.words)
     }
 
+    /// Whether an announcement awaits the viewer's answer.
+    pub fn announcing(&self) -> bool {
+        self.rotation.as_ref().is_some_and(|r| r.pending.is_some())
+    }
+
     pub fn on_answer(&mut self, body: &[u32]) -> Answer {
         let Some(r) = self.rotation.as_deref_mut() else {
             return Answer::Stale;

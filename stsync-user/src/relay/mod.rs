@@ -504,10 +504,11 @@ impl Relay {
         let mut idle = Vec::new();
         let mut stuck = Vec::new();
         let mut quiet = Vec::new();
-        let mut encrypted_viewers = Vec::new();
+        let mut announcing = Vec::new();
         for (&id, c) in &mut self.conns {
-            if c.encryption.is_some() && matches!(c.role, Role::Viewer(_)) {
-                encrypted_viewers.push(id);
+            // Usually none: the sweep allocates nothing in steady state.
+            if c.encryption.as_deref().is_some_and(Encryption::announcing) {
+                announcing.push(id);
             }
             let stalled = match &mut c.role {
                 Role::Viewer(v) => v.stalled_for(now),
@@ -540,7 +541,7 @@ impl Relay {
             self.send_control(now, id, ctrl::KEEPALIVE, 0, &[0]);
         }
         // Announcements not answered yet (also resent as data flows, see `fan_out`).
-        for id in encrypted_viewers {
+        for id in announcing {
             self.announce_keys(now, id);
         }
         for i in 0..self.streams.len() {
