@@ -289,17 +289,8 @@ fn encrypted_stream_survives_loss_on_both_legs() {
         return;
     }
     let c = clip();
-    let mut ns = Netns::create(&["relay", "pub", "view"]);
-    ns.link("relay", "10.78.2.1/24", "pub", "10.78.2.2/24");
-    ns.link("relay", "10.78.1.1/24", "view", "10.78.1.2/24");
-    let (pub_side, view_side) = (Ipv4Addr::new(10, 78, 2, 1), Ipv4Addr::new(10, 78, 1, 1));
-    let relay = Relay::start(RelayOpts {
-        netns: Some(ns.name("relay").to_string()),
-        srt_ip: view_side,
-        srt_bind: Some(Ipv4Addr::UNSPECIFIED),
-        latency_ms: Some(LOSS_LATENCY_MS),
-        ..opts()
-    });
+    let (ns, pub_side, view_side) = two_legs(78);
+    let relay = Relay::start(two_legs_relay(&ns, view_side, opts()));
     let port = relay.srt.port();
     ns.add_loss("pub", "output", &format!("udp dport {port}"), LOSS_PCT);
     ns.add_loss("view", "input", &format!("udp sport {port}"), LOSS_PCT);

@@ -185,17 +185,8 @@ fn publisher_leg_loss_is_repaired() {
     }
     let _serial = serial();
     let c = clip();
-    let mut ns = Netns::create(&["relay", "pub", "view"]);
-    ns.link("relay", "10.77.2.1/24", "pub", "10.77.2.2/24");
-    ns.link("relay", "10.77.1.1/24", "view", "10.77.1.2/24");
-    let (pub_side, view_side) = (Ipv4Addr::new(10, 77, 2, 1), Ipv4Addr::new(10, 77, 1, 1));
-    let relay = Relay::start(RelayOpts {
-        netns: Some(ns.name("relay").to_string()),
-        srt_ip: view_side,
-        srt_bind: Some(Ipv4Addr::UNSPECIFIED),
-        latency_ms: Some(LOSS_LATENCY_MS),
-        ..Default::default()
-    });
+    let (ns, pub_side, view_side) = two_legs(77);
+    let relay = Relay::start(two_legs_relay(&ns, view_side, RelayOpts::default()));
     ns.add_loss(
         "pub",
         "output",

@@ -155,6 +155,42 @@ impl Drop for Netns {
     }
 }
 
+/// The loss tests' namespaces: `relay`, with `pub` and `view` each linked to it on a subnet
+/// of its own under 10.`net`. Returns them and the relay's address on each leg: the
+/// publisher reaches it as 10.`net`.2.1, the viewers as 10.`net`.1.1.
+pub fn two_legs(net: u8) -> (Netns, Ipv4Addr, Ipv4Addr) {
+    let mut ns = Netns::create(&["relay", "pub", "view"]);
+    ns.link(
+        "relay",
+        &format!("10.{net}.2.1/24"),
+        "pub",
+        &format!("10.{net}.2.2/24"),
+    );
+    ns.link(
+        "relay",
+        &format!("10.{net}.1.1/24"),
+        "view",
+        &format!("10.{net}.1.2/24"),
+    );
+    (
+        ns,
+        Ipv4Addr::new(10, net, 2, 1),
+        Ipv4Addr::new(10, net, 1, 1),
+    )
+}
+
+/// `base` for a relay in `two_legs`' `relay` namespace: listening on every address (its
+/// URLs name `view_side`), with the loss tests' latency.
+pub fn two_legs_relay(ns: &Netns, view_side: Ipv4Addr, base: RelayOpts) -> RelayOpts {
+    RelayOpts {
+        netns: Some(ns.name("relay").to_string()),
+        srt_ip: view_side,
+        srt_bind: Some(Ipv4Addr::UNSPECIFIED),
+        latency_ms: Some(LOSS_LATENCY_MS),
+        ..base
+    }
+}
+
 /// The loss (percent) the loss tests' nftables rules drop.
 pub const LOSS_PCT: u32 = 5;
 /// The relay's `latency_ms` for these tests. libsrt receivers repeat a loss report only
