@@ -7,7 +7,7 @@ use stsync_user::srt::handshake::{
     encode_sid, ext, ext_flag, ext_header, hs_type, peer_ip_field, srt_flag, Handshake, BODY_LEN,
     MAGIC, SRT_VERSION, VERSION_4, VERSION_5,
 };
-use stsync_user::srt::packet::write_control;
+use stsync_user::srt::packet::{be_words, write_control};
 use stsync_user::srt::seq::Seq;
 
 pub const MTU: u32 = 1500;
@@ -78,11 +78,7 @@ pub fn conclusion(
     ]);
     if let Some(km) = km {
         words.push(ext_header(ext::KMREQ, km.len().div_ceil(4)));
-        words.extend(km.chunks(4).map(|c| {
-            let mut w = [0u8; 4];
-            w[..c.len()].copy_from_slice(c);
-            u32::from_be_bytes(w)
-        }));
+        words.extend(be_words(km));
     }
     let sid_words = encode_sid(sid);
     words.push(ext_header(ext::SID, sid_words.len()));

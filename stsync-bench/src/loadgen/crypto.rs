@@ -7,6 +7,7 @@
 use anyhow::{bail, Result};
 use stsync_common::srt::MSG_KK_MASK;
 use stsync_user::srt::crypto::{KeyMaterial, Parity, Sek, StreamKeys, PASSPHRASE_LEN, SALT_LEN};
+use stsync_user::srt::packet::be_words;
 use stsync_user::srt::seq::Seq;
 
 /// Subtypes of the extended control message (type 0x7FFF) that carry keying material.
@@ -88,11 +89,7 @@ impl Crypto {
             .and_then(|km| km.open(self.passphrase.as_bytes()))
             .ok()?;
         self.keys.refresh(new);
-        Some(
-            body.chunks_exact(4)
-                .map(|w| u32::from_be_bytes(w.try_into().expect("4 bytes")))
-                .collect(),
-        )
+        Some(be_words(body).collect())
     }
 }
 

@@ -17,7 +17,7 @@ use crate::srt::handshake::{
     encode_sid, ext, ext_header, hs_type, parse_extensions, srt_flag, Handshake, BODY_LEN, MAGIC,
     SRT_VERSION,
 };
-use crate::srt::packet::{write_control, write_data, Packet};
+use crate::srt::packet::{be_words, write_control, write_data, Packet};
 use crate::srt::seq::Seq;
 use crate::srt::streamid;
 use std::collections::{HashMap, HashSet};
@@ -297,12 +297,6 @@ pub(super) struct World {
 
 const SRT_CMD_KMREQ: u16 = 3;
 const SRT_CMD_KMRSP: u16 = 4;
-
-fn be_words(b: &[u8]) -> Vec<u32> {
-    b.chunks_exact(4)
-        .map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
-        .collect()
-}
 
 /// Keying material under `PASSPHRASE` with a 16-, 24- or 32-byte key (`pick % 3`), sealed
 /// once per length (PBKDF2 is slow for a fuzzer).
@@ -609,10 +603,7 @@ impl World {
             let km = self.encrypted.then(|| keying_material(latency));
             let km = km.unwrap_or_else(|| vec![0; 4]);
             words.push(ext_header(ext::KMREQ, km.len() / 4));
-            words.extend(
-                km.chunks(4)
-                    .map(|w| u32::from_be_bytes(w.try_into().unwrap())),
-            );
+            words.extend(be_words(&km));
         }
         let sid = encode_sid(sid.as_bytes());
         words.push(ext_header(ext::SID, sid.len()));
@@ -659,7 +650,7 @@ impl World {
         let (subtype, words) = match (typ, flags >> 1 & 3) {
             (ctrl::USER_DEFINED, 1) => (SRT_CMD_KMREQ, words),
             (ctrl::USER_DEFINED, 2) => (SRT_CMD_KMRSP, words),
-            (ctrl::USER_DEFINED, 3) => (SRT_CMD_KMRSP, be_words(&peer.announced)),
+            (ctrl::USER_DEFINED, 3) => (SRT_CMD_KMRSP, be_words(&peer.announced).collect()),
             _ => (0, words),
         };
         let mut b = Vec::new();

@@ -9,6 +9,7 @@ use super::budget::TokenBucket;
 use super::outbox::Outbox;
 use super::{Conn, Relay, KEY_REFRESHES_PER_SEC, KEY_REFRESH_BURST, SRT_CMD_KMREQ, SRT_CMD_KMRSP};
 use crate::srt::crypto::{Kek, KeyMaterial, KmError, Parity, RawKeys, StreamKeys};
+use crate::srt::packet::be_words;
 use crate::srt::seq::Seq;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
@@ -172,7 +173,7 @@ impl Encryption {
                     let mut bytes = Vec::with_capacity(crate::srt::crypto::KM_MAX_LEN);
                     km.encode(&mut bytes);
                     r.pending = Some(Announcement {
-                        words: words(&bytes),
+                        words: be_words(&bytes).collect(),
                         tries_left: ANNOUNCE_TRIES,
                         sent_at: None,
                     });
@@ -184,6 +185,13 @@ impl Encryption {
         }
         r.sent = r.sent.saturating_add(1);
         r.active
+    }
+
+    /// Encrypts a viewer's packet `seq` under `parity` (from `next_packet` or `parity_of`,
+    /// so a key the viewer holds).
+    pub fn seal(&self, parity: Parity, seq: Seq, payload: &mut [u8]) {
+        let sealed = self.keys.crypt(parity, seq, payload);
+        debug_assert!(sealed, "a viewer is only sent under a key it holds");
     }
 
     /// The key packet `seq` went under when it was first sent, if it is still kept.
@@ -256,14 +264,6 @@ impl Encryption {
     }
 }
 
-/// Keying material as the control message's 32-bit words.
-fn words(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(4)
-        .map(|w| u32::from_be_bytes(w.try_into().expect("4 bytes")))
-        .collect()
-}
-
 impl Relay {
     /// A publisher's new keys (the refresh libsrt sends before it switches KK): opened with
     /// what its connection was admitted with, and answered with KMRSP, the same bytes, as
@@ -281,7 +281,8 @@ impl Relay {
         match KeyMaterial::parse(body).and_then(|km| enc.refresh(&km)) {
             Ok(()) => {
                 debug!(conn = id, "publisher's keys refreshed");
-                self.send_ext(now, id, SRT_CMD_KMRSP, &words(body));
+                let words: Vec<u32> = be_words(body).collect();
+                self.send_ext(now, id, SRT_CMD_KMRSP, &words);
             }
             Err(e) => {
                 warn!(conn = id, "publisher's key refresh refused: {e}");
@@ -296,7 +297,8 @@ impl Relay {
         let Some(enc) = conn.encryption.as_deref_mut() else {
             return self.drops.drop_packet("unexpected_control");
         };
-        match enc.on_answer(&words(body)) {
+        let words: Vec<u32> = be_words(body).collect();
+        match enc.on_answer(&words) {
             Answer::Taken => debug!(conn = id, "viewer took its new keys"),
             Answer::Stale => {}
             Answer::Refused(state) => {

@@ -210,13 +210,8 @@ pub fn accept(
         (u32::from(rcv_latency) << 16) | u32::from(snd_latency),
     ];
     if let Some(km) = kmrsp {
-        let words = km.chunks(4).map(|c| {
-            let mut w = [0u8; 4];
-            w[..c.len()].copy_from_slice(c);
-            u32::from_be_bytes(w)
-        });
         exts.push(ext_header(ext::KMRSP, km.len().div_ceil(4)));
-        exts.extend(words);
+        exts.extend(super::packet::be_words(km));
     }
     encode(0, req.socket_id, &answer.words(), &exts)
 }

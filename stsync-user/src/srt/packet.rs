@@ -124,6 +124,16 @@ pub fn write_data(out: &mut Vec<u8>, seq: Seq, msg: u32, ts: u32, dest: u32, pay
     out.extend_from_slice(payload);
 }
 
+/// `bytes` as the big-endian 32-bit words a control body or handshake extension carries
+/// (keying material, say), the last one zero-padded.
+pub fn be_words(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bytes.chunks(4).map(|c| {
+        let mut w = [0u8; 4];
+        w[..c.len()].copy_from_slice(c);
+        u32::from_be_bytes(w)
+    })
+}
+
 /// Appends a control packet with a body of 32-bit words.
 pub fn write_control(out: &mut Vec<u8>, typ: u16, info: u32, ts: u32, dest: u32, body: &[u32]) {
     put32(out, CONTROL_BIT | (u32::from(typ) << 16));

@@ -245,10 +245,7 @@ impl Caller {
 
     /// Sends an extended control message (type 0x7FFF) of `subtype` carrying `body`.
     fn send_ext(&self, w: &mut World, subtype: u16, body: &[u8]) {
-        let words: Vec<u32> = body
-            .chunks(4)
-            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
-            .collect();
+        let words: Vec<u32> = be_words(body).collect();
         let mut b = Vec::new();
         write_control(&mut b, ctrl::USER_DEFINED, 0, 0, self.relay_id, &words);
         b[2..4].copy_from_slice(&subtype.to_be_bytes());

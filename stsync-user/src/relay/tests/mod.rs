@@ -5,7 +5,7 @@ use super::*;
 use crate::srt::handshake::{
     encode_sid, ext, ext_header, hs_type, srt_flag, Handshake, SRT_VERSION,
 };
-use crate::srt::packet::{encode_loss, write_control, write_data, Ack};
+use crate::srt::packet::{be_words, encode_loss, write_control, write_data, Ack};
 use per_address::PerAddress;
 use stsync_common::srt::MSG_REXMIT_FLAG;
 
@@ -311,10 +311,7 @@ impl Caller {
         ]);
         if let Some((km, _)) = &self.km {
             words.push(ext_header(ext::KMREQ, km.len() / 4));
-            words.extend(
-                km.chunks(4)
-                    .map(|w| u32::from_be_bytes(w.try_into().unwrap())),
-            );
+            words.extend(be_words(km));
         }
         let sid = encode_sid(sid.as_bytes());
         words.push(ext_header(ext::SID, sid.len()));
