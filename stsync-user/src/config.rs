@@ -222,7 +222,10 @@ impl Config {
         self.key_schedule()
             .check()
             .map_err(|why| invalid("kmpreannounce", why))?;
-        if self.workers.is_some_and(|w| !(1..=MAX_WORKERS).contains(&w)) {
+        if self
+            .workers
+            .is_some_and(|w| !(1..=MAX_WORKERS).contains(&w))
+        {
             return Err(invalid(
                 "workers",
                 format!("must be between 1 and {MAX_WORKERS}"),

@@ -53,7 +53,10 @@ impl RelayHandle {
         req: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<T, Unavailable> {
         let (tx, rx) = oneshot::channel();
-        self.0[worker].send(req(tx)).await.map_err(|_| Unavailable)?;
+        self.0[worker]
+            .send(req(tx))
+            .await
+            .map_err(|_| Unavailable)?;
         match tokio::time::timeout(ANSWER_WITHIN, rx).await {
             Ok(Ok(v)) => Ok(v),
             _ => Err(Unavailable),
@@ -80,7 +83,10 @@ impl RelayHandle {
         let mut merged: Option<Reply> = None;
         for w in 0..self.0.len() {
             let cmd = cmd.clone();
-            match (self.ask(w, |tx| Request::Command(cmd, tx)).await?, &mut merged) {
+            match (
+                self.ask(w, |tx| Request::Command(cmd, tx)).await?,
+                &mut merged,
+            ) {
                 (Err(e), _) => return Ok(Err(e)),
                 (Ok(Reply::Stream(s)), Some(Reply::Stream(m))) => m.merge(&s),
                 (Ok(r), _) => merged = Some(r),
@@ -104,7 +110,10 @@ impl Wake {
         (0..workers)
             .map(|i| Wake {
                 own: n[i].clone(),
-                others: (0..workers).filter(|&o| o != i).map(|o| n[o].clone()).collect(),
+                others: (0..workers)
+                    .filter(|&o| o != i)
+                    .map(|o| n[o].clone())
+                    .collect(),
             })
             .collect()
     }

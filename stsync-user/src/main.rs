@@ -9,8 +9,8 @@ use stsync_user::datapath::ebpf::{EbpfDatapath, EbpfOptions};
 use stsync_user::datapath::kernel::Kernel;
 use stsync_user::datapath::workers::{SharedKernel, WorkerDatapath};
 use stsync_user::driver::{RelayHandle, Wake};
-use stsync_user::os::reuseport::{self, GroupError};
 use stsync_user::http::{self, AppState, StreamEntry};
+use stsync_user::os::reuseport::{self, GroupError};
 use stsync_user::relay::{AddressLimits, Relay, RelayConfig, StreamConfig};
 use tracing::{info, warn};
 

@@ -139,9 +139,9 @@ impl Relay {
         // A key minted with a passphrase of its own asks for that one.
         let s = &self.streams[stream];
         let passphrase = own.as_deref().or(match sid.mode {
-                Mode::Publish => s.publish_passphrase.as_deref(),
-                Mode::Request => s.view_passphrase.as_deref(),
-            });
+            Mode::Publish => s.publish_passphrase.as_deref(),
+            Mode::Request => s.view_passphrase.as_deref(),
+        });
         let encryption = caller_encryption(passphrase, hs.km.as_deref(), sid.mode, now)?;
         // A stream that asks for a key length takes no other (libsrt would let the
         // caller's stand).
@@ -188,6 +188,7 @@ impl Relay {
             mode = sid.mode.as_str(),
             latency_ms = rcv_latency.max(snd_latency),
             aes_bits = encryption.as_ref().map_or(0, |e| e.keys.key_len() * 8),
+            worker = self.worker,
             "connection accepted"
         );
         let conn = Conn {

@@ -158,7 +158,9 @@ pub enum Read {
 /// readers.
 pub fn feed(slots: usize) -> (Writer, ReaderSource) {
     let ring = Arc::new(Ring {
-        slots: (0..slots.next_power_of_two()).map(|_| Slot::new()).collect(),
+        slots: (0..slots.next_power_of_two())
+            .map(|_| Slot::new())
+            .collect(),
         written: AtomicU64::new(0),
     });
     (
@@ -230,7 +232,8 @@ impl Reader {
             self.next += 1;
             return Some(Read::Lost(1));
         }
-        let words: [u64; HEAD_WORDS] = std::array::from_fn(|k| slot.head[k].load(Ordering::Relaxed));
+        let words: [u64; HEAD_WORDS] =
+            std::array::from_fn(|k| slot.head[k].load(Ordering::Relaxed));
         let (h, len) = Header::from_words(&words);
         if want(h.stream) {
             for a in &slot.payload[..len.div_ceil(8)] {

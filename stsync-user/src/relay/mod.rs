@@ -356,10 +356,13 @@ impl Relay {
                 {
                     return Err(CommandError::Passphrase);
                 }
-                let id = self
-                    .shared
-                    .keys()
-                    .mint(&resource, key, passphrase, now, MAX_KEYS_PER_STREAM)?;
+                let id = self.shared.keys().mint(
+                    &resource,
+                    key,
+                    passphrase,
+                    now,
+                    MAX_KEYS_PER_STREAM,
+                )?;
                 // Per request, so not at info: a client could flood the log.
                 debug!(resource = %resource, "session key issued");
                 Ok(Reply::Session(id))

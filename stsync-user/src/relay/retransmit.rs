@@ -2,11 +2,11 @@
 //! checked by the next ACK, all answered from the stream's ring within a budget per viewer.
 
 use super::outbox::{Outbox, Payload};
+use super::stream::Feeder;
 use super::viewer::{Unmapped, ViewerSend};
 use super::{playout, ConnStats, Relay, Role};
 use crate::srt::crypto::Parity;
 use crate::srt::packet::loss_ranges;
-use super::stream::Feeder;
 use crate::srt::seq::Seq;
 use std::time::{Duration, Instant};
 use stsync_common::srt::{ctrl, HEADER_LEN, MAX_DATAGRAM, MAX_PAYLOAD, MSG_REXMIT_FLAG};
@@ -124,7 +124,11 @@ impl Relay {
             return;
         };
         let s = &self.streams[conn.stream];
-        let publisher = match s.publisher.and_then(|p| self.conns.get(&p)).map(|c| &c.role) {
+        let publisher = match s
+            .publisher
+            .and_then(|p| self.conns.get(&p))
+            .map(|c| &c.role)
+        {
             Some(Role::Publisher(rx)) => Some(Feeder::Local(rx)),
             _ => s.remote.as_ref().map(Feeder::Remote),
         };

@@ -266,7 +266,11 @@ impl Relay {
             // At most a feed's worth each: a busy feed cannot hold this worker for ever.
             for _ in 0..feed::FEED_SLOTS {
                 let streams = &self.streams;
-                let want = |i: u32| streams.get(i as usize).is_some_and(|s| !s.viewers.is_empty());
+                let want = |i: u32| {
+                    streams
+                        .get(i as usize)
+                        .is_some_and(|s| !s.viewers.is_empty())
+                };
                 match self.upstream[k].next(&mut buf, want) {
                     None => break,
                     Some(Read::Lost(n)) => {
