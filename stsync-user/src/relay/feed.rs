@@ -259,15 +259,19 @@ mod tests {
 
     fn header(i: u64) -> Header {
         Header {
-            kind: if i % 7 == 0 { Kind::Gone } else { Kind::Data },
+            kind: if i.is_multiple_of(7) {
+                Kind::Gone
+            } else {
+                Kind::Data
+            },
             stream: (i % 5) as u32,
             epoch: i,
             seq: i as u32 ^ 0x5555,
             msg: (i * 3) as u32,
             ts: (i * 7) as u32,
             delay: (i * 11) as u32,
-            start: (i % 3 == 0).then_some(i as u32),
-            first_missing: (i % 4 == 0).then_some(!(i as u32)),
+            start: i.is_multiple_of(3).then_some(i as u32),
+            first_missing: i.is_multiple_of(4).then_some(!(i as u32)),
             byte_rate: (i * 13) as u32,
             packet_rate: (i * 17) as u32,
         }

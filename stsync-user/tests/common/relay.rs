@@ -271,7 +271,7 @@ impl Relay {
         let field = |line: &str, k: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))
-                .map(str::to_string)
+                .map(|v| v.trim_matches('"').to_string())
         };
         self.log()
             .lines()
