@@ -616,6 +616,14 @@ impl Relay {
             self.announce_keys(now, id);
         }
         for i in 0..self.streams.len() {
+            // A publisher taken over on another worker that has not sent since (or whose
+            // successor fed nothing here): closed now.
+            if let Some(old) = self.streams[i].publisher {
+                if self.shared.epoch(i) != self.streams[i].epoch {
+                    info!(conn = old, "publisher taken over on another worker");
+                    self.close(now, old, true);
+                }
+            }
             self.sweep_stream(i);
         }
         // Every worker's sweep runs these; once would do, but they are cheap.
