@@ -487,8 +487,12 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
             };
             let _ = http_done_tx.send(run());
         })?;
-    stop_on_signal(stop_tx);
-    let mut running = Vec::new();
+    let stop_tx = Arc::new(stop_tx);
+    stop_on_signal(stop_tx.clone());
+    // Each worker says when it ends; one that ends on its own (an error, a panic) stops
+    // the others rather than leave the relay half served.
+    let (ended_tx, mut ended) =
+        tokio::sync::mpsc::unbounded_channel::<(usize, anyhow::Result<()>)>();
     for (i, (((relay, socket), requests), wake)) in relays
         .into_iter()
         .zip(sockets)
@@ -498,7 +502,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     {
         let kernel = kernel.clone();
         let mut stop = stop_rx.clone();
-        let (done_tx, done) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        let ended_tx = ended_tx.clone();
         std::thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || {
@@ -519,14 +523,22 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
                         // supervisor can start a new relay while HTTP drains.
                     })
                 };
-                let _ = done_tx.send(run());
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")));
+                let _ = ended_tx.send((i, r));
             })?;
-        running.push(done);
     }
-    for (i, done) in running.into_iter().enumerate() {
-        done.await
-            .map_err(|_| anyhow::anyhow!("worker {i} panicked"))?
-            .with_context(|| format!("worker {i}"))?;
+    drop(ended_tx);
+    let mut failed = None;
+    for _ in 0..workers {
+        let Some((i, r)) = ended.recv().await else {
+            break;
+        };
+        if let Err(e) = r {
+            warn!("worker {i} stopped: {e:#}; stopping the others");
+            let _ = stop_tx.send(true);
+            failed.get_or_insert(e);
+        }
     }
     drop(kernel);
     // HTTP drains within its own deadline; the margin only covers a thread that is stuck.
@@ -539,12 +551,15 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
             anyhow::bail!("HTTP thread panicked")
         }
     }
+    if let Some(e) = failed {
+        return Err(e.context("a worker stopped"));
+    }
     info!("stopped");
     Ok(())
 }
 
 /// SIGTERM and SIGINT both stop the relay gracefully.
-fn stop_on_signal(stop: tokio::sync::watch::Sender<bool>) {
+fn stop_on_signal(stop: Arc<tokio::sync::watch::Sender<bool>>) {
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("signal handler");

@@ -169,7 +169,8 @@ struct Run {
 
 /// A relay in a namespace of its own, everything on its loopback (the kernel path serves
 /// viewers on `lo` when the publisher is there too).
-fn start(datapath: &str, delays: &[(&str, u64)], tag: &str) -> Run {
+/// A relay in a namespace of its own; `workers`: `--workers` (none: the default).
+fn start(datapath: &str, delays: &[(&str, u64)], tag: &str, workers: Option<u32>) -> Run {
     let ns = Netns::create(&["solo"]);
     let name = ns.name("solo").to_string();
     let relay = Relay::start(RelayOpts {
@@ -177,6 +178,7 @@ fn start(datapath: &str, delays: &[(&str, u64)], tag: &str) -> Run {
         srt_ip: Ipv4Addr::LOCALHOST,
         datapath: Some(datapath.into()),
         stream_delays: delays.iter().map(|(s, d)| (s.to_string(), *d)).collect(),
+        workers: workers.or(RelayOpts::default().workers),
         ..RelayOpts::default()
     });
     assert!(
@@ -231,7 +233,7 @@ fn put_delay(relay: &Relay, stream: &str, body: &str) -> HttpResp {
 fn delayed_stream_plays_later_by_its_delay() {
     let c = clip();
     for datapath in datapaths("delayed_stream_plays_later_by_its_delay") {
-        let r = start(datapath, &[("2", 500)], &format!("delay-{datapath}"));
+        let r = start(datapath, &[("2", 500)], &format!("delay-{datapath}"), None);
         let mut a = SltViewer::start_opts(&r.dir, "a", &r.relay.viewer_url("1"), Some(&r.ns), true);
         let mut b = SltViewer::start_opts(&r.dir, "b", &r.relay.viewer_url("2"), Some(&r.ns), true);
         sleep_secs(1.0);
@@ -285,7 +287,9 @@ fn delayed_stream_plays_later_by_its_delay() {
 fn changing_the_delay_live_moves_viewers_smoothly() {
     let c = clip();
     for datapath in datapaths("changing_the_delay_live_moves_viewers_smoothly") {
-        let r = start(datapath, &[], &format!("delay-live-{datapath}"));
+        // Four workers on two cores: the publisher's worker moves the delay, the viewers'
+        // workers get it with each packet.
+        let r = start(datapath, &[], &format!("delay-live-{datapath}"), Some(4));
         let mut a =
             SltViewer::start_opts(&r.dir, "ref", &r.relay.viewer_url("2"), Some(&r.ns), true);
         let mut b =

@@ -71,6 +71,8 @@ fn viewer_leg_loss_is_repaired() {
         netns: Some(ns.name("relay").to_string()),
         srt_ip: Ipv4Addr::new(10, 77, 1, 1),
         latency_ms: Some(LOSS_LATENCY_MS),
+        // Four workers on two cores: each viewer's losses are repaired by its own worker.
+        workers: Some(4),
         ..Default::default()
     });
     ns.add_loss(
@@ -186,7 +188,13 @@ fn publisher_leg_loss_is_repaired() {
     let _serial = serial();
     let c = clip();
     let (ns, pub_side, view_side) = two_legs(77);
-    let relay = Relay::start(two_legs_relay(&ns, view_side, RelayOpts::default()));
+    // Four workers: viewers on other workers than the publisher's wait for what it still
+    // expects (the feed says what) instead of being told it is gone.
+    let opts = RelayOpts {
+        workers: Some(4),
+        ..RelayOpts::default()
+    };
+    let relay = Relay::start(two_legs_relay(&ns, view_side, opts));
     ns.add_loss(
         "pub",
         "output",

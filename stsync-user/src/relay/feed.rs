@@ -34,7 +34,7 @@ pub enum Kind {
 }
 
 /// Everything but the payload. Besides the packet, it carries what the reader's viewers
-/// need of the publisher's receiver: its rates (the retransmission budget) and the oldest
+/// need of the publisher's receiver: its byte rate (the retransmission budget) and the oldest
 /// packet it still expects (a loss not in the ring yet, but coming).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -50,7 +50,6 @@ pub struct Header {
     pub start: Option<u32>,
     pub first_missing: Option<u32>,
     pub byte_rate: u32,
-    pub packet_rate: u32,
 }
 
 impl Header {
@@ -66,7 +65,6 @@ impl Header {
             start: None,
             first_missing: None,
             byte_rate: 0,
-            packet_rate: 0,
         }
     }
 
@@ -78,7 +76,7 @@ impl Header {
             u64::from(self.seq) | u64::from(self.msg) << 32,
             u64::from(self.ts) | u64::from(self.delay) << 32,
             opt(self.start),
-            u64::from(self.byte_rate) | u64::from(self.packet_rate) << 32,
+            u64::from(self.byte_rate),
             opt(self.first_missing),
         ]
     }
@@ -102,7 +100,6 @@ impl Header {
             start: opt(w[4]),
             first_missing: opt(w[6]),
             byte_rate: lo(w[5]),
-            packet_rate: hi(w[5]),
         };
         // Never longer than a slot holds, whatever a torn read produced (the read is then
         // thrown away anyway).
@@ -273,7 +270,6 @@ mod tests {
             start: i.is_multiple_of(3).then_some(i as u32),
             first_missing: i.is_multiple_of(4).then_some(!(i as u32)),
             byte_rate: (i * 13) as u32,
-            packet_rate: (i * 17) as u32,
         }
     }
 

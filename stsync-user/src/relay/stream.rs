@@ -93,12 +93,11 @@ impl Stream {
     }
 }
 
-/// What a stream's viewers on this worker know of a publisher on another: its rates and
-/// the oldest packet it still expects, as of its latest packet.
+/// What a stream's viewers on this worker know of a publisher on another: its byte rate
+/// and the oldest packet it still expects, as of its latest packet.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Remote {
     pub byte_rate: u32,
-    pub packet_rate: u32,
     pub first_missing: Option<Seq>,
 }
 
@@ -114,13 +113,6 @@ impl Feeder<'_> {
         match self {
             Feeder::Local(rx) => rx.byte_rate(),
             Feeder::Remote(r) => r.byte_rate,
-        }
-    }
-
-    pub fn packet_rate(self) -> u32 {
-        match self {
-            Feeder::Local(rx) => rx.packet_rate(),
-            Feeder::Remote(r) => r.packet_rate,
         }
     }
 
@@ -185,7 +177,6 @@ impl Relay {
         });
         let feeder = Remote {
             byte_rate: rx.byte_rate(),
-            packet_rate: rx.packet_rate(),
             first_missing: rx.first_missing(),
         };
         let arrival_us = conn.clock64(now);
@@ -246,7 +237,6 @@ impl Relay {
             start: start.map(Seq::get),
             first_missing: r.first_missing.map(Seq::get),
             byte_rate: r.byte_rate,
-            packet_rate: r.packet_rate,
         };
         f.push(&h, d.payload);
         self.fed = true;
@@ -312,13 +302,14 @@ impl Relay {
         }
         s.remote = Some(Remote {
             byte_rate: h.byte_rate,
-            packet_rate: h.packet_rate,
             first_missing: h.first_missing.map(Seq::new),
         });
+        // Kept in step with the publisher's worker also without viewers here: when the
+        // publisher leaves, every worker moves on from the same delay.
+        s.delay_us = h.delay;
         if s.viewers.is_empty() {
             return;
         }
-        s.delay_us = h.delay;
         let d = DataPacket {
             seq: Seq::new(h.seq),
             msg: h.msg,
@@ -327,14 +318,6 @@ impl Relay {
             payload,
         };
         self.fan_out(now, i, d, h.start.map(Seq::new));
-    }
-
-    /// The stream's publisher, on this worker or another.
-    pub(super) fn feeder<'a>(&'a self, s: &'a Stream) -> Option<Feeder<'a>> {
-        match self.publisher_rx(s) {
-            Some(rx) => Some(Feeder::Local(rx)),
-            None => s.remote.as_ref().map(Feeder::Remote),
-        }
     }
 
     /// A publisher's ACKACK (its RTT) or DROPREQ (what it gave up sending).
@@ -430,10 +413,12 @@ impl Relay {
     pub(super) fn sweep_stream(&mut self, i: usize) {
         let latency_ms = self.cfg.latency.as_millis() as u64;
         let s = &self.streams[i];
+        // The publisher's rates on its own worker only: another's copy of them may be
+        // stale (its feed stops when no viewer here needs it), and the merged snapshot
+        // takes the publisher's worker's anyway.
         let rx = self.publisher_rx(s);
-        let feeder = self.feeder(s);
-        let bitrate_bps = feeder.map_or(0, |f| u64::from(f.byte_rate()) * 8);
-        let packet_rate = feeder.map_or(0, |f| f.packet_rate().into());
+        let bitrate_bps = rx.map_or(0, |rx| u64::from(rx.byte_rate()) * 8);
+        let packet_rate = rx.map_or(0, |rx| rx.packet_rate().into());
         let remote = s.remote.is_some();
         let ingest = match (rx, &s.ingest) {
             (Some(rx), Some(l)) => l.estimate_us(rx.rtt.rtt_us),
