@@ -9,6 +9,11 @@
 //!
 //! The modules follow a packet: `admit` (handshakes), `stream` (a publisher's data and its
 //! fan-out), `acks` (viewers' ACKs, whoever answered them), `retransmit` (viewers' losses).
+//!
+//! With several workers there is one `Relay` per worker thread ([`Relay::workers`]): each
+//! owns the connections whose socket IDs name it, shares the handshake path's state
+//! (`shared`), and writes its publishers' packets to its `feed` for the others' viewers
+//! (in: [`Relay::handle_feed`]; [`Relay::take_fed`] says when to wake them).
 
 mod acks;
 mod admit;
