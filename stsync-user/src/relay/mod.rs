@@ -375,7 +375,9 @@ impl Relay {
             Command::SetDelay { resource, delay_ms } => {
                 let i = stream(&resource).ok_or(CommandError::UnknownStream)?;
                 let s = &mut self.streams[i];
-                crate::delay::check(delay_ms, s.packet_rate, self.cfg.latency.as_millis() as u64)
+                // The publisher's rate wherever it is: every worker decides alike.
+                let rate = self.shared.packet_rate(i);
+                crate::delay::check(delay_ms, rate, self.cfg.latency.as_millis() as u64)
                     .map_err(CommandError::Delay)?;
                 s.delay_target_ms = delay_ms;
                 debug!(resource = %resource, delay_ms, "stream delay set");
@@ -504,6 +506,9 @@ impl Relay {
                 if s.publisher == Some(id) {
                     s.publisher = None;
                     s.bitrate_bps = 0;
+                    if self.shared.epoch(conn.stream) == s.epoch {
+                        self.shared.set_packet_rate(conn.stream, 0);
+                    }
                     self.events.push_back(RouteEvent::PublisherChanged {
                         resource: s.resource.clone(),
                         publisher: None,

@@ -23,6 +23,9 @@ struct StreamShared {
     /// The current publisher's epoch: bumped by each new publisher.
     epoch: AtomicU64,
     viewers: AtomicUsize,
+    /// The publisher's packet rate, as its worker last measured it (0: none): every
+    /// worker checks a new delay against the same number.
+    packet_rate: AtomicU64,
 }
 
 impl Shared {
@@ -36,6 +39,7 @@ impl Shared {
                 .map(|_| StreamShared {
                     epoch: AtomicU64::new(0),
                     viewers: AtomicUsize::new(0),
+                    packet_rate: AtomicU64::new(0),
                 })
                 .collect(),
         }
@@ -82,6 +86,16 @@ impl Shared {
     /// The epoch of `stream`'s publisher now.
     pub fn epoch(&self, stream: usize) -> u64 {
         self.streams[stream].epoch.load(Ordering::Acquire)
+    }
+
+    pub fn packet_rate(&self, stream: usize) -> u64 {
+        self.streams[stream].packet_rate.load(Ordering::Relaxed)
+    }
+
+    pub fn set_packet_rate(&self, stream: usize, rate: u64) {
+        self.streams[stream]
+            .packet_rate
+            .store(rate, Ordering::Relaxed);
     }
 
     /// A new publisher of `stream`: its epoch.

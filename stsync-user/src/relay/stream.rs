@@ -424,6 +424,9 @@ impl Relay {
             (Some(rx), Some(l)) => l.estimate_us(rx.rtt.rtt_us),
             _ => 0,
         };
+        if rx.is_some() || self.shared.workers == 1 {
+            self.shared.set_packet_rate(i, packet_rate);
+        }
         let s = &mut self.streams[i];
         s.bitrate_bps = bitrate_bps;
         s.packet_rate = packet_rate;
