@@ -4,6 +4,10 @@
 //! packets so the fuzzer gets past the SYN cookie and the session keys quickly. The outbox
 //! and route events are drained and checked after every step.
 //!
+//! With configuration bit 7 the relay is two workers: each datagram goes to the worker
+//! its destination socket ID names, a handshake to the one its peer's address picks (the
+//! flow hash's part), and after every step each worker takes what the other fed it.
+//!
 //! Input: one configuration byte, then operations, each an op byte (kind in bits 0-2, peer
 //! in bits 3-4, flags in bits 5-7) and its arguments (see [`RelayOp::read`]).
 
@@ -282,7 +286,10 @@ pub struct Peer {
 }
 
 pub(super) struct World {
+    /// Worker 0.
     pub relay: Relay,
+    /// Worker 1 in a two-worker world.
+    others: Vec<Relay>,
     cfg: RelayConfig,
     pub now: Instant,
     t0: Instant,
@@ -318,7 +325,7 @@ fn keying_material(pick: u32) -> Vec<u8> {
 impl World {
     /// Configuration byte: bits 0-1 ring size (32, 64, 256, 8192 packets), bits 2-3 latency
     /// (20, 120, 500, 1000 ms), bit 4 a single viewer per stream, bit 5 a 1 s idle timeout,
-    /// bit 6 stream 2 encrypted (`PASSPHRASE`).
+    /// bit 6 stream 2 encrypted (`PASSPHRASE`), bit 7 two workers.
     pub fn new(conf: u8) -> Self {
         let t0 = Instant::now();
         let cfg = RelayConfig {
@@ -348,7 +355,9 @@ impl World {
                 }
             })
             .collect();
-        let relay = Relay::new(cfg.clone(), streams, SECRET, t0);
+        let workers = if conf & 0x80 != 0 { 2 } else { 1 };
+        let mut relays = Relay::workers(cfg.clone(), streams, SECRET, t0, workers).into_iter();
+        let relay = relays.next().expect("one worker");
         let peers = PEERS
             .iter()
             .enumerate()
@@ -365,6 +374,7 @@ impl World {
             .collect();
         World {
             relay,
+            others: relays.collect(),
             cfg,
             now: t0,
             t0,
@@ -390,15 +400,64 @@ impl World {
         4 * self.cfg.max_connections + 8
     }
 
+    fn workers(&mut self) -> impl Iterator<Item = &mut Relay> {
+        std::iter::once(&mut self.relay).chain(&mut self.others)
+    }
+
+    /// Worker `i`'s relay.
+    fn worker(&mut self, i: usize) -> &mut Relay {
+        match i {
+            0 => &mut self.relay,
+            i => &mut self.others[i - 1],
+        }
+    }
+
+    /// The worker connection `conn` belongs to (its ID says).
+    fn owner(&mut self, conn: u32) -> &mut Relay {
+        let n = 1 + self.others.len() as u32;
+        let w = crate::os::reuseport::worker_of(conn, n).unwrap_or(0);
+        self.worker(w as usize)
+    }
+
+    fn connection_count(&self) -> usize {
+        let others: usize = self.others.iter().map(Relay::connection_count).sum();
+        self.relay.connection_count() + others
+    }
+
+    /// Delivers `bytes` to the worker the reuseport program would: by destination socket
+    /// ID, or for a handshake (or a datagram too short to say) by the peer's address.
     pub fn send(&mut self, from: SocketAddr, bytes: &[u8]) {
-        self.relay.handle_datagram(self.now, from, bytes);
+        let n = 1 + self.others.len() as u32;
+        let dest = bytes
+            .get(12..16)
+            .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+        let by_address = PEERS.iter().position(|p| p.parse() == Ok(from)).unwrap_or(0) as u32;
+        let w = crate::os::reuseport::worker_of(dest, n).unwrap_or(by_address % n);
+        let now = self.now;
+        self.worker(w as usize).handle_datagram(now, from, bytes);
         self.drain(self.datagram_limit(), "one datagram");
     }
 
-    /// Checks and empties the outbox and the route events.
+    /// Checks and empties every worker's outbox and route events, after each has taken
+    /// what the others fed it.
     fn drain(&mut self, limit: usize, what: &str) {
-        let Some(batch) = self.relay.poll_transmit() else {
-            return self.drain_events();
+        for i in 0..=self.others.len() {
+            let now = self.now;
+            self.worker(i).handle_feed(now);
+        }
+        for i in 0..=self.others.len() {
+            self.drain_worker(i, limit, what);
+        }
+        self.drain_events();
+    }
+
+    fn drain_worker(&mut self, i: usize, limit: usize, what: &str) {
+        let relay = match i {
+            0 => &mut self.relay,
+            i => &mut self.others[i - 1],
+        };
+        let Some(batch) = relay.poll_transmit() else {
+            return;
         };
         assert!(
             batch.len() <= limit,
@@ -442,13 +501,15 @@ impl World {
                 Packet::Control(_) => {}
             }
         }
-        drop(batch);
-        self.drain_events();
     }
 
     /// Checks and empties the route events.
     fn drain_events(&mut self) {
-        while let Some(ev) = self.relay.poll_event() {
+        let mut events = Vec::new();
+        for r in self.workers() {
+            events.extend(std::iter::from_fn(|| r.poll_event()));
+        }
+        for ev in events {
             match ev {
                 RouteEvent::ViewerAdded { conn, .. } => {
                     assert!(self.viewers.insert(conn), "viewer {conn} added twice")
@@ -460,11 +521,17 @@ impl World {
                     assert!(self.viewers.contains(&conn), "unknown viewer {conn} mapped")
                 }
                 RouteEvent::PublisherChanged {
-                    resource, epoch, ..
+                    resource,
+                    epoch,
+                    publisher,
+                    ..
                 } => {
                     let e = self.epochs.entry(resource).or_default();
-                    assert!(epoch >= *e, "publisher epoch went back");
-                    *e = epoch;
+                    // With workers, the end of a publisher taken over on another worker
+                    // may come after its successor's start (the kernel path ignores it).
+                    let stale_end = publisher.is_none() && !self.others.is_empty();
+                    assert!(epoch >= *e || stale_end, "publisher epoch went back");
+                    *e = (*e).max(epoch);
                 }
                 RouteEvent::StreamDelay { delay_us, .. } => {
                     assert!(delay_us <= 30_000_000, "delay {delay_us} µs")
@@ -472,23 +539,31 @@ impl World {
             }
         }
         // Viewers within max_connections, plus at most one publisher per stream.
-        assert!(self.relay.connection_count() <= self.cfg.max_connections + RESOURCES.len());
+        assert!(self.connection_count() <= self.cfg.max_connections + RESOURCES.len());
+    }
+
+    /// When the next timer of any worker is due.
+    fn poll_timeout(&self) -> Instant {
+        let others = self.others.iter().map(Relay::poll_timeout);
+        others.fold(self.relay.poll_timeout(), Instant::min)
     }
 
     /// Runs the relay's next timer if it is due by `end`; false when none is.
     fn timer_until(&mut self, end: Instant) -> bool {
-        let t = self.relay.poll_timeout();
+        let t = self.poll_timeout();
         if t > end {
             return false;
         }
         self.now = self.now.max(t);
-        self.relay.handle_timeout(self.now);
+        let now = self.now;
+        for r in self.workers() {
+            if r.poll_timeout() <= now {
+                r.handle_timeout(now);
+            }
+        }
         self.drain(self.timer_limit(), "one timer run");
         // Else the driver spins: it sleeps until `poll_timeout` and calls again.
-        assert!(
-            self.relay.poll_timeout() > self.now,
-            "a timer run left a timer due"
-        );
+        assert!(self.poll_timeout() > self.now, "a timer run left a timer due");
         true
     }
 
@@ -711,14 +786,18 @@ impl World {
                     resource: RESOURCES[stream].to_string(),
                     delay_ms: u64::from(value % 30_001),
                 };
-                // Refused when it does not fit the stream's rate, as over HTTP.
-                let _ = self.relay.handle_command(self.now, cmd);
+                // Refused when it does not fit the stream's rate, as over HTTP; on every
+                // worker, as the HTTP side asks.
+                let now = self.now;
+                for r in self.workers() {
+                    let _ = r.handle_command(now, cmd.clone());
+                }
             }
             1 => {
                 let epoch = self.epochs.get(RESOURCES[stream]).copied().unwrap_or(0);
                 let on = flags & 2 == 0;
                 let epoch = on.then_some(epoch + u64::from(flags >> 2));
-                self.relay
+                self.owner(conn)
                     .handle_kernel(KernelReport::Serving { conn, epoch });
             }
             2 => {
@@ -730,15 +809,19 @@ impl World {
                     light: u64::from(value >> 28),
                     bytes: u64::from(value >> 16),
                 };
-                self.relay.handle_kernel(KernelReport::Acks { conn, acks });
+                self.owner(conn)
+                    .handle_kernel(KernelReport::Acks { conn, acks });
                 // Like a viewer's own ACK: one that stops at a packet sent long ago has it
                 // resent (and the retransmission pass sends what else is due).
                 self.drain(self.datagram_limit(), "kernel ACKs");
             }
             _ => {
-                self.relay.shutdown(self.now);
+                let now = self.now;
+                for r in self.workers() {
+                    r.shutdown(now);
+                }
                 self.drain(self.cfg.max_connections, "a shutdown");
-                assert_eq!(self.relay.connection_count(), 0);
+                assert_eq!(self.connection_count(), 0);
             }
         }
     }
@@ -770,7 +853,7 @@ impl World {
             } => self.control(peer.into(), flags, typ, info, &body),
             RelayOp::Advance(units) => self.advance(Duration::from_micros(u64::from(units) * 100)),
             RelayOp::Timer => {
-                let t = self.relay.poll_timeout();
+                let t = self.poll_timeout();
                 self.timer_until(t);
             }
             RelayOp::Misc {
