@@ -100,7 +100,8 @@ impl RelayHandle {
 /// wrote packets for its viewers) or its kernel reports.
 pub struct Wake {
     pub own: Arc<Notify>,
-    pub others: Vec<Arc<Notify>>,
+    /// The other workers, by index.
+    pub others: Vec<(u32, Arc<Notify>)>,
 }
 
 impl Wake {
@@ -112,7 +113,7 @@ impl Wake {
                 own: n[i].clone(),
                 others: (0..workers)
                     .filter(|&o| o != i)
-                    .map(|o| n[o].clone())
+                    .map(|o| (o as u32, n[o].clone()))
                     .collect(),
             })
             .collect()
@@ -183,8 +184,12 @@ pub async fn run(
         }
         pump(&mut relay, datapath.as_mut());
         if relay.take_fed() {
-            for w in &wake.others {
-                w.notify_one();
+            // The others take it at their own pace unless they serve its viewers from
+            // userspace (see `Shared::wants_prompt_feed`).
+            for (w, n) in &wake.others {
+                if relay.wants_prompt_feed(*w) {
+                    n.notify_one();
+                }
             }
         }
     }
@@ -228,6 +233,9 @@ fn receive(relay: &mut Relay, socket: &UdpSocket, batch: &mut RecvBatch) -> usiz
     match socket.try_io(tokio::io::Interest::READABLE, || batch.try_recv(fd)) {
         Ok(n) => {
             let now = Instant::now();
+            // What other workers fed this one first: a viewer's loss report may ask for
+            // what is waiting there.
+            relay.handle_feed(now);
             for d in batch.received() {
                 relay.handle_datagram(now, d.src, d.data);
             }

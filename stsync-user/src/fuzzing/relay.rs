@@ -431,7 +431,10 @@ impl World {
         let dest = bytes
             .get(12..16)
             .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
-        let by_address = PEERS.iter().position(|p| p.parse() == Ok(from)).unwrap_or(0) as u32;
+        let by_address = PEERS
+            .iter()
+            .position(|p| p.parse() == Ok(from))
+            .unwrap_or(0) as u32;
         let w = crate::os::reuseport::worker_of(dest, n).unwrap_or(by_address % n);
         let now = self.now;
         self.worker(w as usize).handle_datagram(now, from, bytes);
@@ -563,7 +566,10 @@ impl World {
         }
         self.drain(self.timer_limit(), "one timer run");
         // Else the driver spins: it sleeps until `poll_timeout` and calls again.
-        assert!(self.poll_timeout() > self.now, "a timer run left a timer due");
+        assert!(
+            self.poll_timeout() > self.now,
+            "a timer run left a timer due"
+        );
         true
     }
 

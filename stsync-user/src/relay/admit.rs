@@ -237,6 +237,8 @@ impl Relay {
             }
             Mode::Request => {
                 s.viewers.push(id);
+                // Served from userspace until the kernel takes it: woken for its packets.
+                self.shared.set_prompt_feed(self.worker, true);
                 self.events.push_back(RouteEvent::ViewerAdded {
                     conn: id,
                     resource: s.resource.clone(),

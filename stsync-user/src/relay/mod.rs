@@ -90,6 +90,10 @@ pub struct StreamConfig {
 }
 
 const KEEPALIVE: Duration = Duration::from_secs(1);
+/// How often a worker that wants no wake-up per batch (see `Shared::wants_prompt_feed`)
+/// takes its feeds: the kernel serves its viewers, so this only bounds how late its ring
+/// is for a retransmission and how late a viewer given back to userspace gets its data.
+const FEED_POLL: Duration = Duration::from_millis(10);
 const SWEEP: Duration = Duration::from_millis(100);
 /// Every connection's clock starts this long before its handshake (the answer says so), so
 /// that a packet a little older than the one that maps a viewer still has a timestamp
@@ -187,6 +191,8 @@ pub struct Relay {
     rexmit_pending: HashSet<u32>,
     rexmit_wake: Option<Instant>,
     next_sweep: Instant,
+    /// When the feeds are taken next if no other worker wakes this one for them.
+    next_feed_poll: Instant,
     /// Source of socket IDs; the driver seeds it randomly.
     id_state: u64,
 }
@@ -285,6 +291,7 @@ impl Relay {
             rexmit_pending: HashSet::new(),
             rexmit_wake: None,
             next_sweep: now + SWEEP,
+            next_feed_poll: now + FEED_POLL,
             id_state: u64::from_le_bytes(secret[..8].try_into().unwrap()) | 1,
             cfg,
         }
@@ -334,6 +341,10 @@ impl Relay {
             KernelReport::Serving { conn, epoch } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.kernel_epoch = epoch;
+                }
+                if epoch.is_none() {
+                    // Served from userspace again: each packet as soon as it is fed.
+                    self.shared.set_prompt_feed(self.worker, true);
                 }
             }
             KernelReport::Acks { conn, acks } => self.on_kernel_acks(conn, &acks),
@@ -536,6 +547,15 @@ impl Relay {
 
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_sweep;
+        // Fed by another worker without being woken: polled.
+        let fed_lazily = !self.shared.wants_prompt_feed(self.worker)
+            && self
+                .streams
+                .iter()
+                .any(|s| s.remote.is_some() && !s.viewers.is_empty());
+        if fed_lazily {
+            t = t.min(self.next_feed_poll);
+        }
         if let Some(w) = self.rexmit_wake {
             t = t.min(w);
         }
@@ -548,6 +568,9 @@ impl Relay {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.upstream.is_empty() && now >= self.next_feed_poll {
+            self.handle_feed(now);
+        }
         let mut fb = std::mem::take(&mut self.feedback);
         for i in 0..self.streams.len() {
             let Some(pid) = self.streams[i].publisher else {

@@ -6,7 +6,7 @@
 
 use super::keys::SessionKeys;
 use super::per_address::{AddressLimits, PerAddress};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,6 +17,11 @@ pub struct Shared {
     /// Viewers in all, and per stream (with the handshakes in progress).
     viewers: AtomicUsize,
     streams: Box<[StreamShared]>,
+    /// Per worker: it serves some viewer of another worker's publisher from userspace, so
+    /// it wants to be woken for each batch fed to it; else it takes its feeds every
+    /// `FEED_POLL` (viewers the kernel serves need the packets only for retransmission,
+    /// and a wake-up per packet costs the kernel path more than its ACKs).
+    prompt: Box<[AtomicBool]>,
 }
 
 struct StreamShared {
@@ -42,6 +47,7 @@ impl Shared {
                     packet_rate: AtomicU64::new(0),
                 })
                 .collect(),
+            prompt: (0..workers.max(1)).map(|_| AtomicBool::new(true)).collect(),
         }
     }
 
@@ -86,6 +92,14 @@ impl Shared {
     /// The epoch of `stream`'s publisher now.
     pub fn epoch(&self, stream: usize) -> u64 {
         self.streams[stream].epoch.load(Ordering::Acquire)
+    }
+
+    pub fn wants_prompt_feed(&self, worker: u32) -> bool {
+        self.prompt[worker as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn set_prompt_feed(&self, worker: u32, on: bool) {
+        self.prompt[worker as usize].store(on, Ordering::Relaxed);
     }
 
     pub fn packet_rate(&self, stream: usize) -> u64 {

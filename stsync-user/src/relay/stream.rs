@@ -9,6 +9,7 @@ use super::outbox::Payload;
 use super::ring::Ring;
 use super::{
     playout, Offsets, Relay, Role, RouteEvent, StreamConfig, StreamSnapshot, CLOCK_HEADROOM,
+    FEED_POLL,
 };
 use crate::srt::crypto::Parity;
 use crate::srt::packet::{be32, ControlPacket, DataPacket};
@@ -211,7 +212,7 @@ impl Relay {
         };
         let msg = d.msg & !MSG_KK_MASK;
         let d = DataPacket { payload, msg, ..d };
-        self.fan_out(now, stream, d, start);
+        let _ = self.fan_out(now, stream, d, start);
         self.feed_out(stream, &d, start, feeder);
         self.plain = plain;
     }
@@ -248,9 +249,17 @@ impl Relay {
         std::mem::take(&mut self.fed)
     }
 
+    /// Whether this relay's driver should wake worker `w` for what it just fed (see
+    /// `Shared::wants_prompt_feed`).
+    pub fn wants_prompt_feed(&self, w: u32) -> bool {
+        self.shared.wants_prompt_feed(w)
+    }
+
     /// Takes in what the other workers' feeds hold: their publishers' packets for this
     /// worker's viewers, and their publishers' comings and goings.
     pub fn handle_feed(&mut self, now: Instant) {
+        self.next_feed_poll = now + FEED_POLL;
+        let (mut fanned, mut sent) = (0, 0);
         let mut buf = std::mem::take(&mut self.plain);
         for k in 0..self.upstream.len() {
             // At most a feed's worth each: a busy feed cannot hold this worker for ever.
@@ -266,20 +275,28 @@ impl Relay {
                     Some(Read::Lost(n)) => {
                         *self.drops.dropped.entry("feed_overrun").or_default() += n;
                     }
-                    Some(Read::Entry(h)) => self.on_feed_entry(now, &h, &buf),
+                    Some(Read::Entry(h)) => {
+                        if let Some(n) = self.on_feed_entry(now, &h, &buf) {
+                            fanned += 1;
+                            sent += n;
+                        }
+                    }
                 }
             }
         }
         self.plain = buf;
+        if fanned > 0 {
+            self.shared.set_prompt_feed(self.worker, sent > 0);
+        }
     }
 
-    fn on_feed_entry(&mut self, now: Instant, h: &feed::Header, payload: &[u8]) {
+    /// Takes one feed entry; for a packet fanned out to viewers here, how many of them got
+    /// it from userspace.
+    fn on_feed_entry(&mut self, now: Instant, h: &feed::Header, payload: &[u8]) -> Option<usize> {
         let i = h.stream as usize;
-        let Some(s) = self.streams.get_mut(i) else {
-            return;
-        };
+        let s = self.streams.get_mut(i)?;
         if h.epoch < s.epoch {
-            return; // from a publisher since replaced
+            return None; // from a publisher since replaced
         }
         if h.epoch > s.epoch {
             // A new publisher, on another worker: it ends one here, and the ring starts
@@ -298,7 +315,7 @@ impl Relay {
         let s = &mut self.streams[i];
         if h.kind == Kind::Gone {
             s.remote = None;
-            return;
+            return None;
         }
         s.remote = Some(Remote {
             byte_rate: h.byte_rate,
@@ -308,7 +325,7 @@ impl Relay {
         // publisher leaves, every worker moves on from the same delay.
         s.delay_us = h.delay;
         if s.viewers.is_empty() {
-            return;
+            return None;
         }
         let d = DataPacket {
             seq: Seq::new(h.seq),
@@ -317,7 +334,7 @@ impl Relay {
             dest: 0,
             payload,
         };
-        self.fan_out(now, i, d, h.start.map(Seq::new));
+        Some(self.fan_out(now, i, d, h.start.map(Seq::new)))
     }
 
     /// A publisher's ACKACK (its RTT) or DROPREQ (what it gave up sending).
@@ -339,8 +356,10 @@ impl Relay {
     }
 
     /// Stores a publisher packet and sends it to every viewer the kernel does not serve;
-    /// a viewer not mapped yet starts at `start`, if any (see `on_data`).
-    fn fan_out(&mut self, now: Instant, stream: usize, d: DataPacket, start: Option<Seq>) {
+    /// a viewer not mapped yet starts at `start`, if any (see `on_data`). Returns how many
+    /// it sent it to.
+    fn fan_out(&mut self, now: Instant, stream: usize, d: DataPacket, start: Option<Seq>) -> usize {
+        let mut sent = 0;
         let s = &mut self.streams[stream];
         let msg = d.msg & !MSG_REXMIT_FLAG;
         let delay = s.delay_us;
@@ -405,7 +424,9 @@ impl Relay {
             conn.last_sent = now;
             conn.stats.sent_data(HEADER_LEN + d.payload.len());
             send_announcement(&mut self.out, conn, now);
+            sent += 1;
         }
+        sent
     }
 
     /// Stream `i`'s rates and ingest latency from its publisher, and one step of its delay
