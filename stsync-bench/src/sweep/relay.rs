@@ -202,8 +202,12 @@ pub(super) fn start_relay(
     loop {
         if let Some(status) = relay.child.try_wait()? {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            // anyhow's "Error: ..." line says why; otherwise the last lines.
-            let why = match log.lines().find(|l| l.starts_with("Error:")) {
+            // anyhow's "Error: ..." line says why, or clap's "error: ..." (an option this
+            // relay does not have, e.g. --workers before issue 15); otherwise the last lines.
+            let why = match log
+                .lines()
+                .find(|l| l.starts_with("Error:") || l.starts_with("error:"))
+            {
                 Some(l) => l.to_string(),
                 None => {
                     let tail: Vec<&str> = log.lines().rev().take(3).collect();
