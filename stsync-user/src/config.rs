@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// More workers than this would mostly wait on each other's feeds.
+pub const MAX_WORKERS: u32 = 64;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -17,6 +20,10 @@ pub struct Config {
     /// The relay's own TSBPD latency; each connection uses the larger of this and the peer's.
     #[serde(default = "defaults::latency_ms")]
     pub latency_ms: u16,
+    /// Worker threads, each with its own socket on the SRT port and its share of the
+    /// connections (default: the cores this process may use). `--workers` overrides it.
+    #[serde(default)]
+    pub workers: Option<u32>,
     /// Packets kept per stream for retransmission.
     #[serde(default = "defaults::buffer_packets")]
     pub buffer_packets: u32,
@@ -215,6 +222,15 @@ impl Config {
         self.key_schedule()
             .check()
             .map_err(|why| invalid("kmpreannounce", why))?;
+        if self
+            .workers
+            .is_some_and(|w| !(1..=MAX_WORKERS).contains(&w))
+        {
+            return Err(invalid(
+                "workers",
+                format!("must be between 1 and {MAX_WORKERS}"),
+            ));
+        }
         if self.session_ttl_secs == 0 {
             return Err(invalid("session_ttl_secs", "must be at least 1"));
         }

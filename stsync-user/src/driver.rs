@@ -1,16 +1,17 @@
-//! The IO driver: one task owns the relay and the datapath and moves data one way between
-//! them. Datagrams, timers, the HTTP side's requests and the datapath's reports go into the
-//! relay; what it lends out (datagrams, route events) goes to the datapath. Nothing on this
-//! path awaits a peer.
+//! The IO driver: on each worker, one task owns the worker's relay and datapath and moves
+//! data one way between them. Datagrams, timers, the other workers' feeds, the HTTP side's
+//! requests and the datapath's reports go into the relay; what it lends out (datagrams,
+//! route events) goes to the datapath. Nothing on this path awaits a peer.
 
 use crate::datapath::{Datapath, DatapathStats};
 use crate::os::mmsg::RecvBatch;
 use crate::relay::{Command, CommandError, Relay, Reply, Snapshot};
 use std::future::Future;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{info, warn};
 
 /// Datagrams read per `recvmmsg` and handled per wake-up before output is flushed, so a
@@ -29,10 +30,10 @@ enum Request {
     Command(Command, oneshot::Sender<Result<Reply, CommandError>>),
 }
 
-/// The HTTP side's way to the relay: requests are answered between two batches of
-/// datagrams.
+/// The HTTP side's way to the relay's workers: requests are answered between two batches
+/// of datagrams.
 #[derive(Clone)]
-pub struct RelayHandle(mpsc::Sender<Request>);
+pub struct RelayHandle(Vec<mpsc::Sender<Request>>);
 
 /// The relay did not answer (stopped, or busier than `ANSWER_WITHIN`).
 #[derive(Debug, thiserror::Error)]
@@ -40,31 +41,81 @@ pub struct RelayHandle(mpsc::Sender<Request>);
 pub struct Unavailable;
 
 impl RelayHandle {
-    /// A handle and the receiving end the driver takes.
-    pub fn new() -> (RelayHandle, Requests) {
-        let (tx, rx) = mpsc::channel(64);
-        (RelayHandle(tx), Requests(rx))
+    /// A handle to `workers` drivers and the receiving end each takes.
+    pub fn new(workers: usize) -> (RelayHandle, Vec<Requests>) {
+        let (tx, rx): (Vec<_>, Vec<_>) = (0..workers.max(1)).map(|_| mpsc::channel(64)).unzip();
+        (RelayHandle(tx), rx.into_iter().map(Requests).collect())
     }
 
     async fn ask<T>(
         &self,
+        worker: usize,
         req: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<T, Unavailable> {
         let (tx, rx) = oneshot::channel();
-        self.0.send(req(tx)).await.map_err(|_| Unavailable)?;
+        self.0[worker]
+            .send(req(tx))
+            .await
+            .map_err(|_| Unavailable)?;
         match tokio::time::timeout(ANSWER_WITHIN, rx).await {
             Ok(Ok(v)) => Ok(v),
             _ => Err(Unavailable),
         }
     }
 
-    /// The relay's and the datapath's counters.
+    /// The relay's and the datapath's counters, every worker's merged.
     pub async fn stats(&self) -> Result<(Snapshot, DatapathStats), Unavailable> {
-        self.ask(Request::Stats).await
+        let (mut snap, mut dp) = self.ask(0, Request::Stats).await?;
+        for w in 1..self.0.len() {
+            let (s, d) = self.ask(w, Request::Stats).await?;
+            snap.merge(s);
+            dp.merge(d);
+        }
+        Ok((snap, dp))
     }
 
+    /// A session key is minted once (the keys are shared); a stream's delay is set on
+    /// every worker that may serve its viewers, and the answer is the stream as all see it.
     pub async fn command(&self, cmd: Command) -> Result<Result<Reply, CommandError>, Unavailable> {
-        self.ask(|tx| Request::Command(cmd, tx)).await
+        if matches!(cmd, Command::MintSession { .. }) {
+            return self.ask(0, |tx| Request::Command(cmd, tx)).await;
+        }
+        let mut merged: Option<Reply> = None;
+        for w in 0..self.0.len() {
+            let cmd = cmd.clone();
+            match (
+                self.ask(w, |tx| Request::Command(cmd, tx)).await?,
+                &mut merged,
+            ) {
+                (Err(e), _) => return Ok(Err(e)),
+                (Ok(Reply::Stream(s)), Some(Reply::Stream(m))) => m.merge(&s),
+                (Ok(r), _) => merged = Some(r),
+            }
+        }
+        merged.ok_or(Unavailable).map(Ok)
+    }
+}
+
+/// How a worker's driver is woken by the others: for its feed (another worker's publisher
+/// wrote packets for its viewers) or its kernel reports.
+pub struct Wake {
+    pub own: Arc<Notify>,
+    pub others: Vec<Arc<Notify>>,
+}
+
+impl Wake {
+    /// One per worker: each knows the others.
+    pub fn all(workers: usize) -> Vec<Wake> {
+        let n: Vec<Arc<Notify>> = (0..workers).map(|_| Arc::default()).collect();
+        (0..workers)
+            .map(|i| Wake {
+                own: n[i].clone(),
+                others: (0..workers)
+                    .filter(|&o| o != i)
+                    .map(|o| n[o].clone())
+                    .collect(),
+            })
+            .collect()
     }
 }
 
@@ -76,6 +127,7 @@ pub async fn run(
     socket: &UdpSocket,
     mut datapath: Box<dyn Datapath>,
     mut requests: Requests,
+    wake: Wake,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
@@ -102,7 +154,11 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(deadline) => relay.handle_timeout(Instant::now()),
             _ = sleep_until_some(next_poll), if next_poll.is_some() => {}
+            _ = wake.own.notified() => {}
         }
+        // The other workers' publishers' packets for this worker's viewers, whatever woke
+        // it (one atomic read per other worker when there are none).
+        relay.handle_feed(Instant::now());
         // Due timers run here too, not only from their select! branch: with the socket
         // always readable (a busy relay) the biased select would never get to them.
         if Instant::now() >= relay.poll_timeout() {
@@ -126,6 +182,11 @@ pub async fn run(
                 .map(|d| tokio::time::Instant::now() + d);
         }
         pump(&mut relay, datapath.as_mut());
+        if relay.take_fed() {
+            for w in &wake.others {
+                w.notify_one();
+            }
+        }
     }
 }
 

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use stsync_user::config::Config;
 use stsync_user::datapath::ebpf::{EbpfDatapath, EbpfOptions};
 use stsync_user::datapath::kernel::Kernel;
-use stsync_user::datapath::{userspace::Userspace, Datapath};
-use stsync_user::driver::RelayHandle;
+use stsync_user::datapath::workers::{SharedKernel, WorkerDatapath};
+use stsync_user::driver::{RelayHandle, Wake};
 use stsync_user::http::{self, AppState, StreamEntry};
+use stsync_user::os::reuseport::{self, GroupError};
 use stsync_user::relay::{AddressLimits, Relay, RelayConfig, StreamConfig};
 use tracing::{info, warn};
 
@@ -35,6 +36,10 @@ struct Args {
     /// interface that is up.
     #[arg(long, value_delimiter = ',')]
     ebpf_interfaces: Option<Vec<String>>,
+    /// Worker threads, each with its own socket on the SRT port (default: config.json's
+    /// `workers`, else the cores this process may use).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=stsync_user::config::MAX_WORKERS as i64))]
+    workers: Option<u32>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -110,9 +115,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(cmd) = args.cmd.take() {
         return session::run(&cfg, cmd);
     }
-    // One thread for the relay: its task owns all SRT state, and cross-thread wake-ups cost
-    // more than they save (measured: futex and context switches per packet). HTTP runs on a
-    // thread of its own (see `serve`).
+    // This thread waits for signals and the others; each worker runs the relay on a thread
+    // of its own, HTTP on another (see `serve`).
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -290,15 +294,43 @@ mod session {
     }
 }
 
-fn udp_socket(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
-    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+fn setup_socket(sock: &Socket) -> std::io::Result<()> {
     // Room for bursts: a full fan-out of one packet to many viewers is queued at once.
     let _ = sock.set_send_buffer_size(8 << 20);
     let _ = sock.set_recv_buffer_size(8 << 20);
-    sock.set_nonblocking(true)?;
+    sock.set_nonblocking(true)
+}
+
+fn udp_socket(addr: std::net::SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    setup_socket(&sock)?;
     sock.bind(&addr.into())
         .with_context(|| format!("cannot bind SRT socket {addr}"))?;
-    Ok(tokio::net::UdpSocket::from_std(sock.into())?)
+    Ok(sock.into())
+}
+
+/// One socket per worker on `addr`, steered by socket ID; one worker's socket when `n` is
+/// 1, or when steering cannot be attached (said so: unsteered, a datagram could reach a
+/// worker that does not own its connection).
+fn worker_sockets(addr: std::net::SocketAddr, n: u32) -> anyhow::Result<Vec<std::net::UdpSocket>> {
+    if n == 1 {
+        return Ok(vec![udp_socket(addr)?]);
+    }
+    match reuseport::bind_group(addr, n, setup_socket) {
+        Ok(group) => Ok(group.into_iter().map(Into::into).collect()),
+        Err(GroupError::Steering(e)) => {
+            warn!("{e}: running one worker instead of {n}");
+            Ok(vec![udp_socket(addr)?])
+        }
+        Err(GroupError::Socket(e)) => {
+            Err(e).with_context(|| format!("cannot bind SRT socket {addr}"))
+        }
+    }
+}
+
+/// The cores this process may run on.
+fn default_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
 async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
@@ -312,7 +344,14 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
             token: s.token.clone(),
         })
         .collect();
-    let relay = Relay::new(
+    let workers = args
+        .workers
+        .or(cfg.workers)
+        .unwrap_or_else(default_workers)
+        .min(stsync_user::config::MAX_WORKERS);
+    let sockets = worker_sockets(cfg.srt_listen, workers)?;
+    let workers = sockets.len() as u32;
+    let relays = Relay::workers(
         RelayConfig {
             latency: cfg.latency(),
             buffer_packets: cfg.buffer_packets,
@@ -338,6 +377,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
             .collect(),
         rand::random(),
         Instant::now(),
+        workers,
     );
     // Before binding anything: a certificate that cannot be served stops the start.
     let tls = match cfg.tls() {
@@ -348,13 +388,14 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let socket = udp_socket(cfg.srt_listen)?;
     let http_listener = std::net::TcpListener::bind(cfg.http_listen)
         .with_context(|| format!("cannot bind HTTP listener {}", cfg.http_listen))?;
     http_listener.set_nonblocking(true)?;
 
-    let dp: Box<dyn Datapath> = match datapath {
-        DatapathArg::Userspace => Box::new(Userspace::new(&socket)),
+    let srt_addr = sockets[0].local_addr()?;
+    let wakes = Wake::all(sockets.len());
+    let kernel = match datapath {
+        DatapathArg::Userspace => None,
         DatapathArg::Auto | DatapathArg::Ebpf => {
             let opts = EbpfOptions {
                 object: args
@@ -362,31 +403,34 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
                     .clone()
                     .unwrap_or_else(Kernel::default_object_path),
                 interfaces: args.ebpf_interfaces.clone(),
-                listen: socket.local_addr()?,
+                listen: srt_addr,
                 streams: entries.len() as u32,
                 max_connections: cfg.max_connections.try_into().unwrap_or(u32::MAX),
             };
-            match EbpfDatapath::start(&opts, &socket) {
-                Ok(dp) => Box::new(dp),
+            match EbpfDatapath::start(&opts, &sockets[0]) {
+                Ok(dp) => Some(SharedKernel::new(
+                    dp,
+                    wakes.iter().map(|w| w.own.clone()).collect(),
+                )),
                 Err(e) if datapath == DatapathArg::Ebpf => {
                     anyhow::bail!("--datapath ebpf: {e}")
                 }
                 Err(e) => {
                     warn!("eBPF datapath unavailable, serving viewers from userspace: {e}");
-                    Box::new(Userspace::new(&socket))
+                    None
                 }
             }
         }
     };
     info!(
-        srt = %socket.local_addr()?,
+        srt = %srt_addr,
         api = %format_args!("{scheme}://{}", http_listener.local_addr()?),
         streams = entries.len(),
-        "stsync-proxy listening, datapath={}",
-        dp.kind()
+        "stsync-proxy listening, datapath={} workers={workers}",
+        if kernel.is_some() { "ebpf" } else { "userspace" },
     );
 
-    let (handle, requests) = RelayHandle::new();
+    let (handle, requests) = RelayHandle::new(sockets.len());
     let state = Arc::new(AppState {
         streams: entries,
         relay: handle,
@@ -444,14 +488,47 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
             let _ = http_done_tx.send(run());
         })?;
     stop_on_signal(stop_tx);
-    let mut relay_stop = stop_rx;
-    stsync_user::driver::run(relay, &socket, dp, requests, async move {
-        let _ = relay_stop.changed().await;
-    })
-    .await?;
-    // SHUTDOWN has gone to every SRT peer: free the port now, so a supervisor can start a
-    // new relay while HTTP drains.
-    drop(socket);
+    let mut running = Vec::new();
+    for (i, (((relay, socket), requests), wake)) in relays
+        .into_iter()
+        .zip(sockets)
+        .zip(requests)
+        .zip(wakes)
+        .enumerate()
+    {
+        let kernel = kernel.clone();
+        let mut stop = stop_rx.clone();
+        let (done_tx, done) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || {
+                let run = || -> anyhow::Result<()> {
+                    // A thread's own runtime: its task owns the worker's SRT state, and
+                    // nothing on the packet path crosses threads but the feeds.
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let socket = tokio::net::UdpSocket::from_std(socket)?;
+                        let dp = Box::new(WorkerDatapath::new(i, &socket, kernel));
+                        stsync_user::driver::run(relay, &socket, dp, requests, wake, async move {
+                            let _ = stop.changed().await;
+                        })
+                        .await
+                        // SHUTDOWN has gone to every SRT peer: the socket closes here, so a
+                        // supervisor can start a new relay while HTTP drains.
+                    })
+                };
+                let _ = done_tx.send(run());
+            })?;
+        running.push(done);
+    }
+    for (i, done) in running.into_iter().enumerate() {
+        done.await
+            .map_err(|_| anyhow::anyhow!("worker {i} panicked"))?
+            .with_context(|| format!("worker {i}"))?;
+    }
+    drop(kernel);
     // HTTP drains within its own deadline; the margin only covers a thread that is stuck.
     match http_done.recv_timeout(shutdown_timeout + Duration::from_secs(2)) {
         Ok(r) => r?,

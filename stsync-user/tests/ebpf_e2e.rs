@@ -403,6 +403,34 @@ fn kernel_fanout_on_loopback() {
     assert_kernel_served("loopback", &m, 5);
 }
 
+/// The kernel path with four workers on two cores: whichever worker holds a viewer, the
+/// one owner of the program's maps hands it to the kernel, and its reports (ACKs, clone
+/// counts) reach that worker.
+#[test]
+fn kernel_fanout_with_four_workers() {
+    if object_or_skip("kernel_fanout_with_four_workers").is_none() {
+        return;
+    }
+    let ns = Netns::create(&["wk"]);
+    let solo = ns.name("wk");
+    let opts = RelayOpts {
+        workers: Some(4),
+        ..RelayOpts::default()
+    };
+    let relay = start_relay(solo, Ipv4Addr::LOCALHOST, opts);
+    let dir = TempDir::new("ebpf-workers");
+    let m = five_viewers("four workers", &relay, solo, solo, &dir, || {});
+    assert_kernel_served("four workers", &m, 5);
+    let acc = relay.accepted();
+    let viewers: std::collections::BTreeSet<u32> = acc
+        .iter()
+        .filter(|(m, _)| m == "request")
+        .map(|(_, w)| *w)
+        .collect();
+    eprintln!("kernel path, four workers: connections on workers {acc:?}");
+    assert!(viewers.len() >= 2, "viewers all on one worker: {acc:?}");
+}
+
 /// The 130 s clip of the long run.
 fn long_clip() -> &'static Clip {
     static C: std::sync::OnceLock<Clip> = std::sync::OnceLock::new();

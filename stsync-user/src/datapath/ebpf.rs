@@ -44,6 +44,9 @@ struct StreamSlots {
     /// Viewer connection per slot of this stream.
     slots: Vec<Option<u32>>,
     publisher: Option<u32>,
+    /// The latest publisher epoch heard of: with workers, the end of an older publisher
+    /// (on the worker that lost a takeover) may come after its successor's start.
+    epoch: u64,
     delay_us: u32,
 }
 
@@ -298,6 +301,11 @@ impl EbpfDatapath {
         let Some(stream) = self.stream_index(resource) else {
             return;
         };
+        let row = &mut self.slots[stream as usize];
+        if epoch < row.epoch {
+            return;
+        }
+        row.epoch = epoch;
         self.handover.set_publisher(stream, None);
         if let Some(old) = self.slots[stream as usize].publisher.take() {
             self.kernel.remove_publisher(old);

@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod kernel_log;
 mod mmap_array;
 pub mod userspace;
+pub mod workers;
 
 use crate::relay::{KernelReport, RouteEvent, Transmits};
 use kernel::KernelCounters;
@@ -50,4 +51,12 @@ pub struct DatapathStats {
     pub send_failures: u64,
     /// The kernel program's counters (the eBPF datapath only).
     pub kernel: Option<KernelCounters>,
+}
+
+impl DatapathStats {
+    /// Adds another worker's counters (the kernel's are read by one of them).
+    pub fn merge(&mut self, other: DatapathStats) {
+        self.send_failures += other.send_failures;
+        self.kernel = self.kernel.or(other.kernel);
+    }
 }

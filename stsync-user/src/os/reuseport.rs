@@ -64,7 +64,7 @@ pub fn bind_group(
     addr: SocketAddr,
     workers: u32,
     setup: impl Fn(&Socket) -> io::Result<()>,
-) -> io::Result<Vec<Socket>> {
+) -> Result<Vec<Socket>, GroupError> {
     let mut group = Vec::new();
     let mut addr = addr;
     for i in 0..workers.max(1) {
@@ -76,11 +76,21 @@ pub fn bind_group(
         if i == 0 {
             // Port 0 asked for any: the others join the one the first got.
             addr = s.local_addr()?.as_socket().expect("an IP socket");
-            attach(&s, &steering_program(workers))?;
+            attach(&s, &steering_program(workers)).map_err(GroupError::Steering)?;
         }
         group.push(s);
     }
     Ok(group)
+}
+
+/// Why a group could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("{0}")]
+    Socket(#[from] io::Error),
+    /// The sockets are there but cannot be steered (one socket still works).
+    #[error("{0}")]
+    Steering(io::Error),
 }
 
 fn attach(s: &Socket, prog: &[libc::sock_filter]) -> io::Result<()> {

@@ -8,6 +8,7 @@ use super::retransmit::{rexmit_burst, REXMIT_FLOOR_BPS};
 use super::ring::Ring;
 use super::viewer::ViewerSend;
 use super::{Conn, ConnMode, ConnStats, Relay, Role, RouteEvent, CLOCK_HEADROOM};
+use crate::os::reuseport::id_for_worker;
 use crate::srt::crypto::{Kek, KeyMaterial, KmError};
 use crate::srt::listener::{self, Conclusion, HandshakeOutcome, Rejection};
 use crate::srt::packet::ControlPacket;
@@ -36,14 +37,16 @@ impl Relay {
         };
         // Both are conclusions with a valid cookie: the address is the caller's own, so its
         // per-address budget applies before any further work.
-        let result = if self.addresses.handshake(from.ip(), now) {
+        let allowed = self.shared.addresses().handshake(from.ip(), now);
+        let result = if allowed {
             result.and_then(|hs| self.admit(now, from, &hs))
         } else {
             Err(Rejection::Backlog)
         };
         if let Err(rej) = result {
             self.drops.reject(rej.code());
-            if self.addresses.should_log(from.ip(), now) {
+            let log = self.shared.addresses().should_log(from.ip(), now);
+            if log {
                 info!(peer = %from, code = rej.code(), reason = %rej, "reject code={} (this address's next rejections for 10 s at debug)", rej.code());
             } else {
                 debug!(peer = %from, code = rej.code(), reason = %rej, "reject code={}", rej.code());
@@ -110,13 +113,12 @@ impl Relay {
         let &stream = self.by_resource.get(&sid.resource).ok_or(R::NotFound)?;
         // Publishers have a budget of their own (one per stream; a takeover closes the old
         // one), so viewers filling the relay never keep a stream's publisher out.
-        if sid.mode == Mode::Request
-            && (self.viewer_count >= self.cfg.max_connections
-                || self.streams[stream].viewers.len() >= self.cfg.max_viewers_per_stream)
-        {
+        let viewer = sid.mode == Mode::Request;
+        let (max_total, max_here) = (self.cfg.max_connections, self.cfg.max_viewers_per_stream);
+        if viewer && !self.shared.room_for_viewer(stream, max_total, max_here) {
             return Err(R::Overload);
         }
-        if !self.addresses.may_connect(from.ip()) {
+        if !self.shared.addresses().may_connect(from.ip()) {
             return Err(R::AddressOverload);
         }
         let denied = |d| match d {
@@ -126,19 +128,20 @@ impl Relay {
         };
         // A valid key first: only then the passphrase, whose key derivation (a PBKDF2, up
         // to 0.4 ms) a caller without one cannot make the relay do.
-        self.keys
-            .check(&sid.resource, &sid.session, now)
-            .map_err(denied)?;
+        let own = {
+            let keys = self.shared.keys();
+            keys.check(&sid.resource, &sid.session, now)
+                .map_err(denied)?;
+            keys.passphrase(&sid.resource, &sid.session)
+                .map(str::to_owned)
+        };
         // Before the session key is spent: a caller with the wrong passphrase may try again.
         // A key minted with a passphrase of its own asks for that one.
         let s = &self.streams[stream];
-        let passphrase = self
-            .keys
-            .passphrase(&sid.resource, &sid.session)
-            .or(match sid.mode {
-                Mode::Publish => s.publish_passphrase.as_deref(),
-                Mode::Request => s.view_passphrase.as_deref(),
-            });
+        let passphrase = own.as_deref().or(match sid.mode {
+            Mode::Publish => s.publish_passphrase.as_deref(),
+            Mode::Request => s.view_passphrase.as_deref(),
+        });
         let encryption = caller_encryption(passphrase, hs.km.as_deref(), sid.mode, now)?;
         // A stream that asks for a key length takes no other (libsrt would let the
         // caller's stand).
@@ -148,9 +151,18 @@ impl Relay {
             }
         }
         let encrypted = encryption.is_some();
-        self.keys
-            .redeem(&sid.resource, &sid.session, now)
-            .map_err(denied)?;
+        // Counted now, against the limits on every worker (the check above was a hint).
+        if viewer && !self.shared.add_viewer(stream, max_total, max_here) {
+            return Err(R::Overload);
+        }
+        let redeemed = self.shared.keys().redeem(&sid.resource, &sid.session, now);
+        if let Err(d) = redeemed {
+            // Spent on another worker since the check.
+            if viewer {
+                self.shared.remove_viewer(stream);
+            }
+            return Err(denied(d));
+        }
 
         let id = self.new_socket_id();
         let (rcv_latency, snd_latency) = hs.latencies(self.cfg.latency);
@@ -176,6 +188,7 @@ impl Relay {
             mode = sid.mode.as_str(),
             latency_ms = rcv_latency.max(snd_latency),
             aes_bits = encryption.as_ref().map_or(0, |e| e.keys.key_len() * 8),
+            worker = self.worker,
             "connection accepted"
         );
         let conn = Conn {
@@ -199,12 +212,13 @@ impl Relay {
         self.connections_total += 1;
         self.send_answer(now, id);
         self.by_peer.insert((from, hs.hs.socket_id), id);
-        self.addresses.opened(from.ip());
+        self.shared.addresses().opened(from.ip());
         let s = &mut self.streams[stream];
         match sid.mode {
             Mode::Publish => {
                 let old = s.publisher.replace(id);
-                s.epoch += 1;
+                s.epoch = self.shared.new_epoch(stream);
+                s.remote = None;
                 s.ingest = Some(IngestLatency::new(now));
                 match &mut s.ring {
                     Some(r) => r.clear(),
@@ -223,7 +237,6 @@ impl Relay {
             }
             Mode::Request => {
                 s.viewers.push(id);
-                self.viewer_count += 1;
                 self.events.push_back(RouteEvent::ViewerAdded {
                     conn: id,
                     resource: s.resource.clone(),
@@ -244,7 +257,7 @@ impl Relay {
             let mut z = self.id_state;
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            let id = ((z ^ (z >> 31)) as u32) & 0x3FFF_FFFF;
+            let id = id_for_worker((z ^ (z >> 31)) as u32, self.worker, self.shared.workers);
             if id != 0 && !self.conns.contains_key(&id) {
                 return id;
             }

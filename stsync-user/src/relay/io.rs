@@ -66,6 +66,17 @@ pub enum KernelReport {
     Clones { conn: u32, total: u64 },
 }
 
+impl KernelReport {
+    /// The connection it concerns (its socket ID names the worker that owns it).
+    pub fn conn(&self) -> u32 {
+        match *self {
+            KernelReport::Serving { conn, .. }
+            | KernelReport::Acks { conn, .. }
+            | KernelReport::Clones { conn, .. } => conn,
+        }
+    }
+}
+
 /// A viewer's ACKs that the kernel fast path handled (recorded, and answered with ACKACKs)
 /// instead of the relay, as the datapath read them from the program's maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@ mod acks;
 mod admit;
 mod budget;
 mod encryption;
+pub mod feed;
 mod ingest;
 mod io;
 mod keys;
@@ -22,6 +23,7 @@ mod per_address;
 mod playout;
 mod retransmit;
 pub mod ring;
+mod shared;
 mod stats;
 mod stream;
 mod transmits;
@@ -31,6 +33,7 @@ pub use encryption::KeySchedule;
 pub use io::{Command, CommandError, KernelAcks, KernelReport, Offsets, Reply, RouteEvent};
 pub use keys::{Denied, SessionKeys, TooMany, MAX_KEYS_PER_STREAM};
 pub use per_address::{AddressLimits, PerAddress};
+pub use shared::Shared;
 pub use stats::{ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot};
 pub use transmits::{Datagram, Transmits};
 
@@ -43,6 +46,7 @@ use encryption::Encryption;
 use outbox::Outbox;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stream::Stream;
 use stsync_common::srt::ctrl;
@@ -148,7 +152,15 @@ impl Conn {
 pub struct Relay {
     cfg: RelayConfig,
     cookies: CookieJar,
-    keys: SessionKeys,
+    /// What all workers share (the handshake path's state).
+    shared: Arc<Shared>,
+    /// This relay's worker index (its socket IDs say so: `id % workers`).
+    worker: u32,
+    /// Its publishers' data for the other workers, and theirs for it.
+    feed: Option<feed::Writer>,
+    upstream: Vec<feed::Reader>,
+    /// Something was written to `feed` since `take_fed`.
+    fed: bool,
     drops: Drops,
     connections_total: u64,
     streams: Vec<Stream>,
@@ -156,8 +168,6 @@ pub struct Relay {
     conns: HashMap<u32, Conn>,
     /// (peer address, peer socket ID) → our socket ID, to recognise repeated conclusions.
     by_peer: HashMap<(SocketAddr, u32), u32>,
-    addresses: PerAddress,
-    viewer_count: usize,
     out: Outbox,
     events: VecDeque<RouteEvent>,
     feedback: Vec<Feedback>,
@@ -165,7 +175,8 @@ pub struct Relay {
     nak_scratch: LossList,
     /// Resent packets due to be sent once more (kept for its allocation).
     recheck_scratch: Vec<(Seq, u8)>,
-    /// An encrypted publisher's packet, decrypted (kept for its allocation).
+    /// An encrypted publisher's packet, decrypted; a feed entry's payload (kept for its
+    /// allocation).
     plain: Vec<u8>,
     /// Viewers whose retransmission list waits for budget, and when the first can go on.
     rexmit_pending: HashSet<u32>,
@@ -176,11 +187,61 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// A relay that is the only worker.
     pub fn new(
         cfg: RelayConfig,
         streams: Vec<StreamConfig>,
         secret: [u8; 16],
         now: Instant,
+    ) -> Self {
+        Relay::workers(cfg, streams, secret, now, 1)
+            .pop()
+            .expect("one worker")
+    }
+
+    /// `n` relays, one per worker, sharing the handshake path's state, each fed the others'
+    /// publishers' data.
+    pub fn workers(
+        cfg: RelayConfig,
+        streams: Vec<StreamConfig>,
+        secret: [u8; 16],
+        now: Instant,
+        n: u32,
+    ) -> Vec<Relay> {
+        let n = n.max(1);
+        let shared = Arc::new(Shared::new(
+            n,
+            streams.len(),
+            cfg.session_ttl,
+            cfg.per_address,
+        ));
+        let (writers, sources): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| feed::feed(if n > 1 { feed::FEED_SLOTS } else { 1 }))
+            .unzip();
+        writers
+            .into_iter()
+            .enumerate()
+            .map(|(w, writer)| {
+                let mut r = Relay::one(cfg.clone(), streams.clone(), secret, now, shared.clone());
+                r.worker = w as u32;
+                if n > 1 {
+                    r.feed = Some(writer);
+                    r.upstream = (0..n as usize)
+                        .filter(|&o| o != w)
+                        .map(|o| sources[o].reader())
+                        .collect();
+                }
+                r
+            })
+            .collect()
+    }
+
+    fn one(
+        cfg: RelayConfig,
+        streams: Vec<StreamConfig>,
+        secret: [u8; 16],
+        now: Instant,
+        shared: Arc<Shared>,
     ) -> Self {
         let by_resource = streams
             .iter()
@@ -199,15 +260,17 @@ impl Relay {
             .collect();
         Relay {
             cookies: CookieJar::new(secret, now),
-            keys: SessionKeys::new(cfg.session_ttl),
+            shared,
+            worker: 0,
+            feed: None,
+            upstream: Vec::new(),
+            fed: false,
             drops: Drops::default(),
             connections_total: 0,
             streams,
             by_resource,
             conns: HashMap::new(),
             by_peer: HashMap::new(),
-            addresses: PerAddress::new(cfg.per_address),
-            viewer_count: 0,
             out: Outbox::default(),
             events,
             feedback: Vec::new(),
@@ -293,9 +356,13 @@ impl Relay {
                 {
                     return Err(CommandError::Passphrase);
                 }
-                let id = self
-                    .keys
-                    .mint(&resource, key, passphrase, now, MAX_KEYS_PER_STREAM)?;
+                let id = self.shared.keys().mint(
+                    &resource,
+                    key,
+                    passphrase,
+                    now,
+                    MAX_KEYS_PER_STREAM,
+                )?;
                 // Per request, so not at info: a client could flood the log.
                 debug!(resource = %resource, "session key issued");
                 Ok(Reply::Session(id))
@@ -424,7 +491,7 @@ impl Relay {
             return;
         };
         self.by_peer.remove(&(conn.peer, conn.peer_id));
-        self.addresses.closed(conn.peer.ip());
+        self.shared.addresses().closed(conn.peer.ip());
         self.rexmit_pending.remove(&id);
         let s = &mut self.streams[conn.stream];
         match conn.role {
@@ -438,11 +505,15 @@ impl Relay {
                         epoch: s.epoch,
                         encrypted: false,
                     });
+                    if let Some(f) = &mut self.feed {
+                        f.push(&feed::Header::gone(conn.stream as u32, s.epoch), &[]);
+                        self.fed = true;
+                    }
                 }
             }
             Role::Viewer(_) => {
                 s.viewers.retain(|&v| v != id);
-                self.viewer_count -= 1;
+                self.shared.remove_viewer(conn.stream);
                 if conn.mode != ConnMode::Handshake {
                     s.viewers_connected -= 1;
                 }
@@ -545,10 +616,19 @@ impl Relay {
             self.announce_keys(now, id);
         }
         for i in 0..self.streams.len() {
+            // A publisher taken over on another worker that has not sent since (or whose
+            // successor fed nothing here): closed now.
+            if let Some(old) = self.streams[i].publisher {
+                if self.shared.epoch(i) != self.streams[i].epoch {
+                    info!(conn = old, "publisher taken over on another worker");
+                    self.close(now, old, true);
+                }
+            }
             self.sweep_stream(i);
         }
-        self.keys.purge(now);
-        self.addresses.sweep(now);
+        // Every worker's sweep runs these; once would do, but they are cheap.
+        self.shared.keys().purge(now);
+        self.shared.addresses().sweep(now);
     }
 
     /// The receiver of the stream's current publisher.

@@ -2,11 +2,11 @@
 //! checked by the next ACK, all answered from the stream's ring within a budget per viewer.
 
 use super::outbox::{Outbox, Payload};
+use super::stream::Feeder;
 use super::viewer::{Unmapped, ViewerSend};
 use super::{playout, ConnStats, Relay, Role};
 use crate::srt::crypto::Parity;
 use crate::srt::packet::loss_ranges;
-use crate::srt::receiver::Receiver;
 use crate::srt::seq::Seq;
 use std::time::{Duration, Instant};
 use stsync_common::srt::{ctrl, HEADER_LEN, MAX_DATAGRAM, MAX_PAYLOAD, MSG_REXMIT_FLAG};
@@ -31,9 +31,9 @@ const RECHECK_SLACK: Duration = Duration::from_millis(30);
 const KERNEL_ACK_LAG: Duration = Duration::from_millis(25);
 
 /// Bytes per second of retransmission a viewer of a stream fed by `publisher` may take.
-fn rexmit_rate(publisher: Option<&Receiver>) -> u64 {
+fn rexmit_rate(publisher: Option<Feeder>) -> u64 {
     publisher
-        .map_or(0, |rx| u64::from(rx.byte_rate()))
+        .map_or(0, |f| u64::from(f.byte_rate()))
         .max(REXMIT_FLOOR_BPS)
 }
 
@@ -124,11 +124,15 @@ impl Relay {
             return;
         };
         let s = &self.streams[conn.stream];
-        let publisher_rx = s.publisher.and_then(|p| match &self.conns.get(&p)?.role {
-            Role::Publisher(rx) => Some(rx.as_ref()),
-            _ => None,
-        });
-        let rate = rexmit_rate(publisher_rx);
+        let publisher = match s
+            .publisher
+            .and_then(|p| self.conns.get(&p))
+            .map(|c| &c.role)
+        {
+            Some(Role::Publisher(rx)) => Some(Feeder::Local(rx)),
+            _ => s.remote.as_ref().map(Feeder::Remote),
+        };
+        let rate = rexmit_rate(publisher);
         let burst = rexmit_burst(rate);
         let clock = conn.clock64(now);
         let ts = clock as u32;
@@ -181,7 +185,7 @@ impl Relay {
                     Some(_) if enc.is_some_and(|e| e.parity_of(vseq).is_none()) => None,
                     Some((slot, pkt)) => Some(Some((slot, pkt))),
                     // Still expected from the publisher: forwarded when it comes.
-                    None if publisher_rx.is_some_and(|rx| rx.is_missing(p)) => Some(None),
+                    None if publisher.is_some_and(|f| f.is_missing(p)) => Some(None),
                     None => None,
                 },
                 // Not forwarded yet: the viewer asks again if it stays missing.

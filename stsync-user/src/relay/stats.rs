@@ -126,4 +126,35 @@ impl Snapshot {
     pub fn dropped(&self, reason: &str) -> u64 {
         self.drops.dropped.get(reason).copied().unwrap_or(0)
     }
+
+    /// Adds another worker's snapshot to this one (see [`StreamSnapshot::merge`]).
+    pub fn merge(&mut self, other: Snapshot) {
+        self.connections_total += other.connections_total;
+        self.conns.extend(other.conns);
+        self.conns.sort_by_key(|c| c.id);
+        for (a, b) in self.streams.iter_mut().zip(other.streams) {
+            a.merge(&b);
+        }
+        for (k, v) in other.drops.dropped {
+            *self.drops.dropped.entry(k).or_default() += v;
+        }
+        for (k, v) in other.drops.rejections {
+            *self.drops.rejections.entry(k).or_default() += v;
+        }
+    }
+}
+
+impl StreamSnapshot {
+    /// One stream as two workers see it: viewers add up; the publisher is on one of them,
+    /// and its numbers (rates, ingest latency, the delay it moves) are the larger.
+    pub fn merge(&mut self, other: &StreamSnapshot) {
+        self.publisher |= other.publisher;
+        self.viewers += other.viewers;
+        self.bitrate_bps = self.bitrate_bps.max(other.bitrate_bps);
+        self.packet_rate = self.packet_rate.max(other.packet_rate);
+        self.ingest_latency_us = self.ingest_latency_us.max(other.ingest_latency_us);
+        if other.publisher {
+            self.delay_applied_us = other.delay_applied_us;
+        }
+    }
 }

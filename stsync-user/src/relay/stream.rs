@@ -3,6 +3,7 @@
 //! the delay ramp.
 
 use super::encryption::send_announcement;
+use super::feed::{self, Kind, Read};
 use super::ingest::IngestLatency;
 use super::outbox::Payload;
 use super::ring::Ring;
@@ -11,11 +12,11 @@ use super::{
 };
 use crate::srt::crypto::Parity;
 use crate::srt::packet::{be32, ControlPacket, DataPacket};
-use crate::srt::receiver::Arrival;
+use crate::srt::receiver::{Arrival, Receiver};
 use crate::srt::seq::Seq;
 use std::time::Instant;
 use stsync_common::srt::{ctrl, HEADER_LEN, MAX_PAYLOAD, MSG_KK_MASK, MSG_REXMIT_FLAG};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// How far back (packets) a new viewer's mapping may start before the packet that maps it.
 const MAX_ANCHOR_GAP: i32 = 64;
@@ -41,6 +42,8 @@ pub(super) struct Stream {
     pub delay_target_ms: u64,
     /// The current publisher's ingest latency.
     pub ingest: Option<IngestLatency>,
+    /// The current publisher is on another worker: what its feed last said of it.
+    pub remote: Option<Remote>,
     /// The delay no longer fits viewers' receive buffers at the publisher's rate (warned).
     pub delay_too_big: bool,
     /// What the publisher and the viewers must encrypt with (none: they must not).
@@ -65,6 +68,7 @@ impl Stream {
             delay_us: delay_target_us(cfg.delay_ms),
             delay_target_ms: cfg.delay_ms,
             ingest: None,
+            remote: None,
             delay_too_big: false,
             publish_passphrase: cfg.publish_passphrase,
             view_passphrase: cfg.view_passphrase,
@@ -89,6 +93,47 @@ impl Stream {
     }
 }
 
+/// What a stream's viewers on this worker know of a publisher on another: its rates and
+/// the oldest packet it still expects, as of its latest packet.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Remote {
+    pub byte_rate: u32,
+    pub packet_rate: u32,
+    pub first_missing: Option<Seq>,
+}
+
+/// A stream's publisher as its viewers need it, on this worker or another.
+#[derive(Clone, Copy)]
+pub(super) enum Feeder<'a> {
+    Local(&'a Receiver),
+    Remote(&'a Remote),
+}
+
+impl Feeder<'_> {
+    pub fn byte_rate(self) -> u32 {
+        match self {
+            Feeder::Local(rx) => rx.byte_rate(),
+            Feeder::Remote(r) => r.byte_rate,
+        }
+    }
+
+    pub fn packet_rate(self) -> u32 {
+        match self {
+            Feeder::Local(rx) => rx.packet_rate(),
+            Feeder::Remote(r) => r.packet_rate,
+        }
+    }
+
+    /// Packet `p` is still expected from the publisher (forwarded when it comes). Of a
+    /// remote one, only the oldest gap is known: anything from it on may still come.
+    pub fn is_missing(self, p: Seq) -> bool {
+        match self {
+            Feeder::Local(rx) => rx.is_missing(p),
+            Feeder::Remote(r) => r.first_missing.is_some_and(|m| !p.lt(m)),
+        }
+    }
+}
+
 /// A delay in ms as the µs added to timestamps.
 fn delay_target_us(ms: u64) -> u32 {
     (ms * 1000).min(u64::from(u32::MAX)) as u32
@@ -108,6 +153,13 @@ pub(super) fn payload(streams: &[Stream], p: Payload) -> &[u8] {
 impl Relay {
     pub(super) fn on_data(&mut self, now: Instant, id: u32, d: DataPacket) {
         let conn = self.conns.get_mut(&id).expect("caller checked");
+        let stream = conn.stream;
+        if self.streams[stream].publisher == Some(id)
+            && self.shared.epoch(stream) != self.streams[stream].epoch
+        {
+            info!(conn = id, "publisher taken over on another worker");
+            return self.close(now, id, true);
+        }
         conn.stats.data_packets_recv += 1;
         conn.stats.data_bytes_recv += (HEADER_LEN + d.payload.len()) as u64;
         // The publisher's clock started `CLOCK_HEADROOM` before its handshake.
@@ -119,7 +171,6 @@ impl Relay {
         let arrival = rx.on_data(now, d.seq, d.payload.len(), &mut fb);
         conn.stats.data_packets_lost = rx.stats.lost;
         conn.stats.data_bytes_lost = rx.stats.lost * MAX_PAYLOAD as u64;
-        let stream = conn.stream;
         // Where a viewer that this packet maps starts. Only a fresh packet starts one: a
         // recovered packet's timing is its recovery's, and the viewer's time base follows
         // the packet that starts it. A late joiner starts at that packet: an older one
@@ -132,6 +183,11 @@ impl Relay {
                 .filter(|m| publisher_young && m.lt(d.seq) && d.seq.diff(*m) <= MAX_ANCHOR_GAP)
                 .unwrap_or(d.seq)
         });
+        let feeder = Remote {
+            byte_rate: rx.byte_rate(),
+            packet_rate: rx.packet_rate(),
+            first_missing: rx.first_missing(),
+        };
         let arrival_us = conn.clock64(now);
         self.send_feedback(now, id, &mut fb);
         self.feedback = fb;
@@ -163,8 +219,122 @@ impl Relay {
             _ => d.payload,
         };
         let msg = d.msg & !MSG_KK_MASK;
-        self.fan_out(now, stream, DataPacket { payload, msg, ..d }, start);
+        let d = DataPacket { payload, msg, ..d };
+        self.fan_out(now, stream, d, start);
+        self.feed_out(stream, &d, start, feeder);
         self.plain = plain;
+    }
+
+    /// Writes a local publisher's packet to this worker's feed when other workers have
+    /// viewers of its stream.
+    fn feed_out(&mut self, stream: usize, d: &DataPacket, start: Option<Seq>, r: Remote) {
+        let s = &self.streams[stream];
+        let Some(f) = &mut self.feed else {
+            return;
+        };
+        if self.shared.viewers(stream) <= s.viewers.len() {
+            return;
+        }
+        let h = feed::Header {
+            kind: Kind::Data,
+            stream: stream as u32,
+            epoch: s.epoch,
+            seq: d.seq.get(),
+            msg: d.msg,
+            ts: d.ts,
+            delay: s.delay_us,
+            start: start.map(Seq::get),
+            first_missing: r.first_missing.map(Seq::get),
+            byte_rate: r.byte_rate,
+            packet_rate: r.packet_rate,
+        };
+        f.push(&h, d.payload);
+        self.fed = true;
+    }
+
+    /// Whether this relay wrote to its feed since the last call (its driver then wakes
+    /// the other workers).
+    pub fn take_fed(&mut self) -> bool {
+        std::mem::take(&mut self.fed)
+    }
+
+    /// Takes in what the other workers' feeds hold: their publishers' packets for this
+    /// worker's viewers, and their publishers' comings and goings.
+    pub fn handle_feed(&mut self, now: Instant) {
+        let mut buf = std::mem::take(&mut self.plain);
+        for k in 0..self.upstream.len() {
+            // At most a feed's worth each: a busy feed cannot hold this worker for ever.
+            for _ in 0..feed::FEED_SLOTS {
+                let streams = &self.streams;
+                let want = |i: u32| {
+                    streams
+                        .get(i as usize)
+                        .is_some_and(|s| !s.viewers.is_empty())
+                };
+                match self.upstream[k].next(&mut buf, want) {
+                    None => break,
+                    Some(Read::Lost(n)) => {
+                        *self.drops.dropped.entry("feed_overrun").or_default() += n;
+                    }
+                    Some(Read::Entry(h)) => self.on_feed_entry(now, &h, &buf),
+                }
+            }
+        }
+        self.plain = buf;
+    }
+
+    fn on_feed_entry(&mut self, now: Instant, h: &feed::Header, payload: &[u8]) {
+        let i = h.stream as usize;
+        let Some(s) = self.streams.get_mut(i) else {
+            return;
+        };
+        if h.epoch < s.epoch {
+            return; // from a publisher since replaced
+        }
+        if h.epoch > s.epoch {
+            // A new publisher, on another worker: it ends one here, and the ring starts
+            // again (as for a new publisher here).
+            if let Some(old) = s.publisher {
+                info!(conn = old, "publisher taken over on another worker");
+                self.close(now, old, true);
+            }
+            let s = &mut self.streams[i];
+            s.epoch = h.epoch;
+            s.ingest = None;
+            if let Some(r) = &mut s.ring {
+                r.clear();
+            }
+        }
+        let s = &mut self.streams[i];
+        if h.kind == Kind::Gone {
+            s.remote = None;
+            return;
+        }
+        s.remote = Some(Remote {
+            byte_rate: h.byte_rate,
+            packet_rate: h.packet_rate,
+            first_missing: h.first_missing.map(Seq::new),
+        });
+        if s.viewers.is_empty() {
+            return;
+        }
+        s.delay_us = h.delay;
+        let d = DataPacket {
+            seq: Seq::new(h.seq),
+            msg: h.msg,
+            ts: h.ts,
+            dest: 0,
+            payload,
+        };
+        self.fan_out(now, i, d, h.start.map(Seq::new));
+    }
+
+    /// The stream's publisher, on this worker or another.
+    pub(super) fn feeder<'a>(&'a self, s: &'a Stream) -> Option<Feeder<'a>> {
+        match self.publisher_rx(s) {
+            Some(rx) => Some(Feeder::Local(rx)),
+            None => s.remote.as_ref().map(Feeder::Remote),
+        }
     }
 
     /// A publisher's ACKACK (its RTT) or DROPREQ (what it gave up sending).
@@ -261,8 +431,10 @@ impl Relay {
         let latency_ms = self.cfg.latency.as_millis() as u64;
         let s = &self.streams[i];
         let rx = self.publisher_rx(s);
-        let bitrate_bps = rx.map_or(0, |rx| u64::from(rx.byte_rate()) * 8);
-        let packet_rate = rx.map_or(0, |rx| rx.packet_rate().into());
+        let feeder = self.feeder(s);
+        let bitrate_bps = feeder.map_or(0, |f| u64::from(f.byte_rate()) * 8);
+        let packet_rate = feeder.map_or(0, |f| f.packet_rate().into());
+        let remote = s.remote.is_some();
         let ingest = match (rx, &s.ingest) {
             (Some(rx), Some(l)) => l.estimate_us(rx.rtt.rtt_us),
             _ => 0,
@@ -282,8 +454,9 @@ impl Relay {
             Err(_) => {}
         }
         let target = delay_target_us(s.delay_target_ms);
-        if s.delay_us != target {
-            s.delay_us = if s.viewers.is_empty() {
+        // A remote publisher's worker moves the delay; its feed brings it.
+        if s.delay_us != target && !remote {
+            s.delay_us = if self.shared.viewers(i) == 0 {
                 target
             } else if target > s.delay_us {
                 target.min(s.delay_us + DELAY_STEP_US)

@@ -40,6 +40,9 @@ pub struct RelayOpts {
     /// (certificate, key) PEM texts: written next to config.json as `cert.pem` and
     /// `key.pem`, named there by those relative paths, and the API is served over HTTPS.
     pub tls: Option<(String, String)>,
+    /// `--workers`. Default: `STSYNC_WORKERS` if set, else the daemon's own default (the
+    /// cores it may use).
+    pub workers: Option<u32>,
 }
 
 impl Default for RelayOpts {
@@ -69,6 +72,9 @@ impl Default for RelayOpts {
             http_shutdown_timeout_ms: None,
             nofile: None,
             tls: None,
+            workers: std::env::var("STSYNC_WORKERS")
+                .ok()
+                .and_then(|w| w.parse().ok()),
         }
     }
 }
@@ -178,6 +184,9 @@ impl Relay {
         if let Some(d) = &opts.datapath {
             cmd.args(["--datapath", d]);
         }
+        if let Some(w) = opts.workers {
+            cmd.args(["--workers", &w.to_string()]);
+        }
         cmd.arg("--config")
             .arg(&config_path)
             .env(
@@ -254,6 +263,25 @@ impl Relay {
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.proc.signal(libc::SIGTERM);
         self.proc.wait_exit(timeout)
+    }
+
+    /// Each accepted connection's mode (`publish`, `request`) and worker, in order, from
+    /// the log.
+    pub fn accepted(&self) -> Vec<(String, u32)> {
+        let field = |line: &str, k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(|v| v.trim_matches('"').to_string())
+        };
+        self.log()
+            .lines()
+            .filter(|l| l.contains("connection accepted"))
+            .filter_map(|l| {
+                let mode = field(l, "mode=")?;
+                let worker = field(l, "worker=")?.parse().ok()?;
+                Some((mode, worker))
+            })
+            .collect()
     }
 
     pub fn log(&self) -> String {

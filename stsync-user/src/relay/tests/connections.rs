@@ -224,7 +224,7 @@ fn publishers_have_their_own_budget_and_viewers_count_once_connected() {
 #[test]
 fn per_address_limits_on_connections_and_handshakes() {
     let mut w = World::new();
-    w.relay.addresses = PerAddress::new(AddressLimits {
+    *w.relay.shared.addresses() = PerAddress::new(AddressLimits {
         max_connections: 2,
         handshakes_per_sec: 2,
     });

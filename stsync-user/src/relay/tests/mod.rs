@@ -15,6 +15,10 @@ const HEADROOM_US: u32 = CLOCK_HEADROOM.as_micros() as u32;
 
 struct World {
     relay: Relay,
+    /// Workers 1.. when the world has several (worker 0 is `relay`).
+    others: Vec<Relay>,
+    /// The worker that gets handshakes (destination 0): the kernel's flow hash, chosen.
+    hs_worker: usize,
     /// Datagrams the relay sent that no `take` asked for yet.
     sent: Vec<(SocketAddr, Vec<u8>)>,
     now: Instant,
@@ -47,6 +51,15 @@ impl World {
 
     /// A world whose stream "1" wants its publisher and its viewers to encrypt with these.
     fn with_passphrases(publish: Option<&str>, view: Option<&str>) -> Self {
+        Self::build(publish, view, 1)
+    }
+
+    /// A world of `n` workers (each datagram to the one its destination names).
+    fn with_workers(n: u32) -> Self {
+        Self::build(None, None, n)
+    }
+
+    fn build(publish: Option<&str>, view: Option<&str>, workers: u32) -> Self {
         let now = Instant::now();
         let cfg = RelayConfig {
             latency: LATENCY,
@@ -68,8 +81,11 @@ impl World {
             view_passphrase: view.map(str::to_string),
             pbkeylen: None,
         }];
+        let mut relays = Relay::workers(cfg, streams, [9; 16], now, workers).into_iter();
         World {
-            relay: Relay::new(cfg, streams, [9; 16], now),
+            relay: relays.next().unwrap(),
+            others: relays.collect(),
+            hs_worker: 0,
             sent: Vec::new(),
             now,
         }
@@ -98,11 +114,34 @@ impl World {
             resource: "1".to_string(),
             delay_ms,
         };
-        self.relay.handle_command(self.now, cmd).unwrap();
+        let now = self.now;
+        for r in self.relays_mut() {
+            r.handle_command(now, cmd.clone()).unwrap();
+        }
+    }
+
+    fn relays_mut(&mut self) -> impl Iterator<Item = &mut Relay> {
+        std::iter::once(&mut self.relay).chain(&mut self.others)
+    }
+
+    fn worker(&mut self, i: usize) -> &mut Relay {
+        match i {
+            0 => &mut self.relay,
+            i => &mut self.others[i - 1],
+        }
+    }
+
+    /// Every worker's counters, merged as the HTTP side does.
+    fn stats(&self) -> Snapshot {
+        let mut s = self.relay.stats();
+        for r in &self.others {
+            s.merge(r.stats());
+        }
+        s
     }
 
     fn stream(&self) -> StreamSnapshot {
-        self.relay.stats().streams.remove(0)
+        self.stats().streams.remove(0)
     }
 
     /// The Prometheus exposition of the relay's counters.
@@ -117,30 +156,54 @@ impl World {
 
     /// Moves what the relay sent since the last call into `sent`; returns how many.
     fn collect(&mut self) -> usize {
-        let Some(batch) = self.relay.poll_transmit() else {
-            return 0;
-        };
-        let n = batch.len();
-        self.sent
-            .extend(batch.iter().map(|d| (d.dst, [d.head, d.payload].concat())));
+        let mut n = 0;
+        let now = self.now;
+        let World {
+            relay,
+            others,
+            sent,
+            ..
+        } = self;
+        for r in std::iter::once(relay).chain(others) {
+            // What the other workers fed this one, as its driver takes it when woken.
+            r.handle_feed(now);
+            if let Some(batch) = r.poll_transmit() {
+                n += batch.len();
+                sent.extend(batch.iter().map(|d| (d.dst, [d.head, d.payload].concat())));
+            }
+        }
         n
     }
 
     fn advance(&mut self, d: Duration) {
         let end = self.now + d;
         loop {
-            let t = self.relay.poll_timeout();
+            let t = self.relays_mut().map(|r| r.poll_timeout()).min().unwrap();
             if t > end {
                 break;
             }
             self.now = t.max(self.now);
-            self.relay.handle_timeout(self.now);
+            let now = self.now;
+            for r in self.relays_mut() {
+                r.handle_feed(now);
+                if now >= r.poll_timeout() {
+                    r.handle_timeout(now);
+                }
+            }
         }
         self.now = end;
     }
 
+    /// Delivers a datagram to the worker its destination socket ID names, as the
+    /// reuseport program does (a handshake: to `hs_worker`).
     fn send(&mut self, from: SocketAddr, bytes: &[u8]) {
-        self.relay.handle_datagram(self.now, from, bytes);
+        let n = 1 + self.others.len() as u32;
+        let dest = bytes
+            .get(12..16)
+            .map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()));
+        let w = crate::os::reuseport::worker_of(dest, n).map_or(self.hs_worker, |w| w as usize);
+        let now = self.now;
+        self.worker(w).handle_datagram(now, from, bytes);
     }
 
     /// Everything queued for `to` since the last call (others' datagrams stay queued).
@@ -180,7 +243,7 @@ impl World {
     }
 
     fn dropped(&self, reason: &str) -> u64 {
-        self.relay.stats().dropped(reason)
+        self.stats().dropped(reason)
     }
 }
 
@@ -370,3 +433,4 @@ mod handover;
 mod retransmission;
 mod streaming;
 mod time_base;
+mod workers;
