@@ -131,13 +131,17 @@ fn panel(
     Ok(())
 }
 
-/// One line per datapath and encryption ("ebpf", "ebpf aes128").
+/// One line per datapath, encryption and worker count ("ebpf", "ebpf aes128",
+/// "userspace 2w").
 fn line_of(p: &Point) -> String {
-    if p.crypto == "clear" {
-        p.datapath.clone()
-    } else {
-        format!("{} {}", p.datapath, p.crypto)
+    let mut line = p.datapath.clone();
+    if p.crypto != "clear" {
+        line += &format!(" {}", p.crypto);
     }
+    if let Some(w) = p.workers {
+        line += &format!(" {w}w");
+    }
+    line
 }
 
 pub fn draw(r: &SweepResults, path: &Path) -> Result<()> {

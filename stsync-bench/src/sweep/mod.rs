@@ -110,12 +110,16 @@ pub struct SweepOpts {
     /// stream gets the passphrases and `pbkeylen` that asks for.
     #[arg(long, value_delimiter = ',', default_value = "clear", value_parser = Encryption::parse)]
     pub crypto: Vec<Encryption>,
+    /// Worker threads of the relay (its --workers), each entry a run of every point, one
+    /// after the other (as --crypto). Default: the flag is not passed (the relay's own).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: Vec<u32>,
     /// Run the whole plan this many times, round after round (for the spread on a shared
     /// machine).
     #[arg(long, default_value_t = 1)]
     pub repeat: u32,
-    /// Instead of the viewer and bitrate sweeps: for each datapath and --crypto entry, the
-    /// most viewers (between LO and HI, at --base-bitrate) for which a point holds, by
+    /// Instead of the viewer and bitrate sweeps: for each datapath, --crypto and --workers
+    /// entry, the most viewers (between LO and HI, at --base-bitrate) for which a point holds, by
     /// bisection down to --find-max-step viewers.
     #[arg(long, value_delimiter = ',', value_name = "LO,HI")]
     pub find_max: Option<Vec<u32>>,
@@ -234,8 +238,10 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
             }
             for kind in &o.datapaths {
                 for &enc in &o.crypto {
-                    let m = find_max(o, kind, enc, (lo, hi), &mut res)?;
-                    res.max_viewers.push(m);
+                    for workers in worker_counts(o) {
+                        let m = find_max(o, kind, enc, workers, (lo, hi), &mut res)?;
+                        res.max_viewers.push(m);
+                    }
                 }
             }
         }
@@ -268,12 +274,27 @@ fn run_datapath(
     }
     for &(viewers, bitrate) in plan {
         for &enc in &o.crypto {
-            if !measure(o, kind, viewers, bitrate, enc, res)? {
-                return Ok(());
+            for workers in worker_counts(o) {
+                if !measure(o, kind, viewers, bitrate, enc, workers, res)? {
+                    return Ok(());
+                }
             }
         }
     }
     Ok(())
+}
+
+/// The relay's --workers at each point: every --workers entry, or once without the flag.
+fn worker_counts(o: &SweepOpts) -> Vec<Option<u32>> {
+    if o.workers.is_empty() {
+        return vec![None];
+    }
+    o.workers.iter().copied().map(Some).collect()
+}
+
+/// ", N workers" for the progress lines (empty without --workers).
+fn workers_note(workers: Option<u32>) -> String {
+    workers.map_or(String::new(), |w| format!(", {w} workers"))
 }
 
 /// One point into `res` (and results.json); false if the relay cannot run datapath
@@ -284,15 +305,17 @@ fn measure(
     viewers: u32,
     bitrate: u64,
     enc: Encryption,
+    workers: Option<u32>,
     res: &mut SweepResults,
 ) -> Result<bool> {
     eprintln!(
-        "bench: {kind}: {viewers} viewers at {:.1} Mbit/s, {}",
+        "bench: {kind}: {viewers} viewers at {:.1} Mbit/s, {}{}",
         bitrate as f64 / 1e6,
-        enc.name()
+        enc.name(),
+        workers_note(workers)
     );
     let first = !res.points.iter().any(|p| p.datapath == kind);
-    match run_point(o, kind, viewers, bitrate, enc) {
+    match run_point(o, kind, viewers, bitrate, enc, workers) {
         Ok(p) => {
             eprintln!(
                 "bench:   holds {}: on time min {:.4}, relay {:.1} % + softirq {:.1} %, p99 {:.0} µs",
@@ -310,6 +333,7 @@ fn measure(
             eprintln!("bench:   failed: {e:#}");
             let mut p = Point::failed(kind, o.rx.name(), viewers, bitrate, format!("{e:#}"));
             p.crypto = enc.name();
+            p.workers = workers;
             res.points.push(p);
         }
     }
@@ -317,18 +341,19 @@ fn measure(
     Ok(true)
 }
 
-/// --find-max: the most viewers in `lo..=hi` (at --base-bitrate, with `enc`) for which a
-/// point of datapath `kind` holds, by bisection down to --find-max-step; every point tried
-/// goes into `res.points`.
+/// --find-max: the most viewers in `lo..=hi` (at --base-bitrate, with `enc` and `workers`)
+/// for which a point of datapath `kind` holds, by bisection down to --find-max-step; every
+/// point tried goes into `res.points`.
 fn find_max(
     o: &SweepOpts,
     kind: &str,
     enc: Encryption,
+    workers: Option<u32>,
     (lo, hi): (u32, u32),
     res: &mut SweepResults,
 ) -> Result<MaxViewers> {
     let holds = |n: u32, res: &mut SweepResults| -> Result<Option<bool>> {
-        if !measure(o, kind, n, o.base_bitrate, enc, res)? {
+        if !measure(o, kind, n, o.base_bitrate, enc, workers, res)? {
             return Ok(None);
         }
         Ok(Some(res.points.last().is_some_and(Point::holds)))
@@ -336,6 +361,7 @@ fn find_max(
     let mut m = MaxViewers {
         datapath: kind.into(),
         crypto: enc.name(),
+        workers,
         holds_at: None,
         fails_at: None,
     };
@@ -365,8 +391,9 @@ fn find_max(
     m.holds_at = Some(good);
     m.fails_at = Some(bad);
     eprintln!(
-        "bench: {kind}, {}: holds at {good} viewers, not at {bad}",
-        enc.name()
+        "bench: {kind}, {}{}: holds at {good} viewers, not at {bad}",
+        enc.name(),
+        workers_note(workers)
     );
     Ok(m)
 }
@@ -391,4 +418,31 @@ fn write_results(o: &SweepOpts, res: &SweepResults) -> Result<()> {
         serde_json::to_string_pretty(res)?,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        o: SweepOpts,
+    }
+
+    fn opts(args: &[&str]) -> Result<SweepOpts, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sweep").chain(args.iter().copied())).map(|c| c.o)
+    }
+
+    #[test]
+    fn workers_run_every_point_once_per_count() {
+        // Without --workers the relay is started as before: once, without the flag.
+        assert_eq!(worker_counts(&opts(&[]).unwrap()), [None]);
+        let o = opts(&["--workers", "1,2", "--find-max", "50,600"]).unwrap();
+        assert_eq!(o.workers, [1, 2]);
+        assert_eq!(worker_counts(&o), [Some(1), Some(2)]);
+        assert!(opts(&["--workers", "0"]).is_err());
+        assert!(opts(&["--workers", "two"]).is_err());
+    }
 }

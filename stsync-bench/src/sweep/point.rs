@@ -50,6 +50,7 @@ pub(super) fn run_point(
     viewers: u32,
     bitrate: u64,
     enc: Encryption,
+    workers: Option<u32>,
 ) -> Result<Point> {
     // Something else on the machine may have removed our namespaces: rebuild them.
     if [NS_PUB, NS_RELAY, NS_VIEW]
@@ -60,7 +61,10 @@ pub(super) fn run_point(
         std::mem::forget(Topology::create()?);
     }
     // Repeated points (--repeat, --find-max) keep their own files.
-    let base = format!("{kind}-{}-{viewers}v-{}k", enc.name(), bitrate / 1000);
+    let mut base = format!("{kind}-{}-{viewers}v-{}k", enc.name(), bitrate / 1000);
+    if let Some(w) = workers {
+        base += &format!("-{w}w");
+    }
     let tag = (1..)
         .map(|k| {
             if k == 1 {
@@ -72,7 +76,7 @@ pub(super) fn run_point(
         .find(|t| !o.out.join(format!("point-{t}.json")).exists())
         .expect("a free name");
     let busy_before = o.wait_quiet.map(|pct| wait_quiet(pct, o.quiet_max_wait));
-    let relay = start_relay(o, kind, &o.out, &tag, enc)?;
+    let relay = start_relay(o, kind, workers, &o.out, &tag, enc)?;
     let json = o.out.join(format!("point-{tag}.json"));
     let bin = o
         .loadgen_bin
@@ -103,6 +107,7 @@ pub(super) fn run_point(
     let r: Report = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
     let mut p = Point::from_report(kind, &r, &json);
     p.busy_before_pct = busy_before;
+    p.workers = workers;
     Ok(p)
 }
 

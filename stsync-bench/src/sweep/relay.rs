@@ -120,9 +120,26 @@ pub(crate) fn exe_sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// The relay's options under test, as its errors name them.
+fn relay_args(kind: &str, workers: Option<u32>) -> String {
+    match workers {
+        Some(w) => format!("--datapath {kind} --workers {w}"),
+        None => format!("--datapath {kind}"),
+    }
+}
+
+/// Whether the relay's log has `field` (`name=value`) as a whole word: `workers=1` is not
+/// `workers=12`.
+fn logs_field(log: &str, field: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    log.match_indices(field)
+        .any(|(i, _)| !log[..i].ends_with(word) && !log[i + field.len()..].starts_with(word))
+}
+
 pub(super) fn start_relay(
     o: &SweepOpts,
     kind: &str,
+    workers: Option<u32>,
     dir: &Path,
     tag: &str,
     enc: Encryption,
@@ -164,6 +181,9 @@ pub(super) fn start_relay(
         .arg("--config")
         .arg(&cfg)
         .args(["--datapath", kind]);
+    if let Some(w) = workers {
+        cmd.args(["--workers", &w.to_string()]);
+    }
     if let Some(obj) = &o.ebpf_object {
         cmd.arg("--ebpf-object").arg(obj);
     }
@@ -176,32 +196,61 @@ pub(super) fn start_relay(
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let mut relay = RelayProc { child };
+    let args = relay_args(kind, workers);
     let http = format!("{RELAY_PUB}:9998").parse()?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = relay.child.try_wait()? {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            // anyhow's "Error: ..." line says why; otherwise the last lines.
-            let why = match log.lines().find(|l| l.starts_with("Error:")) {
+            // anyhow's "Error: ..." line says why, or clap's "error: ..." (an option this
+            // relay does not have, e.g. --workers before issue 15); otherwise the last lines.
+            let why = match log
+                .lines()
+                .find(|l| l.starts_with("Error:") || l.starts_with("error:"))
+            {
                 Some(l) => l.to_string(),
                 None => {
                     let tail: Vec<&str> = log.lines().rev().take(3).collect();
                     tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
                 }
             };
-            bail!("relay --datapath {kind} exited ({status}): {why}");
+            bail!("relay {args} exited ({status}): {why}");
         }
         if crate::http::healthy(Some(NS_PUB), http) {
             break;
         }
         if Instant::now() > deadline {
-            bail!("relay --datapath {kind} did not answer /v1/health within 15 s");
+            bail!("relay {args} did not answer /v1/health within 15 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    if !log.contains(&format!("datapath={kind}")) {
-        bail!("relay did not report datapath={kind}: {}", log.trim());
+    // What it says it runs, not only what it was asked for (a relay that ignored the
+    // option would measure something else).
+    let mut fields = vec![format!("datapath={kind}")];
+    fields.extend(workers.map(|w| format!("workers={w}")));
+    for f in fields {
+        if !logs_field(&log, &f) {
+            bail!("relay {args} did not report {f}: {}", log.trim());
+        }
     }
     Ok(relay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_fields_match_whole_words() {
+        let log = "INFO stsync-proxy listening, datapath=ebpf workers=12 srt=0.0.0.0:9999";
+        assert!(logs_field(log, "datapath=ebpf"));
+        assert!(logs_field(log, "workers=12"));
+        assert!(!logs_field(log, "workers=1"));
+        assert!(!logs_field(log, "workers=2"));
+        assert!(!logs_field("max_workers=2", "workers=2"));
+        assert!(logs_field("workers=2", "workers=2"));
+        assert_eq!(relay_args("ebpf", Some(2)), "--datapath ebpf --workers 2");
+        assert_eq!(relay_args("ebpf", None), "--datapath ebpf");
+    }
 }

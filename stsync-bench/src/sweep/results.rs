@@ -33,6 +33,9 @@ pub struct Point {
     /// Who encrypted (`--crypto`'s spelling: clear, aes128, pub-aes128...).
     #[serde(default = "clear")]
     pub crypto: String,
+    /// The relay's --workers (None: not passed, the relay's default).
+    #[serde(default)]
+    pub workers: Option<u32>,
     pub viewers: u32,
     pub bitrate_mbps: f64,
     /// How the generator received: "socket" or "xdp" (kernel sink).
@@ -107,6 +110,7 @@ impl Point {
         Point {
             datapath: datapath.into(),
             crypto: "clear".into(),
+            workers: None,
             viewers,
             bitrate_mbps: bitrate as f64 / 1e6,
             rx: rx.into(),
@@ -153,6 +157,7 @@ impl Point {
                 view: r.config.view_key_len,
             }
             .name(),
+            workers: None,
             viewers: r.config.viewers,
             bitrate_mbps: r.config.bitrate_bps as f64 / 1e6,
             rx: r.config.rx.clone(),
@@ -217,16 +222,19 @@ pub struct SweepResults {
     pub loadavg_end: String,
     pub baseline: Option<Baseline>,
     pub points: Vec<Point>,
-    /// --find-max: the most viewers each datapath and encryption held.
+    /// --find-max: the most viewers each datapath, encryption and worker count held.
     #[serde(default)]
     pub max_viewers: Vec<MaxViewers>,
 }
 
-/// --find-max's answer for one datapath and encryption.
+/// --find-max's answer for one datapath, encryption and worker count.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MaxViewers {
     pub datapath: String,
     pub crypto: String,
+    /// The relay's --workers (None: not passed).
+    #[serde(default)]
+    pub workers: Option<u32>,
     /// The most viewers tried that held (None: not even the lowest).
     pub holds_at: Option<u32>,
     /// The fewest tried that did not (None: not even the highest failed).
