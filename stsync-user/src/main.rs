@@ -469,24 +469,17 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     let (http_done_tx, http_done) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     // HTTP gets a thread of its own: a relay busy with a packet flood must not make the
     // metrics and session API unreachable, and the relay must not wait on HTTP either.
-    std::thread::Builder::new()
-        .name("http".into())
-        .spawn(move || {
-            let run = || -> anyhow::Result<()> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(http_listener)?;
-                    http::serve(listener, http::router(state), http_opts, async move {
-                        let _ = http_stop.changed().await;
-                    })
-                    .await;
-                    anyhow::Ok(())
-                })
-            };
-            let _ = http_done_tx.send(run());
-        })?;
+    let serve_http = move || async move {
+        let listener = tokio::net::TcpListener::from_std(http_listener)?;
+        http::serve(listener, http::router(state), http_opts, async move {
+            let _ = http_stop.changed().await;
+        })
+        .await;
+        anyhow::Ok(())
+    };
+    spawn_with_runtime("http".into(), serve_http, move |r| {
+        let _ = http_done_tx.send(r);
+    })?;
     let stop_tx = Arc::new(stop_tx);
     stop_on_signal(stop_tx.clone());
     // Each worker says when it ends; one that ends on its own (an error, a panic) stops
@@ -503,30 +496,20 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         let kernel = kernel.clone();
         let mut stop = stop_rx.clone();
         let ended_tx = ended_tx.clone();
-        std::thread::Builder::new()
-            .name(format!("worker-{i}"))
-            .spawn(move || {
-                let run = || -> anyhow::Result<()> {
-                    // A thread's own runtime: its task owns the worker's SRT state, and
-                    // nothing on the packet path crosses threads but the feeds.
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    rt.block_on(async move {
-                        let socket = tokio::net::UdpSocket::from_std(socket)?;
-                        let dp = Box::new(WorkerDatapath::new(i, &socket, kernel));
-                        stsync_user::driver::run(relay, &socket, dp, requests, wake, async move {
-                            let _ = stop.changed().await;
-                        })
-                        .await
-                        // SHUTDOWN has gone to every SRT peer: the socket closes here, so a
-                        // supervisor can start a new relay while HTTP drains.
-                    })
-                };
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")));
-                let _ = ended_tx.send((i, r));
-            })?;
+        // Nothing on the packet path crosses threads but the feeds.
+        let work = move || async move {
+            let socket = tokio::net::UdpSocket::from_std(socket)?;
+            let dp = Box::new(WorkerDatapath::new(i, &socket, kernel));
+            stsync_user::driver::run(relay, &socket, dp, requests, wake, async move {
+                let _ = stop.changed().await;
+            })
+            .await
+            // SHUTDOWN has gone to every SRT peer: the socket closes here, so a supervisor
+            // can start a new relay while HTTP drains.
+        };
+        spawn_with_runtime(format!("worker-{i}"), work, move |r| {
+            let _ = ended_tx.send((i, r));
+        })?;
     }
     drop(ended_tx);
     let mut failed = None;
@@ -548,13 +531,38 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
             warn!("HTTP did not stop within its shutdown deadline; exiting anyway")
         }
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            anyhow::bail!("HTTP thread panicked")
+            anyhow::bail!("HTTP thread ended without a word")
         }
     }
     if let Some(e) = failed {
         return Err(e.context("a worker stopped"));
     }
     info!("stopped");
+    Ok(())
+}
+
+/// Runs `task` on a thread of its own with a single-threaded runtime (the task owns all it
+/// touches: no cross-thread wake-ups); `done` learns how it ended, a panic included.
+fn spawn_with_runtime<F, Fut>(
+    name: String,
+    task: F,
+    done: impl FnOnce(anyhow::Result<()>) + Send + 'static,
+) -> std::io::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    std::thread::Builder::new().name(name).spawn(move || {
+        let run = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(task())
+        };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")));
+        done(r);
+    })?;
     Ok(())
 }
 

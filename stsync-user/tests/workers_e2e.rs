@@ -23,6 +23,13 @@ fn relay(workers: u32) -> Relay {
     })
 }
 
+/// `n` srt-live-transmit viewers of stream 1, `v0`...
+fn slt_viewers(n: usize, dir: &TempDir, relay: &Relay) -> Vec<SltViewer> {
+    (0..n)
+        .map(|i| SltViewer::start(dir, &format!("v{i}"), &relay.viewer_url("1")))
+        .collect()
+}
+
 /// The workers the publisher and the viewers landed on.
 fn landed(relay: &Relay) -> (Vec<u32>, BTreeSet<u32>) {
     let acc = relay.accepted();
@@ -36,9 +43,7 @@ fn viewers_on_every_worker(workers: u32) {
     let relay = relay(workers);
     let dir = TempDir::new(&format!("workers-{workers}"));
     let n = 2 * workers as usize;
-    let mut early: Vec<SltViewer> = (0..n)
-        .map(|i| SltViewer::start(&dir, &format!("v{i}"), &relay.viewer_url("1")))
-        .collect();
+    let mut early = slt_viewers(n, &dir, &relay);
     sleep_secs(1.0);
     let mut publ = BytePublisher::start(&dir, "pub", &relay.publisher_url("1"), c);
     sleep_secs(3.0);
@@ -119,9 +124,7 @@ fn a_publisher_on_another_worker_takes_over() {
     let c = clip();
     let relay = relay(4);
     let dir = TempDir::new("workers-takeover");
-    let mut viewers: Vec<SltViewer> = (0..4)
-        .map(|i| SltViewer::start(&dir, &format!("v{i}"), &relay.viewer_url("1")))
-        .collect();
+    let mut viewers = slt_viewers(4, &dir, &relay);
     sleep_secs(1.0);
     let mut publishers = vec![BytePublisher::start(
         &dir,
@@ -184,9 +187,7 @@ fn sigterm_reaches_the_peers_of_every_worker() {
     let c = clip();
     let mut relay = relay(4);
     let dir = TempDir::new("workers-sigterm");
-    let mut viewers: Vec<SltViewer> = (0..8)
-        .map(|i| SltViewer::start(&dir, &format!("v{i}"), &relay.viewer_url("1")))
-        .collect();
+    let mut viewers = slt_viewers(8, &dir, &relay);
     let mut p = BytePublisher::start(&dir, "pub", &relay.publisher_url("1"), c);
     for v in &mut viewers {
         assert!(
@@ -225,9 +226,7 @@ fn a_handshake_flood_on_one_worker_stalls_no_viewer() {
     let c = clip();
     let relay = relay(2);
     let dir = TempDir::new("workers-flood");
-    let mut viewers: Vec<SltViewer> = (0..4)
-        .map(|i| SltViewer::start(&dir, &format!("v{i}"), &relay.viewer_url("1")))
-        .collect();
+    let mut viewers = slt_viewers(4, &dir, &relay);
     sleep_secs(1.0);
     let mut p = BytePublisher::start(&dir, "pub", &relay.publisher_url("1"), c);
     sleep_secs(2.0);
