@@ -8,7 +8,7 @@
 //! waits for the writer and the writer never waits for a reader: a reader that falls a
 //! whole ring behind (or is overtaken mid-copy) is told how many entries it lost, and its
 //! viewers ask for them as for any loss. Relaxed atomic word copies compile to plain moves:
-//! no `unsafe`, and no data race for the compiler to exploit.
+//! no `unsafe` on the packet path, and no data race for the compiler to exploit.
 //!
 //! Each reader copies what it keeps into its own ring (`ring.rs`): the userspace datapath
 //! lends ring slots to `sendmmsg` without copying, and a slot shared with a writer that
@@ -114,16 +114,6 @@ struct Slot {
     payload: [AtomicU64; PAYLOAD_WORDS],
 }
 
-impl Slot {
-    fn new() -> Slot {
-        Slot {
-            mark: AtomicU64::new(0),
-            head: std::array::from_fn(|_| AtomicU64::new(0)),
-            payload: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-}
-
 struct Ring {
     slots: Box<[Slot]>,
     /// Entries written so far.
@@ -155,9 +145,7 @@ pub enum Read {
 /// readers.
 pub fn feed(slots: usize) -> (Writer, ReaderSource) {
     let ring = Arc::new(Ring {
-        slots: (0..slots.next_power_of_two())
-            .map(|_| Slot::new())
-            .collect(),
+        slots: zeroed_slots(slots.next_power_of_two()),
         written: AtomicU64::new(0),
     });
     (
@@ -167,6 +155,14 @@ pub fn feed(slots: usize) -> (Writer, ReaderSource) {
         },
         ReaderSource(ring),
     )
+}
+
+/// `n` empty slots, from zeroed memory: the pages stay unmapped until the writer first
+/// reaches them, so the feed of a worker whose publishers feed nobody costs no memory.
+fn zeroed_slots(n: usize) -> Box<[Slot]> {
+    // SAFETY: a slot is atomics only, and all-zero bytes are an `AtomicU64` of 0: an
+    // empty slot (mark 0 names no entry).
+    unsafe { Box::<[Slot]>::new_zeroed_slice(n).assume_init() }
 }
 
 /// Makes readers of one feed; each starts at the entries written after it was made.
