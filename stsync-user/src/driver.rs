@@ -204,7 +204,7 @@ fn pump(relay: &mut Relay, datapath: &mut dyn Datapath) {
         datapath.on_route(now, &ev);
     }
     while let Some(report) = datapath.poll_report() {
-        relay.handle_kernel(report);
+        relay.handle_kernel(now, report);
     }
     if let Some(batch) = relay.poll_transmit() {
         datapath.send(&batch);
@@ -229,6 +229,8 @@ async fn sleep_until_some(t: Option<tokio::time::Instant>) {
 /// returns how many were read (fewer: the socket ran dry).
 fn receive(relay: &mut Relay, socket: &UdpSocket, batch: &mut RecvBatch) -> usize {
     let fd = socket.as_raw_fd();
+    // Before the read: whatever was queued by now is read by it if it comes back short.
+    let asked = Instant::now();
     // Through tokio, so that running dry clears the socket's readiness.
     match socket.try_io(tokio::io::Interest::READABLE, || batch.try_recv(fd)) {
         Ok(n) => {
@@ -239,9 +241,15 @@ fn receive(relay: &mut Relay, socket: &UdpSocket, batch: &mut RecvBatch) -> usiz
             for d in batch.received() {
                 relay.handle_datagram(now, d.src, d.data);
             }
+            if n < RECV_BATCH {
+                relay.note_drained(asked);
+            }
             n
         }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            relay.note_drained(asked);
+            0
+        }
         // ICMP errors from a vanished peer surface here; they concern one peer only.
         Err(e) => {
             warn!("recv: {e}");

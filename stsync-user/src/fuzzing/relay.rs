@@ -437,7 +437,10 @@ impl World {
             .unwrap_or(0) as u32;
         let w = crate::os::reuseport::worker_of(dest, n).unwrap_or(by_address % n);
         let now = self.now;
-        self.worker(w as usize).handle_datagram(now, from, bytes);
+        let r = self.worker(w as usize);
+        r.handle_datagram(now, from, bytes);
+        // As the driver says once the socket is read dry.
+        r.note_drained(now);
         self.drain(self.datagram_limit(), "one datagram");
     }
 
@@ -803,8 +806,9 @@ impl World {
                 let epoch = self.epochs.get(RESOURCES[stream]).copied().unwrap_or(0);
                 let on = flags & 2 == 0;
                 let epoch = on.then_some(epoch + u64::from(flags >> 2));
+                let now = self.now;
                 self.owner(conn)
-                    .handle_kernel(KernelReport::Serving { conn, epoch });
+                    .handle_kernel(now, KernelReport::Serving { conn, epoch });
             }
             2 => {
                 let acks = KernelAcks {
@@ -815,8 +819,9 @@ impl World {
                     light: u64::from(value >> 28),
                     bytes: u64::from(value >> 16),
                 };
+                let now = self.now;
                 self.owner(conn)
-                    .handle_kernel(KernelReport::Acks { conn, acks });
+                    .handle_kernel(now, KernelReport::Acks { conn, acks });
                 // Like a viewer's own ACK: one that stops at a packet sent long ago has it
                 // resent (and the retransmission pass sends what else is due).
                 self.drain(self.datagram_limit(), "kernel ACKs");

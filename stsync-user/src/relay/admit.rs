@@ -217,7 +217,7 @@ impl Relay {
         match sid.mode {
             Mode::Publish => {
                 let old = s.publisher.replace(id);
-                s.epoch = self.shared.new_epoch(stream);
+                s.epoch = self.shared.new_epoch(stream, self.worker);
                 s.remote = None;
                 s.ingest = Some(IngestLatency::new(now));
                 match &mut s.ring {

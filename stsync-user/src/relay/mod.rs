@@ -94,6 +94,9 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// takes its feeds: the kernel serves its viewers, so this only bounds how late its ring
 /// is for a retransmission and how late a viewer given back to userspace gets its data.
 const FEED_POLL: Duration = Duration::from_millis(10);
+/// A kernel serving report is taken after this long even if the publisher's worker has not
+/// found its socket empty since (it then had nothing more to feed).
+const SERVING_SETTLE_MAX: Duration = Duration::from_millis(200);
 const SWEEP: Duration = Duration::from_millis(100);
 /// Every connection's clock starts this long before its handshake (the answer says so), so
 /// that a packet a little older than the one that maps a viewer still has a timestamp
@@ -193,6 +196,9 @@ pub struct Relay {
     next_sweep: Instant,
     /// When the feeds are taken next if no other worker wakes this one for them.
     next_feed_poll: Instant,
+    /// Viewers the kernel serves from an epoch on, not yet told so: (viewer, epoch, when
+    /// the report came). See `handle_kernel`.
+    serving_pending: Vec<(u32, u64, Instant)>,
     /// Source of socket IDs; the driver seeds it randomly.
     id_state: u64,
 }
@@ -225,6 +231,7 @@ impl Relay {
             streams.len(),
             cfg.session_ttl,
             cfg.per_address,
+            now,
         ));
         let (writers, sources): (Vec<_>, Vec<_>) = (0..n)
             .map(|_| feed::feed(if n > 1 { feed::FEED_SLOTS } else { 1 }))
@@ -292,6 +299,7 @@ impl Relay {
             rexmit_wake: None,
             next_sweep: now + SWEEP,
             next_feed_poll: now + FEED_POLL,
+            serving_pending: Vec::new(),
             id_state: u64::from_le_bytes(secret[..8].try_into().unwrap()) | 1,
             cfg,
         }
@@ -336,9 +344,25 @@ impl Relay {
     }
 
     /// Takes in what the kernel fast path did.
-    pub fn handle_kernel(&mut self, report: KernelReport) {
+    ///
+    /// With several workers, a viewer the kernel now serves is not told so at once: the
+    /// packets that passed the kernel before its entry went live (so were not cloned for
+    /// it) may still wait in the publisher's worker's socket or in its feed, and this
+    /// relay must send them. It is told once the publisher's worker has found its socket
+    /// empty after the report came, and what it fed before has been taken in
+    /// (`settle_serving`). One worker reads its socket dry before the kernel path's poll
+    /// (see `driver`).
+    pub fn handle_kernel(&mut self, now: Instant, report: KernelReport) {
         match report {
+            KernelReport::Serving {
+                conn,
+                epoch: Some(epoch),
+            } if !self.upstream.is_empty() => {
+                self.serving_pending.retain(|p| p.0 != conn);
+                self.serving_pending.push((conn, epoch, now));
+            }
             KernelReport::Serving { conn, epoch } => {
+                self.serving_pending.retain(|p| p.0 != conn);
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.kernel_epoch = epoch;
                 }
@@ -547,6 +571,9 @@ impl Relay {
 
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_sweep;
+        if !self.serving_pending.is_empty() {
+            t = t.min(self.next_feed_poll);
+        }
         // Fed by another worker without being woken: polled.
         let fed_lazily = !self.shared.wants_prompt_feed(self.worker)
             && self

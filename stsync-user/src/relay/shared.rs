@@ -6,9 +6,9 @@
 
 use super::keys::SessionKeys;
 use super::per_address::{AddressLimits, PerAddress};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Shared {
     pub workers: u32,
@@ -22,6 +22,10 @@ pub struct Shared {
     /// `FEED_POLL` (viewers the kernel serves need the packets only for retransmission,
     /// and a wake-up per packet costs the kernel path more than its ACKs).
     prompt: Box<[AtomicBool]>,
+    /// Per worker: when its socket was last found empty (ns since `base`), everything read
+    /// before fanned out and fed (see `Relay::note_drained`).
+    drained: Box<[AtomicU64]>,
+    base: Instant,
 }
 
 struct StreamShared {
@@ -31,10 +35,18 @@ struct StreamShared {
     /// The publisher's packet rate, as its worker last measured it (0: none): every
     /// worker checks a new delay against the same number.
     packet_rate: AtomicU64,
+    /// The worker of the current publisher.
+    publisher_worker: AtomicU32,
 }
 
 impl Shared {
-    pub fn new(workers: u32, streams: usize, ttl: Duration, limits: AddressLimits) -> Shared {
+    pub fn new(
+        workers: u32,
+        streams: usize,
+        ttl: Duration,
+        limits: AddressLimits,
+        now: Instant,
+    ) -> Shared {
         Shared {
             workers: workers.max(1),
             keys: Mutex::new(SessionKeys::new(ttl)),
@@ -45,9 +57,12 @@ impl Shared {
                     epoch: AtomicU64::new(0),
                     viewers: AtomicUsize::new(0),
                     packet_rate: AtomicU64::new(0),
+                    publisher_worker: AtomicU32::new(0),
                 })
                 .collect(),
             prompt: (0..workers.max(1)).map(|_| AtomicBool::new(true)).collect(),
+            drained: (0..workers.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            base: now,
         }
     }
 
@@ -112,8 +127,27 @@ impl Shared {
             .store(rate, Ordering::Relaxed);
     }
 
-    /// A new publisher of `stream`: its epoch.
-    pub fn new_epoch(&self, stream: usize) -> u64 {
-        self.streams[stream].epoch.fetch_add(1, Ordering::AcqRel) + 1
+    /// A new publisher of `stream`, on `worker`: its epoch.
+    pub fn new_epoch(&self, stream: usize, worker: u32) -> u64 {
+        let s = &self.streams[stream];
+        s.publisher_worker.store(worker, Ordering::Relaxed);
+        s.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub fn publisher_worker(&self, stream: usize) -> u32 {
+        self.streams[stream]
+            .publisher_worker
+            .load(Ordering::Relaxed)
+    }
+
+    /// Worker `w` found its socket empty at `t`, all it read before fanned out and fed.
+    pub fn set_drained(&self, w: u32, t: Instant) {
+        let ns = t.saturating_duration_since(self.base).as_nanos() as u64;
+        self.drained[w as usize].fetch_max(ns, Ordering::Release);
+    }
+
+    /// When worker `w` last found its socket empty.
+    pub fn drained(&self, w: u32) -> Instant {
+        self.base + Duration::from_nanos(self.drained[w as usize].load(Ordering::Acquire))
     }
 }

@@ -9,7 +9,7 @@ use super::outbox::Payload;
 use super::ring::Ring;
 use super::{
     playout, Offsets, Relay, Role, RouteEvent, StreamConfig, StreamSnapshot, CLOCK_HEADROOM,
-    FEED_POLL,
+    FEED_POLL, SERVING_SETTLE_MAX,
 };
 use crate::srt::crypto::Parity;
 use crate::srt::packet::{be32, ControlPacket, DataPacket};
@@ -259,6 +259,9 @@ impl Relay {
     /// worker's viewers, and their publishers' comings and goings.
     pub fn handle_feed(&mut self, now: Instant) {
         self.next_feed_poll = now + FEED_POLL;
+        // Read before the feeds: what a worker fed before it found its socket empty is
+        // in them now.
+        let settled = self.settled_serving();
         let (mut fanned, mut sent) = (0, 0);
         let mut buf = std::mem::take(&mut self.plain);
         for k in 0..self.upstream.len() {
@@ -287,6 +290,44 @@ impl Relay {
         self.plain = buf;
         if fanned > 0 {
             self.shared.set_prompt_feed(self.worker, sent > 0);
+        }
+        self.settle_serving(now, settled);
+    }
+
+    /// Records that this worker found its socket empty at `t`, after handling all it read
+    /// before (the driver calls it).
+    pub fn note_drained(&mut self, t: Instant) {
+        if !self.upstream.is_empty() {
+            self.shared.set_drained(self.worker, t);
+        }
+    }
+
+    /// How many of the pending serving reports (from the front) are settled: their
+    /// publisher's worker found its socket empty after they came.
+    fn settled_serving(&self) -> usize {
+        self.serving_pending
+            .iter()
+            .take_while(|(conn, _, at)| {
+                let stream = self.conns.get(conn).map_or(0, |c| c.stream);
+                self.shared.drained(self.shared.publisher_worker(stream)) > *at
+            })
+            .count()
+    }
+
+    /// Tells the first `settled` pending viewers that the kernel serves them; a report
+    /// older than `SERVING_SETTLE_MAX` is taken whatever (a publisher's worker that reads
+    /// nothing more has nothing more to feed).
+    fn settle_serving(&mut self, now: Instant, settled: usize) {
+        let stale = self
+            .serving_pending
+            .iter()
+            .skip(settled)
+            .take_while(|p| now.saturating_duration_since(p.2) >= SERVING_SETTLE_MAX)
+            .count();
+        for (conn, epoch, _) in self.serving_pending.drain(..settled + stale) {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.kernel_epoch = Some(epoch);
+            }
         }
     }
 

@@ -203,7 +203,10 @@ impl World {
             .map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()));
         let w = crate::os::reuseport::worker_of(dest, n).map_or(self.hs_worker, |w| w as usize);
         let now = self.now;
-        self.worker(w).handle_datagram(now, from, bytes);
+        let r = self.worker(w);
+        r.handle_datagram(now, from, bytes);
+        // As the driver says once the socket is read dry.
+        r.note_drained(now);
     }
 
     /// Everything queued for `to` since the last call (others' datagrams stay queued).

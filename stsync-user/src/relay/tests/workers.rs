@@ -127,6 +127,37 @@ fn a_publisher_on_another_worker_takes_over() {
     );
 }
 
+/// A viewer the kernel takes over still gets, from userspace, what passed the kernel
+/// before its entry went live but reached the publisher's worker only after the report:
+/// the report settles once that worker has read its socket dry since.
+#[test]
+fn a_viewer_handed_to_the_kernel_still_gets_what_was_not_cloned_for_it() {
+    let mut w = World::with_workers(2);
+    let mut v = Caller::new(1001, 0);
+    join_on(&mut w, 1, &mut v, "request");
+    let mut p = Caller::new(2000, 0);
+    join_on(&mut w, 0, &mut p, "publish");
+    w.take(v.addr);
+    p.data(&mut w, Seq::new(0), 0, b"a");
+    w.advance(Duration::from_millis(1));
+    assert_eq!(data(&w.take(v.addr)).len(), 1, "mapped and sent");
+    let serving = KernelReport::Serving {
+        conn: v.relay_id,
+        epoch: Some(1),
+    };
+    let now = w.now;
+    w.worker(1).handle_kernel(now, serving);
+    w.advance(Duration::from_millis(1));
+    // Read by the publisher's worker after the report, so possibly not cloned.
+    p.data(&mut w, Seq::new(1), 2_500, b"b");
+    w.advance(Duration::from_millis(1));
+    assert_eq!(data(&w.take(v.addr)), [(1, b"b".to_vec())]);
+    // From here on the kernel sends.
+    p.data(&mut w, Seq::new(2), 5_000, b"c");
+    w.advance(Duration::from_millis(1));
+    assert_eq!(data(&w.take(v.addr)), []);
+}
+
 /// The limits and the single use of a key hold across workers.
 #[test]
 fn limits_and_keys_are_shared_by_the_workers() {
