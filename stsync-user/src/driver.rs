@@ -151,7 +151,7 @@ pub async fn run(
             Some(req) = requests.0.recv() => answer(&mut relay, datapath.as_ref(), req),
             r = socket.readable() => {
                 r?;
-                receive(&mut relay, socket, &mut batch);
+                receive(&mut relay, datapath.as_mut(), socket, &mut batch);
             }
             _ = tokio::time::sleep_until(deadline) => relay.handle_timeout(Instant::now()),
             _ = sleep_until_some(next_poll), if next_poll.is_some() => {}
@@ -170,7 +170,7 @@ pub async fn run(
             // first, so every packet that passed the kernel before the switch reaches the
             // relay (and that viewer) while the relay still serves it.
             for _ in 0..DRAIN_MAX / RECV_BATCH {
-                let n = receive(&mut relay, socket, &mut batch);
+                let n = receive(&mut relay, datapath.as_mut(), socket, &mut batch);
                 pump(&mut relay, datapath.as_mut());
                 if n < RECV_BATCH {
                     break;
@@ -227,7 +227,12 @@ async fn sleep_until_some(t: Option<tokio::time::Instant>) {
 
 /// Feeds one `recvmmsg` worth of queued datagrams (up to `RECV_BATCH`) to the relay;
 /// returns how many were read (fewer: the socket ran dry).
-fn receive(relay: &mut Relay, socket: &UdpSocket, batch: &mut RecvBatch) -> usize {
+fn receive(
+    relay: &mut Relay,
+    datapath: &mut dyn Datapath,
+    socket: &UdpSocket,
+    batch: &mut RecvBatch,
+) -> usize {
     let fd = socket.as_raw_fd();
     // Before the read: whatever was queued by now is read by it if it comes back short.
     let asked = Instant::now();
@@ -243,11 +248,13 @@ fn receive(relay: &mut Relay, socket: &UdpSocket, batch: &mut RecvBatch) -> usiz
             }
             if n < RECV_BATCH {
                 relay.note_drained(asked);
+                datapath.drained(asked);
             }
             n
         }
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             relay.note_drained(asked);
+            datapath.drained(asked);
             0
         }
         // ICMP errors from a vanished peer surface here; they concern one peer only.

@@ -166,6 +166,34 @@ impl EbpfDatapath {
         &self.kernel
     }
 
+    /// Several workers: viewers move onto the kernel path only when their publisher's
+    /// worker has read its socket dry (`activate_ready`).
+    pub fn gate(&mut self) {
+        self.handover.gate();
+    }
+
+    /// The worker (of `workers`) of each stream's publisher that has a viewer waiting.
+    pub fn ready_workers(&self, workers: u32) -> impl Iterator<Item = u32> + '_ {
+        self.handover
+            .ready_streams()
+            .filter_map(move |s| self.publisher_worker(s, workers))
+    }
+
+    fn publisher_worker(&self, stream: u32, workers: u32) -> Option<u32> {
+        let id = self.slots.get(stream as usize)?.publisher?;
+        crate::os::reuseport::worker_of(id, workers)
+    }
+
+    /// Worker `worker` (of `workers`) read its socket dry at `since`: the viewers waiting
+    /// for it move onto the kernel path.
+    pub fn activate_ready(&mut self, since: Instant, worker: u32, workers: u32) {
+        let owners: Vec<Option<u32>> = (0..self.slots.len() as u32)
+            .map(|s| self.publisher_worker(s, workers))
+            .collect();
+        let mine = |s: u32| owners.get(s as usize).copied().flatten() == Some(worker);
+        self.handover.activate_ready(since, mine, &mut self.kernel);
+    }
+
     fn stream_index(&mut self, resource: &str) -> Option<u32> {
         if let Some(&i) = self.streams.get(resource) {
             return Some(i);

@@ -65,6 +65,11 @@ pub struct Handover {
     /// (`net.ipv4.conf.lo.accept_local = 1`).
     lo_accept_local: bool,
     reports: VecDeque<KernelReport>,
+    /// With several workers: a viewer ready for the kernel waits here until its
+    /// publisher's worker has read its socket dry (`activate_ready`), so that what it read
+    /// before went to the feed and what comes after is cloned.
+    gated: bool,
+    ready: Vec<u32>,
 }
 
 impl Handover {
@@ -72,6 +77,36 @@ impl Handover {
         Handover {
             lo_accept_local,
             ..Default::default()
+        }
+    }
+
+    /// Activations wait for `activate_ready` (several workers).
+    pub fn gate(&mut self) {
+        self.gated = true;
+    }
+
+    /// The streams with a viewer waiting for its publisher's worker.
+    pub fn ready_streams(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ready
+            .iter()
+            .filter_map(|c| self.viewers.get(c).map(|v| v.stream))
+    }
+
+    /// The publisher's worker read its socket dry at `since`: its streams' (`mine`)
+    /// waiting viewers move onto the kernel path now.
+    pub fn activate_ready(
+        &mut self,
+        since: Instant,
+        mine: impl Fn(u32) -> bool,
+        table: &mut impl ViewerTable,
+    ) {
+        let ready = std::mem::take(&mut self.ready);
+        for conn in ready {
+            match self.viewers.get(&conn) {
+                Some(v) if mine(v.stream) => self.activate(conn, Some(since), table),
+                Some(_) => self.ready.push(conn),
+                None => {}
+            }
         }
     }
 
@@ -160,8 +195,29 @@ impl Handover {
         self.reports.pop_front()
     }
 
-    /// Moves a mapped viewer whose route is known onto the kernel path.
+    /// Moves a mapped viewer whose route is known onto the kernel path (or, gated, lines
+    /// it up for its publisher's worker).
     fn try_activate(&mut self, conn: u32, table: &mut impl ViewerTable) {
+        if !self.gated {
+            return self.activate(conn, None, table);
+        }
+        if self.ready.contains(&conn) || !self.can_activate(conn, table) {
+            return;
+        }
+        self.ready.push(conn);
+    }
+
+    /// Whether `try_activate` would move the viewer now.
+    fn can_activate(&mut self, conn: u32, table: &impl ViewerTable) -> bool {
+        let Some(v) = self.viewers.get(&conn) else {
+            return false;
+        };
+        let waiting = v.waiting();
+        let stream = v.stream;
+        waiting && table.route(conn).is_some() && self.publishers.contains_key(&stream)
+    }
+
+    fn activate(&mut self, conn: u32, since: Option<Instant>, table: &mut impl ViewerTable) {
         let Some(v) = self.viewers.get_mut(&conn) else {
             return;
         };
@@ -211,6 +267,7 @@ impl Handover {
         self.reports.push_back(KernelReport::Serving {
             conn,
             epoch: Some(m.epoch),
+            since,
         });
         info!(
             conn,
@@ -226,8 +283,11 @@ impl Handover {
         let Some(mut e) = self.viewers.get_mut(&conn).and_then(|v| v.active.take()) else {
             return;
         };
-        self.reports
-            .push_back(KernelReport::Serving { conn, epoch: None });
+        self.reports.push_back(KernelReport::Serving {
+            conn,
+            epoch: None,
+            since: None,
+        });
         e.active = 0;
         table.set_viewer(self.viewers[&conn].slot, &e);
     }
@@ -289,7 +349,41 @@ mod tests {
     }
 
     fn serving(epoch: Option<u64>) -> KernelReport {
-        KernelReport::Serving { conn: CONN, epoch }
+        KernelReport::Serving {
+            conn: CONN,
+            epoch,
+            since: None,
+        }
+    }
+
+    /// Gated (several workers): a viewer ready for the kernel waits for its publisher's
+    /// worker, which moves it when it has read its socket dry, saying when.
+    #[test]
+    fn gated_a_viewer_moves_when_its_publishers_worker_says() {
+        let t0 = Instant::now();
+        let (mut h, mut table) = (Handover::new(false), TestTable::default());
+        h.gate();
+        h.add(CONN, 1, SLOT, 0x55);
+        h.set_publisher(1, Some(false));
+        table.routes.insert(CONN, route(3, 1));
+        h.mapped(t0, CONN, offsets(1), &mut table);
+        assert!(reports(&mut h).is_empty() && table.writes.is_empty());
+        assert_eq!(h.ready_streams().collect::<Vec<_>>(), [1]);
+        // Another stream's worker read its socket dry: not this viewer's turn.
+        h.activate_ready(t0, |s| s == 2, &mut table);
+        assert!(reports(&mut h).is_empty() && table.writes.is_empty());
+        let since = t0 + Duration::from_millis(3);
+        h.activate_ready(since, |s| s == 1, &mut table);
+        assert_eq!(
+            reports(&mut h),
+            vec![KernelReport::Serving {
+                conn: CONN,
+                epoch: Some(1),
+                since: Some(since),
+            }]
+        );
+        assert_eq!(table.writes, vec![(SLOT, 0), (SLOT, 1)]);
+        assert_eq!(h.ready_streams().count(), 0);
     }
 
     #[test]

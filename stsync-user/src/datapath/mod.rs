@@ -35,6 +35,9 @@ pub trait Datapath: Send {
         None
     }
 
+    /// The driver read the socket dry at `since` (and handed the relay all it read).
+    fn drained(&mut self, _since: Instant) {}
+
     /// When the driver calls `poll` next (asked again after every poll); `None`: never.
     fn poll_interval(&self, _now: Instant) -> Option<Duration> {
         None

@@ -1,7 +1,9 @@
 //! The datapath of each worker. Each sends through its own socket; the kernel program's
 //! maps have one owner ([`SharedKernel`]), behind a mutex that route events and the poll
 //! take (never a data packet), and what it reports goes to the worker that owns each
-//! connection (its socket ID says which), which is woken for it.
+//! connection (its socket ID says which), which is woken for it. With several workers a
+//! viewer moves onto the kernel path when its publisher's worker has just read its socket
+//! dry (see `Relay::handle_kernel`).
 
 use super::ebpf::EbpfDatapath;
 use super::userspace::Userspace;
@@ -10,6 +12,7 @@ use crate::os::reuseport::worker_of;
 use crate::relay::{KernelReport, RouteEvent, Transmits};
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -19,14 +22,20 @@ pub struct SharedKernel {
     dp: Mutex<EbpfDatapath>,
     inbox: Box<[Mutex<VecDeque<KernelReport>>]>,
     wake: Box<[Arc<Notify>]>,
+    /// Per worker: a viewer of one of its publishers waits to move onto the kernel path.
+    ready: Box<[AtomicBool]>,
 }
 
 impl SharedKernel {
     /// `wake[i]` wakes worker `i`'s driver.
-    pub fn new(dp: EbpfDatapath, wake: Vec<Arc<Notify>>) -> Arc<SharedKernel> {
+    pub fn new(mut dp: EbpfDatapath, wake: Vec<Arc<Notify>>) -> Arc<SharedKernel> {
+        if wake.len() > 1 {
+            dp.gate();
+        }
         Arc::new(SharedKernel {
             dp: Mutex::new(dp),
             inbox: wake.iter().map(|_| Mutex::default()).collect(),
+            ready: wake.iter().map(|_| AtomicBool::new(false)).collect(),
             wake: wake.into(),
         })
     }
@@ -35,9 +44,16 @@ impl SharedKernel {
         self.dp.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Moves the kernel path's reports to their workers' inboxes; wakes the others.
+    /// Moves the kernel path's reports to their workers' inboxes (waking the others), and
+    /// marks the workers whose publishers have viewers waiting for them.
     fn sort_reports(&self, dp: &mut EbpfDatapath, me: usize) {
         let n = self.inbox.len() as u32;
+        for r in self.ready.iter() {
+            r.store(false, Ordering::Relaxed);
+        }
+        for w in dp.ready_workers(n) {
+            self.ready[w as usize].store(true, Ordering::Relaxed);
+        }
         let mut woken = 0u64;
         while let Some(r) = dp.poll_report() {
             let w = worker_of(r.conn(), n).unwrap_or(0) as usize;
@@ -109,6 +125,19 @@ impl Datapath for WorkerDatapath {
             dp.poll(now);
             k.sort_reports(&mut dp, self.worker);
         }
+    }
+
+    fn drained(&mut self, since: Instant) {
+        let Some(k) = &self.kernel else {
+            return;
+        };
+        // One atomic read per read-dry socket when no viewer waits for this worker.
+        if !k.ready[self.worker].load(Ordering::Relaxed) {
+            return;
+        }
+        let mut dp = k.lock();
+        dp.activate_ready(since, self.worker as u32, k.inbox.len() as u32);
+        k.sort_reports(&mut dp, self.worker);
     }
 
     fn poll_report(&mut self) -> Option<KernelReport> {

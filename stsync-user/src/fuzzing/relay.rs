@@ -807,8 +807,14 @@ impl World {
                 let on = flags & 2 == 0;
                 let epoch = on.then_some(epoch + u64::from(flags >> 2));
                 let now = self.now;
-                self.owner(conn)
-                    .handle_kernel(now, KernelReport::Serving { conn, epoch });
+                self.owner(conn).handle_kernel(
+                    now,
+                    KernelReport::Serving {
+                        conn,
+                        epoch,
+                        since: (flags & 0x20 != 0).then_some(now),
+                    },
+                );
             }
             2 => {
                 let acks = KernelAcks {

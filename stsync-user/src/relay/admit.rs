@@ -204,6 +204,7 @@ impl Relay {
             response,
             role,
             kernel_epoch: None,
+            serving_from: None,
             encryption: encryption.map(Box::new),
             stats: ConnStats::default(),
         };

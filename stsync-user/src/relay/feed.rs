@@ -21,7 +21,7 @@ use stsync_common::srt::MAX_PAYLOAD;
 /// Entries per feed: at 4 Mbit/s (400 packets/s) per stream, 100 streams on one worker
 /// fill it in 100 ms, far longer than a reader's turn takes.
 pub const FEED_SLOTS: usize = 4096;
-const HEAD_WORDS: usize = 7;
+const HEAD_WORDS: usize = 8;
 const PAYLOAD_WORDS: usize = MAX_PAYLOAD.div_ceil(8);
 
 /// What a feed entry says.
@@ -50,6 +50,9 @@ pub struct Header {
     pub start: Option<u32>,
     pub first_missing: Option<u32>,
     pub byte_rate: u32,
+    /// When the writer last found its socket empty before it read this packet (ns on the
+    /// workers' shared clock): the packet reached the socket after then.
+    pub drained: u64,
 }
 
 impl Header {
@@ -65,6 +68,7 @@ impl Header {
             start: None,
             first_missing: None,
             byte_rate: 0,
+            drained: 0,
         }
     }
 
@@ -78,6 +82,7 @@ impl Header {
             opt(self.start),
             u64::from(self.byte_rate),
             opt(self.first_missing),
+            self.drained,
         ]
     }
 
@@ -99,6 +104,7 @@ impl Header {
             delay: hi(w[3]),
             start: opt(w[4]),
             first_missing: opt(w[6]),
+            drained: w[7],
             byte_rate: lo(w[5]),
         };
         // Never longer than a slot holds, whatever a torn read produced (the read is then
@@ -266,6 +272,7 @@ mod tests {
             start: i.is_multiple_of(3).then_some(i as u32),
             first_missing: i.is_multiple_of(4).then_some(!(i as u32)),
             byte_rate: (i * 13) as u32,
+            drained: i * 19,
         }
     }
 

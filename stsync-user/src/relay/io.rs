@@ -58,8 +58,14 @@ pub struct Offsets {
 pub enum KernelReport {
     /// The kernel fans publisher epoch `epoch` out to viewer `conn` from now on (the relay
     /// then sends it only retransmissions while that epoch lasts); `None`: it no longer
-    /// does, the relay sends it everything again.
-    Serving { conn: u32, epoch: Option<u64> },
+    /// does, the relay sends it everything again. `since`: with several workers, the
+    /// publisher's worker took it onto the kernel path right after it read its socket dry
+    /// at `since`, so the kernel cloned exactly the packets read after that.
+    Serving {
+        conn: u32,
+        epoch: Option<u64>,
+        since: Option<Instant>,
+    },
     /// Viewer `conn`'s ACKs that the kernel answered instead of the relay.
     Acks { conn: u32, acks: KernelAcks },
     /// Data packets the kernel cloned to viewer `conn` so far.

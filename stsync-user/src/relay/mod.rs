@@ -94,8 +94,8 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// takes its feeds: the kernel serves its viewers, so this only bounds how late its ring
 /// is for a retransmission and how late a viewer given back to userspace gets its data.
 const FEED_POLL: Duration = Duration::from_millis(10);
-/// A kernel serving report is taken after this long even if the publisher's worker has not
-/// found its socket empty since (it then had nothing more to feed).
+/// A kernel serving report is taken after this long whatever the packets fed say (see
+/// `handle_kernel`).
 const SERVING_SETTLE_MAX: Duration = Duration::from_millis(200);
 const SWEEP: Duration = Duration::from_millis(100);
 /// Every connection's clock starts this long before its handshake (the answer says so), so
@@ -143,6 +143,10 @@ struct Conn {
     /// The kernel fans this publisher epoch's data out to this viewer (its offsets are
     /// installed there); the relay only retransmits. Any other epoch goes through userspace.
     kernel_epoch: Option<u64>,
+    /// The kernel serves this viewer for an epoch, cloning what its publisher's worker
+    /// read after then; what it read before may still come through the feed (see
+    /// `handle_kernel`).
+    serving_from: Option<(u64, Instant)>,
     /// An encrypting peer's keys: a publisher's data is decrypted with them, a viewer's is
     /// encrypted with them.
     encryption: Option<Box<Encryption>>,
@@ -196,9 +200,6 @@ pub struct Relay {
     next_sweep: Instant,
     /// When the feeds are taken next if no other worker wakes this one for them.
     next_feed_poll: Instant,
-    /// Viewers the kernel serves from an epoch on, not yet told so: (viewer, epoch, when
-    /// the report came). See `handle_kernel`.
-    serving_pending: Vec<(u32, u64, Instant)>,
     /// Source of socket IDs; the driver seeds it randomly.
     id_state: u64,
 }
@@ -299,7 +300,6 @@ impl Relay {
             rexmit_wake: None,
             next_sweep: now + SWEEP,
             next_feed_poll: now + FEED_POLL,
-            serving_pending: Vec::new(),
             id_state: u64::from_le_bytes(secret[..8].try_into().unwrap()) | 1,
             cfg,
         }
@@ -345,26 +345,23 @@ impl Relay {
 
     /// Takes in what the kernel fast path did.
     ///
-    /// With several workers, a viewer the kernel now serves is not told so at once: the
-    /// packets that passed the kernel before its entry went live (so were not cloned for
-    /// it) may still wait in the publisher's worker's socket or in its feed, and this
-    /// relay must send them. It is told once the publisher's worker has found its socket
-    /// empty after the report came, and what it fed before has been taken in
-    /// (`settle_serving`). One worker reads its socket dry before the kernel path's poll
-    /// (see `driver`).
-    pub fn handle_kernel(&mut self, now: Instant, report: KernelReport) {
+    /// With several workers, the publisher's worker moves a viewer onto the kernel path
+    /// right after it read its socket dry (`since`): the packets it read before may still
+    /// be on their way through its feed, and this relay sends them; from the first one
+    /// read after `since`, the kernel serves the viewer (`fan_out`). One worker reads its
+    /// socket dry before the kernel path's poll (see `driver`), so it has none of them.
+    pub fn handle_kernel(&mut self, _now: Instant, report: KernelReport) {
         match report {
-            KernelReport::Serving {
-                conn,
-                epoch: Some(epoch),
-            } if !self.upstream.is_empty() => {
-                self.serving_pending.retain(|p| p.0 != conn);
-                self.serving_pending.push((conn, epoch, now));
-            }
-            KernelReport::Serving { conn, epoch } => {
-                self.serving_pending.retain(|p| p.0 != conn);
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.kernel_epoch = epoch;
+            KernelReport::Serving { conn, epoch, since } => {
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                match (epoch, since) {
+                    (Some(e), Some(t)) => c.serving_from = Some((e, t)),
+                    _ => {
+                        c.serving_from = None;
+                        c.kernel_epoch = epoch;
+                    }
                 }
                 if epoch.is_none() {
                     // Served from userspace again: each packet as soon as it is fed.
@@ -571,9 +568,6 @@ impl Relay {
 
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_sweep;
-        if !self.serving_pending.is_empty() {
-            t = t.min(self.next_feed_poll);
-        }
         // Fed by another worker without being woken: polled.
         let fed_lazily = !self.shared.wants_prompt_feed(self.worker)
             && self
@@ -637,6 +631,13 @@ impl Relay {
         let mut quiet = Vec::new();
         let mut announcing = Vec::new();
         for (&id, c) in &mut self.conns {
+            // A publisher's worker that read nothing since has nothing more to feed.
+            if let Some((e, at)) = c.serving_from {
+                if now.saturating_duration_since(at) >= SERVING_SETTLE_MAX {
+                    c.kernel_epoch = Some(e);
+                    c.serving_from = None;
+                }
+            }
             // Usually none: the sweep allocates nothing in steady state.
             if c.encryption.as_deref().is_some_and(Encryption::announcing) {
                 announcing.push(id);

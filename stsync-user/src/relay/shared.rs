@@ -142,12 +142,16 @@ impl Shared {
 
     /// Worker `w` found its socket empty at `t`, all it read before fanned out and fed.
     pub fn set_drained(&self, w: u32, t: Instant) {
-        let ns = t.saturating_duration_since(self.base).as_nanos() as u64;
-        self.drained[w as usize].fetch_max(ns, Ordering::Release);
+        self.drained[w as usize].fetch_max(self.clock_ns(t), Ordering::Release);
     }
 
-    /// When worker `w` last found its socket empty.
-    pub fn drained(&self, w: u32) -> Instant {
-        self.base + Duration::from_nanos(self.drained[w as usize].load(Ordering::Acquire))
+    /// When worker `w` last found its socket empty, as ns on the workers' shared clock.
+    pub fn drained(&self, w: u32) -> u64 {
+        self.drained[w as usize].load(Ordering::Acquire)
+    }
+
+    /// `t` on the workers' shared clock (ns).
+    pub fn clock_ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
     }
 }

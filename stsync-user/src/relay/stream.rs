@@ -9,7 +9,7 @@ use super::outbox::Payload;
 use super::ring::Ring;
 use super::{
     playout, Offsets, Relay, Role, RouteEvent, StreamConfig, StreamSnapshot, CLOCK_HEADROOM,
-    FEED_POLL, SERVING_SETTLE_MAX,
+    FEED_POLL,
 };
 use crate::srt::crypto::Parity;
 use crate::srt::packet::{be32, ControlPacket, DataPacket};
@@ -212,14 +212,23 @@ impl Relay {
         };
         let msg = d.msg & !MSG_KK_MASK;
         let d = DataPacket { payload, msg, ..d };
-        let _ = self.fan_out(now, stream, d, start);
-        self.feed_out(stream, &d, start, feeder);
+        // Read after this: the packet reached the socket since (see `handle_kernel`).
+        let drained = self.shared.drained(self.worker);
+        let _ = self.fan_out(now, stream, d, start, drained);
+        self.feed_out(stream, &d, start, feeder, drained);
         self.plain = plain;
     }
 
     /// Writes a local publisher's packet to this worker's feed when other workers have
     /// viewers of its stream.
-    fn feed_out(&mut self, stream: usize, d: &DataPacket, start: Option<Seq>, r: Remote) {
+    fn feed_out(
+        &mut self,
+        stream: usize,
+        d: &DataPacket,
+        start: Option<Seq>,
+        r: Remote,
+        drained: u64,
+    ) {
         let s = &self.streams[stream];
         let Some(f) = &mut self.feed else {
             return;
@@ -238,6 +247,7 @@ impl Relay {
             start: start.map(Seq::get),
             first_missing: r.first_missing.map(Seq::get),
             byte_rate: r.byte_rate,
+            drained,
         };
         f.push(&h, d.payload);
         self.fed = true;
@@ -259,9 +269,6 @@ impl Relay {
     /// worker's viewers, and their publishers' comings and goings.
     pub fn handle_feed(&mut self, now: Instant) {
         self.next_feed_poll = now + FEED_POLL;
-        // Read before the feeds: what a worker fed before it found its socket empty is
-        // in them now.
-        let settled = self.settled_serving();
         let (mut fanned, mut sent) = (0, 0);
         let mut buf = std::mem::take(&mut self.plain);
         for k in 0..self.upstream.len() {
@@ -291,7 +298,6 @@ impl Relay {
         if fanned > 0 {
             self.shared.set_prompt_feed(self.worker, sent > 0);
         }
-        self.settle_serving(now, settled);
     }
 
     /// Records that this worker found its socket empty at `t`, after handling all it read
@@ -299,35 +305,6 @@ impl Relay {
     pub fn note_drained(&mut self, t: Instant) {
         if !self.upstream.is_empty() {
             self.shared.set_drained(self.worker, t);
-        }
-    }
-
-    /// How many of the pending serving reports (from the front) are settled: their
-    /// publisher's worker found its socket empty after they came.
-    fn settled_serving(&self) -> usize {
-        self.serving_pending
-            .iter()
-            .take_while(|(conn, _, at)| {
-                let stream = self.conns.get(conn).map_or(0, |c| c.stream);
-                self.shared.drained(self.shared.publisher_worker(stream)) > *at
-            })
-            .count()
-    }
-
-    /// Tells the first `settled` pending viewers that the kernel serves them; a report
-    /// older than `SERVING_SETTLE_MAX` is taken whatever (a publisher's worker that reads
-    /// nothing more has nothing more to feed).
-    fn settle_serving(&mut self, now: Instant, settled: usize) {
-        let stale = self
-            .serving_pending
-            .iter()
-            .skip(settled)
-            .take_while(|p| now.saturating_duration_since(p.2) >= SERVING_SETTLE_MAX)
-            .count();
-        for (conn, epoch, _) in self.serving_pending.drain(..settled + stale) {
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.kernel_epoch = Some(epoch);
-            }
         }
     }
 
@@ -375,7 +352,7 @@ impl Relay {
             dest: 0,
             payload,
         };
-        Some(self.fan_out(now, i, d, h.start.map(Seq::new)))
+        Some(self.fan_out(now, i, d, h.start.map(Seq::new), h.drained))
     }
 
     /// A publisher's ACKACK (its RTT) or DROPREQ (what it gave up sending).
@@ -397,9 +374,17 @@ impl Relay {
     }
 
     /// Stores a publisher packet and sends it to every viewer the kernel does not serve;
-    /// a viewer not mapped yet starts at `start`, if any (see `on_data`). Returns how many
+    /// a viewer not mapped yet starts at `start`, if any (see `on_data`); `drained`: when its
+    /// publisher's worker last found its socket empty before it read it. Returns how many
     /// it sent it to.
-    fn fan_out(&mut self, now: Instant, stream: usize, d: DataPacket, start: Option<Seq>) -> usize {
+    fn fan_out(
+        &mut self,
+        now: Instant,
+        stream: usize,
+        d: DataPacket,
+        start: Option<Seq>,
+        drained: u64,
+    ) -> usize {
         let mut sent = 0;
         let s = &mut self.streams[stream];
         let msg = d.msg & !MSG_REXMIT_FLAG;
@@ -429,6 +414,13 @@ impl Relay {
                 };
                 self.events
                     .push_back(RouteEvent::ViewerMapped { conn: vid, offsets });
+            }
+            // Read after the kernel took the viewer: cloned.
+            if let Some((e, at)) = conn.serving_from {
+                if drained >= self.shared.clock_ns(at) {
+                    conn.kernel_epoch = Some(e);
+                    conn.serving_from = None;
+                }
             }
             if conn.kernel_epoch == Some(epoch) {
                 continue;

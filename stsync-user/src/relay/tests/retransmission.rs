@@ -282,6 +282,7 @@ fn a_lost_retransmission_is_sent_again_while_the_ack_stops_at_it() {
         KernelReport::Serving {
             conn: v.relay_id,
             epoch: Some(1),
+            since: None,
         },
     );
     let kernel_ack = |w: &mut World| {

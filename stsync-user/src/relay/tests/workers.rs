@@ -127,11 +127,11 @@ fn a_publisher_on_another_worker_takes_over() {
     );
 }
 
-/// A viewer the kernel takes over still gets, from userspace, what passed the kernel
-/// before its entry went live but reached the publisher's worker only after the report:
-/// the report settles once that worker has read its socket dry since.
+/// A viewer the kernel takes over still gets, from userspace, what its publisher's worker
+/// read before it took the viewer onto the kernel path (right after reading its socket dry)
+/// but fed to the viewer's worker only after the report; nothing read after that.
 #[test]
-fn a_viewer_handed_to_the_kernel_still_gets_what_was_not_cloned_for_it() {
+fn a_viewer_handed_to_the_kernel_gets_exactly_what_was_not_cloned_for_it() {
     let mut w = World::with_workers(2);
     let mut v = Caller::new(1001, 0);
     join_on(&mut w, 1, &mut v, "request");
@@ -141,18 +141,19 @@ fn a_viewer_handed_to_the_kernel_still_gets_what_was_not_cloned_for_it() {
     p.data(&mut w, Seq::new(0), 0, b"a");
     w.advance(Duration::from_millis(1));
     assert_eq!(data(&w.take(v.addr)).len(), 1, "mapped and sent");
+    // Read by the publisher's worker, which then reads its socket dry and hands the viewer
+    // to the kernel: "b" was not cloned, and reaches the viewer's worker after the report.
+    p.data(&mut w, Seq::new(1), 2_500, b"b");
+    let since = w.now;
     let serving = KernelReport::Serving {
         conn: v.relay_id,
         epoch: Some(1),
+        since: Some(since),
     };
-    let now = w.now;
-    w.worker(1).handle_kernel(now, serving);
-    w.advance(Duration::from_millis(1));
-    // Read by the publisher's worker after the report, so possibly not cloned.
-    p.data(&mut w, Seq::new(1), 2_500, b"b");
+    w.worker(1).handle_kernel(since, serving);
     w.advance(Duration::from_millis(1));
     assert_eq!(data(&w.take(v.addr)), [(1, b"b".to_vec())]);
-    // From here on the kernel sends.
+    // Read after: the kernel cloned it.
     p.data(&mut w, Seq::new(2), 5_000, b"c");
     w.advance(Duration::from_millis(1));
     assert_eq!(data(&w.take(v.addr)), []);
