@@ -15,6 +15,17 @@ fn join_on(w: &mut World, worker: usize, c: &mut Caller, mode: &str) {
     );
 }
 
+/// Two workers: a viewer on worker 1, its publisher on worker 0.
+fn viewer_apart_from_publisher() -> (World, Caller, Caller) {
+    let mut w = World::with_workers(2);
+    let mut v = Caller::new(1001, 0);
+    join_on(&mut w, 1, &mut v, "request");
+    let mut p = Caller::new(2000, 0);
+    join_on(&mut w, 0, &mut p, "publish");
+    w.take(v.addr);
+    (w, v, p)
+}
+
 #[test]
 fn viewers_on_other_workers_get_the_publishers_packets_and_retransmissions() {
     let mut w = World::with_workers(3);
@@ -54,12 +65,7 @@ fn viewers_on_other_workers_get_the_publishers_packets_and_retransmissions() {
 /// it gave up on is refused with DROPREQ, there as here.
 #[test]
 fn a_remote_viewer_waits_for_what_the_publisher_still_expects() {
-    let mut w = World::with_workers(2);
-    let mut v = Caller::new(1001, 0);
-    join_on(&mut w, 1, &mut v, "request");
-    let mut p = Caller::new(2000, 0);
-    join_on(&mut w, 0, &mut p, "publish");
-    w.take(v.addr);
+    let (mut w, v, p) = viewer_apart_from_publisher();
     // Packet 3 is lost on the publisher's leg: the relay expects it.
     for i in (0..3).chain(4..8) {
         p.data(&mut w, Seq::new(i), i * 2_500, &[i as u8; 100]);
@@ -132,12 +138,7 @@ fn a_publisher_on_another_worker_takes_over() {
 /// but fed to the viewer's worker only after the report; nothing read after that.
 #[test]
 fn a_viewer_handed_to_the_kernel_gets_exactly_what_was_not_cloned_for_it() {
-    let mut w = World::with_workers(2);
-    let mut v = Caller::new(1001, 0);
-    join_on(&mut w, 1, &mut v, "request");
-    let mut p = Caller::new(2000, 0);
-    join_on(&mut w, 0, &mut p, "publish");
-    w.take(v.addr);
+    let (mut w, v, p) = viewer_apart_from_publisher();
     p.data(&mut w, Seq::new(0), 0, b"a");
     w.advance(Duration::from_millis(1));
     assert_eq!(data(&w.take(v.addr)).len(), 1, "mapped and sent");
