@@ -65,6 +65,14 @@ pub fn bind_group(
     workers: u32,
     setup: impl Fn(&Socket) -> io::Result<()>,
 ) -> Result<Vec<Socket>, GroupError> {
+    // A port another process holds is refused, as without workers: the probe binds
+    // without SO_REUSEPORT, so it fails where the group would quietly join someone's.
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        probe
+            .bind(&addr.into())
+            .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    }
     let mut group = Vec::new();
     let mut addr = addr;
     for i in 0..workers.max(1) {
@@ -140,6 +148,26 @@ mod tests {
         // Spread: the IDs keep the random bits above the worker's share.
         let ids: HashSet<u32> = (0..1000).map(|i| id_for_worker(i * 7919, 1, 3)).collect();
         assert!(ids.len() > 990);
+    }
+
+    /// A port already in use, by a plain socket or by another relay's group, is refused:
+    /// a second relay never quietly shares the first one's datagrams.
+    #[test]
+    fn a_port_in_use_is_refused() {
+        let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let first = bind_group(any, 2, |_| Ok(())).unwrap();
+        let taken = first[0].local_addr().unwrap().as_socket().unwrap();
+        match bind_group(taken, 2, |_| Ok(())) {
+            Err(GroupError::Socket(e)) => assert_eq!(e.kind(), io::ErrorKind::AddrInUse),
+            other => panic!("{:?}", other.map(|g| g.len())),
+        }
+        let plain = UdpSocket::bind(any).unwrap();
+        let taken = plain.local_addr().unwrap();
+        assert!(matches!(
+            bind_group(taken, 2, |_| Ok(())),
+            Err(GroupError::Socket(_))
+        ));
+        drop(first);
     }
 
     /// Real sockets on loopback: every datagram to an ID reaches the socket of the worker
