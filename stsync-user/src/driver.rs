@@ -204,7 +204,7 @@ fn pump(relay: &mut Relay, datapath: &mut dyn Datapath) {
         datapath.on_route(now, &ev);
     }
     while let Some(report) = datapath.poll_report() {
-        relay.handle_kernel(now, report);
+        relay.handle_kernel(report);
     }
     if let Some(batch) = relay.poll_transmit() {
         datapath.send(&batch);

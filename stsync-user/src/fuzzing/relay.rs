@@ -807,14 +807,11 @@ impl World {
                 let on = flags & 2 == 0;
                 let epoch = on.then_some(epoch + u64::from(flags >> 2));
                 let now = self.now;
-                self.owner(conn).handle_kernel(
-                    now,
-                    KernelReport::Serving {
-                        conn,
-                        epoch,
-                        since: (flags & 0x20 != 0).then_some(now),
-                    },
-                );
+                self.owner(conn).handle_kernel(KernelReport::Serving {
+                    conn,
+                    epoch,
+                    since: (flags & 0x20 != 0).then_some(now),
+                });
             }
             2 => {
                 let acks = KernelAcks {
@@ -825,9 +822,8 @@ impl World {
                     light: u64::from(value >> 28),
                     bytes: u64::from(value >> 16),
                 };
-                let now = self.now;
                 self.owner(conn)
-                    .handle_kernel(now, KernelReport::Acks { conn, acks });
+                    .handle_kernel(KernelReport::Acks { conn, acks });
                 // Like a viewer's own ACK: one that stops at a packet sent long ago has it
                 // resent (and the retransmission pass sends what else is due).
                 self.drain(self.datagram_limit(), "kernel ACKs");

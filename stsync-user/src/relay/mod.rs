@@ -350,7 +350,7 @@ impl Relay {
     /// be on their way through its feed, and this relay sends them; from the first one
     /// read after `since`, the kernel serves the viewer (`fan_out`). One worker reads its
     /// socket dry before the kernel path's poll (see `driver`), so it has none of them.
-    pub fn handle_kernel(&mut self, _now: Instant, report: KernelReport) {
+    pub fn handle_kernel(&mut self, report: KernelReport) {
         match report {
             KernelReport::Serving { conn, epoch, since } => {
                 let Some(c) = self.conns.get_mut(&conn) else {

@@ -64,13 +64,10 @@ fn kernel_handled_acks_keep_a_viewer_alive_and_a_stuck_viewer_is_closed() {
                 light: 2,
                 bytes: 44 + 2 * 20,
             };
-            w.relay.handle_kernel(
-                w.now,
-                KernelReport::Acks {
-                    conn: kern.relay_id,
-                    acks: report,
-                },
-            );
+            w.relay.handle_kernel(KernelReport::Acks {
+                conn: kern.relay_id,
+                acks: report,
+            });
             stuck.control(&mut w, ctrl::ACK, i, &[5, 1000, 100, 8192, 0, 0, 0]);
             p.control(&mut w, ctrl::KEEPALIVE, 0, &[0]);
         }

@@ -32,7 +32,7 @@ fn kernel_handover_and_a_nak_for_a_packet_the_relay_has_not_read_yet() {
             }
         }
         while let Some(r) = h.poll_report() {
-            w.relay.handle_kernel(w.now, r);
+            w.relay.handle_kernel(r);
         }
     };
     pump(&mut w, &mut h, &mut table);

@@ -277,14 +277,11 @@ fn a_lost_retransmission_is_sent_again_while_the_ack_stops_at_it() {
         p.data(&mut w, Seq::new(i), i * 1_000, b"x");
     }
     w.take(v.addr);
-    w.relay.handle_kernel(
-        w.now,
-        KernelReport::Serving {
-            conn: v.relay_id,
-            epoch: Some(1),
-            since: None,
-        },
-    );
+    w.relay.handle_kernel(KernelReport::Serving {
+        conn: v.relay_id,
+        epoch: Some(1),
+        since: None,
+    });
     let kernel_ack = |w: &mut World| {
         let report = KernelAcks {
             last: w.now,
@@ -294,13 +291,10 @@ fn a_lost_retransmission_is_sent_again_while_the_ack_stops_at_it() {
             light: 0,
             bytes: 44,
         };
-        w.relay.handle_kernel(
-            w.now,
-            KernelReport::Acks {
-                conn: v.relay_id,
-                acks: report,
-            },
-        );
+        w.relay.handle_kernel(KernelReport::Acks {
+            conn: v.relay_id,
+            acks: report,
+        });
     };
     kernel_ack(&mut w);
     v.nak(&mut w, 125, 125);

@@ -151,7 +151,7 @@ fn a_viewer_handed_to_the_kernel_gets_exactly_what_was_not_cloned_for_it() {
         epoch: Some(1),
         since: Some(since),
     };
-    w.worker(1).handle_kernel(since, serving);
+    w.worker(1).handle_kernel(serving);
     w.advance(Duration::from_millis(1));
     assert_eq!(data(&w.take(v.addr)), [(1, b"b".to_vec())]);
     // Read after: the kernel cloned it.
