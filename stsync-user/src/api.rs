@@ -57,6 +57,30 @@ pub struct StreamInfo {
     pub publisher: bool,
     /// Connected viewers.
     pub viewers: u64,
+    /// An edge's pull of the stream from its upstream (only for streams with upstreams,
+    /// on the relay that pulls them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamInfo>,
+}
+
+/// An edge's pull from its upstream relay, in `GET /v1/streams`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamInfo {
+    /// The upstream being pulled from or tried (`host:port` as configured).
+    pub upstream: String,
+    /// idle (no viewers), minting (a key at its API), calling (SRT handshake), connected,
+    /// or waiting (to try again).
+    pub state: String,
+    /// The connection's id (as in the metrics' `id` label), when connected.
+    pub connection: Option<u32>,
+    /// Connections to an upstream that ended and were made again.
+    pub reconnects: u64,
+    /// Attempts that failed (no key, no answer, refused).
+    pub failures: u64,
+    /// Of the current connection: round-trip time, ms; data packets received and lost.
+    pub rtt_ms: f64,
+    pub packets_received: u64,
+    pub packets_lost: u64,
 }
 
 /// Body of `PUT /v1/streams/{id}/delay`.
@@ -169,6 +193,7 @@ mod tests {
                     name: "Main stage".into(),
                     publisher: true,
                     viewers: 2,
+                    upstream: None,
                 },
                 StreamInfo {
                     bitrate_bps: 0,
@@ -179,6 +204,7 @@ mod tests {
                     name: "Stream two".into(),
                     publisher: false,
                     viewers: 0,
+                    upstream: None,
                 },
             ],
         );

@@ -97,6 +97,34 @@ pub struct StreamConfig {
     /// The AES key length (16, 24 or 32 bytes) encrypting callers must use; none: theirs.
     #[serde(default)]
     pub pbkeylen: Option<u8>,
+    /// This relay is an edge for the stream: it pulls it from these relays, in order (see
+    /// README, "Edge relays"). A stream with upstreams takes no publisher of its own.
+    #[serde(default)]
+    pub upstream: Vec<Upstream>,
+    /// When an edge pulls: while it has viewers (the default) or always.
+    #[serde(default)]
+    pub pull: Pull,
+}
+
+/// A relay an edge pulls a stream from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Its SRT address, `host:port` (resolved at each connection attempt).
+    pub srt: String,
+    /// Its API's base URL, where session keys are minted (`http://host:port`).
+    pub api: String,
+    /// The stream's token there.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pull {
+    /// While the stream has viewers here (and a few seconds after the last one left).
+    #[default]
+    OnDemand,
+    Always,
 }
 
 /// What config.json's optional fields default to (the README's table says the same).
@@ -374,6 +402,34 @@ impl Config {
                 return Err(invalid(
                     format!("streams[{i}].pbkeylen"),
                     format!("must be 16, 24 or 32 (bytes: AES-128, -192, -256), got {n}"),
+                ));
+            }
+            for (j, u) in s.upstream.iter().enumerate() {
+                let at = |f: &str| format!("streams[{i}].upstream[{j}].{f}");
+                if !u
+                    .srt
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0))
+                {
+                    return Err(invalid(
+                        at("srt"),
+                        format!("{:?} is not host:port (the upstream's SRT port)", u.srt),
+                    ));
+                }
+                if !(u.api.starts_with("http://") || u.api.starts_with("https://")) {
+                    return Err(invalid(
+                        at("api"),
+                        format!("{:?} is not an http:// or https:// URL", u.api),
+                    ));
+                }
+                if let Some(reason) = token_error(&u.token) {
+                    return Err(invalid(at("token"), reason));
+                }
+            }
+            if !s.upstream.is_empty() && s.publish_passphrase.is_some() {
+                return Err(invalid(
+                    format!("streams[{i}].publish_passphrase"),
+                    "is set on a stream pulled from upstream, which takes no publisher here",
                 ));
             }
             s.id = norm;

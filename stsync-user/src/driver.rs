@@ -5,6 +5,7 @@
 
 use crate::datapath::{Datapath, DatapathStats};
 use crate::os::mmsg::RecvBatch;
+use crate::pull_keys::PullKeys;
 use crate::relay::{Command, CommandError, Relay, Reply, Snapshot};
 use std::future::Future;
 use std::os::fd::AsRawFd;
@@ -129,6 +130,7 @@ pub async fn run(
     mut datapath: Box<dyn Datapath>,
     mut requests: Requests,
     wake: Wake,
+    mut pulls: PullKeys,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
@@ -149,6 +151,7 @@ pub async fn run(
                 return Ok(());
             }
             Some(req) = requests.0.recv() => answer(&mut relay, datapath.as_ref(), req),
+            (req, key) = pulls.answered() => relay.handle_pull(Instant::now(), req, key),
             r = socket.readable() => {
                 r?;
                 receive(&mut relay, datapath.as_mut(), socket, &mut batch);
@@ -183,6 +186,9 @@ pub async fn run(
                 .map(|d| tokio::time::Instant::now() + d);
         }
         pump(&mut relay, datapath.as_mut());
+        while let Some(req) = relay.poll_pull() {
+            pulls.request(req);
+        }
         if relay.take_fed() {
             // The others take it at their own pace unless they serve its viewers from
             // userspace (see `Shared::wants_prompt_feed`).

@@ -6,7 +6,7 @@ mod serve;
 pub use serve::{connection_cap, nofile_limit, serve, ServeOptions, MAX_CONNECTIONS};
 
 use crate::api::{
-    CreateSession, Delay, ErrorBody, Health, SessionCreated, SetDelay, StreamInfo,
+    CreateSession, Delay, ErrorBody, Health, SessionCreated, SetDelay, StreamInfo, UpstreamInfo,
     METRICS_CONTENT_TYPE,
 };
 use crate::driver::{RelayHandle, Unavailable};
@@ -289,6 +289,22 @@ async fn list_streams(State(st): State<Arc<AppState>>) -> Result<impl IntoRespon
                 delay_ms: s.delay_target_ms,
                 delay_applied_ms: s.delay_applied_us / 1000,
                 ingest_latency_ms: s.ingest_latency_us as f64 / 1e3,
+                upstream: s.pull.as_ref().map(|p| {
+                    let c = p
+                        .conn
+                        .and_then(|id| relay.conns.iter().find(|c| c.id == id));
+                    let stats = c.map(|c| c.stats).unwrap_or_default();
+                    UpstreamInfo {
+                        upstream: p.upstream.clone(),
+                        state: p.state.into(),
+                        connection: p.conn,
+                        reconnects: p.reconnects,
+                        failures: p.failures,
+                        rtt_ms: stats.rtt_us as f64 / 1e3,
+                        packets_received: stats.data_packets_recv,
+                        packets_lost: stats.data_packets_lost,
+                    }
+                }),
             })
         })
         .collect();

@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod os;
+pub mod pull_keys;
 pub mod relay;
 pub mod srt;
 pub mod tls;

@@ -11,6 +11,7 @@ use stsync_user::datapath::workers::{SharedKernel, WorkerDatapath};
 use stsync_user::driver::{RelayHandle, Wake};
 use stsync_user::http::{self, AppState, StreamEntry};
 use stsync_user::os::reuseport::{self, GroupError};
+use stsync_user::pull_keys::{PullKeys, Upstreams};
 use stsync_user::relay::{AddressLimits, Relay, RelayConfig, StreamConfig};
 use tracing::{info, warn};
 
@@ -373,6 +374,8 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
                 publish_passphrase: s.publish_passphrase.clone(),
                 view_passphrase: s.view_passphrase.clone(),
                 pbkeylen: s.pbkeylen,
+                upstreams: s.upstream.iter().map(|u| u.srt.clone()).collect(),
+                pull_always: s.pull == stsync_user::config::Pull::Always,
             })
             .collect(),
         rand::random(),
@@ -486,6 +489,13 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     // the others rather than leave the relay half served.
     let (ended_tx, mut ended) =
         tokio::sync::mpsc::unbounded_channel::<(usize, anyhow::Result<()>)>();
+    let upstreams: Upstreams = Arc::new(
+        cfg.streams
+            .iter()
+            .filter(|s| !s.upstream.is_empty())
+            .map(|s| (s.id.clone(), s.upstream.clone()))
+            .collect(),
+    );
     for (i, (((relay, socket), requests), wake)) in relays
         .into_iter()
         .zip(sockets)
@@ -494,13 +504,15 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         .enumerate()
     {
         let kernel = kernel.clone();
+        let upstreams = upstreams.clone();
         let mut stop = stop_rx.clone();
         let ended_tx = ended_tx.clone();
         // Nothing on the packet path crosses threads but the feeds.
         let work = move || async move {
             let socket = tokio::net::UdpSocket::from_std(socket)?;
             let dp = Box::new(WorkerDatapath::new(i, &socket, kernel));
-            stsync_user::driver::run(relay, &socket, dp, requests, wake, async move {
+            let pulls = PullKeys::new(upstreams);
+            stsync_user::driver::run(relay, &socket, dp, requests, wake, pulls, async move {
                 let _ = stop.changed().await;
             })
             .await

@@ -193,6 +193,67 @@ impl Scrape {
         }
         out.extend(delay.collect());
         out.extend(ingest.collect());
+        self.pulls(out);
+    }
+
+    /// Each edge's pull from its upstream, labelled by stream and upstream (`host:port`);
+    /// the connection itself also has the per-connection series under its `id`.
+    fn pulls(&self, out: &mut Vec<MetricFamily>) {
+        let labels = ["stream", "upstream"];
+        let gauge = |name: &str, help: &str| {
+            GaugeVec::new(Opts::new(name, help), &labels).expect("valid metric")
+        };
+        let counter = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &labels).expect("valid metric")
+        };
+        let connected = gauge(
+            "srt_upstream_connected",
+            "1 while the edge's connection to its upstream is up, else 0.",
+        );
+        let rtt = gauge(
+            "srt_upstream_rtt",
+            "Round-trip time to the upstream, seconds (as srt_connection_rtt).",
+        );
+        let reconnects = counter(
+            "srt_upstream_reconnects_total",
+            "Connections to an upstream that ended and were made again.",
+        );
+        let failures = counter(
+            "srt_upstream_failures_total",
+            "Attempts to connect to an upstream that failed (no key, no answer, refused).",
+        );
+        let recv = counter(
+            "srt_upstream_data_packets_recv",
+            "Data packets received from the upstream on the current connection.",
+        );
+        let lost = counter(
+            "srt_upstream_data_packets_lost",
+            "Data packets found missing from the upstream on the current connection.",
+        );
+        for s in &self.relay.streams {
+            let Some(p) = &s.pull else {
+                continue;
+            };
+            let l = [s.resource.as_str(), p.upstream.as_str()];
+            let c = p
+                .conn
+                .and_then(|id| self.relay.conns.iter().find(|c| c.id == id));
+            let st = c.map(|c| c.stats).unwrap_or_default();
+            connected
+                .with_label_values(&l)
+                .set(if c.is_some() { 1.0 } else { 0.0 });
+            rtt.with_label_values(&l).set(st.rtt_us as f64 / 1e6);
+            reconnects.with_label_values(&l).inc_by(p.reconnects);
+            failures.with_label_values(&l).inc_by(p.failures);
+            recv.with_label_values(&l).inc_by(st.data_packets_recv);
+            lost.with_label_values(&l).inc_by(st.data_packets_lost);
+        }
+        for f in [connected, rtt] {
+            out.extend(f.collect());
+        }
+        for f in [reconnects, failures, recv, lost] {
+            out.extend(f.collect());
+        }
     }
 
     fn drops(&self, out: &mut Vec<MetricFamily>) {

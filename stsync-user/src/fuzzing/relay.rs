@@ -352,6 +352,8 @@ impl World {
                     publish_passphrase: secret.clone(),
                     view_passphrase: secret,
                     pbkeylen: None,
+                    upstreams: Vec::new(),
+                    pull_always: false,
                 }
             })
             .collect();

@@ -2,10 +2,8 @@
 //! address budget, resource, limits, session key) before a connection opens.
 
 use super::encryption::Encryption;
-use super::ingest::IngestLatency;
 use super::keys::Denied;
 use super::retransmit::{rexmit_burst, REXMIT_FLOOR_BPS};
-use super::ring::Ring;
 use super::viewer::ViewerSend;
 use super::{Conn, ConnMode, ConnStats, Relay, Role, RouteEvent, CLOCK_HEADROOM};
 use crate::os::reuseport::id_for_worker;
@@ -62,6 +60,8 @@ impl Relay {
     pub(super) fn answer_again(&mut self, now: Instant, id: u32, len: usize) -> bool {
         match self.conns.get(&id) {
             Some(conn) if conn.response.len() > len => false,
+            // A connection this relay called (`pull`) has no answer to repeat.
+            Some(conn) if conn.response.is_empty() => true,
             Some(_) => {
                 self.send_answer(now, id);
                 self.replay_unconfirmed(now, id);
@@ -111,6 +111,10 @@ impl Relay {
         use Rejection as R;
         let sid = &hs.stream_id;
         let &stream = self.by_resource.get(&sid.resource).ok_or(R::NotFound)?;
+        // A pulled stream's publisher is its upstream (see `pull`).
+        if sid.mode == Mode::Publish && self.streams[stream].pulled {
+            return Err(R::Forbidden);
+        }
         // Publishers have a budget of their own (one per stream; a takeover closes the old
         // one), so viewers filling the relay never keep a stream's publisher out.
         let viewer = sid.mode == Mode::Request;
@@ -216,26 +220,7 @@ impl Relay {
         self.shared.addresses().opened(from.ip());
         let s = &mut self.streams[stream];
         match sid.mode {
-            Mode::Publish => {
-                let old = s.publisher.replace(id);
-                s.epoch = self.shared.new_epoch(stream, self.worker);
-                s.remote = None;
-                s.ingest = Some(IngestLatency::new(now));
-                match &mut s.ring {
-                    Some(r) => r.clear(),
-                    None => s.ring = Some(Ring::new(self.cfg.buffer_packets)),
-                }
-                self.events.push_back(RouteEvent::PublisherChanged {
-                    resource: s.resource.clone(),
-                    publisher: Some((from, id)),
-                    epoch: s.epoch,
-                    encrypted,
-                });
-                if let Some(old) = old {
-                    info!(conn = old, "publisher taken over by conn {id}");
-                    self.close(now, old, true);
-                }
-            }
+            Mode::Publish => self.take_publisher(now, stream, id, from, encrypted),
             Mode::Request => {
                 s.viewers.push(id);
                 // Served from userspace until the kernel takes it: woken for its packets.
@@ -253,7 +238,7 @@ impl Relay {
         Ok(())
     }
 
-    fn new_socket_id(&mut self) -> u32 {
+    pub(super) fn new_socket_id(&mut self) -> u32 {
         loop {
             // splitmix64: well spread, and unpredictable enough with a random seed.
             self.id_state = self.id_state.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -26,6 +26,7 @@ mod keys;
 mod outbox;
 mod per_address;
 mod playout;
+mod pull;
 mod retransmit;
 pub mod ring;
 mod shared;
@@ -38,6 +39,7 @@ pub use encryption::KeySchedule;
 pub use io::{Command, CommandError, KernelAcks, KernelReport, Offsets, Reply, RouteEvent};
 pub use keys::{Denied, SessionKeys, TooMany, MAX_KEYS_PER_STREAM};
 pub use per_address::{AddressLimits, PerAddress};
+pub use pull::{PullAnswer, PullRequest, PullSnapshot};
 pub use shared::Shared;
 pub use stats::{ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot};
 pub use transmits::{Datagram, Transmits};
@@ -87,6 +89,11 @@ pub struct StreamConfig {
     pub view_passphrase: Option<String>,
     /// The key length (bytes) encrypting callers must use; none: whatever they offer.
     pub pbkeylen: Option<u8>,
+    /// The relays this one pulls the stream from, in order (`host:port`, for logs and
+    /// metrics; the driver knows how to reach them): none, it takes a publisher.
+    pub upstreams: Vec<String>,
+    /// Pull even without viewers.
+    pub pull_always: bool,
 }
 
 const KEEPALIVE: Duration = Duration::from_secs(1);
@@ -202,6 +209,8 @@ pub struct Relay {
     next_feed_poll: Instant,
     /// Source of socket IDs; the driver seeds it randomly.
     id_state: u64,
+    /// Session keys wanted from upstreams, for the driver (`poll_pull`).
+    pull_requests: VecDeque<PullRequest>,
 }
 
 impl Relay {
@@ -243,6 +252,12 @@ impl Relay {
             .map(|(w, writer)| {
                 let mut r = Relay::one(cfg.clone(), streams.clone(), secret, now, shared.clone());
                 r.worker = w as u32;
+                // One worker pulls each pulled stream; the others are fed.
+                for (i, (s, c)) in r.streams.iter_mut().zip(&streams).enumerate() {
+                    if !c.upstreams.is_empty() && i % n as usize == w {
+                        s.pull = Some(pull::Pull::new(c.upstreams.clone(), c.pull_always));
+                    }
+                }
                 if n > 1 {
                     r.feed = Some(writer);
                     r.upstream = (0..n as usize)
@@ -301,6 +316,7 @@ impl Relay {
             next_sweep: now + SWEEP,
             next_feed_poll: now + FEED_POLL,
             id_state: u64::from_le_bytes(secret[..8].try_into().unwrap()) | 1,
+            pull_requests: VecDeque::new(),
             cfg,
         }
     }
@@ -338,7 +354,14 @@ impl Relay {
         Snapshot {
             connections_total: self.connections_total,
             conns,
-            streams: self.streams.iter().map(Stream::snapshot).collect(),
+            streams: self
+                .streams
+                .iter()
+                .map(|s| StreamSnapshot {
+                    pull: s.pull.as_ref().map(pull::Pull::snapshot),
+                    ..s.snapshot()
+                })
+                .collect(),
             drops: self.drops.clone(),
         }
     }
@@ -430,6 +453,11 @@ impl Relay {
             _ => {
                 let id = pkt.dest();
                 let Some(conn) = self.conns.get_mut(&id) else {
+                    if let Packet::Control(c) = &pkt {
+                        if c.typ == ctrl::HANDSHAKE && self.on_pull_answer(now, from, id, c) {
+                            return;
+                        }
+                    }
                     return self.drops.drop_packet("unknown_socket");
                 };
                 if conn.peer != from {
@@ -552,6 +580,7 @@ impl Relay {
                         self.fed = true;
                     }
                 }
+                self.pull_closed(now, conn.stream, id);
             }
             Role::Viewer(_) => {
                 s.viewers.retain(|&v| v != id);
@@ -579,6 +608,9 @@ impl Relay {
         }
         if let Some(w) = self.rexmit_wake {
             t = t.min(w);
+        }
+        if let Some(p) = self.pull_timeout() {
+            t = t.min(p);
         }
         for s in &self.streams {
             if let Some(rx) = self.publisher_rx(s) {
@@ -622,6 +654,7 @@ impl Relay {
             self.next_sweep = now + SWEEP;
             self.sweep(now);
         }
+        self.drive_pulls(now);
     }
 
     /// Keepalives, idle timeouts, streams' rates and delays, expired session keys.

@@ -93,6 +93,8 @@ pub struct StreamSnapshot {
     pub delay_applied_us: u64,
     /// The estimate of the publisher's ingest latency, µs (0: no publisher).
     pub ingest_latency_us: u64,
+    /// An edge's pull from its upstream (on the worker that pulls).
+    pub pull: Option<super::PullSnapshot>,
 }
 
 /// Datagrams dropped without effect, by reason, and handshakes refused, by code.
@@ -155,6 +157,9 @@ impl StreamSnapshot {
         self.ingest_latency_us = self.ingest_latency_us.max(other.ingest_latency_us);
         if other.publisher {
             self.delay_applied_us = other.delay_applied_us;
+        }
+        if other.pull.is_some() {
+            self.pull.clone_from(&other.pull);
         }
     }
 }

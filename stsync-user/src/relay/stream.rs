@@ -51,6 +51,10 @@ pub(super) struct Stream {
     pub publish_passphrase: Option<String>,
     pub view_passphrase: Option<String>,
     pub pbkeylen: Option<u8>,
+    /// Its publisher is an upstream relay (config.json `upstream`); this worker's pull,
+    /// if it is the one that pulls it.
+    pub pulled: bool,
+    pub pull: Option<super::pull::Pull>,
     /// As of the last sweep.
     pub bitrate_bps: u64,
     pub packet_rate: u64,
@@ -74,6 +78,8 @@ impl Stream {
             publish_passphrase: cfg.publish_passphrase,
             view_passphrase: cfg.view_passphrase,
             pbkeylen: cfg.pbkeylen,
+            pulled: !cfg.upstreams.is_empty(),
+            pull: None,
             bitrate_bps: 0,
             packet_rate: 0,
             ingest_latency_us: 0,
@@ -90,6 +96,7 @@ impl Stream {
             delay_target_ms: self.delay_target_ms,
             delay_applied_us: self.delay_us.into(),
             ingest_latency_us: self.ingest_latency_us,
+            pull: None,
         }
     }
 }

@@ -43,6 +43,17 @@ pub struct RelayOpts {
     /// `--workers`. Default: `STSYNC_WORKERS` if set, else the daemon's own default (the
     /// cores it may use).
     pub workers: Option<u32>,
+    /// Bind the HTTP API here instead of 127.0.0.1 (an edge in another namespace mints its
+    /// keys there).
+    pub http_ip: Option<Ipv4Addr>,
+    /// (stream, config.json `upstream` entries: see `Relay::upstream_entry`): an edge.
+    pub upstream: Vec<(String, Vec<serde_json::Value>)>,
+    /// Streams whose edge pulls always (`"pull": "always"`), viewers or not.
+    pub pull_always: Vec<String>,
+    /// Use these ports instead of free ones (a relay started again where it was).
+    pub ports: Option<(u16, u16)>,
+    /// Use these stream tokens instead of random ones.
+    pub tokens: Option<HashMap<String, String>>,
 }
 
 impl Default for RelayOpts {
@@ -75,6 +86,11 @@ impl Default for RelayOpts {
             workers: std::env::var("STSYNC_WORKERS")
                 .ok()
                 .and_then(|w| w.parse().ok()),
+            http_ip: None,
+            upstream: Vec::new(),
+            pull_always: Vec::new(),
+            ports: None,
+            tokens: None,
         }
     }
 }
@@ -90,6 +106,8 @@ pub struct Relay {
     pub tls_cert: Option<PathBuf>,
     pub dir: TempDir,
     proc: Proc,
+    /// What it was started with, its ports and tokens included (`restart`).
+    opts: RelayOpts,
 }
 
 pub(crate) fn free_udp_port() -> u16 {
@@ -115,17 +133,23 @@ impl Relay {
 
     pub fn start(opts: RelayOpts) -> Relay {
         let dir = TempDir::new("relay");
-        let srt = SocketAddrV4::new(opts.srt_ip, free_udp_port());
-        let http = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_tcp_port());
-        let mut tokens = HashMap::new();
-        tokens.insert(
-            "1".to_string(),
-            format!("tok-one-{:016x}", rand::random::<u64>()),
-        );
-        tokens.insert(
-            "2".to_string(),
-            format!("tok-two-{:016x}", rand::random::<u64>()),
-        );
+        let (srt_port, http_port) = opts
+            .ports
+            .unwrap_or_else(|| (free_udp_port(), free_tcp_port()));
+        let srt = SocketAddrV4::new(opts.srt_ip, srt_port);
+        let http = SocketAddrV4::new(opts.http_ip.unwrap_or(Ipv4Addr::LOCALHOST), http_port);
+        let tokens = opts.tokens.clone().unwrap_or_else(|| {
+            HashMap::from([
+                (
+                    "1".to_string(),
+                    format!("tok-one-{:016x}", rand::random::<u64>()),
+                ),
+                (
+                    "2".to_string(),
+                    format!("tok-two-{:016x}", rand::random::<u64>()),
+                ),
+            ])
+        });
         let mut cfg = serde_json::json!({
             "srt_listen": SocketAddrV4::new(opts.srt_bind.unwrap_or(opts.srt_ip), srt.port()).to_string(),
             "http_listen": http.to_string(),
@@ -138,6 +162,16 @@ impl Relay {
             for s in cfg["streams"].as_array_mut().unwrap() {
                 if s["id"] == stream.as_str() {
                     s["delay_ms"] = serde_json::json!(delay);
+                }
+            }
+        }
+        for (stream, upstream) in &opts.upstream {
+            for s in cfg["streams"].as_array_mut().unwrap() {
+                if s["id"] == stream.as_str() {
+                    s["upstream"] = serde_json::json!(upstream);
+                    if opts.pull_always.contains(stream) {
+                        s["pull"] = serde_json::json!("always");
+                    }
                 }
             }
         }
@@ -216,11 +250,17 @@ impl Relay {
             }
         }
         let proc = Proc::spawn("stsync-proxy", cmd, libc::SIGTERM, Some(log_path.clone()));
+        let opts = RelayOpts {
+            ports: Some((srt.port(), http.port())),
+            tokens: Some(tokens.clone()),
+            ..opts
+        };
         let mut relay = Relay {
+            netns: opts.netns.clone(),
+            opts,
             srt,
             http,
             tokens,
-            netns: opts.netns.clone(),
             log_path,
             config_path,
             tls_cert,
@@ -257,6 +297,28 @@ impl Relay {
 
     pub fn status(&mut self) -> Option<ExitStatus> {
         self.proc.status()
+    }
+
+    /// This relay as an edge's `upstream` entry for config.json: its SRT address (as
+    /// clients dial it), API and the stream's token.
+    pub fn upstream_entry(&self, stream: &str) -> serde_json::Value {
+        serde_json::json!({
+            "srt": self.srt.to_string(),
+            "api": self.api_url(),
+            "token": self.token(stream),
+        })
+    }
+
+    /// Kills it with SIGKILL (no SHUTDOWN to anyone) and waits for the exit.
+    pub fn kill(&mut self) {
+        self.proc.signal(libc::SIGKILL);
+        self.proc.wait_exit(Duration::from_secs(5));
+    }
+
+    /// The same relay started again (same ports, tokens and options; a fresh temp dir and
+    /// log), as a supervisor restarts it.
+    pub fn restart(&self) -> Relay {
+        Relay::start(self.opts.clone())
     }
 
     /// SIGTERM and wait up to `timeout` for the exit (no SIGKILL).

@@ -80,6 +80,8 @@ impl World {
             publish_passphrase: publish.map(str::to_string),
             view_passphrase: view.map(str::to_string),
             pbkeylen: None,
+            upstreams: Vec::new(),
+            pull_always: false,
         }];
         let mut relays = Relay::workers(cfg, streams, [9; 16], now, workers).into_iter();
         World {

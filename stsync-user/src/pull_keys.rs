@@ -1,0 +1,77 @@
+//! The session keys an edge's pulls need (`relay::pull`), minted at their upstreams' APIs
+//! off the relay's thread: the relay asks, a blocking task calls the API and resolves the
+//! upstream's SRT address, and the answer comes back to the driver as a message.
+
+use crate::api::client::Client;
+use crate::config::Upstream;
+use crate::relay::{PullAnswer, PullRequest};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Each pulled stream's upstreams, by resource.
+pub type Upstreams = Arc<HashMap<String, Vec<Upstream>>>;
+
+pub struct PullKeys {
+    upstreams: Upstreams,
+    tx: mpsc::UnboundedSender<(PullRequest, PullAnswer)>,
+    rx: mpsc::UnboundedReceiver<(PullRequest, PullAnswer)>,
+}
+
+impl PullKeys {
+    pub fn new(upstreams: Upstreams) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        PullKeys { upstreams, tx, rx }
+    }
+
+    /// Starts minting what `req` asks for. The relay asks once per attempt, and backs off
+    /// between attempts, so at most one call per pulled stream is under way.
+    pub fn request(&self, req: PullRequest) {
+        let Some(u) = self
+            .upstreams
+            .get(&req.resource)
+            .and_then(|l| l.get(req.upstream))
+            .cloned()
+        else {
+            let _ = self.tx.send((req, Err("no such upstream".into())));
+            return;
+        };
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let answer = mint(&u, &req.resource);
+            let _ = tx.send((req, answer));
+        });
+    }
+
+    /// The next answer (pending forever when none is under way).
+    pub async fn answered(&mut self) -> (PullRequest, PullAnswer) {
+        match self.rx.recv().await {
+            Some(a) => a,
+            // Unreachable (this holds a sender), but never busy-loop.
+            None => std::future::pending().await,
+        }
+    }
+}
+
+fn mint(u: &Upstream, resource: &str) -> PullAnswer {
+    let peer = resolve(&u.srt)?;
+    let key = Client::new(&u.api, Some(&u.token))
+        .create_session(resource)
+        .map_err(|e| format!("{}: {e}", u.api))?;
+    Ok((peer, key.session_id))
+}
+
+/// `host:port`, an IPv4 address preferred (the relay's socket is usually IPv4).
+fn resolve(srt: &str) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = srt
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {srt}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{srt} resolves to no address"))
+}
