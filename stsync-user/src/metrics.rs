@@ -404,6 +404,15 @@ mod tests {
             delay_target_ms: 500,
             delay_applied_us: 0,
             ingest_latency_us: 0,
+            // An edge pulling over connection 42 (a viewer would not, but the numbers
+            // are joined by id all the same).
+            pull: Some(crate::relay::PullSnapshot {
+                upstream: "origin:9999".into(),
+                state: "connected",
+                conn: Some(42),
+                reconnects: 2,
+                failures: 1,
+            }),
         });
         relay.drops.drop_packet("malformed");
         let scrape = |relay: Snapshot| Scrape {
@@ -419,6 +428,10 @@ mod tests {
             "srt_connection_data_packets_sent{id=\"42\"} 5",
             "srt_connection_rtt{id=\"42\"} 0.0015",
             "srt_connections_current{mode=\"request\"} 1",
+            "srt_upstream_connected{stream=\"1\",upstream=\"origin:9999\"} 1",
+            "srt_upstream_rtt{stream=\"1\",upstream=\"origin:9999\"} 0.0015",
+            "srt_upstream_reconnects_total{stream=\"1\",upstream=\"origin:9999\"} 2",
+            "srt_upstream_failures_total{stream=\"1\",upstream=\"origin:9999\"} 1",
             "srt_connections_current{mode=\"publish\"} 0",
             "srt_connections_total 1",
             "# TYPE srt_connection_ctrl_bytes_lost counter",

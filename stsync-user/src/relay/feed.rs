@@ -50,6 +50,9 @@ pub struct Header {
     pub start: Option<u32>,
     pub first_missing: Option<u32>,
     pub byte_rate: u32,
+    /// How far ahead of its upstream's clock a pulled stream's packet arrived, µs (its
+    /// upstream's delay: see `Relay::on_data`); 0 for a publisher's.
+    pub lead: u32,
     /// When the writer last found its socket empty before it read this packet (ns on the
     /// workers' shared clock): the packet reached the socket after then.
     pub drained: u64,
@@ -68,6 +71,7 @@ impl Header {
             start: None,
             first_missing: None,
             byte_rate: 0,
+            lead: 0,
             drained: 0,
         }
     }
@@ -80,7 +84,7 @@ impl Header {
             u64::from(self.seq) | u64::from(self.msg) << 32,
             u64::from(self.ts) | u64::from(self.delay) << 32,
             opt(self.start),
-            u64::from(self.byte_rate),
+            u64::from(self.byte_rate) | u64::from(self.lead) << 32,
             opt(self.first_missing),
             self.drained,
         ]
@@ -106,6 +110,7 @@ impl Header {
             first_missing: opt(w[6]),
             drained: w[7],
             byte_rate: lo(w[5]),
+            lead: hi(w[5]),
         };
         // Never longer than a slot holds, whatever a torn read produced (the read is then
         // thrown away anyway).
@@ -272,6 +277,7 @@ mod tests {
             start: i.is_multiple_of(3).then_some(i as u32),
             first_missing: i.is_multiple_of(4).then_some(!(i as u32)),
             byte_rate: (i * 13) as u32,
+            lead: (i * 7) as u32,
             drained: i * 19,
         }
     }

@@ -25,6 +25,9 @@ const MAX_ANCHOR_GAP: i32 = 64;
 /// time, so viewers' players get the stream 10 % slower (delay growing) or faster
 /// (shrinking) until it is reached, and nothing is held back, dropped or repeated.
 const DELAY_STEP_US: u32 = 10_000;
+/// At most this much of an upstream's delay is carried to a pulled stream's viewers (the
+/// largest delay a relay takes).
+const MAX_LEAD_US: u32 = (crate::delay::MAX_DELAY_MS * 1000) as u32;
 
 /// A configured resource and its live state.
 pub(super) struct Stream {
@@ -188,6 +191,15 @@ impl Relay {
             first_missing: rx.first_missing(),
         };
         let arrival_us = conn.clock64(now);
+        // A pulled stream's upstream stamps its packets ahead of its clock by its own
+        // delay: viewers here start that far ahead too, so the delay reaches them (a
+        // change of it later is in the timestamps themselves).
+        let lead = if self.streams[stream].pulled {
+            let ahead = d.ts.wrapping_sub(arrival_us as u32) as i32;
+            (ahead.max(0) as u32).min(MAX_LEAD_US)
+        } else {
+            0
+        };
         self.send_feedback(now, id, &mut fb);
         self.feedback = fb;
         if arrival == Arrival::Duplicate {
@@ -221,8 +233,8 @@ impl Relay {
         let d = DataPacket { payload, msg, ..d };
         // Read after this: the packet reached the socket since (see `handle_kernel`).
         let drained = self.shared.drained(self.worker);
-        let _ = self.fan_out(now, stream, d, start, drained);
-        self.feed_out(stream, &d, start, feeder, drained);
+        let _ = self.fan_out(now, stream, d, start, lead, drained);
+        self.feed_out(stream, &d, start, lead, feeder, drained);
         self.plain = plain;
     }
 
@@ -233,6 +245,7 @@ impl Relay {
         stream: usize,
         d: &DataPacket,
         start: Option<Seq>,
+        lead: u32,
         r: Remote,
         drained: u64,
     ) {
@@ -254,6 +267,7 @@ impl Relay {
             start: start.map(Seq::get),
             first_missing: r.first_missing.map(Seq::get),
             byte_rate: r.byte_rate,
+            lead,
             drained,
         };
         f.push(&h, d.payload);
@@ -359,7 +373,7 @@ impl Relay {
             dest: 0,
             payload,
         };
-        Some(self.fan_out(now, i, d, h.start.map(Seq::new), h.drained))
+        Some(self.fan_out(now, i, d, h.start.map(Seq::new), h.lead, h.drained))
     }
 
     /// A publisher's ACKACK (its RTT) or DROPREQ (what it gave up sending).
@@ -381,7 +395,8 @@ impl Relay {
     }
 
     /// Stores a publisher packet and sends it to every viewer the kernel does not serve;
-    /// a viewer not mapped yet starts at `start`, if any (see `on_data`); `drained`: when its
+    /// a viewer not mapped yet starts at `start`, if any (see `on_data`), `lead` µs ahead of
+    /// its clock (a pulled stream's upstream delay); `drained`: when its
     /// publisher's worker last found its socket empty before it read it. Returns how many
     /// it sent it to.
     fn fan_out(
@@ -390,6 +405,7 @@ impl Relay {
         stream: usize,
         d: DataPacket,
         start: Option<Seq>,
+        lead: u32,
         drained: u64,
     ) -> usize {
         let mut sent = 0;
@@ -410,7 +426,8 @@ impl Relay {
                 continue;
             };
             let before = v.mapping();
-            let Some((vseq, vts)) = v.map_new(epoch, d.seq, d.ts, clock as u32, start) else {
+            let anchor = (clock as u32).wrapping_add(lead);
+            let Some((vseq, vts)) = v.map_new(epoch, d.seq, d.ts, anchor, start) else {
                 continue;
             };
             if let Some(m) = v.mapping().filter(|m| Some(*m) != before) {

@@ -11,7 +11,7 @@
 //!
 //! One file per concern: `util`, `tempdir`, `proc` (the process guard), `netns`, `http`,
 //! `prom` (Prometheus text), `relay` (the relay under test), `clips`, `ts_checks`,
-//! `frames` (decoded-frame checks), `clients` (libsrt and ffmpeg clients), `results`.
+//! `timing` (when bytes reach viewers), `frames` (decoded-frame checks), `clients` (libsrt and ffmpeg clients), `results`.
 // Each test binary uses part of the harness.
 #![allow(dead_code, unused_imports)]
 
@@ -49,6 +49,7 @@ mod prom;
 mod relay;
 mod results;
 mod tempdir;
+mod timing;
 mod ts_checks;
 mod util;
 
@@ -62,5 +63,6 @@ pub use prom::*;
 pub use relay::*;
 pub use results::*;
 pub use tempdir::*;
+pub use timing::*;
 pub use ts_checks::*;
 pub use util::*;
