@@ -11,7 +11,7 @@ use stsync_user::datapath::workers::{SharedKernel, WorkerDatapath};
 use stsync_user::driver::{RelayHandle, Wake};
 use stsync_user::http::{self, AppState, StreamEntry};
 use stsync_user::os::reuseport::{self, GroupError};
-use stsync_user::relay::{AddressLimits, Relay, RelayConfig, StreamConfig};
+use stsync_user::relay::{AddressLimits, KeySecret, Relay, RelayConfig, StreamConfig, WallClock};
 use tracing::{info, warn};
 
 #[global_allocator]
@@ -351,6 +351,11 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         .min(stsync_user::config::MAX_WORKERS);
     let sockets = worker_sockets(cfg.srt_listen, workers)?;
     let workers = sockets.len() as u32;
+    let start = Instant::now();
+    // Signed session keys expire on the wall clock, which the relay reads off this anchor.
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?;
     let relays = Relay::workers(
         RelayConfig {
             latency: cfg.latency(),
@@ -363,6 +368,11 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
                 handshakes_per_sec: cfg.handshakes_per_ip_per_sec,
             },
             session_ttl: Duration::from_secs(cfg.session_ttl_secs),
+            key_secret: cfg
+                .key_secret
+                .as_deref()
+                .map(|s| KeySecret::new(s.as_bytes())),
+            wall_clock: WallClock { at: start, unix },
             key_schedule: cfg.key_schedule(),
         },
         cfg.streams
@@ -376,7 +386,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
             })
             .collect(),
         rand::random(),
-        Instant::now(),
+        start,
         workers,
     );
     // Before binding anything: a certificate that cannot be served stops the start.
