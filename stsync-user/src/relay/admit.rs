@@ -125,7 +125,7 @@ impl Relay {
             Denied::Unknown => R::Unauthorized,
             Denied::Used => R::Forbidden,
             Denied::Expired => R::Expired,
-            Denied::Full => R::Overload,
+            Denied::Full => R::KeysOverload,
         };
         // A valid key first (a signed one's MAC before anything else about it): only then
         // the passphrase, whose key derivation (a PBKDF2, up to 0.4 ms) a caller without

@@ -43,6 +43,9 @@ pub struct RelayOpts {
     /// `--workers`. Default: `STSYNC_WORKERS` if set, else the daemon's own default (the
     /// cores it may use).
     pub workers: Option<u32>,
+    /// config.json `key_secret`: the relay mints signed session keys, and takes those of
+    /// any relay with the same secret.
+    pub key_secret: Option<String>,
 }
 
 impl Default for RelayOpts {
@@ -75,6 +78,7 @@ impl Default for RelayOpts {
             workers: std::env::var("STSYNC_WORKERS")
                 .ok()
                 .and_then(|w| w.parse().ok()),
+            key_secret: None,
         }
     }
 }
@@ -168,6 +172,9 @@ impl Relay {
             if let Some(v) = v {
                 m.insert(k.to_string(), serde_json::json!(v));
             }
+        }
+        if let Some(secret) = &opts.key_secret {
+            m.insert("key_secret".into(), secret.as_str().into());
         }
         let tls_cert = opts.tls.as_ref().map(|(cert, key)| {
             fs::write(dir.file("cert.pem"), cert).unwrap();
