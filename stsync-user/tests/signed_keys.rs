@@ -186,6 +186,27 @@ fn a_relay_without_a_secret_mints_random_keys_that_work() {
         "a viewer with a random key: {}",
         v.stderr()
     );
+    // A random key minted for one mode admits only that one; a mode that is neither is
+    // refused by the API.
+    let publish_only = mint(&plain, r#"{"mode": "publish"}"#);
+    assert!(is_hex(&publish_only, 16));
+    expect_reject(
+        &plain,
+        &dir,
+        "a publishing key used to view",
+        &plain.url("1", &publish_only, "request"),
+        2401,
+    );
+    let auth = format!("Bearer {}", plain.token("1"));
+    let r = plain
+        .request_body(
+            "POST",
+            "/v1/streams/1/sessions",
+            &[("Authorization", &auth)],
+            Some(r#"{"mode": "either"}"#),
+        )
+        .unwrap();
+    assert_eq!(r.status, 400, "{r:?}");
     // A random key is the relay's own: a relay with a secret does not know it.
     let other = plain.session("1");
     expect_reject(
