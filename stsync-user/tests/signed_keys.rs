@@ -29,6 +29,14 @@ fn is_hex(s: &str, len: usize) -> bool {
 
 /// `POST /v1/streams/1/sessions` on `relay` with `body`: the new key.
 fn mint(relay: &Relay, body: &str) -> String {
+    mint_json(relay, body)["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `POST /v1/streams/1/sessions` on `relay` with `body`: the answer.
+fn mint_json(relay: &Relay, body: &str) -> serde_json::Value {
     let auth = format!("Bearer {}", relay.token("1"));
     let r = relay
         .request_body(
@@ -42,7 +50,7 @@ fn mint(relay: &Relay, body: &str) -> String {
         )
         .expect("POST sessions");
     assert_eq!(r.status, 201, "{r:?}");
-    r.json()["session_id"].as_str().unwrap().to_string()
+    r.json()
 }
 
 fn count(relay: &Relay, code: u32) -> usize {
@@ -131,6 +139,24 @@ fn a_key_minted_on_one_relay_is_taken_once_by_another_with_the_secret() {
         "a second viewer on B with another of A's keys: {}",
         v2.stderr()
     );
+    // An encrypted session minted on A: B asks for the same (derived) passphrase.
+    let enc = mint_json(&a, r#"{"encrypt": true}"#);
+    let (key, pass) = (
+        enc["session_id"].as_str().unwrap(),
+        enc["passphrase"].as_str().unwrap(),
+    );
+    assert!(is_hex(key, 62) && is_hex(pass, 48), "{enc}");
+    let mut v3 = SltViewer::start(
+        &dir,
+        "encrypted",
+        &format!("{}&passphrase={pass}", b.url("1", key, "request")),
+    );
+    assert!(
+        v3.wait_bytes(50_000, Duration::from_secs(8)),
+        "an encrypted viewer on B with A's key and passphrase: {}",
+        v3.stderr()
+    );
+    v3.stop();
     // Keys are not logged at info.
     for key in [&view_key, &publish_key, &view_only, &fresh] {
         let short = key.trim_start_matches('0');
