@@ -436,6 +436,8 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         srt = %srt_addr,
         api = %format_args!("{scheme}://{}", http_listener.local_addr()?),
         streams = entries.len(),
+        // Which keys it mints (never the secret itself).
+        session_keys = if cfg.key_secret.is_some() { "signed" } else { "random" },
         "stsync-proxy listening, datapath={} workers={workers}",
         if kernel.is_some() { "ebpf" } else { "userspace" },
     );
