@@ -15,14 +15,35 @@ use serde::{Deserialize, Serialize};
 /// `Content-Type` of `GET /metrics` and `GET /v1/metrics` (Prometheus text format 0.0.4).
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
-/// Body of `POST /v1/streams/{id}/sessions`: empty, `{}`, or `{"encrypt": true}`.
+/// Body of `POST /v1/streams/{id}/sessions`: empty, `{}`, or an object with either or
+/// both of `"encrypt": true` and `"mode": "publish" | "request"`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
-    /// `true`: the key comes with a fresh passphrase that its connection must encrypt with
-    /// (instead of the stream's), so no two connections share one.
+    /// `true`: the key comes with a passphrase of its own that its connection must encrypt
+    /// with (instead of the stream's), so no two connections share one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypt: Option<bool>,
+    /// The only mode (`m=`) the key admits; absent: either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SessionMode>,
+}
+
+/// `"publish"` or `"request"`, as in the stream ID's `m=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionMode {
+    Publish,
+    Request,
+}
+
+impl From<SessionMode> for crate::srt::streamid::Mode {
+    fn from(m: SessionMode) -> Self {
+        match m {
+            SessionMode::Publish => crate::srt::streamid::Mode::Publish,
+            SessionMode::Request => crate::srt::streamid::Mode::Request,
+        }
+    }
 }
 
 /// 201 answer to `POST /v1/streams/{id}/sessions`.
@@ -34,7 +55,8 @@ pub struct SessionCreated {
     pub passphrase: Option<String>,
     /// The stream the key is for: its id as configured (lowercase hex, no leading zeros).
     pub resource_id: String,
-    /// The session key (16 hex characters) that goes in the SRT stream ID as `s=`.
+    /// The session key that goes in the SRT stream ID as `s=`: 16 hex characters, or 62
+    /// for a signed key (a relay with `key_secret`).
     pub session_id: String,
 }
 
@@ -164,13 +186,28 @@ mod tests {
 
     #[test]
     fn api_create_session_is_empty() {
-        round_trip("{}", CreateSession { encrypt: None });
+        round_trip(
+            "{}",
+            CreateSession {
+                encrypt: None,
+                mode: None,
+            },
+        );
         round_trip(
             r#"{"encrypt":true}"#,
             CreateSession {
                 encrypt: Some(true),
+                mode: None,
             },
         );
+        round_trip(
+            r#"{"encrypt":false,"mode":"publish"}"#,
+            CreateSession {
+                encrypt: Some(false),
+                mode: Some(SessionMode::Publish),
+            },
+        );
+        assert!(serde_json::from_str::<CreateSession>(r#"{"mode": "either"}"#).is_err());
         assert!(serde_json::from_str::<CreateSession>(r#"{"encrypted": true}"#).is_err());
     }
 

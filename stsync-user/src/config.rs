@@ -74,6 +74,10 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Shared by relays that should take each other's session keys (behind a UDP load
+    /// balancer or DNS round robin): minted keys are signed with it. None: random keys.
+    #[serde(default)]
+    pub key_secret: Option<String>,
     pub streams: Vec<StreamConfig>,
 }
 
@@ -338,6 +342,16 @@ impl Config {
                 return Err(invalid(name, "is empty: the path of a PEM file"));
             }
         }
+        if let Some(why) = self.key_secret.as_deref().and_then(key_secret_weakness) {
+            return Err(invalid(
+                "key_secret",
+                format!(
+                    "this secret {why}: whoever guesses it can mint session keys for every \
+                     stream. Generate one with `openssl rand -hex 32` and give every relay \
+                     that should take the others' keys the same one"
+                ),
+            ));
+        }
         if self.streams.is_empty() {
             return Err(invalid(
                 "streams",
@@ -496,6 +510,17 @@ fn token_weakness(token: &str) -> Option<&'static str> {
         return Some("repeats a shorter pattern");
     }
     None
+}
+
+/// Why `secret` (config.json `key_secret`) is too weak to sign session keys with, if it
+/// is. Unlike a weak token, never accepted: SRT callers reach every relay that takes it.
+fn key_secret_weakness(secret: &str) -> Option<String> {
+    let min = crate::relay::MIN_SECRET_LEN;
+    if secret.chars().count() < min {
+        return Some(format!("is shorter than {min} characters"));
+    }
+    // The token checks: placeholders, few different characters, a repeated pattern.
+    token_weakness(secret).map(str::to_owned)
 }
 
 /// The line (1-based) on which the value at `path` (`streams[1].token`) starts in `text`.
@@ -802,6 +827,47 @@ mod tests {
                 Config::parse(&cfg(field, v)).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn key_secret_is_optional_and_must_be_strong() {
+        let cfg = |secret: &str| {
+            format!(
+                "{{\n  \"http_listen\": \"127.0.0.1:1\",\n  \"key_secret\": \"{secret}\",\n  \
+                 \"streams\": [{{ \"id\": \"1\", \"token\": \"{STRONG}\" }}]\n}}"
+            )
+        };
+        let none = Config::parse(&format!(
+            r#"{{"streams":[{{"id":"1","token":"{STRONG}"}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(none.key_secret, None);
+        for (secret, why) in [
+            ("", "shorter than 32"),
+            ("3f9c1e0b7a5d42e8c6b1f0a9d37e5c2", "shorter than 32"),
+            ("replace-with-a-long-random-secret-please", "placeholder"),
+            (
+                "abababababababababababababababababab",
+                "fewer than 6 different",
+            ),
+            (
+                "0123456789ab0123456789ab0123456789ab",
+                "repeats a shorter pattern",
+            ),
+        ] {
+            let e = err(&cfg(secret));
+            assert!(
+                e.contains("field `key_secret` at line 3")
+                    && e.contains(why)
+                    && e.contains("openssl rand -hex 32"),
+                "{secret:?}: {e}"
+            );
+            assert!(secret.is_empty() || !e.contains(secret), "echoes it: {e}");
+        }
+        let strong = "9c1e0b7a5d42e8c6b1f0a9d37e5c243f9c1e0b7a5d42e8c6";
+        let c = Config::parse(&cfg(strong)).unwrap();
+        assert_eq!(c.key_secret.as_deref(), Some(strong));
+        assert!(err(&cfg(strong).replace("key_secret", "key_secrets")).contains("unknown field"));
     }
 
     /// libsrt's rule for its key schedule: 1 ≤ kmpreannounce ≤ (kmrefreshrate − 1) / 2.

@@ -202,9 +202,13 @@ async fn create_session(
     authorize(stream, &headers)?;
     let mut params = CreateSession::default();
     if !body.trim_ascii().is_empty() {
-        params = json_object(&body, r#"empty, {} or {"encrypt": true}"#)?;
+        params = json_object(
+            &body,
+            r#"empty, {} or {"encrypt": true, "mode": "publish" | "request"} (both optional)"#,
+        )?;
     }
-    // 24 random bytes as hex: 48 characters, within libsrt's 10 to 79.
+    // 24 random bytes as hex: 48 characters, within libsrt's 10 to 79. (A relay with a
+    // `key_secret` derives a signed key's passphrase from the key instead.)
     let passphrase = (params.encrypt == Some(true)).then(|| {
         rand::random::<[u8; 24]>()
             .iter()
@@ -214,15 +218,16 @@ async fn create_session(
     let cmd = Command::MintSession {
         resource: stream.id.clone(),
         key: rand::random(),
-        passphrase: passphrase.clone(),
+        passphrase,
+        mode: params.mode.map(Into::into),
     };
-    let Reply::Session(session_id) = st.relay.command(cmd).await?? else {
+    let Reply::Session(minted) = st.relay.command(cmd).await?? else {
         unreachable!("a session command is answered with a session");
     };
     let created = SessionCreated {
-        passphrase,
+        passphrase: minted.passphrase,
         resource_id: stream.id.clone(),
-        session_id,
+        session_id: minted.key,
     };
     Ok((StatusCode::CREATED, Json(created)))
 }

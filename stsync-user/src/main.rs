@@ -12,7 +12,7 @@ use stsync_user::driver::{RelayHandle, Wake};
 use stsync_user::http::{self, AppState, StreamEntry};
 use stsync_user::os::reuseport::{self, GroupError};
 use stsync_user::pull_keys::{PullKeys, Upstreams};
-use stsync_user::relay::{AddressLimits, Relay, RelayConfig, StreamConfig};
+use stsync_user::relay::{AddressLimits, KeySecret, Relay, RelayConfig, StreamConfig, WallClock};
 use tracing::{info, warn};
 
 #[global_allocator]
@@ -352,6 +352,11 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         .min(stsync_user::config::MAX_WORKERS);
     let sockets = worker_sockets(cfg.srt_listen, workers)?;
     let workers = sockets.len() as u32;
+    let start = Instant::now();
+    // Signed session keys expire on the wall clock, which the relay reads off this anchor.
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?;
     let relays = Relay::workers(
         RelayConfig {
             latency: cfg.latency(),
@@ -364,6 +369,11 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
                 handshakes_per_sec: cfg.handshakes_per_ip_per_sec,
             },
             session_ttl: Duration::from_secs(cfg.session_ttl_secs),
+            key_secret: cfg
+                .key_secret
+                .as_deref()
+                .map(|s| KeySecret::new(s.as_bytes())),
+            wall_clock: WallClock { at: start, unix },
             key_schedule: cfg.key_schedule(),
         },
         cfg.streams
@@ -379,7 +389,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
             })
             .collect(),
         rand::random(),
-        Instant::now(),
+        start,
         workers,
     );
     // Before binding anything: a certificate that cannot be served stops the start.
@@ -429,6 +439,8 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
         srt = %srt_addr,
         api = %format_args!("{scheme}://{}", http_listener.local_addr()?),
         streams = entries.len(),
+        // Which keys it mints (never the secret itself).
+        session_keys = if cfg.key_secret.is_some() { "signed" } else { "random" },
         "stsync-proxy listening, datapath={} workers={workers}",
         if kernel.is_some() { "ebpf" } else { "userspace" },
     );

@@ -114,6 +114,7 @@ impl Client {
         let req = self.request("POST", &format!("/v1/streams/{stream}/sessions"));
         let body = CreateSession {
             encrypt: Some(true),
+            mode: None,
         };
         json(req.send_json(body)?)
     }

@@ -14,7 +14,7 @@
 use super::{Input, Ops};
 use crate::relay::{
     AddressLimits, Command, CommandError, KernelAcks, KernelReport, KeySchedule, Relay,
-    RelayConfig, Reply, RouteEvent, StreamConfig,
+    RelayConfig, Reply, RouteEvent, StreamConfig, WallClock,
 };
 use crate::srt::crypto::KeyMaterial;
 use crate::srt::handshake::{
@@ -339,6 +339,11 @@ impl World {
                 handshakes_per_sec: 1000,
             },
             session_ttl: Duration::from_secs(300),
+            key_secret: None,
+            wall_clock: WallClock {
+                at: t0,
+                unix: Duration::from_secs(1_800_000_000),
+            },
             key_schedule: FUZZ_SCHEDULE,
         };
         let encrypted = conf & 0x40 != 0;
@@ -626,9 +631,10 @@ impl World {
             resource: resource.to_string(),
             key,
             passphrase: None,
+            mode: None,
         };
         match self.relay.handle_command(self.now, cmd) {
-            Ok(Reply::Session(id)) => id,
+            Ok(Reply::Session(minted)) => minted.key,
             // An unconfigured stream has no keys: the handshake with this one is refused.
             Err(CommandError::UnknownStream) => format!("{key:016x}"),
             other => panic!("minting for a stream: {other:?}"),
@@ -778,6 +784,7 @@ impl World {
                         resource: id.resource,
                         key,
                         passphrase: None,
+                        mode: None,
                     };
                     // An unconfigured resource has no keys: the handshake is refused.
                     let _ = self.relay.handle_command(self.now, cmd);

@@ -129,16 +129,17 @@ impl Relay {
             Denied::Unknown => R::Unauthorized,
             Denied::Used => R::Forbidden,
             Denied::Expired => R::Expired,
+            Denied::Full => R::KeysOverload,
         };
-        // A valid key first: only then the passphrase, whose key derivation (a PBKDF2, up
-        // to 0.4 ms) a caller without one cannot make the relay do.
-        let own = {
-            let keys = self.shared.keys();
-            keys.check(&sid.resource, &sid.session, now)
-                .map_err(denied)?;
-            keys.passphrase(&sid.resource, &sid.session)
-                .map(str::to_owned)
-        };
+        // A valid key first (a signed one's MAC before anything else about it): only then
+        // the passphrase, whose key derivation (a PBKDF2, up to 0.4 ms) a caller without
+        // one cannot make the relay do.
+        let unix = self.cfg.wall_clock.unix(now);
+        let own = self
+            .shared
+            .keys()
+            .check(&sid.resource, &sid.session, sid.mode, now, unix)
+            .map_err(denied)?;
         // Before the session key is spent: a caller with the wrong passphrase may try again.
         // A key minted with a passphrase of its own asks for that one.
         let s = &self.streams[stream];
@@ -159,7 +160,10 @@ impl Relay {
         if viewer && !self.shared.add_viewer(stream, max_total, max_here) {
             return Err(R::Overload);
         }
-        let redeemed = self.shared.keys().redeem(&sid.resource, &sid.session, now);
+        let redeemed = self
+            .shared
+            .keys()
+            .redeem(&sid.resource, &sid.session, sid.mode, now, unix);
         if let Err(d) = redeemed {
             // Spent on another worker since the check.
             if viewer {

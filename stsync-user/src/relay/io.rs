@@ -1,9 +1,10 @@
 //! What crosses between the relay and the rest besides datagrams: route events out to the
 //! datapath, reports in from the kernel fast path, and commands in from the HTTP API.
 
-use super::keys::TooMany;
+use super::keys::{Minted, TooMany};
 use super::stats::StreamSnapshot;
 use crate::srt::seq::Seq;
+use crate::srt::streamid::Mode;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -104,12 +105,17 @@ pub struct KernelAcks {
 /// [`Relay::handle_command`](super::Relay::handle_command).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Registers a single-use session key (64 random bits from the caller) for a stream;
-    /// with a passphrase, the connection that uses it must encrypt with that one.
+    /// Registers a single-use session key for a stream: `key` is 64 random bits from the
+    /// caller (the key itself, or a signed key's nonce when the relay has a `key_secret`).
+    /// With a passphrase, the connection that uses it must encrypt with one of its own:
+    /// that one for a random key; a signed key's is derived from the secret and the key
+    /// (see `SessionKeys::mint`), and the reply says which.
     MintSession {
         resource: String,
         key: u64,
         passphrase: Option<String>,
+        /// The only mode the key admits (none: either).
+        mode: Option<Mode>,
     },
     /// Moves a stream's viewers to a new delay (gradually, see README).
     SetDelay { resource: String, delay_ms: u64 },
@@ -117,8 +123,8 @@ pub enum Command {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// The new key, as hex for the stream ID.
-    Session(String),
+    /// The new key, as hex for the stream ID, and its passphrase if it has one.
+    Session(Minted),
     /// The stream after the change.
     Stream(StreamSnapshot),
 }

@@ -30,6 +30,7 @@ mod pull;
 mod retransmit;
 pub mod ring;
 mod shared;
+mod signed_keys;
 mod stats;
 mod stream;
 mod transmits;
@@ -37,10 +38,11 @@ pub mod viewer;
 
 pub use encryption::KeySchedule;
 pub use io::{Command, CommandError, KernelAcks, KernelReport, Offsets, Reply, RouteEvent};
-pub use keys::{Denied, SessionKeys, TooMany, MAX_KEYS_PER_STREAM};
+pub use keys::{Denied, Minted, SessionKeys, TooMany, MAX_KEYS_PER_STREAM};
 pub use per_address::{AddressLimits, PerAddress};
 pub use pull::{PullAnswer, PullRequest, PullSnapshot};
 pub use shared::Shared;
+pub use signed_keys::{KeySecret, MIN_SECRET_LEN};
 pub use stats::{ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot};
 pub use transmits::{Datagram, Transmits};
 
@@ -72,6 +74,11 @@ pub struct RelayConfig {
     pub per_address: AddressLimits,
     /// How long a minted session key stays valid.
     pub session_ttl: Duration,
+    /// With a secret (config.json `key_secret`), minted keys are signed, and keys signed by
+    /// any relay with the same secret are taken (see `signed_keys.rs`).
+    pub key_secret: Option<KeySecret>,
+    /// Signed keys expire at a wall-clock time, which the relay reads off this anchor.
+    pub wall_clock: WallClock,
     /// When encrypted viewers' keys change.
     pub key_schedule: KeySchedule,
 }
@@ -94,6 +101,25 @@ pub struct StreamConfig {
     pub upstreams: Vec<String>,
     /// Pull even without viewers.
     pub pull_always: bool,
+}
+
+/// The wall clock for a relay that reads no clock: at `at` (on the relay's `Instant`
+/// timeline) it was `unix` since the Unix epoch. The driver takes it once at start;
+/// CLOCK_MONOTONIC follows NTP's slewing, not a step of the system clock after start.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    pub at: Instant,
+    pub unix: Duration,
+}
+
+impl WallClock {
+    /// The wall clock at `now`, as time since the Unix epoch.
+    pub fn unix(&self, now: Instant) -> Duration {
+        match now.checked_duration_since(self.at) {
+            Some(d) => self.unix + d,
+            None => self.unix.saturating_sub(self.at - now),
+        }
+    }
 }
 
 const KEEPALIVE: Duration = Duration::from_secs(1);
@@ -236,13 +262,8 @@ impl Relay {
         n: u32,
     ) -> Vec<Relay> {
         let n = n.max(1);
-        let shared = Arc::new(Shared::new(
-            n,
-            streams.len(),
-            cfg.session_ttl,
-            cfg.per_address,
-            now,
-        ));
+        let keys = SessionKeys::with_secret(cfg.session_ttl, cfg.key_secret.clone());
+        let shared = Arc::new(Shared::new(n, streams.len(), keys, cfg.per_address, now));
         let (writers, sources): (Vec<_>, Vec<_>) = (0..n)
             .map(|_| feed::feed(if n > 1 { feed::FEED_SLOTS } else { 1 }))
             .unzip();
@@ -408,6 +429,7 @@ impl Relay {
                 resource,
                 key,
                 passphrase,
+                mode,
             } => {
                 stream(&resource).ok_or(CommandError::UnknownStream)?;
                 if passphrase
@@ -416,16 +438,19 @@ impl Relay {
                 {
                     return Err(CommandError::Passphrase);
                 }
-                let id = self.shared.keys().mint(
+                let unix = self.cfg.wall_clock.unix(now);
+                let minted = self.shared.keys().mint(
                     &resource,
                     key,
                     passphrase,
+                    mode,
                     now,
+                    unix,
                     MAX_KEYS_PER_STREAM,
                 )?;
                 // Per request, so not at info: a client could flood the log.
                 debug!(resource = %resource, "session key issued");
-                Ok(Reply::Session(id))
+                Ok(Reply::Session(minted))
             }
             Command::SetDelay { resource, delay_ms } => {
                 let i = stream(&resource).ok_or(CommandError::UnknownStream)?;
@@ -721,7 +746,7 @@ impl Relay {
             self.sweep_stream(i);
         }
         // Every worker's sweep runs these; once would do, but they are cheap.
-        self.shared.keys().purge(now);
+        self.shared.keys().purge(now, self.cfg.wall_clock.unix(now));
         self.shared.addresses().sweep(now);
     }
 

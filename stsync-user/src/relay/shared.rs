@@ -8,7 +8,7 @@ use super::keys::SessionKeys;
 use super::per_address::{AddressLimits, PerAddress};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub struct Shared {
     pub workers: u32,
@@ -43,13 +43,13 @@ impl Shared {
     pub fn new(
         workers: u32,
         streams: usize,
-        ttl: Duration,
+        keys: SessionKeys,
         limits: AddressLimits,
         now: Instant,
     ) -> Shared {
         Shared {
             workers: workers.max(1),
-            keys: Mutex::new(SessionKeys::new(ttl)),
+            keys: Mutex::new(keys),
             addresses: Mutex::new(PerAddress::new(limits)),
             viewers: AtomicUsize::new(0),
             streams: (0..streams)

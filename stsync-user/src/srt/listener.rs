@@ -33,6 +33,8 @@ pub enum Rejection {
     Overload,
     #[error("connection limit for this address reached")]
     AddressOverload,
+    #[error("too many live session keys of this stream used recently")]
+    KeysOverload,
     #[error("too many handshakes from this address (REJ_BACKLOG)")]
     Backlog,
     #[error("session key already used")]
@@ -54,7 +56,7 @@ impl Rejection {
             Rejection::Unsecure => 1011,
             Rejection::MessageApi => 1012,
             Rejection::Unauthorized => 2401,
-            Rejection::Overload | Rejection::AddressOverload => 2402,
+            Rejection::Overload | Rejection::AddressOverload | Rejection::KeysOverload => 2402,
             Rejection::Backlog => 1005,
             Rejection::Forbidden => 2403,
             Rejection::NotFound => 2404,

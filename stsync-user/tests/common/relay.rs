@@ -54,6 +54,9 @@ pub struct RelayOpts {
     pub ports: Option<(u16, u16)>,
     /// Use these stream tokens instead of random ones.
     pub tokens: Option<HashMap<String, String>>,
+    /// config.json `key_secret`: the relay mints signed session keys, and takes those of
+    /// any relay with the same secret.
+    pub key_secret: Option<String>,
 }
 
 impl Default for RelayOpts {
@@ -91,6 +94,7 @@ impl Default for RelayOpts {
             pull_always: Vec::new(),
             ports: None,
             tokens: None,
+            key_secret: None,
         }
     }
 }
@@ -202,6 +206,9 @@ impl Relay {
             if let Some(v) = v {
                 m.insert(k.to_string(), serde_json::json!(v));
             }
+        }
+        if let Some(secret) = &opts.key_secret {
+            m.insert("key_secret".into(), secret.as_str().into());
         }
         let tls_cert = opts.tls.as_ref().map(|(cert, key)| {
             fs::write(dir.file("cert.pem"), cert).unwrap();

@@ -300,9 +300,10 @@ fn a_session_passphrase_is_asked_of_its_own_connection_only() {
             resource: "1".into(),
             key: rand::random(),
             passphrase: Some(passphrase.into()),
+            mode: None,
         };
         match w.relay.handle_command(w.now, cmd) {
-            Ok(Reply::Session(k)) => format!("#!::r=1,s={k},m=request"),
+            Ok(Reply::Session(k)) => format!("#!::r=1,s={},m=request", k.key),
             other => panic!("{other:?}"),
         }
     };
@@ -337,6 +338,7 @@ fn a_session_passphrase_is_asked_of_its_own_connection_only() {
         resource: "1".into(),
         key: 1,
         passphrase: Some("short".into()),
+        mode: None,
     };
     assert_eq!(
         w.relay.handle_command(w.now, cmd),
@@ -352,8 +354,9 @@ fn a_session_passphrase_publisher_refreshes_under_its_own_passphrase() {
         resource: "1".into(),
         key: 77,
         passphrase: Some("publisher-session-pass".into()),
+        mode: None,
     };
-    let Ok(Reply::Session(k)) = w.relay.handle_command(w.now, cmd) else {
+    let Ok(Reply::Session(Minted { key: k, .. })) = w.relay.handle_command(w.now, cmd) else {
         panic!("minted")
     };
     let mut p = Caller::encrypting(2000, 0, "publisher-session-pass", 16);

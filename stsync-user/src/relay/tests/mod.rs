@@ -10,6 +10,8 @@ use per_address::PerAddress;
 use stsync_common::srt::MSG_REXMIT_FLAG;
 
 const LATENCY: Duration = Duration::from_millis(120);
+/// The wall clock at a test relay's start, unix seconds (2027).
+const UNIX_START: u64 = 1_800_000_000;
 /// Where a new connection's clock reads at its handshake.
 const HEADROOM_US: u32 = CLOCK_HEADROOM.as_micros() as u32;
 
@@ -60,6 +62,28 @@ impl World {
     }
 
     fn build(publish: Option<&str>, view: Option<&str>, workers: u32) -> Self {
+        Self::build_with(
+            publish,
+            view,
+            workers,
+            None,
+            Duration::from_secs(UNIX_START),
+        )
+    }
+
+    /// A relay of its own with this `key_secret`, whose wall clock reads `unix` (since the
+    /// Unix epoch) at its start.
+    fn with_key_secret(secret: Option<&[u8]>, unix: Duration) -> Self {
+        Self::build_with(None, None, 1, secret, unix)
+    }
+
+    fn build_with(
+        publish: Option<&str>,
+        view: Option<&str>,
+        workers: u32,
+        key_secret: Option<&[u8]>,
+        unix: Duration,
+    ) -> Self {
         let now = Instant::now();
         let cfg = RelayConfig {
             latency: LATENCY,
@@ -72,6 +96,8 @@ impl World {
                 handshakes_per_sec: 50,
             },
             session_ttl: Duration::from_secs(300),
+            key_secret: key_secret.map(KeySecret::new),
+            wall_clock: WallClock { at: now, unix },
             key_schedule: Default::default(),
         };
         let streams = vec![StreamConfig {
@@ -99,9 +125,10 @@ impl World {
             resource: resource.to_string(),
             key: rand::random(),
             passphrase: None,
+            mode: None,
         };
         match self.relay.handle_command(self.now, cmd)? {
-            Reply::Session(key) => Ok(key),
+            Reply::Session(minted) => Ok(minted.key),
             other => panic!("{other:?}"),
         }
     }
@@ -436,6 +463,7 @@ mod connections;
 mod encryption;
 mod handover;
 mod retransmission;
+mod signed_keys;
 mod streaming;
 mod time_base;
 mod workers;
