@@ -774,3 +774,70 @@ fn origin_probes_answer_on_a_running_relay() {
 fn edge_probes_answer_on_a_running_relay() {
     probes_answer(Role::Edge);
 }
+
+/// The README's walk-through uses the names, labels, Secret keys and ports the manifests
+/// have.
+#[test]
+fn readme_walkthrough_matches_the_manifests() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Kubernetes\n")
+        .nth(1)
+        .expect("a Kubernetes section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let has = |s: &str| assert!(section.contains(s), "README, Kubernetes, lacks {s:?}");
+    for (role, node) in [
+        (Role::Origin, "node1"),
+        (Role::Edge, "node2"),
+        (Role::Edge, "node3"),
+    ] {
+        for (k, v) in role.pod()["spec"]["nodeSelector"].as_object().unwrap() {
+            has(&format!("kubectl label node {node} {k}={}", str_of(v)));
+        }
+    }
+    let secret = named("Secret", "stsync-secrets");
+    has("create secret generic stsync-secrets");
+    for key in secret["stringData"].as_object().unwrap().keys() {
+        has(&format!("--from-literal={key}="));
+        // The tokens are read back to mint keys.
+        if key.ends_with("-token") {
+            has(&format!("{{.data.{key}}}"));
+        }
+    }
+    let ns = str_of(&docs_of("Namespace")[0]["metadata"]["name"]);
+    has(&format!("kubectl -n {ns} "));
+    has(&format!(
+        "ds/{}",
+        str_of(&Role::Edge.workload()["metadata"]["name"])
+    ));
+    has(&format!(
+        "deploy/{}",
+        str_of(&Role::Origin.workload()["metadata"]["name"])
+    ));
+    let publish = named("Service", "stsync-origin-publish");
+    let node_port = arr(&publish["spec"]["ports"])[0]["nodePort"]
+        .as_u64()
+        .unwrap();
+    has(&format!("srt://node1:{node_port}?"));
+    let api = Role::Origin.resolve(&Value::from("api"));
+    has(&format!("port-forward svc/stsync-origin {api}:{api}"));
+    let edge = Role::Edge.config();
+    has(&format!(
+        "http://node2:{}/v1/streams/1/sessions",
+        listen_port(&edge, "http_listen")
+    ));
+    has(&format!(
+        "srt://node2:{}?",
+        listen_port(&edge, "srt_listen")
+    ));
+    has(&format!(
+        "--config {} ",
+        Role::Edge.flag("--config").unwrap()
+    ));
+    has(&format!(
+        "-l app.kubernetes.io/component={}",
+        str_of(&Role::Edge.pod()["metadata"]["labels"]["app.kubernetes.io/component"])
+    ));
+}
