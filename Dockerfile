@@ -2,9 +2,11 @@
 # `cargo xtask run`. Run with host networking (docker's NAT costs a lot per UDP packet); the
 # kernel fast path needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or --privileged); without
 # them the relay logs why and serves every viewer from userspace.
-#   docker build -t stsync-proxy .
+# The image name is the one deploy/k8s runs (README, "Kubernetes"):
+#   docker build -t ghcr.io/streamsync/stsync-proxy:0.1 .
 #   docker run -d --name streamsync --network=host --cap-add=BPF --cap-add=NET_ADMIN \
-#     --cap-add=PERFMON -v $PWD/config.json:/etc/stsync/config.json stsync-proxy
+#     --cap-add=PERFMON -v $PWD/config.json:/etc/stsync/config.json \
+#     ghcr.io/streamsync/stsync-proxy:0.1
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends llvm-22-dev libpolly-22-dev \

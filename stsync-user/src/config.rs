@@ -231,6 +231,8 @@ impl Config {
     /// Parses and validates. serde's errors carry the line, column and field at fault; a
     /// refused value is reported with its field and the line it is on.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let expanded = expand_env(text, |name| std::env::var(name).ok())?;
+        let text = expanded.as_ref();
         let mut cfg: Config = serde_json::from_str(text)?;
         if let Err(Invalid { path, reason }) = cfg.validate() {
             match line_of(text, &path) {
@@ -527,6 +529,11 @@ fn key_secret_weakness(secret: &str) -> Option<String> {
 /// `text` is JSON serde has already accepted, so this only walks it; keys are compared as
 /// written (a key spelled with escapes is not found, and the error then has no line).
 fn line_of(text: &str, path: &str) -> Option<usize> {
+    value_at(text, path).map(|pos| text[..pos].matches('\n').count() + 1)
+}
+
+/// Where (byte offset) the value at `path` starts in `text`, as `line_of` finds it.
+fn value_at(text: &str, path: &str) -> Option<usize> {
     let b = text.as_bytes();
     let mut pos = 0;
     for seg in path.split('.') {
@@ -539,7 +546,92 @@ fn line_of(text: &str, path: &str) -> Option<usize> {
             pos = json_walk::element(b, pos, idx.parse().ok()?)?;
         }
     }
-    Some(text[..pos].matches('\n').count() + 1)
+    Some(pos)
+}
+
+/// `${NAME}` in config.json: every string value that is exactly `"${NAME}"` (NAME:
+/// `[A-Z_][A-Z0-9_]*`) becomes the value of environment variable NAME (`env`), so secrets
+/// can come from the environment (a Kubernetes Secret) rather than the file. Anything else
+/// is left as written (`"a${X}"`, `"${lower}"`, keys). The placeholders are found by
+/// walking the parsed tree; each is replaced in the text itself by its value as a JSON
+/// string (escaped, so on one line), so serde's errors and `line_of` give the lines of the
+/// file as written. A variable that is unset or empty refuses the config with the field,
+/// its line and the variable's name, never a value.
+fn expand_env(
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<std::borrow::Cow<'_, str>> {
+    use serde_json::Value;
+    fn is_name(s: &str) -> bool {
+        let mut b = s.bytes();
+        b.next()
+            .is_some_and(|c| c.is_ascii_uppercase() || c == b'_')
+            && b.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
+    }
+    fn walk(v: &Value, path: String, found: &mut Vec<(String, String)>) {
+        match v {
+            Value::String(s) => {
+                if let Some(name) = s.strip_prefix("${").and_then(|s| s.strip_suffix('}')) {
+                    if is_name(name) {
+                        found.push((path, name.to_string()));
+                    }
+                }
+            }
+            Value::Array(a) => {
+                for (i, e) in a.iter().enumerate() {
+                    walk(e, format!("{path}[{i}]"), found);
+                }
+            }
+            Value::Object(o) => {
+                for (k, e) in o {
+                    let sub = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(e, sub, found);
+                }
+            }
+            _ => {}
+        }
+    }
+    if !text.contains("${") {
+        return Ok(text.into());
+    }
+    // Not JSON: left for serde to report, with its line.
+    let Ok(tree) = serde_json::from_str::<Value>(text) else {
+        return Ok(text.into());
+    };
+    let mut found = Vec::new();
+    walk(&tree, String::new(), &mut found);
+    let mut splices = Vec::new();
+    for (path, name) in found {
+        let field = match line_of(text, &path) {
+            Some(line) => format!("field `{path}` at line {line}"),
+            None => format!("field `{path}`"),
+        };
+        let value = match env(&name) {
+            Some(v) if !v.is_empty() => v,
+            Some(_) => {
+                bail!("{field}: environment variable {name} (from \"${{{name}}}\") is empty")
+            }
+            None => bail!("{field}: environment variable {name} (from \"${{{name}}}\") is not set"),
+        };
+        let literal = format!("\"${{{name}}}\"");
+        let start = value_at(text, &path)
+            .filter(|&at| text[at..].starts_with(&literal))
+            .with_context(|| {
+                format!("{field}: cannot place ${{{name}}}: write the field's key and the placeholder without escapes")
+            })?;
+        let json = serde_json::to_string(&value).expect("a string serialises");
+        splices.push((start, start + literal.len(), json));
+    }
+    splices.sort_by_key(|&(start, ..)| std::cmp::Reverse(start));
+    let mut out = text.to_string();
+    for (start, end, json) in splices {
+        out.replace_range(start..end, &json);
+    }
+    Ok(out.into())
 }
 
 /// Just enough of a JSON reader to find where a value is (the input is valid JSON).
@@ -935,6 +1027,100 @@ mod tests {
         let c = Config::load(&path).unwrap();
         let cert = dir.path().join("tls/cert.pem");
         assert_eq!(c.tls(), Some((cert.as_path(), Path::new("/abs/key.pem"))));
+    }
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| vars.get(name).cloned()
+    }
+
+    #[test]
+    fn env_placeholders_are_replaced_by_their_variables() {
+        let text = format!(
+            "{{\n  \"http_listen\": \"0.0.0.0:9998\",\n  \"streams\": [\n    \
+             {{ \"id\": \"1\", \"token\": \"${{TOKEN_1}}\",\n      \
+             \"view_passphrase\": \"${{PASS}}\" }},\n    \
+             {{ \"id\": \"2\", \"name\": \"a${{TOKEN_1}}\", \"token\": \"{STRONG}\" }},\n    \
+             {{ \"id\": \"3\", \"name\": \"${{lower}}\", \"token\": \"${{T_2}}\" }}\n  ]\n}}"
+        );
+        // A value that needs escaping in JSON stays one string on one line.
+        let pass = "quote\" back\\slash\nnew line";
+        let env = env_of(&[
+            ("TOKEN_1", STRONG),
+            ("PASS", pass),
+            ("T_2", "Zk3q9P0vX2mL7sR4tY8wB1nC"),
+        ]);
+        let expanded = expand_env(&text, env).unwrap();
+        assert_eq!(expanded.lines().count(), text.lines().count());
+        let c = Config::parse(&expanded).unwrap();
+        assert_eq!(c.streams[0].token, STRONG);
+        assert_eq!(c.streams[0].view_passphrase.as_deref(), Some(pass));
+        // Only a whole `"${NAME}"` value is a placeholder.
+        assert_eq!(c.streams[1].name, "a${TOKEN_1}");
+        assert_eq!(c.streams[2].name, "${lower}");
+        assert_eq!(c.streams[2].token, "Zk3q9P0vX2mL7sR4tY8wB1nC");
+        // Without placeholders the text is used as it is.
+        let plain = format!(r#"{{"streams":[{{"id":"1","token":"{STRONG}"}}]}}"#);
+        assert!(matches!(
+            expand_env(&plain, |_| None).unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn unset_or_empty_variables_are_refused_with_field_line_and_name() {
+        let text = "{\n  \"key_secret\": \"${KEY}\",\n  \"streams\": [\n    \
+                    { \"id\": \"1\",\n      \"token\": \"${TOKEN_1}\" }\n  ]\n}";
+        let secret = "s3cr3t-value-that-must-not-leak";
+        let e = format!(
+            "{:#}",
+            expand_env(text, env_of(&[("KEY", secret)])).unwrap_err()
+        );
+        assert!(
+            e.contains("field `streams[0].token` at line 5")
+                && e.contains("environment variable TOKEN_1")
+                && e.contains("not set"),
+            "{e}"
+        );
+        assert!(!e.contains(secret), "{e}");
+        let e = format!(
+            "{:#}",
+            expand_env(text, env_of(&[("KEY", ""), ("TOKEN_1", secret)])).unwrap_err()
+        );
+        assert!(
+            e.contains("field `key_secret` at line 2")
+                && e.contains("environment variable KEY")
+                && e.contains("is empty"),
+            "{e}"
+        );
+        assert!(!e.contains(secret), "{e}");
+    }
+
+    /// After expansion, errors still name the lines of the file as written, and a
+    /// refused secret is not echoed.
+    #[test]
+    fn errors_after_expansion_keep_the_files_lines() {
+        let text = "{\n  \"http_listen\": \"0.0.0.0:9998\",\n  \"streams\": [\n    \
+                    { \"id\": \"1\", \"token\": \"${T}\" },\n    \
+                    { \"id\": \"2\", \"tokn\": \"${T}\" }\n  ]\n}";
+        let weak = "hunter2hunter";
+        let expanded = expand_env(text, env_of(&[("T", weak)])).unwrap();
+        let e = err(&expanded);
+        assert!(
+            e.contains("unknown field `tokn`") && e.contains("line 5"),
+            "{e}"
+        );
+        let text = text.replace("tokn", "token");
+        let expanded = expand_env(&text, env_of(&[("T", weak)])).unwrap();
+        let e = err(&expanded);
+        assert!(
+            e.contains("field `streams[0].token` at line 4") && e.contains("shorter than 16"),
+            "{e}"
+        );
+        assert!(!e.contains(weak), "{e}");
     }
 
     #[test]

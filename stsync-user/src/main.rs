@@ -47,6 +47,10 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Load and validate the config (with `${NAME}` placeholders expanded from the
+    /// environment, and the HTTPS certificate and key read if set), print a one-line
+    /// summary and exit 0; exit non-zero with the reason otherwise. Nothing is bound.
+    Check,
     /// Mint a session key through the running relay's HTTP API and print the stream's URL and
     /// ready-to-paste commands for ffmpeg, ffplay, srt-live-transmit, VLC, GStreamer and OBS.
     Session {
@@ -113,8 +117,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     let mut args = Args::parse();
     let cfg = Config::load(&args.config)?;
-    if let Some(cmd) = args.cmd.take() {
-        return session::run(&cfg, cmd);
+    match args.cmd.take() {
+        Some(Cmd::Check) => return check(&args, &cfg),
+        Some(cmd) => return session::run(&cfg, cmd),
+        None => {}
     }
     // This thread waits for signals and the others; each worker runs the relay on a thread
     // of its own, HTTP on another (see `serve`).
@@ -122,6 +128,30 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(serve(cfg, args))
+}
+
+/// `stsync-proxy check`: what `serve` would refuse at start, without binding anything.
+fn check(args: &Args, cfg: &Config) -> anyhow::Result<()> {
+    let scheme = match cfg.tls() {
+        Some((cert, key)) => {
+            stsync_user::tls::server_config(cert, key)
+                .context("cannot serve the API over HTTPS (config.json `tls_cert`, `tls_key`)")?;
+            "https"
+        }
+        None => "http",
+    };
+    let workers = match args.workers.or(cfg.workers) {
+        Some(n) => n.to_string(),
+        None => format!("auto ({})", default_workers()),
+    };
+    println!(
+        "{}: ok: srt={} api={scheme}://{} streams={} workers={workers}",
+        args.config.display(),
+        cfg.srt_listen,
+        cfg.http_listen,
+        cfg.streams.len(),
+    );
+    Ok(())
 }
 
 mod session {
@@ -147,7 +177,10 @@ mod session {
             client,
             encrypt,
             pbkeylen,
-        } = cmd;
+        } = cmd
+        else {
+            unreachable!("main runs `check` itself");
+        };
         let resource = normalize_hex(&stream).context("the stream id must be hex")?;
         let configured = cfg.streams.iter().find(|s| s.id == resource);
         let token = match token {

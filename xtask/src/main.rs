@@ -1,5 +1,5 @@
 //! Workflow commands: `cargo xtask run`, `cargo xtask test`, `cargo xtask build-ebpf`,
-//! `cargo xtask bench`.
+//! `cargo xtask bench`, `cargo xtask fuzz`, `cargo xtask k8s-validator`.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -29,6 +29,10 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Install the pinned offline validator of deploy/k8s (a Python venv under the target
+    /// directory; `test` does it first) and print its python, for running
+    /// `cargo test --test k8s_manifests` alone.
+    K8sValidator,
     /// Build release binaries and run the fan-out sweep (root: network namespaces); results
     /// in target/bench. Arguments after `--` go to `stsync-bench sweep`.
     Bench {
@@ -78,6 +82,10 @@ fn main() -> Result<()> {
     let root = project_root();
     match Cli::parse().cmd {
         Cmd::BuildEbpf => build_ebpf(&root, ALL_EBPF),
+        Cmd::K8sValidator => {
+            println!("{}", install_k8s_validator(&root)?.display());
+            Ok(())
+        }
         Cmd::Fuzz { secs, targets } => fuzz(&root, secs, &targets),
         Cmd::FuzzCorpus { relay_port, pcaps } => {
             let mut cmd = Command::new(env!("CARGO"));
@@ -157,6 +165,11 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => {
             install_test_packages()?;
+            // The Kubernetes manifests' offline validator (a Python venv); without it
+            // k8s_manifests fails and says why.
+            let k8s_python = install_k8s_validator(&root)
+                .map_err(|e| eprintln!("xtask: {e:#}"))
+                .ok();
             // The eBPF tests load the object: install its toolchain when we can (root on
             // Debian, as on CI); otherwise they skip, which fails under CI.
             if let Err(e) = install_ebpf_toolchain() {
@@ -170,6 +183,9 @@ fn main() -> Result<()> {
             if std::env::var_os("CI").is_some() {
                 // On CI (root, a BPF-capable kernel) a skipped privileged test is a failure.
                 cmd.env("STSYNC_REQUIRE_PRIVILEGED", "1");
+            }
+            if let Some(python) = k8s_python {
+                cmd.env("STSYNC_K8S_PYTHON", python);
             }
             cmd.arg("--").args(&args);
             let (status, totals) = run_counting(cmd)?;
@@ -356,6 +372,67 @@ fn install_test_packages() -> Result<()> {
         return Ok(());
     }
     apt_install(&missing)
+}
+
+/// The pinned Python packages that validate deploy/k8s offline (kubernetes-validate and
+/// jsonschema, stsync-user/tests/k8s/requirements.txt), in a venv under the target
+/// directory; Debian's python3-venv is installed first when `python3 -m venv` cannot make
+/// one (Debian's own pip refuses to install into the system, PEP 668). Done once per
+/// requirements file: the venv keeps a copy of the one it was made from. Returns the venv's
+/// python.
+fn install_k8s_validator(root: &Path) -> Result<PathBuf> {
+    let requirements = root.join("stsync-user/tests/k8s/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|t| root.join(t))
+        .unwrap_or_else(|| root.join("target"));
+    let venv = target.join("k8s-venv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join("requirements.txt");
+    if python.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(python);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    std::fs::create_dir_all(&target)?;
+    let make_venv = || {
+        Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !make_venv() {
+        let _ = std::fs::remove_dir_all(&venv);
+        eprintln!("xtask: python3 -m venv failed; installing Debian's python3 and python3-venv");
+        apt_install(&["python3", "python3-venv"])?;
+        if !make_venv() {
+            bail!("python3 -m venv {} failed", venv.display());
+        }
+    }
+    eprintln!(
+        "xtask: installing the Kubernetes manifest validator into {}",
+        venv.display()
+    );
+    let ok = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-r",
+        ])
+        .arg(&requirements)
+        .status()
+        .context("running pip")?
+        .success();
+    if !ok {
+        bail!("pip install -r {} failed", requirements.display());
+    }
+    std::fs::write(&stamp, wanted)?;
+    Ok(python)
 }
 
 /// nightly + rust-src, Debian's LLVM 22 and a bpf-linker built against it; each step is
