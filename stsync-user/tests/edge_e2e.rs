@@ -96,3 +96,113 @@ fn origin_and_two_edges_on_loopback() {
         assert_eq!(pull["upstream"], origin.srt.to_string(), "{s}");
     }
 }
+
+/// What an edge viewer got around an outage of its upstream: the clip's packets up to
+/// the outage, then (after a hole for what never reached the edge) from `resumed` — the
+/// first packet published after it — to the end, in that order, nothing else.
+fn assert_two_runs(v: &SltViewer, c: &Clip, resumed: usize) {
+    let out = v.output();
+    let mut al = ts_align(&out);
+    al.packets.retain(|p| !(p[1] & 0x1f == 0x1f && p[2] == 0xff));
+    let src = c.packets();
+    let runs = find_runs(&al.packets, &src);
+    let ctx = format!("{}: {}", v.name, runs.describe());
+    // The hole cuts a TS packet where an SRT packet (1456 bytes) ended: one resync there.
+    assert!(runs.unmatched == 0 && al.resyncs <= 1, "{ctx}, {} resyncs", al.resyncs);
+    assert_eq!(runs.runs.len(), 2, "{ctx}\n  expected two runs: before and after the outage");
+    let (a, b) = (runs.runs[0], runs.runs[1]);
+    assert_eq!(a.src_start, 0, "{ctx}\n  the first run starts at the clip's start");
+    assert!(a.len > 1000, "{ctx}\n  too little before the outage");
+    assert_eq!(b.src_start, resumed, "{ctx}\n  the second run starts where publishing resumed");
+    // srt-live-transmit never sends a last partial chunk (the rest is not cut to one).
+    let tail = src.len() - (b.src_start + b.len);
+    assert!(tail * TS < SLT_CHUNK, "{ctx}\n  the second run reaches the clip's end");
+}
+
+/// Publishes the clip's first part to `first`, kills `first` with SIGKILL mid-stream
+/// (its publisher with it), and publishes the rest to the relay `up` gives once it is
+/// up; returns that relay and the first packet of the rest.
+fn outage(
+    dir: &TempDir,
+    c: &Clip,
+    edge: &Relay,
+    first: &mut Relay,
+    up: impl FnOnce(&Relay) -> Relay,
+) -> (Relay, usize) {
+    let mut p1 = BytePublisher::start(dir, "pub1", &first.publisher_url("1"), c);
+    sleep_secs(c.secs * 0.35);
+    first.kill();
+    p1.kill_silently();
+    // Down long enough that the edge finds it silent and its first calls fail.
+    sleep_secs(4.0);
+    let second = up(first);
+    // The edge calls it again by itself (backoff under 5 s); publishing resumes once it
+    // has, so that the only hole is the outage.
+    let back = wait_until(Duration::from_secs(15), || pull_state(edge).0 == Some(1.0));
+    assert!(back, "the edge did not connect again: {}", tail_lines(&edge.log(), 30));
+    let rest = c.suffix(dir, c.secs * 0.6);
+    let resumed = c.packet_at(c.secs * 0.6);
+    let mut p2 = BytePublisher::start(dir, "pub2", &second.publisher_url("1"), &rest);
+    p2.finish(LINGER);
+    (second, resumed)
+}
+
+/// The origin killed with SIGKILL mid-stream and started again: the edge finds it
+/// silent, calls it again (with backoff, a new key each time) and its viewers, who stay
+/// connected throughout, get one continuous stream with a hole for what was never sent.
+#[test]
+fn edge_viewers_survive_an_origin_restart() {
+    let c = clip();
+    let mut origin = Relay::start(userspace());
+    let edge = Relay::start(edge_of(&[&origin], userspace()));
+    let dir = TempDir::new("edge-restart");
+    let mut v = SltViewer::start(&dir, "v", &edge.viewer_url("1"));
+    assert!(origin.wait_connections("request", 1, Duration::from_secs(10)));
+    sleep_secs(0.5);
+    let (origin2, resumed) = outage(&dir, c, &edge, &mut origin, Relay::restart);
+    v.assert_running("after the origin's restart");
+    v.stop();
+    assert_two_runs(&v, c, resumed);
+    let (connected, reconnects) = pull_state(&edge);
+    assert_eq!(connected, Some(1.0), "{}", edge.metrics());
+    assert_eq!(reconnects, Some(1.0), "{}", edge.metrics());
+    assert!(
+        edge.log().contains("upstream silent"),
+        "the edge noticed the silence: {}",
+        edge.log()
+    );
+    assert_eq!(
+        origin2.metric("srt_connections_current", &[("mode", "request")]),
+        Some(1.0)
+    );
+}
+
+/// A standby origin: the first stays down, so after three failed attempts the edge pulls
+/// from the second, where the publisher went; viewers stay and get one stream.
+#[test]
+fn a_standby_origin_takes_over_when_the_first_stays_down() {
+    let c = clip();
+    let mut first = Relay::start(userspace());
+    let standby = Relay::start(userspace());
+    let edge = Relay::start(edge_of(&[&first, &standby], userspace()));
+    let dir = TempDir::new("edge-standby");
+    let mut v = SltViewer::start(&dir, "v", &edge.viewer_url("1"));
+    assert!(first.wait_connections("request", 1, Duration::from_secs(10)));
+    sleep_secs(0.5);
+    let standby_srt = standby.srt.to_string();
+    let (standby, resumed) = outage(&dir, c, &edge, &mut first, move |_| standby);
+    v.assert_running("after the switch to the standby");
+    v.stop();
+    assert_two_runs(&v, c, resumed);
+    let s = edge.streams();
+    assert_eq!(s[0]["upstream"]["upstream"], standby_srt, "{s}");
+    assert_eq!(s[0]["upstream"]["state"], "connected", "{s}");
+    assert!(
+        s[0]["upstream"]["failures"].as_u64() >= Some(3),
+        "three failures before the switch: {s}"
+    );
+    assert_eq!(
+        standby.metric("srt_connections_current", &[("mode", "request")]),
+        Some(1.0)
+    );
+}
