@@ -103,20 +103,38 @@ fn origin_and_two_edges_on_loopback() {
 fn assert_two_runs(v: &SltViewer, c: &Clip, resumed: usize) {
     let out = v.output();
     let mut al = ts_align(&out);
-    al.packets.retain(|p| !(p[1] & 0x1f == 0x1f && p[2] == 0xff));
+    al.packets
+        .retain(|p| !(p[1] & 0x1f == 0x1f && p[2] == 0xff));
     let src = c.packets();
     let runs = find_runs(&al.packets, &src);
     let ctx = format!("{}: {}", v.name, runs.describe());
     // The hole cuts a TS packet where an SRT packet (1456 bytes) ended: one resync there.
-    assert!(runs.unmatched == 0 && al.resyncs <= 1, "{ctx}, {} resyncs", al.resyncs);
-    assert_eq!(runs.runs.len(), 2, "{ctx}\n  expected two runs: before and after the outage");
+    assert!(
+        runs.unmatched == 0 && al.resyncs <= 1,
+        "{ctx}, {} resyncs",
+        al.resyncs
+    );
+    assert_eq!(
+        runs.runs.len(),
+        2,
+        "{ctx}\n  expected two runs: before and after the outage"
+    );
     let (a, b) = (runs.runs[0], runs.runs[1]);
-    assert_eq!(a.src_start, 0, "{ctx}\n  the first run starts at the clip's start");
+    assert_eq!(
+        a.src_start, 0,
+        "{ctx}\n  the first run starts at the clip's start"
+    );
     assert!(a.len > 1000, "{ctx}\n  too little before the outage");
-    assert_eq!(b.src_start, resumed, "{ctx}\n  the second run starts where publishing resumed");
+    assert_eq!(
+        b.src_start, resumed,
+        "{ctx}\n  the second run starts where publishing resumed"
+    );
     // srt-live-transmit never sends a last partial chunk (the rest is not cut to one).
     let tail = src.len() - (b.src_start + b.len);
-    assert!(tail * TS < SLT_CHUNK, "{ctx}\n  the second run reaches the clip's end");
+    assert!(
+        tail * TS < SLT_CHUNK,
+        "{ctx}\n  the second run reaches the clip's end"
+    );
 }
 
 /// Publishes the clip's first part to `first`, kills `first` with SIGKILL mid-stream
@@ -139,7 +157,11 @@ fn outage(
     // The edge calls it again by itself (backoff under 5 s); publishing resumes once it
     // has, so that the only hole is the outage.
     let back = wait_until(Duration::from_secs(15), || pull_state(edge).0 == Some(1.0));
-    assert!(back, "the edge did not connect again: {}", tail_lines(&edge.log(), 30));
+    assert!(
+        back,
+        "the edge did not connect again: {}",
+        tail_lines(&edge.log(), 30)
+    );
     let rest = c.suffix(dir, c.secs * 0.6);
     let resumed = c.packet_at(c.secs * 0.6);
     let mut p2 = BytePublisher::start(dir, "pub2", &second.publisher_url("1"), &rest);
