@@ -179,3 +179,76 @@ fn origin_to_two_edges_on_the_kernel_path_with_loss_on_one_link() {
         );
     }
 }
+
+/// A delay set on the origin reaches the edge's viewers, and the edge adds its own: the
+/// same bytes published to two streams, stream 2 delayed 500 ms on the origin and 200 ms
+/// more on the edge; the edge's stream-2 viewer reaches each byte 700 ms (± 50) after its
+/// stream-1 viewer. Origin and edge in one namespace, on its loopback; both datapaths.
+#[test]
+fn a_delay_set_on_the_origin_reaches_edge_viewers() {
+    let c = clip();
+    let mut datapaths = vec!["userspace"];
+    if object_or_skip("a_delay_set_on_the_origin_reaches_edge_viewers").is_some() {
+        datapaths.push("ebpf");
+    } else if !require_root("a_delay_set_on_the_origin_reaches_edge_viewers") {
+        return;
+    }
+    for datapath in datapaths {
+        let ns = Netns::create(&["solo"]);
+        let name = ns.name("solo").to_string();
+        let base = RelayOpts {
+            netns: Some(name.clone()),
+            datapath: Some(datapath.into()),
+            ..RelayOpts::default()
+        };
+        let origin = Relay::start(RelayOpts {
+            stream_delays: vec![("2".into(), 500)],
+            ..base.clone()
+        });
+        let edge = Relay::start(RelayOpts {
+            stream_delays: vec![("2".into(), 200)],
+            upstream: ["1", "2"]
+                .map(|s| (s.to_string(), vec![origin.upstream_entry(s)]))
+                .to_vec(),
+            ..base
+        });
+        let dir = TempDir::new(&format!("edge-delay-{datapath}"));
+        let mut a = SltViewer::start_opts(&dir, "a", &edge.viewer_url("1"), Some(&name), true);
+        let mut b = SltViewer::start_opts(&dir, "b", &edge.viewer_url("2"), Some(&name), true);
+        assert!(
+            origin.wait_connections("request", 2, Duration::from_secs(10)),
+            "{datapath}: the edge did not pull both streams: {}",
+            tail_lines(&edge.log(), 30)
+        );
+        sleep_secs(1.0);
+        let until = std::time::Instant::now() + secs(c.secs + 8.0);
+        let (ga, ha) = Growth::watch(a.out.clone(), until);
+        let (gb, hb) = Growth::watch(b.out.clone(), until);
+        let urls = [origin.publisher_url("1"), origin.publisher_url("2")];
+        let mut p = TeePublisher::start(&dir, &urls, c, &name);
+        p.finish(c);
+        a.stop();
+        b.stop();
+        let (_, _) = (ha.join(), hb.join());
+        let lag = lag_ms(&ga, &gb, c, (0.1, 0.9));
+        record_result(&format!(
+            "edge delay {datapath}: origin 500 ms + edge 200 ms: the edge's stream-2 viewer reached each byte {lag:.1} ms after its stream-1 viewer"
+        ));
+        assert!(
+            (lag - 700.0).abs() <= 50.0,
+            "{datapath}: the edge's delayed viewer lags {lag:.1} ms, expected 700 ± 50"
+        );
+        for v in [&a, &b] {
+            assert_contiguous(
+                &format!("{datapath}: {}", v.name),
+                &v.output(),
+                c,
+                Expect {
+                    from_start: true,
+                    to_end: true,
+                    min_packets: c.n_packets(),
+                },
+            );
+        }
+    }
+}
