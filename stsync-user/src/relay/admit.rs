@@ -237,6 +237,8 @@ impl Relay {
                     start,
                     encrypted,
                 });
+                // The first viewer of a stream pulled here starts its pull now.
+                self.drive_pull(now, stream);
             }
         }
         Ok(())

@@ -20,6 +20,7 @@ use crate::srt::receiver::Receiver;
 use crate::srt::seq::Seq;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use stsync_common::srt::ctrl;
 use tracing::{debug, info, warn};
 
 /// How often an unanswered handshake is sent again (libsrt's caller: 250 ms).
@@ -320,6 +321,9 @@ impl Relay {
             "pulling from upstream"
         );
         self.take_publisher(now, stream, id, peer, false);
+        // Tells the upstream its answer arrived (it counts a viewer from its first packet,
+        // and its kernel path learns the route from it) before any ACK is due.
+        self.send_control(now, id, ctrl::KEEPALIVE, 0, &[0]);
     }
 
     /// Makes connection `id` (from `peer`) the publisher of `stream`; the one before it, if
@@ -374,7 +378,7 @@ impl Relay {
         }
     }
 
-    fn drive_pull(&mut self, now: Instant, i: usize) {
+    pub(super) fn drive_pull(&mut self, now: Instant, i: usize) {
         let latency_ms = self.cfg.latency.as_millis().min(u16::MAX.into()) as u16;
         let viewers = self.shared.viewers(i);
         let s = &mut self.streams[i];

@@ -77,6 +77,33 @@ impl World {
         Self::build_with(None, None, 1, secret, unix)
     }
 
+    /// An edge: stream 1 is pulled from `upstreams` (on demand, or `always`).
+    fn edge(upstreams: &[&str], always: bool) -> Self {
+        let mut w = Self::build(None, None, 1);
+        let streams = vec![StreamConfig {
+            upstreams: upstreams.iter().map(|u| u.to_string()).collect(),
+            pull_always: always,
+            ..Self::stream_config(None, None)
+        }];
+        w.relay = Relay::workers(w.relay.cfg.clone(), streams, [7; 16], w.now, 1)
+            .pop()
+            .unwrap();
+        w
+    }
+
+    /// Stream 1, whose publisher and viewers must encrypt with these.
+    fn stream_config(publish: Option<&str>, view: Option<&str>) -> StreamConfig {
+        StreamConfig {
+            resource: "1".to_string(),
+            delay_ms: 0,
+            publish_passphrase: publish.map(str::to_string),
+            view_passphrase: view.map(str::to_string),
+            pbkeylen: None,
+            upstreams: Vec::new(),
+            pull_always: false,
+        }
+    }
+
     fn build_with(
         publish: Option<&str>,
         view: Option<&str>,
@@ -100,15 +127,7 @@ impl World {
             wall_clock: WallClock { at: now, unix },
             key_schedule: Default::default(),
         };
-        let streams = vec![StreamConfig {
-            resource: "1".to_string(),
-            delay_ms: 0,
-            publish_passphrase: publish.map(str::to_string),
-            view_passphrase: view.map(str::to_string),
-            pbkeylen: None,
-            upstreams: Vec::new(),
-            pull_always: false,
-        }];
+        let streams = vec![Self::stream_config(publish, view)];
         let mut relays = Relay::workers(cfg, streams, [9; 16], now, workers).into_iter();
         World {
             relay: relays.next().unwrap(),
@@ -462,6 +481,7 @@ impl Caller {
 mod connections;
 mod encryption;
 mod handover;
+mod pull;
 mod retransmission;
 mod signed_keys;
 mod streaming;
