@@ -228,3 +228,34 @@ fn a_standby_origin_takes_over_when_the_first_stays_down() {
         Some(1.0)
     );
 }
+
+/// An edge of an edge: publisher → origin → edge → edge of the edge → viewer, byte-exact,
+/// every hop's pull connected, the middle edge serving only the leaf.
+#[test]
+fn an_edge_of_an_edge() {
+    let c = clip();
+    let origin = Relay::start(userspace());
+    let edge = Relay::start(edge_of(&[&origin], userspace()));
+    let leaf = Relay::start(edge_of(&[&edge], userspace()));
+    let dir = TempDir::new("edge-of-edge");
+    let mut v = SltViewer::start(&dir, "v", &leaf.viewer_url("1"));
+    assert!(
+        origin.wait_connections("request", 1, Duration::from_secs(10)),
+        "the pulls did not reach the origin: {}",
+        tail_lines(&edge.log(), 20)
+    );
+    sleep_secs(0.5);
+    let mut publ = BytePublisher::start(&dir, "pub", &origin.publisher_url("1"), c);
+    publ.finish(LINGER);
+    v.assert_running("after the stream");
+    v.stop();
+    assert_whole(&v, c);
+    for r in [&edge, &leaf] {
+        assert_eq!(pull_state(r).0, Some(1.0), "{}", r.metrics());
+    }
+    assert_eq!(
+        edge.metric("srt_connections_current", &[("mode", "request")]),
+        Some(1.0),
+        "the middle edge serves the leaf"
+    );
+}
