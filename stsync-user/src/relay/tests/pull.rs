@@ -192,3 +192,43 @@ fn a_pulled_stream_takes_no_publisher_and_refused_calls_are_tried_again() {
     // Answers from anyone but the upstream are not taken.
     assert_eq!(e.dropped("wrong_peer"), 0);
 }
+
+/// Whatever comes back to a call — truncated, garbage, answers out of order, from
+/// elsewhere — is counted and dropped, never a panic, and the call goes on.
+#[test]
+fn malformed_answers_to_a_call_are_dropped() {
+    let mut o = World::new();
+    let mut e = World::edge(&["origin:9999"], true);
+    e.advance(Duration::from_millis(150));
+    let req = e.relay.poll_pull().expect("always pulled");
+    let key = o.key("1");
+    e.relay.handle_pull(e.now, req, Ok((ORIGIN, key)));
+    let induction = drain(&mut e, ORIGIN).pop().expect("an induction");
+    let Packet::Control(c) = Packet::parse(&induction).unwrap() else {
+        panic!("a handshake")
+    };
+    let call = Handshake::parse(c.body).unwrap().socket_id;
+    let mut rng = 0x1234_5678_u64;
+    for i in 0..2000usize {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let len = (rng as usize) % 120;
+        let mut body: Vec<u32> = (0..len / 4).map(|k| (rng >> (k % 32)) as u32).collect();
+        if i % 3 == 0 && body.len() > 6 {
+            // A conclusion-looking answer before any cookie.
+            body[5] = hs_type::CONCLUSION;
+        }
+        let mut b = Vec::new();
+        write_control(&mut b, ctrl::HANDSHAKE, 0, 0, call, &body);
+        let from = if i % 5 == 0 { EDGE } else { ORIGIN };
+        e.send(from, &b);
+    }
+    assert!(e.dropped("wrong_peer") > 0);
+    assert!(e.dropped("unexpected_handshake") > 0);
+    // The real upstream still gets through.
+    for _ in 0..10 {
+        tick(&mut o, &mut e, Duration::from_millis(100), true);
+    }
+    assert_eq!(pull(&e).state, "connected");
+}
