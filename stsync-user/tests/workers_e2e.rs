@@ -52,8 +52,23 @@ fn viewers_on_every_worker(workers: u32) {
     let c = clip();
     let relay = relay(workers);
     let dir = TempDir::new(&format!("workers-{workers}"));
-    let n = 2 * workers as usize;
-    let mut early = slt_viewers(n, &dir, &relay);
+    let mut early = slt_viewers(2 * workers as usize, &dir, &relay);
+    // The kernel's flow hash places handshakes: with 2 workers, 2N viewers all land on one
+    // of them 1 time in 2^(2N-1). More join (at most 16) until they span two workers, so
+    // that one is on another worker than the publisher's, whichever that will be.
+    while early.len() < 16 {
+        let n = early.len();
+        let accepted = wait_until(Duration::from_secs(5), || {
+            landed(&relay).1.len() >= 2 || relay.accepted().len() >= n
+        });
+        assert!(accepted, "viewers not accepted: {}", relay.log());
+        if landed(&relay).1.len() >= 2 {
+            break;
+        }
+        let name = format!("v{n}");
+        early.push(SltViewer::start(&dir, &name, &relay.viewer_url("1")));
+    }
+    let n = early.len();
     sleep_secs(1.0);
     let mut publ = BytePublisher::start(&dir, "pub", &relay.publisher_url("1"), c);
     sleep_secs(3.0);

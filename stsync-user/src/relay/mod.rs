@@ -743,7 +743,7 @@ impl Relay {
                     self.close(now, old, true);
                 }
             }
-            self.sweep_stream(i);
+            self.sweep_stream(now, i);
         }
         // Every worker's sweep runs these; once would do, but they are cheap.
         self.shared.keys().purge(now, self.cfg.wall_clock.unix(now));

@@ -9,7 +9,7 @@ use super::outbox::Payload;
 use super::ring::Ring;
 use super::{
     playout, Offsets, Relay, Role, RouteEvent, StreamConfig, StreamSnapshot, CLOCK_HEADROOM,
-    FEED_POLL,
+    FEED_POLL, SWEEP,
 };
 use crate::srt::crypto::Parity;
 use crate::srt::packet::{be32, ControlPacket, DataPacket};
@@ -21,10 +21,13 @@ use tracing::{debug, info, warn};
 
 /// How far back (packets) a new viewer's mapping may start before the packet that maps it.
 const MAX_ANCHOR_GAP: i32 = 64;
-/// How far a stream's applied delay moves towards a new target per sweep: 10 % of real
-/// time, so viewers' players get the stream 10 % slower (delay growing) or faster
-/// (shrinking) until it is reached, and nothing is held back, dropped or repeated.
-const DELAY_STEP_US: u32 = 10_000;
+/// How fast a stream's applied delay moves towards a new target: 10 % of real time (the
+/// time since the last step, not a step per sweep, so a late sweep does not slow it), so
+/// viewers' players get the stream 10 % slower (delay growing) or faster (shrinking) until
+/// it is reached, and nothing is held back, dropped or repeated.
+const DELAY_RATE_DIV: u64 = 10;
+/// At most this much per step, whatever the time since the last one (a stalled worker).
+const DELAY_STEP_MAX_US: u32 = 50_000;
 /// At most this much of an upstream's delay is carried to a pulled stream's viewers (the
 /// largest delay a relay takes).
 const MAX_LEAD_US: u32 = (crate::delay::MAX_DELAY_MS * 1000) as u32;
@@ -40,10 +43,12 @@ pub(super) struct Stream {
     pub epoch: u64,
     pub ring: Option<Ring>,
     /// Added to every timestamp the stream's viewers get (µs): their play-out is that much
-    /// later. Moves towards `delay_target_ms` by `DELAY_STEP_US` per sweep.
+    /// later. Moves towards `delay_target_ms` at `DELAY_RATE_DIV`'s pace.
     pub delay_us: u32,
     /// The delay asked for (config.json or the HTTP API), ms.
     pub delay_target_ms: u64,
+    /// When the delay was last moved towards its target (the last sweep).
+    pub delay_stepped_at: Option<Instant>,
     /// The current publisher's ingest latency.
     pub ingest: Option<IngestLatency>,
     /// The current publisher is on another worker: what its feed last said of it.
@@ -75,6 +80,7 @@ impl Stream {
             ring: None,
             delay_us: delay_target_us(cfg.delay_ms),
             delay_target_ms: cfg.delay_ms,
+            delay_stepped_at: None,
             ingest: None,
             remote: None,
             delay_too_big: false,
@@ -135,6 +141,12 @@ impl Feeder<'_> {
             Feeder::Remote(r) => r.first_missing.is_some_and(|m| !p.lt(m)),
         }
     }
+}
+
+/// How far the applied delay moves at `now`, the previous sweep having been at `last`.
+fn delay_step(last: Option<Instant>, now: Instant) -> u32 {
+    let elapsed = last.map_or(SWEEP, |t| now.saturating_duration_since(t));
+    ((elapsed.as_micros() as u64 / DELAY_RATE_DIV) as u32).min(DELAY_STEP_MAX_US)
 }
 
 /// A delay in ms as the µs added to timestamps.
@@ -488,7 +500,7 @@ impl Relay {
 
     /// Stream `i`'s rates and ingest latency from its publisher, and one step of its delay
     /// towards the target.
-    pub(super) fn sweep_stream(&mut self, i: usize) {
+    pub(super) fn sweep_stream(&mut self, now: Instant, i: usize) {
         let latency_ms = self.cfg.latency.as_millis() as u64;
         let s = &self.streams[i];
         // The publisher's rates on its own worker only: another's copy of them may be
@@ -520,14 +532,15 @@ impl Relay {
             Err(_) => {}
         }
         let target = delay_target_us(s.delay_target_ms);
+        let stepped_at = s.delay_stepped_at.replace(now);
         // A remote publisher's worker moves the delay; its feed brings it.
         if s.delay_us != target && !remote {
             s.delay_us = if self.shared.viewers(i) == 0 {
                 target
             } else if target > s.delay_us {
-                target.min(s.delay_us + DELAY_STEP_US)
+                target.min(s.delay_us + delay_step(stepped_at, now))
             } else {
-                target.max(s.delay_us.saturating_sub(DELAY_STEP_US))
+                target.max(s.delay_us.saturating_sub(delay_step(stepped_at, now)))
             };
             self.events.push_back(RouteEvent::StreamDelay {
                 resource: s.resource.clone(),
