@@ -29,15 +29,6 @@ fn userspace() -> RelayOpts {
     }
 }
 
-fn assert_whole(v: &SltViewer, c: &Clip) {
-    let whole = Expect {
-        from_start: true,
-        to_end: true,
-        min_packets: c.n_packets(),
-    };
-    assert_contiguous(&v.name, &v.output(), c, whole);
-}
-
 /// The edge's pull as its metrics say: (connected, reconnects).
 fn pull_state(edge: &Relay) -> (Option<f64>, Option<f64>) {
     let m = edge.metrics();
@@ -81,7 +72,7 @@ fn origin_and_two_edges_on_loopback() {
         v.stop();
     }
     for v in &viewers {
-        assert_whole(v, c);
+        assert_whole(&v.name, &v.output(), c);
     }
     assert_eq!(
         origin.metric("srt_connections_current", &[("mode", "request")]),
@@ -249,7 +240,7 @@ fn an_edge_of_an_edge() {
     publ.finish(LINGER);
     v.assert_running("after the stream");
     v.stop();
-    assert_whole(&v, c);
+    assert_whole(&v.name, &v.output(), c);
     for r in [&edge, &leaf] {
         assert_eq!(pull_state(r).0, Some(1.0), "{}", r.metrics());
     }

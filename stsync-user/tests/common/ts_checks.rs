@@ -220,6 +220,16 @@ pub fn assert_contiguous(label: &str, received: &[u8], clip: &Clip, exp: Expect)
     r
 }
 
+/// `received` is the whole clip, byte for byte: one run from its first packet to its last.
+pub fn assert_whole(label: &str, received: &[u8], clip: &Clip) -> Run {
+    let whole = Expect {
+        from_start: true,
+        to_end: true,
+        min_packets: clip.n_packets(),
+    };
+    assert_contiguous(label, received, clip, whole)
+}
+
 /// Continuity-counter breaks, per PID (null packets ignored; one duplicate allowed;
 /// discontinuity indicator honoured). Returns human-readable descriptions.
 pub fn cc_breaks(packets: &[&[u8]]) -> Vec<String> {
