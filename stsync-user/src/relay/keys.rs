@@ -210,7 +210,7 @@ impl SessionKeys {
         mode: Mode,
         unix: Duration,
     ) -> Result<SignedKey, Denied> {
-        let k = signed_keys::verify(&s.secret, resource, session)?;
+        let k = signed_keys::verify(&s.secret, resource, session).ok_or(Denied::Unknown)?;
         if k.mode.is_some_and(|m| m != mode) {
             return Err(Denied::Unknown);
         }

@@ -23,7 +23,6 @@
 //! key's 31 bytes), its first 24 bytes as 48 hex characters (the shape of a random one), so
 //! every relay with the secret asks the connection for the same one.
 
-use super::keys::Denied;
 use crate::srt::streamid::Mode;
 use ring::hmac;
 use std::collections::HashMap;
@@ -125,32 +124,33 @@ pub fn is_signed(session: &str) -> bool {
     session.len() > 16
 }
 
-/// The signed key `session` (normalised hex) of `resource`, if its MAC is right; nothing
-/// else about it is looked at before the MAC (a forger learns nothing but "unknown").
-pub fn verify(secret: &KeySecret, resource: &str, session: &str) -> Result<SignedKey, Denied> {
+/// The signed key `session` (normalised hex) of `resource`, if its MAC is right and its
+/// format known (else the key is unknown); nothing else about it is looked at before the
+/// MAC (a forger learns nothing but "unknown").
+pub fn verify(secret: &KeySecret, resource: &str, session: &str) -> Option<SignedKey> {
     if session.len() > 2 * KEY_BYTES {
-        return Err(Denied::Unknown);
+        return None;
     }
     let padded = format!("{session:0>width$}", width = 2 * KEY_BYTES);
     let mut b = [0u8; KEY_BYTES];
     for (i, out) in b.iter_mut().enumerate() {
-        *out = u8::from_str_radix(&padded[2 * i..2 * i + 2], 16).map_err(|_| Denied::Unknown)?;
+        *out = u8::from_str_radix(&padded[2 * i..2 * i + 2], 16).ok()?;
     }
     let want = mac(secret, resource, &b[..SIGNED]);
     if !bool::from(want.ct_eq(&b[SIGNED..])) {
-        return Err(Denied::Unknown);
+        return None;
     }
     let mode = match b[5] {
         0 => None,
         1 => Some(Mode::Publish),
         2 => Some(Mode::Request),
-        _ => return Err(Denied::Unknown),
+        _ => return None,
     };
     // Signed by a relay with our secret but not of a format we know: refused alike.
     if b[0] != VERSION || b[6] & !FLAG_ENCRYPTED != 0 {
-        return Err(Denied::Unknown);
+        return None;
     }
-    Ok(SignedKey {
+    Some(SignedKey {
         expiry: u32::from_be_bytes(b[1..5].try_into().unwrap()).into(),
         mode,
         encrypted: b[6] & FLAG_ENCRYPTED != 0,
@@ -271,7 +271,7 @@ mod tests {
                 (v.expiry, v.mode, v.encrypted, v.nonce),
                 (1_800_000_000, mode, encrypted, nonce)
             );
-            assert_eq!(verify(&s, "1a", &k), Ok(v), "unnormalised");
+            assert_eq!(verify(&s, "1a", &k), Some(v), "unnormalised");
         }
         // Random keys are at most 16 hex characters.
         assert!(!is_signed("91bf7a9ed500c8ce"));
@@ -288,22 +288,22 @@ mod tests {
             let mut b = bytes.clone();
             b[i / 8] ^= 1 << (i % 8);
             let flipped = normalize_hex(&hex(&b)).unwrap();
-            assert_eq!(verify(&s, "1", &flipped), Err(Denied::Unknown), "bit {i}");
+            assert_eq!(verify(&s, "1", &flipped), None, "bit {i}");
         }
         // Truncated, extended, or for another resource.
-        assert_eq!(verify(&s, "1", &k[2..]), Err(Denied::Unknown));
-        assert_eq!(verify(&s, "1", &k[..60]), Err(Denied::Unknown));
-        assert_eq!(verify(&s, "1", &format!("{k}0")), Err(Denied::Unknown));
-        assert_eq!(verify(&s, "2", &k), Err(Denied::Unknown));
-        assert_eq!(verify(&s, "10", &k), Err(Denied::Unknown));
-        assert!(verify(&s, "1", &k).is_ok());
+        assert_eq!(verify(&s, "1", &k[2..]), None);
+        assert_eq!(verify(&s, "1", &k[..60]), None);
+        assert_eq!(verify(&s, "1", &format!("{k}0")), None);
+        assert_eq!(verify(&s, "2", &k), None);
+        assert_eq!(verify(&s, "10", &k), None);
+        assert!(verify(&s, "1", &k).is_some());
     }
 
     #[test]
     fn another_secret_is_refused() {
         let k = mint(&secret(), "1", 1_800_000_000, None, false, 7);
         let other = KeySecret::new(b"0123456789abcdef0123456789abcdef-prod");
-        assert_eq!(verify(&other, "1", &k), Err(Denied::Unknown));
+        assert_eq!(verify(&other, "1", &k), None);
     }
 
     #[test]
