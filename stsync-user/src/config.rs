@@ -120,6 +120,14 @@ pub struct Upstream {
     pub api: String,
     /// The stream's token there.
     pub token: String,
+    /// The upstream's viewers must encrypt (its `view_passphrase`): this edge does, with
+    /// this passphrase (a key the upstream mints with a passphrase of its own asks for
+    /// that one instead).
+    #[serde(default)]
+    pub passphrase: Option<String>,
+    /// The AES key length (16, 24 or 32 bytes) this edge offers; default 16.
+    #[serde(default)]
+    pub pbkeylen: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -406,19 +414,12 @@ impl Config {
                 ("publish_passphrase", &s.publish_passphrase),
                 ("view_passphrase", &s.view_passphrase),
             ] {
-                let len = p.as_ref().map_or(10, |p| p.chars().count());
-                if !crate::srt::crypto::PASSPHRASE_LEN.contains(&len) {
-                    return Err(invalid(
-                        format!("streams[{i}].{field}"),
-                        format!("must be 10 to 79 characters (as libsrt takes), got {len}"),
-                    ));
+                if let Some(why) = passphrase_error(p.as_deref()) {
+                    return Err(invalid(format!("streams[{i}].{field}"), why));
                 }
             }
-            if let Some(n) = s.pbkeylen.filter(|n| ![16, 24, 32].contains(n)) {
-                return Err(invalid(
-                    format!("streams[{i}].pbkeylen"),
-                    format!("must be 16, 24 or 32 (bytes: AES-128, -192, -256), got {n}"),
-                ));
+            if let Some(why) = pbkeylen_error(s.pbkeylen) {
+                return Err(invalid(format!("streams[{i}].pbkeylen"), why));
             }
             for (j, u) in s.upstream.iter().enumerate() {
                 let at = |f: &str| format!("streams[{i}].upstream[{j}].{f}");
@@ -440,6 +441,12 @@ impl Config {
                 }
                 if let Some(reason) = token_error(&u.token) {
                     return Err(invalid(at("token"), reason));
+                }
+                if let Some(why) = passphrase_error(u.passphrase.as_deref()) {
+                    return Err(invalid(at("passphrase"), why));
+                }
+                if let Some(why) = pbkeylen_error(u.pbkeylen) {
+                    return Err(invalid(at("pbkeylen"), why));
                 }
             }
             if !s.upstream.is_empty() && s.publish_passphrase.is_some() {
@@ -475,6 +482,21 @@ impl Config {
 }
 
 /// Why `token` can never work, if it cannot.
+/// Why a passphrase is one libsrt would not take, if it is.
+fn passphrase_error(p: Option<&str>) -> Option<String> {
+    let len = p.map_or(10, |p| p.chars().count());
+    (!crate::srt::crypto::PASSPHRASE_LEN.contains(&len))
+        .then(|| format!("must be 10 to 79 characters (as libsrt takes), got {len}"))
+}
+
+/// Why a key length is not an AES one, if it is not.
+fn pbkeylen_error(n: Option<u8>) -> Option<String> {
+    let n = n.filter(|n| ![16, 24, 32].contains(n))?;
+    Some(format!(
+        "must be 16, 24 or 32 (bytes: AES-128, -192, -256), got {n}"
+    ))
+}
+
 fn token_error(token: &str) -> Option<String> {
     if token.trim().is_empty() {
         return Some("is blank".into());

@@ -4,7 +4,8 @@
 
 use crate::api::client::Client;
 use crate::config::Upstream;
-use crate::relay::{PullAnswer, PullRequest};
+use crate::relay::{PullAnswer, PullRequest, Pulled};
+use crate::srt::crypto::KeyMaterial;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -56,10 +57,30 @@ impl PullKeys {
 
 fn mint(u: &Upstream, resource: &str) -> PullAnswer {
     let peer = resolve(&u.srt)?;
-    let key = Client::new(&u.api, Some(&u.token))
+    let minted = Client::new(&u.api, Some(&u.token))
         .create_session(resource)
         .map_err(|e| format!("{}: {e}", u.api))?;
-    Ok((peer, key.session_id))
+    // A key minted with a passphrase of its own asks for that one, else the configured.
+    let km = match minted.passphrase.or_else(|| u.passphrase.clone()) {
+        None => None,
+        Some(pass) => Some((keying_material(&pass, u.pbkeylen.unwrap_or(16))?, pass)),
+    };
+    Ok(Pulled {
+        peer,
+        key: minted.session_id,
+        km,
+    })
+}
+
+/// A fresh random stream key of `len` bytes under a fresh salt, sealed with `passphrase`,
+/// as libsrt's caller offers it in its conclusion (KMREQ).
+fn keying_material(passphrase: &str, len: u8) -> Result<Vec<u8>, String> {
+    let key: Vec<u8> = (0..len).map(|_| rand::random()).collect();
+    let km = KeyMaterial::seal(passphrase.as_bytes(), rand::random(), Some(&key), None)
+        .map_err(|e| format!("sealing our keys: {e}"))?;
+    let mut out = Vec::new();
+    km.encode(&mut out);
+    Ok(out)
 }
 
 /// `host:port`, an IPv4 address preferred (the relay's socket is usually IPv4).

@@ -250,3 +250,54 @@ fn an_edge_of_an_edge() {
         "the middle edge serves the leaf"
     );
 }
+
+/// An origin whose viewers must encrypt (`view_passphrase`), rotating their keys every
+/// 1024 packets: the edge offers keys sealed with the passphrase its `upstream` entry
+/// gives, follows the origin's key changes, and serves its own viewers in clear.
+#[test]
+fn an_edge_pulls_an_encrypted_stream() {
+    let c = clip();
+    const PASS: &str = "origin-view-passphrase";
+    let origin = Relay::start(RelayOpts {
+        passphrases: vec![("1".into(), None, Some(PASS.into()))],
+        kmrefreshrate: Some(1024),
+        kmpreannounce: Some(256),
+        ..userspace()
+    });
+    let mut entry = origin.upstream_entry("1");
+    entry["passphrase"] = PASS.into();
+    let edge = Relay::start(RelayOpts {
+        upstream: vec![("1".into(), vec![entry])],
+        ..userspace()
+    });
+    let dir = TempDir::new("edge-encrypted");
+    let mut v = SltViewer::start(&dir, "v", &edge.viewer_url("1"));
+    assert!(
+        origin.wait_connections("request", 1, Duration::from_secs(10)),
+        "the edge did not connect: {}\n{}",
+        tail_lines(&edge.log(), 20),
+        tail_lines(&origin.log(), 20)
+    );
+    sleep_secs(0.5);
+    let mut publ = BytePublisher::start(&dir, "pub", &origin.publisher_url("1"), c);
+    publ.finish(LINGER);
+    v.assert_running("after the stream");
+    v.stop();
+    assert_whole(&v.name, &v.output(), c);
+    assert!(
+        origin.log().contains("aes_bits=128"),
+        "the edge's connection encrypts: {}",
+        origin.log()
+    );
+    assert!(edge.log().contains("encrypted=true"), "{}", edge.log());
+    let m = edge.metrics();
+    assert_eq!(
+        prom_value(
+            &m,
+            "srt_packets_dropped_total",
+            &[("reason", "no_key_for_packet")]
+        ),
+        None,
+        "{m}"
+    );
+}

@@ -263,7 +263,7 @@ impl Relay {
 /// material `km`, opened with it), as libsrt's listener decides: keys offered where none is
 /// set, or none offered where one is, is REJ_UNSECURE; keys that do not open are
 /// REJ_BADSECRET.
-fn caller_encryption(
+pub(super) fn caller_encryption(
     passphrase: Option<&str>,
     km: Option<&[u8]>,
     mode: Mode,

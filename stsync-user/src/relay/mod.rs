@@ -40,7 +40,7 @@ pub use encryption::KeySchedule;
 pub use io::{Command, CommandError, KernelAcks, KernelReport, Offsets, Reply, RouteEvent};
 pub use keys::{Denied, Minted, SessionKeys, TooMany, MAX_KEYS_PER_STREAM};
 pub use per_address::{AddressLimits, PerAddress};
-pub use pull::{PullAnswer, PullRequest, PullSnapshot};
+pub use pull::{PullAnswer, PullRequest, PullSnapshot, Pulled};
 pub use shared::Shared;
 pub use signed_keys::{KeySecret, MIN_SECRET_LEN};
 pub use stats::{ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot};

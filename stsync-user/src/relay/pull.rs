@@ -11,6 +11,8 @@
 //! One worker pulls each stream (its index modulo the workers): its socket ID names that
 //! worker, so the upstream's packets reach it.
 
+use super::admit::caller_encryption;
+use super::encryption::Encryption;
 use super::ingest::IngestLatency;
 use super::ring::Ring;
 use super::{Conn, ConnMode, ConnStats, Relay, Role, RouteEvent};
@@ -18,6 +20,7 @@ use crate::srt::caller::{self, HsAnswer};
 use crate::srt::packet::ControlPacket;
 use crate::srt::receiver::Receiver;
 use crate::srt::seq::Seq;
+use crate::srt::streamid::Mode;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use stsync_common::srt::ctrl;
@@ -50,8 +53,21 @@ pub struct PullRequest {
     pub upstream: usize,
 }
 
-/// The driver's answer to a [`PullRequest`]: (SRT address, session key), or why not.
-pub type PullAnswer = Result<(SocketAddr, String), String>;
+/// The driver's answer to a [`PullRequest`], or why there is none.
+pub type PullAnswer = Result<Pulled, String>;
+
+/// What the relay needs to call an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// Its SRT address, resolved.
+    pub peer: SocketAddr,
+    /// The session key it minted.
+    pub key: String,
+    /// When the upstream's viewers encrypt: the keying material to offer (KMREQ, sealed
+    /// with a fresh random key by the driver, which has the randomness) and the
+    /// passphrase it was sealed with.
+    pub km: Option<(Vec<u8>, String)>,
+}
 
 /// What an edge's pull is doing, in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +109,7 @@ struct Call {
     id: u32,
     peer: SocketAddr,
     sid: String,
+    km: Option<(Vec<u8>, String)>,
     isn: Seq,
     /// Our clock for the handshake's timestamps.
     start: Instant,
@@ -100,6 +117,17 @@ struct Call {
     cookie: Option<u32>,
     since: Instant,
     next_send: Instant,
+}
+
+/// A call's answer: the connection it makes.
+struct Link {
+    id: u32,
+    peer: SocketAddr,
+    peer_id: u32,
+    isn: Seq,
+    latency: Duration,
+    /// The upstream's clock for it (its answer's timestamp).
+    start: Instant,
 }
 
 impl Pull {
@@ -192,7 +220,7 @@ impl Relay {
         if !matches!(p.state, State::Minting { .. }) || p.current != req.upstream {
             return; // given up on meanwhile
         }
-        let (peer, key) = match answer {
+        let Pulled { peer, key, km } = match answer {
             Ok(a) => a,
             Err(why) => {
                 warn!(resource = %req.resource, upstream = %p.upstreams[p.current], "pull: no session key: {why}");
@@ -206,6 +234,7 @@ impl Relay {
             id,
             peer,
             sid: format!("#!::r={},s={key},m=request", req.resource),
+            km,
             isn,
             start: now,
             cookie: None,
@@ -247,6 +276,14 @@ impl Relay {
                 call.next_send = now;
                 self.drive_pull(now, i);
             }
+            HsAnswer::Accepted(_)
+                if call.km.as_ref().map(|k| &k.0[..]) != caller::kmrsp(c.body) =>
+            {
+                // libsrt's listener answers a KMREQ it took with it as KMRSP, else refuses.
+                let upstream = &p.upstreams[p.current];
+                warn!(resource = %s.resource, upstream = %upstream, "pull: the upstream did not take our keys");
+                p.fail(now);
+            }
             HsAnswer::Accepted(peer_id) if call.cookie.is_some() => {
                 let latency = caller::agreed_latency_ms(c.body)
                     .map_or(self.cfg.latency, |ms| Duration::from_millis(ms.into()))
@@ -256,8 +293,29 @@ impl Relay {
                 let start = now
                     .checked_sub(Duration::from_micros(c.ts.into()))
                     .unwrap_or(now);
-                let (id, isn) = (call.id, call.isn);
-                self.pull_connected(now, i, id, from, peer_id, isn, latency, start);
+                let (id, isn, km) = (call.id, call.isn, call.km.take());
+                let encryption = match km {
+                    None => None,
+                    Some((km, pass)) => {
+                        match caller_encryption(Some(&pass), Some(&km), Mode::Publish, now) {
+                            Ok(e) => e,
+                            Err(rej) => {
+                                warn!(reason = %rej, "pull: our own keying material did not open");
+                                p.fail(now);
+                                return true;
+                            }
+                        }
+                    }
+                };
+                let link = Link {
+                    id,
+                    peer: from,
+                    peer_id,
+                    isn,
+                    latency,
+                    start,
+                };
+                self.pull_connected(now, i, link, encryption);
             }
             HsAnswer::Rejected(code) => {
                 let upstream = &p.upstreams[p.current];
@@ -269,18 +327,22 @@ impl Relay {
         true
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn pull_connected(
         &mut self,
         now: Instant,
         stream: usize,
-        id: u32,
-        peer: SocketAddr,
-        peer_id: u32,
-        isn: Seq,
-        latency: Duration,
-        start: Instant,
+        link: Link,
+        encryption: Option<Encryption>,
     ) {
+        let Link {
+            id,
+            peer,
+            peer_id,
+            isn,
+            latency,
+            start,
+        } = link;
+        let encrypted = encryption.is_some();
         let rx = Receiver::new(isn, latency, self.cfg.buffer_packets, now);
         let conn = Conn {
             peer,
@@ -296,7 +358,7 @@ impl Relay {
             role: Role::Publisher(Box::new(rx)),
             kernel_epoch: None,
             serving_from: None,
-            encryption: None,
+            encryption: encryption.map(Box::new),
             stats: ConnStats::default(),
         };
         self.conns.insert(id, conn);
@@ -317,10 +379,11 @@ impl Relay {
             resource = %s.resource,
             upstream = %p.upstreams[p.current],
             latency_ms = latency.as_millis() as u64,
+            encrypted,
             worker = self.worker,
             "pulling from upstream"
         );
-        self.take_publisher(now, stream, id, peer, false);
+        self.take_publisher(now, stream, id, peer, encrypted);
         // Tells the upstream its answer arrived (it counts a viewer from its first packet,
         // and its kernel path learns the route from it) before any ACK is due.
         self.send_control(now, id, ctrl::KEEPALIVE, 0, &[0]);
@@ -435,9 +498,8 @@ impl Relay {
                     Some(cookie) => {
                         let sid = c.sid.as_bytes();
                         let (id, isn, peer) = (c.id, c.isn, c.peer);
-                        caller::conclusion(
-                            &mut out, id, isn, ts, peer, cookie, latency_ms, sid, None,
-                        )
+                        let km = c.km.as_ref().map(|k| &k.0[..]);
+                        caller::conclusion(&mut out, id, isn, ts, peer, cookie, latency_ms, sid, km)
                     }
                 }
                 self.out.push_bytes(c.peer, &out);

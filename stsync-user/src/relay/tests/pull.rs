@@ -43,7 +43,15 @@ fn mint(o: &mut World, e: &mut World) -> Vec<usize> {
     while let Some(req) = e.relay.poll_pull() {
         asked.push(req.upstream);
         let key = o.key("1");
-        e.relay.handle_pull(e.now, req, Ok((ORIGIN, key)));
+        e.relay.handle_pull(
+            e.now,
+            req,
+            Ok(Pulled {
+                peer: ORIGIN,
+                key,
+                km: None,
+            }),
+        );
     }
     asked
 }
@@ -181,7 +189,15 @@ fn a_pulled_stream_takes_no_publisher_and_refused_calls_are_tried_again() {
     spender
         .connect(&mut o, &format!("#!::r=1,s={key},m=request"))
         .unwrap();
-    e.relay.handle_pull(e.now, req, Ok((ORIGIN, key)));
+    e.relay.handle_pull(
+        e.now,
+        req,
+        Ok(Pulled {
+            peer: ORIGIN,
+            key,
+            km: None,
+        }),
+    );
     shuttle(&mut o, &mut e);
     assert_eq!(pull(&e).failures, 1);
     assert_eq!(pull(&e).state, "waiting");
@@ -202,7 +218,15 @@ fn malformed_answers_to_a_call_are_dropped() {
     e.advance(Duration::from_millis(150));
     let req = e.relay.poll_pull().expect("always pulled");
     let key = o.key("1");
-    e.relay.handle_pull(e.now, req, Ok((ORIGIN, key)));
+    e.relay.handle_pull(
+        e.now,
+        req,
+        Ok(Pulled {
+            peer: ORIGIN,
+            key,
+            km: None,
+        }),
+    );
     let induction = drain(&mut e, ORIGIN).pop().expect("an induction");
     let Packet::Control(c) = Packet::parse(&induction).unwrap() else {
         panic!("a handshake")
