@@ -514,6 +514,7 @@ const FUZZ_TARGETS: &[(&str, usize)] = &[
     ("streamid", 1024),
     ("receiver", 4096),
     ("relay", 16384),
+    ("pull", 8192),
 ];
 
 /// A toolchain-neutral `cargo +nightly` (whatever runs xtask must not leak into it).

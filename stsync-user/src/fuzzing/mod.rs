@@ -3,21 +3,30 @@
 //! logic that a crash exercised is written once. Not part of the relay's API.
 //!
 //! Each harness takes the fuzzer's bytes, runs the code under test and panics when an
-//! invariant breaks. The structured harnesses (`receiver`, `relay`) read their bytes as a
+//! invariant breaks. The structured harnesses (`receiver`, `relay`, `pull`) read their bytes as a
 //! list of operations with [`Input`]; [`Ops`] writes the same format, which is how the seed
 //! corpus is made from real libsrt captures (examples/fuzz_corpus.rs). A reader past the
 //! end of the input reads zeros, so every byte string is a valid input.
 
 mod codec;
+mod pull;
 mod receiver;
 mod relay;
 
 pub use codec::{handshake, packet, streamid};
+pub use pull::{pull, PullOp};
 pub use receiver::{receiver, ReceiverOp};
 pub use relay::{relay, Flags, Peer, RelayOp, RelayRun, PEERS};
 
 /// The harnesses by target name.
-pub const TARGETS: &[&str] = &["packet", "handshake", "streamid", "receiver", "relay"];
+pub const TARGETS: &[&str] = &[
+    "packet",
+    "handshake",
+    "streamid",
+    "receiver",
+    "relay",
+    "pull",
+];
 
 /// Runs the harness of target `name` on `data`; false for an unknown name.
 pub fn run(name: &str, data: &[u8]) -> bool {
@@ -31,6 +40,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "relay" => {
             relay(data);
         }
+        "pull" => pull(data),
         _ => return false,
     }
     true
