@@ -329,6 +329,10 @@ mod session {
 }
 
 fn setup_socket(sock: &Socket) -> std::io::Result<()> {
+    // `[::]` takes IPv4 callers too (as ::ffff:a.b.c.d), whatever net.ipv6.bindv6only says.
+    if sock.domain()? == Domain::IPV6 {
+        sock.set_only_v6(false)?;
+    }
     // Room for bursts: a full fan-out of one packet to many viewers is queued at once.
     let _ = sock.set_send_buffer_size(8 << 20);
     let _ = sock.set_recv_buffer_size(8 << 20);

@@ -16,7 +16,7 @@ use crate::os::clock::monotonic_ns;
 use crate::relay::{KernelAcks, KernelReport, RouteEvent, Transmits};
 use crate::srt::seq::Seq;
 use std::collections::{HashMap, VecDeque};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -113,17 +113,36 @@ impl ViewerTable for Kernel {
     }
 }
 
+/// The IPv4 address and port the kernel path serves for an SRT socket bound to `listen`:
+/// itself, an IPv4-mapped address's IPv4 one, or every IPv4 address for a dual-stack `[::]`;
+/// none for a specific IPv6 address (no IPv4 caller reaches it).
+fn kernel_listen(listen: SocketAddr) -> Option<SocketAddrV4> {
+    match listen {
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            Some(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, a.port()))
+        }
+        a => v4(a),
+    }
+}
+
 impl EbpfDatapath {
     /// Loads, configures and attaches the program; any failure is the reason to fall back.
     pub fn start(opts: &EbpfOptions, socket: &impl AsRawFd) -> Result<EbpfDatapath, KernelError> {
         let mut kernel = Kernel::load_file_sized(&opts.object, opts.streams, opts.max_connections)?;
         kernel.start_log();
-        let listen = v4(opts.listen).ok_or_else(|| {
+        let listen = kernel_listen(opts.listen).ok_or_else(|| {
             KernelError::Other(format!(
-                "the kernel path handles IPv4 only; listening on {}",
+                "the kernel path serves IPv4 callers, and {} takes none (listen on an IPv4 \
+                 address, or on [::] for both families)",
                 opts.listen
             ))
         })?;
+        if opts.listen.is_ipv6() {
+            info!(
+                listen = %opts.listen,
+                "kernel path for IPv4 callers; IPv6 callers are served from userspace"
+            );
+        }
         kernel.set_relay(Some(*listen.ip()), listen.port())?;
         let lo_accept_local = std::fs::read_to_string("/proc/sys/net/ipv4/conf/lo/accept_local")
             .is_ok_and(|v| v.trim() == "1");

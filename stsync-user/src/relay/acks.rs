@@ -97,7 +97,7 @@ impl Relay {
             conn.playout_warned = Some(at);
             warn!(
                 conn = id,
-                peer = %conn.peer,
+                peer = %super::shown(conn.peer),
                 lead_ms = lead / 1000,
                 latency_ms = conn.latency.as_millis() as u64,
                 delay_ms = pkt.delay / 1000,

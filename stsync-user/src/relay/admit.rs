@@ -45,9 +45,9 @@ impl Relay {
             self.drops.reject(rej.code());
             let log = self.shared.addresses().should_log(from.ip(), now);
             if log {
-                info!(peer = %from, code = rej.code(), reason = %rej, "reject code={} (this address's next rejections for 10 s at debug)", rej.code());
+                info!(peer = %super::shown(from), code = rej.code(), reason = %rej, "reject code={} (this address's next rejections for 10 s at debug)", rej.code());
             } else {
-                debug!(peer = %from, code = rej.code(), reason = %rej, "reject code={}", rej.code());
+                debug!(peer = %super::shown(from), code = rej.code(), reason = %rej, "reject code={}", rej.code());
             }
             self.out
                 .push_bytes(from, &listener::rejection(&req, rej.code()));
@@ -191,7 +191,7 @@ impl Relay {
         };
         info!(
             conn = id,
-            peer = %from,
+            peer = %super::shown(from),
             resource = %sid.resource,
             mode = sid.mode.as_str(),
             latency_ms = rcv_latency.max(snd_latency),

@@ -186,6 +186,12 @@ struct Conn {
     stats: ConnStats,
 }
 
+/// A peer's address as logs and the API show it: an IPv4 caller on a dual-stack socket
+/// (`::ffff:a.b.c.d`) as the IPv4 address it is.
+pub fn shown(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 impl Conn {
     /// The connection's clock as its timestamps carry it (wrapping every 71.6 minutes).
     fn clock(&self, now: Instant) -> u32 {
@@ -617,7 +623,7 @@ impl Relay {
                     .push_back(RouteEvent::ViewerRemoved { conn: id });
             }
         }
-        info!(conn = id, peer = %conn.peer, "connection closed");
+        info!(conn = id, peer = %shown(conn.peer), "connection closed");
     }
 
     pub fn poll_timeout(&self) -> Instant {

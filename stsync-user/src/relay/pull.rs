@@ -375,7 +375,7 @@ impl Relay {
         p.state = State::Connected { conn: id };
         info!(
             conn = id,
-            peer = %peer,
+            peer = %super::shown(peer),
             resource = %s.resource,
             upstream = %p.upstreams[p.current],
             latency_ms = latency.as_millis() as u64,
@@ -486,7 +486,7 @@ impl Relay {
                 p.fail(now);
             }
             State::Calling(c) if now >= c.since + CALL_TIMEOUT => {
-                warn!(resource = %resource, upstream = %upstream, peer = %c.peer, "pull: upstream did not answer in {CALL_TIMEOUT:?}");
+                warn!(resource = %resource, upstream = %upstream, peer = %super::shown(c.peer), "pull: upstream did not answer in {CALL_TIMEOUT:?}");
                 p.fail(now);
             }
             State::Calling(c) if now >= c.next_send => {

@@ -57,6 +57,9 @@ pub struct RelayOpts {
     /// config.json `key_secret`: the relay mints signed session keys, and takes those of
     /// any relay with the same secret.
     pub key_secret: Option<String>,
+    /// config.json's `srt_listen` host instead of `srt_bind`/`srt_ip` (e.g. `[::]`, with the
+    /// port picked as usual); clients still dial `srt_ip`.
+    pub srt_listen_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for RelayOpts {
@@ -95,6 +98,7 @@ impl Default for RelayOpts {
             ports: None,
             tokens: None,
             key_secret: None,
+            srt_listen_ip: None,
         }
     }
 }
@@ -155,7 +159,10 @@ impl Relay {
             ])
         });
         let mut cfg = serde_json::json!({
-            "srt_listen": SocketAddrV4::new(opts.srt_bind.unwrap_or(opts.srt_ip), srt.port()).to_string(),
+            "srt_listen": match opts.srt_listen_ip {
+                Some(ip) => std::net::SocketAddr::new(ip, srt.port()).to_string(),
+                None => SocketAddrV4::new(opts.srt_bind.unwrap_or(opts.srt_ip), srt.port()).to_string(),
+            },
             "http_listen": http.to_string(),
             "streams": [
                 { "id": "1", "name": "Stream one", "token": tokens["1"] },
@@ -491,8 +498,15 @@ impl Relay {
     }
 
     /// A URL for a client that reaches the relay at `ip` (see `RelayOpts::srt_bind`).
-    pub fn url_at(&self, ip: Ipv4Addr, resource: &str, key: &str, mode: &str) -> String {
-        let a = SocketAddrV4::new(ip, self.srt.port());
+    pub fn url_at(
+        &self,
+        ip: impl Into<std::net::IpAddr>,
+        resource: &str,
+        key: &str,
+        mode: &str,
+    ) -> String {
+        // IPv6 in brackets, as libsrt's URI parser wants it.
+        let a = std::net::SocketAddr::new(ip.into(), self.srt.port());
         format!("srt://{a}?streamid=#!::r={resource},s={key},m={mode}")
     }
 
