@@ -2,6 +2,10 @@
 //! per source address, and how often its rejections are logged. Only addresses that proved
 //! themselves with a valid cookie get an entry, and idle entries are forgotten, so the table
 //! stays as small as the set of hosts really talking to the relay.
+//!
+//! A "host" is an IPv4 address (an IPv4 caller of a dual-stack socket included), or an IPv6
+//! /64: one machine commonly holds a whole /64 and picks a new address at will, so a
+//! budget per IPv6 address would be no budget at all (nginx's and libsrt's advice alike).
 
 use super::budget::TokenBucket;
 use std::collections::HashMap;
@@ -41,6 +45,17 @@ impl PerAddress {
         }
     }
 
+    /// The host `ip` belongs to, as the table keys it.
+    fn host(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+            v4 => v4,
+        }
+    }
+
     fn rate(&self) -> (u64, u64) {
         let r = u64::from(self.limits.handshakes_per_sec);
         (r, 2 * r)
@@ -49,6 +64,7 @@ impl PerAddress {
     /// A conclusion (cookie proven) from `ip`: spends one of its handshakes; false when
     /// it has none left (or too many addresses are tracked).
     pub fn handshake(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let ip = Self::host(ip);
         let (rate, burst) = self.rate();
         if !self.peers.contains_key(&ip) && self.peers.len() >= MAX_TRACKED {
             return false;
@@ -66,25 +82,25 @@ impl PerAddress {
     /// Whether `ip` may open one more connection.
     pub fn may_connect(&self, ip: IpAddr) -> bool {
         self.peers
-            .get(&ip)
+            .get(&Self::host(ip))
             .is_none_or(|p| p.conns < self.limits.max_connections)
     }
 
     pub fn opened(&mut self, ip: IpAddr) {
-        if let Some(p) = self.peers.get_mut(&ip) {
+        if let Some(p) = self.peers.get_mut(&Self::host(ip)) {
             p.conns += 1;
         }
     }
 
     pub fn closed(&mut self, ip: IpAddr) {
-        if let Some(p) = self.peers.get_mut(&ip) {
+        if let Some(p) = self.peers.get_mut(&Self::host(ip)) {
             p.conns = p.conns.saturating_sub(1);
         }
     }
 
     /// Whether a rejection of `ip` is logged at info now (once per `LOG_INTERVAL`).
     pub fn should_log(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let Some(p) = self.peers.get_mut(&ip) else {
+        let Some(p) = self.peers.get_mut(&Self::host(ip)) else {
             return true;
         };
         if p.logged
@@ -144,5 +160,31 @@ mod tests {
         a.closed(ip);
         a.sweep(t + Duration::from_secs(60));
         assert_eq!(a.tracked(), 0);
+    }
+
+    /// An IPv6 /64 is one host (its addresses share one budget), an IPv4 caller is itself
+    /// whichever socket family it came through.
+    #[test]
+    fn an_ipv6_slash_64_is_one_host() {
+        let t = Instant::now();
+        let mut a = PerAddress::new(AddressLimits {
+            max_connections: 1,
+            handshakes_per_sec: 1,
+        });
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let next_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(a.handshake(one, t) && a.handshake(same_64, t));
+        assert!(!a.handshake(same_64, t), "a burst of 2 for the whole /64");
+        assert!(a.handshake(next_64, t), "another /64 is another host");
+        a.opened(one);
+        assert!(!a.may_connect(same_64));
+        a.closed(same_64);
+        assert!(a.may_connect(one));
+        let v4: IpAddr = [192, 0, 2, 7].into();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert!(a.handshake(v4, t) && a.handshake(mapped, t));
+        assert!(!a.handshake(v4, t), "one budget for both forms");
+        assert_eq!(a.tracked(), 3);
     }
 }
