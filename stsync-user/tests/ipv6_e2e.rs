@@ -14,14 +14,18 @@ use std::time::Duration;
 const LINGER: Duration = Duration::from_millis(1500);
 const RELAY_V4: Ipv4Addr = Ipv4Addr::new(10, 86, 2, 1);
 const RELAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd86, 0, 0, 2, 0, 0, 0, 1);
+/// The relay on the publisher's link.
+const RELAY_V6_PUB: Ipv6Addr = Ipv6Addr::new(0xfd86, 0, 0, 1, 0, 0, 0, 1);
 
-/// `pub` → `relay` → `view`: the publisher's link IPv4, the viewers' link both families
-/// (addresses without duplicate-address detection, usable at once).
+/// `pub` → `relay` → `view`, both links with both families (IPv6 addresses without
+/// duplicate-address detection, usable at once).
 fn hosts() -> Netns {
     let mut ns = Netns::create(&["pub", "relay", "view"]);
     ns.link("relay", "10.86.1.1/24", "pub", "10.86.1.2/24");
     ns.link("relay", "10.86.2.1/24", "view", "10.86.2.2/24");
     for (tag, dev, addr) in [
+        ("relay", "veth0a", "fd86:0:0:1::1/64"),
+        ("pub", "veth0b", "fd86:0:0:1::2/64"),
         ("relay", "veth1a", "fd86:0:0:2::1/64"),
         ("view", "veth1b", "fd86:0:0:2::2/64"),
     ] {
@@ -146,4 +150,105 @@ fn dual_stack_listener_keeps_the_kernel_path_for_ipv4() {
     }
     let _serial = serial();
     dual_stack("ebpf");
+}
+
+/// Everything over IPv6, userspace datapath, 5 % loss on both legs (nftables, `inet`):
+/// a srt-live-transmit publisher's stream reaches a srt-live-transmit viewer byte-exact and
+/// a decoding ffmpeg viewer whole; an ffmpeg publisher's stream (stream 2, at the same
+/// time) reaches a srt-live-transmit viewer with no continuity break.
+#[test]
+fn ipv6_publishers_and_viewers_with_loss_on_both_legs() {
+    if !require_root("ipv6_publishers_and_viewers_with_loss_on_both_legs") {
+        return;
+    }
+    let _serial = serial();
+    let c = clip();
+    let ns = hosts();
+    let relay = Relay::start(RelayOpts {
+        netns: Some(ns.name("relay").into()),
+        srt_ip: Ipv4Addr::new(10, 86, 1, 1),
+        srt_listen_ip: Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        datapath: Some("userspace".into()),
+        latency_ms: Some(LOSS_LATENCY_MS),
+        ..RelayOpts::default()
+    });
+    let port = relay.srt.port();
+    let dir = TempDir::new("ipv6-loss");
+    let (view_ns, pub_ns) = (Some(ns.name("view")), Some(ns.name("pub")));
+    let url = |ip: Ipv6Addr, stream: &str, mode: &str| {
+        relay.url_at(ip, stream, &relay.session(stream), mode)
+    };
+    let mut v1 = SltViewer::start_opts(&dir, "slt1", &url(RELAY_V6, "1", "request"), view_ns, true);
+    let mut f1 = FfmpegViewer::start(
+        &dir,
+        "ff1",
+        &url(RELAY_V6, "1", "request"),
+        FfKind::Decode,
+        view_ns,
+    );
+    let mut v2 = SltViewer::start_opts(&dir, "slt2", &url(RELAY_V6, "2", "request"), view_ns, true);
+    assert!(
+        relay.wait_connections("request", 3, Duration::from_secs(10)),
+        "viewers not connected over IPv6: {}",
+        tail_lines(&relay.log(), 20)
+    );
+    ns.add_loss("pub", "output", &format!("udp dport {port}"), LOSS_PCT);
+    ns.add_loss("view", "input", &format!("udp sport {port}"), LOSS_PCT);
+    let padded = c.padded(&dir, 0.5);
+    let mut p1 = BytePublisher::start_opts(
+        &dir,
+        "pub1",
+        &url(RELAY_V6_PUB, "1", "publish"),
+        &padded,
+        pub_ns,
+        false,
+    );
+    let mut p2 =
+        FfmpegPublisher::start(&dir, "pub2", &url(RELAY_V6_PUB, "2", "publish"), c, pub_ns);
+    p1.finish(LINGER);
+    let st = p2.proc.wait_exit(secs(c.secs + 10.0));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "ffmpeg publisher: {st:?}\n{}",
+        p2.proc.stderr_text()
+    );
+    sleep_secs(1.0);
+    for v in [&mut v1, &mut v2] {
+        v.assert_running("after the stream");
+        v.stop();
+    }
+    f1.assert_running("after the stream");
+    f1.stop();
+    let dropped = (ns.loss_counter("pub"), ns.loss_counter("view"));
+    record_result(&format!(
+        "ipv6 loss: nft dropped {dropped:?} (publisher leg, viewer leg)"
+    ));
+    assert!(dropped.0 > 20 && dropped.1 > 20, "{dropped:?}");
+    assert_whole(&v1.name, &v1.output(), c);
+    let nref = c.reference_frames().len();
+    assert_frames_tail(
+        "ffmpeg viewer over IPv6",
+        &f1.frames(),
+        c,
+        nref * 95 / 100,
+        3,
+        1,
+    );
+    let out = v2.output();
+    let al = ts_align(&out);
+    assert!(
+        al.packets.len() > c.n_packets() * 9 / 10,
+        "{} TS packets",
+        al.packets.len()
+    );
+    let breaks = cc_breaks(&al.packets);
+    assert!(
+        breaks.is_empty(),
+        "continuity breaks in ffmpeg's stream over IPv6: {breaks:?}"
+    );
+    let log = relay.log();
+    assert!(
+        log.contains("peer=[fd86:0:0:1::2]:") && log.contains("peer=[fd86:0:0:2::2]:"),
+        "{log}"
+    );
 }
