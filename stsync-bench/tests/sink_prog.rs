@@ -93,6 +93,8 @@ fn check(attach: Attach, obj: &std::path::Path) {
             viewers: VIEWERS,
             id_base: ID_BASE,
             ring_mask: RING - 1,
+            split: VIEWERS,
+            relay_ip_b: 0,
             relay_port: RELAY_PORT.to_be(),
             viewer_port: VIEWER_PORT.to_be(),
         },
