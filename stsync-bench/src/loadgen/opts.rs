@@ -234,3 +234,54 @@ impl RxMode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        o: Opts,
+    }
+
+    fn opts(args: &[&str]) -> Opts {
+        Cli::try_parse_from(std::iter::once("loadgen").chain(args.iter().copied()))
+            .expect("options")
+            .o
+    }
+
+    #[test]
+    fn a_second_relay_takes_the_second_half_of_the_viewers() {
+        let one = opts(&["--relay", "10.0.0.1:9999", "--viewers", "5"]);
+        assert_eq!(one.split(), 5);
+        assert!((0..5).all(|i| one.viewer_relay(i) == one.relay));
+        let two = opts(&[
+            "--relay",
+            "10.0.0.1:9999",
+            "--second-relay",
+            "10.0.1.1:9999",
+            "--viewers",
+            "5",
+            "--sink-iface",
+            "a,b",
+            "--watch-more",
+            "7,8",
+        ]);
+        assert_eq!(two.split(), 3);
+        let to: Vec<String> = (0..5).map(|i| two.viewer_relay(i).to_string()).collect();
+        assert_eq!(
+            to,
+            [
+                "10.0.0.1:9999",
+                "10.0.0.1:9999",
+                "10.0.0.1:9999",
+                "10.0.1.1:9999",
+                "10.0.1.1:9999"
+            ]
+        );
+        assert_eq!(two.sink_iface, ["a", "b"]);
+        assert_eq!(two.watch_more, [7, 8]);
+    }
+}

@@ -12,8 +12,8 @@ fn opt(v: Option<f64>, prec: usize) -> String {
     v.map_or("-".to_string(), |v| format!("{v:.prec$}"))
 }
 
-/// The measured points (no error) of `topology` and datapath `dp` with `viewers`, at the
-/// same crypto, workers and bitrate as `like`.
+/// The measured points (no error) of `topology` with `viewers`, at the datapath,
+/// crypto, workers and bitrate of `like`.
 fn matching<'a>(points: &'a [Point], like: &Point, topology: &str, viewers: u32) -> Vec<&'a Point> {
     points
         .iter()
@@ -131,4 +131,50 @@ pub(super) fn tree_tables(points: &[Point]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(topology: &str, viewers: u32, p50: f64, p99: f64, relay_pct: f64) -> Point {
+        let mut p = Point::failed("ebpf", "xdp", viewers, 4_000_000, String::new());
+        p.error = None;
+        p.offered = 1.0;
+        p.on_time_min = Some(1.0);
+        p.topology = topology.into();
+        p.latency_p50_us = p50;
+        p.latency_p99_us = p99;
+        p.relay_pct = relay_pct;
+        p.relay_syscalls_per_s = Some(1000.0);
+        if topology == "tree" {
+            p.edge_pct = vec![4.0, 6.0];
+            p.edge_pct_per_viewer = Some(0.05);
+        }
+        p
+    }
+
+    #[test]
+    fn the_tree_is_set_next_to_the_single_relay() {
+        let points = [
+            point("single", 2, 30.0, 90.0, 2.0),
+            point("single", 100, 40.0, 150.0, 3.0),
+            point("single", 200, 50.0, 250.0, 5.0),
+            point("tree", 200, 70.0, 200.0, 2.5),
+            point("tree", 200, 90.0, 300.0, 2.5),
+        ];
+        let s = tree_tables(&points);
+        let rows: Vec<&str> = s.lines().filter(|l| l.starts_with("| ebpf")).collect();
+        // Latency: the two tree points averaged (80, 250) against single 100 (N/2) and 200 (N).
+        assert_eq!(
+            rows[0],
+            "| ebpf | - | 4 | 200 (100) | 2/2 | 80 | 250 | 40 | 150 | 40 | 100 | 50 | 250 | 30 | 0 |"
+        );
+        // Cost: the origin next to a single relay with 2 viewers; each edge.
+        assert_eq!(
+            rows[1],
+            "| ebpf | - | 4 | 200 (100) | 2.5 | 1000 | 2.0 | 1000 | 4.0 / 6.0 | 0.050 | - | - |"
+        );
+        assert!(tree_tables(&points[..3]).is_empty());
+    }
 }
