@@ -62,7 +62,14 @@ pub struct SinkConfig {
     pub id_base: u32,
     /// Slots per viewer − 1 (a power of two − 1).
     pub ring_mask: u32,
-    /// UDP ports (network order): the relay's, the viewers' shared socket's.
+    /// Viewers from this index on get their clones from `relay_ip_b` instead (a second
+    /// relay on the same port: the tree topology's second edge); `viewers` when there is
+    /// only one relay.
+    pub split: u32,
+    /// The second relay's address as its viewers see it (network order), for viewers
+    /// `split..`.
+    pub relay_ip_b: u32,
+    /// UDP ports (network order): the relays', the viewers' shared socket's.
     pub relay_port: u16,
     pub viewer_port: u16,
 }
@@ -126,7 +133,7 @@ pub const MAP_SYSCOUNT: &str = "SYSCOUNT";
 pub const PROGRAM_SYSCOUNT: &str = "stsb_sys_enter";
 pub const SYSCOUNT_SLOTS: u32 = 512;
 
-const _: () = assert!(core::mem::size_of::<SinkConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<SinkConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Head>() == 32);
 const _: () = assert!(core::mem::size_of::<Slot>() == 40);
 

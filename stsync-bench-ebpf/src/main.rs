@@ -4,7 +4,8 @@
 //! Attached where the viewers' namespace receives the relay's packets (XDP, or TC ingress:
 //! the same logic under both hooks), it recognises an SRT data packet for viewer `i`
 //! (IPv4/UDP from the relay's address and port to the viewers' port, destination address
-//! `viewer_ip_base + i`, SRT destination socket ID `id_base + i`), records its sequence
+//! `viewer_ip_base + i`, SRT destination socket ID `id_base + i`; viewers from `split` on
+//! get theirs from a second relay's address, the tree topology's second edge), records its sequence
 //! number, retransmission flag, key bits (KK), payload length, the payload's first 20 bytes
 //! as they came (clear: its packet index and send time; encrypted: the generator decrypts
 //! them) and its arrival time (at TC the skb's receive timestamp, else `bpf_ktime_get_ns`) in the
@@ -167,11 +168,10 @@ fn sink<P: Packet>(p: &P) -> Verdict {
     if raw16(&h, UDP_DPORT) != cfg.viewer_port {
         return Verdict::Pass;
     }
-    // IPv4 without options, not a fragment, from the relay: else the socket judges it.
+    // IPv4 without options, not a fragment, from the relay's port: else the socket judges it.
     if h[IP] != 0x45
         || h[IP_FRAG] & 0x3F != 0
         || h[IP_FRAG + 1] != 0
-        || raw32(&h, IP_SRC) != cfg.relay_ip
         || raw16(&h, UDP_SPORT) != cfg.relay_port
     {
         count(counter::UNMATCHED);
@@ -179,6 +179,16 @@ fn sink<P: Packet>(p: &P) -> Verdict {
     }
     let viewer = be32(&h, IP_DST).wrapping_sub(cfg.viewer_ip_base);
     if viewer >= cfg.viewers || be32(&h, SRT_DEST) != cfg.id_base.wrapping_add(viewer) {
+        count(counter::UNMATCHED);
+        return Verdict::Pass;
+    }
+    // From the viewer's relay (the second one's from `split` on).
+    let relay_ip = if viewer < cfg.split {
+        cfg.relay_ip
+    } else {
+        cfg.relay_ip_b
+    };
+    if raw32(&h, IP_SRC) != relay_ip {
         count(counter::UNMATCHED);
         return Verdict::Pass;
     }

@@ -34,6 +34,9 @@ pub struct Report {
     /// --rx xdp: the kernel sink's own counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<crate::sink::SinkReport>,
+    /// --watch-more: the further relays' cost over the window (the tree's edges).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_relays: Vec<RelayCost>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub per_viewer: Option<Vec<ViewerRow>>,
 }
@@ -152,6 +155,21 @@ pub struct PublisherReport {
     pub rtt_us: u32,
     pub pace_resets: u64,
     pub unexpected: u64,
+}
+
+/// One --watch-more relay over the window: CPU in % of one core.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RelayCost {
+    pub pid: u32,
+    /// None: the process was gone at an edge of the window.
+    pub cpu_pct: Option<f64>,
+    pub user_pct: Option<f64>,
+    pub sys_pct: Option<f64>,
+    pub rss_kb_end: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<crate::syscalls::SyscallReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscalls_error: Option<String>,
 }
 
 /// CPU over the window, in % of one core (200 % = both cores of a 2-CPU machine).

@@ -256,7 +256,10 @@ impl Sink {
             r.map_err(std::io::Error::other)
         })
         .with_context(|| format!("attaching the sink ({attach:?}) to {iface}"))?;
-        self.iface = iface.to_string();
+        if !self.iface.is_empty() {
+            self.iface.push_str(", ");
+        }
+        self.iface.push_str(iface);
         Ok(())
     }
 

@@ -93,6 +93,8 @@ fn check(attach: Attach, obj: &std::path::Path) {
             viewers: VIEWERS,
             id_base: ID_BASE,
             ring_mask: RING - 1,
+            split: VIEWERS,
+            relay_ip_b: 0,
             relay_port: RELAY_PORT.to_be(),
             viewer_port: VIEWER_PORT.to_be(),
         },
@@ -199,4 +201,45 @@ fn sink_records_data_and_passes_the_rest() {
     let Some(obj) = object() else { return };
     check(Attach::Xdp, &obj);
     check(Attach::Tc, &obj);
+}
+
+/// The tree topology: viewers from `split` on take their clones from a second relay's
+/// address (same port); each half's packets from the other relay pass to the socket.
+#[test]
+fn viewers_from_split_on_take_the_second_relay() {
+    let Some(obj) = object() else { return };
+    const SECOND: Ipv4Addr = Ipv4Addr::new(10, 88, 3, 1);
+    let mut sink = Sink::load(&SinkParams {
+        object: &obj,
+        attach: Attach::Xdp,
+        config: SinkConfig {
+            relay_ip: u32::from_ne_bytes(RELAY.octets()),
+            viewer_ip_base: u32::from(VIEWER0),
+            viewers: VIEWERS,
+            id_base: ID_BASE,
+            ring_mask: RING - 1,
+            split: 2,
+            relay_ip_b: u32::from_ne_bytes(SECOND.octets()),
+            relay_port: RELAY_PORT.to_be(),
+            viewer_port: VIEWER_PORT.to_be(),
+        },
+        ring: RING,
+    })
+    .expect("load the sink");
+    let (pass, drop) = (2, 1);
+    let mut run = |p: &Pkt| sink.test_run(&frame(p)).expect("test_run");
+    let from = |viewer: u32, ip: Ipv4Addr| {
+        let mut p = data(viewer, 5, false, &payload(42, 1_000));
+        p.src.0 = ip;
+        p
+    };
+    assert_eq!(run(&from(1, RELAY)), drop, "first half, first relay");
+    assert_eq!(run(&from(2, SECOND)), drop, "second half, second relay");
+    assert_eq!(run(&from(3, SECOND)), drop, "second half, second relay");
+    assert_eq!(run(&from(0, SECOND)), pass, "first half, second relay");
+    assert_eq!(run(&from(2, RELAY)), pass, "second half, first relay");
+    assert_eq!(sink.next(0), None);
+    assert_eq!(sink.next(1), Some(6));
+    assert_eq!(sink.next(2), Some(6));
+    assert_eq!(sink.next(3), Some(6));
 }

@@ -84,12 +84,16 @@ pub fn run(o: &Opts) -> Result<Report> {
         .context("starting the publisher thread")?
     };
     log(format!(
-        "publishing to {} at {} bit/s ({:.0} packets/s of {} bytes), {n} viewers to {}",
+        "publishing to {} at {} bit/s ({:.0} packets/s of {} bytes), {n} viewers to {}{}",
         o.pub_relay.unwrap_or(o.relay),
         o.media.bitrate,
         o.media.pkts_per_sec(),
         o.media.payload,
-        o.relay
+        o.relay,
+        o.second_relay.map_or(String::new(), |b| format!(
+            " (from viewer {} on: {b})",
+            o.split()
+        ))
     ));
 
     let mut phases = Phases::new(t0, n);
@@ -127,7 +131,8 @@ pub fn run(o: &Opts) -> Result<Report> {
     };
     let cpu_total_secs = (self_cpu_ticks() - s.cpu_start) as f64 / proc::clk_tck() as f64;
     let acks_in_window = phases.acks_in_window;
-    let (cpu, relay_syscalls, relay_syscalls_error) = phases.finish(o.watch_pid, &log)?;
+    let (cpu, relay_syscalls, relay_syscalls_error, more_relays) =
+        phases.finish(o.watch_pid, &log)?;
     if let Some(sink) = &sink {
         vs.add_sink_counts(sink);
     }
@@ -154,6 +159,7 @@ pub fn run(o: &Opts) -> Result<Report> {
             relay_syscalls,
             relay_syscalls_error,
             sink: sink_report,
+            more_relays,
         },
     ))
 }

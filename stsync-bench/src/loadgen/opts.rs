@@ -14,6 +14,11 @@ pub struct Opts {
     /// SRT address the viewers connect to.
     #[arg(long, default_value = "127.0.0.1:9999")]
     pub relay: SocketAddrV4,
+    /// A second SRT address for the viewers (the sweep's tree topology: one edge relay
+    /// each): the first ⌈N/2⌉ viewers connect to --relay, the others here (same port as
+    /// --relay, for the kernel sink).
+    #[arg(long)]
+    pub second_relay: Option<SocketAddrV4>,
     /// SRT address the publisher connects to (default: --relay).
     #[arg(long)]
     pub pub_relay: Option<SocketAddrV4>,
@@ -81,6 +86,10 @@ pub struct Opts {
     /// PID of the relay: its CPU and RSS are sampled over the window.
     #[arg(long)]
     pub watch_pid: Option<u32>,
+    /// PIDs of further relays (the tree topology's edges): each one's CPU and RSS (and,
+    /// with --count-syscalls, system calls) over the window, in the report's `more_relays`.
+    #[arg(long, value_delimiter = ',')]
+    pub watch_more: Vec<u32>,
     /// Viewers that start their handshake per millisecond.
     #[arg(long, default_value_t = 20)]
     pub connect_rate: u32,
@@ -100,9 +109,10 @@ pub struct Opts {
     /// directory).
     #[arg(long)]
     pub sink_object: Option<std::path::PathBuf>,
-    /// Interface (in --view-netns) where the relay's packets to the viewers arrive.
-    #[arg(long)]
-    pub sink_iface: Option<String>,
+    /// Interface(s) (in --view-netns) where the relays' packets to the viewers arrive
+    /// (comma-separated: the sink is attached to each).
+    #[arg(long, value_delimiter = ',')]
+    pub sink_iface: Vec<String>,
     /// Hook of the sink: native XDP, generic XDP or TC ingress.
     #[arg(long, value_enum, default_value_t = Attach::Tc)]
     pub sink_attach: Attach,
@@ -124,6 +134,23 @@ pub struct Opts {
 }
 
 impl Opts {
+    /// Viewers from this index on connect to --second-relay (all of them to --relay
+    /// without it).
+    pub fn split(&self) -> u32 {
+        match self.second_relay {
+            Some(_) => self.viewers.div_ceil(2),
+            None => self.viewers,
+        }
+    }
+
+    /// Where viewer `i` connects.
+    pub fn viewer_relay(&self, i: u32) -> SocketAddrV4 {
+        match self.second_relay {
+            Some(b) if i >= self.split() => b,
+            _ => self.relay,
+        }
+    }
+
     fn secret(&self, own: &Option<String>) -> Option<Secret> {
         own.as_ref().or(self.passphrase.as_ref()).map(|p| Secret {
             passphrase: p.clone(),
@@ -205,5 +232,56 @@ impl RxMode {
             RxMode::Socket => "socket",
             RxMode::Xdp => "xdp",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        o: Opts,
+    }
+
+    fn opts(args: &[&str]) -> Opts {
+        Cli::try_parse_from(std::iter::once("loadgen").chain(args.iter().copied()))
+            .expect("options")
+            .o
+    }
+
+    #[test]
+    fn a_second_relay_takes_the_second_half_of_the_viewers() {
+        let one = opts(&["--relay", "10.0.0.1:9999", "--viewers", "5"]);
+        assert_eq!(one.split(), 5);
+        assert!((0..5).all(|i| one.viewer_relay(i) == one.relay));
+        let two = opts(&[
+            "--relay",
+            "10.0.0.1:9999",
+            "--second-relay",
+            "10.0.1.1:9999",
+            "--viewers",
+            "5",
+            "--sink-iface",
+            "a,b",
+            "--watch-more",
+            "7,8",
+        ]);
+        assert_eq!(two.split(), 3);
+        let to: Vec<String> = (0..5).map(|i| two.viewer_relay(i).to_string()).collect();
+        assert_eq!(
+            to,
+            [
+                "10.0.0.1:9999",
+                "10.0.0.1:9999",
+                "10.0.0.1:9999",
+                "10.0.1.1:9999",
+                "10.0.1.1:9999"
+            ]
+        );
+        assert_eq!(two.sink_iface, ["a", "b"]);
+        assert_eq!(two.watch_more, [7, 8]);
     }
 }

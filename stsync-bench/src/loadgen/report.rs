@@ -21,6 +21,7 @@ pub(super) struct Measured {
     pub(super) relay_syscalls: Option<SyscallReport>,
     pub(super) relay_syscalls_error: Option<String>,
     pub(super) sink: Option<SinkReport>,
+    pub(super) more_relays: Vec<RelayCost>,
 }
 
 pub(super) fn build(o: &Opts, viewers: &[Viewer], win: &Window, m: Measured) -> Report {
@@ -32,7 +33,10 @@ pub(super) fn build(o: &Opts, viewers: &[Viewer], win: &Window, m: Measured) -> 
     let all = v.latency;
     let mut report = Report {
         config: RunConfig {
-            relay: o.relay.to_string(),
+            relay: match o.second_relay {
+                Some(b) => format!("{},{b}", o.relay),
+                None => o.relay.to_string(),
+            },
             viewers: o.viewers,
             bitrate_bps: o.media.bitrate,
             payload: o.media.payload,
@@ -66,6 +70,7 @@ pub(super) fn build(o: &Opts, viewers: &[Viewer], win: &Window, m: Measured) -> 
         relay_syscalls: m.relay_syscalls,
         relay_syscalls_error: m.relay_syscalls_error,
         sink: m.sink,
+        more_relays: m.more_relays,
         per_viewer: if o.per_viewer { Some(v.rows) } else { None },
     };
     report.delivered_pps = report.delivery.total_delivered as f64 / window_secs.max(1e-6);

@@ -10,7 +10,7 @@ use super::viewers::Viewer;
 use super::window::self_cpu_ticks;
 use crate::caller;
 use crate::sink::{Sink, SinkParams};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -64,7 +64,7 @@ impl Setup {
             .map(|i| {
                 let mut conn = Conn::new(
                     id_base + i as u32,
-                    o.relay,
+                    o.viewer_relay(i as u32),
                     Some(Ipv4Addr::from(u32::from(o.viewer_ip) + i as u32)),
                     sid(i + 1, "request"),
                     t0,
@@ -141,10 +141,12 @@ fn viewer_id_base(viewers: u32) -> u32 {
 
 /// --rx xdp: the kernel sink, attached where the relay's packets to the viewers arrive.
 fn load_sink(o: &Opts, view_fd: &OwnedFd, id_base: u32, log: &impl Fn(String)) -> Result<Sink> {
-    let iface = o
-        .sink_iface
-        .as_deref()
-        .context("--rx xdp needs --sink-iface (where the relay's packets arrive)")?;
+    if o.sink_iface.is_empty() {
+        bail!("--rx xdp needs --sink-iface (where the relay's packets arrive)");
+    }
+    if o.second_relay.is_some_and(|b| b.port() != o.relay.port()) {
+        bail!("--second-relay must have --relay's port (the kernel sink matches one port)");
+    }
     let object = o
         .sink_object
         .clone()
@@ -166,15 +168,22 @@ fn load_sink(o: &Opts, view_fd: &OwnedFd, id_base: u32, log: &impl Fn(String)) -
             viewers: o.viewers,
             id_base,
             ring_mask: ring - 1,
+            split: o.split(),
+            relay_ip_b: o
+                .second_relay
+                .map_or(0, |b| u32::from_ne_bytes(b.ip().octets())),
             relay_port: o.relay.port().to_be(),
             viewer_port: port.to_be(),
         },
         ring,
     })?;
-    sink.attach(o.view_netns.as_deref(), iface)?;
+    for iface in &o.sink_iface {
+        sink.attach(o.view_netns.as_deref(), iface)?;
+    }
     log(format!(
-        "kernel sink ({:?}) on {iface}: {ring} slots per viewer",
-        o.sink_attach
+        "kernel sink ({:?}) on {}: {ring} slots per viewer",
+        o.sink_attach,
+        o.sink_iface.join(", ")
     ));
     Ok(sink)
 }

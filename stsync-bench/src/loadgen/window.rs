@@ -5,7 +5,7 @@
 use super::opts::Opts;
 use super::publisher::PubShared;
 use super::viewers::Viewers;
-use crate::report::CpuReport;
+use crate::report::{CpuReport, RelayCost};
 use crate::syscalls::{Counter, SyscallReport};
 use anyhow::{bail, Context, Result};
 use std::sync::atomic::Ordering;
@@ -29,6 +29,8 @@ pub(super) struct Phases {
     sample_a: Option<JoinHandle<Sample>>,
     sample_b: Option<JoinHandle<Sample>>,
     syscalls: Option<SyscallCount>,
+    /// --watch-more with --count-syscalls: one count per further relay, in its order.
+    more_syscalls: Vec<SyscallCount>,
 }
 
 impl Phases {
@@ -46,6 +48,7 @@ impl Phases {
             sample_a: None,
             sample_b: None,
             syscalls: None,
+            more_syscalls: Vec::new(),
         }
     }
 
@@ -76,6 +79,13 @@ impl Phases {
             self.all_settled_at = Some(now);
             if let (true, Some(pid)) = (o.count_syscalls, o.watch_pid) {
                 self.syscalls = Some(SyscallCount::start(o, pid));
+            }
+            if o.count_syscalls {
+                self.more_syscalls = o
+                    .watch_more
+                    .iter()
+                    .map(|&pid| SyscallCount::start(o, pid))
+                    .collect();
             }
             let ok = vs.connected();
             log(format!(
@@ -119,8 +129,9 @@ impl Phases {
             (o.media.pkts_per_sec() * (o.duration + 5.0)) as u64 + 1024,
         );
         let (watch, tid) = (o.watch_pid, shared.tid.load(Ordering::Acquire));
-        self.sample_a = Some(std::thread::spawn(move || Sample::take(watch, tid)));
-        if let Some(c) = &self.syscalls {
+        let more = o.watch_more.clone();
+        self.sample_a = Some(std::thread::spawn(move || Sample::take(watch, &more, tid)));
+        for c in self.syscalls.iter().chain(&self.more_syscalls) {
             c.mark();
         }
     }
@@ -130,24 +141,35 @@ impl Phases {
         self.acks_in_window = vs.acks_full() - self.acks_in_window;
         vs.win.end = shared.next_index.load(Ordering::Acquire);
         let (watch, tid) = (o.watch_pid, shared.tid.load(Ordering::Acquire));
-        self.sample_b = Some(std::thread::spawn(move || Sample::take(watch, tid)));
-        if let Some(c) = &self.syscalls {
+        let more = o.watch_more.clone();
+        self.sample_b = Some(std::thread::spawn(move || Sample::take(watch, &more, tid)));
+        for c in self.syscalls.iter().chain(&self.more_syscalls) {
             c.mark();
         }
     }
 
-    /// The window's CPU figures and the relay's system calls (or why they were not
-    /// counted).
+    /// The window's CPU figures, the relay's system calls (or why they were not
+    /// counted) and the further relays' cost.
+    #[allow(clippy::type_complexity)]
     pub(super) fn finish(
         self,
         watch: Option<u32>,
         log: &impl Fn(String),
-    ) -> Result<(CpuReport, Option<SyscallReport>, Option<String>)> {
+    ) -> Result<(
+        CpuReport,
+        Option<SyscallReport>,
+        Option<String>,
+        Vec<RelayCost>,
+    )> {
         let (Some(a), Some(b)) = (self.sample_a, self.sample_b) else {
             bail!("the measurement window never ran");
         };
         let (a, b) = (a.join().expect("sampler"), b.join().expect("sampler"));
         let cpu = cpu_report(&a, &b, watch);
+        let mut more = more_relays(&a, &b);
+        for (m, s) in more.iter_mut().zip(self.more_syscalls) {
+            (m.syscalls, m.syscalls_error) = s.finish();
+        }
         let (relay_syscalls, relay_syscalls_error) = match self.syscalls {
             None => (None, None),
             Some(s) => s.finish(),
@@ -155,7 +177,7 @@ impl Phases {
         if let Some(e) = &relay_syscalls_error {
             log(format!("relay syscalls not counted: {e}"));
         }
-        Ok((cpu, relay_syscalls, relay_syscalls_error))
+        Ok((cpu, relay_syscalls, relay_syscalls_error, more))
     }
 }
 
@@ -200,6 +222,13 @@ impl SyscallCount {
     }
 }
 
+/// A --watch-more relay in a `Sample`: its (utime, stime) and RSS, if it was there.
+struct MoreSample {
+    pid: u32,
+    user_sys: Option<(u64, u64)>,
+    rss_kb: Option<u64>,
+}
+
 /// One relay-side sample for the window's CPU and memory figures.
 struct Sample {
     t: Instant,
@@ -211,13 +240,15 @@ struct Sample {
     relay_us: Option<(u64, u64)>,
     relay_ticks: Option<u64>,
     relay_rss_kb: Option<u64>,
+    /// --watch-more: each further relay.
+    more: Vec<MoreSample>,
     cpu: CpuTimes,
     procs: std::collections::HashMap<(u32, u64), u64>,
     softnet_dropped: u64,
 }
 
 impl Sample {
-    fn take(watch: Option<u32>, pub_tid: u32) -> Sample {
+    fn take(watch: Option<u32>, more: &[u32], pub_tid: u32) -> Sample {
         let me = Stat::read("self").unwrap_or_default();
         let relay = watch.and_then(Stat::read);
         Sample {
@@ -231,6 +262,14 @@ impl Sample {
             relay_us: relay.map(|s| s.user_sys()),
             relay_ticks: relay.map(|s| s.cpu_ticks()),
             relay_rss_kb: watch.and_then(proc::rss_kb),
+            more: more
+                .iter()
+                .map(|&pid| MoreSample {
+                    pid,
+                    user_sys: Stat::read(pid).map(|s| s.user_sys()),
+                    rss_kb: proc::rss_kb(pid),
+                })
+                .collect(),
             cpu: CpuTimes::read(),
             procs: proc::user_process_ticks(),
             softnet_dropped: proc::softnet_dropped(),
@@ -255,7 +294,9 @@ fn cpu_report(a: &Sample, b: &Sample, watch: Option<u32>) -> CpuReport {
     let other: u64 = b
         .procs
         .iter()
-        .filter(|((pid, _), _)| *pid != me && Some(*pid) != watch)
+        .filter(|((pid, _), _)| {
+            *pid != me && Some(*pid) != watch && !b.more.iter().any(|m| m.pid == *pid)
+        })
         .filter_map(|(k, v)| a.procs.get(k).map(|old| v.saturating_sub(*old)))
         .sum();
     let busy = b.cpu.busy().saturating_sub(a.cpu.busy());
@@ -287,4 +328,29 @@ fn cpu_report(a: &Sample, b: &Sample, watch: Option<u32>) -> CpuReport {
         relay_rss_kb_start: a.relay_rss_kb,
         relay_rss_kb_end: b.relay_rss_kb,
     }
+}
+
+/// --watch-more: each further relay's CPU over the window.
+fn more_relays(a: &Sample, b: &Sample) -> Vec<RelayCost> {
+    let secs = b.t.duration_since(a.t).as_secs_f64().max(1e-6);
+    let pct = |ticks: u64| ticks as f64 / proc::clk_tck() as f64 / secs * 100.0;
+    a.more
+        .iter()
+        .zip(&b.more)
+        .map(|(x, y)| {
+            let d = match (x.user_sys, y.user_sys) {
+                (Some(x), Some(y)) => Some((y.0.saturating_sub(x.0), y.1.saturating_sub(x.1))),
+                _ => None,
+            };
+            RelayCost {
+                pid: x.pid,
+                cpu_pct: d.map(|d| pct(d.0 + d.1)),
+                user_pct: d.map(|d| pct(d.0)),
+                sys_pct: d.map(|d| pct(d.1)),
+                rss_kb_end: y.rss_kb,
+                syscalls: None,
+                syscalls_error: None,
+            }
+        })
+        .collect()
 }

@@ -1,6 +1,6 @@
 //! The raw UDP baseline: what the relay→viewers veth carries with no relay at all.
 
-use super::{Baseline, NS_RELAY, NS_VIEW};
+use super::{Baseline, NS_VIEW};
 use anyhow::Result;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -12,11 +12,12 @@ use stsync_user::os::proc::{self, CpuTimes};
 use stsync_user::os::{in_netns, udp};
 
 /// Raw UDP over the relay→viewers veth: one thread sendmmsg()s 64 × `payload`-byte datagrams
-/// as fast as it can from stsb-relay, another recvmmsg()s them in stsb-view.
-pub fn baseline(secs: f64, payload: usize) -> Result<Baseline> {
+/// as fast as it can from `from_ns` (stsb-relay; the tree's stsb-edge0), another
+/// recvmmsg()s them in stsb-view.
+pub fn baseline(secs: f64, payload: usize, from_ns: &str) -> Result<Baseline> {
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 88, 2, 2), 7000);
     let rx = in_netns(Some(NS_VIEW), || udp::udp_socket(dst, 32 << 20))?;
-    let tx = in_netns(Some(NS_RELAY), || {
+    let tx = in_netns(Some(from_ns), || {
         udp::udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 4 << 20)
     })?;
     let stop = Arc::new(AtomicBool::new(false));

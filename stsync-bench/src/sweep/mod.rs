@@ -10,6 +10,20 @@
 //! Viewers use source addresses from 10.88.128.0/20 (an AnyIP `local` route in stsb-view,
 //! routed via 10.88.2.2 from the relay), one per viewer.
 //!
+//! `--topology tree`: an origin and two edges pulling the stream from it (config.json
+//! `upstream`, `"pull": "always"`, one `key_secret` so that the keys the generator mints at
+//! the origin work at the edges), all three with the point's datapath and workers; the
+//! viewers' namespace is linked to both edges, the first half of the viewers calls edge 0,
+//! the others edge 1 (the kernel sink listens on both links).
+//!
+//! ```text
+//!                                  10.88.4.1 [stsb-o0]──[stsb-e0] 10.88.4.2  stsb-edge0
+//!  stsb-pub                stsb-origin                        10.88.2.1 [stsb-v1]──[stsb-v0] 10.88.2.2
+//!  10.88.1.2 [stsb-p0]──[stsb-p1] 10.88.1.1                                           stsb-view
+//!                                  10.88.5.1 [stsb-o1]──[stsb-e1] 10.88.5.2  stsb-edge1
+//!                                                             10.88.3.1 [stsb-w1]──[stsb-w0] 10.88.3.2
+//! ```
+//!
 //! Files: `topology` (the namespaces), `relay` (the relay under test and its snapshot),
 //! `point` (one point: relay + stsync-loadgen), `baseline` (raw UDP), `results` (what is
 //! kept), `table` (table.md).
@@ -20,12 +34,13 @@ mod relay;
 mod results;
 mod table;
 mod topology;
+mod tree;
 
 pub use baseline::baseline;
 pub(crate) use relay::{exe_sibling, fingerprint, RelayProc};
 pub use results::{machine, Baseline, Machine, MaxViewers, Point, SweepResults};
 pub use table::table;
-pub use topology::Topology;
+pub use topology::{Topology, TopologyKind};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -38,6 +53,16 @@ use stsync_user::os::proc::loadavg;
 pub const NS_PUB: &str = "stsb-pub";
 pub const NS_RELAY: &str = "stsb-relay";
 pub const NS_VIEW: &str = "stsb-view";
+pub const NS_ORIGIN: &str = "stsb-origin";
+pub const NS_EDGE0: &str = "stsb-edge0";
+pub const NS_EDGE1: &str = "stsb-edge1";
+/// The tree's relays' config.json `key_secret` (a session key minted at one works at all).
+const KEY_SECRET: &str = "5e1f0c9a7b3d48e2a6c4f1b09d8e7a3c2b5f6e4d1a0c9b8e";
+/// The tree: each edge's address towards the viewers, and the origin's as it reaches it.
+const EDGE_VIEW: [&str; 2] = ["10.88.2.1", "10.88.3.1"];
+const EDGE_UPSTREAM: [&str; 2] = ["10.88.4.1", "10.88.5.1"];
+/// The veth end in stsb-view where edge 1's packets arrive (edge 0's: VIEW_IFACE).
+const VIEW_IFACE_B: &str = "stsb-w0";
 const TOKEN: &str = "stsync-bench-token-7f3a9c";
 const RELAY_PUB: &str = "10.88.1.1";
 const RELAY_VIEW: &str = "10.88.2.1";
@@ -125,6 +150,11 @@ pub struct SweepOpts {
     pub find_max: Option<Vec<u32>>,
     #[arg(long, default_value_t = 50)]
     pub find_max_step: u32,
+    /// Relays of each point, each entry a run of every point, one after the other (as
+    /// --crypto): `single` (publisher → relay → viewers) or `tree` (publisher → origin →
+    /// two edges; --viewers counts all of them, half behind each edge; clear only).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "single")]
+    pub topology: Vec<TopologyKind>,
 }
 
 /// Passphrases of the sweep's encrypted points (the relay's config and the generator's).
@@ -200,7 +230,9 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
         ebpf_object: snap.ebpf_object.clone(),
         ..o.clone()
     };
-    let _topo = Topology::create().context("creating the namespaces")?;
+    let first = o.topology.first().copied().unwrap_or_default();
+    // Deletes the namespaces of either topology at the end, also on error.
+    let _topo = Topology::create(first).context("creating the namespaces")?;
     let mut res = SweepResults {
         machine: machine(),
         started_unix: std::time::SystemTime::now()
@@ -218,7 +250,11 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
         points: Vec::new(),
         max_viewers: Vec::new(),
     };
-    match baseline(o.baseline_secs, 1316) {
+    let baseline_from = match first {
+        TopologyKind::Single => NS_RELAY,
+        TopologyKind::Tree => NS_EDGE0,
+    };
+    match baseline(o.baseline_secs, 1316, baseline_from) {
         Ok(b) => {
             eprintln!(
                 "bench: raw UDP baseline: {:.0} datagrams/s sent, {:.0} received, {:.0} ns busy CPU each",
@@ -239,8 +275,10 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
             for kind in &o.datapaths {
                 for &enc in &o.crypto {
                     for workers in worker_counts(o) {
-                        let m = find_max(o, kind, enc, workers, (lo, hi), &mut res)?;
-                        res.max_viewers.push(m);
+                        for &topo in &o.topology {
+                            let m = find_max(o, kind, enc, workers, topo, (lo, hi), &mut res)?;
+                            res.max_viewers.push(m);
+                        }
                     }
                 }
             }
@@ -275,8 +313,10 @@ fn run_datapath(
     for &(viewers, bitrate) in plan {
         for &enc in &o.crypto {
             for workers in worker_counts(o) {
-                if !measure(o, kind, viewers, bitrate, enc, workers, res)? {
-                    return Ok(());
+                for &topo in &o.topology {
+                    if !measure(o, kind, viewers, bitrate, enc, workers, topo, res)? {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -297,8 +337,17 @@ fn workers_note(workers: Option<u32>) -> String {
     workers.map_or(String::new(), |w| format!(", {w} workers"))
 }
 
+/// ", tree" for the progress lines (empty for the single relay).
+fn topology_note(topo: TopologyKind) -> String {
+    match topo {
+        TopologyKind::Single => String::new(),
+        TopologyKind::Tree => ", tree (origin → 2 edges)".into(),
+    }
+}
+
 /// One point into `res` (and results.json); false if the relay cannot run datapath
 /// `kind` at all (recorded in `res.datapath_errors`).
+#[allow(clippy::too_many_arguments)]
 fn measure(
     o: &SweepOpts,
     kind: &str,
@@ -306,16 +355,18 @@ fn measure(
     bitrate: u64,
     enc: Encryption,
     workers: Option<u32>,
+    topo: TopologyKind,
     res: &mut SweepResults,
 ) -> Result<bool> {
     eprintln!(
-        "bench: {kind}: {viewers} viewers at {:.1} Mbit/s, {}{}",
+        "bench: {kind}: {viewers} viewers at {:.1} Mbit/s, {}{}{}",
         bitrate as f64 / 1e6,
         enc.name(),
-        workers_note(workers)
+        workers_note(workers),
+        topology_note(topo)
     );
     let first = !res.points.iter().any(|p| p.datapath == kind);
-    match run_point(o, kind, viewers, bitrate, enc, workers) {
+    match run_point(o, kind, viewers, bitrate, enc, workers, topo) {
         Ok(p) => {
             eprintln!(
                 "bench:   holds {}: on time min {:.4}, relay {:.1} % + softirq {:.1} %, p99 {:.0} µs",
@@ -334,6 +385,7 @@ fn measure(
             let mut p = Point::failed(kind, o.rx.name(), viewers, bitrate, format!("{e:#}"));
             p.crypto = enc.name();
             p.workers = workers;
+            p.topology = topo.name().into();
             res.points.push(p);
         }
     }
@@ -349,11 +401,12 @@ fn find_max(
     kind: &str,
     enc: Encryption,
     workers: Option<u32>,
+    topo: TopologyKind,
     (lo, hi): (u32, u32),
     res: &mut SweepResults,
 ) -> Result<MaxViewers> {
     let holds = |n: u32, res: &mut SweepResults| -> Result<Option<bool>> {
-        if !measure(o, kind, n, o.base_bitrate, enc, workers, res)? {
+        if !measure(o, kind, n, o.base_bitrate, enc, workers, topo, res)? {
             return Ok(None);
         }
         Ok(Some(res.points.last().is_some_and(Point::holds)))
@@ -391,9 +444,10 @@ fn find_max(
     m.holds_at = Some(good);
     m.fails_at = Some(bad);
     eprintln!(
-        "bench: {kind}, {}{}: holds at {good} viewers, not at {bad}",
+        "bench: {kind}, {}{}{}: holds at {good} viewers, not at {bad}",
         enc.name(),
-        workers_note(workers)
+        workers_note(workers),
+        topology_note(topo)
     );
     Ok(m)
 }

@@ -1,10 +1,11 @@
 //! One point of the sweep: a fresh relay with one datapath, stsync-loadgen against it from
 //! the publisher's and the viewers' namespaces, and its report flattened into a `Point`.
 
-use super::relay::{exe_sibling, start_relay};
+use super::relay::{exe_sibling, start_relay, start_relay_as, wait_pulling, RelayProc, RelaySpec};
 use super::{
-    Encryption, Point, SweepOpts, Topology, NS_PUB, NS_RELAY, NS_VIEW, PUBLISH_PASSPHRASE,
-    RELAY_PUB, RELAY_VIEW, TOKEN, VIEWER_BASE, VIEW_IFACE, VIEW_PASSPHRASE,
+    Encryption, Point, SweepOpts, Topology, TopologyKind, EDGE_UPSTREAM, EDGE_VIEW, KEY_SECRET,
+    NS_EDGE0, NS_EDGE1, NS_ORIGIN, NS_PUB, NS_VIEW, PUBLISH_PASSPHRASE, RELAY_PUB, RELAY_VIEW,
+    TOKEN, VIEWER_BASE, VIEW_IFACE, VIEW_IFACE_B, VIEW_PASSPHRASE,
 };
 use crate::report::Report;
 use anyhow::{bail, Context, Result};
@@ -44,6 +45,78 @@ fn wait_quiet(pct: f64, max_wait: f64) -> f64 {
     }
 }
 
+/// The relays of a point, started: the single relay, or the tree's origin then its edges.
+/// Killed on drop (also on error).
+struct Relays {
+    /// The one whose CPU and system calls are the point's `relay_*` (the origin).
+    main: RelayProc,
+    edges: Vec<RelayProc>,
+}
+
+impl Relays {
+    fn start(
+        o: &SweepOpts,
+        kind: &str,
+        workers: Option<u32>,
+        tag: &str,
+        enc: Encryption,
+        topo: TopologyKind,
+    ) -> Result<Relays> {
+        if topo == TopologyKind::Single {
+            return Ok(Relays {
+                main: start_relay(o, kind, workers, &o.out, tag, enc)?,
+                edges: Vec::new(),
+            });
+        }
+        if enc != Encryption::default() {
+            bail!("--topology tree measures clear streams only");
+        }
+        let origin = start_relay_as(
+            o,
+            kind,
+            workers,
+            &o.out,
+            tag,
+            enc,
+            &RelaySpec {
+                ns: NS_ORIGIN,
+                name: "origin",
+                upstream: None,
+                key_secret: Some(KEY_SECRET),
+                health: (NS_PUB, format!("{RELAY_PUB}:9998").parse()?),
+            },
+        )?;
+        let mut relays = Relays {
+            main: origin,
+            edges: Vec::new(),
+        };
+        let local_api = "127.0.0.1:9998".parse()?;
+        for (i, ns) in [NS_EDGE0, NS_EDGE1].into_iter().enumerate() {
+            let edge = start_relay_as(
+                o,
+                kind,
+                workers,
+                &o.out,
+                tag,
+                enc,
+                &RelaySpec {
+                    ns,
+                    name: &format!("edge{i}"),
+                    upstream: Some(EDGE_UPSTREAM[i]),
+                    key_secret: Some(KEY_SECRET),
+                    health: (ns, local_api),
+                },
+            )?;
+            relays.edges.push(edge);
+        }
+        for ns in [NS_EDGE0, NS_EDGE1] {
+            wait_pulling(ns, local_api, Duration::from_secs(15))?;
+        }
+        Ok(relays)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run_point(
     o: &SweepOpts,
     kind: &str,
@@ -51,17 +124,18 @@ pub(super) fn run_point(
     bitrate: u64,
     enc: Encryption,
     workers: Option<u32>,
+    topo: TopologyKind,
 ) -> Result<Point> {
-    // Something else on the machine may have removed our namespaces: rebuild them.
-    if [NS_PUB, NS_RELAY, NS_VIEW]
-        .iter()
-        .any(|n| !Path::new("/var/run/netns").join(n).exists())
-    {
-        eprintln!("bench: namespaces gone, recreating them");
-        std::mem::forget(Topology::create()?);
-    }
+    // Another topology's point ran before, or something else on the machine removed our
+    // namespaces: (re)build them.
+    Topology::ensure(topo)?;
     // Repeated points (--repeat, --find-max) keep their own files.
-    let mut base = format!("{kind}-{}-{viewers}v-{}k", enc.name(), bitrate / 1000);
+    let tree = if topo == TopologyKind::Tree {
+        "tree-"
+    } else {
+        ""
+    };
+    let mut base = format!("{tree}{kind}-{}-{viewers}v-{}k", enc.name(), bitrate / 1000);
     if let Some(w) = workers {
         base += &format!("-{w}w");
     }
@@ -76,13 +150,23 @@ pub(super) fn run_point(
         .find(|t| !o.out.join(format!("point-{t}.json")).exists())
         .expect("a free name");
     let busy_before = o.wait_quiet.map(|pct| wait_quiet(pct, o.quiet_max_wait));
-    let relay = start_relay(o, kind, workers, &o.out, &tag, enc)?;
+    let relays = Relays::start(o, kind, workers, &tag, enc, topo)?;
     let json = o.out.join(format!("point-{tag}.json"));
     let bin = o
         .loadgen_bin
         .clone()
         .unwrap_or_else(|| exe_sibling("stsync-loadgen"));
-    let mut child = loadgen_command(o, &bin, viewers, bitrate, relay.pid(), &json, enc)
+    let mut cmd = loadgen_command(o, &bin, viewers, bitrate, relays.main.pid(), &json, enc);
+    if topo == TopologyKind::Tree {
+        let pids: Vec<String> = relays.edges.iter().map(|e| e.pid().to_string()).collect();
+        // Viewers on edge 0 (RELAY_VIEW, as for the single relay) and edge 1.
+        cmd.args(["--second-relay", &format!("{}:9999", EDGE_VIEW[1])])
+            .args(["--watch-more", &pids.join(",")]);
+        if o.rx == crate::loadgen::RxMode::Xdp {
+            cmd.args(["--sink-iface", VIEW_IFACE_B]);
+        }
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -99,8 +183,8 @@ pub(super) fn run_point(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    save_relay_metrics(o, &tag)?;
-    drop(relay);
+    save_relay_metrics(o, &tag, topo)?;
+    drop(relays);
     if !status.success() {
         bail!("stsync-loadgen failed ({status})");
     }
@@ -108,6 +192,7 @@ pub(super) fn run_point(
     let mut p = Point::from_report(kind, &r, &json);
     p.busy_before_pct = busy_before;
     p.workers = workers;
+    p.topology = topo.name().into();
     Ok(p)
 }
 
@@ -164,16 +249,33 @@ fn loadgen_command(
     cmd
 }
 
-/// The relay's own view (drops, per-connection counters), for diagnosis: its metrics
-/// without the per-connection series, in metrics-<tag>.txt.
-fn save_relay_metrics(o: &SweepOpts, tag: &str) -> Result<()> {
-    if let Ok(body) = crate::http::metrics(Some(NS_PUB), format!("{RELAY_PUB}:9998").parse()?) {
-        let keep: String = body
-            .lines()
-            .filter(|l| !l.starts_with("srt_connection_"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let _ = std::fs::write(o.out.join(format!("metrics-{tag}.txt")), keep);
+/// The relays' own view (drops, per-connection counters, the edges' upstream), for
+/// diagnosis: their metrics without the per-connection series, in metrics-<tag>.txt (the
+/// single relay or the origin) and metrics-edge<i>-<tag>.txt.
+fn save_relay_metrics(o: &SweepOpts, tag: &str, topo: TopologyKind) -> Result<()> {
+    let mut apis = vec![(
+        NS_PUB,
+        format!("{RELAY_PUB}:9998"),
+        format!("metrics-{tag}.txt"),
+    )];
+    if topo == TopologyKind::Tree {
+        for (i, ns) in [NS_EDGE0, NS_EDGE1].into_iter().enumerate() {
+            apis.push((
+                ns,
+                "127.0.0.1:9998".into(),
+                format!("metrics-edge{i}-{tag}.txt"),
+            ));
+        }
+    }
+    for (ns, addr, file) in apis {
+        if let Ok(body) = crate::http::metrics(Some(ns), addr.parse()?) {
+            let keep: String = body
+                .lines()
+                .filter(|l| !l.starts_with("srt_connection_"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let _ = std::fs::write(o.out.join(file), keep);
+        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ use super::{
     Encryption, SweepOpts, NS_PUB, NS_RELAY, PUBLISH_PASSPHRASE, RELAY_PUB, TOKEN, VIEW_PASSPHRASE,
 };
 use anyhow::{bail, Context, Result};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -136,6 +137,23 @@ fn logs_field(log: &str, field: &str) -> bool {
         .any(|(i, _)| !log[..i].ends_with(word) && !log[i + field.len()..].starts_with(word))
 }
 
+/// Where a relay runs and what else its config.json says: the single relay, the tree's
+/// origin, or one of its edges.
+pub(super) struct RelaySpec<'a> {
+    /// Its network namespace.
+    pub(super) ns: &'a str,
+    /// Its name in the output directory: `<name>.json` (config) and `<name>-<tag>.log`.
+    pub(super) name: &'a str,
+    /// An edge: the origin's address as this edge reaches it (SRT on 9999, API on 9998),
+    /// pulled always.
+    pub(super) upstream: Option<&'a str>,
+    /// config.json `key_secret` (the tree: keys minted at the origin work at the edges).
+    pub(super) key_secret: Option<&'a str>,
+    /// Where its /v1/health answers: (namespace, address).
+    pub(super) health: (&'a str, SocketAddr),
+}
+
+/// The single relay of a point.
 pub(super) fn start_relay(
     o: &SweepOpts,
     kind: &str,
@@ -144,7 +162,27 @@ pub(super) fn start_relay(
     tag: &str,
     enc: Encryption,
 ) -> Result<RelayProc> {
-    let cfg = dir.join("relay.json");
+    let spec = RelaySpec {
+        ns: NS_RELAY,
+        name: "relay",
+        upstream: None,
+        key_secret: None,
+        health: (NS_PUB, format!("{RELAY_PUB}:9998").parse()?),
+    };
+    start_relay_as(o, kind, workers, dir, tag, enc, &spec)
+}
+
+/// A relay as `spec` says, with datapath `kind` and `workers`; once its API answers.
+pub(super) fn start_relay_as(
+    o: &SweepOpts,
+    kind: &str,
+    workers: Option<u32>,
+    dir: &Path,
+    tag: &str,
+    enc: Encryption,
+    spec: &RelaySpec,
+) -> Result<RelayProc> {
+    let cfg = dir.join(format!("{}.json", spec.name));
     let mut stream = serde_json::json!({ "id": "1", "name": "bench", "token": TOKEN });
     if enc.publish.is_some() {
         stream["publish_passphrase"] = PUBLISH_PASSPHRASE.into();
@@ -155,28 +193,36 @@ pub(super) fn start_relay(
     if let Some(l) = enc.key_len() {
         stream["pbkeylen"] = l.into();
     }
-    std::fs::write(
-        &cfg,
-        serde_json::json!({
-            "srt_listen": "0.0.0.0:9999",
-            "http_listen": "0.0.0.0:9998",
-            "max_connections": 4096,
-            "max_viewers_per_stream": 1024,
-            // Every generated viewer comes from one address, as fast as it can connect.
-            "max_connections_per_ip": 4096,
-            "handshakes_per_ip_per_sec": 100_000,
-            "streams": [stream]
-        })
-        .to_string(),
-    )?;
+    if let Some(up) = spec.upstream {
+        stream["upstream"] = serde_json::json!([{
+            "srt": format!("{up}:9999"),
+            "api": format!("http://{up}:9998"),
+            "token": TOKEN,
+        }]);
+        stream["pull"] = "always".into();
+    }
+    let mut config = serde_json::json!({
+        "srt_listen": "0.0.0.0:9999",
+        "http_listen": "0.0.0.0:9998",
+        "max_connections": 4096,
+        "max_viewers_per_stream": 1024,
+        // Every generated viewer comes from one address, as fast as it can connect.
+        "max_connections_per_ip": 4096,
+        "handshakes_per_ip_per_sec": 100_000,
+        "streams": [stream]
+    });
+    if let Some(k) = spec.key_secret {
+        config["key_secret"] = k.into();
+    }
+    std::fs::write(&cfg, config.to_string())?;
     let bin = o
         .relay_bin
         .clone()
         .unwrap_or_else(|| exe_sibling("stsync-proxy"));
-    let log_path = dir.join(format!("relay-{tag}.log"));
+    let log_path = dir.join(format!("{}-{tag}.log", spec.name));
     let log = std::fs::File::create(&log_path)?;
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", NS_RELAY])
+    cmd.args(["netns", "exec", spec.ns])
         .arg(&bin)
         .arg("--config")
         .arg(&cfg)
@@ -197,7 +243,7 @@ pub(super) fn start_relay(
         .with_context(|| format!("starting {}", bin.display()))?;
     let mut relay = RelayProc { child };
     let args = relay_args(kind, workers);
-    let http = format!("{RELAY_PUB}:9998").parse()?;
+    let (health_ns, http) = spec.health;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = relay.child.try_wait()? {
@@ -216,7 +262,7 @@ pub(super) fn start_relay(
             };
             bail!("relay {args} exited ({status}): {why}");
         }
-        if crate::http::healthy(Some(NS_PUB), http) {
+        if crate::http::healthy(Some(health_ns), http) {
             break;
         }
         if Instant::now() > deadline {
@@ -235,6 +281,27 @@ pub(super) fn start_relay(
         }
     }
     Ok(relay)
+}
+
+/// Waits (at most `timeout`) until the edge whose API is `http` in namespace `ns` reports
+/// its upstream connected (`srt_upstream_connected ... 1`).
+pub(super) fn wait_pulling(ns: &str, http: SocketAddr, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let connected = crate::http::metrics(Some(ns), http).is_ok_and(|m| {
+            m.lines().any(|l| {
+                l.starts_with("srt_upstream_connected")
+                    && l.split_whitespace().last().is_some_and(|v| v == "1")
+            })
+        });
+        if connected {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the edge in {ns} did not connect to its upstream within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[cfg(test)]

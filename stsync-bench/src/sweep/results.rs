@@ -36,6 +36,11 @@ pub struct Point {
     /// The relay's --workers (None: not passed, the relay's default).
     #[serde(default)]
     pub workers: Option<u32>,
+    /// `single` (publisher → relay → viewers) or `tree` (publisher → origin → two edges,
+    /// `viewers` split between them; the `relay_*` figures are then the origin's).
+    #[serde(default = "single")]
+    pub topology: String,
+    /// All the viewers (the tree: both edges').
     pub viewers: u32,
     pub bitrate_mbps: f64,
     /// How the generator received: "socket" or "xdp" (kernel sink).
@@ -90,6 +95,17 @@ pub struct Point {
     /// --wait-quiet: the machine's busy % in the second before the point started.
     #[serde(default)]
     pub busy_before_pct: Option<f64>,
+    /// The tree: each edge's CPU (% of one core) and system calls per second over the
+    /// window (empty for the single relay).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edge_pct: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edge_syscalls_per_s: Vec<f64>,
+    /// The tree: the edges' CPU per viewer each serves (their mean / (viewers / 2)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_pct_per_viewer: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_syscalls_per_viewer_s: Option<f64>,
     pub report: Option<String>,
 }
 
@@ -111,6 +127,7 @@ impl Point {
             datapath: datapath.into(),
             crypto: "clear".into(),
             workers: None,
+            topology: single(),
             viewers,
             bitrate_mbps: bitrate as f64 / 1e6,
             rx: rx.into(),
@@ -141,6 +158,10 @@ impl Point {
             backlog_drops: None,
             acks_per_viewer_s: None,
             busy_before_pct: None,
+            edge_pct: Vec::new(),
+            edge_syscalls_per_s: Vec::new(),
+            edge_pct_per_viewer: None,
+            edge_syscalls_per_viewer_s: None,
             report: None,
         }
     }
@@ -150,6 +171,19 @@ impl Point {
         let total = c.relay_total_pct.unwrap_or(0.0);
         let viewers = r.config.viewers.max(1) as f64;
         let syscalls = r.relay_syscalls.as_ref().map(|s| s.per_second);
+        let edge_pct: Vec<f64> = r
+            .more_relays
+            .iter()
+            .map(|e| e.cpu_pct.unwrap_or(0.0))
+            .collect();
+        let edge_syscalls_per_s: Vec<f64> = r
+            .more_relays
+            .iter()
+            .filter_map(|e| e.syscalls.as_ref().map(|s| s.per_second))
+            .collect();
+        // Viewers each edge serves (the generator splits them evenly).
+        let per_edge = viewers / r.more_relays.len().max(1) as f64;
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
         Point {
             datapath: datapath.into(),
             crypto: super::Encryption {
@@ -158,6 +192,11 @@ impl Point {
             }
             .name(),
             workers: None,
+            topology: if r.more_relays.is_empty() {
+                single()
+            } else {
+                "tree".into()
+            },
             viewers: r.config.viewers,
             bitrate_mbps: r.config.bitrate_bps as f64 / 1e6,
             rx: r.config.rx.clone(),
@@ -195,6 +234,10 @@ impl Point {
             backlog_drops: c.softnet_dropped,
             acks_per_viewer_s: r.full_acks_per_viewer_s,
             busy_before_pct: None,
+            edge_pct_per_viewer: mean(&edge_pct).map(|m| m / per_edge),
+            edge_syscalls_per_viewer_s: mean(&edge_syscalls_per_s).map(|m| m / per_edge),
+            edge_pct,
+            edge_syscalls_per_s,
             report: Some(path.display().to_string()),
         }
     }
@@ -243,6 +286,10 @@ pub struct MaxViewers {
 
 fn clear() -> String {
     "clear".into()
+}
+
+fn single() -> String {
+    "single".into()
 }
 
 pub fn machine() -> Machine {

@@ -31,7 +31,7 @@ pub fn table(r: &SweepResults) -> String {
         if let Some(e) = &p.error {
             s += &format!(
                 "| {} | {} | {} | {} | {} | {:.0} | no | failed: {} |||||||||||||||||||\n",
-                p.datapath,
+                dp(p),
                 p.crypto,
                 workers(p.workers),
                 p.rx,
@@ -45,7 +45,7 @@ pub fn table(r: &SweepResults) -> String {
             |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
         s += &format!(
             "| {} | {} | {} | {} | {} | {:.0} | {} | {:.3} | {:.4} | {:.4} | {} | {} | {:.1} | {:.3} | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.1} ({}) | {:.0} | {:.0} | {:.0} | {:.1} |\n",
-            p.datapath,
+            dp(p),
             p.crypto,
             workers(p.workers),
             p.rx,
@@ -78,7 +78,18 @@ pub fn table(r: &SweepResults) -> String {
     if !r.max_viewers.is_empty() || r.points.iter().any(|p| p.workers.is_some()) {
         s += &summary(&r.points);
     }
+    s += &super::tree::tree_tables(&r.points);
     s
+}
+
+/// The datapath as the main table shows it: "(tree)" after it for the tree topology,
+/// whose relay figures are the origin's.
+fn dp(p: &Point) -> String {
+    if p.topology == "tree" {
+        format!("{} (tree: origin)", p.datapath)
+    } else {
+        p.datapath.clone()
+    }
 }
 
 /// The relay's --workers as the tables show it ("-": not passed).
