@@ -43,17 +43,19 @@ fn mint(o: &mut World, e: &mut World) -> Vec<usize> {
     while let Some(req) = e.relay.poll_pull() {
         asked.push(req.upstream);
         let key = o.key("1");
-        e.relay.handle_pull(
-            e.now,
-            req,
-            Ok(Pulled {
-                peer: ORIGIN,
-                key,
-                km: None,
-            }),
-        );
+        answer(e, req, key);
     }
     asked
+}
+
+/// The driver's answer to `req`: the origin, with `key`.
+fn answer(e: &mut World, req: PullRequest, key: String) {
+    let pulled = Pulled {
+        peer: ORIGIN,
+        key,
+        km: None,
+    };
+    e.relay.handle_pull(e.now, req, Ok(pulled));
 }
 
 /// Time passes for both; keys are minted and datagrams carried (`link` up) or lost.
@@ -189,15 +191,7 @@ fn a_pulled_stream_takes_no_publisher_and_refused_calls_are_tried_again() {
     spender
         .connect(&mut o, &format!("#!::r=1,s={key},m=request"))
         .unwrap();
-    e.relay.handle_pull(
-        e.now,
-        req,
-        Ok(Pulled {
-            peer: ORIGIN,
-            key,
-            km: None,
-        }),
-    );
+    answer(&mut e, req, key);
     shuttle(&mut o, &mut e);
     assert_eq!(pull(&e).failures, 1);
     assert_eq!(pull(&e).state, "waiting");
@@ -218,15 +212,7 @@ fn malformed_answers_to_a_call_are_dropped() {
     e.advance(Duration::from_millis(150));
     let req = e.relay.poll_pull().expect("always pulled");
     let key = o.key("1");
-    e.relay.handle_pull(
-        e.now,
-        req,
-        Ok(Pulled {
-            peer: ORIGIN,
-            key,
-            km: None,
-        }),
-    );
+    answer(&mut e, req, key);
     let induction = drain(&mut e, ORIGIN).pop().expect("an induction");
     let Packet::Control(c) = Packet::parse(&induction).unwrap() else {
         panic!("a handshake")
