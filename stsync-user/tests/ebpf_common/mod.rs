@@ -144,6 +144,55 @@ pub fn frame(spec: &FrameSpec, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// An Ethernet/IPv6/UDP frame carrying `payload` from `src` to `dst`, with extension
+/// headers before UDP: each `(next header type, 8-byte-multiple length)` is a header of
+/// that type (hop-by-hop 0, routing 43, fragment 44, destination options 60). The UDP
+/// checksum is valid (mandatory in IPv6).
+pub fn frame6(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::SocketAddrV6,
+    dst: std::net::SocketAddrV6,
+    exts: &[(u8, usize)],
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut udp = Vec::with_capacity(UDP_LEN + payload.len());
+    udp.extend_from_slice(&src.port().to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&((UDP_LEN + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut sum = sum16(&src.ip().octets()) + sum16(&dst.ip().octets()) + 17 + udp.len() as u32;
+    sum += sum16(&udp);
+    let c = match !fold(sum) {
+        0 => 0xFFFF,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    // Extension headers: each names the next; the last names UDP (17).
+    let mut ext = Vec::new();
+    for (i, &(_, len)) in exts.iter().enumerate() {
+        let next = exts.get(i + 1).map_or(17, |e| e.0);
+        let mut h = vec![0u8; len.max(8)];
+        h[0] = next;
+        h[1] = (h.len() / 8 - 1) as u8;
+        ext.extend_from_slice(&h);
+    }
+    let mut f = Vec::with_capacity(14 + 40 + ext.len() + udp.len());
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x86, 0xDD]);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&((ext.len() + udp.len()) as u16).to_be_bytes());
+    f.push(exts.first().map_or(17, |e| e.0));
+    f.push(64);
+    f.extend_from_slice(&src.ip().octets());
+    f.extend_from_slice(&dst.ip().octets());
+    f.extend_from_slice(&ext);
+    f.extend_from_slice(&udp);
+    f
+}
+
 /// An SRT data packet: solo message `msgno` (R flag if `rexmit`), then `payload`.
 pub fn srt_data(seq: u32, msgno: u32, rexmit: bool, ts: u32, dest: u32, payload: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(16 + payload.len());
