@@ -252,3 +252,36 @@ fn ipv6_publishers_and_viewers_with_loss_on_both_legs() {
         "{log}"
     );
 }
+
+/// `"http_listen": "[::]:PORT"` serves the API to both families (IPv6 and IPv4 loopback,
+/// in the test's own namespace): health, and a session key minted over IPv6.
+#[test]
+fn the_api_listens_on_both_families() {
+    if !require_root("the_api_listens_on_both_families") {
+        return;
+    }
+    let ns = Netns::create(&["api"]);
+    let relay = Relay::start(RelayOpts {
+        netns: Some(ns.name("api").into()),
+        srt_listen_ip: Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        http_listen_ip: Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        datapath: Some("userspace".into()),
+        ..RelayOpts::default()
+    });
+    let port = relay.http.port();
+    let token = format!("Bearer {}", relay.token("1"));
+    let (health6, health4, minted) = in_netns(ns.name("api"), move || {
+        let get = |host: &str| http("GET", &format!("http://{host}:{port}/v1/health"), &[]);
+        let minted = http(
+            "POST",
+            &format!("http://[::1]:{port}/v1/streams/1/sessions"),
+            &[("Authorization", &token)],
+        );
+        (get("[::1]"), get("127.0.0.1"), minted)
+    });
+    assert_eq!(health6.map(|r| r.status), Ok(200));
+    assert_eq!(health4.map(|r| r.status), Ok(200));
+    let minted = minted.expect("POST over IPv6");
+    assert_eq!(minted.status, 201, "{}", minted.body);
+    assert!(relay.log().contains("api=http://[::]:"), "{}", relay.log());
+}

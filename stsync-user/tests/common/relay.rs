@@ -60,6 +60,9 @@ pub struct RelayOpts {
     /// config.json's `srt_listen` host instead of `srt_bind`/`srt_ip` (e.g. `[::]`, with the
     /// port picked as usual); clients still dial `srt_ip`.
     pub srt_listen_ip: Option<std::net::IpAddr>,
+    /// config.json's `http_listen` host instead of `http_ip` (e.g. `[::]`); the harness's
+    /// own requests still go to `http_ip` (default 127.0.0.1).
+    pub http_listen_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for RelayOpts {
@@ -99,6 +102,7 @@ impl Default for RelayOpts {
             tokens: None,
             key_secret: None,
             srt_listen_ip: None,
+            http_listen_ip: None,
         }
     }
 }
@@ -163,7 +167,10 @@ impl Relay {
                 Some(ip) => std::net::SocketAddr::new(ip, srt.port()).to_string(),
                 None => SocketAddrV4::new(opts.srt_bind.unwrap_or(opts.srt_ip), srt.port()).to_string(),
             },
-            "http_listen": http.to_string(),
+            "http_listen": match opts.http_listen_ip {
+                Some(ip) => std::net::SocketAddr::new(ip, http.port()).to_string(),
+                None => http.to_string(),
+            },
             "streams": [
                 { "id": "1", "name": "Stream one", "token": tokens["1"] },
                 { "id": "2", "name": "Stream two", "token": tokens["2"] },
