@@ -162,7 +162,7 @@ pub async fn run(
         }
         // The other workers' publishers' packets for this worker's viewers, whatever woke
         // it (one atomic read per other worker when there are none).
-        relay.handle_feed(Instant::now());
+        take_feed(&mut relay, datapath.as_mut());
         // Due timers run here too, not only from their select! branch: with the socket
         // always readable (a busy relay) the biased select would never get to them.
         if Instant::now() >= relay.poll_timeout() {
@@ -217,6 +217,16 @@ fn pump(relay: &mut Relay, datapath: &mut dyn Datapath) {
     }
 }
 
+/// Takes the other workers' feeds, the kernel's reports first: a viewer the kernel took
+/// since (`KernelReport::Serving`) must be known as such before the feed brings the
+/// packets the kernel already cloned to it, or they would go out twice.
+fn take_feed(relay: &mut Relay, datapath: &mut dyn Datapath) {
+    while let Some(report) = datapath.poll_report() {
+        relay.handle_kernel(report);
+    }
+    relay.handle_feed(Instant::now());
+}
+
 fn answer(relay: &mut Relay, datapath: &dyn Datapath, req: Request) {
     // A requester that gave up is no concern of the relay's: its answer is dropped.
     match req {
@@ -246,21 +256,28 @@ fn receive(
     match socket.try_io(tokio::io::Interest::READABLE, || batch.try_recv(fd)) {
         Ok(n) => {
             let now = Instant::now();
+            // Ran dry: viewers waiting for it go to the kernel now, before this batch is
+            // handled, so that a packet which reaches the socket after this read and
+            // before the kernel clones it (neither path would send it) is as unlikely as
+            // can be. The batch read before still goes out from userspace (its packets
+            // carry the previous `drained`, see `Relay::handle_kernel`).
+            if n < RECV_BATCH {
+                datapath.drained(asked);
+            }
             // What other workers fed this one first: a viewer's loss report may ask for
             // what is waiting there.
-            relay.handle_feed(now);
+            take_feed(relay, datapath);
             for d in batch.received() {
                 relay.handle_datagram(now, d.src, d.data);
             }
             if n < RECV_BATCH {
                 relay.note_drained(asked);
-                datapath.drained(asked);
             }
             n
         }
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            relay.note_drained(asked);
             datapath.drained(asked);
+            relay.note_drained(asked);
             0
         }
         // ICMP errors from a vanished peer surface here; they concern one peer only.
