@@ -84,6 +84,20 @@ fn fd_count(pid: i32) -> usize {
     stsync_user::os::proc::fd_count(pid).unwrap_or(0) as usize
 }
 
+/// What each of the process's descriptors is (socket:[inode], anon_inode:..., a path).
+fn fd_targets(pid: i32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = dir
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|t| t.display().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
 /// The connection cap the relay logged at start.
 fn logged_cap(relay: &Relay) -> usize {
     let log = relay.log();
@@ -177,11 +191,14 @@ fn partial_request_flood_leaves_the_api_answering() {
         "{still_open} partial requests open, cap {cap}"
     );
     drop(held);
+    // Up to 1000 connections close one by one on a loaded 2-core machine: given 15 s (a
+    // fresh-clone CI run once still had 3 more than idle at 5 s); what is left is named.
     assert!(
-        wait_until(Duration::from_secs(5), || fd_count(relay.pid())
+        wait_until(Duration::from_secs(15), || fd_count(relay.pid())
             <= idle_fds + 2),
-        "descriptors after the flood left: {} (idle {idle_fds})",
-        fd_count(relay.pid())
+        "descriptors after the flood left: {} (idle {idle_fds}): {:?}",
+        fd_count(relay.pid()),
+        fd_targets(relay.pid())
     );
     let mut relay = relay;
     relay.assert_alive("after the flood");
