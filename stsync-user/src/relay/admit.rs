@@ -244,14 +244,19 @@ impl Relay {
         Ok(())
     }
 
+    /// 64 random bits: splitmix64 over the seed the driver gave (well spread, and
+    /// unpredictable enough with a random seed); socket IDs and callers' ISNs.
+    pub(super) fn next_random(&mut self) -> u64 {
+        self.id_state = self.id_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.id_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
     pub(super) fn new_socket_id(&mut self) -> u32 {
         loop {
-            // splitmix64: well spread, and unpredictable enough with a random seed.
-            self.id_state = self.id_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.id_state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            let id = id_for_worker((z ^ (z >> 31)) as u32, self.worker, self.shared.workers);
+            let id = id_for_worker(self.next_random() as u32, self.worker, self.shared.workers);
             if id != 0 && !self.conns.contains_key(&id) {
                 return id;
             }

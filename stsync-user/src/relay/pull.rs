@@ -228,7 +228,7 @@ impl Relay {
             }
         };
         let id = self.new_socket_id();
-        let isn = Seq::new(self.next_random() & 0x7FFF_FFFF);
+        let isn = Seq::new((self.next_random() >> 32) as u32 & 0x7FFF_FFFF);
         let p = self.streams[i].pull.as_mut().expect("checked");
         p.state = State::Calling(Call {
             id,
@@ -525,12 +525,5 @@ impl Relay {
             .iter()
             .filter_map(|s| s.pull.as_ref()?.timeout())
             .min()
-    }
-
-    /// 32 random bits from the socket-ID generator's state.
-    fn next_random(&mut self) -> u32 {
-        self.id_state = self.id_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let z = self.id_state;
-        ((z ^ (z >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 32) as u32
     }
 }
