@@ -2,9 +2,11 @@
 //!
 //! Every type is `#[repr(C)]`, fixed width, with explicit padding (no implicit holes, so a
 //! value written by one side is read byte for byte by the other) and a size assertion.
-//! Address fields hold the bytes as they appear on the wire: an IPv4 address or a port is
-//! stored in network byte order inside a native integer (`u32::from_ne_bytes(octets)`), so
-//! the kernel copies it into the packet without swapping. SRT fields (socket IDs, offsets)
+//! Address fields hold the bytes as they appear on the wire: an address is four words and a
+//! port one half-word, each in network byte order inside a native integer
+//! (`u32::from_ne_bytes(octets)`), so the kernel copies them into the packet without
+//! swapping. An IPv4 address is IPv4-mapped (`::ffff:a.b.c.d`, its own word last), so one
+//! type holds both families (`frame::mapped`). SRT fields (socket IDs, offsets)
 //! are plain host-order numbers.
 //!
 //! Map names (the `#[map]` statics in stsync-ebpf, looked up by the daemon) are the `MAP_*`
@@ -62,20 +64,38 @@ pub mod counter {
     /// Viewers' ACKs the program could not answer (the ACKACK rewrite failed): dropped,
     /// being half rewritten; the viewer's next full ACK follows within 10 ms.
     pub const ACK_FAILURES: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// IPv6 datagrams to the relay's port left to the daemon because an extension header
+    /// (hop-by-hop, routing, destination options) comes before UDP.
+    pub const V6_EXT_HEADERS: u32 = 10;
+    /// Fragments to the relay's port left to the daemon (first fragments: later ones carry
+    /// no port), either family.
+    pub const FRAGMENTS: u32 = 11;
+    /// Clones of the other family (an IPv4 publisher's packet to an IPv6 viewer or the
+    /// reverse) not made because the packet could not be converted (a zero IPv4 UDP
+    /// checksum, which IPv6 forbids, or the resize failed): those viewers get the packet
+    /// from the daemon when they ask for it again.
+    pub const CROSS_FAMILY_SKIPPED: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// `CONFIG[0]`: where the relay listens.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// The relay's listening IPv4 address (network order); 0 = any address.
-    pub relay_ip: u32,
+    /// The relay's listening address (network order, IPv4-mapped for IPv4); all zero = any
+    /// address of the families it serves.
+    pub relay_ip: [u32; 4],
     /// The relay's UDP port (network order).
     pub relay_port: u16,
     /// `CONFIG_*` bits.
     pub flags: u16,
 }
+
+/// `Config::flags`: the relay's socket takes no IPv4 caller (it listens on a specific IPv6
+/// address): the program leaves IPv4 frames alone.
+pub const CONFIG_NO_V4: u16 = 4;
+/// `Config::flags`: the relay's socket takes no IPv6 caller (an IPv4 listening address).
+pub const CONFIG_NO_V6: u16 = 8;
 
 /// The interface index of `lo` in every network namespace.
 pub const LOOPBACK_IFINDEX: u32 = 1;
@@ -99,10 +119,10 @@ pub struct PublisherEntry {
     pub epoch: u64,
     /// Index of the stream (row of `VIEWERS`, entry of `STREAMS`).
     pub stream: u32,
-    /// The publisher's source address (network order), checked on every packet.
-    pub src_ip: u32,
+    /// The publisher's source port and address (network order), checked on every packet.
     pub src_port: u16,
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    pub src_ip: [u32; 4],
 }
 
 /// `STREAMS[stream]`: how many viewer slots of the stream's row the program scans, and the
@@ -114,7 +134,16 @@ pub struct StreamEntry {
     pub slots: u32,
     /// Added to every clone's timestamp (µs): viewers play the stream that much later.
     pub delay_us: u32,
+    /// `FAMILY_*` bits: the families of the stream's kernel viewers. A packet is converted
+    /// to the other family (and back) only when the bit of that family is set.
+    pub families: u32,
+    pub _pad: u32,
 }
+
+/// `StreamEntry::families`: a viewer reached over IPv4.
+pub const FAMILY_V4: u32 = 1;
+/// `StreamEntry::families`: a viewer reached over IPv6.
+pub const FAMILY_V6: u32 = 2;
 
 /// How a clone reaches a viewer: learned from the viewer's own packets as they arrive.
 #[repr(C)]
@@ -122,17 +151,18 @@ pub struct StreamEntry {
 pub struct Route {
     /// The interface the viewer's packets arrive on; clones leave through it.
     pub ifindex: u32,
+    /// `FAMILY_V4` or `FAMILY_V6`: the family of the viewer's packets, and of its clones.
+    pub family: u32,
     /// The relay's address as the viewer sees it (network order): clone source.
-    pub relay_ip: u32,
+    pub relay_ip: [u32; 4],
     /// The viewer's address (network order): clone destination.
-    pub viewer_ip: u32,
+    pub viewer_ip: [u32; 4],
     pub relay_port: u16,
     pub viewer_port: u16,
     /// The relay interface's MAC: clone source MAC.
     pub relay_mac: [u8; 6],
     /// The viewer's (next hop's) MAC: clone destination MAC.
     pub viewer_mac: [u8; 6],
-    pub _pad: [u8; 4],
 }
 
 /// `VIEWERS[stream * MAX_VIEWERS + i]`: one viewer slot.
@@ -167,9 +197,9 @@ pub struct ViewerConn {
     pub start_ns: u64,
     /// The viewer's slot (`stream * MAX_VIEWERS + i`): its `VIEWERS` and `VIEWER_ACKS` entry.
     pub slot: u32,
-    pub peer_ip: u32,
     pub peer_port: u16,
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    pub peer_ip: [u32; 4],
 }
 
 /// `VIEWER_ACKS[slot]`: the latest ACK of a kernel-served viewer as the program handled it
@@ -213,12 +243,12 @@ pub struct ViewerCounts {
     pub ack_bytes: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
-const _: () = assert!(core::mem::size_of::<PublisherEntry>() == 24);
-const _: () = assert!(core::mem::size_of::<StreamEntry>() == 8);
-const _: () = assert!(core::mem::size_of::<Route>() == 32);
-const _: () = assert!(core::mem::size_of::<ViewerEntry>() == 64);
-const _: () = assert!(core::mem::size_of::<ViewerConn>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 20);
+const _: () = assert!(core::mem::size_of::<PublisherEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<StreamEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<Route>() == 56);
+const _: () = assert!(core::mem::size_of::<ViewerEntry>() == 88);
+const _: () = assert!(core::mem::size_of::<ViewerConn>() == 32);
 const _: () = assert!(core::mem::size_of::<ViewerAcks>() == 40);
 const _: () = assert!(core::mem::size_of::<ViewerCounts>() == 32);
 
