@@ -72,8 +72,8 @@ pub mod counter {
     pub const FRAGMENTS: u32 = 11;
     /// Clones of the other family (an IPv4 publisher's packet to an IPv6 viewer or the
     /// reverse) not made because the packet could not be converted (a zero IPv4 UDP
-    /// checksum, which IPv6 forbids, or the resize failed): those viewers get the packet
-    /// from the daemon when they ask for it again.
+    /// checksum, which IPv6 forbids, or the resize failed) or came in on `lo` (where the
+    /// daemon serves the other family's viewers itself).
     pub const CROSS_FAMILY_SKIPPED: u32 = 12;
     pub const COUNT: u32 = 13;
 }

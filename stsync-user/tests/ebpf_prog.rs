@@ -15,7 +15,7 @@ use ebpf_common::*;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
-use stsync_common::maps::{PublisherEntry, Route, ViewerConn, ViewerEntry, MAX_VIEWERS};
+use stsync_common::maps::{PublisherEntry, Route, ViewerConn, ViewerEntry, FAMILY_V4, MAX_VIEWERS};
 use stsync_user::datapath::kernel::{raw_ip, raw_port, Kernel};
 use stsync_user::os::clock::monotonic_ns;
 
@@ -64,7 +64,7 @@ impl Lab {
             viewer_port: raw_port(port),
             relay_mac: self.relay_if.1,
             viewer_mac: self.view_if.1,
-            _pad: [0; 4],
+            family: FAMILY_V4,
         }
     }
 
@@ -128,7 +128,8 @@ fn viewer(
 }
 
 fn install_publisher(k: &mut Kernel, stream: u32) {
-    k.set_relay(Some(RELAY_IP), RELAY_PORT).unwrap();
+    k.set_relay(SocketAddr::V4(SocketAddrV4::new(RELAY_IP, RELAY_PORT)))
+        .unwrap();
     k.set_publisher(
         PUB_ID,
         PublisherEntry {
@@ -136,7 +137,7 @@ fn install_publisher(k: &mut Kernel, stream: u32) {
             stream,
             src_ip: raw_ip(*PUB_SRC.ip()),
             src_port: raw_port(PUB_SRC.port()),
-            _pad: [0; 6],
+            _pad: 0,
         },
     )
     .unwrap();
@@ -553,7 +554,8 @@ fn viewer_ack_becomes_an_exact_ackack_and_nak_passes() {
     };
     let lab = Lab::new();
     let mut k = load(&obj, 1);
-    k.set_relay(Some(RELAY_IP), RELAY_PORT).unwrap();
+    k.set_relay(SocketAddr::V4(SocketAddrV4::new(RELAY_IP, RELAY_PORT)))
+        .unwrap();
     let (conn, peer_id, slot) = (0x00AB_CDEF, 0x0000_7777, 5);
     let vaddr = SocketAddrV4::new(VIEW_IP, 40_000);
     // The connection's clock started 3 s ago.
@@ -828,7 +830,7 @@ fn attached_round_trip(
         _ => unreachable!(),
     };
     let (vaddr, paddr) = (addr(&view), addr(&publ));
-    k.set_relay(Some(*relay.ip()), relay.port()).unwrap();
+    k.set_relay(SocketAddr::V4(relay)).unwrap();
     k.set_lo_accept_local(lo_accept_local).unwrap();
     let pub_id = 0x0001_0001;
     k.set_publisher(
@@ -838,7 +840,7 @@ fn attached_round_trip(
             stream: 0,
             src_ip: raw_ip(*paddr.ip()),
             src_port: raw_port(paddr.port()),
-            _pad: [0; 6],
+            _pad: 0,
         },
     )
     .unwrap();
@@ -877,7 +879,7 @@ fn attached_round_trip(
         publ.send_to(&pkt, relay).unwrap();
         let (n, from) = relay_sock
             .recv_from(&mut buf)
-            .expect("the original reaches the relay");
+            .unwrap_or_else(|e| panic!("the original reaches the relay: {e}; {:?}", k.counters()));
         assert_eq!(from, SocketAddr::V4(paddr));
         assert_eq!(&buf[..n], &pkt[..], "original unchanged");
         if !expect_clones {

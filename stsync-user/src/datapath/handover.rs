@@ -61,6 +61,8 @@ pub struct Handover {
     /// Streams whose publisher the kernel knows (so it can clone its packets), and whether
     /// it is on this host (its packets come in on `lo`).
     publishers: HashMap<u32, bool>,
+    /// The `FAMILY_*` bit of each stream's publisher's address.
+    publisher_families: HashMap<u32, u32>,
     /// `lo` accepts clones of packets from other interfaces
     /// (`net.ipv4.conf.lo.accept_local = 1`).
     lo_accept_local: bool,
@@ -141,6 +143,11 @@ impl Handover {
             Some(local) => self.publishers.insert(stream, local),
             None => self.publishers.remove(&stream),
         };
+    }
+
+    /// The family (`FAMILY_*`) of `stream`'s publisher's address.
+    pub fn set_publisher_family(&mut self, stream: u32, family: u32) {
+        self.publisher_families.insert(stream, family);
     }
 
     /// The relay mapped viewer `conn` onto a publisher epoch.
@@ -240,6 +247,16 @@ impl Handover {
         if route.ifindex == LOOPBACK_IFINDEX && !self.lo_accept_local && !publisher_local {
             if v.pending_since.take().is_some() {
                 info!(conn, "viewer on this host, publisher elsewhere: served from userspace (net.ipv4.conf.lo.accept_local=1 lets the kernel serve it)");
+            }
+            return;
+        }
+        // The program converts a packet to the other family only when it came in on an
+        // interface other than `lo`: on `lo` the converted packet does not survive the way
+        // back (seen on 6.18), so a local publisher's other-family viewers stay here.
+        let family = self.publisher_families.get(&v.stream).copied();
+        if publisher_local && family.is_some_and(|f| f != route.family) {
+            if v.pending_since.take().is_some() {
+                info!(conn, "viewer of the other IP family than its publisher on this host: served from userspace");
             }
             return;
         }
