@@ -70,12 +70,7 @@ pub mod counter {
     /// Fragments to the relay's port left to the daemon (first fragments: later ones carry
     /// no port), either family.
     pub const FRAGMENTS: u32 = 11;
-    /// Clones of the other family (an IPv4 publisher's packet to an IPv6 viewer or the
-    /// reverse) not made because the packet could not be converted (a zero IPv4 UDP
-    /// checksum, which IPv6 forbids, or the resize failed) or came in on `lo` (where the
-    /// daemon serves the other family's viewers itself).
-    pub const CROSS_FAMILY_SKIPPED: u32 = 12;
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 12;
 }
 
 /// `CONFIG[0]`: where the relay listens.
@@ -134,8 +129,8 @@ pub struct StreamEntry {
     pub slots: u32,
     /// Added to every clone's timestamp (µs): viewers play the stream that much later.
     pub delay_us: u32,
-    /// `FAMILY_*` bits: the families of the stream's kernel viewers. A packet is converted
-    /// to the other family (and back) only when the bit of that family is set.
+    /// `FAMILY_*` bits: the families of the stream's kernel viewers (a packet is cloned to
+    /// viewers of its own family only).
     pub families: u32,
     pub _pad: u32,
 }

@@ -1,9 +1,10 @@
 //! Publisher data fanned out: the packet rewritten in place for each of the stream's
 //! active viewers and cloned to that viewer's interface, then put back for the daemon.
-//! Viewers of the publisher's family come first; then, if the stream has viewers of the
-//! other family, the packet is converted once, cloned to those, and converted back.
+//! Only viewers of the publisher's family: the daemon serves the others (a packet
+//! converted to the other family with `bpf_skb_change_proto` was dropped by veth's
+//! transmit, and on `lo` the original did not survive the way back; see DESIGN).
 
-use crate::family::{self, Family, Ips};
+use crate::family::{Family, Ips};
 use crate::header::Header;
 use crate::patch::{csum_diff, load_raw, replace_word, store};
 use crate::{count, log_due, same, DROP, PASS, PUBLISHERS, STREAMS, VIEWERS, VIEWER_COUNTS};
@@ -69,8 +70,6 @@ struct FanOut {
     lo_ok: u32,
     /// A rewrite failed: the packet is in an unknown state, stop cloning.
     broken: u32,
-    /// Non-zero: the packet came in on `lo`.
-    lo_in: u32,
     /// Non-zero: the packet is a retransmission whose R flag is cleared for the clones.
     rexmit: u32,
     /// The latest failure, for the log: its slot, the viewer's interface and the clone's
@@ -105,12 +104,12 @@ pub(crate) fn fan_out<F: Family>(
     let (slots, delay, families) = STREAMS.get(p.stream).map_or((0, 0, 0), |s| {
         (s.slots.min(MAX_VIEWERS), s.delay_us, s.families)
     });
-    if slots == 0 {
+    if slots == 0 || families & F::FAMILY == 0 {
         return Ok(PASS);
     }
 
     // SAFETY: reading a field of the program's context.
-    let lo_in = u32::from(unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX);
+    let lo_in = unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX;
     let mut f = FanOut {
         skb,
         epoch: p.epoch,
@@ -121,8 +120,7 @@ pub(crate) fn fan_out<F: Family>(
         clones: 0,
         failures: 0,
         lo_skipped: 0,
-        lo_in,
-        lo_ok: u32::from(lo_in != 0 || cfg_flags & CONFIG_LO_ACCEPT_LOCAL != 0),
+        lo_ok: u32::from(lo_in || cfg_flags & CONFIG_LO_ACCEPT_LOCAL != 0),
         broken: 0,
         rexmit: 0,
         fail_slot: 0,
@@ -148,18 +146,7 @@ pub(crate) fn fan_out<F: Family>(
     }
     f.rexmit = u32::from(rexmit);
 
-    if families & F::FAMILY != 0 {
-        clone_all::<F>(slots, &mut f);
-    }
-    if families & <F::Other as Family>::FAMILY != 0 && f.broken == 0 {
-        // Converted on `lo`, the packet does not reach the daemon's socket (6.18): the
-        // daemon serves a local publisher's viewers of the other family itself.
-        if f.lo_in == 0 {
-            other_family::<F>(h, slots, &mut f);
-        } else {
-            count(counter::CROSS_FAMILY_SKIPPED, 1);
-        }
-    }
+    clone_all::<F>(slots, &mut f);
     Ok(finish::<F>(h, &mut f, dest, cfg_flags))
 }
 
@@ -223,21 +210,6 @@ fn finish<F: Family>(h: &Header, f: &mut FanOut, dest: u32, cfg_flags: u16) -> i
         );
     }
     DROP
-}
-
-/// Clones the packet (a frame of family `F`) to the stream's viewers of the other family:
-/// converted, cloned, converted back. A subprogram, so the conversions' stack does not
-/// add to `fan_out`'s.
-#[inline(never)]
-fn other_family<F: Family>(h: &Header, slots: u32, f: &mut FanOut) {
-    if family::convert::<F, F::Other>(f.skb, &mut f.cur.ips, h.be16(F::UDP_LEN)).is_err() {
-        count(counter::CROSS_FAMILY_SKIPPED, 1);
-        return;
-    }
-    clone_all::<F::Other>(slots, f);
-    if family::restore::<F::Other, F>(f.skb, &mut f.cur.ips, h).is_err() {
-        f.broken = 1;
-    }
 }
 
 /// Clones the packet (now a frame of family `F`) to the stream's viewers of that family.

@@ -1,7 +1,8 @@
 //! IPv6 with real libsrt clients, in network namespaces with IPv4 and IPv6 addresses
-//! (root): a relay listening on `[::]` (dual-stack) keeps the kernel fast path for its
-//! IPv4 callers and serves its IPv6 callers from userspace, one stream, every viewer
-//! byte-exact; and on the userspace datapath IPv6 publishers and viewers alike.
+//! (root): a relay listening on `[::]` (dual-stack) serves IPv4 and IPv6 callers on one
+//! stream: the kernel fast path serves the viewers of the publisher's family, whichever
+//! it is, and userspace the others, every viewer byte-exact; and IPv6 publishers and
+//! viewers under loss.
 
 mod common;
 mod ebpf_common;
@@ -38,9 +39,10 @@ fn hosts() -> Netns {
     ns
 }
 
-/// Publisher (IPv4) → relay on `[::]` → two IPv4 and two IPv6 srt-live-transmit viewers;
-/// with the kernel path, the IPv4 viewers are the kernel's and the IPv6 ones userspace's.
-fn dual_stack(datapath: &str) {
+/// Publisher (over `pub_ip`'s family) → relay on `[::]` → two IPv4 and two IPv6
+/// srt-live-transmit viewers; with the kernel path, the kernel serves the two of the
+/// publisher's family, userspace the other two.
+fn dual_stack(datapath: &str, pub_ip: IpAddr) {
     let c = clip();
     let ns = hosts();
     let relay = Relay::start(RelayOpts {
@@ -55,7 +57,8 @@ fn dual_stack(datapath: &str) {
         "{}",
         relay.log()
     );
-    let dir = TempDir::new(&format!("ipv6-dual-{datapath}"));
+    let family = if pub_ip.is_ipv4() { "ipv4" } else { "ipv6" };
+    let dir = TempDir::new(&format!("ipv6-dual-{datapath}-{family}"));
     let view_ns = Some(ns.name("view"));
     let mut viewers = Vec::new();
     for (name, ip) in [
@@ -73,14 +76,8 @@ fn dual_stack(datapath: &str) {
         tail_lines(&relay.log(), 20)
     );
     sleep_secs(0.5);
-    let mut p = BytePublisher::start_opts(
-        &dir,
-        "pub",
-        &relay.publisher_url("1"),
-        c,
-        Some(ns.name("pub")),
-        false,
-    );
+    let pub_url = relay.url_at(pub_ip, "1", &relay.session("1"), "publish");
+    let mut p = BytePublisher::start_opts(&dir, "pub", &pub_url, c, Some(ns.name("pub")), false);
     p.finish(LINGER);
     let m = relay.metrics();
     for v in &mut viewers {
@@ -111,7 +108,7 @@ fn dual_stack(datapath: &str) {
             .collect();
     served.sort_by(|a, b| a.1.total_cmp(&b.1));
     let line = format!(
-        "ipv6 {datapath}: dual-stack [::], per viewer (userspace new, kernel clones): {served:?}"
+        "ipv6 {datapath}: dual-stack [::], {family} publisher, per viewer (userspace new, kernel clones): {served:?}"
     );
     eprintln!("{line}");
     record_result(&line);
@@ -119,7 +116,8 @@ fn dual_stack(datapath: &str) {
     // srt-live-transmit sends the clip in chunks of `SLT_CHUNK` bytes.
     let packets = (c.bytes.len() / SLT_CHUNK) as f64;
     if datapath == "ebpf" {
-        // Two viewers (IPv6) entirely from userspace, two (IPv4) from the kernel.
+        // The other family's two viewers entirely from userspace, the publisher's family's
+        // two from the kernel.
         for &(fresh, kernel) in &served[..2] {
             assert_eq!(kernel, 0.0, "{line}");
             assert!(fresh >= 0.95 * packets, "{line}");
@@ -127,9 +125,18 @@ fn dual_stack(datapath: &str) {
         for &(_, kernel) in &served[2..] {
             assert!(
                 kernel >= 0.9 * packets,
-                "{line}: the kernel served the IPv4 viewers"
+                "{line}: the kernel served the viewers of the publisher's family"
             );
         }
+        let k = |reason: &str| {
+            prom_value(&m, "stsync_kernel_skipped_total", &[("reason", reason)]).unwrap_or(0.0)
+        };
+        assert_eq!(k("restore_failed"), 0.0, "{line}");
+        assert_eq!(
+            prom_value(&m, "stsync_kernel_clone_failures_total", &[]),
+            Some(0.0),
+            "{line}"
+        );
     } else {
         assert!(served.iter().all(|&(_, k)| k == 0.0), "{line}");
     }
@@ -140,16 +147,28 @@ fn dual_stack_listener_serves_both_families_userspace() {
     if !require_root("dual_stack_listener_serves_both_families_userspace") {
         return;
     }
-    dual_stack("userspace");
+    dual_stack("userspace", IpAddr::V4(Ipv4Addr::new(10, 86, 1, 1)));
 }
 
+/// An IPv4 publisher: the kernel serves the IPv4 viewers.
 #[test]
-fn dual_stack_listener_keeps_the_kernel_path_for_ipv4() {
-    if object_or_skip("dual_stack_listener_keeps_the_kernel_path_for_ipv4").is_none() {
+fn dual_stack_kernel_path_serves_an_ipv4_publishers_ipv4_viewers() {
+    if object_or_skip("dual_stack_kernel_path_serves_an_ipv4_publishers_ipv4_viewers").is_none() {
         return;
     }
     let _serial = serial();
-    dual_stack("ebpf");
+    dual_stack("ebpf", IpAddr::V4(Ipv4Addr::new(10, 86, 1, 1)));
+}
+
+/// An IPv6 publisher: the kernel serves the IPv6 viewers (IPv6 parsing, rewrite, UDP
+/// checksum, route learning and ACKs in the program).
+#[test]
+fn dual_stack_kernel_path_serves_an_ipv6_publishers_ipv6_viewers() {
+    if object_or_skip("dual_stack_kernel_path_serves_an_ipv6_publishers_ipv6_viewers").is_none() {
+        return;
+    }
+    let _serial = serial();
+    dual_stack("ebpf", IpAddr::V6(RELAY_V6_PUB));
 }
 
 /// Everything over IPv6, userspace datapath, 5 % loss on both legs (nftables, `inet`):

@@ -250,13 +250,15 @@ impl Handover {
             }
             return;
         }
-        // The program converts a packet to the other family only when it came in on an
-        // interface other than `lo`: on `lo` the converted packet does not survive the way
-        // back (seen on 6.18), so a local publisher's other-family viewers stay here.
+        // The program clones a packet to viewers of its own family only (DESIGN,
+        // "Families"): a viewer of the other family stays here.
         let family = self.publisher_families.get(&v.stream).copied();
-        if publisher_local && family.is_some_and(|f| f != route.family) {
+        if family.is_some_and(|f| f != route.family) {
             if v.pending_since.take().is_some() {
-                info!(conn, "viewer of the other IP family than its publisher on this host: served from userspace");
+                info!(
+                    conn,
+                    "viewer of the other IP family than its publisher: served from userspace"
+                );
             }
             return;
         }

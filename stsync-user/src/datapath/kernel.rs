@@ -72,8 +72,6 @@ pub struct KernelCounters {
     pub v6_ext_headers: u64,
     /// First fragments for the relay left to the daemon.
     pub fragments: u64,
-    /// Publisher packets not converted for viewers of the other family.
-    pub cross_family_skipped: u64,
 }
 
 /// The loaded program and its maps (attached or not). Dropping it detaches the program.
@@ -382,7 +380,6 @@ impl Kernel {
             ack_failures: sum(counter::ACK_FAILURES),
             v6_ext_headers: sum(counter::V6_EXT_HEADERS),
             fragments: sum(counter::FRAGMENTS),
-            cross_family_skipped: sum(counter::CROSS_FAMILY_SKIPPED),
         }
     }
 
