@@ -463,7 +463,21 @@ impl Relay {
             }
             if d.payload.len() > v.max_payload {
                 // libsrt would drop it unseen (its receive buffers are sized from its own
-                // MSS; see `ViewerSend::max_payload`). The viewer asks for it; DROPREQ.
+                // MSS; see `ViewerSend::max_payload`). DROPREQ for it at once: libsrt's
+                // `processCtrlDropReq` moves its receive sequence past it, so its ACKs go
+                // on even when nothing after it comes (a stream of nothing but such
+                // packets). Should it ask anyway (the DROPREQ lost), it gets another.
+                let body = [vseq.get(), vseq.get()];
+                let len = self.out.push_control(
+                    conn.peer,
+                    ctrl::DROPREQ,
+                    0,
+                    clock as u32,
+                    conn.peer_id,
+                    &body,
+                );
+                conn.stats.sent_control(len);
+                conn.last_sent = now;
                 self.drops.drop_packet("payload_over_viewer_mss");
                 if !v.oversize_logged {
                     v.oversize_logged = true;
