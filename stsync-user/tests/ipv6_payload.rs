@@ -11,8 +11,10 @@
 //! relay sends the first everything and holds back from the second what it would drop.
 
 mod common;
+mod ebpf_common;
 
 use common::*;
+use ebpf_common::object_or_skip;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -150,4 +152,85 @@ fn ipv6_viewer_with_a_smaller_mss_is_not_sent_what_it_would_drop() {
     let log = relay.log();
     let warned = log.matches("viewer's MSS is too small").count();
     assert_eq!(warned, 1, "logged once: {}", tail_lines(&log, 20));
+}
+
+/// The same held-back rule on the kernel fast path (root, eBPF object): the kernel's clones
+/// do not check sizes, so an IPv4 viewer whose MSS is 1360 stays in userspace (nothing
+/// cloned to it, its 1456-byte packets held back), while an IPv4 viewer at the default MSS
+/// next to it is the kernel's and gets the stream whole.
+#[test]
+fn small_mss_viewer_stays_off_the_kernel_path() {
+    let test = "small_mss_viewer_stays_off_the_kernel_path";
+    if object_or_skip(test).is_none() {
+        return;
+    }
+    let c = clip();
+    let mut ns = Netns::create(&["pub", "relay", "view"]);
+    ns.link("relay", "10.86.1.1/24", "pub", "10.86.1.2/24");
+    ns.link("relay", "10.86.2.1/24", "view", "10.86.2.2/24");
+    let relay = Relay::start(RelayOpts {
+        netns: Some(ns.name("relay").into()),
+        srt_ip: Ipv4Addr::new(10, 86, 1, 1),
+        srt_listen_ip: Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        datapath: Some("ebpf".into()),
+        ..RelayOpts::default()
+    });
+    assert!(relay.log().contains("datapath=ebpf"), "{}", relay.log());
+    let dir = TempDir::new("ipv6-payload-ebpf");
+    let at = Ipv4Addr::new(10, 86, 2, 1);
+    let full_url = relay.url_at(at, "1", &relay.session("1"), "request");
+    let small_url = format!(
+        "{}&mss=1360",
+        relay.url_at(at, "1", &relay.session("1"), "request")
+    );
+    let view = Some(ns.name("view"));
+    let mut full = SltViewer::start_opts(&dir, "full", &full_url, view, false);
+    let mut small = SltViewer::start_opts(&dir, "small", &small_url, view, false);
+    assert!(
+        relay.wait_connections("request", 2, Duration::from_secs(10)),
+        "viewers not connected: {}",
+        tail_lines(&relay.log(), 20)
+    );
+    sleep_secs(0.5);
+    let url = relay.publisher_url("1");
+    let mut p = BytePublisher::start_opts(&dir, "pub", &url, c, Some(ns.name("pub")), false);
+    p.finish(LINGER);
+    let m = relay.metrics();
+    full.assert_running("after the stream");
+    small.assert_running("after the stream (held back from, not disconnected)");
+    full.stop();
+    small.stop();
+    let dropped =
+        prom_value(&m, "srt_packets_dropped_total", &[("reason", DROP_REASON)]).unwrap_or(0.0);
+    // Per viewer connection: kernel clones.
+    let mut kernel: Vec<f64> = prom_samples(&m, "srt_connection_data_packets_sent_kernel", &[])
+        .iter()
+        .filter(|s| {
+            s.label("id").is_some_and(|id| {
+                prom_value(&m, "srt_connection_data_packets_recv", &[("id", id)]) == Some(0.0)
+            })
+        })
+        .map(|s| s.value)
+        .collect();
+    kernel.sort_by(f64::total_cmp);
+    let packets = (c.bytes.len() / SLT_CHUNK) as f64;
+    let line = format!(
+        "ipv6_payload ebpf: viewers' kernel clones {kernel:?} of {packets} packets; held \
+         back from the MSS-1360 viewer {dropped}; it received {} bytes",
+        small.output().len()
+    );
+    eprintln!("{line}");
+    record_result(&line);
+    assert_whole("full", &full.output(), c);
+    assert_eq!(kernel.len(), 2, "{line}");
+    assert_eq!(
+        kernel[0], 0.0,
+        "{line}: nothing cloned to the small-MSS viewer"
+    );
+    assert!(
+        kernel[1] >= 0.9 * packets,
+        "{line}: the kernel served the other"
+    );
+    assert!(dropped >= 0.95 * packets, "{line}");
+    assert!(small.output().is_empty(), "{line}");
 }
