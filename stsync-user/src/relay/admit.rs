@@ -241,7 +241,7 @@ impl Relay {
                     peer: from,
                     peer_id: hs.hs.socket_id,
                     start,
-                    encrypted: encrypted || small,
+                    userspace_only: encrypted || small,
                 });
                 // The first viewer of a stream pulled here starts its pull now.
                 self.drive_pull(now, stream);

@@ -23,7 +23,7 @@ pub enum RouteEvent {
         /// MSS is below libsrt's default, so it takes less than the largest payload a
         /// publisher may send and the relay must check each packet's size for it
         /// (`ViewerSend::max_payload`). Served from userspace.
-        encrypted: bool,
+        userspace_only: bool,
     },
     /// The viewer's offsets for the stream's current publisher.
     ViewerMapped {

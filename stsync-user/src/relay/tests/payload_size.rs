@@ -65,10 +65,12 @@ fn viewer_with_a_small_mss_is_not_sent_what_it_would_drop() {
     let mut userspace = Vec::new();
     while let Some(ev) = w.relay.poll_event() {
         if let RouteEvent::ViewerAdded {
-            conn, encrypted, ..
+            conn,
+            userspace_only,
+            ..
         } = ev
         {
-            userspace.push((conn, encrypted));
+            userspace.push((conn, userspace_only));
         }
     }
     userspace.sort();
