@@ -1039,3 +1039,206 @@ fn attached_program_clones_on_veth_and_on_loopback() {
         &obj,
     );
 }
+
+const RELAY_IP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd88, 0, 0, 0, 0, 0, 0, 1);
+const VIEW_IP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd88, 0, 0, 0, 0, 0, 0, 2);
+const PUB_SRC6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd88, 0, 0, 5, 0, 0, 0, 5);
+
+impl Lab {
+    /// The lab with IPv6 addresses on both ends of its link.
+    fn new6() -> Lab {
+        let lab = Lab::new();
+        for (ns, dev, addr) in [
+            (lab.relay(), "veth0a", "fd88::1/64"),
+            (lab.view(), "veth0b", "fd88::2/64"),
+        ] {
+            run("ip", &["-n", &ns, "addr", "add", addr, "dev", dev, "nodad"]).expect("ip addr");
+        }
+        lab
+    }
+
+    /// The route an IPv6 viewer at [VIEW_IP6]:`port` has, as the program would learn it.
+    fn route6_to(&self, port: u16) -> Route {
+        Route {
+            ifindex: self.relay_if.0,
+            family: stsync_common::maps::FAMILY_V6,
+            relay_ip: raw_ip(RELAY_IP6),
+            viewer_ip: raw_ip(VIEW_IP6),
+            relay_port: raw_port(RELAY_PORT),
+            viewer_port: raw_port(port),
+            relay_mac: self.relay_if.1,
+            viewer_mac: self.view_if.1,
+        }
+    }
+}
+
+/// A UDP socket on [`ip`]:0 inside namespace `ns`.
+fn udp6_in(ns: &str, ip: std::net::Ipv6Addr) -> UdpSocket {
+    let sock = in_netns(ns, move || {
+        UdpSocket::bind((ip, 0)).expect("bind UDP (IPv6) in netns")
+    });
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    sock
+}
+
+/// An IPv6 publisher's data packet: cloned to each active IPv6 viewer, rewritten (MACs,
+/// addresses, ports, SRT fields) with a valid UDP checksum, which IPv6 requires; the
+/// original restored byte for byte. IPv4 viewers of the stream are left to the daemon.
+#[test]
+fn ipv6_data_packet_is_cloned_to_each_ipv6_viewer() {
+    let Some(obj) = object_or_skip("ipv6_data_packet_is_cloned_to_each_ipv6_viewer") else {
+        return;
+    };
+    let lab = Lab::new6();
+    let mut k = load(&obj, 1);
+    k.set_relay(SocketAddr::V6(std::net::SocketAddrV6::new(
+        std::net::Ipv6Addr::UNSPECIFIED,
+        RELAY_PORT,
+        0,
+        0,
+    )))
+    .unwrap();
+    let pub_src = std::net::SocketAddrV6::new(PUB_SRC6, 5000, 0, 0);
+    k.set_publisher(
+        PUB_ID,
+        PublisherEntry {
+            epoch: EPOCH,
+            stream: 0,
+            src_ip: raw_ip(PUB_SRC6),
+            src_port: raw_port(5000),
+            _pad: 0,
+        },
+    )
+    .unwrap();
+    // (active, family): three IPv6 viewers, one inactive, one IPv4 viewer.
+    let layout = [(true, 6), (true, 6), (false, 6), (true, 4), (true, 6)];
+    let mut viewers = Vec::new();
+    for (i, &(active, family)) in layout.iter().enumerate() {
+        let (sock, route) = if family == 6 {
+            let sock = udp6_in(&lab.view(), VIEW_IP6);
+            let port = sock.local_addr().unwrap().port();
+            (sock, lab.route6_to(port))
+        } else {
+            let sock = udp_in(&lab.view(), SocketAddrV4::new(VIEW_IP, 0), None);
+            let port = sock.local_addr().unwrap().port();
+            (sock, lab.route_to(port))
+        };
+        let e = viewer(
+            0x6000 + i as u32,
+            0x0200_0000 + i as u32,
+            1000 * i as u32,
+            77 * i as u32,
+            EPOCH,
+            active,
+            route,
+        );
+        k.set_viewer(i as u32, &e).unwrap();
+        k.reset_viewer(i as u32);
+        viewers.push((sock, e, active && family == 6));
+    }
+    k.set_stream(
+        0,
+        stsync_common::maps::StreamEntry {
+            slots: layout.len() as u32,
+            delay_us: 0,
+            families: stsync_common::maps::FAMILY_V4 | stsync_common::maps::FAMILY_V6,
+            _pad: 0,
+        },
+    )
+    .unwrap();
+    let cap = RawCapture::open(&lab.view(), "veth0b");
+    let dst = std::net::SocketAddrV6::new(RELAY_IP6, RELAY_PORT, 0, 0);
+    for (n, &(seq, ts, rexmit)) in [(500u32, 9000u32, false), (0x7FFF_FFFE, 3, true)]
+        .iter()
+        .enumerate()
+    {
+        let body = payload(1316, n as u8);
+        let srt = srt_data(seq, 7 + n as u32, rexmit, ts, PUB_ID, &body);
+        let f = frame6(
+            [0x02, 0, 0, 0, 0, 0x55],
+            lab.relay_if.1,
+            pub_src,
+            dst,
+            &[],
+            &srt,
+        );
+        let (k2, verdict, out) = test_run_in(&lab.relay(), k, f.clone(), lab.relay_if.0);
+        k = k2;
+        assert_eq!(verdict, 0, "case {n}: TC_ACT_OK");
+        assert_eq!(out, f, "case {n}: the original restored byte for byte");
+        for (i, (sock, e, served)) in viewers.iter().enumerate() {
+            let got = drain(sock, Duration::from_millis(200));
+            if !served {
+                assert!(got.is_empty(), "case {n}: viewer {i} must get nothing");
+                continue;
+            }
+            assert_eq!(
+                got.len(),
+                1,
+                "case {n}: viewer {i}: one clone, {:?}",
+                k.counters()
+            );
+            let (d, from) = &got[0];
+            assert_eq!(
+                *from,
+                SocketAddr::V6(std::net::SocketAddrV6::new(RELAY_IP6, RELAY_PORT, 0, 0))
+            );
+            let h = parse_data(d);
+            assert_eq!(
+                h.seq,
+                seq.wrapping_add(e.seq_off) & 0x7FFF_FFFF,
+                "case {n} viewer {i}: seq"
+            );
+            assert_eq!(
+                h.ts,
+                ts.wrapping_add(e.ts_off),
+                "case {n} viewer {i}: timestamp"
+            );
+            assert_eq!(h.dest, e.peer_id, "case {n} viewer {i}: destination");
+            assert_eq!(
+                h.word1,
+                0xC000_0000 | (7 + n as u32),
+                "case {n} viewer {i}: R flag cleared"
+            );
+            assert_eq!(&d[16..], &body[..], "case {n} viewer {i}: payload");
+        }
+        let ports: Vec<u16> = viewers
+            .iter()
+            .map(|(s, _, _)| s.local_addr().unwrap().port())
+            .collect();
+        let frames = cap.udp6_frames_to(&ports);
+        assert_eq!(frames.len(), 3, "case {n}: IPv6 frames on the wire");
+        for fr in &frames {
+            assert_eq!(fr[0..6], lab.view_if.1, "destination MAC");
+            assert_eq!(fr[6..12], lab.relay_if.1, "source MAC");
+            let (src, dst): ([u8; 16], [u8; 16]) = (
+                fr[22..38].try_into().unwrap(),
+                fr[38..54].try_into().unwrap(),
+            );
+            assert_eq!((src, dst), (RELAY_IP6.octets(), VIEW_IP6.octets()));
+            let udp = &fr[54..];
+            assert_eq!(
+                u16::from_be_bytes([fr[18], fr[19]]) as usize,
+                udp.len(),
+                "payload length"
+            );
+            assert_ne!(
+                u16::from_be_bytes([udp[6], udp[7]]),
+                0,
+                "case {n}: IPv6 UDP checksum set"
+            );
+            assert_eq!(
+                udp6_checksum_residue(&src, &dst, udp),
+                0,
+                "case {n}: IPv6 UDP checksum"
+            );
+        }
+    }
+    let c = k.counters();
+    assert_eq!(
+        (c.clones, c.clone_failures, c.packets_seen),
+        (6, 0, 2),
+        "{c:?}"
+    );
+}
