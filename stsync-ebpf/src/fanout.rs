@@ -1,13 +1,14 @@
 //! Publisher data fanned out: the packet rewritten in place for each of the stream's
 //! active viewers and cloned to that viewer's interface, then put back for the daemon.
-//! Only viewers of the publisher's family: the daemon serves the others (a packet
-//! converted to the other family with `bpf_skb_change_proto` was dropped by veth's
-//! transmit, and on `lo` the original did not survive the way back; see DESIGN).
+//! Viewers of the publisher's family come first; then, if the stream has viewers of the
+//! other family, the packet is converted once, cloned to those, and converted back.
 
-use crate::family::{Family, Ips};
+use crate::family::{self, Family, Ips};
 use crate::header::Header;
 use crate::patch::{csum_diff, load_raw, replace_word, store};
-use crate::{count, log_due, same, DROP, PASS, PUBLISHERS, STREAMS, VIEWERS, VIEWER_COUNTS};
+use crate::{
+    count, log_due, same, CROSS_BLOCKED, DROP, PASS, PUBLISHERS, STREAMS, VIEWERS, VIEWER_COUNTS,
+};
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MARK_MANGLED_0},
     helpers::generated::{bpf_clone_redirect, bpf_l4_csum_replace, bpf_loop},
@@ -15,7 +16,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, error, warn};
 use core::ffi::c_void;
 use stsync_common::maps::{
-    counter, PublisherEntry, CONFIG_LOG, CONFIG_LO_ACCEPT_LOCAL, LOOPBACK_IFINDEX, MAX_VIEWERS,
+    counter, PublisherEntry, CONFIG_LOG, CONFIG_LO_ACCEPT_LOCAL, CROSS_MTU, LOOPBACK_IFINDEX,
+    MAX_VIEWERS,
 };
 use stsync_common::srt;
 
@@ -70,6 +72,8 @@ struct FanOut {
     lo_ok: u32,
     /// A rewrite failed: the packet is in an unknown state, stop cloning.
     broken: u32,
+    /// Non-zero: the packet came in on `lo`.
+    lo_in: u32,
     /// Non-zero: the packet is a retransmission whose R flag is cleared for the clones.
     rexmit: u32,
     /// The latest failure, for the log: its slot, the viewer's interface and the clone's
@@ -104,12 +108,12 @@ pub(crate) fn fan_out<F: Family>(
     let (slots, delay, families) = STREAMS.get(p.stream).map_or((0, 0, 0), |s| {
         (s.slots.min(MAX_VIEWERS), s.delay_us, s.families)
     });
-    if slots == 0 || families & F::FAMILY == 0 {
+    if slots == 0 {
         return Ok(PASS);
     }
 
     // SAFETY: reading a field of the program's context.
-    let lo_in = unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX;
+    let lo_in = u32::from(unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX);
     let mut f = FanOut {
         skb,
         epoch: p.epoch,
@@ -120,7 +124,8 @@ pub(crate) fn fan_out<F: Family>(
         clones: 0,
         failures: 0,
         lo_skipped: 0,
-        lo_ok: u32::from(lo_in || cfg_flags & CONFIG_LO_ACCEPT_LOCAL != 0),
+        lo_in,
+        lo_ok: u32::from(lo_in != 0 || cfg_flags & CONFIG_LO_ACCEPT_LOCAL != 0),
         broken: 0,
         rexmit: 0,
         fail_slot: 0,
@@ -146,7 +151,18 @@ pub(crate) fn fan_out<F: Family>(
     }
     f.rexmit = u32::from(rexmit);
 
-    clone_all::<F>(slots, &mut f);
+    if families & F::FAMILY != 0 {
+        clone_all::<F>(slots, &mut f);
+    }
+    if families & <F::Other as Family>::FAMILY != 0 && f.broken == 0 {
+        // Converted on `lo`, the packet does not reach the daemon's socket (6.18): the
+        // daemon serves a local publisher's viewers of the other family itself.
+        if f.lo_in == 0 {
+            other_family::<F>(h, p.stream, slots, &mut f);
+        } else {
+            count(counter::CROSS_FAMILY_SKIPPED, 1);
+        }
+    }
     Ok(finish::<F>(h, &mut f, dest, cfg_flags))
 }
 
@@ -210,6 +226,37 @@ fn finish<F: Family>(h: &Header, f: &mut FanOut, dest: u32, cfg_flags: u16) -> i
         );
     }
     DROP
+}
+
+/// Clones the packet (a frame of family `F`) to the stream's viewers of the other family:
+/// converted, cloned, converted back. A subprogram, so the conversions' stack does not
+/// add to `fan_out`'s.
+///
+/// A packet that would not fit `CROSS_MTU` once converted marks the stream in
+/// `CROSS_BLOCKED`: the daemon takes that family's viewers back (the one packet they miss
+/// is resent on their NAK). Packets of one publisher are mostly of one size, so it
+/// happens at most once a publisher.
+#[inline(never)]
+fn other_family<F: Family>(h: &Header, stream: u32, slots: u32, f: &mut FanOut) {
+    let udp_len = h.be16(F::UDP_LEN);
+    let grown = u32::from(udp_len) + <F::Other as Family>::IP_HLEN as u32;
+    if grown > CROSS_MTU {
+        if let Some(b) = CROSS_BLOCKED.get_ptr_mut(stream) {
+            // SAFETY: a plain flag; the daemon only reads it, and clears it for a new
+            // publisher.
+            unsafe { *b = 1 };
+        }
+        count(counter::CROSS_FAMILY_SKIPPED, 1);
+        return;
+    }
+    if family::convert::<F, F::Other>(f.skb, &mut f.cur.ips, udp_len).is_err() {
+        count(counter::CROSS_FAMILY_SKIPPED, 1);
+        return;
+    }
+    clone_all::<F::Other>(slots, f);
+    if family::restore::<F::Other, F>(f.skb, &mut f.cur.ips, h).is_err() {
+        f.broken = 1;
+    }
 }
 
 /// Clones the packet (now a frame of family `F`) to the stream's viewers of that family.

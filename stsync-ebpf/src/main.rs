@@ -70,6 +70,8 @@ static PUBLISHERS: HashMap<u32, PublisherEntry> = HashMap::with_max_entries(MAX_
 #[map]
 static STREAMS: Array<StreamEntry> = Array::with_max_entries(DEFAULT_MAX_STREAMS, 0);
 #[map]
+static CROSS_BLOCKED: Array<u32> = Array::with_max_entries(DEFAULT_MAX_STREAMS, 0);
+#[map]
 static VIEWERS: Array<ViewerEntry> = Array::with_max_entries(DEFAULT_MAX_STREAMS * MAX_VIEWERS, 0);
 #[map]
 static VIEWER_CONNS: HashMap<u32, ViewerConn> = HashMap::with_max_entries(MAX_VIEWER_CONNS, 0);

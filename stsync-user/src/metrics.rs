@@ -313,7 +313,7 @@ impl Scrape {
         ));
         let skipped = counter_vec(
             "stsync_kernel_skipped_total",
-            "Fan-out the eBPF program left undone, by reason: gso_or_rewrite and restore_failed count publisher packets, loopback counts viewer clones left to the daemon.",
+            "Fan-out the eBPF program left undone, by reason: gso_or_rewrite, restore_failed and cross_family (not converted for viewers of the other IP family) count publisher packets, loopback counts viewer clones left to the daemon.",
             "reason",
         );
         let acks = counter_vec(
@@ -329,6 +329,7 @@ impl Scrape {
         // Only what happened: a label appears with its first count.
         for (v, label, n) in [
             (&skipped, "gso_or_rewrite", k.skipped),
+            (&skipped, "cross_family", k.cross_family_skipped),
             (&passed, "ipv6_extension_headers", k.v6_ext_headers),
             (&passed, "fragment", k.fragments),
             (&skipped, "loopback", k.loopback_skipped),

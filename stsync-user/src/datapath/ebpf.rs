@@ -353,6 +353,7 @@ impl EbpfDatapath {
             let local = std::net::UdpSocket::bind((ip, 0)).is_ok();
             let family = if ip.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
             self.handover.set_publisher_family(stream, family);
+            self.kernel.clear_cross_blocked(stream);
             self.handover.set_publisher(stream, Some(local));
         }
     }
@@ -468,6 +469,11 @@ impl Datapath for EbpfDatapath {
         self.handover.learned(learned, &mut self.kernel);
         if slow || now.duration_since(self.last_ack_read) >= ACK_READ {
             self.last_ack_read = now;
+            for stream in self.handover.cross_family_streams() {
+                if self.kernel.cross_blocked(stream) {
+                    self.handover.block_cross_family(stream, &mut self.kernel);
+                }
+            }
             self.read_viewer_acks(slow);
         }
         if slow {

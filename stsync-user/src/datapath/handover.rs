@@ -63,6 +63,9 @@ pub struct Handover {
     publishers: HashMap<u32, bool>,
     /// The `FAMILY_*` bit of each stream's publisher's address.
     publisher_families: HashMap<u32, u32>,
+    /// Streams whose publisher sent a packet too large to convert to the other family:
+    /// that family's viewers are served from userspace until the next publisher.
+    cross_blocked: std::collections::HashSet<u32>,
     /// `lo` accepts clones of packets from other interfaces
     /// (`net.ipv4.conf.lo.accept_local = 1`).
     lo_accept_local: bool,
@@ -145,9 +148,52 @@ impl Handover {
         };
     }
 
-    /// The family (`FAMILY_*`) of `stream`'s publisher's address.
+    /// The family (`FAMILY_*`) of `stream`'s (new) publisher's address.
     pub fn set_publisher_family(&mut self, stream: u32, family: u32) {
         self.publisher_families.insert(stream, family);
+        self.cross_blocked.remove(&stream);
+    }
+
+    /// Streams with kernel-served viewers of the other family than their publisher's.
+    pub fn cross_family_streams(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = self
+            .viewers
+            .values()
+            .filter(|v| {
+                v.active.is_some_and(|a| {
+                    self.publisher_families.get(&v.stream) != Some(&a.route.family)
+                })
+            })
+            .map(|v| v.stream)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// `stream`'s publisher sent a packet the program could not convert for the other
+    /// family's viewers: they go back to userspace (the relay resends what they miss).
+    pub fn block_cross_family(&mut self, stream: u32, table: &mut impl ViewerTable) {
+        if !self.cross_blocked.insert(stream) {
+            return;
+        }
+        let family = self.publisher_families.get(&stream).copied();
+        let back: Vec<u32> = self
+            .viewers
+            .iter()
+            .filter(|(_, v)| {
+                v.stream == stream && v.active.is_some_and(|a| Some(a.route.family) != family)
+            })
+            .map(|(&c, _)| c)
+            .collect();
+        info!(
+            stream,
+            viewers = back.len(),
+            "a publisher packet too large for the other IP family (over 1500 bytes converted): its viewers of that family are served from userspace"
+        );
+        for conn in back {
+            self.deactivate(conn, table);
+        }
     }
 
     /// The relay mapped viewer `conn` onto a publisher epoch.
@@ -250,14 +296,16 @@ impl Handover {
             }
             return;
         }
-        // The program clones a packet to viewers of its own family only (DESIGN,
-        // "Families"): a viewer of the other family stays here.
+        // The program converts a packet for viewers of the other family, except when it
+        // came in on `lo` (converted there, the original did not survive the way back on
+        // 6.18) or the publisher's packets do not fit once converted.
         let family = self.publisher_families.get(&v.stream).copied();
-        if family.is_some_and(|f| f != route.family) {
+        let blocked = publisher_local || self.cross_blocked.contains(&v.stream);
+        if blocked && family.is_some_and(|f| f != route.family) {
             if v.pending_since.take().is_some() {
                 info!(
                     conn,
-                    "viewer of the other IP family than its publisher: served from userspace"
+                    "viewer of the other IP family than its publisher (on this host, or sending packets too large to convert): served from userspace"
                 );
             }
             return;

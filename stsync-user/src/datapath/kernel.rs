@@ -72,6 +72,8 @@ pub struct KernelCounters {
     pub v6_ext_headers: u64,
     /// First fragments for the relay left to the daemon.
     pub fragments: u64,
+    /// Publisher packets not converted for viewers of the other family.
+    pub cross_family_skipped: u64,
 }
 
 /// The loaded program and its maps (attached or not). Dropping it detaches the program.
@@ -80,6 +82,7 @@ pub struct Kernel {
     config_map: Array<MapData, Config>,
     publishers: BpfHashMap<MapData, u32, PublisherEntry>,
     streams: Array<MapData, StreamEntry>,
+    cross_blocked: Array<MapData, u32>,
     viewers: Array<MapData, ViewerEntry>,
     viewer_conns: BpfHashMap<MapData, u32, ViewerConn>,
     routes: BpfHashMap<MapData, u32, Route>,
@@ -164,6 +167,7 @@ impl Kernel {
             .map_max_entries(m::MAP_VIEWER_CONNS, conns)
             .map_max_entries(m::MAP_ROUTES, conns)
             .map_max_entries(m::MAP_STREAMS, max_streams)
+            .map_max_entries(m::MAP_CROSS_BLOCKED, max_streams)
             .map_max_entries(m::MAP_VIEWERS, slots)
             .map_max_entries(m::MAP_VIEWER_COUNTS, slots)
             .map_max_entries(m::MAP_VIEWER_ACKS, slots)
@@ -204,6 +208,7 @@ impl Kernel {
             config_map: take(&mut bpf, m::MAP_CONFIG)?,
             publishers: take(&mut bpf, m::MAP_PUBLISHERS)?,
             streams: take(&mut bpf, m::MAP_STREAMS)?,
+            cross_blocked: take(&mut bpf, m::MAP_CROSS_BLOCKED)?,
             viewers: take(&mut bpf, m::MAP_VIEWERS)?,
             viewer_conns: take(&mut bpf, m::MAP_VIEWER_CONNS)?,
             routes: take(&mut bpf, m::MAP_ROUTES)?,
@@ -315,6 +320,17 @@ impl Kernel {
         self.streams.set(stream, e, 0).map_err(classify)
     }
 
+    /// Whether the program met a packet of `stream` too large to convert for viewers of
+    /// the other family (`CROSS_MTU`).
+    pub fn cross_blocked(&self, stream: u32) -> bool {
+        self.cross_blocked.get(&stream, 0).is_ok_and(|v| v != 0)
+    }
+
+    /// Clears `stream`'s `cross_blocked` flag (a new publisher).
+    pub fn clear_cross_blocked(&mut self, stream: u32) {
+        let _ = self.cross_blocked.set(stream, 0, 0);
+    }
+
     /// Sets the slots the program scans, without the delay (tests).
     pub fn set_stream_slots(&mut self, stream: u32, slots: u32) -> Result<(), KernelError> {
         self.set_stream(
@@ -380,6 +396,7 @@ impl Kernel {
             ack_failures: sum(counter::ACK_FAILURES),
             v6_ext_headers: sum(counter::V6_EXT_HEADERS),
             fragments: sum(counter::FRAGMENTS),
+            cross_family_skipped: sum(counter::CROSS_FAMILY_SKIPPED),
         }
     }
 
