@@ -1083,8 +1083,9 @@ fn udp6_in(ns: &str, ip: std::net::Ipv6Addr) -> UdpSocket {
 }
 
 /// An IPv6 publisher's data packet: cloned to each active IPv6 viewer, rewritten (MACs,
-/// addresses, ports, SRT fields) with a valid UDP checksum, which IPv6 requires; the
-/// original restored byte for byte. IPv4 viewers of the stream are left to the daemon.
+/// addresses, ports, SRT fields) with a valid UDP checksum, which IPv6 requires, and to
+/// the IPv4 viewer converted (a fresh IPv4 header with a valid checksum, the UDP checksum
+/// moved to the IPv4 pseudo header); the original restored byte for byte.
 #[test]
 fn ipv6_data_packet_is_cloned_to_each_ipv6_viewer() {
     let Some(obj) = object_or_skip("ipv6_data_packet_is_cloned_to_each_ipv6_viewer") else {
@@ -1135,7 +1136,7 @@ fn ipv6_data_packet_is_cloned_to_each_ipv6_viewer() {
         );
         k.set_viewer(i as u32, &e).unwrap();
         k.reset_viewer(i as u32);
-        viewers.push((sock, e, active && family == 6));
+        viewers.push((sock, e, active));
     }
     k.set_stream(
         0,
@@ -1180,10 +1181,12 @@ fn ipv6_data_packet_is_cloned_to_each_ipv6_viewer() {
                 k.counters()
             );
             let (d, from) = &got[0];
-            assert_eq!(
-                *from,
+            let relay = if layout[i].1 == 6 {
                 SocketAddr::V6(std::net::SocketAddrV6::new(RELAY_IP6, RELAY_PORT, 0, 0))
-            );
+            } else {
+                SocketAddr::V4(SocketAddrV4::new(RELAY_IP, RELAY_PORT))
+            };
+            assert_eq!(*from, relay, "case {n} viewer {i}: source");
             let h = parse_data(d);
             assert_eq!(
                 h.seq,
@@ -1207,8 +1210,32 @@ fn ipv6_data_packet_is_cloned_to_each_ipv6_viewer() {
             .iter()
             .map(|(s, _, _)| s.local_addr().unwrap().port())
             .collect();
-        let frames = cap.udp6_frames_to(&ports);
+        let (frames4, frames) = cap.udp46_frames_to(&ports);
         assert_eq!(frames.len(), 3, "case {n}: IPv6 frames on the wire");
+        assert_eq!(
+            frames4.len(),
+            1,
+            "case {n}: the converted IPv4 frame on the wire"
+        );
+        for fr in &frames4 {
+            assert_eq!(
+                ip_checksum_residue(&fr[ETH_LEN..ETH_LEN + IP_LEN]),
+                0,
+                "IPv4 header checksum"
+            );
+            assert_eq!(fr[ETH_LEN + 8], 64, "TTL");
+            let udp = &fr[ETH_LEN + IP_LEN..];
+            assert_ne!(
+                u16::from_be_bytes([udp[6], udp[7]]),
+                0,
+                "case {n}: UDP checksum kept"
+            );
+            assert_eq!(
+                udp_checksum_residue(RELAY_IP, VIEW_IP, udp),
+                0,
+                "case {n}: UDP checksum"
+            );
+        }
         for fr in &frames {
             assert_eq!(fr[0..6], lab.view_if.1, "destination MAC");
             assert_eq!(fr[6..12], lab.relay_if.1, "source MAC");
@@ -1238,7 +1265,110 @@ fn ipv6_data_packet_is_cloned_to_each_ipv6_viewer() {
     let c = k.counters();
     assert_eq!(
         (c.clones, c.clone_failures, c.packets_seen),
-        (6, 0, 2),
+        (8, 0, 2),
         "{c:?}"
     );
+}
+
+/// An IPv4 publisher's packet to an IPv4 and an IPv6 viewer: the IPv6 viewer's clone is
+/// converted with a valid UDP checksum. Not converted (counted, the original intact): a
+/// packet without a UDP checksum (IPv6 requires one) and one that would exceed 1500
+/// bytes as IPv6, which also marks the stream for the daemon.
+#[test]
+fn ipv4_publisher_packet_is_converted_for_an_ipv6_viewer() {
+    let Some(obj) = object_or_skip("ipv4_publisher_packet_is_converted_for_an_ipv6_viewer") else {
+        return;
+    };
+    let lab = Lab::new6();
+    let mut k = load(&obj, 1);
+    k.set_relay(SocketAddr::V6(std::net::SocketAddrV6::new(
+        std::net::Ipv6Addr::UNSPECIFIED,
+        RELAY_PORT,
+        0,
+        0,
+    )))
+    .unwrap();
+    install_publisher_at(&mut k, 0);
+    let s4 = udp_in(&lab.view(), SocketAddrV4::new(VIEW_IP, 0), None);
+    let s6 = udp6_in(&lab.view(), VIEW_IP6);
+    let (p4, p6) = (
+        s4.local_addr().unwrap().port(),
+        s6.local_addr().unwrap().port(),
+    );
+    k.set_viewer(
+        0,
+        &viewer(0x7000, 0x100, 5, 6, EPOCH, true, lab.route_to(p4)),
+    )
+    .unwrap();
+    k.set_viewer(
+        1,
+        &viewer(0x7001, 0x101, 7, 8, EPOCH, true, lab.route6_to(p6)),
+    )
+    .unwrap();
+    k.set_stream_slots(0, 2).unwrap();
+    let cap = RawCapture::open(&lab.view(), "veth0b");
+    // (SRT payload bytes, UDP checksum, the IPv6 viewer gets it): 1436 makes exactly 1500
+    // bytes of IPv6.
+    let cases = [
+        (1316, Csum::Valid, true),
+        (1316, Csum::Zero, false),
+        (1436, Csum::Valid, true),
+        (1437, Csum::Valid, false),
+    ];
+    let mut skipped = 0;
+    for (n, &(len, csum, v6_served)) in cases.iter().enumerate() {
+        let body = payload(len, n as u8);
+        let srt = srt_data(100 + n as u32, 1, false, 50, PUB_ID, &body);
+        let f = lab.pub_frame(&srt, csum);
+        let (k2, verdict, out) = test_run_in(&lab.relay(), k, f.clone(), lab.relay_if.0);
+        k = k2;
+        assert_eq!(verdict, 0, "case {n}");
+        assert_eq!(out, f, "case {n}: the original restored byte for byte");
+        assert_eq!(
+            drain(&s4, Duration::from_millis(200)).len(),
+            1,
+            "case {n}: IPv4 viewer"
+        );
+        let got6 = drain(&s6, Duration::from_millis(200));
+        let (_, frames6) = cap.udp46_frames_to(&[p4, p6]);
+        if !v6_served {
+            skipped += 1;
+            assert!(got6.is_empty(), "case {n}: the IPv6 viewer gets nothing");
+            continue;
+        }
+        assert_eq!(got6.len(), 1, "case {n}: the IPv6 viewer's clone");
+        assert_eq!(&got6[0].0[16..], &body[..], "case {n}: payload");
+        assert_eq!(frames6.len(), 1, "case {n}");
+        let fr = &frames6[0];
+        let (src, dst): ([u8; 16], [u8; 16]) = (
+            fr[22..38].try_into().unwrap(),
+            fr[38..54].try_into().unwrap(),
+        );
+        assert_eq!(
+            udp6_checksum_residue(&src, &dst, &fr[54..]),
+            0,
+            "case {n}: checksum"
+        );
+        assert_eq!(fr.len() - 14, 40 + 8 + 16 + len, "case {n}: IPv6 length");
+    }
+    let c = k.counters();
+    assert_eq!(c.cross_family_skipped, skipped, "{c:?}");
+    assert_eq!(c.restore_failures, 0, "{c:?}");
+    assert!(k.cross_blocked(0), "the oversize packet marks the stream");
+    k.clear_cross_blocked(0);
+    assert!(!k.cross_blocked(0));
+}
+
+fn install_publisher_at(k: &mut Kernel, stream: u32) {
+    k.set_publisher(
+        PUB_ID,
+        PublisherEntry {
+            epoch: EPOCH,
+            stream,
+            src_ip: raw_ip(*PUB_SRC.ip()),
+            src_port: raw_port(PUB_SRC.port()),
+            _pad: 0,
+        },
+    )
+    .unwrap();
 }

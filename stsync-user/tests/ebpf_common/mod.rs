@@ -355,14 +355,24 @@ impl RawCapture {
         })
     }
 
-    /// Incoming IPv6/UDP frames (no extension headers) to any of `ports`.
-    pub fn udp6_frames_to(&self, ports: &[u16]) -> Vec<Vec<u8>> {
-        self.frames_where(|f| {
+    /// Incoming UDP frames of either family (IPv6 without extension headers) to any of
+    /// `ports`: (IPv4 frames, IPv6 frames).
+    pub fn udp46_frames_to(&self, ports: &[u16]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let v4 = |f: &[u8]| {
+            f.len() >= SRT_OFF
+                && f[12..14] == [0x08, 0x00]
+                && f[23] == 17
+                && ports.contains(&u16::from_be_bytes([f[36], f[37]]))
+        };
+        let v6 = |f: &[u8]| {
             f.len() >= 14 + 40 + 8
                 && f[12..14] == [0x86, 0xDD]
                 && f[20] == 17
                 && ports.contains(&u16::from_be_bytes([f[56], f[57]]))
-        })
+        };
+        self.frames_where(|f| v4(f) || v6(f))
+            .into_iter()
+            .partition(|f| v4(f))
     }
 
     /// Incoming frames `keep` accepts, until the socket has been quiet for 300 ms.
