@@ -203,28 +203,45 @@ fn kernel_path_leaves_too_large_packets_of_the_other_family_to_userspace() {
     dual_stack("ebpf", IpAddr::V4(Ipv4Addr::new(10, 86, 1, 1)), SLT_CHUNK);
 }
 
-/// Everything over IPv6, userspace datapath, 5 % loss on both legs (nftables, `inet`):
-/// a srt-live-transmit publisher's stream reaches a srt-live-transmit viewer byte-exact and
-/// a decoding ffmpeg viewer whole; an ffmpeg publisher's stream (stream 2, at the same
-/// time) reaches a srt-live-transmit viewer with no continuity break.
+/// Everything over IPv6, userspace datapath, 5 % loss on both legs (nftables, `inet`).
+/// The srt-live-transmit publisher sends libsrt's largest messages, fragmented over IPv6.
 #[test]
 fn ipv6_publishers_and_viewers_with_loss_on_both_legs() {
     if !require_root("ipv6_publishers_and_viewers_with_loss_on_both_legs") {
         return;
     }
     let _serial = serial();
+    ipv6_with_loss("userspace", SLT_CHUNK);
+}
+
+/// The same on the kernel path, publishers sending 7 TS packets a message: the kernel
+/// serves every viewer (its clone counters say so) and the relay repairs both legs.
+#[test]
+fn ipv6_kernel_path_with_loss_on_both_legs() {
+    if object_or_skip("ipv6_kernel_path_with_loss_on_both_legs").is_none() {
+        return;
+    }
+    let _serial = serial();
+    ipv6_with_loss("ebpf", TS_CHUNK);
+}
+
+/// A srt-live-transmit publisher's stream (messages of `chunk` bytes) reaches a
+/// srt-live-transmit viewer byte-exact and a decoding ffmpeg viewer whole; an ffmpeg
+/// publisher's stream (stream 2, at the same time) reaches a srt-live-transmit viewer with
+/// no continuity break; all over IPv6 with 5 % loss on both legs.
+fn ipv6_with_loss(datapath: &str, chunk: usize) {
     let c = clip();
     let ns = hosts();
     let relay = Relay::start(RelayOpts {
         netns: Some(ns.name("relay").into()),
         srt_ip: Ipv4Addr::new(10, 86, 1, 1),
         srt_listen_ip: Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
-        datapath: Some("userspace".into()),
+        datapath: Some(datapath.into()),
         latency_ms: Some(LOSS_LATENCY_MS),
         ..RelayOpts::default()
     });
     let port = relay.srt.port();
-    let dir = TempDir::new("ipv6-loss");
+    let dir = TempDir::new(&format!("ipv6-loss-{datapath}"));
     let (view_ns, pub_ns) = (Some(ns.name("view")), Some(ns.name("pub")));
     let url = |ip: Ipv6Addr, stream: &str, mode: &str| {
         relay.url_at(ip, stream, &relay.session(stream), mode)
@@ -246,13 +263,13 @@ fn ipv6_publishers_and_viewers_with_loss_on_both_legs() {
     ns.add_loss("pub", "output", &format!("udp dport {port}"), LOSS_PCT);
     ns.add_loss("view", "input", &format!("udp sport {port}"), LOSS_PCT);
     let padded = c.padded(&dir, 0.5);
-    let mut p1 = BytePublisher::start_opts(
+    let mut p1 = BytePublisher::start_chunked(
         &dir,
         "pub1",
         &url(RELAY_V6_PUB, "1", "publish"),
         &padded,
         pub_ns,
-        false,
+        chunk,
     );
     let mut p2 =
         FfmpegPublisher::start(&dir, "pub2", &url(RELAY_V6_PUB, "2", "publish"), c, pub_ns);
@@ -264,6 +281,7 @@ fn ipv6_publishers_and_viewers_with_loss_on_both_legs() {
         p2.proc.stderr_text()
     );
     sleep_secs(1.0);
+    let m = relay.metrics();
     for v in [&mut v1, &mut v2] {
         v.assert_running("after the stream");
         v.stop();
@@ -271,9 +289,36 @@ fn ipv6_publishers_and_viewers_with_loss_on_both_legs() {
     f1.assert_running("after the stream");
     f1.stop();
     let dropped = (ns.loss_counter("pub"), ns.loss_counter("view"));
-    record_result(&format!(
-        "ipv6 loss: nft dropped {dropped:?} (publisher leg, viewer leg)"
-    ));
+    // Per viewer connection: (kernel clones, userspace new packets, retransmitted).
+    let served: Vec<(f64, f64, f64)> =
+        prom_samples(&m, "srt_connection_data_packets_sent_kernel", &[])
+            .iter()
+            .filter_map(|s| {
+                let id = s.label("id")?;
+                let get = |n: &str| prom_value(&m, n, &[("id", id)]).unwrap_or(0.0);
+                (get("srt_connection_data_packets_recv") == 0.0).then(|| {
+                    let re = get("srt_connection_data_packets_retransmitted");
+                    (s.value, get("srt_connection_data_packets_sent") - re, re)
+                })
+            })
+            .collect();
+    let line = format!(
+        "ipv6 loss {datapath}: nft dropped {dropped:?} (publisher leg, viewer leg); per viewer (kernel clones, userspace new, retransmitted): {served:?}"
+    );
+    eprintln!("{line}");
+    record_result(&line);
+    assert_eq!(served.len(), 3, "{line}");
+    for &(kernel, fresh, re) in &served {
+        assert!(re > 0.0, "{line}: the viewer leg's loss repaired");
+        if datapath == "ebpf" {
+            assert!(
+                kernel > 10.0 * fresh,
+                "{line}: the kernel served the viewer"
+            );
+        } else {
+            assert_eq!(kernel, 0.0, "{line}");
+        }
+    }
     assert!(dropped.0 > 20 && dropped.1 > 20, "{dropped:?}");
     assert_whole(&v1.name, &v1.output(), c);
     let nref = c.reference_frames().len();
