@@ -381,3 +381,86 @@ fn the_api_listens_on_both_families() {
     assert_eq!(minted.status, 201, "{}", minted.body);
     assert!(relay.log().contains("api=http://[::]:"), "{}", relay.log());
 }
+
+/// Over IPv6, callers get the answers IPv4 callers get: the documented rejection codes for
+/// a malformed stream ID, an unknown resource, a key of another resource, a bad mode, a key
+/// in use and a full stream; and an admitted IPv6 viewer is counted and shown like any.
+#[test]
+fn ipv6_callers_get_the_same_answers() {
+    let relay = Relay::start(RelayOpts {
+        srt_listen_ip: Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        max_viewers_per_stream: Some(1),
+        ..RelayOpts::default()
+    });
+    let dir = TempDir::new("ipv6-answers");
+    let at = |resource: &str, key: &str, mode: &str| {
+        relay.url_at(Ipv6Addr::LOCALHOST, resource, key, mode)
+    };
+    let k1 = relay.session("1");
+    let k2 = relay.session("2");
+    let sid = format!("srt://[::1]:{}?streamid=hello", relay.srt.port());
+    expect_reject(
+        &relay,
+        &dir,
+        "IPv6: malformed stream ID",
+        &sid,
+        ROGUE_TEXT,
+        1004,
+    );
+    expect_reject(
+        &relay,
+        &dir,
+        "IPv6: unknown resource",
+        &at("abc", &k1, "request"),
+        APP_TEXT,
+        2404,
+    );
+    expect_reject(
+        &relay,
+        &dir,
+        "IPv6: key of another resource",
+        &at("1", &k2, "request"),
+        APP_TEXT,
+        2401,
+    );
+    expect_reject(
+        &relay,
+        &dir,
+        "IPv6: bad mode",
+        &at("1", &k1, "foo"),
+        APP_TEXT,
+        2405,
+    );
+    let url = at("1", &k1, "request");
+    let mut v = SltViewer::start(&dir, "v6", &url);
+    assert!(
+        relay.wait_connections("request", 1, Duration::from_secs(5)),
+        "IPv6 viewer not connected: {}",
+        tail_lines(&relay.log(), 10)
+    );
+    // (As a viewer it would meet the full stream first: 2402 below.)
+    expect_reject(
+        &relay,
+        &dir,
+        "IPv6: key in use, as publisher",
+        &at("1", &k1, "publish"),
+        APP_TEXT,
+        2403,
+    );
+    let k3 = relay.session("1");
+    expect_reject(
+        &relay,
+        &dir,
+        "IPv6: over max_viewers_per_stream=1",
+        &at("1", &k3, "request"),
+        APP_TEXT,
+        2402,
+    );
+    v.assert_running("while other IPv6 callers were refused");
+    assert_eq!(
+        relay.metric("srt_connections_current", &[("mode", "request")]),
+        Some(1.0)
+    );
+    assert!(relay.log().contains("peer=[::1]:"), "shown as IPv6");
+    v.stop();
+}
