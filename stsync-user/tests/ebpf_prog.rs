@@ -1073,6 +1073,27 @@ impl Lab {
     }
 }
 
+/// The relay on `[::]`: both families.
+fn set_relay_dual_stack(k: &mut Kernel) {
+    let any = std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, RELAY_PORT, 0, 0);
+    k.set_relay(SocketAddr::V6(any)).unwrap();
+}
+
+/// The IPv6 publisher at [PUB_SRC6]:5000, stream 0.
+fn install_publisher6(k: &mut Kernel) {
+    k.set_publisher(
+        PUB_ID,
+        PublisherEntry {
+            epoch: EPOCH,
+            stream: 0,
+            src_ip: raw_ip(PUB_SRC6),
+            src_port: raw_port(5000),
+            _pad: 0,
+        },
+    )
+    .unwrap();
+}
+
 /// A UDP socket on [`ip`]:0 inside namespace `ns`.
 fn udp6_in(ns: &str, ip: std::net::Ipv6Addr) -> UdpSocket {
     let sock = in_netns(ns, move || {
@@ -1094,25 +1115,9 @@ fn ipv6_data_packet_is_cloned_to_each_ipv6_viewer() {
     };
     let lab = Lab::new6();
     let mut k = load(&obj, 1);
-    k.set_relay(SocketAddr::V6(std::net::SocketAddrV6::new(
-        std::net::Ipv6Addr::UNSPECIFIED,
-        RELAY_PORT,
-        0,
-        0,
-    )))
-    .unwrap();
+    set_relay_dual_stack(&mut k);
     let pub_src = std::net::SocketAddrV6::new(PUB_SRC6, 5000, 0, 0);
-    k.set_publisher(
-        PUB_ID,
-        PublisherEntry {
-            epoch: EPOCH,
-            stream: 0,
-            src_ip: raw_ip(PUB_SRC6),
-            src_port: raw_port(5000),
-            _pad: 0,
-        },
-    )
-    .unwrap();
+    install_publisher6(&mut k);
     // (active, family): three IPv6 viewers, one inactive, one IPv4 viewer.
     let layout = [(true, 6), (true, 6), (false, 6), (true, 4), (true, 6)];
     let mut viewers = Vec::new();
@@ -1282,13 +1287,7 @@ fn ipv4_publisher_packet_is_converted_for_an_ipv6_viewer() {
     };
     let lab = Lab::new6();
     let mut k = load(&obj, 1);
-    k.set_relay(SocketAddr::V6(std::net::SocketAddrV6::new(
-        std::net::Ipv6Addr::UNSPECIFIED,
-        RELAY_PORT,
-        0,
-        0,
-    )))
-    .unwrap();
+    set_relay_dual_stack(&mut k);
     install_publisher_at(&mut k, 0);
     let s4 = udp_in(&lab.view(), SocketAddrV4::new(VIEW_IP, 0), None);
     let s6 = udp6_in(&lab.view(), VIEW_IP6);
@@ -1384,13 +1383,7 @@ fn ipv6_viewer_ack_becomes_an_exact_ackack() {
     };
     let lab = Lab::new6();
     let mut k = load(&obj, 1);
-    k.set_relay(SocketAddr::V6(std::net::SocketAddrV6::new(
-        std::net::Ipv6Addr::UNSPECIFIED,
-        RELAY_PORT,
-        0,
-        0,
-    )))
-    .unwrap();
+    set_relay_dual_stack(&mut k);
     let (conn, peer_id, slot, vport) = (0x00AB_0006, 0x0000_6666, 3, 40_006);
     let start_ns = monotonic_ns() - 2_000_000_000;
     k.set_viewer_conn(
@@ -1485,24 +1478,8 @@ fn ipv6_extension_headers_and_fragments_pass_counted_by_reason() {
     };
     let lab = Lab::new6();
     let mut k = load(&obj, 1);
-    k.set_relay(SocketAddr::V6(std::net::SocketAddrV6::new(
-        std::net::Ipv6Addr::UNSPECIFIED,
-        RELAY_PORT,
-        0,
-        0,
-    )))
-    .unwrap();
-    k.set_publisher(
-        PUB_ID,
-        PublisherEntry {
-            epoch: EPOCH,
-            stream: 0,
-            src_ip: raw_ip(PUB_SRC6),
-            src_port: raw_port(5000),
-            _pad: 0,
-        },
-    )
-    .unwrap();
+    set_relay_dual_stack(&mut k);
+    install_publisher6(&mut k);
     let s6 = udp6_in(&lab.view(), VIEW_IP6);
     let p6 = s6.local_addr().unwrap().port();
     k.set_viewer(

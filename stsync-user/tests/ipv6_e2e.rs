@@ -21,6 +21,34 @@ const RELAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd86, 0, 0, 2, 0, 0, 0, 1);
 /// The relay on the publisher's link.
 const RELAY_V6_PUB: Ipv6Addr = Ipv6Addr::new(0xfd86, 0, 0, 1, 0, 0, 0, 1);
 
+/// What the relay sent one viewer connection, from its metrics.
+struct Served {
+    /// Data packets the kernel cloned to it.
+    kernel: f64,
+    /// New data packets sent from userspace.
+    fresh: f64,
+    resent: f64,
+}
+
+/// Per viewer connection (those that received no data), who served it.
+fn served_by(m: &str) -> Vec<Served> {
+    prom_samples(m, "srt_connection_data_packets_sent_kernel", &[])
+        .iter()
+        .filter_map(|s| {
+            let id = s.label("id")?;
+            let get = |n: &str| prom_value(m, n, &[("id", id)]).unwrap_or(0.0);
+            (get("srt_connection_data_packets_recv") == 0.0).then(|| {
+                let resent = get("srt_connection_data_packets_retransmitted");
+                Served {
+                    kernel: s.value,
+                    fresh: get("srt_connection_data_packets_sent") - resent,
+                    resent,
+                }
+            })
+        })
+        .collect()
+}
+
 /// `pub` → `relay` → `view`, both links with both families (IPv6 addresses without
 /// duplicate-address detection, usable at once).
 fn hosts() -> Netns {
@@ -97,19 +125,7 @@ fn dual_stack(datapath: &str, pub_ip: IpAddr, chunk: usize) {
     assert!(!log.contains("::ffff:"), "{log}");
     assert!(log.contains("peer=[fd86:0:0:2::2]:"), "{log}");
     // Who served whom: per viewer connection, (userspace new packets, kernel clones).
-    let mut served: Vec<(f64, f64)> =
-        prom_samples(&m, "srt_connection_data_packets_sent_kernel", &[])
-            .iter()
-            .filter_map(|s| {
-                let id = s.label("id")?;
-                let get = |n: &str| prom_value(&m, n, &[("id", id)]).unwrap_or(0.0);
-                (get("srt_connection_data_packets_recv") == 0.0).then(|| {
-                    let fresh = get("srt_connection_data_packets_sent")
-                        - get("srt_connection_data_packets_retransmitted");
-                    (fresh, s.value)
-                })
-            })
-            .collect();
+    let mut served: Vec<(f64, f64)> = served_by(&m).iter().map(|v| (v.fresh, v.kernel)).collect();
     served.sort_by(|a, b| a.1.total_cmp(&b.1));
     let line = format!(
         "ipv6 {datapath}: dual-stack [::], {family} publisher, {chunk}-byte messages, per viewer (userspace new, kernel clones): {served:?}"
@@ -290,18 +306,10 @@ fn ipv6_with_loss(datapath: &str, chunk: usize) {
     f1.stop();
     let dropped = (ns.loss_counter("pub"), ns.loss_counter("view"));
     // Per viewer connection: (kernel clones, userspace new packets, retransmitted).
-    let served: Vec<(f64, f64, f64)> =
-        prom_samples(&m, "srt_connection_data_packets_sent_kernel", &[])
-            .iter()
-            .filter_map(|s| {
-                let id = s.label("id")?;
-                let get = |n: &str| prom_value(&m, n, &[("id", id)]).unwrap_or(0.0);
-                (get("srt_connection_data_packets_recv") == 0.0).then(|| {
-                    let re = get("srt_connection_data_packets_retransmitted");
-                    (s.value, get("srt_connection_data_packets_sent") - re, re)
-                })
-            })
-            .collect();
+    let served: Vec<(f64, f64, f64)> = served_by(&m)
+        .iter()
+        .map(|v| (v.kernel, v.fresh, v.resent))
+        .collect();
     let line = format!(
         "ipv6 loss {datapath}: nft dropped {dropped:?} (publisher leg, viewer leg); per viewer (kernel clones, userspace new, retransmitted): {served:?}"
     );
