@@ -633,9 +633,8 @@ fn viewer_ack_becomes_an_exact_ackack_and_nak_passes() {
         assert_eq!(&ip[12..16], &RELAY_IP.octets());
         assert_eq!(&ip[16..20], &VIEW_IP.octets());
         let udp = &out[34..];
-        assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), RELAY_PORT);
-        assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), vaddr.port());
-        assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), 28, "UDP length");
+        let times = (start_ns, before, after);
+        assert_ackack(udp, vaddr.port(), peer_id, times);
         if csum == Csum::Zero {
             assert_eq!(&udp[6..8], &[0, 0], "no checksum stays no checksum");
         } else {
@@ -645,17 +644,6 @@ fn viewer_ack_becomes_an_exact_ackack_and_nak_passes() {
                 "UDP checksum"
             );
         }
-        let srt = &udp[8..];
-        assert_eq!(be32(srt, 0), 0x8006_0000, "control type 6");
-        assert_eq!(be32(srt, 4), 42, "ACK number echoed");
-        let ts = u64::from(be32(srt, 8));
-        let (lo, hi) = ((before - start_ns) / 1000, (after - start_ns) / 1000);
-        assert!(
-            (lo..=hi).contains(&ts),
-            "timestamp {ts} in the viewer's time base [{lo}, {hi}]"
-        );
-        assert_eq!(be32(srt, 12), peer_id, "to the viewer's socket");
-        assert_eq!(be32(srt, 16), 0);
     }
     let a = k.viewer_acks(slot);
     assert_eq!(
@@ -712,6 +700,27 @@ fn viewer_ack_becomes_an_exact_ackack_and_nak_passes() {
         1064,
         "the stranger's ACK recorded nothing"
     );
+}
+
+/// The UDP datagram of an ACKACK the program made from ACK number 42 of the viewer at
+/// port `vport` (socket `peer_id`), between `before` and `after` on the connection's clock
+/// (`times`: its start, before, after, CLOCK_MONOTONIC ns): ports swapped, 28 bytes,
+/// control type 6, the ACK number echoed, a timestamp in the viewer's time base.
+fn assert_ackack(udp: &[u8], vport: u16, peer_id: u32, (start_ns, before, after): (u64, u64, u64)) {
+    assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), RELAY_PORT);
+    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), vport);
+    assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), 28, "UDP length");
+    let srt = &udp[8..];
+    assert_eq!(be32(srt, 0), 0x8006_0000, "control type 6");
+    assert_eq!(be32(srt, 4), 42, "ACK number echoed");
+    let ts = u64::from(be32(srt, 8));
+    let (lo, hi) = ((before - start_ns) / 1000, (after - start_ns) / 1000);
+    assert!(
+        (lo..=hi).contains(&ts),
+        "timestamp {ts} in the viewer's time base [{lo}, {hi}]"
+    );
+    assert_eq!(be32(srt, 12), peer_id, "to the viewer's socket");
+    assert_eq!(be32(srt, 16), 0);
 }
 
 #[test]
@@ -1434,21 +1443,12 @@ fn ipv6_viewer_ack_becomes_an_exact_ackack() {
         assert_eq!(&ip[8..24], &RELAY_IP6.octets());
         assert_eq!(&ip[24..40], &VIEW_IP6.octets());
         let udp = &out[54..];
-        assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), RELAY_PORT);
-        assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), vport);
-        assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), 28, "UDP length");
+        assert_ackack(udp, vport, peer_id, (start_ns, before, after));
         assert_eq!(
             udp6_checksum_residue(&RELAY_IP6.octets(), &VIEW_IP6.octets(), udp),
             0,
             "UDP checksum"
         );
-        let srt = &udp[8..];
-        assert_eq!(be32(srt, 0), 0x8006_0000, "control type 6");
-        assert_eq!(be32(srt, 4), 42, "ACK number echoed");
-        let ts = u64::from(be32(srt, 8));
-        let (lo, hi) = ((before - start_ns) / 1000, (after - start_ns) / 1000);
-        assert!((lo..=hi).contains(&ts), "timestamp {ts} in [{lo}, {hi}]");
-        assert_eq!(be32(srt, 12), peer_id, "to the viewer's socket");
     }
     let a = k.viewer_acks(slot);
     assert_eq!((a.ack_seq, a.ack_no, a.rtt_us), (1000, 42, 2500));
