@@ -130,17 +130,7 @@ fn viewer(
 fn install_publisher(k: &mut Kernel, stream: u32) {
     k.set_relay(SocketAddr::V4(SocketAddrV4::new(RELAY_IP, RELAY_PORT)))
         .unwrap();
-    k.set_publisher(
-        PUB_ID,
-        PublisherEntry {
-            epoch: EPOCH,
-            stream,
-            src_ip: raw_ip(*PUB_SRC.ip()),
-            src_port: raw_port(PUB_SRC.port()),
-            _pad: 0,
-        },
-    )
-    .unwrap();
+    install_publisher_at(k, stream);
 }
 
 fn payload(n: usize, seed: u8) -> Vec<u8> {
