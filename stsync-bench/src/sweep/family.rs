@@ -12,6 +12,7 @@
 //! | tree: origin → edge 0 / 1 | 10.88.4.1 / 10.88.5.1 | fd88:4::1 / fd88:5::1 |
 //! | tree: edge 1 (viewer side) | 10.88.3.1 | fd88:3::1 |
 
+use super::Point;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,6 +99,95 @@ pub fn host_port(ip: IpAddr, port: u16) -> String {
     SocketAddr::new(ip, port).to_string()
 }
 
+fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = v.fold((0.0, 0), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.prec$}"))
+}
+
+/// "a / b" of one figure of the IPv4 and the IPv6 points.
+fn pair(a: Option<f64>, b: Option<f64>, prec: usize) -> String {
+    format!("{} / {}", opt(a, prec), opt(b, prec))
+}
+
+/// table.md's IPv4-against-IPv6 section: one row per point measured in both families
+/// (same datapath, crypto, workers, topology, bitrate and viewers; repeated points
+/// averaged), the cost per viewer of each and how much more IPv6's is. Empty without
+/// IPv6 points.
+pub(super) fn family_tables(points: &[Point]) -> String {
+    let ok: Vec<&Point> = points.iter().filter(|p| p.error.is_none()).collect();
+    if !ok.iter().any(|p| p.family == "ipv6") {
+        return String::new();
+    }
+    let same = |a: &Point, b: &Point| {
+        a.datapath == b.datapath
+            && a.crypto == b.crypto
+            && a.workers == b.workers
+            && a.topology == b.topology
+            && a.bitrate_mbps == b.bitrate_mbps
+            && a.viewers == b.viewers
+    };
+    let mut keys: Vec<&Point> = Vec::new();
+    for p in &ok {
+        if !keys.iter().any(|k| same(k, p)) {
+            keys.push(p);
+        }
+    }
+    let mut s = "\n## IPv4 and IPv6\n\n".to_string();
+    s += "Each point in both families (IPv4 / IPv6; repeated points: means, n = points averaged). Cost per viewer = (relay + softirq) % of one core / viewers, and the relay process's alone; Δ = IPv6 / IPv4 − 1 of the first. Clones and clone failures: the relay's kernel counters over its life (warm-up and drain included).\n\n";
+    s += "| datapath | topology | workers | Mbit/s | viewers | n | holds | on time min | delivered mean | relay+softirq % | (relay+softirq) % / viewer | Δ / viewer | relay % / viewer | syscalls/s | syscalls/s / viewer | clones | clone failures | backlog drops | p99 µs |\n";
+    s += "|---|---|---:|---:|---:|---|---|---|---|---|---|---:|---|---|---|---|---|---|---|\n";
+    for k in keys {
+        let of = |fam: &str| -> Vec<&Point> {
+            ok.iter()
+                .copied()
+                .filter(|p| same(k, p) && p.family == fam)
+                .collect()
+        };
+        let (a, b) = (of("ipv4"), of("ipv6"));
+        let m =
+            |v: &[&Point], f: &dyn Fn(&Point) -> Option<f64>| mean(v.iter().filter_map(|p| f(p)));
+        let both = |f: &dyn Fn(&Point) -> Option<f64>, prec: usize| pair(m(&a, f), m(&b, f), prec);
+        let viewers = f64::from(k.viewers.max(1));
+        let per_viewer = |p: &Point| Some(p.relay_total_pct / viewers);
+        let delta = m(&a, &per_viewer)
+            .zip(m(&b, &per_viewer))
+            .filter(|(x, _)| *x > 0.0)
+            .map(|(x, y)| format!("{:+.1} %", (y / x - 1.0) * 100.0))
+            .unwrap_or_else(|| "-".into());
+        let holds =
+            |v: &[&Point]| format!("{}/{}", v.iter().filter(|p| p.holds()).count(), v.len());
+        s += &format!(
+            "| {} | {} | {} | {:.0} | {} | {} / {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            k.datapath,
+            k.topology,
+            k.workers.map_or("-".into(), |w| w.to_string()),
+            k.bitrate_mbps,
+            k.viewers,
+            a.len(),
+            b.len(),
+            holds(&a),
+            holds(&b),
+            both(&|p| p.on_time_min, 4),
+            both(&|p| Some(p.delivery_mean), 4),
+            both(&|p| Some(p.relay_total_pct), 1),
+            both(&per_viewer, 4),
+            delta,
+            both(&|p| Some(p.relay_pct_per_viewer), 4),
+            both(&|p| p.relay_syscalls_per_s, 0),
+            both(&|p| p.syscalls_per_viewer_s, 1),
+            both(&|p| p.kernel_clones.map(|c| c as f64), 0),
+            both(&|p| p.kernel_clone_failures.map(|c| c as f64), 0),
+            both(&|p| p.backlog_drops.map(|c| c as f64), 0),
+            both(&|p| Some(p.latency_p99_us), 0),
+        );
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +205,43 @@ mod tests {
         assert_eq!(host_port(f6.relay_view(), 9999), "[fd88:2::1]:9999");
         assert_eq!(host_port(f4.relay_view(), 9999), "10.88.2.1:9999");
         assert_eq!(f6.any(9998).to_string(), "[::]:9998");
+    }
+
+    fn point(family: &str, viewers: u32, total: f64, relay: f64) -> Point {
+        let mut p = Point::failed("ebpf", "xdp", viewers, 4_000_000, String::new());
+        p.error = None;
+        p.offered = 1.0;
+        p.on_time_min = Some(1.0);
+        p.family = family.into();
+        p.relay_total_pct = total;
+        p.relay_pct_per_viewer = relay / f64::from(viewers);
+        p.kernel_clones = Some(1000);
+        p
+    }
+
+    #[test]
+    fn each_point_is_set_next_to_the_other_family() {
+        let points = [
+            point("ipv4", 100, 20.0, 5.0),
+            point("ipv6", 100, 21.0, 5.0),
+            point("ipv6", 100, 23.0, 5.0),
+            point("ipv4", 1000, 100.0, 10.0),
+        ];
+        let s = family_tables(&points);
+        let rows: Vec<&str> = s.lines().filter(|l| l.starts_with("| ebpf")).collect();
+        assert_eq!(rows.len(), 2);
+        // 0.2 % per viewer over IPv4, 0.22 over IPv6 (two points): +10 %.
+        assert!(
+            rows[0].starts_with("| ebpf | single | - | 4 | 100 | 1 / 2 | 1/1 / 2/2 |"),
+            "{}",
+            rows[0]
+        );
+        assert!(
+            rows[0].contains("| 0.2000 / 0.2200 | +10.0 % |"),
+            "{}",
+            rows[0]
+        );
+        assert!(rows[1].contains("| 0.1000 / - | - |"), "{}", rows[1]);
+        assert!(family_tables(&points[..1]).is_empty());
     }
 }
