@@ -443,11 +443,11 @@ impl Datapath for EbpfDatapath {
         match event {
             RouteEvent::ViewerAdded {
                 conn,
-                encrypted: true,
+                userspace_only: true,
                 ..
             } => debug!(
                 conn,
-                "encrypted viewer: served from userspace (its own key)"
+                "viewer served from userspace (encrypted with its own key, or an MSS below 1500)"
             ),
             RouteEvent::ViewerAdded {
                 conn,
@@ -455,7 +455,7 @@ impl Datapath for EbpfDatapath {
                 peer,
                 peer_id,
                 start,
-                encrypted: false,
+                userspace_only: false,
             } => self.viewer_added(*conn, resource, *peer, *peer_id, *start),
             RouteEvent::ViewerMapped { conn, offsets } => {
                 self.handover.mapped(now, *conn, *offsets, &mut self.kernel)

@@ -8,13 +8,14 @@ use super::viewer::ViewerSend;
 use super::{Conn, ConnMode, ConnStats, Relay, Role, RouteEvent, CLOCK_HEADROOM};
 use crate::os::reuseport::id_for_worker;
 use crate::srt::crypto::{Kek, KeyMaterial, KmError};
+use crate::srt::handshake::max_payload;
 use crate::srt::listener::{self, Conclusion, HandshakeOutcome, Rejection};
 use crate::srt::packet::ControlPacket;
 use crate::srt::receiver::Receiver;
 use crate::srt::streamid::Mode;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use stsync_common::srt::HEADER_LEN;
+use stsync_common::srt::{HEADER_LEN, MAX_PAYLOAD};
 use tracing::{debug, info};
 
 impl Relay {
@@ -186,6 +187,7 @@ impl Relay {
             Mode::Request => Role::Viewer(ViewerSend::new(
                 hs.hs.isn,
                 rexmit_burst(REXMIT_FLOOR_BPS),
+                max_payload(hs.hs.mtu),
                 now,
             )),
         };
@@ -229,13 +231,17 @@ impl Relay {
                 s.viewers.push(id);
                 // Served from userspace until the kernel takes it: woken for its packets.
                 self.shared.set_prompt_feed(self.worker, true);
+                // A viewer whose MSS is below libsrt's default takes less than the largest
+                // payload a publisher may send (`max_payload`): the kernel's clones do not
+                // check sizes, so it is served from userspace, which does.
+                let small = max_payload(hs.hs.mtu) < MAX_PAYLOAD;
                 self.events.push_back(RouteEvent::ViewerAdded {
                     conn: id,
                     resource: s.resource.clone(),
                     peer: from,
                     peer_id: hs.hs.socket_id,
                     start,
-                    encrypted,
+                    userspace_only: encrypted || small,
                 });
                 // The first viewer of a stream pulled here starts its pull now.
                 self.drive_pull(now, stream);

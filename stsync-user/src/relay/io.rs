@@ -19,8 +19,11 @@ pub enum RouteEvent {
         peer_id: u32,
         /// The connection's clock starts here (the time base of its timestamps).
         start: Instant,
-        /// It encrypts with a key of its own: the kernel's clones cannot serve it.
-        encrypted: bool,
+        /// The kernel's clones cannot serve it: it encrypts with a key of its own, or its
+        /// MSS is below libsrt's default, so it takes less than the largest payload a
+        /// publisher may send and the relay must check each packet's size for it
+        /// (`ViewerSend::max_payload`). Served from userspace.
+        userspace_only: bool,
     },
     /// The viewer's offsets for the stream's current publisher.
     ViewerMapped {

@@ -181,6 +181,8 @@ impl Relay {
                     {
                         None
                     }
+                    // Larger than the viewer takes in (see `fan_out`).
+                    Some((_, pkt)) if pkt.payload.len() > v.max_payload => None,
                     // Sent under a key since retired: the viewer could not decrypt it.
                     Some(_) if enc.is_some_and(|e| e.parity_of(vseq).is_none()) => None,
                     Some((slot, pkt)) => Some(Some((slot, pkt))),

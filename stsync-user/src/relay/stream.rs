@@ -461,6 +461,36 @@ impl Relay {
             if conn.kernel_epoch == Some(epoch) {
                 continue;
             }
+            if d.payload.len() > v.max_payload {
+                // libsrt would drop it unseen (its receive buffers are sized from its own
+                // MSS; see `ViewerSend::max_payload`). DROPREQ for it at once: libsrt's
+                // `processCtrlDropReq` moves its receive sequence past it, so its ACKs go
+                // on even when nothing after it comes (a stream of nothing but such
+                // packets). Should it ask anyway (the DROPREQ lost), it gets another.
+                let body = [vseq.get(), vseq.get()];
+                let len = self.out.push_control(
+                    conn.peer,
+                    ctrl::DROPREQ,
+                    0,
+                    clock as u32,
+                    conn.peer_id,
+                    &body,
+                );
+                conn.stats.sent_control(len);
+                conn.last_sent = now;
+                self.drops.drop_packet("payload_over_viewer_mss");
+                if !v.oversize_logged {
+                    v.oversize_logged = true;
+                    info!(
+                        conn = vid,
+                        payload = d.payload.len(),
+                        viewer_max = v.max_payload,
+                        "viewer's MSS is too small for this stream's packets: those are not \
+                         sent to it (counted as dropped payload_over_viewer_mss)"
+                    );
+                }
+                continue;
+            }
             let vts = vts.wrapping_add(delay);
             if playout::before_zero(clock, vts) {
                 // Only a publisher whose timestamps run backwards gets here: libsrt would

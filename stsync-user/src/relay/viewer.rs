@@ -97,12 +97,21 @@ pub struct ViewerSend {
     pub budget: TokenBucket,
     /// Packets resent on its loss reports, oldest first.
     rechecks: VecDeque<Recheck>,
+    /// The largest payload the viewer takes in: its own MSS less libsrt's headers
+    /// (`srt::handshake::max_payload`), 1456 at the default MSS of 1500 over IPv6 as over
+    /// IPv4. libsrt sizes its receive buffers from its own MSS before the handshake and
+    /// drops a larger datagram unseen (`MSG_TRUNC`), so the relay does not send it one:
+    /// the viewer asks for it and gets DROPREQ, as for any packet it cannot have.
+    pub max_payload: usize,
+    /// A packet too large for it was held back and logged (once per viewer).
+    pub oversize_logged: bool,
 }
 
 impl ViewerSend {
     /// `isn` is the caller's initial sequence number, which libsrt expects as our first;
-    /// the retransmission budget starts with `burst` bytes.
-    pub fn new(isn: Seq, burst: u64, now: Instant) -> Self {
+    /// the retransmission budget starts with `burst` bytes; `max_payload` is the most the
+    /// viewer takes in one packet (see the field).
+    pub fn new(isn: Seq, burst: u64, max_payload: usize, now: Instant) -> Self {
         ViewerSend {
             next_vseq: isn,
             map: None,
@@ -112,6 +121,8 @@ impl ViewerSend {
             loss: LossList::default(),
             budget: TokenBucket::new(burst, now),
             rechecks: VecDeque::new(),
+            max_payload,
+            oversize_logged: false,
         }
     }
 
@@ -350,9 +361,10 @@ impl ViewerSend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stsync_common::srt::MAX_PAYLOAD;
 
     fn viewer(isn: u32) -> ViewerSend {
-        ViewerSend::new(Seq::new(isn), 100_000, Instant::now())
+        ViewerSend::new(Seq::new(isn), 100_000, MAX_PAYLOAD, Instant::now())
     }
 
     #[test]

@@ -130,8 +130,23 @@ impl Handshake {
     }
 }
 
-/// The peer-IP field as libsrt writes it: the address in 32-bit words, each in host (little
-/// endian) order.
+/// The peer-IP field as libsrt writes it (`CIPAddress::ntop` in `srtcore/common.cpp`, called
+/// by the listener's `CUDT::rewriteHandshakeData` and the caller's `startConnect`): the
+/// address as libsrt's socket sees it, loaded into four 32-bit words in host (little-endian)
+/// order and sent big-endian (`CPacket::toNL`), so each 4-byte group arrives reversed.
+///
+/// - IPv4 (`AF_INET`): `ip[0] = sin_addr.s_addr`, `ip[1..4] = 0`; 127.0.0.1 is
+///   `01 00 00 7f` and twelve zero bytes.
+/// - IPv6 (`AF_INET6`): all 16 bytes; `::1` is twelve zero bytes and `01 00 00 00`.
+/// - An IPv4 caller of a dual-stack (`[::]`) socket is an `AF_INET6` peer `::ffff:a.b.c.d` to
+///   libsrt, so it gets the IPv6-mapped form, not the short IPv4 form: `00`×8
+///   `ff ff 00 00` `d c b a`. Measured with Debian's libsrt 1.5.1 (srt-live-transmit on
+///   `[::]`, a caller from 127.0.0.1): `00 00 00 00 00 00 00 00 ff ff 00 00 01 00 00 7f`.
+///   libsrt's caller takes either form (`CIPAddress::pton`: an IPv4 peer accepts the
+///   mapped form and the short one).
+///
+/// Only `srt_getsockname()` on the other side reads it (`pton` into the socket's
+/// `m_SelfAddr`): libsrt checks it against nothing and rejects no handshake for it.
 pub fn peer_ip_field(addr: SocketAddr) -> [u8; 16] {
     let mut out = [0u8; 16];
     match addr.ip() {
@@ -147,6 +162,32 @@ pub fn peer_ip_field(addr: SocketAddr) -> [u8; 16] {
         }
     }
     out
+}
+
+/// The most the handshake's MSS field (the MTU, IP and UDP headers included) may say in the
+/// relay's answer: libsrt's default `SRTO_MSS`, and its listener answers the smaller of its
+/// own and the caller's (`acceptAndRespond`: `m_config.iMSS = min(m_config.iMSS,
+/// w_hs.m_iMSS)`).
+pub const MAX_MSS: u32 = 1500;
+
+/// What libsrt 1.5 takes off an MSS for the headers below an SRT packet's payload:
+/// `CPacket::UDP_HDR_SIZE` = 28 ("20 bytes IPv4 + 8 bytes of UDP", `srtcore/packet.h`) and
+/// the SRT header, `CPacket::HDR_SIZE` = 16. The same 28 for IPv6 in every 1.5 release
+/// (1.5.0 to 1.5.5): `CPacket::udpHeaderSize(family)` exists only on libsrt's unreleased
+/// `dev` branch (1.6), and there only for what a socket sends (1444 over IPv6).
+pub const LIBSRT_HEADERS: u32 = 28 + 16;
+
+/// The largest data payload a libsrt peer whose own MSS is `mss` takes in. libsrt 1.5 sizes
+/// its receive buffers once, when the socket's multiplexer is made, before any handshake:
+/// `CRcvQueue::init(128, s->core().maxPayloadSize(), …)` in `CUDTUnited::updateMux`, where
+/// the payload size is `iMSS - UDP_HDR_SIZE - HDR_SIZE` (`CUDT::clearData`), whatever the
+/// family: 1456 at the default MSS of 1500 over IPv6 as over IPv4. (libsrt's `dev` sizes
+/// them the same way, "think big … fit both IPv4 and IPv6", `configureMuxer`.) A larger
+/// datagram is cut by `recvmsg`, and `CChannel::recvfrom` drops it on `MSG_TRUNC`
+/// (`RST_AGAIN`, logged at debug only): the receiver never sees the packet, asks for it in
+/// its loss reports, and drops it when its play-out time passes. The connection stays up.
+pub fn max_payload(mss: u32) -> usize {
+    mss.saturating_sub(LIBSRT_HEADERS) as usize
 }
 
 /// Reads the extension blocks after the 48-byte body. Unknown blocks are skipped; a block
@@ -291,5 +332,51 @@ mod tests {
         let bytes: Vec<u8> = hs.words().iter().flat_map(|w| w.to_be_bytes()).collect();
         assert_eq!(Handshake::parse(&bytes).unwrap(), hs);
         assert_eq!(&hs.peer_ip[..4], &[1, 0, 0, 127]);
+    }
+
+    fn field(addr: &str) -> [u8; 16] {
+        peer_ip_field(addr.parse().unwrap())
+    }
+
+    /// The bytes Debian's libsrt 1.5.1 listener (srt-live-transmit) put in its conclusion
+    /// answer, captured on the wire, for each kind of caller.
+    #[test]
+    fn peer_ip_field_is_libsrts_for_each_family() {
+        // An IPv4 socket, an IPv4 caller.
+        assert_eq!(
+            field("127.0.0.1:9000"),
+            [1, 0, 0, 127, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // An IPv6 caller.
+        assert_eq!(
+            field("[::1]:9000"),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]
+        );
+        // An IPv4 caller of a dual-stack socket: the mapped form, as libsrt's `ntop` of the
+        // AF_INET6 peer address writes it.
+        assert_eq!(
+            field("[::ffff:127.0.0.1]:9000"),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 127]
+        );
+        // A full IPv6 address, word by word: 2001:db8:0102:0304:… as libsrt's little-endian
+        // loads of each 4-byte group, sent big-endian.
+        assert_eq!(
+            field("[2001:db8:102:304:506:708:90a:b0c]:1"),
+            [
+                0xb8, 0x0d, 0x01, 0x20, 0x04, 0x03, 0x02, 0x01, 0x08, 0x07, 0x06, 0x05, 0x0c, 0x0b,
+                0x0a, 0x09
+            ]
+        );
+    }
+
+    /// Whatever the family, libsrt 1.5 takes 1456 bytes at MSS 1500 (its receive units are
+    /// sized with the IPv4 header size), and less at a smaller MSS of its own.
+    #[test]
+    fn max_payload_is_libsrts_for_any_family() {
+        assert_eq!(max_payload(MAX_MSS), stsync_common::srt::MAX_PAYLOAD);
+        assert_eq!(max_payload(1500), 1456);
+        assert_eq!(max_payload(1400), 1356);
+        assert_eq!(max_payload(1360), 1316);
+        assert_eq!(max_payload(20), 0);
     }
 }

@@ -5,7 +5,7 @@
 use crate::srt::cookie::CookieJar;
 use crate::srt::handshake::{
     ext, ext_flag, ext_header, hs_type, parse_extensions, peer_ip_field, srt_flag, Handshake,
-    SrtHs, BODY_LEN, MAGIC, SRT_VERSION, VERSION_4, VERSION_5,
+    SrtHs, BODY_LEN, MAGIC, MAX_MSS, SRT_VERSION, VERSION_4, VERSION_5,
 };
 use crate::srt::packet::write_control;
 use crate::srt::streamid::{self, StreamId, StreamIdError};
@@ -192,7 +192,7 @@ pub fn accept(
         encryption,
         ext_field,
         isn: req.isn,
-        mtu: req.mtu.clamp(576, 1500),
+        mtu: answer_mss(req.mtu),
         flow_window: req.flow_window.clamp(32, 8192),
         hs_type: hs_type::CONCLUSION,
         socket_id: id,
@@ -216,6 +216,18 @@ pub fn accept(
         exts.extend(super::packet::be_words(km));
     }
     encode(0, req.socket_id, &answer.words(), &exts)
+}
+
+/// The smallest MSS libsrt lets a socket set (`SRTO_MSS` refuses less than
+/// `CPacket::UDP_HDR_SIZE + CHandShake::m_iContentSize`, 28 + 48).
+pub const MIN_MSS: u32 = 76;
+
+/// The MSS the relay answers: the smaller of the caller's and its own 1500, as libsrt's
+/// listener (`acceptAndRespond`), whatever the caller's family (libsrt 1.5 has no per-family
+/// MSS or payload size; see `handshake::max_payload`). A caller's payload limit follows
+/// from it: `max_payload(answer)`, 1456 at most.
+pub fn answer_mss(caller_mss: u32) -> u32 {
+    caller_mss.clamp(MIN_MSS, MAX_MSS)
 }
 
 /// Sets a control packet's timestamp (bytes 8..12).
@@ -367,5 +379,54 @@ mod tests {
             panic!()
         };
         assert_eq!(Handshake::parse(r.body).unwrap().hs_type, 2404);
+    }
+
+    /// The conclusion answer's peer-IP field is the caller's address as libsrt's listener
+    /// writes it (bytes captured from Debian's libsrt 1.5.1 on `[::]` and on `0.0.0.0`), the
+    /// same MSS for every family, and the induction answer echoes the caller's field as
+    /// libsrt's does.
+    #[test]
+    fn answers_carry_the_callers_address_as_libsrt_does() {
+        let answer = |from: &str, mss: u32| {
+            let req = Handshake {
+                mtu: mss,
+                ..caller_hs(hs_type::CONCLUSION, 5, 42)
+            };
+            let bytes = accept(&req, 99, from.parse().unwrap(), (120, 120), None);
+            let Packet::Control(c) = Packet::parse(&bytes).unwrap() else {
+                panic!()
+            };
+            let hs = Handshake::parse(c.body).unwrap();
+            (hs.peer_ip, hs.mtu)
+        };
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&[1, 0, 0, 127]);
+        assert_eq!(answer("127.0.0.1:4000", 1500), (v4, 1500));
+        let mut mapped = [0u8; 16];
+        mapped[8..].copy_from_slice(&[0xff, 0xff, 0, 0, 1, 0, 0, 127]);
+        assert_eq!(answer("[::ffff:127.0.0.1]:4000", 1500), (mapped, 1500));
+        let mut v6 = [0u8; 16];
+        v6[12] = 1;
+        assert_eq!(answer("[::1]:4000", 1500), (v6, 1500));
+        // The smaller MSS of the two, for IPv6 as for IPv4 (libsrt 1.5 has no IPv6 one).
+        assert_eq!(answer("[::1]:4000", 1400).1, 1400);
+        assert_eq!(answer("127.0.0.1:4000", 9000).1, 1500);
+        assert_eq!(answer("[::1]:4000", 10).1, MIN_MSS);
+
+        let jar = CookieJar::new([1; 16], Instant::now());
+        let req = Handshake {
+            peer_ip: [0xa5; 16],
+            ..caller_hs(hs_type::INDUCTION, 4, 0)
+        };
+        let from: SocketAddr = "[::1]:4000".parse().unwrap();
+        let HandshakeOutcome::Reply(bytes) =
+            process(&jar, Instant::now(), from, &body(&req), |_| None)
+        else {
+            panic!()
+        };
+        let Packet::Control(c) = Packet::parse(&bytes).unwrap() else {
+            panic!()
+        };
+        assert_eq!(Handshake::parse(c.body).unwrap().peer_ip, [0xa5; 16]);
     }
 }

@@ -343,6 +343,10 @@ struct Caller {
     relay_id: u32,
     /// An encrypting caller's keying material (sent in its conclusion) and keys.
     km: Option<(Vec<u8>, crate::srt::crypto::StreamKeys)>,
+    /// The MSS its handshake says (libsrt's default 1500).
+    mss: u32,
+    /// The relay's conclusion answer, once connected.
+    answer: Option<Handshake>,
 }
 
 impl Caller {
@@ -353,6 +357,17 @@ impl Caller {
             isn: Seq::new(isn),
             relay_id: 0,
             km: None,
+            mss: 1500,
+            answer: None,
+        }
+    }
+
+    /// A caller from `ip` (an IPv6 one, or an IPv4 caller of a dual-stack socket as
+    /// `::ffff:a.b.c.d`).
+    fn at(ip: &str, port: u16, isn: u32) -> Self {
+        Caller {
+            addr: SocketAddr::new(ip.parse().unwrap(), port),
+            ..Caller::new(port, isn)
         }
     }
 
@@ -378,7 +393,10 @@ impl Caller {
     }
 
     fn handshake(&self, typ: u32, version: u32, cookie: u32) -> Handshake {
-        crate::srt::handshake::caller(typ, version, cookie, self.isn, self.socket_id)
+        Handshake {
+            mtu: self.mss,
+            ..crate::srt::handshake::caller(typ, version, cookie, self.isn, self.socket_id)
+        }
     }
 
     /// Induction then conclusion; returns the relay's final answer (type, body).
@@ -404,6 +422,7 @@ impl Caller {
         }
         assert_eq!(hs.isn, self.isn, "listener answers with the caller's ISN");
         self.relay_id = hs.socket_id;
+        self.answer = Some(hs);
         Ok(())
     }
 
@@ -481,6 +500,7 @@ impl Caller {
 mod connections;
 mod encryption;
 mod handover;
+mod payload_size;
 mod pull;
 mod retransmission;
 mod signed_keys;
