@@ -165,7 +165,10 @@ impl Opts {
             bail!("--viewer-ip and --second-relay must be of --relay's family");
         }
         if let IpAddr::V6(a) = self.viewer_ip {
-            if (u128::from(a) as u32).checked_add(self.viewers).is_none() {
+            if (u128::from(a) as u32)
+                .checked_add(self.viewers.saturating_sub(1))
+                .is_none()
+            {
                 bail!(
                     "--viewer-ip {a}: its low 32 bits overflow with {} viewers",
                     self.viewers
@@ -315,5 +318,38 @@ mod tests {
         );
         assert_eq!(two.sink_iface, ["a", "b"]);
         assert_eq!(two.watch_more, [7, 8]);
+    }
+
+    #[test]
+    fn ipv6_viewers_count_up_in_the_low_32_bits() {
+        let o = opts(&[
+            "--relay",
+            "[fd88:2::1]:9999",
+            "--viewer-ip",
+            "fd88:128::ffff:fffe",
+            "--viewers",
+            "2",
+        ]);
+        o.check_families().unwrap();
+        assert_eq!(o.viewer_relay(1).to_string(), "[fd88:2::1]:9999");
+        let a: Vec<String> = (0..2).map(|i| o.viewer_addr(i).to_string()).collect();
+        assert_eq!(a, ["fd88:128::ffff:fffe", "fd88:128::ffff:ffff"]);
+        // One more would carry out of the low 32 bits, where the kernel sink counts.
+        let over = opts(&[
+            "--relay",
+            "[fd88:2::1]:9999",
+            "--viewer-ip",
+            "fd88:128::ffff:fffe",
+            "--viewers",
+            "3",
+        ]);
+        assert!(over.check_families().is_err());
+        // IPv4 as before.
+        let v4 = opts(&["--relay", "10.0.0.1:9999", "--viewer-ip", "10.88.128.1"]);
+        v4.check_families().unwrap();
+        assert_eq!(v4.viewer_addr(255).to_string(), "10.88.129.0");
+        // One family for the viewers and their relays.
+        let mixed = opts(&["--relay", "10.0.0.1:9999", "--viewer-ip", "fd88:128::1"]);
+        assert!(mixed.check_families().is_err());
     }
 }
