@@ -28,6 +28,9 @@ pub const LEARNED_QUEUE: u32 = 4096;
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_PUBLISHERS: &str = "PUBLISHERS";
 pub const MAP_STREAMS: &str = "STREAMS";
+/// Per stream: non-zero once the program met a packet too large for the other family
+/// (`CROSS_MTU`); the daemon then serves that family's viewers itself.
+pub const MAP_CROSS_BLOCKED: &str = "CROSS_BLOCKED";
 pub const MAP_VIEWERS: &str = "VIEWERS";
 pub const MAP_VIEWER_CONNS: &str = "VIEWER_CONNS";
 pub const MAP_ROUTES: &str = "ROUTES";
@@ -71,9 +74,10 @@ pub mod counter {
     /// no port), either family.
     pub const FRAGMENTS: u32 = 11;
     /// Clones of the other family (an IPv4 publisher's packet to an IPv6 viewer or the
-    /// reverse) not made because the packet could not be converted (a zero IPv4 UDP
-    /// checksum, which IPv6 forbids, or the resize failed): those viewers get the packet
-    /// from the daemon when they ask for it again.
+    /// reverse) not made because the packet could not be converted: too large for
+    /// `CROSS_MTU` once converted (the stream is then marked in `CROSS_BLOCKED`), a zero
+    /// IPv4 UDP checksum (which IPv6 forbids), the resize failed, or it came in on `lo`
+    /// (where the daemon serves the other family's viewers itself).
     pub const CROSS_FAMILY_SKIPPED: u32 = 12;
     pub const COUNT: u32 = 13;
 }
@@ -139,6 +143,10 @@ pub struct StreamEntry {
     pub families: u32,
     pub _pad: u32,
 }
+
+/// The largest IP packet the program makes by converting a datagram to the other family
+/// (IPv4 to IPv6 adds 20 bytes): Ethernet's MTU, which a clone must fit.
+pub const CROSS_MTU: u32 = 1500;
 
 /// `StreamEntry::families`: a viewer reached over IPv4.
 pub const FAMILY_V4: u32 = 1;

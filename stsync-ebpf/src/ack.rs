@@ -1,29 +1,25 @@
 //! ACKs of kernel-served viewers, answered here: recorded in `VIEWER_ACKS` for the daemon,
 //! and turned in place into the ACKACK that answers them.
 
-use crate::patch::{csum_diff, csum_diff_sized, store};
+use crate::family::Family;
+use crate::header::Header;
+use crate::patch::{csum_diff_sized, store};
 use crate::{count, log_due, DROP, PASS, VIEWERS, VIEWER_ACKS, VIEWER_COUNTS};
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::generated::{
-        bpf_ktime_get_ns, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
-        bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_ktime_get_ns, bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail,
+        bpf_skb_load_bytes,
     },
 };
 use aya_log_ebpf::{debug, warn};
 use core::ffi::c_void;
-use stsync_common::frame::{
-    be16, be32, raw16, raw32, Header, HDR_LEN, IP, IP_CSUM, IP_LEN, SRT, SRT_DEST, SRT_TS,
-    SRT_WORD0, SRT_WORD1, UDP_CSUM, UDP_LEN, UDP_SPORT,
-};
 use stsync_common::maps::{counter, ViewerConn, CONFIG_LOG};
 use stsync_common::srt;
 
 /// The ACKACK the program sends: 16-byte SRT header + one 32-bit word (libsrt's size).
 const ACKACK_SRT_LEN: u16 = srt::HEADER_LEN as u16 + 4;
 const ACKACK_UDP_LEN: u16 = 8 + ACKACK_SRT_LEN;
-const ACKACK_IP_LEN: u16 = 20 + ACKACK_UDP_LEN;
-const ACKACK_FRAME_LEN: u32 = IP as u32 + ACKACK_IP_LEN as u32;
 /// Largest ACK body libsrt sends (7 words); its other sizes are 1, 4 and 6 words.
 const ACK_MAX_WORDS: usize = 7;
 
@@ -32,7 +28,7 @@ const ACK_MAX_WORDS: usize = 7;
 /// full or small one by turning the packet into its ACKACK (returns `TC_ACT_REDIRECT`). Anything
 /// else, including an ACK of a size libsrt does not send, goes on to the daemon.
 #[inline(always)]
-pub(crate) fn answer_ack(
+pub(crate) fn answer_ack<F: Family>(
     skb: *mut __sk_buff,
     h: &Header,
     dest: u32,
@@ -46,10 +42,9 @@ pub(crate) fn answer_ack(
         return PASS;
     }
     let peer_id = v.peer_id;
-    let (ip_len, udp_len) = (be16(h, IP_LEN), be16(h, UDP_LEN));
+    let udp_len = h.be16(F::UDP_LEN);
     // SAFETY: reading a field of the program's context.
-    let skb_len = unsafe { (*skb).len };
-    if u32::from(ip_len) + IP as u32 > skb_len || udp_len.checked_add(20) != Some(ip_len) {
+    if !F::lengths_ok(h, unsafe { (*skb).len }, udp_len) {
         return PASS;
     }
     let words: usize = match udp_len.wrapping_sub(8 + srt::HEADER_LEN as u16) {
@@ -64,7 +59,7 @@ pub(crate) fn answer_ack(
     if unsafe {
         bpf_skb_load_bytes(
             skb as *const c_void,
-            HDR_LEN as u32,
+            F::HDR_LEN as u32,
             body.as_mut_ptr().cast(),
             (words * 4) as u32,
         )
@@ -80,7 +75,7 @@ pub(crate) fn answer_ack(
             (*a).last_ns = now;
             (*a).ack_seq = u32::from_be(body[0]) & srt::SEQ_MASK;
             if words > 1 {
-                (*a).ack_no = be32(h, SRT_WORD1);
+                (*a).ack_no = h.be32(F::SRT_WORD1);
                 (*a).rtt_us = u32::from_be(body[1]);
                 (*a).rtt_var_us = u32::from_be(body[2]);
                 (*a).avail_buf = u32::from_be(body[3]);
@@ -117,7 +112,7 @@ pub(crate) fn answer_ack(
         return DROP; // nothing to answer; recorded above
     }
     let ts = (now.saturating_sub(c.start_ns) / 1000) as u32;
-    if ackack(skb, h, &body, words, ts, peer_id).is_err() {
+    if ackack::<F>(skb, h, &body, words, ts, peer_id).is_err() {
         // The packet is half rewritten: drop it (the viewer's next ACK comes in 10 ms).
         if count(counter::ACK_FAILURES, 1).is_some_and(|total| log_due(total, 1)) {
             warn!(
@@ -143,7 +138,7 @@ pub(crate) fn answer_ack(
 /// body word; the frame trimmed to its new length. Checksums follow incrementally, so the
 /// result is right whatever checksum state the skb arrived in.
 #[inline(always)]
-fn ackack(
+fn ackack<F: Family>(
     skb: *mut __sk_buff,
     h: &Header,
     body: &[u32; ACK_MAX_WORDS],
@@ -152,53 +147,35 @@ fn ackack(
     peer_id: u32,
 ) -> Result<(), ()> {
     // SAFETY: `skb` is the program's context.
-    if unsafe { bpf_skb_change_tail(skb, ACKACK_FRAME_LEN, 0) } != 0 {
+    let frame_len = (F::UDP + usize::from(ACKACK_UDP_LEN)) as u32;
+    if unsafe { bpf_skb_change_tail(skb, frame_len, 0) } != 0 {
         return Err(());
     }
     let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&h[6..12]);
-    macs[6..].copy_from_slice(&h[..6]);
+    macs[..6].copy_from_slice(&h.bytes::<6>(6));
+    macs[6..].copy_from_slice(&h.bytes::<6>(0));
     store(skb, 0, macs.as_ptr().cast(), 12)?;
 
-    // IPv4 header: addresses swapped (the checksum does not change for that), new total
-    // length, a fresh TTL.
-    let mut old_ip = [0u32; 5];
-    for (i, w) in old_ip.iter_mut().enumerate() {
-        *w = raw32(h, IP + 4 * i);
-    }
-    let mut new_ip = old_ip;
-    let mut w0 = new_ip[0].to_ne_bytes();
-    w0[2..4].copy_from_slice(&ACKACK_IP_LEN.to_be_bytes());
-    new_ip[0] = u32::from_ne_bytes(w0);
-    let mut w2 = new_ip[2].to_ne_bytes();
-    w2[0] = 64;
-    new_ip[2] = u32::from_ne_bytes(w2);
-    new_ip.swap(3, 4);
-    let diff = csum_diff(old_ip.as_mut_ptr(), new_ip.as_mut_ptr(), 20)?;
-    store(skb, IP, new_ip.as_ptr().cast(), 20)?;
-    // SAFETY: `skb` is the program's context; the offset lies inside the checked header.
-    if unsafe { bpf_l3_csum_replace(skb, IP_CSUM as u32, 0, diff, 0) } != 0 {
-        return Err(());
-    }
+    F::answer_header(skb, h, ACKACK_UDP_LEN)?;
 
     // UDP: ports swapped (checksum unchanged), new length (in the header and in the pseudo
     // header), and the SRT packet: what changes and what goes.
-    let ports = raw32(h, UDP_SPORT).rotate_left(16);
-    store(skb, UDP_SPORT, (&ports as *const u32).cast(), 4)?;
-    let old_len = raw16(h, UDP_LEN);
+    let ports = h.raw32(F::UDP_SPORT).rotate_left(16);
+    store(skb, F::UDP_SPORT, (&ports as *const u32).cast(), 4)?;
+    let old_len = h.raw16(F::UDP_LEN);
     let new_len = u16::from_ne_bytes(ACKACK_UDP_LEN.to_be_bytes());
-    store(skb, UDP_LEN, (&new_len as *const u16).cast(), 2)?;
-    let csum = raw16(h, UDP_CSUM);
+    store(skb, F::UDP_LEN, (&new_len as *const u16).cast(), 2)?;
+    let csum = h.raw16(F::UDP_CSUM);
     let lc = |len: u16| {
         let (l, c) = (len.to_ne_bytes(), csum.to_ne_bytes());
         u32::from_ne_bytes([l[0], l[1], c[0], c[1]])
     };
     let mut from = [0u32; 5 + ACK_MAX_WORDS];
     from[0] = lc(old_len);
-    from[1] = raw32(h, SRT_WORD0);
-    from[2] = raw32(h, SRT_WORD1);
-    from[3] = raw32(h, SRT_TS);
-    from[4] = raw32(h, SRT_DEST);
+    from[1] = h.raw32(F::SRT_WORD0);
+    from[2] = h.raw32(F::SRT_WORD1);
+    from[3] = h.raw32(F::SRT_TS);
+    from[4] = h.raw32(F::SRT_DEST);
     from[5..].copy_from_slice(body);
     let mut to = [
         lc(new_len),
@@ -214,13 +191,19 @@ fn ackack(
         to.as_mut_ptr(),
         24,
     )?;
-    store(skb, SRT, to[1..].as_ptr().cast(), ACKACK_SRT_LEN.into())?;
+    store(skb, F::SRT, to[1..].as_ptr().cast(), ACKACK_SRT_LEN.into())?;
     // SAFETY: as above.
     let ok = unsafe {
-        bpf_l4_csum_replace(skb, UDP_CSUM as u32, 0, diff, BPF_F_MARK_MANGLED_0 as u64) == 0
+        bpf_l4_csum_replace(
+            skb,
+            F::UDP_CSUM as u32,
+            0,
+            diff,
+            BPF_F_MARK_MANGLED_0 as u64,
+        ) == 0
             && bpf_l4_csum_replace(
                 skb,
-                UDP_CSUM as u32,
+                F::UDP_CSUM as u32,
                 old_len.into(),
                 new_len.into(),
                 2 | (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) as u64,

@@ -1,14 +1,16 @@
 //! The kernel fast path of stsync-proxy: a TC ingress classifier that fans publisher data
 //! packets out to viewers.
 //!
-//! For an IPv4/UDP datagram to the relay's port whose SRT header says "data" and whose
+//! For a UDP datagram (IPv4 or IPv6) to the relay's port whose SRT header says "data" and whose
 //! destination socket ID is a known publisher connection (source address checked), the
 //! program walks the stream's viewer slots (`bpf_loop`, up to `MAX_VIEWERS`), and for each
 //! active viewer whose offsets belong to this publisher's epoch rewrites the packet in place
 //! (MACs, IP addresses, UDP ports, SRT destination socket ID, sequence number, timestamp
 //! with the stream's delay added;
 //! checksums through the kernel's incremental helpers) and sends a copy with
-//! `bpf_clone_redirect` out of the interface the viewer's own packets arrive on. At the end
+//! `bpf_clone_redirect` out of the interface the viewer's own packets arrive on. Viewers
+//! of the other family get the packet converted (`bpf_skb_change_proto`, a new IP header,
+//! the UDP checksum moved to the other pseudo header) in a second pass. At the end
 //! the original bytes are put back and the packet goes on (`TC_ACT_OK`) to the daemon, which
 //! acknowledges the publisher and keeps the retransmission buffer.
 //!
@@ -23,14 +25,20 @@
 //! Packet bytes are only read and written through helpers (`bpf_skb_load_bytes`,
 //! `bpf_skb_store_bytes`): direct packet pointers would be invalid after each clone.
 //!
-//! This file is the entry point and the maps; `fanout` is the data path, `route` and `ack`
-//! a viewer's control packets, `patch` the packet writes. The frame layout is
-//! `stsync_common::frame`, shared with the benchmark's sink.
+//! IPv4 with options, IPv6 with extension headers and fragments of either go to the daemon
+//! untouched (counted by reason when they are for the relay's port).
+//!
+//! This file is the entry point and the maps; `family` is what differs between IPv4 and
+//! IPv6, `fanout` the data path, `route` and `ack` a viewer's control packets, `patch` the
+//! packet writes. The frame layout is `stsync_common::frame`, shared with the benchmark's
+//! sink.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod ack;
+mod family;
 mod fanout;
+mod header;
 mod patch;
 mod route;
 
@@ -42,13 +50,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use core::ffi::c_void;
+use family::Family;
+use header::Header;
 use stsync_common::frame::{
-    be32, raw16, raw32, Header, ETH_P_IP, ETH_TYPE, HDR_LEN, IP, IPPROTO_UDP, IP_DST, IP_FRAG,
-    IP_PROTO, SRT_DEST, SRT_WORD0, UDP_DPORT,
+    mapped, raw16, v6, Layout, ETH_P_IP, ETH_TYPE, HDR_LEN, IP, IPPROTO_UDP, IP_DST, IP_FRAG,
+    IP_PROTO, UDP_DPORT, V4, V6,
 };
 use stsync_common::maps::{
     counter, Config, PublisherEntry, Route, StreamEntry, ViewerAcks, ViewerConn, ViewerCounts,
-    ViewerEntry, DEFAULT_MAX_STREAMS, LEARNED_QUEUE, MAX_PUBLISHERS, MAX_VIEWERS, MAX_VIEWER_CONNS,
+    ViewerEntry, CONFIG_NO_V4, CONFIG_NO_V6, DEFAULT_MAX_STREAMS, LEARNED_QUEUE, MAX_PUBLISHERS,
+    MAX_VIEWERS, MAX_VIEWER_CONNS,
 };
 use stsync_common::srt;
 
@@ -58,6 +69,8 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 static PUBLISHERS: HashMap<u32, PublisherEntry> = HashMap::with_max_entries(MAX_PUBLISHERS, 0);
 #[map]
 static STREAMS: Array<StreamEntry> = Array::with_max_entries(DEFAULT_MAX_STREAMS, 0);
+#[map]
+static CROSS_BLOCKED: Array<u32> = Array::with_max_entries(DEFAULT_MAX_STREAMS, 0);
 #[map]
 static VIEWERS: Array<ViewerEntry> = Array::with_max_entries(DEFAULT_MAX_STREAMS * MAX_VIEWERS, 0);
 #[map]
@@ -117,49 +130,145 @@ pub fn stsync_tc(ctx: TcContext) -> i32 {
 
 fn try_stsync_tc(ctx: &TcContext) -> Result<i32, i32> {
     let skb = ctx.skb.skb;
-    let mut h = [0u8; HDR_LEN];
-    // SAFETY: `skb` is the program's context; `h` is HDR_LEN bytes of stack.
-    if unsafe {
-        bpf_skb_load_bytes(
-            skb as *const c_void,
-            0,
-            h.as_mut_ptr().cast(),
-            HDR_LEN as u32,
-        )
-    } != 0
-    {
+    let mut h = Header::new();
+    if load(skb, 0, h.frame_mut(0, HDR_LEN)).is_err() {
         return Ok(PASS); // shorter than any SRT datagram
     }
-    if h[ETH_TYPE..ETH_TYPE + 2] != ETH_P_IP || h[IP_PROTO] != IPPROTO_UDP {
-        return Ok(PASS);
-    }
     let cfg = CONFIG.get(0).ok_or(PASS)?;
-    if raw16(&h, UDP_DPORT) != cfg.relay_port
-        || (cfg.relay_ip != 0 && raw32(&h, IP_DST) != cfg.relay_ip)
-    {
-        return Ok(PASS);
+    let eth = [h.byte(ETH_TYPE), h.byte(ETH_TYPE + 1)];
+    if eth == ETH_P_IP && cfg.flags & CONFIG_NO_V4 == 0 {
+        if h.byte(IP_PROTO) != IPPROTO_UDP || !for_relay(cfg, mapped(h.raw32(IP_DST))) {
+            return Ok(PASS);
+        }
+        // IP options move the port; a later fragment has none: the daemon sees them.
+        if h.byte(IP) != 0x45 || h.byte(IP_FRAG) & 0x1F != 0 || h.byte(IP_FRAG + 1) != 0 {
+            return Ok(PASS);
+        }
+        if h.raw16(UDP_DPORT) != cfg.relay_port {
+            return Ok(PASS);
+        }
+        if h.byte(IP_FRAG) & IP_MORE_FRAGMENTS != 0 {
+            count(counter::FRAGMENTS, 1); // a first fragment
+            return Ok(PASS);
+        }
+        return Ok(srt_packet::<V4>(skb, &h, cfg.flags));
     }
-    // IPv4 without options, not a fragment: the offsets above hold.
-    if h[IP] != 0x45 || h[IP_FRAG] & 0x3F != 0 || h[IP_FRAG + 1] != 0 {
-        return Ok(PASS);
+    if eth == v6::ETH_P_IPV6 && cfg.flags & CONFIG_NO_V6 == 0 {
+        if !for_relay(cfg, h.addr(V6::IP_DST, 16)) {
+            return Ok(PASS);
+        }
+        if h.byte(v6::IP_NEXT) != IPPROTO_UDP {
+            count_v6_ext(skb, h.byte(v6::IP_NEXT), cfg.relay_port);
+            return Ok(PASS);
+        }
+        if load(skb, HDR_LEN, h.frame_mut(HDR_LEN, v6::HDR_LEN)).is_err()
+            || h.raw16(V6::UDP_DPORT) != cfg.relay_port
+        {
+            return Ok(PASS);
+        }
+        return Ok(srt_packet::<V6>(skb, &h, cfg.flags));
     }
-    let word0 = be32(&h, SRT_WORD0);
+    Ok(PASS)
+}
+
+/// Copies `buf.len()` bytes of the packet from `off` into `buf`.
+#[inline(always)]
+fn load(skb: *mut __sk_buff, off: usize, buf: &mut [u8]) -> Result<(), ()> {
+    // SAFETY: `skb` is the program's context; `buf` is that many bytes of stack.
+    let r = unsafe {
+        bpf_skb_load_bytes(
+            skb as *const c_void,
+            off as u32,
+            buf.as_mut_ptr().cast(),
+            buf.len() as u32,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// The "more fragments" bit of the IPv4 flags byte.
+const IP_MORE_FRAGMENTS: u8 = 0x20;
+
+/// Whether a datagram to `dst` is for the relay's socket (its address, or any).
+#[inline(always)]
+fn for_relay(cfg: &Config, dst: [u32; 4]) -> bool {
+    same(&cfg.relay_ip, &[0; 4]) || same(&cfg.relay_ip, &dst)
+}
+
+/// `a == b`, word by word (an array comparison would become a `memcmp` loop).
+#[inline(always)]
+pub(crate) fn same(a: &[u32; 4], b: &[u32; 4]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
+}
+
+/// An SRT datagram to the relay in a frame of family `F`.
+#[inline(always)]
+fn srt_packet<F: Family>(skb: *mut __sk_buff, h: &Header, cfg_flags: u16) -> i32 {
+    let word0 = h.be32(F::SRT_WORD0);
     if word0 & srt::CONTROL_BIT != 0 {
-        return Ok(viewer_control(skb, &h, word0, cfg.flags));
+        return viewer_control::<F>(skb, h, word0, cfg_flags);
     }
-    fanout::fan_out(skb, &h, word0, cfg.flags)
+    match fanout::fan_out::<F>(skb, h, word0, cfg_flags) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+/// An IPv6 datagram whose next header is not UDP: when extension headers (at most
+/// `EXT_WALK` of them) lead to UDP for the relay's port, it is counted by reason. The
+/// daemon's socket gets it either way.
+#[inline(never)]
+fn count_v6_ext(skb: *mut __sk_buff, first: u8, relay_port: u16) {
+    const EXT_WALK: usize = 4;
+    let (mut next, mut off, mut fragment) = (first, V6::UDP, false);
+    for _ in 0..EXT_WALK {
+        let mut b = [0u8; 8];
+        match next {
+            IPPROTO_UDP => {
+                if load(skb, off, &mut b[..4]).is_ok() && raw16(&b, 2) == relay_port {
+                    let reason = if fragment {
+                        counter::FRAGMENTS
+                    } else {
+                        counter::V6_EXT_HEADERS
+                    };
+                    count(reason, 1);
+                }
+                return;
+            }
+            v6::EXT_HOP_BY_HOP | v6::EXT_ROUTING | v6::EXT_DEST_OPTS => {
+                if load(skb, off, &mut b[..2]).is_err() {
+                    return;
+                }
+                next = b[0];
+                off += (usize::from(b[1]) + 1) * 8;
+            }
+            v6::EXT_FRAGMENT => {
+                // Later fragments carry no UDP header: only the first one is counted.
+                if load(skb, off, &mut b).is_err() || raw16(&b, 2) & u16::from_be(0xFFF8) != 0 {
+                    return;
+                }
+                next = b[0];
+                off += 8;
+                fragment = true;
+            }
+            _ => return,
+        }
+    }
 }
 
 /// A control packet: a viewer's teaches the program its route, and its ACK may be
 /// answered here. A subprogram (like `fan_out`), so the two paths' stacks do not add up.
 #[inline(never)]
-fn viewer_control(skb: *mut __sk_buff, h: &Header, word0: u32, cfg_flags: u16) -> i32 {
-    let dest = be32(h, SRT_DEST);
-    let Some(conn) = route::learn_route(skb, h, dest) else {
+fn viewer_control<F: Family>(skb: *mut __sk_buff, h: &Header, word0: u32, cfg_flags: u16) -> i32 {
+    let dest = h.be32(F::SRT_DEST);
+    let Some(conn) = route::learn_route::<F>(skb, h, dest) else {
         return PASS;
     };
     if (word0 >> 16) & 0x7FFF == u32::from(srt::ctrl::ACK) {
-        return ack::answer_ack(skb, h, dest, &conn, cfg_flags);
+        return ack::answer_ack::<F>(skb, h, dest, &conn, cfg_flags);
     }
     PASS
 }

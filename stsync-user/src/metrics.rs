@@ -313,7 +313,7 @@ impl Scrape {
         ));
         let skipped = counter_vec(
             "stsync_kernel_skipped_total",
-            "Fan-out the eBPF program left undone, by reason: gso_or_rewrite and restore_failed count publisher packets, loopback counts viewer clones left to the daemon.",
+            "Fan-out the eBPF program left undone, by reason: gso_or_rewrite, restore_failed and cross_family (not converted for viewers of the other IP family) count publisher packets, loopback counts viewer clones left to the daemon.",
             "reason",
         );
         let acks = counter_vec(
@@ -321,9 +321,17 @@ impl Scrape {
             "Viewers' ACKs the eBPF program handled instead of the daemon, by kind: answered (full or small ACK turned into an ACKACK), light (recorded), failed (could not be answered; dropped, the viewer's next ACK follows).",
             "kind",
         );
+        let passed = counter_vec(
+            "stsync_kernel_passed_total",
+            "Datagrams for the relay's port the eBPF program left to the daemon unparsed, by reason: ipv6_extension_headers (an IPv6 extension header before UDP), fragment (first fragments, either family).",
+            "reason",
+        );
         // Only what happened: a label appears with its first count.
         for (v, label, n) in [
             (&skipped, "gso_or_rewrite", k.skipped),
+            (&skipped, "cross_family", k.cross_family_skipped),
+            (&passed, "ipv6_extension_headers", k.v6_ext_headers),
+            (&passed, "fragment", k.fragments),
             (&skipped, "loopback", k.loopback_skipped),
             (&skipped, "restore_failed", k.restore_failures),
             (&acks, "answered", k.acks_answered),
@@ -335,6 +343,7 @@ impl Scrape {
             }
         }
         out.extend(skipped.collect());
+        out.extend(passed.collect());
         out.extend(acks.collect());
         out.push(counter(
             "stsync_heap_allocations_total",

@@ -15,7 +15,7 @@ use ebpf_common::*;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
-use stsync_common::maps::{PublisherEntry, Route, ViewerConn, ViewerEntry, MAX_VIEWERS};
+use stsync_common::maps::{PublisherEntry, Route, ViewerConn, ViewerEntry, FAMILY_V4, MAX_VIEWERS};
 use stsync_user::datapath::kernel::{raw_ip, raw_port, Kernel};
 use stsync_user::os::clock::monotonic_ns;
 
@@ -64,7 +64,7 @@ impl Lab {
             viewer_port: raw_port(port),
             relay_mac: self.relay_if.1,
             viewer_mac: self.view_if.1,
-            _pad: [0; 4],
+            family: FAMILY_V4,
         }
     }
 
@@ -128,7 +128,8 @@ fn viewer(
 }
 
 fn install_publisher(k: &mut Kernel, stream: u32) {
-    k.set_relay(Some(RELAY_IP), RELAY_PORT).unwrap();
+    k.set_relay(SocketAddr::V4(SocketAddrV4::new(RELAY_IP, RELAY_PORT)))
+        .unwrap();
     k.set_publisher(
         PUB_ID,
         PublisherEntry {
@@ -136,7 +137,7 @@ fn install_publisher(k: &mut Kernel, stream: u32) {
             stream,
             src_ip: raw_ip(*PUB_SRC.ip()),
             src_port: raw_port(PUB_SRC.port()),
-            _pad: [0; 6],
+            _pad: 0,
         },
     )
     .unwrap();
@@ -553,7 +554,8 @@ fn viewer_ack_becomes_an_exact_ackack_and_nak_passes() {
     };
     let lab = Lab::new();
     let mut k = load(&obj, 1);
-    k.set_relay(Some(RELAY_IP), RELAY_PORT).unwrap();
+    k.set_relay(SocketAddr::V4(SocketAddrV4::new(RELAY_IP, RELAY_PORT)))
+        .unwrap();
     let (conn, peer_id, slot) = (0x00AB_CDEF, 0x0000_7777, 5);
     let vaddr = SocketAddrV4::new(VIEW_IP, 40_000);
     // The connection's clock started 3 s ago.
@@ -828,7 +830,7 @@ fn attached_round_trip(
         _ => unreachable!(),
     };
     let (vaddr, paddr) = (addr(&view), addr(&publ));
-    k.set_relay(Some(*relay.ip()), relay.port()).unwrap();
+    k.set_relay(SocketAddr::V4(relay)).unwrap();
     k.set_lo_accept_local(lo_accept_local).unwrap();
     let pub_id = 0x0001_0001;
     k.set_publisher(
@@ -838,7 +840,7 @@ fn attached_round_trip(
             stream: 0,
             src_ip: raw_ip(*paddr.ip()),
             src_port: raw_port(paddr.port()),
-            _pad: [0; 6],
+            _pad: 0,
         },
     )
     .unwrap();
@@ -877,7 +879,7 @@ fn attached_round_trip(
         publ.send_to(&pkt, relay).unwrap();
         let (n, from) = relay_sock
             .recv_from(&mut buf)
-            .expect("the original reaches the relay");
+            .unwrap_or_else(|e| panic!("the original reaches the relay: {e}; {:?}", k.counters()));
         assert_eq!(from, SocketAddr::V4(paddr));
         assert_eq!(&buf[..n], &pkt[..], "original unchanged");
         if !expect_clones {
@@ -1036,4 +1038,337 @@ fn attached_program_clones_on_veth_and_on_loopback() {
         true,
         &obj,
     );
+}
+
+const RELAY_IP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd88, 0, 0, 0, 0, 0, 0, 1);
+const VIEW_IP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd88, 0, 0, 0, 0, 0, 0, 2);
+const PUB_SRC6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd88, 0, 0, 5, 0, 0, 0, 5);
+
+impl Lab {
+    /// The lab with IPv6 addresses on both ends of its link.
+    fn new6() -> Lab {
+        let lab = Lab::new();
+        for (ns, dev, addr) in [
+            (lab.relay(), "veth0a", "fd88::1/64"),
+            (lab.view(), "veth0b", "fd88::2/64"),
+        ] {
+            run("ip", &["-n", &ns, "addr", "add", addr, "dev", dev, "nodad"]).expect("ip addr");
+        }
+        lab
+    }
+
+    /// The route an IPv6 viewer at [VIEW_IP6]:`port` has, as the program would learn it.
+    fn route6_to(&self, port: u16) -> Route {
+        Route {
+            ifindex: self.relay_if.0,
+            family: stsync_common::maps::FAMILY_V6,
+            relay_ip: raw_ip(RELAY_IP6),
+            viewer_ip: raw_ip(VIEW_IP6),
+            relay_port: raw_port(RELAY_PORT),
+            viewer_port: raw_port(port),
+            relay_mac: self.relay_if.1,
+            viewer_mac: self.view_if.1,
+        }
+    }
+}
+
+/// A UDP socket on [`ip`]:0 inside namespace `ns`.
+fn udp6_in(ns: &str, ip: std::net::Ipv6Addr) -> UdpSocket {
+    let sock = in_netns(ns, move || {
+        UdpSocket::bind((ip, 0)).expect("bind UDP (IPv6) in netns")
+    });
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    sock
+}
+
+/// An IPv6 publisher's data packet: cloned to each active IPv6 viewer, rewritten (MACs,
+/// addresses, ports, SRT fields) with a valid UDP checksum, which IPv6 requires, and to
+/// the IPv4 viewer converted (a fresh IPv4 header with a valid checksum, the UDP checksum
+/// moved to the IPv4 pseudo header); the original restored byte for byte.
+#[test]
+fn ipv6_data_packet_is_cloned_to_each_ipv6_viewer() {
+    let Some(obj) = object_or_skip("ipv6_data_packet_is_cloned_to_each_ipv6_viewer") else {
+        return;
+    };
+    let lab = Lab::new6();
+    let mut k = load(&obj, 1);
+    k.set_relay(SocketAddr::V6(std::net::SocketAddrV6::new(
+        std::net::Ipv6Addr::UNSPECIFIED,
+        RELAY_PORT,
+        0,
+        0,
+    )))
+    .unwrap();
+    let pub_src = std::net::SocketAddrV6::new(PUB_SRC6, 5000, 0, 0);
+    k.set_publisher(
+        PUB_ID,
+        PublisherEntry {
+            epoch: EPOCH,
+            stream: 0,
+            src_ip: raw_ip(PUB_SRC6),
+            src_port: raw_port(5000),
+            _pad: 0,
+        },
+    )
+    .unwrap();
+    // (active, family): three IPv6 viewers, one inactive, one IPv4 viewer.
+    let layout = [(true, 6), (true, 6), (false, 6), (true, 4), (true, 6)];
+    let mut viewers = Vec::new();
+    for (i, &(active, family)) in layout.iter().enumerate() {
+        let (sock, route) = if family == 6 {
+            let sock = udp6_in(&lab.view(), VIEW_IP6);
+            let port = sock.local_addr().unwrap().port();
+            (sock, lab.route6_to(port))
+        } else {
+            let sock = udp_in(&lab.view(), SocketAddrV4::new(VIEW_IP, 0), None);
+            let port = sock.local_addr().unwrap().port();
+            (sock, lab.route_to(port))
+        };
+        let e = viewer(
+            0x6000 + i as u32,
+            0x0200_0000 + i as u32,
+            1000 * i as u32,
+            77 * i as u32,
+            EPOCH,
+            active,
+            route,
+        );
+        k.set_viewer(i as u32, &e).unwrap();
+        k.reset_viewer(i as u32);
+        viewers.push((sock, e, active));
+    }
+    k.set_stream(
+        0,
+        stsync_common::maps::StreamEntry {
+            slots: layout.len() as u32,
+            delay_us: 0,
+            families: stsync_common::maps::FAMILY_V4 | stsync_common::maps::FAMILY_V6,
+            _pad: 0,
+        },
+    )
+    .unwrap();
+    let cap = RawCapture::open(&lab.view(), "veth0b");
+    let dst = std::net::SocketAddrV6::new(RELAY_IP6, RELAY_PORT, 0, 0);
+    for (n, &(seq, ts, rexmit)) in [(500u32, 9000u32, false), (0x7FFF_FFFE, 3, true)]
+        .iter()
+        .enumerate()
+    {
+        let body = payload(1316, n as u8);
+        let srt = srt_data(seq, 7 + n as u32, rexmit, ts, PUB_ID, &body);
+        let f = frame6(
+            [0x02, 0, 0, 0, 0, 0x55],
+            lab.relay_if.1,
+            pub_src,
+            dst,
+            &[],
+            &srt,
+        );
+        let (k2, verdict, out) = test_run_in(&lab.relay(), k, f.clone(), lab.relay_if.0);
+        k = k2;
+        assert_eq!(verdict, 0, "case {n}: TC_ACT_OK");
+        assert_eq!(out, f, "case {n}: the original restored byte for byte");
+        for (i, (sock, e, served)) in viewers.iter().enumerate() {
+            let got = drain(sock, Duration::from_millis(200));
+            if !served {
+                assert!(got.is_empty(), "case {n}: viewer {i} must get nothing");
+                continue;
+            }
+            assert_eq!(
+                got.len(),
+                1,
+                "case {n}: viewer {i}: one clone, {:?}",
+                k.counters()
+            );
+            let (d, from) = &got[0];
+            let relay = if layout[i].1 == 6 {
+                SocketAddr::V6(std::net::SocketAddrV6::new(RELAY_IP6, RELAY_PORT, 0, 0))
+            } else {
+                SocketAddr::V4(SocketAddrV4::new(RELAY_IP, RELAY_PORT))
+            };
+            assert_eq!(*from, relay, "case {n} viewer {i}: source");
+            let h = parse_data(d);
+            assert_eq!(
+                h.seq,
+                seq.wrapping_add(e.seq_off) & 0x7FFF_FFFF,
+                "case {n} viewer {i}: seq"
+            );
+            assert_eq!(
+                h.ts,
+                ts.wrapping_add(e.ts_off),
+                "case {n} viewer {i}: timestamp"
+            );
+            assert_eq!(h.dest, e.peer_id, "case {n} viewer {i}: destination");
+            assert_eq!(
+                h.word1,
+                0xC000_0000 | (7 + n as u32),
+                "case {n} viewer {i}: R flag cleared"
+            );
+            assert_eq!(&d[16..], &body[..], "case {n} viewer {i}: payload");
+        }
+        let ports: Vec<u16> = viewers
+            .iter()
+            .map(|(s, _, _)| s.local_addr().unwrap().port())
+            .collect();
+        let (frames4, frames) = cap.udp46_frames_to(&ports);
+        assert_eq!(frames.len(), 3, "case {n}: IPv6 frames on the wire");
+        assert_eq!(
+            frames4.len(),
+            1,
+            "case {n}: the converted IPv4 frame on the wire"
+        );
+        for fr in &frames4 {
+            assert_eq!(
+                ip_checksum_residue(&fr[ETH_LEN..ETH_LEN + IP_LEN]),
+                0,
+                "IPv4 header checksum"
+            );
+            assert_eq!(fr[ETH_LEN + 8], 64, "TTL");
+            let udp = &fr[ETH_LEN + IP_LEN..];
+            assert_ne!(
+                u16::from_be_bytes([udp[6], udp[7]]),
+                0,
+                "case {n}: UDP checksum kept"
+            );
+            assert_eq!(
+                udp_checksum_residue(RELAY_IP, VIEW_IP, udp),
+                0,
+                "case {n}: UDP checksum"
+            );
+        }
+        for fr in &frames {
+            assert_eq!(fr[0..6], lab.view_if.1, "destination MAC");
+            assert_eq!(fr[6..12], lab.relay_if.1, "source MAC");
+            let (src, dst): ([u8; 16], [u8; 16]) = (
+                fr[22..38].try_into().unwrap(),
+                fr[38..54].try_into().unwrap(),
+            );
+            assert_eq!((src, dst), (RELAY_IP6.octets(), VIEW_IP6.octets()));
+            let udp = &fr[54..];
+            assert_eq!(
+                u16::from_be_bytes([fr[18], fr[19]]) as usize,
+                udp.len(),
+                "payload length"
+            );
+            assert_ne!(
+                u16::from_be_bytes([udp[6], udp[7]]),
+                0,
+                "case {n}: IPv6 UDP checksum set"
+            );
+            assert_eq!(
+                udp6_checksum_residue(&src, &dst, udp),
+                0,
+                "case {n}: IPv6 UDP checksum"
+            );
+        }
+    }
+    let c = k.counters();
+    assert_eq!(
+        (c.clones, c.clone_failures, c.packets_seen),
+        (8, 0, 2),
+        "{c:?}"
+    );
+}
+
+/// An IPv4 publisher's packet to an IPv4 and an IPv6 viewer: the IPv6 viewer's clone is
+/// converted with a valid UDP checksum. Not converted (counted, the original intact): a
+/// packet without a UDP checksum (IPv6 requires one) and one that would exceed 1500
+/// bytes as IPv6, which also marks the stream for the daemon.
+#[test]
+fn ipv4_publisher_packet_is_converted_for_an_ipv6_viewer() {
+    let Some(obj) = object_or_skip("ipv4_publisher_packet_is_converted_for_an_ipv6_viewer") else {
+        return;
+    };
+    let lab = Lab::new6();
+    let mut k = load(&obj, 1);
+    k.set_relay(SocketAddr::V6(std::net::SocketAddrV6::new(
+        std::net::Ipv6Addr::UNSPECIFIED,
+        RELAY_PORT,
+        0,
+        0,
+    )))
+    .unwrap();
+    install_publisher_at(&mut k, 0);
+    let s4 = udp_in(&lab.view(), SocketAddrV4::new(VIEW_IP, 0), None);
+    let s6 = udp6_in(&lab.view(), VIEW_IP6);
+    let (p4, p6) = (
+        s4.local_addr().unwrap().port(),
+        s6.local_addr().unwrap().port(),
+    );
+    k.set_viewer(
+        0,
+        &viewer(0x7000, 0x100, 5, 6, EPOCH, true, lab.route_to(p4)),
+    )
+    .unwrap();
+    k.set_viewer(
+        1,
+        &viewer(0x7001, 0x101, 7, 8, EPOCH, true, lab.route6_to(p6)),
+    )
+    .unwrap();
+    k.set_stream_slots(0, 2).unwrap();
+    let cap = RawCapture::open(&lab.view(), "veth0b");
+    // (SRT payload bytes, UDP checksum, the IPv6 viewer gets it): 1436 makes exactly 1500
+    // bytes of IPv6.
+    let cases = [
+        (1316, Csum::Valid, true),
+        (1316, Csum::Zero, false),
+        (1436, Csum::Valid, true),
+        (1437, Csum::Valid, false),
+    ];
+    let mut skipped = 0;
+    for (n, &(len, csum, v6_served)) in cases.iter().enumerate() {
+        let body = payload(len, n as u8);
+        let srt = srt_data(100 + n as u32, 1, false, 50, PUB_ID, &body);
+        let f = lab.pub_frame(&srt, csum);
+        let (k2, verdict, out) = test_run_in(&lab.relay(), k, f.clone(), lab.relay_if.0);
+        k = k2;
+        assert_eq!(verdict, 0, "case {n}");
+        assert_eq!(out, f, "case {n}: the original restored byte for byte");
+        assert_eq!(
+            drain(&s4, Duration::from_millis(200)).len(),
+            1,
+            "case {n}: IPv4 viewer"
+        );
+        let got6 = drain(&s6, Duration::from_millis(200));
+        let (_, frames6) = cap.udp46_frames_to(&[p4, p6]);
+        if !v6_served {
+            skipped += 1;
+            assert!(got6.is_empty(), "case {n}: the IPv6 viewer gets nothing");
+            continue;
+        }
+        assert_eq!(got6.len(), 1, "case {n}: the IPv6 viewer's clone");
+        assert_eq!(&got6[0].0[16..], &body[..], "case {n}: payload");
+        assert_eq!(frames6.len(), 1, "case {n}");
+        let fr = &frames6[0];
+        let (src, dst): ([u8; 16], [u8; 16]) = (
+            fr[22..38].try_into().unwrap(),
+            fr[38..54].try_into().unwrap(),
+        );
+        assert_eq!(
+            udp6_checksum_residue(&src, &dst, &fr[54..]),
+            0,
+            "case {n}: checksum"
+        );
+        assert_eq!(fr.len() - 14, 40 + 8 + 16 + len, "case {n}: IPv6 length");
+    }
+    let c = k.counters();
+    assert_eq!(c.cross_family_skipped, skipped, "{c:?}");
+    assert_eq!(c.restore_failures, 0, "{c:?}");
+    assert!(k.cross_blocked(0), "the oversize packet marks the stream");
+    k.clear_cross_blocked(0);
+    assert!(!k.cross_blocked(0));
+}
+
+fn install_publisher_at(k: &mut Kernel, stream: u32) {
+    k.set_publisher(
+        PUB_ID,
+        PublisherEntry {
+            epoch: EPOCH,
+            stream,
+            src_ip: raw_ip(*PUB_SRC.ip()),
+            src_port: raw_port(PUB_SRC.port()),
+            _pad: 0,
+        },
+    )
+    .unwrap();
 }

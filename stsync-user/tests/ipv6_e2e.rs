@@ -1,7 +1,9 @@
 //! IPv6 with real libsrt clients, in network namespaces with IPv4 and IPv6 addresses
-//! (root): a relay listening on `[::]` (dual-stack) keeps the kernel fast path for its
-//! IPv4 callers and serves its IPv6 callers from userspace, one stream, every viewer
-//! byte-exact; and on the userspace datapath IPv6 publishers and viewers alike.
+//! (root): a relay listening on `[::]` (dual-stack) serves IPv4 and IPv6 callers on one
+//! stream, from the kernel fast path whichever family the publisher and each viewer use
+//! (the program converts a packet for viewers of the other family), every viewer
+//! byte-exact; a publisher whose packets would not fit 1500 bytes converted has its
+//! other-family viewers served from userspace; and IPv6 publishers and viewers under loss.
 
 mod common;
 mod ebpf_common;
@@ -12,6 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 const LINGER: Duration = Duration::from_millis(1500);
+/// The publishers' message size: 7 TS packets.
+const TS_CHUNK: usize = 1316;
 const RELAY_V4: Ipv4Addr = Ipv4Addr::new(10, 86, 2, 1);
 const RELAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd86, 0, 0, 2, 0, 0, 0, 1);
 /// The relay on the publisher's link.
@@ -38,9 +42,11 @@ fn hosts() -> Netns {
     ns
 }
 
-/// Publisher (IPv4) → relay on `[::]` → two IPv4 and two IPv6 srt-live-transmit viewers;
-/// with the kernel path, the IPv4 viewers are the kernel's and the IPv6 ones userspace's.
-fn dual_stack(datapath: &str) {
+/// Publisher (over `pub_ip`'s family, messages of `chunk` bytes) → relay on `[::]` → two
+/// IPv4 and two IPv6 srt-live-transmit viewers. With the kernel path the kernel serves the
+/// viewers of the publisher's family, and those of the other family too when the
+/// publisher's packets fit 1500 bytes in that family (else userspace does).
+fn dual_stack(datapath: &str, pub_ip: IpAddr, chunk: usize) {
     let c = clip();
     let ns = hosts();
     let relay = Relay::start(RelayOpts {
@@ -55,7 +61,8 @@ fn dual_stack(datapath: &str) {
         "{}",
         relay.log()
     );
-    let dir = TempDir::new(&format!("ipv6-dual-{datapath}"));
+    let family = if pub_ip.is_ipv4() { "ipv4" } else { "ipv6" };
+    let dir = TempDir::new(&format!("ipv6-dual-{datapath}-{family}-{chunk}"));
     let view_ns = Some(ns.name("view"));
     let mut viewers = Vec::new();
     for (name, ip) in [
@@ -73,14 +80,8 @@ fn dual_stack(datapath: &str) {
         tail_lines(&relay.log(), 20)
     );
     sleep_secs(0.5);
-    let mut p = BytePublisher::start_opts(
-        &dir,
-        "pub",
-        &relay.publisher_url("1"),
-        c,
-        Some(ns.name("pub")),
-        false,
-    );
+    let pub_url = relay.url_at(pub_ip, "1", &relay.session("1"), "publish");
+    let mut p = BytePublisher::start_chunked(&dir, "pub", &pub_url, c, Some(ns.name("pub")), chunk);
     p.finish(LINGER);
     let m = relay.metrics();
     for v in &mut viewers {
@@ -111,25 +112,44 @@ fn dual_stack(datapath: &str) {
             .collect();
     served.sort_by(|a, b| a.1.total_cmp(&b.1));
     let line = format!(
-        "ipv6 {datapath}: dual-stack [::], per viewer (userspace new, kernel clones): {served:?}"
+        "ipv6 {datapath}: dual-stack [::], {family} publisher, {chunk}-byte messages, per viewer (userspace new, kernel clones): {served:?}"
     );
     eprintln!("{line}");
     record_result(&line);
     assert_eq!(served.len(), 4, "{line}");
-    // srt-live-transmit sends the clip in chunks of `SLT_CHUNK` bytes.
-    let packets = (c.bytes.len() / SLT_CHUNK) as f64;
+    let packets = (c.bytes.len() / chunk) as f64;
     if datapath == "ebpf" {
-        // Two viewers (IPv6) entirely from userspace, two (IPv4) from the kernel.
-        for &(fresh, kernel) in &served[..2] {
+        // IPv4 → IPv6 adds 20 bytes of header: a 1456-byte message does not fit.
+        let fits = pub_ip.is_ipv6() || chunk + 16 + 8 + 40 <= 1500;
+        let userspace = if fits { 0 } else { 2 };
+        for &(fresh, kernel) in &served[..userspace] {
             assert_eq!(kernel, 0.0, "{line}");
             assert!(fresh >= 0.95 * packets, "{line}");
         }
-        for &(_, kernel) in &served[2..] {
+        for &(_, kernel) in &served[userspace..] {
+            assert!(kernel >= 0.9 * packets, "{line}: the kernel served them");
+        }
+        let k = |reason: &str| {
+            prom_value(&m, "stsync_kernel_skipped_total", &[("reason", reason)]).unwrap_or(0.0)
+        };
+        assert_eq!(k("restore_failed"), 0.0, "{line}");
+        if fits {
+            assert_eq!(k("cross_family"), 0.0, "{line}: every packet converted");
+        } else {
             assert!(
-                kernel >= 0.9 * packets,
-                "{line}: the kernel served the IPv4 viewers"
+                k("cross_family") >= 1.0,
+                "{line}: the oversize packet counted"
+            );
+            assert!(
+                relay.log().contains("too large for the other IP family"),
+                "{line}"
             );
         }
+        assert_eq!(
+            prom_value(&m, "stsync_kernel_clone_failures_total", &[]),
+            Some(0.0),
+            "{line}"
+        );
     } else {
         assert!(served.iter().all(|&(_, k)| k == 0.0), "{line}");
     }
@@ -140,16 +160,47 @@ fn dual_stack_listener_serves_both_families_userspace() {
     if !require_root("dual_stack_listener_serves_both_families_userspace") {
         return;
     }
-    dual_stack("userspace");
+    dual_stack(
+        "userspace",
+        IpAddr::V4(Ipv4Addr::new(10, 86, 1, 1)),
+        TS_CHUNK,
+    );
 }
 
+/// An IPv4 publisher sending 7 TS packets a message (as ffmpeg and OBS do): the kernel
+/// serves its IPv4 viewers, and its IPv6 viewers with converted clones.
 #[test]
-fn dual_stack_listener_keeps_the_kernel_path_for_ipv4() {
-    if object_or_skip("dual_stack_listener_keeps_the_kernel_path_for_ipv4").is_none() {
+fn kernel_path_ipv4_publisher_viewers_of_both_families() {
+    if object_or_skip("kernel_path_ipv4_publisher_viewers_of_both_families").is_none() {
         return;
     }
     let _serial = serial();
-    dual_stack("ebpf");
+    dual_stack("ebpf", IpAddr::V4(Ipv4Addr::new(10, 86, 1, 1)), TS_CHUNK);
+}
+
+/// An IPv6 publisher: the kernel serves its IPv6 viewers (IPv6 parsing, rewrite, UDP
+/// checksum, route learning and ACKs in the program) and its IPv4 viewers (converted).
+#[test]
+fn kernel_path_ipv6_publisher_viewers_of_both_families() {
+    if object_or_skip("kernel_path_ipv6_publisher_viewers_of_both_families").is_none() {
+        return;
+    }
+    let _serial = serial();
+    dual_stack("ebpf", IpAddr::V6(RELAY_V6_PUB), TS_CHUNK);
+}
+
+/// An IPv4 publisher at libsrt's largest payload (1456 bytes): converted to IPv6 a packet
+/// would be 1520 bytes, more than the link takes, so its IPv6 viewers go back to userspace
+/// after its first packet, and still get the stream whole.
+#[test]
+fn kernel_path_leaves_too_large_packets_of_the_other_family_to_userspace() {
+    if object_or_skip("kernel_path_leaves_too_large_packets_of_the_other_family_to_userspace")
+        .is_none()
+    {
+        return;
+    }
+    let _serial = serial();
+    dual_stack("ebpf", IpAddr::V4(Ipv4Addr::new(10, 86, 1, 1)), SLT_CHUNK);
 }
 
 /// Everything over IPv6, userspace datapath, 5 % loss on both legs (nftables, `inet`):

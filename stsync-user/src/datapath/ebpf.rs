@@ -8,7 +8,7 @@
 
 use super::handover::{Handover, ViewerTable};
 use super::kernel::{
-    instant_to_ns, interfaces_up, ns_to_instant, raw_ip, raw_port, v4, Kernel, KernelError,
+    instant_to_ns, interfaces_up, ns_to_instant, raw_ip, raw_port, Kernel, KernelError,
 };
 use super::userspace::Userspace;
 use super::{Datapath, DatapathStats};
@@ -16,12 +16,13 @@ use crate::os::clock::monotonic_ns;
 use crate::relay::{KernelAcks, KernelReport, RouteEvent, Transmits};
 use crate::srt::seq::Seq;
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use stsync_common::maps::{
-    PublisherEntry, Route, StreamEntry, ViewerConn, ViewerCounts, ViewerEntry, MAX_VIEWERS,
+    PublisherEntry, Route, StreamEntry, ViewerConn, ViewerCounts, ViewerEntry, FAMILY_V4,
+    FAMILY_V6, MAX_VIEWERS,
 };
 use tracing::{debug, info, warn};
 
@@ -41,8 +42,8 @@ pub struct EbpfOptions {
 /// `stream * MAX_VIEWERS`, of which the program scans up to the highest one in use.
 #[derive(Default)]
 struct StreamSlots {
-    /// Viewer connection per slot of this stream.
-    slots: Vec<Option<u32>>,
+    /// Viewer connection and its `FAMILY_*` bit, per slot of this stream.
+    slots: Vec<Option<(u32, u32)>>,
     publisher: Option<u32>,
     /// The latest publisher epoch heard of: with workers, the end of an older publisher
     /// (on the worker that lost a takeover) may come after its successor's start.
@@ -62,6 +63,8 @@ impl StreamSlots {
         StreamEntry {
             slots: self.high_water(),
             delay_us: self.delay_us,
+            families: self.slots.iter().flatten().fold(0, |f, &(_, bit)| f | bit),
+            _pad: 0,
         }
     }
 }
@@ -113,37 +116,12 @@ impl ViewerTable for Kernel {
     }
 }
 
-/// The IPv4 address and port the kernel path serves for an SRT socket bound to `listen`:
-/// itself, an IPv4-mapped address's IPv4 one, or every IPv4 address for a dual-stack `[::]`;
-/// none for a specific IPv6 address (no IPv4 caller reaches it).
-fn kernel_listen(listen: SocketAddr) -> Option<SocketAddrV4> {
-    match listen {
-        SocketAddr::V6(a) if a.ip().is_unspecified() => {
-            Some(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, a.port()))
-        }
-        a => v4(a),
-    }
-}
-
 impl EbpfDatapath {
     /// Loads, configures and attaches the program; any failure is the reason to fall back.
     pub fn start(opts: &EbpfOptions, socket: &impl AsRawFd) -> Result<EbpfDatapath, KernelError> {
         let mut kernel = Kernel::load_file_sized(&opts.object, opts.streams, opts.max_connections)?;
         kernel.start_log();
-        let listen = kernel_listen(opts.listen).ok_or_else(|| {
-            KernelError::Other(format!(
-                "the kernel path serves IPv4 callers, and {} takes none (listen on an IPv4 \
-                 address, or on [::] for both families)",
-                opts.listen
-            ))
-        })?;
-        if opts.listen.is_ipv6() {
-            info!(
-                listen = %opts.listen,
-                "kernel path for IPv4 callers; IPv6 callers are served from userspace"
-            );
-        }
-        kernel.set_relay(Some(*listen.ip()), listen.port())?;
+        kernel.set_relay(opts.listen)?;
         let lo_accept_local = std::fs::read_to_string("/proc/sys/net/ipv4/conf/lo/accept_local")
             .is_ok_and(|v| v.trim() == "1");
         kernel.set_lo_accept_local(lo_accept_local)?;
@@ -234,9 +212,10 @@ impl EbpfDatapath {
         peer_id: u32,
         start: Instant,
     ) {
-        let Some(peer) = v4(peer) else {
-            debug!(conn, %peer, "IPv6 viewer: served from userspace");
-            return;
+        let family = if peer.ip().to_canonical().is_ipv4() {
+            FAMILY_V4
+        } else {
+            FAMILY_V6
         };
         let Some(stream) = self.stream_index(resource) else {
             return;
@@ -254,7 +233,7 @@ impl EbpfDatapath {
                 return;
             }
         };
-        row.slots[i] = Some(conn);
+        row.slots[i] = Some((conn, family));
         let (high, stream_entry) = (row.high_water(), row.entry());
         let slot = stream * MAX_VIEWERS + i as u32;
         let entry = ViewerEntry {
@@ -272,9 +251,9 @@ impl EbpfDatapath {
                     ViewerConn {
                         start_ns: instant_to_ns(start),
                         slot,
-                        peer_ip: raw_ip(*peer.ip()),
+                        peer_ip: raw_ip(peer.ip()),
                         peer_port: raw_port(peer.port()),
-                        _pad: [0; 6],
+                        _pad: 0,
                     },
                 )
                 .is_ok()
@@ -360,20 +339,21 @@ impl EbpfDatapath {
         let Some((addr, id)) = publisher else {
             return;
         };
-        let Some(addr) = v4(addr) else {
-            return;
-        };
         let e = PublisherEntry {
             epoch,
             stream,
-            src_ip: raw_ip(*addr.ip()),
+            src_ip: raw_ip(addr.ip()),
             src_port: raw_port(addr.port()),
-            _pad: [0; 6],
+            _pad: 0,
         };
         if self.kernel.set_publisher(id, e).is_ok() {
             self.slots[stream as usize].publisher = Some(id);
             // Its packets come in on `lo` iff its address is one of ours.
-            let local = std::net::UdpSocket::bind(SocketAddrV4::new(*addr.ip(), 0)).is_ok();
+            let ip = addr.ip().to_canonical();
+            let local = std::net::UdpSocket::bind((ip, 0)).is_ok();
+            let family = if ip.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
+            self.handover.set_publisher_family(stream, family);
+            self.kernel.clear_cross_blocked(stream);
             self.handover.set_publisher(stream, Some(local));
         }
     }
@@ -489,6 +469,11 @@ impl Datapath for EbpfDatapath {
         self.handover.learned(learned, &mut self.kernel);
         if slow || now.duration_since(self.last_ack_read) >= ACK_READ {
             self.last_ack_read = now;
+            for stream in self.handover.cross_family_streams() {
+                if self.kernel.cross_blocked(stream) {
+                    self.handover.block_cross_family(stream, &mut self.kernel);
+                }
+            }
             self.read_viewer_acks(slow);
         }
         if slow {

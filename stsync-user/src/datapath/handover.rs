@@ -61,6 +61,11 @@ pub struct Handover {
     /// Streams whose publisher the kernel knows (so it can clone its packets), and whether
     /// it is on this host (its packets come in on `lo`).
     publishers: HashMap<u32, bool>,
+    /// The `FAMILY_*` bit of each stream's publisher's address.
+    publisher_families: HashMap<u32, u32>,
+    /// Streams whose publisher sent a packet too large to convert to the other family:
+    /// that family's viewers are served from userspace until the next publisher.
+    cross_blocked: std::collections::HashSet<u32>,
     /// `lo` accepts clones of packets from other interfaces
     /// (`net.ipv4.conf.lo.accept_local = 1`).
     lo_accept_local: bool,
@@ -141,6 +146,54 @@ impl Handover {
             Some(local) => self.publishers.insert(stream, local),
             None => self.publishers.remove(&stream),
         };
+    }
+
+    /// The family (`FAMILY_*`) of `stream`'s (new) publisher's address.
+    pub fn set_publisher_family(&mut self, stream: u32, family: u32) {
+        self.publisher_families.insert(stream, family);
+        self.cross_blocked.remove(&stream);
+    }
+
+    /// Streams with kernel-served viewers of the other family than their publisher's.
+    pub fn cross_family_streams(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = self
+            .viewers
+            .values()
+            .filter(|v| {
+                v.active.is_some_and(|a| {
+                    self.publisher_families.get(&v.stream) != Some(&a.route.family)
+                })
+            })
+            .map(|v| v.stream)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// `stream`'s publisher sent a packet the program could not convert for the other
+    /// family's viewers: they go back to userspace (the relay resends what they miss).
+    pub fn block_cross_family(&mut self, stream: u32, table: &mut impl ViewerTable) {
+        if !self.cross_blocked.insert(stream) {
+            return;
+        }
+        let family = self.publisher_families.get(&stream).copied();
+        let back: Vec<u32> = self
+            .viewers
+            .iter()
+            .filter(|(_, v)| {
+                v.stream == stream && v.active.is_some_and(|a| Some(a.route.family) != family)
+            })
+            .map(|(&c, _)| c)
+            .collect();
+        info!(
+            stream,
+            viewers = back.len(),
+            "a publisher packet too large for the other IP family (over 1500 bytes converted): its viewers of that family are served from userspace"
+        );
+        for conn in back {
+            self.deactivate(conn, table);
+        }
     }
 
     /// The relay mapped viewer `conn` onto a publisher epoch.
@@ -240,6 +293,20 @@ impl Handover {
         if route.ifindex == LOOPBACK_IFINDEX && !self.lo_accept_local && !publisher_local {
             if v.pending_since.take().is_some() {
                 info!(conn, "viewer on this host, publisher elsewhere: served from userspace (net.ipv4.conf.lo.accept_local=1 lets the kernel serve it)");
+            }
+            return;
+        }
+        // The program converts a packet for viewers of the other family, except when it
+        // came in on `lo` (converted there, the original did not survive the way back on
+        // 6.18) or the publisher's packets do not fit once converted.
+        let family = self.publisher_families.get(&v.stream).copied();
+        let blocked = publisher_local || self.cross_blocked.contains(&v.stream);
+        if blocked && family.is_some_and(|f| f != route.family) {
+            if v.pending_since.take().is_some() {
+                info!(
+                    conn,
+                    "viewer of the other IP family than its publisher (on this host, or sending packets too large to convert): served from userspace"
+                );
             }
             return;
         }

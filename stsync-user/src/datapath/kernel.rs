@@ -11,12 +11,13 @@ use crate::os::clock::monotonic_ns;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, Queue};
 use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use stsync_common::maps::{
     self as m, counter, Config, PublisherEntry, Route, StreamEntry, ViewerAcks, ViewerConn,
-    ViewerCounts, ViewerEntry, CONFIG_LO_ACCEPT_LOCAL, MAX_VIEWERS,
+    ViewerCounts, ViewerEntry, CONFIG_LO_ACCEPT_LOCAL, CONFIG_NO_V4, CONFIG_NO_V6, FAMILY_V4,
+    FAMILY_V6, MAX_VIEWERS,
 };
 
 /// Why the kernel datapath could not start; `Display` is the one line the daemon logs.
@@ -67,6 +68,12 @@ pub struct KernelCounters {
     pub acks_answered: u64,
     pub light_acks: u64,
     pub ack_failures: u64,
+    /// IPv6 datagrams for the relay left to the daemon: extension headers before UDP.
+    pub v6_ext_headers: u64,
+    /// First fragments for the relay left to the daemon.
+    pub fragments: u64,
+    /// Publisher packets not converted for viewers of the other family.
+    pub cross_family_skipped: u64,
 }
 
 /// The loaded program and its maps (attached or not). Dropping it detaches the program.
@@ -75,6 +82,7 @@ pub struct Kernel {
     config_map: Array<MapData, Config>,
     publishers: BpfHashMap<MapData, u32, PublisherEntry>,
     streams: Array<MapData, StreamEntry>,
+    cross_blocked: Array<MapData, u32>,
     viewers: Array<MapData, ViewerEntry>,
     viewer_conns: BpfHashMap<MapData, u32, ViewerConn>,
     routes: BpfHashMap<MapData, u32, Route>,
@@ -159,6 +167,7 @@ impl Kernel {
             .map_max_entries(m::MAP_VIEWER_CONNS, conns)
             .map_max_entries(m::MAP_ROUTES, conns)
             .map_max_entries(m::MAP_STREAMS, max_streams)
+            .map_max_entries(m::MAP_CROSS_BLOCKED, max_streams)
             .map_max_entries(m::MAP_VIEWERS, slots)
             .map_max_entries(m::MAP_VIEWER_COUNTS, slots)
             .map_max_entries(m::MAP_VIEWER_ACKS, slots)
@@ -199,6 +208,7 @@ impl Kernel {
             config_map: take(&mut bpf, m::MAP_CONFIG)?,
             publishers: take(&mut bpf, m::MAP_PUBLISHERS)?,
             streams: take(&mut bpf, m::MAP_STREAMS)?,
+            cross_blocked: take(&mut bpf, m::MAP_CROSS_BLOCKED)?,
             viewers: take(&mut bpf, m::MAP_VIEWERS)?,
             viewer_conns: take(&mut bpf, m::MAP_VIEWER_CONNS)?,
             routes: take(&mut bpf, m::MAP_ROUTES)?,
@@ -266,10 +276,24 @@ impl Kernel {
         &self.attached
     }
 
-    /// The relay's listening address: `None` (or 0.0.0.0) matches any local address.
-    pub fn set_relay(&mut self, ip: Option<Ipv4Addr>, port: u16) -> Result<(), KernelError> {
-        self.config.relay_ip = ip.filter(|ip| !ip.is_unspecified()).map_or(0, raw_ip);
-        self.config.relay_port = raw_port(port);
+    /// The relay's listening address, and with it the families the program serves: an
+    /// IPv4 address (0.0.0.0: any) takes IPv4 callers, `[::]` both families (the relay's
+    /// socket is dual-stack), an IPv4-mapped address IPv4 ones, any other IPv6 address
+    /// IPv6 ones.
+    pub fn set_relay(&mut self, listen: SocketAddr) -> Result<(), KernelError> {
+        let ip = listen.ip().to_canonical();
+        self.config.relay_ip = if ip.is_unspecified() {
+            [0; 4]
+        } else {
+            raw_ip(ip)
+        };
+        self.config.flags &= !(CONFIG_NO_V4 | CONFIG_NO_V6);
+        self.config.flags |= match (listen, ip) {
+            (SocketAddr::V6(_), IpAddr::V6(v6)) if v6.is_unspecified() => 0,
+            (_, IpAddr::V4(_)) => CONFIG_NO_V6,
+            (_, IpAddr::V6(_)) => CONFIG_NO_V4,
+        };
+        self.config.relay_port = raw_port(listen.port());
         self.config_map.set(0, self.config, 0).map_err(classify)
     }
 
@@ -296,9 +320,27 @@ impl Kernel {
         self.streams.set(stream, e, 0).map_err(classify)
     }
 
+    /// Whether the program met a packet of `stream` too large to convert for viewers of
+    /// the other family (`CROSS_MTU`).
+    pub fn cross_blocked(&self, stream: u32) -> bool {
+        self.cross_blocked.get(&stream, 0).is_ok_and(|v| v != 0)
+    }
+
+    /// Clears `stream`'s `cross_blocked` flag (a new publisher).
+    pub fn clear_cross_blocked(&mut self, stream: u32) {
+        let _ = self.cross_blocked.set(stream, 0, 0);
+    }
+
     /// Sets the slots the program scans, without the delay (tests).
     pub fn set_stream_slots(&mut self, stream: u32, slots: u32) -> Result<(), KernelError> {
-        self.set_stream(stream, StreamEntry { slots, delay_us: 0 })
+        self.set_stream(
+            stream,
+            StreamEntry {
+                slots,
+                families: FAMILY_V4 | FAMILY_V6,
+                ..StreamEntry::default()
+            },
+        )
     }
 
     pub fn set_viewer(&mut self, slot: u32, e: &ViewerEntry) -> Result<(), KernelError> {
@@ -352,6 +394,9 @@ impl Kernel {
             acks_answered: sum(counter::ACKS_ANSWERED),
             light_acks: sum(counter::LIGHT_ACKS),
             ack_failures: sum(counter::ACK_FAILURES),
+            v6_ext_headers: sum(counter::V6_EXT_HEADERS),
+            fragments: sum(counter::FRAGMENTS),
+            cross_family_skipped: sum(counter::CROSS_FAMILY_SKIPPED),
         }
     }
 
@@ -384,9 +429,16 @@ impl Kernel {
     }
 }
 
-/// An IPv4 address as the program stores it (network byte order in a native integer).
-pub fn raw_ip(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
+/// An address as the program stores it: four words of network-order bytes, an IPv4
+/// address (or an IPv4-mapped one) as `::ffff:a.b.c.d`.
+pub fn raw_ip(ip: impl Into<IpAddr>) -> [u32; 4] {
+    let o = match ip.into() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 /// A port as the program stores it.
@@ -407,16 +459,6 @@ pub fn instant_to_ns(t: Instant) -> u64 {
 pub fn ns_to_instant(t: u64, now: Instant, now_ns: u64) -> Instant {
     now.checked_sub(Duration::from_nanos(now_ns.saturating_sub(t)))
         .unwrap_or(now)
-}
-
-pub fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
-    match addr {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(a) => a
-            .ip()
-            .to_ipv4_mapped()
-            .map(|ip| SocketAddrV4::new(ip, a.port())),
-    }
 }
 
 /// Every network interface that is up (the default attach set).

@@ -100,6 +100,20 @@ impl BytePublisher {
         Self::start_when(dir, name, url, clip, ns, stats, None)
     }
 
+    /// `start_opts` with messages of `chunk` bytes instead of srt-live-transmit's default
+    /// (`SLT_CHUNK`): 1316 (7 TS packets, what ffmpeg and OBS send) keeps an IPv6 datagram
+    /// within a 1500-byte MTU, where libsrt's 1456 is fragmented.
+    pub fn start_chunked(
+        dir: &TempDir,
+        name: &str,
+        url: &str,
+        clip: &Clip,
+        ns: Option<&str>,
+        chunk: usize,
+    ) -> BytePublisher {
+        Self::start_full(dir, name, url, clip, ns, false, None, Some(chunk))
+    }
+
     /// `start_opts`, feeding data only once `connected()` says so (e.g. the relay counts a
     /// publish connection; bounded by 10 s) instead of after a fixed wait: with loss on
     /// the publisher's path the handshake itself may need retries.
@@ -112,6 +126,20 @@ impl BytePublisher {
         stats: bool,
         connected: Option<&dyn Fn() -> bool>,
     ) -> BytePublisher {
+        Self::start_full(dir, name, url, clip, ns, stats, connected, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_full(
+        dir: &TempDir,
+        name: &str,
+        url: &str,
+        clip: &Clip,
+        ns: Option<&str>,
+        stats: bool,
+        connected: Option<&dyn Fn() -> bool>,
+        chunk: Option<usize>,
+    ) -> BytePublisher {
         // srt-live-transmit reads its input from the start but discards what it reads
         // before its SRT connection is up (seen: the first ~20 chunks went missing), so
         // pv starts feeding only once the caller had time to connect.
@@ -120,6 +148,9 @@ impl BytePublisher {
         let stats_path = stats.then(|| dir.file(&format!("{name}.stats.json")));
         let mut slt = command(ns, "srt-live-transmit");
         slt.args(["-q", "-a:no"]);
+        if let Some(n) = chunk {
+            slt.arg(format!("-chunk:{n}"));
+        }
         if let Some(p) = &stats_path {
             slt.args(stats_args(p));
         }

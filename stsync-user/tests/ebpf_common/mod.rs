@@ -84,6 +84,13 @@ pub fn udp_checksum_residue(src: Ipv4Addr, dst: Ipv4Addr, udp: &[u8]) -> u16 {
     !fold(s)
 }
 
+/// The UDP checksum over the IPv6 pseudo header + `udp`: 0 when valid.
+pub fn udp6_checksum_residue(src: &[u8; 16], dst: &[u8; 16], udp: &[u8]) -> u16 {
+    let mut s = sum16(src) + sum16(dst) + 17 + udp.len() as u32;
+    s += sum16(udp);
+    !fold(s)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Csum {
     /// A correct UDP checksum.
@@ -340,6 +347,36 @@ impl RawCapture {
     /// Incoming IPv4/UDP frames to any of `ports`, until the socket has been quiet for
     /// 300 ms.
     pub fn udp_frames_to(&self, ports: &[u16]) -> Vec<Vec<u8>> {
+        self.frames_where(|f| {
+            f.len() >= SRT_OFF
+                && f[12..14] == [0x08, 0x00]
+                && f[23] == 17
+                && ports.contains(&u16::from_be_bytes([f[36], f[37]]))
+        })
+    }
+
+    /// Incoming UDP frames of either family (IPv6 without extension headers) to any of
+    /// `ports`: (IPv4 frames, IPv6 frames).
+    pub fn udp46_frames_to(&self, ports: &[u16]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let v4 = |f: &[u8]| {
+            f.len() >= SRT_OFF
+                && f[12..14] == [0x08, 0x00]
+                && f[23] == 17
+                && ports.contains(&u16::from_be_bytes([f[36], f[37]]))
+        };
+        let v6 = |f: &[u8]| {
+            f.len() >= 14 + 40 + 8
+                && f[12..14] == [0x86, 0xDD]
+                && f[20] == 17
+                && ports.contains(&u16::from_be_bytes([f[56], f[57]]))
+        };
+        self.frames_where(|f| v4(f) || v6(f))
+            .into_iter()
+            .partition(|f| v4(f))
+    }
+
+    /// Incoming frames `keep` accepts, until the socket has been quiet for 300 ms.
+    fn frames_where(&self, keep: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let mut buf = [0u8; 2048];
         loop {
@@ -360,12 +397,7 @@ impl RawCapture {
                 break;
             }
             let f = &buf[..n as usize];
-            if sll.sll_pkttype == libc::PACKET_OUTGOING
-                || f.len() < SRT_OFF
-                || f[12..14] != [0x08, 0x00]
-                || f[23] != 17
-                || !ports.contains(&u16::from_be_bytes([f[36], f[37]]))
-            {
+            if sll.sll_pkttype == libc::PACKET_OUTGOING || !keep(f) {
                 continue;
             }
             out.push(f.to_vec());
