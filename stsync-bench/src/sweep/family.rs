@@ -99,6 +99,16 @@ pub fn host_port(ip: IpAddr, port: u16) -> String {
     SocketAddr::new(ip, port).to_string()
 }
 
+/// The points of `v` that held; all of them if none did.
+fn held<'p>(v: &[&'p Point]) -> Vec<&'p Point> {
+    let h: Vec<&Point> = v.iter().copied().filter(|p| p.holds()).collect();
+    if h.is_empty() {
+        v.to_vec()
+    } else {
+        h
+    }
+}
+
 fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, n) = v.fold((0.0, 0), |(s, n), x| (s + x, n + 1));
     (n > 0).then(|| sum / n as f64)
@@ -137,7 +147,7 @@ pub(super) fn family_tables(points: &[Point]) -> String {
         }
     }
     let mut s = "\n## IPv4 and IPv6\n\n".to_string();
-    s += "Each point in both families (IPv4 / IPv6; repeated points: means, n = points averaged). Cost per viewer = (relay + softirq) % of one core / viewers, and the relay process's alone; Δ = IPv6 / IPv4 − 1 of the first. Clones and clone failures: the relay's kernel counters over its life (warm-up and drain included).\n\n";
+    s += "Each point in both families (IPv4 / IPv6). Repeated points: means over those that held (all of them if none did); n = points averaged, holds = held / measured. Cost per viewer = (relay + softirq) % of one core / viewers, and the relay process's alone; Δ = IPv6 / IPv4 − 1 of the first. Clones and clone failures: the relay's kernel counters over its life (warm-up and drain included).\n\n";
     s += "| datapath | topology | workers | Mbit/s | viewers | n | holds | on time min | delivered mean | relay+softirq % | (relay+softirq) % / viewer | Δ / viewer | relay % / viewer | syscalls/s | syscalls/s / viewer | clones | clone failures | backlog drops | p99 µs |\n";
     s += "|---|---|---:|---:|---:|---|---|---|---|---|---|---:|---|---|---|---|---|---|---|\n";
     for k in keys {
@@ -147,7 +157,11 @@ pub(super) fn family_tables(points: &[Point]) -> String {
                 .filter(|p| same(k, p) && p.family == fam)
                 .collect()
         };
-        let (a, b) = (of("ipv4"), of("ipv6"));
+        // The figures are the points that held (a point that did not measured a relay
+        // that was not doing the job: e.g. viewers left in userspace); all of them if none
+        // did. `holds` says how many of how many.
+        let (all_a, all_b) = (of("ipv4"), of("ipv6"));
+        let (a, b) = (held(&all_a), held(&all_b));
         let m =
             |v: &[&Point], f: &dyn Fn(&Point) -> Option<f64>| mean(v.iter().filter_map(|p| f(p)));
         let both = |f: &dyn Fn(&Point) -> Option<f64>, prec: usize| pair(m(&a, f), m(&b, f), prec);
@@ -169,8 +183,8 @@ pub(super) fn family_tables(points: &[Point]) -> String {
             k.viewers,
             a.len(),
             b.len(),
-            holds(&a),
-            holds(&b),
+            holds(&all_a),
+            holds(&all_b),
             both(&|p| p.on_time_min, 4),
             both(&|p| Some(p.delivery_mean), 4),
             both(&|p| Some(p.relay_total_pct), 1),
@@ -226,13 +240,19 @@ mod tests {
             point("ipv6", 100, 21.0, 5.0),
             point("ipv6", 100, 23.0, 5.0),
             point("ipv4", 1000, 100.0, 10.0),
+            // Did not hold: not in the means.
+            {
+                let mut p = point("ipv6", 100, 90.0, 50.0);
+                p.on_time_min = Some(0.5);
+                p
+            },
         ];
         let s = family_tables(&points);
         let rows: Vec<&str> = s.lines().filter(|l| l.starts_with("| ebpf")).collect();
         assert_eq!(rows.len(), 2);
         // 0.2 % per viewer over IPv4, 0.22 over IPv6 (two points): +10 %.
         assert!(
-            rows[0].starts_with("| ebpf | single | - | 4 | 100 | 1 / 2 | 1/1 / 2/2 |"),
+            rows[0].starts_with("| ebpf | single | - | 4 | 100 | 1 / 2 | 1/1 / 2/3 |"),
             "{}",
             rows[0]
         );
