@@ -155,8 +155,10 @@ pub(crate) fn fan_out<F: Family>(
         clone_all::<F>(slots, &mut f);
     }
     if families & <F::Other as Family>::FAMILY != 0 && f.broken == 0 {
-        // Converted on `lo`, the packet does not reach the daemon's socket (6.18): the
-        // daemon serves a local publisher's viewers of the other family itself.
+        // `bpf_skb_change_proto` drops the packet's route, and a packet on `lo` needs the
+        // one its sender attached (looked up afresh, a loopback source is a martian: the
+        // original was dropped, IP_LOCALNET): the daemon serves a local publisher's
+        // viewers of the other family itself.
         if f.lo_in == 0 {
             other_family::<F>(h, p.stream, slots, &mut f);
         } else {

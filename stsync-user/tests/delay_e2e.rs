@@ -10,7 +10,7 @@ mod common;
 mod ebpf_common;
 
 use common::*;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 const TOLERANCE_MS: f64 = 50.0;
@@ -28,17 +28,28 @@ struct Run {
     relay: Relay,
     dir: TempDir,
     ns: String,
+    /// Where clients reach the relay: 127.0.0.1, or ::1 over IPv6.
+    ip: IpAddr,
+}
+
+impl Run {
+    fn url(&self, stream: &str, mode: &str) -> String {
+        self.relay
+            .url_at(self.ip, stream, &self.relay.session(stream), mode)
+    }
 }
 
 /// A relay in a namespace of its own, everything on its loopback (the kernel path serves
 /// viewers on `lo` when the publisher is there too).
-/// A relay in a namespace of its own; `workers`: `--workers` (none: the default).
-fn start(datapath: &str, delays: &[(&str, u64)], tag: &str, workers: Option<u32>) -> Run {
+/// A relay in a namespace of its own; `workers`: `--workers` (none: the default); `v6`:
+/// listening on `[::]`, clients over ::1.
+fn start(datapath: &str, delays: &[(&str, u64)], tag: &str, workers: Option<u32>, v6: bool) -> Run {
     let ns = Netns::create(&["solo"]);
     let name = ns.name("solo").to_string();
     let relay = Relay::start(RelayOpts {
         netns: Some(name.clone()),
         srt_ip: Ipv4Addr::LOCALHOST,
+        srt_listen_ip: v6.then_some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
         datapath: Some(datapath.into()),
         stream_delays: delays.iter().map(|(s, d)| (s.to_string(), *d)).collect(),
         workers: workers.or(RelayOpts::default().workers),
@@ -54,6 +65,11 @@ fn start(datapath: &str, delays: &[(&str, u64)], tag: &str, workers: Option<u32>
         relay,
         dir: TempDir::new(tag),
         ns: name,
+        ip: if v6 {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        },
     }
 }
 
@@ -85,16 +101,38 @@ fn put_delay(relay: &Relay, stream: &str, body: &str) -> HttpResp {
 /// the same bytes on an undelayed stream; both intact.
 #[test]
 fn delayed_stream_plays_later_by_its_delay() {
-    let c = clip();
     for datapath in datapaths("delayed_stream_plays_later_by_its_delay") {
-        let r = start(datapath, &[("2", 500)], &format!("delay-{datapath}"), None);
-        let mut a = SltViewer::start_opts(&r.dir, "a", &r.relay.viewer_url("1"), Some(&r.ns), true);
-        let mut b = SltViewer::start_opts(&r.dir, "b", &r.relay.viewer_url("2"), Some(&r.ns), true);
+        delayed_by_500(datapath, false);
+    }
+}
+
+/// The same over IPv6 (publishers and viewers on ::1): the kernel adds the delay to IPv6
+/// clones as to IPv4 ones.
+#[test]
+fn delayed_stream_plays_later_by_its_delay_over_ipv6() {
+    for datapath in datapaths("delayed_stream_plays_later_by_its_delay_over_ipv6") {
+        delayed_by_500(datapath, true);
+    }
+}
+
+fn delayed_by_500(datapath: &str, v6: bool) {
+    let c = clip();
+    let family = if v6 { "ipv6" } else { "ipv4" };
+    {
+        let r = start(
+            datapath,
+            &[("2", 500)],
+            &format!("delay-{datapath}-{family}"),
+            None,
+            v6,
+        );
+        let mut a = SltViewer::start_opts(&r.dir, "a", &r.url("1", "request"), Some(&r.ns), true);
+        let mut b = SltViewer::start_opts(&r.dir, "b", &r.url("2", "request"), Some(&r.ns), true);
         sleep_secs(1.0);
         let until = Instant::now() + secs(c.secs + 8.0);
         let (ga, ha) = Growth::watch(a.out.clone(), until);
         let (gb, hb) = Growth::watch(b.out.clone(), until);
-        let urls = [r.relay.publisher_url("1"), r.relay.publisher_url("2")];
+        let urls = [r.url("1", "publish"), r.url("2", "publish")];
         let mut p = TeePublisher::start(&r.dir, &urls, c, &r.ns);
         p.finish(c);
         let streams = r.relay.streams();
@@ -103,7 +141,7 @@ fn delayed_stream_plays_later_by_its_delay() {
         let (_, _) = (ha.join(), hb.join());
         let lag = lag_ms(&ga, &gb, c, (0.1, 0.9));
         record_result(&format!(
-            "delay {datapath}: stream 2 (delay 500 ms) reached each byte {lag:.1} ms after stream 1"
+            "delay {datapath} {family}: stream 2 (delay 500 ms) reached each byte {lag:.1} ms after stream 1"
         ));
         assert!(
             (lag - 500.0).abs() <= TOLERANCE_MS,
@@ -143,7 +181,13 @@ fn changing_the_delay_live_moves_viewers_smoothly() {
     for datapath in datapaths("changing_the_delay_live_moves_viewers_smoothly") {
         // Four workers on two cores: the publisher's worker moves the delay, the viewers'
         // workers get it with each packet.
-        let r = start(datapath, &[], &format!("delay-live-{datapath}"), Some(4));
+        let r = start(
+            datapath,
+            &[],
+            &format!("delay-live-{datapath}"),
+            Some(4),
+            false,
+        );
         let mut a =
             SltViewer::start_opts(&r.dir, "ref", &r.relay.viewer_url("2"), Some(&r.ns), true);
         let mut b =

@@ -224,9 +224,10 @@ fn control_and_unknown_packets_pass_unmodified() {
             frame(&spec(PUB_SRC, relay), &srt_control(2, 10, 0x2222, &[0; 24])),
         ),
     ];
-    // IPv6 is the daemon's (the program parses IPv4 only, see DESIGN "Families"): the
-    // publisher's own data over IPv6, with extension headers, fragmented, truncated (inside
-    // UDP: BPF_PROG_TEST_RUN refuses a frame shorter than an IPv6 header, EINVAL).
+    // The relay listens on an IPv4 address, so IPv6 frames are not its socket's: even the
+    // publisher's own socket ID over IPv6, with extension headers, fragmented, truncated
+    // (inside UDP: BPF_PROG_TEST_RUN refuses a frame shorter than an IPv6 header, EINVAL)
+    // pass untouched and uncounted.
     let v6 = |exts: &[(u8, usize)]| {
         let src = "[fd88::5]:5000".parse().unwrap();
         let dst = std::net::SocketAddrV6::new("fd88::1".parse().unwrap(), RELAY_PORT, 0, 0);
@@ -632,9 +633,8 @@ fn viewer_ack_becomes_an_exact_ackack_and_nak_passes() {
         assert_eq!(&ip[12..16], &RELAY_IP.octets());
         assert_eq!(&ip[16..20], &VIEW_IP.octets());
         let udp = &out[34..];
-        assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), RELAY_PORT);
-        assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), vaddr.port());
-        assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), 28, "UDP length");
+        let times = (start_ns, before, after);
+        assert_ackack(udp, vaddr.port(), peer_id, times);
         if csum == Csum::Zero {
             assert_eq!(&udp[6..8], &[0, 0], "no checksum stays no checksum");
         } else {
@@ -644,17 +644,6 @@ fn viewer_ack_becomes_an_exact_ackack_and_nak_passes() {
                 "UDP checksum"
             );
         }
-        let srt = &udp[8..];
-        assert_eq!(be32(srt, 0), 0x8006_0000, "control type 6");
-        assert_eq!(be32(srt, 4), 42, "ACK number echoed");
-        let ts = u64::from(be32(srt, 8));
-        let (lo, hi) = ((before - start_ns) / 1000, (after - start_ns) / 1000);
-        assert!(
-            (lo..=hi).contains(&ts),
-            "timestamp {ts} in the viewer's time base [{lo}, {hi}]"
-        );
-        assert_eq!(be32(srt, 12), peer_id, "to the viewer's socket");
-        assert_eq!(be32(srt, 16), 0);
     }
     let a = k.viewer_acks(slot);
     assert_eq!(
@@ -711,6 +700,27 @@ fn viewer_ack_becomes_an_exact_ackack_and_nak_passes() {
         1064,
         "the stranger's ACK recorded nothing"
     );
+}
+
+/// The UDP datagram of an ACKACK the program made from ACK number 42 of the viewer at
+/// port `vport` (socket `peer_id`), between `before` and `after` on the connection's clock
+/// (`times`: its start, before, after, CLOCK_MONOTONIC ns): ports swapped, 28 bytes,
+/// control type 6, the ACK number echoed, a timestamp in the viewer's time base.
+fn assert_ackack(udp: &[u8], vport: u16, peer_id: u32, (start_ns, before, after): (u64, u64, u64)) {
+    assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), RELAY_PORT);
+    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), vport);
+    assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), 28, "UDP length");
+    let srt = &udp[8..];
+    assert_eq!(be32(srt, 0), 0x8006_0000, "control type 6");
+    assert_eq!(be32(srt, 4), 42, "ACK number echoed");
+    let ts = u64::from(be32(srt, 8));
+    let (lo, hi) = ((before - start_ns) / 1000, (after - start_ns) / 1000);
+    assert!(
+        (lo..=hi).contains(&ts),
+        "timestamp {ts} in the viewer's time base [{lo}, {hi}]"
+    );
+    assert_eq!(be32(srt, 12), peer_id, "to the viewer's socket");
+    assert_eq!(be32(srt, 16), 0);
 }
 
 #[test]
@@ -1072,6 +1082,27 @@ impl Lab {
     }
 }
 
+/// The relay on `[::]`: both families.
+fn set_relay_dual_stack(k: &mut Kernel) {
+    let any = std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, RELAY_PORT, 0, 0);
+    k.set_relay(SocketAddr::V6(any)).unwrap();
+}
+
+/// The IPv6 publisher at [PUB_SRC6]:5000, stream 0.
+fn install_publisher6(k: &mut Kernel) {
+    k.set_publisher(
+        PUB_ID,
+        PublisherEntry {
+            epoch: EPOCH,
+            stream: 0,
+            src_ip: raw_ip(PUB_SRC6),
+            src_port: raw_port(5000),
+            _pad: 0,
+        },
+    )
+    .unwrap();
+}
+
 /// A UDP socket on [`ip`]:0 inside namespace `ns`.
 fn udp6_in(ns: &str, ip: std::net::Ipv6Addr) -> UdpSocket {
     let sock = in_netns(ns, move || {
@@ -1093,25 +1124,9 @@ fn ipv6_data_packet_is_cloned_to_each_ipv6_viewer() {
     };
     let lab = Lab::new6();
     let mut k = load(&obj, 1);
-    k.set_relay(SocketAddr::V6(std::net::SocketAddrV6::new(
-        std::net::Ipv6Addr::UNSPECIFIED,
-        RELAY_PORT,
-        0,
-        0,
-    )))
-    .unwrap();
+    set_relay_dual_stack(&mut k);
     let pub_src = std::net::SocketAddrV6::new(PUB_SRC6, 5000, 0, 0);
-    k.set_publisher(
-        PUB_ID,
-        PublisherEntry {
-            epoch: EPOCH,
-            stream: 0,
-            src_ip: raw_ip(PUB_SRC6),
-            src_port: raw_port(5000),
-            _pad: 0,
-        },
-    )
-    .unwrap();
+    install_publisher6(&mut k);
     // (active, family): three IPv6 viewers, one inactive, one IPv4 viewer.
     let layout = [(true, 6), (true, 6), (false, 6), (true, 4), (true, 6)];
     let mut viewers = Vec::new();
@@ -1281,13 +1296,7 @@ fn ipv4_publisher_packet_is_converted_for_an_ipv6_viewer() {
     };
     let lab = Lab::new6();
     let mut k = load(&obj, 1);
-    k.set_relay(SocketAddr::V6(std::net::SocketAddrV6::new(
-        std::net::Ipv6Addr::UNSPECIFIED,
-        RELAY_PORT,
-        0,
-        0,
-    )))
-    .unwrap();
+    set_relay_dual_stack(&mut k);
     install_publisher_at(&mut k, 0);
     let s4 = udp_in(&lab.view(), SocketAddrV4::new(VIEW_IP, 0), None);
     let s6 = udp6_in(&lab.view(), VIEW_IP6);
@@ -1371,4 +1380,165 @@ fn install_publisher_at(k: &mut Kernel, stream: u32) {
         },
     )
     .unwrap();
+}
+
+/// A kernel-served IPv6 viewer's full ACK becomes its ACKACK in place: addresses and
+/// ports swapped, payload length 28, hop limit 64, a valid UDP checksum; its light ACK
+/// is recorded and dropped; a NAK passes to the daemon.
+#[test]
+fn ipv6_viewer_ack_becomes_an_exact_ackack() {
+    let Some(obj) = object_or_skip("ipv6_viewer_ack_becomes_an_exact_ackack") else {
+        return;
+    };
+    let lab = Lab::new6();
+    let mut k = load(&obj, 1);
+    set_relay_dual_stack(&mut k);
+    let (conn, peer_id, slot, vport) = (0x00AB_0006, 0x0000_6666, 3, 40_006);
+    let start_ns = monotonic_ns() - 2_000_000_000;
+    k.set_viewer_conn(
+        conn,
+        ViewerConn {
+            start_ns,
+            slot,
+            peer_ip: raw_ip(VIEW_IP6),
+            peer_port: raw_port(vport),
+            ..ViewerConn::default()
+        },
+    )
+    .unwrap();
+    let route = lab.route6_to(vport);
+    k.set_viewer(slot, &viewer(conn, peer_id, 0, 0, EPOCH, true, route))
+        .unwrap();
+    let from_viewer = |srt: &[u8]| {
+        frame6(
+            lab.view_if.1,
+            lab.relay_if.1,
+            std::net::SocketAddrV6::new(VIEW_IP6, vport, 0, 0),
+            std::net::SocketAddrV6::new(RELAY_IP6, RELAY_PORT, 0, 0),
+            &[],
+            srt,
+        )
+    };
+    let run = |k: Kernel, f: Vec<u8>| test_run_in(&lab.relay(), k, f, lab.relay_if.0);
+    for words in [7, 4] {
+        let before = monotonic_ns();
+        let f = from_viewer(&srt_control_info(
+            2,
+            42,
+            9,
+            conn,
+            &ack_body(words, 1000, 2500, 400),
+        ));
+        let (k2, v, out) = run(k, f);
+        k = k2;
+        let after = monotonic_ns();
+        assert_eq!(v, 7, "TC_ACT_REDIRECT ({words} words)");
+        assert_eq!(out.len(), 14 + 40 + 8 + 20, "trimmed to an ACKACK");
+        assert_eq!(&out[..6], &lab.view_if.1, "to the viewer's MAC");
+        assert_eq!(&out[6..12], &lab.relay_if.1, "from the relay's MAC");
+        assert_eq!(&out[12..14], &[0x86, 0xDD]);
+        let ip = &out[14..54];
+        assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), 28, "payload length");
+        assert_eq!((ip[6], ip[7]), (17, 64), "next header, hop limit");
+        assert_eq!(&ip[8..24], &RELAY_IP6.octets());
+        assert_eq!(&ip[24..40], &VIEW_IP6.octets());
+        let udp = &out[54..];
+        assert_ackack(udp, vport, peer_id, (start_ns, before, after));
+        assert_eq!(
+            udp6_checksum_residue(&RELAY_IP6.octets(), &VIEW_IP6.octets(), udp),
+            0,
+            "UDP checksum"
+        );
+    }
+    let a = k.viewer_acks(slot);
+    assert_eq!((a.ack_seq, a.ack_no, a.rtt_us), (1000, 42, 2500));
+    let (k2, v, _) = run(
+        k,
+        from_viewer(&srt_control_info(2, 0, 1, conn, &ack_body(1, 1064, 0, 0))),
+    );
+    k = k2;
+    assert_eq!(v, 2, "a light ACK: TC_ACT_SHOT");
+    assert_eq!(k.viewer_acks(slot).ack_seq, 1064);
+    let nak = from_viewer(&srt_control(3, 1, conn, &[0, 0, 0, 9]));
+    let (k2, v, out) = run(k, nak.clone());
+    k = k2;
+    assert_eq!((v, out), (0, nak), "a NAK goes to the daemon untouched");
+    let c = k.counters();
+    assert_eq!((c.acks_answered, c.light_acks, c.ack_failures), (2, 1, 0));
+}
+
+/// IPv6 datagrams for the relay with extension headers before UDP, and first fragments of
+/// either family, go to the daemon unmodified, counted by reason; a frame cut inside its
+/// UDP header passes uncounted; none is cloned.
+#[test]
+fn ipv6_extension_headers_and_fragments_pass_counted_by_reason() {
+    let Some(obj) = object_or_skip("ipv6_extension_headers_and_fragments_pass_counted_by_reason")
+    else {
+        return;
+    };
+    let lab = Lab::new6();
+    let mut k = load(&obj, 1);
+    set_relay_dual_stack(&mut k);
+    install_publisher6(&mut k);
+    let s6 = udp6_in(&lab.view(), VIEW_IP6);
+    let p6 = s6.local_addr().unwrap().port();
+    k.set_viewer(
+        0,
+        &viewer(0x8000, 0x1, 0, 0, EPOCH, true, lab.route6_to(p6)),
+    )
+    .unwrap();
+    k.set_stream_slots(0, 1).unwrap();
+    let body = payload(1316, 3);
+    let data = srt_data(5, 1, false, 10, PUB_ID, &body);
+    let v6 = |exts: &[(u8, usize)]| {
+        frame6(
+            [0x02, 0, 0, 0, 0, 0x55],
+            lab.relay_if.1,
+            std::net::SocketAddrV6::new(PUB_SRC6, 5000, 0, 0),
+            std::net::SocketAddrV6::new(RELAY_IP6, RELAY_PORT, 0, 0),
+            exts,
+            &data,
+        )
+    };
+    // An IPv4 first fragment (more fragments follow) to the relay's port.
+    let mut frag4 = lab.pub_frame(&data, Csum::Valid);
+    frag4[ETH_LEN + 6] |= 0x20;
+    frag4[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&[0, 0]);
+    let c = !ip_checksum_residue(&frag4[ETH_LEN..ETH_LEN + IP_LEN]);
+    frag4[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
+    // (what, frame, extension-header count, fragment count)
+    let cases = [
+        (
+            "hop-by-hop + destination options",
+            v6(&[(0, 8), (60, 16)]),
+            1,
+            0,
+        ),
+        ("a routing header", v6(&[(43, 24)]), 1, 0),
+        ("an IPv6 first fragment", v6(&[(44, 8)]), 0, 1),
+        ("hop-by-hop, then a fragment", v6(&[(0, 8), (44, 8)]), 0, 1),
+        (
+            "cut inside its UDP header",
+            v6(&[])[..14 + 40 + 4].to_vec(),
+            0,
+            0,
+        ),
+        ("an IPv4 first fragment", frag4, 0, 1),
+    ];
+    for (what, f, ext, frag) in cases {
+        let before = k.counters();
+        let (k2, verdict, out) = test_run_in(&lab.relay(), k, f.clone(), lab.relay_if.0);
+        k = k2;
+        assert_eq!(verdict, 0, "{what}");
+        assert_eq!(out, f, "{what}: unmodified");
+        let after = k.counters();
+        assert_eq!(after.v6_ext_headers - before.v6_ext_headers, ext, "{what}");
+        assert_eq!(after.fragments - before.fragments, frag, "{what}");
+        assert_eq!(after.clones, before.clones, "{what}: no clone");
+    }
+    assert!(drain(&s6, Duration::from_millis(200)).is_empty());
+    // The same datagram without extension headers is the kernel's.
+    let (k2, _, _) = test_run_in(&lab.relay(), k, v6(&[]), lab.relay_if.0);
+    assert_eq!(k2.counters().clones, 1);
+    assert_eq!(drain(&s6, Duration::from_millis(200)).len(), 1);
 }

@@ -21,6 +21,34 @@ const RELAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd86, 0, 0, 2, 0, 0, 0, 1);
 /// The relay on the publisher's link.
 const RELAY_V6_PUB: Ipv6Addr = Ipv6Addr::new(0xfd86, 0, 0, 1, 0, 0, 0, 1);
 
+/// What the relay sent one viewer connection, from its metrics.
+struct Served {
+    /// Data packets the kernel cloned to it.
+    kernel: f64,
+    /// New data packets sent from userspace.
+    fresh: f64,
+    resent: f64,
+}
+
+/// Per viewer connection (those that received no data), who served it.
+fn served_by(m: &str) -> Vec<Served> {
+    prom_samples(m, "srt_connection_data_packets_sent_kernel", &[])
+        .iter()
+        .filter_map(|s| {
+            let id = s.label("id")?;
+            let get = |n: &str| prom_value(m, n, &[("id", id)]).unwrap_or(0.0);
+            (get("srt_connection_data_packets_recv") == 0.0).then(|| {
+                let resent = get("srt_connection_data_packets_retransmitted");
+                Served {
+                    kernel: s.value,
+                    fresh: get("srt_connection_data_packets_sent") - resent,
+                    resent,
+                }
+            })
+        })
+        .collect()
+}
+
 /// `pub` → `relay` → `view`, both links with both families (IPv6 addresses without
 /// duplicate-address detection, usable at once).
 fn hosts() -> Netns {
@@ -97,19 +125,7 @@ fn dual_stack(datapath: &str, pub_ip: IpAddr, chunk: usize) {
     assert!(!log.contains("::ffff:"), "{log}");
     assert!(log.contains("peer=[fd86:0:0:2::2]:"), "{log}");
     // Who served whom: per viewer connection, (userspace new packets, kernel clones).
-    let mut served: Vec<(f64, f64)> =
-        prom_samples(&m, "srt_connection_data_packets_sent_kernel", &[])
-            .iter()
-            .filter_map(|s| {
-                let id = s.label("id")?;
-                let get = |n: &str| prom_value(&m, n, &[("id", id)]).unwrap_or(0.0);
-                (get("srt_connection_data_packets_recv") == 0.0).then(|| {
-                    let fresh = get("srt_connection_data_packets_sent")
-                        - get("srt_connection_data_packets_retransmitted");
-                    (fresh, s.value)
-                })
-            })
-            .collect();
+    let mut served: Vec<(f64, f64)> = served_by(&m).iter().map(|v| (v.fresh, v.kernel)).collect();
     served.sort_by(|a, b| a.1.total_cmp(&b.1));
     let line = format!(
         "ipv6 {datapath}: dual-stack [::], {family} publisher, {chunk}-byte messages, per viewer (userspace new, kernel clones): {served:?}"
@@ -203,28 +219,45 @@ fn kernel_path_leaves_too_large_packets_of_the_other_family_to_userspace() {
     dual_stack("ebpf", IpAddr::V4(Ipv4Addr::new(10, 86, 1, 1)), SLT_CHUNK);
 }
 
-/// Everything over IPv6, userspace datapath, 5 % loss on both legs (nftables, `inet`):
-/// a srt-live-transmit publisher's stream reaches a srt-live-transmit viewer byte-exact and
-/// a decoding ffmpeg viewer whole; an ffmpeg publisher's stream (stream 2, at the same
-/// time) reaches a srt-live-transmit viewer with no continuity break.
+/// Everything over IPv6, userspace datapath, 5 % loss on both legs (nftables, `inet`).
+/// The srt-live-transmit publisher sends libsrt's largest messages, fragmented over IPv6.
 #[test]
 fn ipv6_publishers_and_viewers_with_loss_on_both_legs() {
     if !require_root("ipv6_publishers_and_viewers_with_loss_on_both_legs") {
         return;
     }
     let _serial = serial();
+    ipv6_with_loss("userspace", SLT_CHUNK);
+}
+
+/// The same on the kernel path, publishers sending 7 TS packets a message: the kernel
+/// serves every viewer (its clone counters say so) and the relay repairs both legs.
+#[test]
+fn ipv6_kernel_path_with_loss_on_both_legs() {
+    if object_or_skip("ipv6_kernel_path_with_loss_on_both_legs").is_none() {
+        return;
+    }
+    let _serial = serial();
+    ipv6_with_loss("ebpf", TS_CHUNK);
+}
+
+/// A srt-live-transmit publisher's stream (messages of `chunk` bytes) reaches a
+/// srt-live-transmit viewer byte-exact and a decoding ffmpeg viewer whole; an ffmpeg
+/// publisher's stream (stream 2, at the same time) reaches a srt-live-transmit viewer with
+/// no continuity break; all over IPv6 with 5 % loss on both legs.
+fn ipv6_with_loss(datapath: &str, chunk: usize) {
     let c = clip();
     let ns = hosts();
     let relay = Relay::start(RelayOpts {
         netns: Some(ns.name("relay").into()),
         srt_ip: Ipv4Addr::new(10, 86, 1, 1),
         srt_listen_ip: Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
-        datapath: Some("userspace".into()),
+        datapath: Some(datapath.into()),
         latency_ms: Some(LOSS_LATENCY_MS),
         ..RelayOpts::default()
     });
     let port = relay.srt.port();
-    let dir = TempDir::new("ipv6-loss");
+    let dir = TempDir::new(&format!("ipv6-loss-{datapath}"));
     let (view_ns, pub_ns) = (Some(ns.name("view")), Some(ns.name("pub")));
     let url = |ip: Ipv6Addr, stream: &str, mode: &str| {
         relay.url_at(ip, stream, &relay.session(stream), mode)
@@ -246,13 +279,13 @@ fn ipv6_publishers_and_viewers_with_loss_on_both_legs() {
     ns.add_loss("pub", "output", &format!("udp dport {port}"), LOSS_PCT);
     ns.add_loss("view", "input", &format!("udp sport {port}"), LOSS_PCT);
     let padded = c.padded(&dir, 0.5);
-    let mut p1 = BytePublisher::start_opts(
+    let mut p1 = BytePublisher::start_chunked(
         &dir,
         "pub1",
         &url(RELAY_V6_PUB, "1", "publish"),
         &padded,
         pub_ns,
-        false,
+        chunk,
     );
     let mut p2 =
         FfmpegPublisher::start(&dir, "pub2", &url(RELAY_V6_PUB, "2", "publish"), c, pub_ns);
@@ -264,6 +297,7 @@ fn ipv6_publishers_and_viewers_with_loss_on_both_legs() {
         p2.proc.stderr_text()
     );
     sleep_secs(1.0);
+    let m = relay.metrics();
     for v in [&mut v1, &mut v2] {
         v.assert_running("after the stream");
         v.stop();
@@ -271,9 +305,28 @@ fn ipv6_publishers_and_viewers_with_loss_on_both_legs() {
     f1.assert_running("after the stream");
     f1.stop();
     let dropped = (ns.loss_counter("pub"), ns.loss_counter("view"));
-    record_result(&format!(
-        "ipv6 loss: nft dropped {dropped:?} (publisher leg, viewer leg)"
-    ));
+    // Per viewer connection: (kernel clones, userspace new packets, retransmitted).
+    let served: Vec<(f64, f64, f64)> = served_by(&m)
+        .iter()
+        .map(|v| (v.kernel, v.fresh, v.resent))
+        .collect();
+    let line = format!(
+        "ipv6 loss {datapath}: nft dropped {dropped:?} (publisher leg, viewer leg); per viewer (kernel clones, userspace new, retransmitted): {served:?}"
+    );
+    eprintln!("{line}");
+    record_result(&line);
+    assert_eq!(served.len(), 3, "{line}");
+    for &(kernel, fresh, re) in &served {
+        assert!(re > 0.0, "{line}: the viewer leg's loss repaired");
+        if datapath == "ebpf" {
+            assert!(
+                kernel > 10.0 * fresh,
+                "{line}: the kernel served the viewer"
+            );
+        } else {
+            assert_eq!(kernel, 0.0, "{line}");
+        }
+    }
     assert!(dropped.0 > 20 && dropped.1 > 20, "{dropped:?}");
     assert_whole(&v1.name, &v1.output(), c);
     let nref = c.reference_frames().len();
@@ -335,4 +388,87 @@ fn the_api_listens_on_both_families() {
     let minted = minted.expect("POST over IPv6");
     assert_eq!(minted.status, 201, "{}", minted.body);
     assert!(relay.log().contains("api=http://[::]:"), "{}", relay.log());
+}
+
+/// Over IPv6, callers get the answers IPv4 callers get: the documented rejection codes for
+/// a malformed stream ID, an unknown resource, a key of another resource, a bad mode, a key
+/// in use and a full stream; and an admitted IPv6 viewer is counted and shown like any.
+#[test]
+fn ipv6_callers_get_the_same_answers() {
+    let relay = Relay::start(RelayOpts {
+        srt_listen_ip: Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        max_viewers_per_stream: Some(1),
+        ..RelayOpts::default()
+    });
+    let dir = TempDir::new("ipv6-answers");
+    let at = |resource: &str, key: &str, mode: &str| {
+        relay.url_at(Ipv6Addr::LOCALHOST, resource, key, mode)
+    };
+    let k1 = relay.session("1");
+    let k2 = relay.session("2");
+    let sid = format!("srt://[::1]:{}?streamid=hello", relay.srt.port());
+    expect_reject(
+        &relay,
+        &dir,
+        "IPv6: malformed stream ID",
+        &sid,
+        ROGUE_TEXT,
+        1004,
+    );
+    expect_reject(
+        &relay,
+        &dir,
+        "IPv6: unknown resource",
+        &at("abc", &k1, "request"),
+        APP_TEXT,
+        2404,
+    );
+    expect_reject(
+        &relay,
+        &dir,
+        "IPv6: key of another resource",
+        &at("1", &k2, "request"),
+        APP_TEXT,
+        2401,
+    );
+    expect_reject(
+        &relay,
+        &dir,
+        "IPv6: bad mode",
+        &at("1", &k1, "foo"),
+        APP_TEXT,
+        2405,
+    );
+    let url = at("1", &k1, "request");
+    let mut v = SltViewer::start(&dir, "v6", &url);
+    assert!(
+        relay.wait_connections("request", 1, Duration::from_secs(5)),
+        "IPv6 viewer not connected: {}",
+        tail_lines(&relay.log(), 10)
+    );
+    // (As a viewer it would meet the full stream first: 2402 below.)
+    expect_reject(
+        &relay,
+        &dir,
+        "IPv6: key in use, as publisher",
+        &at("1", &k1, "publish"),
+        APP_TEXT,
+        2403,
+    );
+    let k3 = relay.session("1");
+    expect_reject(
+        &relay,
+        &dir,
+        "IPv6: over max_viewers_per_stream=1",
+        &at("1", &k3, "request"),
+        APP_TEXT,
+        2402,
+    );
+    v.assert_running("while other IPv6 callers were refused");
+    assert_eq!(
+        relay.metric("srt_connections_current", &[("mode", "request")]),
+        Some(1.0)
+    );
+    assert!(relay.log().contains("peer=[::1]:"), "shown as IPv6");
+    v.stop();
 }

@@ -297,8 +297,9 @@ impl Handover {
             return;
         }
         // The program converts a packet for viewers of the other family, except when it
-        // came in on `lo` (converted there, the original did not survive the way back on
-        // 6.18) or the publisher's packets do not fit once converted.
+        // came in on `lo` (the conversion drops the route a packet on `lo` carries, and
+        // without it the original is a martian) or the publisher's packets do not fit once
+        // converted.
         let family = self.publisher_families.get(&v.stream).copied();
         let blocked = publisher_local || self.cross_blocked.contains(&v.stream);
         if blocked && family.is_some_and(|f| f != route.family) {
