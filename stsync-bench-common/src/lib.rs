@@ -8,8 +8,9 @@
 //! generator reads them through `mmap`, no syscall per packet. Everything else (control
 //! packets, strangers) goes on to the generator's socket.
 //!
-//! Viewer `i` is the one whose destination address is `viewer_ip_base + i` and whose SRT
-//! destination socket ID is `id_base + i`; its slot for sequence number `s` is
+//! Viewer `i` is the one whose destination address is `viewer_ip_base + i` (IPv4 or IPv6:
+//! `i` added to the address's last 32 bits) and whose SRT destination socket ID is
+//! `id_base + i`; its slot for sequence number `s` is
 //! `SINK_SLOTS[i * ring + (s & ring_mask)]`.
 #![no_std]
 
@@ -49,13 +50,20 @@ pub const PAYLOAD_OFF_SENT: usize = 12;
 pub const PAYLOAD_PEEK: usize = 20;
 
 /// `SINK_CONFIG[0]`, written once by the generator before the program is attached.
+///
+/// Addresses are four network-order words (bytes as on the wire, in native integers), an
+/// IPv4 address IPv4-mapped (`::ffff:a.b.c.d`), as `stsync_common::frame::addr` reads a
+/// frame's: one configuration for either family, the family being the addresses'.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SinkConfig {
-    /// The relay's address as the viewers see it (network order): clones come from it.
-    pub relay_ip: u32,
-    /// Address of viewer 0 (host order).
-    pub viewer_ip_base: u32,
+    /// The relay's address as the viewers see it: clones come from it.
+    pub relay_ip: [u32; 4],
+    /// Address of viewer 0. Viewer `i`'s has the same first 96 bits, and its last 32 bits
+    /// (as a number) are these + `i`.
+    pub viewer_ip_base: [u32; 4],
+    /// The second relay's address as its viewers see it, for viewers `split..`.
+    pub relay_ip_b: [u32; 4],
     /// Number of viewers (entries of `SINK_HEADS`).
     pub viewers: u32,
     /// SRT socket ID of viewer 0.
@@ -66,12 +74,10 @@ pub struct SinkConfig {
     /// relay on the same port: the tree topology's second edge); `viewers` when there is
     /// only one relay.
     pub split: u32,
-    /// The second relay's address as its viewers see it (network order), for viewers
-    /// `split..`.
-    pub relay_ip_b: u32,
     /// UDP ports (network order): the relays', the viewers' shared socket's.
     pub relay_port: u16,
     pub viewer_port: u16,
+    pub _pad: u32,
 }
 
 /// `SINK_HEADS[i]`: viewer `i`'s counters and how far its sequence numbers went.
@@ -122,7 +128,11 @@ pub mod counter {
     pub const CONTROL: u32 = 2;
     /// UDP to the viewers' port that is not a viewer's data from the relay, passed on.
     pub const UNMATCHED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// IPv6 packets whose first header after IPv6 is an extension header (hop-by-hop,
+    /// routing, fragment, destination options), passed on unread: the relay's clones
+    /// carry none, so a datagram behind one is the socket's to judge.
+    pub const V6_EXT_HEADERS: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// The syscall counter (a raw tracepoint on `sys_enter`, same object): the process it
@@ -133,7 +143,7 @@ pub const MAP_SYSCOUNT: &str = "SYSCOUNT";
 pub const PROGRAM_SYSCOUNT: &str = "stsb_sys_enter";
 pub const SYSCOUNT_SLOTS: u32 = 512;
 
-const _: () = assert!(core::mem::size_of::<SinkConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<SinkConfig>() == 72);
 const _: () = assert!(core::mem::size_of::<Head>() == 32);
 const _: () = assert!(core::mem::size_of::<Slot>() == 40);
 

@@ -3,8 +3,10 @@
 //!
 //! Attached where the viewers' namespace receives the relay's packets (XDP, or TC ingress:
 //! the same logic under both hooks), it recognises an SRT data packet for viewer `i`
-//! (IPv4/UDP from the relay's address and port to the viewers' port, destination address
-//! `viewer_ip_base + i`, SRT destination socket ID `id_base + i`; viewers from `split` on
+//! (IPv4 without options or IPv6 without extension headers, UDP from the relay's address
+//! and port to the viewers' port, destination address `viewer_ip_base + i`, SRT
+//! destination socket ID `id_base + i`; the configuration's addresses say the family;
+//! viewers from `split` on
 //! get theirs from a second relay's address, the tree topology's second edge), records its sequence
 //! number, retransmission flag, key bits (KK), payload length, the payload's first 20 bytes
 //! as they came (clear: its packet index and send time; encrypted: the generator decrypts
@@ -32,8 +34,8 @@ use stsync_bench_common::{
     SYSCOUNT_SLOTS,
 };
 use stsync_common::frame::{
-    be16, be32, raw16, raw32, ETH_P_IP, ETH_TYPE, HDR_LEN, IP, IPPROTO_UDP, IP_DST, IP_FRAG,
-    IP_PROTO, IP_SRC, SRT_DEST, SRT_WORD0, SRT_WORD1, UDP, UDP_DPORT, UDP_LEN, UDP_SPORT,
+    self, addr, be16, be32, raw16, v6, Layout, ETH_P_IP, ETH_TYPE, HDR_LEN, IP, IPPROTO_UDP,
+    IP_FRAG, IP_PROTO, V4, V6,
 };
 use stsync_common::srt::{CONTROL_BIT, MSG_KK_MASK, MSG_REXMIT_FLAG, SEQ_MASK};
 
@@ -47,8 +49,10 @@ static SLOTS: Array<Slot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "SINK_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// UDP + SRT header bytes: an SRT payload's length is the UDP length less these.
-const UDP_SRT_LEN: u32 = (HDR_LEN - UDP) as u32;
+/// UDP + SRT header bytes: an SRT payload's length is the UDP length less these (the same
+/// in both families).
+const UDP_SRT_LEN: u32 = (HDR_LEN - frame::UDP) as u32;
+const _: () = assert!(V6::HDR_LEN - V6::UDP == HDR_LEN - frame::UDP);
 /// `__sk_buff::tstamp_type` of a receive timestamp (BPF_SKB_CLOCK_REALTIME, formerly
 /// BPF_SKB_TSTAMP_UNSPEC).
 const TSTAMP_REALTIME: u8 = 0;
@@ -61,6 +65,9 @@ enum Verdict {
 
 /// Bounds-checked reads of the packet under either hook.
 trait Packet {
+    /// The EtherType (host order), read without copying the header where the hook knows
+    /// it.
+    fn ethertype(&self) -> Option<u16>;
     fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
     /// The kernel's receive timestamp (CLOCK_REALTIME ns), if the hook has one.
     fn rx_realtime(&self) -> Option<u64>;
@@ -69,6 +76,11 @@ trait Packet {
 struct Xdp<'a>(&'a XdpContext);
 
 impl Packet for Xdp<'_> {
+    #[inline(always)]
+    fn ethertype(&self) -> Option<u16> {
+        self.read::<2>(ETH_TYPE).map(u16::from_be_bytes)
+    }
+
     #[inline(always)]
     fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         let start = self.0.data() + off;
@@ -87,6 +99,13 @@ impl Packet for Xdp<'_> {
 struct Tc<'a>(&'a TcContext);
 
 impl Packet for Tc<'_> {
+    #[inline(always)]
+    fn ethertype(&self) -> Option<u16> {
+        // __sk_buff::protocol: the EtherType as on the wire, in the low 16 bits.
+        // SAFETY: reading a context field the verifier allows at TC.
+        Some(u16::from_be(unsafe { (*self.0.skb.skb).protocol } as u16))
+    }
+
     #[inline(always)]
     fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         // bpf_skb_load_bytes also reaches non-linear data. It fills the buffer or fails,
@@ -154,8 +173,22 @@ fn count(idx: u32) {
     }
 }
 
+const ETHERTYPE_IP: u16 = u16::from_be_bytes(ETH_P_IP);
+const ETHERTYPE_IPV6: u16 = u16::from_be_bytes(v6::ETH_P_IPV6);
+
 #[inline(always)]
 fn sink<P: Packet>(p: &P) -> Verdict {
+    // One copy of the header, of the family's length: an IPv4 frame costs what it did
+    // before IPv6 was read at all.
+    match p.ethertype() {
+        Some(ETHERTYPE_IP) => sink_v4(p),
+        Some(ETHERTYPE_IPV6) => sink_v6(p),
+        _ => Verdict::Pass,
+    }
+}
+
+#[inline(always)]
+fn sink_v4<P: Packet>(p: &P) -> Verdict {
     let Some(h) = p.read::<HDR_LEN>(0) else {
         return Verdict::Pass; // shorter than any SRT datagram
     };
@@ -165,34 +198,83 @@ fn sink<P: Packet>(p: &P) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else {
         return Verdict::Pass;
     };
-    if raw16(&h, UDP_DPORT) != cfg.viewer_port {
+    if raw16(&h, V4::UDP_DPORT) != cfg.viewer_port {
         return Verdict::Pass;
     }
-    // IPv4 without options, not a fragment, from the relay's port: else the socket judges it.
-    if h[IP] != 0x45
-        || h[IP_FRAG] & 0x3F != 0
-        || h[IP_FRAG + 1] != 0
-        || raw16(&h, UDP_SPORT) != cfg.relay_port
-    {
+    // IPv4 without options, not a fragment: else the socket judges it.
+    if h[IP] != 0x45 || h[IP_FRAG] & 0x3F != 0 || h[IP_FRAG + 1] != 0 {
         count(counter::UNMATCHED);
         return Verdict::Pass;
     }
-    let viewer = be32(&h, IP_DST).wrapping_sub(cfg.viewer_ip_base);
-    if viewer >= cfg.viewers || be32(&h, SRT_DEST) != cfg.id_base.wrapping_add(viewer) {
+    data::<V4, P, HDR_LEN>(p, &h, cfg)
+}
+
+#[inline(always)]
+fn sink_v6<P: Packet>(p: &P) -> Verdict {
+    let Some(h) = p.read::<{ v6::HDR_LEN }>(0) else {
+        return Verdict::Pass; // shorter than any SRT datagram
+    };
+    if h[ETH_TYPE..ETH_TYPE + 2] != v6::ETH_P_IPV6 || h[v6::IP] >> 4 != 6 {
+        return Verdict::Pass;
+    }
+    match h[v6::IP_NEXT] {
+        IPPROTO_UDP => {}
+        v6::EXT_HOP_BY_HOP | v6::EXT_ROUTING | v6::EXT_FRAGMENT | v6::EXT_DEST_OPTS => {
+            // Where UDP starts is not ours to find: the socket judges it.
+            count(counter::V6_EXT_HEADERS);
+            return Verdict::Pass;
+        }
+        _ => return Verdict::Pass,
+    }
+    let Some(cfg) = CONFIG.get(0) else {
+        return Verdict::Pass;
+    };
+    if raw16(&h, V6::UDP_DPORT) != cfg.viewer_port {
+        return Verdict::Pass;
+    }
+    data::<V6, P, { v6::HDR_LEN }>(p, &h, cfg)
+}
+
+/// Both words lists equal (not `==` on arrays: that may become a `bcmp` call, which a
+/// BPF program cannot make).
+#[inline(always)]
+fn same(a: &[u32; 4], b: &[u32; 4]) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
+}
+
+/// A UDP datagram to the viewers' port in a frame of layout `L` (whose first `N` bytes
+/// are `h`): recorded and dropped if it is a viewer's data from its relay.
+#[inline(always)]
+fn data<L: Layout, P: Packet, const N: usize>(p: &P, h: &[u8; N], cfg: &SinkConfig) -> Verdict {
+    if raw16(h, L::UDP_SPORT) != cfg.relay_port {
+        count(counter::UNMATCHED);
+        return Verdict::Pass;
+    }
+    // Viewer i's address: the base's first 96 bits, its last 32 + i (IPv4: mapped, so
+    // the first 96 bits are ::ffff's in both).
+    let dst = addr(h, L::IP_DST, L::ADDR_LEN);
+    let base = &cfg.viewer_ip_base;
+    let viewer = u32::from_be(dst[3]).wrapping_sub(u32::from_be(base[3]));
+    if dst[0] != base[0]
+        || dst[1] != base[1]
+        || dst[2] != base[2]
+        || viewer >= cfg.viewers
+        || be32(h, L::SRT_DEST) != cfg.id_base.wrapping_add(viewer)
+    {
         count(counter::UNMATCHED);
         return Verdict::Pass;
     }
     // From the viewer's relay (the second one's from `split` on).
     let relay_ip = if viewer < cfg.split {
-        cfg.relay_ip
+        &cfg.relay_ip
     } else {
-        cfg.relay_ip_b
+        &cfg.relay_ip_b
     };
-    if raw32(&h, IP_SRC) != relay_ip {
+    if !same(&addr(h, L::IP_SRC, L::ADDR_LEN), relay_ip) {
         count(counter::UNMATCHED);
         return Verdict::Pass;
     }
-    let word0 = be32(&h, SRT_WORD0);
+    let word0 = be32(h, L::SRT_WORD0);
     if word0 & CONTROL_BIT != 0 {
         count(counter::CONTROL);
         return Verdict::Pass;
@@ -228,16 +310,16 @@ fn sink<P: Packet>(p: &P) -> Verdict {
             count(counter::DUPLICATES);
             return Verdict::Drop;
         }
-        let len = (be16(&h, UDP_LEN) as u32).saturating_sub(UDP_SRT_LEN);
+        let len = (be16(h, L::UDP_LEN) as u32).saturating_sub(UDP_SRT_LEN);
         let mut flags = (len & FLAG_LEN_MASK) | realtime;
-        if be32(&h, SRT_WORD1) & MSG_REXMIT_FLAG != 0 {
+        if be32(h, L::SRT_WORD1) & MSG_REXMIT_FLAG != 0 {
             flags |= FLAG_REXMIT;
         }
-        flags |= ((be32(&h, SRT_WORD1) & MSG_KK_MASK) >> 27) << FLAG_KK_SHIFT;
+        flags |= ((be32(h, L::SRT_WORD1) & MSG_KK_MASK) >> 27) << FLAG_KK_SHIFT;
         // The payload's first bytes as they are: clear, the magic, index and time; an
         // encrypted payload's are decrypted by the generator.
         let (mut first, mut index, mut sent) = ([0; 4], 0, 0);
-        match p.read::<PAYLOAD_PEEK>(HDR_LEN) {
+        match p.read::<PAYLOAD_PEEK>(L::HDR_LEN) {
             Some(b) if len as usize >= PAYLOAD_PEEK => {
                 first = [b[0], b[1], b[2], b[3]];
                 index = be64(&b, PAYLOAD_OFF_INDEX);

@@ -325,8 +325,8 @@ impl Report {
         }
         if let Some(s) = &self.sink {
             println!(
-                "  kernel sink          {:?} on {}: {} recorded, {} duplicates, {} control and {} others passed",
-                s.attach, s.interface, s.recorded, s.duplicates, s.control_passed, s.unmatched_passed
+                "  kernel sink          {:?} on {}: {} recorded, {} duplicates, {} control, {} others and {} IPv6 with extension headers passed",
+                s.attach, s.interface, s.recorded, s.duplicates, s.control_passed, s.unmatched_passed, s.v6_ext_headers_passed
             );
         }
         let g = &self.generator;

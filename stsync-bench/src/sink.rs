@@ -126,6 +126,9 @@ pub struct SinkReport {
     pub duplicates: u64,
     pub control_passed: u64,
     pub unmatched_passed: u64,
+    /// IPv6 packets with an extension header first, passed unread.
+    #[serde(default)]
+    pub v6_ext_headers_passed: u64,
 }
 
 fn array_map<'a>(bpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {
@@ -323,6 +326,7 @@ impl Sink {
         r.duplicates = get(counter::DUPLICATES);
         r.control_passed = get(counter::CONTROL);
         r.unmatched_passed = get(counter::UNMATCHED);
+        r.v6_ext_headers_passed = get(counter::V6_EXT_HEADERS);
         r
     }
 }

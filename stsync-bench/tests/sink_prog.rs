@@ -1,10 +1,11 @@
 //! The kernel sink (stsync-bench-ebpf) on a real kernel: crafted frames through
-//! BPF_PROG_TEST_RUN, under both hooks, read back through the generator's mmap view.
+//! BPF_PROG_TEST_RUN, under both hooks and in both address families, read back through the
+//! generator's mmap view.
 //!
 //! Needs root and the built object (`cargo xtask build-ebpf`); skips with a reason
 //! otherwise, and fails instead when STSYNC_REQUIRE_PRIVILEGED=1.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use stsync_bench::sink::{Attach, Rings, Sink, SinkParams};
 use stsync_bench_common::SinkConfig;
@@ -12,14 +13,19 @@ use stsync_bench_common::SinkConfig;
 const RELAY: Ipv4Addr = Ipv4Addr::new(10, 88, 2, 1);
 const RELAY_PORT: u16 = 9999;
 const VIEWER0: Ipv4Addr = Ipv4Addr::new(10, 88, 128, 1);
+const RELAY6: Ipv6Addr = Ipv6Addr::new(0xfd88, 2, 0, 0, 0, 0, 0, 1);
+/// Viewer 0 of IPv6: its low 32 bits count the viewers, across a 16-bit boundary here.
+const VIEWER6: Ipv6Addr = Ipv6Addr::new(0xfd88, 0x128, 0, 0, 0, 0, 0, 0xfffe);
 const VIEWER_PORT: u16 = 40000;
 const ID_BASE: u32 = 0x4000_1000;
 const VIEWERS: u32 = 4;
 const RING: u32 = 1024;
 
 fn object() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/bpfel-unknown-none/release/stsync-bench-ebpf");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let p = target.join("bpfel-unknown-none/release/stsync-bench-ebpf");
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let why = match (root, p.is_file()) {
@@ -34,30 +40,99 @@ fn object() -> Option<PathBuf> {
     None
 }
 
-struct Pkt {
-    src: (Ipv4Addr, u16),
-    dst: Ipv4Addr,
-    srt: Vec<u8>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
 }
 
-/// Ethernet + IPv4 + UDP around `srt` (checksums are not the sink's business).
+impl Family {
+    fn relay(self) -> IpAddr {
+        match self {
+            Family::V4 => RELAY.into(),
+            Family::V6 => RELAY6.into(),
+        }
+    }
+
+    fn viewer(self, i: u32) -> IpAddr {
+        match self {
+            Family::V4 => Ipv4Addr::from(u32::from(VIEWER0) + i).into(),
+            Family::V6 => Ipv6Addr::from(u128::from(VIEWER6) + u128::from(i)).into(),
+        }
+    }
+
+    /// The sink's configuration for `VIEWERS` viewers of this family, split at `split`
+    /// with `second` as the second relay.
+    fn config(self, split: u32, second: Option<IpAddr>) -> SinkConfig {
+        SinkConfig {
+            relay_ip: words(self.relay()),
+            viewer_ip_base: words(self.viewer(0)),
+            relay_ip_b: second.map_or([0; 4], words),
+            viewers: VIEWERS,
+            id_base: ID_BASE,
+            ring_mask: RING - 1,
+            split,
+            relay_port: RELAY_PORT.to_be(),
+            viewer_port: VIEWER_PORT.to_be(),
+            _pad: 0,
+        }
+    }
+}
+
+/// An address as `SinkConfig` holds it (network-order words, IPv4 mapped).
+fn words(ip: IpAddr) -> [u32; 4] {
+    let b = match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    };
+    std::array::from_fn(|i| u32::from_ne_bytes(b[4 * i..4 * i + 4].try_into().unwrap()))
+}
+
+struct Pkt {
+    src: (IpAddr, u16),
+    dst: IpAddr,
+    srt: Vec<u8>,
+    /// IPv6: an extension header (this next-header value, 8 bytes) before UDP.
+    ext: Option<u8>,
+}
+
+/// Ethernet + IPv4 or IPv6 + UDP around `srt` (checksums are not the sink's business).
 fn frame(p: &Pkt) -> Vec<u8> {
     let mut f = vec![0u8; 12];
-    f.extend_from_slice(&[0x08, 0x00]);
-    let total = (20 + 8 + p.srt.len()) as u16;
-    f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
-    f[16..18].copy_from_slice(&total.to_be_bytes());
-    f.extend_from_slice(&p.src.0.octets());
-    f.extend_from_slice(&p.dst.octets());
+    let udp_len = (8 + p.srt.len()) as u16;
+    match (p.src.0, p.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            f.extend_from_slice(&[0x08, 0x00]);
+            let total = 20 + udp_len;
+            f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+            f[16..18].copy_from_slice(&total.to_be_bytes());
+            f.extend_from_slice(&src.octets());
+            f.extend_from_slice(&dst.octets());
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            f.extend_from_slice(&[0x86, 0xDD]);
+            let ext_len = if p.ext.is_some() { 8 } else { 0 };
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&(udp_len + ext_len).to_be_bytes());
+            f.extend_from_slice(&[p.ext.unwrap_or(17), 64]);
+            f.extend_from_slice(&src.octets());
+            f.extend_from_slice(&dst.octets());
+            if p.ext.is_some() {
+                // Next header UDP, length 0 (8 bytes), PadN.
+                f.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+            }
+        }
+        _ => panic!("one family per packet"),
+    }
     f.extend_from_slice(&p.src.1.to_be_bytes());
     f.extend_from_slice(&VIEWER_PORT.to_be_bytes());
-    f.extend_from_slice(&(total - 20).to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
     f.extend_from_slice(&[0, 0]);
     f.extend_from_slice(&p.srt);
     f
 }
 
-fn data(viewer: u32, seq: u32, rexmit: bool, payload: &[u8]) -> Pkt {
+fn data_of(family: Family, viewer: u32, seq: u32, rexmit: bool, payload: &[u8]) -> Pkt {
     let mut srt = Vec::new();
     srt.extend_from_slice(&seq.to_be_bytes());
     let msg: u32 = 0xC000_0001 | if rexmit { 1 << 26 } else { 0 };
@@ -66,9 +141,10 @@ fn data(viewer: u32, seq: u32, rexmit: bool, payload: &[u8]) -> Pkt {
     srt.extend_from_slice(&(ID_BASE + viewer).to_be_bytes());
     srt.extend_from_slice(payload);
     Pkt {
-        src: (RELAY, RELAY_PORT),
-        dst: Ipv4Addr::from(u32::from(VIEWER0) + viewer),
+        src: (family.relay(), RELAY_PORT),
+        dst: family.viewer(viewer),
         srt,
+        ext: None,
     }
 }
 
@@ -83,21 +159,12 @@ fn payload(index: u64, sent: u64) -> Vec<u8> {
     p
 }
 
-fn check(attach: Attach, obj: &std::path::Path) {
+fn check(attach: Attach, obj: &std::path::Path, family: Family) {
+    let data = |viewer, seq, rexmit, payload: &[u8]| data_of(family, viewer, seq, rexmit, payload);
     let mut sink = Sink::load(&SinkParams {
         object: obj,
         attach,
-        config: SinkConfig {
-            relay_ip: u32::from_ne_bytes(RELAY.octets()),
-            viewer_ip_base: u32::from(VIEWER0),
-            viewers: VIEWERS,
-            id_base: ID_BASE,
-            ring_mask: RING - 1,
-            split: VIEWERS,
-            relay_ip_b: 0,
-            relay_port: RELAY_PORT.to_be(),
-            viewer_port: VIEWER_PORT.to_be(),
-        },
+        config: family.config(VIEWERS, None),
         ring: RING,
     })
     .expect("load the sink");
@@ -151,6 +218,21 @@ fn check(attach: Attach, obj: &std::path::Path) {
         pass,
         "no such viewer"
     );
+    // The other family's packet to the same viewer passes (its addresses are not this
+    // configuration's).
+    let other = match family {
+        Family::V4 => Family::V6,
+        Family::V6 => Family::V4,
+    };
+    assert_eq!(
+        run(&data_of(other, 1, 6, false, &payload(43, 1))),
+        pass,
+        "the other family"
+    );
+    // IPv6 with an extension header before UDP: passed unread, counted.
+    let mut ext = data_of(Family::V6, 1, 6, false, &payload(43, 1));
+    ext.ext = Some(0); // hop-by-hop options
+    assert_eq!(run(&ext), pass, "IPv6 extension header");
 
     assert_eq!(sink.next(0), None);
     assert_eq!(sink.next(1), Some(6));
@@ -184,23 +266,35 @@ fn check(attach: Attach, obj: &std::path::Path) {
             r.recorded,
             r.duplicates,
             r.control_passed,
-            r.unmatched_passed
+            r.unmatched_passed,
+            r.v6_ext_headers_passed
         ),
-        (4, 2, 1, 3)
+        // The other family's packet is unmatched from its port on.
+        (4, 2, 1, 4, 1)
     );
     // What one packet costs the program itself (a duplicate: the common path minus the
     // slot writes), for the docs.
     let (_, per_run) = sink
         .test_run_repeat(&frame(&data(1, 5, false, &payload(42, 1_000))), 100_000)
         .expect("test_run");
-    eprintln!("sink_prog: {attach:?}: {} ns per run", per_run.as_nanos());
+    eprintln!(
+        "sink_prog: {attach:?}, {family:?}: {} ns per run",
+        per_run.as_nanos()
+    );
 }
 
 #[test]
 fn sink_records_data_and_passes_the_rest() {
     let Some(obj) = object() else { return };
-    check(Attach::Xdp, &obj);
-    check(Attach::Tc, &obj);
+    check(Attach::Xdp, &obj, Family::V4);
+    check(Attach::Tc, &obj, Family::V4);
+}
+
+#[test]
+fn sink_records_ipv6_data_and_passes_the_rest() {
+    let Some(obj) = object() else { return };
+    check(Attach::Xdp, &obj, Family::V6);
+    check(Attach::Tc, &obj, Family::V6);
 }
 
 /// The tree topology: viewers from `split` on take their clones from a second relay's
@@ -208,38 +302,32 @@ fn sink_records_data_and_passes_the_rest() {
 #[test]
 fn viewers_from_split_on_take_the_second_relay() {
     let Some(obj) = object() else { return };
-    const SECOND: Ipv4Addr = Ipv4Addr::new(10, 88, 3, 1);
-    let mut sink = Sink::load(&SinkParams {
-        object: &obj,
-        attach: Attach::Xdp,
-        config: SinkConfig {
-            relay_ip: u32::from_ne_bytes(RELAY.octets()),
-            viewer_ip_base: u32::from(VIEWER0),
-            viewers: VIEWERS,
-            id_base: ID_BASE,
-            ring_mask: RING - 1,
-            split: 2,
-            relay_ip_b: u32::from_ne_bytes(SECOND.octets()),
-            relay_port: RELAY_PORT.to_be(),
-            viewer_port: VIEWER_PORT.to_be(),
-        },
-        ring: RING,
-    })
-    .expect("load the sink");
-    let (pass, drop) = (2, 1);
-    let mut run = |p: &Pkt| sink.test_run(&frame(p)).expect("test_run");
-    let from = |viewer: u32, ip: Ipv4Addr| {
-        let mut p = data(viewer, 5, false, &payload(42, 1_000));
-        p.src.0 = ip;
-        p
-    };
-    assert_eq!(run(&from(1, RELAY)), drop, "first half, first relay");
-    assert_eq!(run(&from(2, SECOND)), drop, "second half, second relay");
-    assert_eq!(run(&from(3, SECOND)), drop, "second half, second relay");
-    assert_eq!(run(&from(0, SECOND)), pass, "first half, second relay");
-    assert_eq!(run(&from(2, RELAY)), pass, "second half, first relay");
-    assert_eq!(sink.next(0), None);
-    assert_eq!(sink.next(1), Some(6));
-    assert_eq!(sink.next(2), Some(6));
-    assert_eq!(sink.next(3), Some(6));
+    let second4: IpAddr = Ipv4Addr::new(10, 88, 3, 1).into();
+    let second6: IpAddr = Ipv6Addr::new(0xfd88, 3, 0, 0, 0, 0, 0, 1).into();
+    for (family, second) in [(Family::V4, second4), (Family::V6, second6)] {
+        let mut sink = Sink::load(&SinkParams {
+            object: &obj,
+            attach: Attach::Xdp,
+            config: family.config(2, Some(second)),
+            ring: RING,
+        })
+        .expect("load the sink");
+        let (pass, drop) = (2, 1);
+        let mut run = |p: &Pkt| sink.test_run(&frame(p)).expect("test_run");
+        let from = |viewer: u32, ip: IpAddr| {
+            let mut p = data_of(family, viewer, 5, false, &payload(42, 1_000));
+            p.src.0 = ip;
+            p
+        };
+        let first = family.relay();
+        assert_eq!(run(&from(1, first)), drop, "first half, first relay");
+        assert_eq!(run(&from(2, second)), drop, "second half, second relay");
+        assert_eq!(run(&from(3, second)), drop, "second half, second relay");
+        assert_eq!(run(&from(0, second)), pass, "first half, second relay");
+        assert_eq!(run(&from(2, first)), pass, "second half, first relay");
+        assert_eq!(sink.next(0), None);
+        assert_eq!(sink.next(1), Some(6));
+        assert_eq!(sink.next(2), Some(6));
+        assert_eq!(sink.next(3), Some(6));
+    }
 }

@@ -128,7 +128,7 @@ fn main() -> Result<()> {
                     "stsync-bench",
                 ],
             )?;
-            let mut cmd = Command::new(root.join("target/release/stsync-bench"));
+            let mut cmd = Command::new(target_dir(&root).join("release/stsync-bench"));
             cmd.current_dir(&root).arg("sweep");
             if !args.iter().any(|a| a == "--out" || a.starts_with("--out=")) {
                 cmd.args(["--out", "target/bench"]);
@@ -153,7 +153,7 @@ fn main() -> Result<()> {
                     "stsync-proxy",
                 ],
             )?;
-            let mut cmd = Command::new(root.join("target/release/stsync-proxy"));
+            let mut cmd = Command::new(target_dir(&root).join("release/stsync-proxy"));
             if !args
                 .iter()
                 .any(|a| a == "--config" || a.starts_with("--config="))
@@ -269,6 +269,15 @@ fn ebpf_toolchain_missing() -> Option<&'static str> {
     }
 }
 
+/// Where cargo builds: $CARGO_TARGET_DIR (relative to the workspace if it is relative), or
+/// the workspace's target/. The kernel programs go there too, so the binaries built beside
+/// them find them.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(|t| root.join(t))
+        .unwrap_or_else(|| root.join("target"))
+}
+
 /// The relay's kernel fast path.
 const RELAY_EBPF: &[&str] = &["stsync-ebpf"];
 /// Every kernel program: the fast path and the benchmark generator's viewer sink.
@@ -307,7 +316,7 @@ fn build_one_ebpf(root: &Path, krate: &str) -> Result<()> {
             "--release",
         ])
         .arg("--target-dir")
-        .arg(root.join("target"))
+        .arg(target_dir(root))
         .status()
         .context("running cargo +nightly")?;
     if !status.success() {
@@ -384,9 +393,7 @@ fn install_k8s_validator(root: &Path) -> Result<PathBuf> {
     let requirements = root.join("stsync-user/tests/k8s/requirements.txt");
     let wanted = std::fs::read_to_string(&requirements)
         .with_context(|| format!("reading {}", requirements.display()))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|t| root.join(t))
-        .unwrap_or_else(|| root.join("target"));
+    let target = target_dir(root);
     let venv = target.join("k8s-venv");
     let python = venv.join("bin/python");
     let stamp = venv.join("requirements.txt");

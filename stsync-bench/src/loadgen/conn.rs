@@ -3,7 +3,7 @@
 
 use super::crypto::Crypto;
 use crate::caller::{self, HsAnswer};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 use stsync_common::srt::ctrl::USER_DEFINED;
@@ -32,8 +32,8 @@ pub(crate) enum Hs {
 pub(crate) struct Conn {
     pub(crate) id: u32,
     pub(crate) peer_id: u32,
-    pub(crate) relay: SocketAddrV4,
-    pub(crate) src: Option<Ipv4Addr>,
+    pub(crate) relay: SocketAddr,
+    pub(crate) src: Option<IpAddr>,
     pub(crate) isn: Seq,
     sid: String,
     pub(crate) state: Hs,
@@ -47,15 +47,15 @@ pub(crate) struct Conn {
 impl Conn {
     pub(crate) fn new(
         id: u32,
-        relay: SocketAddrV4,
-        src: Option<Ipv4Addr>,
+        relay: impl Into<SocketAddr>,
+        src: Option<IpAddr>,
         sid: String,
         now: Instant,
     ) -> Self {
         Conn {
             id,
             peer_id: 0,
-            relay,
+            relay: relay.into(),
             src,
             isn: Seq::new(rand_u32()),
             sid,
@@ -80,7 +80,7 @@ impl Conn {
 
     fn send_hs(&mut self, now: Instant, latency: u16, fd: RawFd, tx: &mut SendBatch) {
         let ts = self.ts(now);
-        let peer = SocketAddr::V4(self.relay);
+        let peer = self.relay;
         match self.state {
             Hs::Induction => tx.push(fd, self.relay, self.src, |out| {
                 caller::induction(out, self.id, self.isn, ts, peer)

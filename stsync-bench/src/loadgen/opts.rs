@@ -7,21 +7,21 @@ use crate::sink::Attach;
 use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 #[derive(Args, Debug, Clone)]
 pub struct Opts {
-    /// SRT address the viewers connect to.
+    /// SRT address the viewers connect to (IPv4 or IPv6: the viewers use its family).
     #[arg(long, default_value = "127.0.0.1:9999")]
-    pub relay: SocketAddrV4,
+    pub relay: SocketAddr,
     /// A second SRT address for the viewers (the sweep's tree topology: one edge relay
     /// each): the first ⌈N/2⌉ viewers connect to --relay, the others here (same port as
     /// --relay, for the kernel sink).
     #[arg(long)]
-    pub second_relay: Option<SocketAddrV4>,
-    /// SRT address the publisher connects to (default: --relay).
+    pub second_relay: Option<SocketAddr>,
+    /// SRT address the publisher connects to (default: --relay); of either family.
     #[arg(long)]
-    pub pub_relay: Option<SocketAddrV4>,
+    pub pub_relay: Option<SocketAddr>,
     /// The relay's HTTP API, to mint one session key per connection (stsync-proxy). Without
     /// it, `{key}` in the template is --key.
     #[arg(long)]
@@ -71,9 +71,10 @@ pub struct Opts {
     /// Milliseconds of streaming after the window, so late retransmissions still count.
     #[arg(long, default_value_t = 600)]
     pub drain_ms: u64,
-    /// Source address of viewer 0; viewer i uses this + i.
+    /// Source address of viewer 0; viewer i uses this + i (IPv6: added to the address's
+    /// low 32 bits). Of --relay's family.
     #[arg(long, default_value = "127.0.1.1")]
-    pub viewer_ip: Ipv4Addr,
+    pub viewer_ip: IpAddr,
     /// UDP port of the viewers' shared socket (0: any).
     #[arg(long, default_value_t = 0)]
     pub viewer_port: u16,
@@ -143,8 +144,42 @@ impl Opts {
         }
     }
 
+    /// Viewer `i`'s source address: --viewer-ip + i.
+    pub fn viewer_addr(&self, i: u32) -> IpAddr {
+        match self.viewer_ip {
+            IpAddr::V4(a) => IpAddr::V4(u32::from(a).wrapping_add(i).into()),
+            IpAddr::V6(a) => {
+                let b = u128::from(a);
+                // Within the low 32 bits, as the kernel sink counts viewers.
+                let low = (b as u32).wrapping_add(i);
+                IpAddr::V6((b & !0xFFFF_FFFF | u128::from(low)).into())
+            }
+        }
+    }
+
+    /// The viewers' addresses, the relays' and the publisher's relay's are of one family
+    /// each way: the viewers share one socket, the sink one configuration.
+    pub fn check_families(&self) -> Result<()> {
+        let v6 = self.relay.is_ipv6();
+        if self.viewer_ip.is_ipv6() != v6 || self.second_relay.is_some_and(|b| b.is_ipv6() != v6) {
+            bail!("--viewer-ip and --second-relay must be of --relay's family");
+        }
+        if let IpAddr::V6(a) = self.viewer_ip {
+            if (u128::from(a) as u32)
+                .checked_add(self.viewers.saturating_sub(1))
+                .is_none()
+            {
+                bail!(
+                    "--viewer-ip {a}: its low 32 bits overflow with {} viewers",
+                    self.viewers
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Where viewer `i` connects.
-    pub fn viewer_relay(&self, i: u32) -> SocketAddrV4 {
+    pub fn viewer_relay(&self, i: u32) -> SocketAddr {
         match self.second_relay {
             Some(b) if i >= self.split() => b,
             _ => self.relay,
@@ -283,5 +318,38 @@ mod tests {
         );
         assert_eq!(two.sink_iface, ["a", "b"]);
         assert_eq!(two.watch_more, [7, 8]);
+    }
+
+    #[test]
+    fn ipv6_viewers_count_up_in_the_low_32_bits() {
+        let o = opts(&[
+            "--relay",
+            "[fd88:2::1]:9999",
+            "--viewer-ip",
+            "fd88:128::ffff:fffe",
+            "--viewers",
+            "2",
+        ]);
+        o.check_families().unwrap();
+        assert_eq!(o.viewer_relay(1).to_string(), "[fd88:2::1]:9999");
+        let a: Vec<String> = (0..2).map(|i| o.viewer_addr(i).to_string()).collect();
+        assert_eq!(a, ["fd88:128::ffff:fffe", "fd88:128::ffff:ffff"]);
+        // One more would carry out of the low 32 bits, where the kernel sink counts.
+        let over = opts(&[
+            "--relay",
+            "[fd88:2::1]:9999",
+            "--viewer-ip",
+            "fd88:128::ffff:fffe",
+            "--viewers",
+            "3",
+        ]);
+        assert!(over.check_families().is_err());
+        // IPv4 as before.
+        let v4 = opts(&["--relay", "10.0.0.1:9999", "--viewer-ip", "10.88.128.1"]);
+        v4.check_families().unwrap();
+        assert_eq!(v4.viewer_addr(255).to_string(), "10.88.129.0");
+        // One family for the viewers and their relays.
+        let mixed = opts(&["--relay", "10.0.0.1:9999", "--viewer-ip", "fd88:128::1"]);
+        assert!(mixed.check_families().is_err());
     }
 }

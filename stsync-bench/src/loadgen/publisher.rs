@@ -7,7 +7,7 @@ use super::opts::Media;
 use crate::caller;
 use crate::report::PublisherReport;
 use anyhow::{bail, Result};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -215,7 +215,7 @@ impl Publisher {
 /// with what its thread shares.
 pub(crate) fn new_publisher(
     fd: OwnedFd,
-    relay: SocketAddrV4,
+    relay: SocketAddr,
     sid: String,
     media: &Media,
     first_index: u64,

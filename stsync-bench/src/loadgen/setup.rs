@@ -11,7 +11,7 @@ use super::window::self_cpu_ticks;
 use crate::caller;
 use crate::sink::{Sink, SinkParams};
 use anyhow::{bail, Context, Result};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +36,7 @@ pub(super) struct Setup {
 impl Setup {
     pub(super) fn new(o: &Opts, log: &impl Fn(String)) -> Result<Setup> {
         o.media.check()?;
+        o.check_families()?;
         let (pub_secret, view_secret) = (o.publish_secret(), o.view_secret());
         for s in pub_secret.iter().chain(view_secret.iter()) {
             s.check()?;
@@ -65,7 +66,7 @@ impl Setup {
                 let mut conn = Conn::new(
                     id_base + i as u32,
                     o.viewer_relay(i as u32),
-                    Some(Ipv4Addr::from(u32::from(o.viewer_ip) + i as u32)),
+                    Some(o.viewer_addr(i as u32)),
                     sid(i + 1, "request"),
                     t0,
                 );
@@ -113,17 +114,24 @@ fn session_keys(o: &Opts, n: usize) -> Result<Vec<String>> {
     })
 }
 
-/// The publisher's socket and the viewers' shared one, each in its namespace.
+/// The wildcard address of `to`'s family, port `port`.
+fn any_of(to: SocketAddr, port: u16) -> SocketAddr {
+    let ip: IpAddr = match to {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// The publisher's socket and the viewers' shared one, each in its namespace and of the
+/// family of the relay it calls.
 fn sockets(o: &Opts) -> Result<(OwnedFd, OwnedFd)> {
     let pub_fd = in_netns(o.pub_netns.as_deref(), || {
-        udp::udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 4 << 20)
+        udp::udp_socket(any_of(o.pub_relay.unwrap_or(o.relay), 0), 4 << 20)
     })
     .context("publisher socket")?;
     let view_fd = in_netns(o.view_netns.as_deref(), || {
-        udp::udp_socket(
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, o.viewer_port),
-            64 << 20,
-        )
+        udp::udp_socket(any_of(o.relay, o.viewer_port), 64 << 20)
     })
     .context("viewer socket")?;
     Ok((pub_fd, view_fd))
@@ -156,24 +164,21 @@ fn load_sink(o: &Opts, view_fd: &OwnedFd, id_base: u32, log: &impl Fn(String)) -
     let ring = ((o.media.pkts_per_sec() * 2.0) as u32)
         .clamp(1024, 1 << 16)
         .next_power_of_two();
-    let port = udp::local_addr(view_fd)
-        .context("viewer socket address")?
-        .port();
+    let port = udp::local_port(view_fd).context("viewer socket address")?;
     let mut sink = Sink::load(&SinkParams {
         object: &object,
         attach: o.sink_attach,
         config: SinkConfig {
-            relay_ip: u32::from_ne_bytes(o.relay.ip().octets()),
-            viewer_ip_base: u32::from(o.viewer_ip),
+            relay_ip: sink_addr(o.relay.ip()),
+            viewer_ip_base: sink_addr(o.viewer_ip),
             viewers: o.viewers,
             id_base,
             ring_mask: ring - 1,
             split: o.split(),
-            relay_ip_b: o
-                .second_relay
-                .map_or(0, |b| u32::from_ne_bytes(b.ip().octets())),
+            relay_ip_b: o.second_relay.map_or([0; 4], |b| sink_addr(b.ip())),
             relay_port: o.relay.port().to_be(),
             viewer_port: port.to_be(),
+            _pad: 0,
         },
         ring,
     })?;
@@ -186,4 +191,16 @@ fn load_sink(o: &Opts, view_fd: &OwnedFd, id_base: u32, log: &impl Fn(String)) -
         o.sink_iface.join(", ")
     ));
     Ok(sink)
+}
+
+/// An address as the kernel sink's configuration holds it: four network-order words, an
+/// IPv4 address IPv4-mapped (`stsync_common::frame::addr`'s form).
+pub(crate) fn sink_addr(ip: IpAddr) -> [u32; 4] {
+    let b = match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    };
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+    })
 }

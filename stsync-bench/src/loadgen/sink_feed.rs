@@ -116,7 +116,13 @@ mod tests {
     }
 
     fn viewer(isn: u32, now: Instant) -> Viewer {
-        let mut conn = Conn::new(7, "10.0.0.1:9".parse().unwrap(), None, String::new(), now);
+        let mut conn = Conn::new(
+            7,
+            "10.0.0.1:9".parse::<std::net::SocketAddr>().unwrap(),
+            None,
+            String::new(),
+            now,
+        );
         conn.isn = Seq::new(isn);
         conn.state = Hs::Connected;
         let mut v = Viewer::new(conn);

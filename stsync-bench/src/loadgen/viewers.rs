@@ -395,7 +395,7 @@ impl Viewers {
 /// Whether viewer `v` takes datagram `d` as libsrt would: from its peer, to its own
 /// address, whole. Counts what it refuses.
 fn accepts(v: &mut Viewer, d: &Received) -> bool {
-    if d.src != std::net::SocketAddr::V4(v.conn.relay) {
+    if d.src != v.conn.relay {
         // libsrt drops what does not come from its peer.
         v.st.wrong_source += 1;
         return false;

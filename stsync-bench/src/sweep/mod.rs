@@ -24,11 +24,16 @@
 //!                                                             10.88.3.1 [stsb-w1]──[stsb-w0] 10.88.3.2
 //! ```
 //!
-//! Files: `topology` (the namespaces), `relay` (the relay under test and its snapshot),
+//! `--family ipv6`: the same hosts over IPv6 (fd88::/16; see `family`): the relays listen on
+//! `[::]`, the publisher and the viewers call them over IPv6, viewers from fd88:128::1 up.
+//!
+//! Files: `topology` (the namespaces), `family` (each family's addresses), `relay` (the
+//! relay under test and its snapshot),
 //! `point` (one point: relay + stsync-loadgen), `baseline` (raw UDP), `results` (what is
 //! kept), `table` (table.md).
 
 mod baseline;
+mod family;
 mod point;
 mod relay;
 mod results;
@@ -37,6 +42,7 @@ mod topology;
 mod tree;
 
 pub use baseline::baseline;
+pub use family::Family;
 pub(crate) use relay::{exe_sibling, fingerprint, RelayProc};
 pub use results::{machine, Baseline, Machine, MaxViewers, Point, SweepResults};
 pub use table::table;
@@ -46,7 +52,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use point::run_point;
 use relay::Snapshot;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use stsync_user::os::proc::loadavg;
 
@@ -58,15 +63,9 @@ pub const NS_EDGE0: &str = "stsb-edge0";
 pub const NS_EDGE1: &str = "stsb-edge1";
 /// The tree's relays' config.json `key_secret` (a session key minted at one works at all).
 const KEY_SECRET: &str = "5e1f0c9a7b3d48e2a6c4f1b09d8e7a3c2b5f6e4d1a0c9b8e";
-/// The tree: each edge's address towards the viewers, and the origin's as it reaches it.
-const EDGE_VIEW: [&str; 2] = ["10.88.2.1", "10.88.3.1"];
-const EDGE_UPSTREAM: [&str; 2] = ["10.88.4.1", "10.88.5.1"];
 /// The veth end in stsb-view where edge 1's packets arrive (edge 0's: VIEW_IFACE).
 const VIEW_IFACE_B: &str = "stsb-w0";
 const TOKEN: &str = "stsync-bench-token-7f3a9c";
-const RELAY_PUB: &str = "10.88.1.1";
-const RELAY_VIEW: &str = "10.88.2.1";
-const VIEWER_BASE: Ipv4Addr = Ipv4Addr::new(10, 88, 128, 1);
 /// The veth end in stsb-view where the relay's packets to the viewers arrive.
 const VIEW_IFACE: &str = "stsb-v0";
 
@@ -155,6 +154,11 @@ pub struct SweepOpts {
     /// two edges; --viewers counts all of them, half behind each edge; clear only).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "single")]
     pub topology: Vec<TopologyKind>,
+    /// Address family of each point, each entry a run of every point, one after the other
+    /// (as --crypto): `ipv4`, or `ipv6` (the relays listen on [::], the publisher and the
+    /// viewers call them over IPv6; the namespaces carry both families).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ipv4")]
+    pub family: Vec<Family>,
 }
 
 /// Passphrases of the sweep's encrypted points (the relay's config and the generator's).
@@ -276,8 +280,18 @@ pub fn run(o: &SweepOpts) -> Result<SweepResults> {
                 for &enc in &o.crypto {
                     for workers in worker_counts(o) {
                         for &topo in &o.topology {
-                            let m = find_max(o, kind, enc, workers, topo, (lo, hi), &mut res)?;
-                            res.max_viewers.push(m);
+                            for &fam in &o.family {
+                                let m = find_max(
+                                    o,
+                                    kind,
+                                    enc,
+                                    workers,
+                                    (topo, fam),
+                                    (lo, hi),
+                                    &mut res,
+                                )?;
+                                res.max_viewers.push(m);
+                            }
                         }
                     }
                 }
@@ -314,8 +328,10 @@ fn run_datapath(
         for &enc in &o.crypto {
             for workers in worker_counts(o) {
                 for &topo in &o.topology {
-                    if !measure(o, kind, viewers, bitrate, enc, workers, topo, res)? {
-                        return Ok(());
+                    for &fam in &o.family {
+                        if !measure(o, kind, viewers, bitrate, enc, workers, (topo, fam), res)? {
+                            return Ok(());
+                        }
                     }
                 }
             }
@@ -337,12 +353,16 @@ fn workers_note(workers: Option<u32>) -> String {
     workers.map_or(String::new(), |w| format!(", {w} workers"))
 }
 
-/// ", tree" for the progress lines (empty for the single relay).
-fn topology_note(topo: TopologyKind) -> String {
-    match topo {
+/// ", tree" and ", IPv6" for the progress lines (empty for the single relay over IPv4).
+fn topology_note((topo, fam): (TopologyKind, Family)) -> String {
+    let mut s = match topo {
         TopologyKind::Single => String::new(),
         TopologyKind::Tree => ", tree (origin → 2 edges)".into(),
+    };
+    if fam == Family::Ipv6 {
+        s += ", IPv6";
     }
+    s
 }
 
 /// One point into `res` (and results.json); false if the relay cannot run datapath
@@ -355,7 +375,7 @@ fn measure(
     bitrate: u64,
     enc: Encryption,
     workers: Option<u32>,
-    topo: TopologyKind,
+    topo: (TopologyKind, Family),
     res: &mut SweepResults,
 ) -> Result<bool> {
     eprintln!(
@@ -385,7 +405,8 @@ fn measure(
             let mut p = Point::failed(kind, o.rx.name(), viewers, bitrate, format!("{e:#}"));
             p.crypto = enc.name();
             p.workers = workers;
-            p.topology = topo.name().into();
+            p.topology = topo.0.name().into();
+            p.family = topo.1.name().into();
             res.points.push(p);
         }
     }
@@ -401,7 +422,7 @@ fn find_max(
     kind: &str,
     enc: Encryption,
     workers: Option<u32>,
-    topo: TopologyKind,
+    topo: (TopologyKind, Family),
     (lo, hi): (u32, u32),
     res: &mut SweepResults,
 ) -> Result<MaxViewers> {
@@ -414,6 +435,7 @@ fn find_max(
     let mut m = MaxViewers {
         datapath: kind.into(),
         crypto: enc.name(),
+        family: topo.1.name().into(),
         workers,
         holds_at: None,
         fails_at: None,
@@ -498,5 +520,14 @@ mod tests {
         assert_eq!(worker_counts(&o), [Some(1), Some(2)]);
         assert!(opts(&["--workers", "0"]).is_err());
         assert!(opts(&["--workers", "two"]).is_err());
+    }
+
+    #[test]
+    fn families_are_a_list_like_topologies() {
+        assert_eq!(opts(&[]).unwrap().family, [Family::Ipv4]);
+        let o = opts(&["--family", "ipv4,ipv6", "--topology", "single,tree"]).unwrap();
+        assert_eq!(o.family, [Family::Ipv4, Family::Ipv6]);
+        assert_eq!(opts(&["--family", "ipv6"]).unwrap().family, [Family::Ipv6]);
+        assert!(opts(&["--family", "ipx"]).is_err());
     }
 }

@@ -1,14 +1,16 @@
 //! One point of the sweep: a fresh relay with one datapath, stsync-loadgen against it from
 //! the publisher's and the viewers' namespaces, and its report flattened into a `Point`.
 
+use super::family::host_port;
 use super::relay::{exe_sibling, start_relay, start_relay_as, wait_pulling, RelayProc, RelaySpec};
 use super::{
-    Encryption, Point, SweepOpts, Topology, TopologyKind, EDGE_UPSTREAM, EDGE_VIEW, KEY_SECRET,
-    NS_EDGE0, NS_EDGE1, NS_ORIGIN, NS_PUB, NS_VIEW, PUBLISH_PASSPHRASE, RELAY_PUB, RELAY_VIEW,
-    TOKEN, VIEWER_BASE, VIEW_IFACE, VIEW_IFACE_B, VIEW_PASSPHRASE,
+    Encryption, Family, Point, SweepOpts, Topology, TopologyKind, KEY_SECRET, NS_EDGE0, NS_EDGE1,
+    NS_ORIGIN, NS_PUB, NS_VIEW, PUBLISH_PASSPHRASE, TOKEN, VIEW_IFACE, VIEW_IFACE_B,
+    VIEW_PASSPHRASE,
 };
 use crate::report::Report;
 use anyhow::{bail, Context, Result};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,11 +62,11 @@ impl Relays {
         workers: Option<u32>,
         tag: &str,
         enc: Encryption,
-        topo: TopologyKind,
+        (topo, fam): (TopologyKind, Family),
     ) -> Result<Relays> {
         if topo == TopologyKind::Single {
             return Ok(Relays {
-                main: start_relay(o, kind, workers, &o.out, tag, enc)?,
+                main: start_relay(o, kind, workers, &o.out, tag, enc, fam)?,
                 edges: Vec::new(),
             });
         }
@@ -81,9 +83,10 @@ impl Relays {
             &RelaySpec {
                 ns: NS_ORIGIN,
                 name: "origin",
+                family: fam,
                 upstream: None,
                 key_secret: Some(KEY_SECRET),
-                health: (NS_PUB, format!("{RELAY_PUB}:9998").parse()?),
+                health: (NS_PUB, SocketAddr::new(fam.relay_pub(), 9998)),
             },
         )?;
         let mut relays = Relays {
@@ -102,7 +105,8 @@ impl Relays {
                 &RelaySpec {
                     ns,
                     name: &format!("edge{i}"),
-                    upstream: Some(EDGE_UPSTREAM[i]),
+                    family: fam,
+                    upstream: Some(fam.edge_upstream(i)),
                     key_secret: Some(KEY_SECRET),
                     health: (ns, local_api),
                 },
@@ -124,7 +128,7 @@ pub(super) fn run_point(
     bitrate: u64,
     enc: Encryption,
     workers: Option<u32>,
-    topo: TopologyKind,
+    (topo, fam): (TopologyKind, Family),
 ) -> Result<Point> {
     // Another topology's point ran before, or something else on the machine removed our
     // namespaces: (re)build them.
@@ -135,7 +139,12 @@ pub(super) fn run_point(
     } else {
         ""
     };
-    let mut base = format!("{tree}{kind}-{}-{viewers}v-{}k", enc.name(), bitrate / 1000);
+    let mut base = format!(
+        "{tree}{}{kind}-{}-{viewers}v-{}k",
+        fam.tag(),
+        enc.name(),
+        bitrate / 1000
+    );
     if let Some(w) = workers {
         base += &format!("-{w}w");
     }
@@ -150,17 +159,26 @@ pub(super) fn run_point(
         .find(|t| !o.out.join(format!("point-{t}.json")).exists())
         .expect("a free name");
     let busy_before = o.wait_quiet.map(|pct| wait_quiet(pct, o.quiet_max_wait));
-    let relays = Relays::start(o, kind, workers, &tag, enc, topo)?;
+    let relays = Relays::start(o, kind, workers, &tag, enc, (topo, fam))?;
     let json = o.out.join(format!("point-{tag}.json"));
     let bin = o
         .loadgen_bin
         .clone()
         .unwrap_or_else(|| exe_sibling("stsync-loadgen"));
-    let mut cmd = loadgen_command(o, &bin, viewers, bitrate, relays.main.pid(), &json, enc);
+    let mut cmd = loadgen_command(
+        o,
+        &bin,
+        viewers,
+        bitrate,
+        relays.main.pid(),
+        &json,
+        enc,
+        fam,
+    );
     if topo == TopologyKind::Tree {
         let pids: Vec<String> = relays.edges.iter().map(|e| e.pid().to_string()).collect();
-        // Viewers on edge 0 (RELAY_VIEW, as for the single relay) and edge 1.
-        cmd.args(["--second-relay", &format!("{}:9999", EDGE_VIEW[1])])
+        // Viewers on edge 0 (relay_view, as for the single relay) and edge 1.
+        cmd.args(["--second-relay", &host_port(fam.edge_view(1), 9999)])
             .args(["--watch-more", &pids.join(",")]);
         if o.rx == crate::loadgen::RxMode::Xdp {
             cmd.args(["--sink-iface", VIEW_IFACE_B]);
@@ -183,7 +201,7 @@ pub(super) fn run_point(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    save_relay_metrics(o, &tag, topo)?;
+    let counters = save_relay_metrics(o, &tag, topo, fam)?;
     drop(relays);
     if !status.success() {
         bail!("stsync-loadgen failed ({status})");
@@ -193,11 +211,16 @@ pub(super) fn run_point(
     p.busy_before_pct = busy_before;
     p.workers = workers;
     p.topology = topo.name().into();
+    p.family = fam.name().into();
+    p.kernel_clones = counters.clones;
+    p.kernel_clone_failures = counters.clone_failures;
+    p.kernel_packets_seen = counters.packets_seen;
     Ok(p)
 }
 
 /// stsync-loadgen for one point: the publisher in stsb-pub, the viewers in stsb-view,
-/// watching the relay's process, its report in `json`.
+/// watching the relay's process, its report in `json`; all calling over `fam`.
+#[allow(clippy::too_many_arguments)]
 fn loadgen_command(
     o: &SweepOpts,
     bin: &Path,
@@ -206,17 +229,18 @@ fn loadgen_command(
     relay_pid: u32,
     json: &Path,
     enc: Encryption,
+    fam: Family,
 ) -> Command {
     let mut cmd = Command::new(bin);
-    cmd.args(["--relay", &format!("{RELAY_VIEW}:9999")])
-        .args(["--pub-relay", &format!("{RELAY_PUB}:9999")])
-        .args(["--http", &format!("{RELAY_PUB}:9998")])
+    cmd.args(["--relay", &host_port(fam.relay_view(), 9999)])
+        .args(["--pub-relay", &host_port(fam.relay_pub(), 9999)])
+        .args(["--http", &host_port(fam.relay_pub(), 9998)])
         .args(["--token", TOKEN])
         .args(["--viewers", &viewers.to_string()])
         .args(["--bitrate", &bitrate.to_string()])
         .args(["--warmup", &o.warmup.to_string()])
         .args(["--duration", &o.duration.to_string()])
-        .args(["--viewer-ip", &VIEWER_BASE.to_string()])
+        .args(["--viewer-ip", &fam.viewer_base().to_string()])
         .args(["--pub-netns", NS_PUB, "--view-netns", NS_VIEW])
         .args(["--watch-pid", &relay_pid.to_string()])
         .arg("--json")
@@ -249,13 +273,44 @@ fn loadgen_command(
     cmd
 }
 
+/// The relay's kernel counters, from its metrics.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct KernelCounters {
+    pub(super) clones: Option<u64>,
+    pub(super) clone_failures: Option<u64>,
+    pub(super) packets_seen: Option<u64>,
+}
+
+impl KernelCounters {
+    /// The unlabelled `stsync_kernel_*` totals of a metrics page.
+    pub(super) fn parse(metrics: &str) -> KernelCounters {
+        let get = |name: &str| {
+            metrics.lines().find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.trim().parse::<f64>().ok().map(|v| v as u64))?
+            })
+        };
+        KernelCounters {
+            clones: get("stsync_kernel_clones_total"),
+            clone_failures: get("stsync_kernel_clone_failures_total"),
+            packets_seen: get("stsync_kernel_packets_seen_total"),
+        }
+    }
+}
+
 /// The relays' own view (drops, per-connection counters, the edges' upstream), for
 /// diagnosis: their metrics without the per-connection series, in metrics-<tag>.txt (the
-/// single relay or the origin) and metrics-edge<i>-<tag>.txt.
-fn save_relay_metrics(o: &SweepOpts, tag: &str, topo: TopologyKind) -> Result<()> {
+/// single relay or the origin) and metrics-edge<i>-<tag>.txt. Returns the kernel counters
+/// of the first (the single relay or the origin).
+fn save_relay_metrics(
+    o: &SweepOpts,
+    tag: &str,
+    topo: TopologyKind,
+    fam: Family,
+) -> Result<KernelCounters> {
     let mut apis = vec![(
         NS_PUB,
-        format!("{RELAY_PUB}:9998"),
+        host_port(fam.relay_pub(), 9998),
         format!("metrics-{tag}.txt"),
     )];
     if topo == TopologyKind::Tree {
@@ -267,6 +322,7 @@ fn save_relay_metrics(o: &SweepOpts, tag: &str, topo: TopologyKind) -> Result<()
             ));
         }
     }
+    let mut counters = None;
     for (ns, addr, file) in apis {
         if let Ok(body) = crate::http::metrics(Some(ns), addr.parse()?) {
             let keep: String = body
@@ -274,8 +330,35 @@ fn save_relay_metrics(o: &SweepOpts, tag: &str, topo: TopologyKind) -> Result<()
                 .filter(|l| !l.starts_with("srt_connection_"))
                 .map(|l| format!("{l}\n"))
                 .collect();
+            counters.get_or_insert_with(|| KernelCounters::parse(&keep));
             let _ = std::fs::write(o.out.join(file), keep);
         }
     }
-    Ok(())
+    Ok(counters.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_counters_are_read_from_the_metrics() {
+        let m = "# HELP stsync_kernel_clones_total x\n\
+                 stsync_kernel_clones_total 5934463\n\
+                 stsync_kernel_clone_failures_total 2997\n\
+                 stsync_kernel_clones_total_by{x=\"1\"} 3\n\
+                 stsync_kernel_packets_seen_total 6013\n";
+        assert_eq!(
+            KernelCounters::parse(m),
+            KernelCounters {
+                clones: Some(5_934_463),
+                clone_failures: Some(2997),
+                packets_seen: Some(6013)
+            }
+        );
+        assert_eq!(
+            KernelCounters::parse("srt_up 1\n"),
+            KernelCounters::default()
+        );
+    }
 }

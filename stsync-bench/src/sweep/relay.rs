@@ -1,11 +1,12 @@
 //! The relay under test: private copies of its binary and eBPF object, and the process
 //! started in stsb-relay for each point.
 
+use super::family::host_port;
 use super::{
-    Encryption, SweepOpts, NS_PUB, NS_RELAY, PUBLISH_PASSPHRASE, RELAY_PUB, TOKEN, VIEW_PASSPHRASE,
+    Encryption, Family, SweepOpts, NS_PUB, NS_RELAY, PUBLISH_PASSPHRASE, TOKEN, VIEW_PASSPHRASE,
 };
 use anyhow::{bail, Context, Result};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -144,9 +145,11 @@ pub(super) struct RelaySpec<'a> {
     pub(super) ns: &'a str,
     /// Its name in the output directory: `<name>.json` (config) and `<name>-<tag>.log`.
     pub(super) name: &'a str,
+    /// It listens on this family's wildcard address (SRT 9999, API 9998).
+    pub(super) family: Family,
     /// An edge: the origin's address as this edge reaches it (SRT on 9999, API on 9998),
     /// pulled always.
-    pub(super) upstream: Option<&'a str>,
+    pub(super) upstream: Option<IpAddr>,
     /// config.json `key_secret` (the tree: keys minted at the origin work at the edges).
     pub(super) key_secret: Option<&'a str>,
     /// Where its /v1/health answers: (namespace, address).
@@ -161,13 +164,15 @@ pub(super) fn start_relay(
     dir: &Path,
     tag: &str,
     enc: Encryption,
+    family: Family,
 ) -> Result<RelayProc> {
     let spec = RelaySpec {
         ns: NS_RELAY,
         name: "relay",
+        family,
         upstream: None,
         key_secret: None,
-        health: (NS_PUB, format!("{RELAY_PUB}:9998").parse()?),
+        health: (NS_PUB, SocketAddr::new(family.relay_pub(), 9998)),
     };
     start_relay_as(o, kind, workers, dir, tag, enc, &spec)
 }
@@ -195,15 +200,15 @@ pub(super) fn start_relay_as(
     }
     if let Some(up) = spec.upstream {
         stream["upstream"] = serde_json::json!([{
-            "srt": format!("{up}:9999"),
-            "api": format!("http://{up}:9998"),
+            "srt": host_port(up, 9999),
+            "api": format!("http://{}", host_port(up, 9998)),
             "token": TOKEN,
         }]);
         stream["pull"] = "always".into();
     }
     let mut config = serde_json::json!({
-        "srt_listen": "0.0.0.0:9999",
-        "http_listen": "0.0.0.0:9998",
+        "srt_listen": spec.family.any(9999).to_string(),
+        "http_listen": spec.family.any(9998).to_string(),
         "max_connections": 4096,
         "max_viewers_per_stream": 1024,
         // Every generated viewer comes from one address, as fast as it can connect.

@@ -40,6 +40,18 @@ pub struct Point {
     /// `viewers` split between them; the `relay_*` figures are then the origin's).
     #[serde(default = "single")]
     pub topology: String,
+    /// `ipv4` or `ipv6`: the family the publisher and the viewers called the relays over.
+    #[serde(default = "ipv4")]
+    pub family: String,
+    /// The relay's kernel counters at the end of the point (its whole life, warm-up and
+    /// drain included; the tree: the origin's): clones made, clones that failed, publisher
+    /// packets the program saw. None without the kernel path (or its metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_clones: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_clone_failures: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_packets_seen: Option<u64>,
     /// All the viewers (the tree: both edges').
     pub viewers: u32,
     pub bitrate_mbps: f64,
@@ -128,6 +140,10 @@ impl Point {
             crypto: "clear".into(),
             workers: None,
             topology: single(),
+            family: ipv4(),
+            kernel_clones: None,
+            kernel_clone_failures: None,
+            kernel_packets_seen: None,
             viewers,
             bitrate_mbps: bitrate as f64 / 1e6,
             rx: rx.into(),
@@ -197,6 +213,14 @@ impl Point {
             } else {
                 "tree".into()
             },
+            family: if r.config.relay.starts_with('[') {
+                "ipv6".into()
+            } else {
+                ipv4()
+            },
+            kernel_clones: None,
+            kernel_clone_failures: None,
+            kernel_packets_seen: None,
             viewers: r.config.viewers,
             bitrate_mbps: r.config.bitrate_bps as f64 / 1e6,
             rx: r.config.rx.clone(),
@@ -275,6 +299,8 @@ pub struct SweepResults {
 pub struct MaxViewers {
     pub datapath: String,
     pub crypto: String,
+    #[serde(default = "ipv4")]
+    pub family: String,
     /// The relay's --workers (None: not passed).
     #[serde(default)]
     pub workers: Option<u32>,
@@ -290,6 +316,10 @@ fn clear() -> String {
 
 fn single() -> String {
     "single".into()
+}
+
+fn ipv4() -> String {
+    "ipv4".into()
 }
 
 pub fn machine() -> Machine {

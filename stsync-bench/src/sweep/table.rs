@@ -79,17 +79,21 @@ pub fn table(r: &SweepResults) -> String {
         s += &summary(&r.points);
     }
     s += &super::tree::tree_tables(&r.points);
+    s += &super::family::family_tables(&r.points);
     s
 }
 
 /// The datapath as the main table shows it: "(tree)" after it for the tree topology,
-/// whose relay figures are the origin's.
+/// whose relay figures are the origin's, "IPv6" for the IPv6 points.
 fn dp(p: &Point) -> String {
-    if p.topology == "tree" {
-        format!("{} (tree: origin)", p.datapath)
-    } else {
-        p.datapath.clone()
+    let mut s = p.datapath.clone();
+    if p.family == "ipv6" {
+        s += " IPv6";
     }
+    if p.topology == "tree" {
+        s += " (tree: origin)";
+    }
+    s
 }
 
 /// The relay's --workers as the tables show it ("-": not passed).

@@ -49,7 +49,8 @@ impl TopologyKind {
         }
     }
 
-    /// What each namespace is told once the veths are in place and up.
+    /// What each namespace is told once the veths are in place and up: both families'
+    /// addresses and routes (a point picks one, see `family`).
     fn addresses_and_routes(self) -> &'static [(&'static str, &'static str)] {
         match self {
             TopologyKind::Single => &[
@@ -61,6 +62,15 @@ impl TopologyKind {
                 (NS_VIEW, "ip addr add 10.88.2.2/24 dev stsb-v0"),
                 (NS_VIEW, "ip route add default via 10.88.2.1"),
                 (NS_VIEW, "ip route add local 10.88.128.0/20 dev lo"),
+                // The same hosts over IPv6 (see `family`).
+                (NS_PUB, "ip -6 addr add fd88:1::2/64 dev stsb-p0 nodad"),
+                (NS_PUB, "ip -6 route add default via fd88:1::1"),
+                (NS_RELAY, "ip -6 addr add fd88:1::1/64 dev stsb-p1 nodad"),
+                (NS_RELAY, "ip -6 addr add fd88:2::1/64 dev stsb-v1 nodad"),
+                (NS_RELAY, "ip -6 route add fd88:128::/112 via fd88:2::2"),
+                (NS_VIEW, "ip -6 addr add fd88:2::2/64 dev stsb-v0 nodad"),
+                (NS_VIEW, "ip -6 route add default via fd88:2::1"),
+                (NS_VIEW, "ip -6 route add local fd88:128::/112 dev lo"),
             ],
             TopologyKind::Tree => &[
                 (NS_PUB, "ip addr add 10.88.1.2/24 dev stsb-p0"),
@@ -77,6 +87,20 @@ impl TopologyKind {
                 (NS_VIEW, "ip addr add 10.88.2.2/24 dev stsb-v0"),
                 (NS_VIEW, "ip addr add 10.88.3.2/24 dev stsb-w0"),
                 (NS_VIEW, "ip route add local 10.88.128.0/20 dev lo"),
+                (NS_PUB, "ip -6 addr add fd88:1::2/64 dev stsb-p0 nodad"),
+                (NS_PUB, "ip -6 route add default via fd88:1::1"),
+                (NS_ORIGIN, "ip -6 addr add fd88:1::1/64 dev stsb-p1 nodad"),
+                (NS_ORIGIN, "ip -6 addr add fd88:4::1/64 dev stsb-o0 nodad"),
+                (NS_ORIGIN, "ip -6 addr add fd88:5::1/64 dev stsb-o1 nodad"),
+                (NS_EDGE0, "ip -6 addr add fd88:4::2/64 dev stsb-e0 nodad"),
+                (NS_EDGE0, "ip -6 addr add fd88:2::1/64 dev stsb-v1 nodad"),
+                (NS_EDGE0, "ip -6 route add fd88:128::/112 via fd88:2::2"),
+                (NS_EDGE1, "ip -6 addr add fd88:5::2/64 dev stsb-e1 nodad"),
+                (NS_EDGE1, "ip -6 addr add fd88:3::1/64 dev stsb-w1 nodad"),
+                (NS_EDGE1, "ip -6 route add fd88:128::/112 via fd88:3::2"),
+                (NS_VIEW, "ip -6 addr add fd88:2::2/64 dev stsb-v0 nodad"),
+                (NS_VIEW, "ip -6 addr add fd88:3::2/64 dev stsb-w0 nodad"),
+                (NS_VIEW, "ip -6 route add local fd88:128::/112 dev lo"),
             ],
         }
     }

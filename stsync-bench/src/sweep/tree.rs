@@ -12,7 +12,7 @@ fn opt(v: Option<f64>, prec: usize) -> String {
     v.map_or("-".to_string(), |v| format!("{v:.prec$}"))
 }
 
-/// The measured points (no error) of `topology` with `viewers`, at the datapath,
+/// The measured points (no error) of `topology` with `viewers`, at the family, datapath,
 /// crypto, workers and bitrate of `like`.
 fn matching<'a>(points: &'a [Point], like: &Point, topology: &str, viewers: u32) -> Vec<&'a Point> {
     points
@@ -20,6 +20,7 @@ fn matching<'a>(points: &'a [Point], like: &Point, topology: &str, viewers: u32)
         .filter(|p| {
             p.error.is_none()
                 && p.topology == topology
+                && p.family == like.family
                 && p.datapath == like.datapath
                 && p.crypto == like.crypto
                 && p.workers == like.workers
@@ -27,6 +28,15 @@ fn matching<'a>(points: &'a [Point], like: &Point, topology: &str, viewers: u32)
                 && p.viewers == viewers
         })
         .collect()
+}
+
+/// The datapath column: "IPv6" after it for IPv6 points.
+fn datapath(p: &Point) -> String {
+    if p.family == "ipv6" {
+        format!("{} IPv6", p.datapath)
+    } else {
+        p.datapath.clone()
+    }
 }
 
 /// (p50, p99) means over `points`.
@@ -50,7 +60,8 @@ pub(super) fn tree_tables(points: &[Point]) -> String {
     let mut keys: Vec<&Point> = Vec::new();
     for p in &tree {
         let same = |k: &&Point| {
-            k.datapath == p.datapath
+            k.family == p.family
+                && k.datapath == p.datapath
                 && k.crypto == p.crypto
                 && k.workers == p.workers
                 && k.bitrate_mbps == p.bitrate_mbps
@@ -75,7 +86,7 @@ pub(super) fn tree_tables(points: &[Point]) -> String {
         let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a - b);
         s += &format!(
             "| {} | {} | {:.0} | {} ({}) | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            k.datapath,
+            datapath(k),
             k.workers.map_or("-".into(), |w| w.to_string()),
             k.bitrate_mbps,
             k.viewers,
@@ -112,7 +123,7 @@ pub(super) fn tree_tables(points: &[Point]) -> String {
         };
         s += &format!(
             "| {} | {} | {:.0} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            k.datapath,
+            datapath(k),
             k.workers.map_or("-".into(), |w| w.to_string()),
             k.bitrate_mbps,
             k.viewers,

@@ -5,14 +5,14 @@
 //! - [`SendBatch`] queues datagrams written one by one into an arena of its own, then
 //!   sends them with a [`Gather`]: the benchmark's way.
 //! - [`RecvBatch`] receives into slots of its own (IPv4 or IPv6), with each datagram's
-//!   destination address (IP_PKTINFO, IPv4) and kernel receive time (SO_TIMESTAMPNS): the
-//!   daemon's and the benchmark's way.
+//!   destination address (IP_PKTINFO / IPV6_PKTINFO) and kernel receive time
+//!   (SO_TIMESTAMPNS): the daemon's and the benchmark's way.
 //!
 //! All keep their buffers between calls: in steady state they allocate nothing.
 
 use socket2::SockAddr;
 use std::mem::size_of;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::ops::AddAssign;
 use std::os::fd::RawFd;
 use std::time::Instant;
@@ -20,15 +20,17 @@ use std::time::Instant;
 /// The kernel's limit of messages per sendmmsg/recvmmsg call (UIO_MAXIOV).
 pub const MAX_BATCH: usize = 1024;
 
-/// Room for the control messages of one datagram (IP_PKTINFO, a receive timestamp).
+/// Room for the control messages of one datagram (IP_PKTINFO or IPV6_PKTINFO, a receive
+/// timestamp).
 type Cmsgs = [u64; 16];
 
 /// One datagram to send: `parts` one after the other, to `dst`.
 #[derive(Debug, Clone, Copy)]
 pub struct Datagram<'a> {
     pub dst: SocketAddr,
-    /// Source address (IP_PKTINFO, IPv4 sockets); `None`: the kernel picks as usual.
-    pub src: Option<Ipv4Addr>,
+    /// Source address (IP_PKTINFO on IPv4 sockets, IPV6_PKTINFO on IPv6 ones: of the
+    /// socket's family); `None`: the kernel picks as usual.
+    pub src: Option<IpAddr>,
     pub parts: [&'a [u8]; 2],
 }
 
@@ -122,7 +124,7 @@ impl Gather {
         };
         self.iovs.push([iov(d.parts[0]), iov(d.parts[1])]);
         self.addrs.push(SockAddr::from(d.dst));
-        // A zeroed header has no control messages; one with a source gets IP_PKTINFO.
+        // A zeroed header has no control messages; one with a source gets IP(V6)_PKTINFO.
         // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
         let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
         if let Some(src) = d.src {
@@ -166,32 +168,50 @@ impl Gather {
     }
 }
 
-/// Writes one IP_PKTINFO control message choosing `src` as the source address into `h`'s
-/// control buffer, and trims `msg_controllen` to it.
-fn write_pktinfo(h: &mut libc::msghdr, src: Ipv4Addr) {
-    let info = libc::in_pktinfo {
-        ipi_ifindex: 0,
-        ipi_spec_dst: libc::in_addr {
-            s_addr: u32::from(src).to_be(),
-        },
-        ipi_addr: libc::in_addr { s_addr: 0 },
-    };
+/// Writes one IP_PKTINFO (IPv4) or IPV6_PKTINFO (IPv6) control message choosing `src` as
+/// the source address into `h`'s control buffer, and trims `msg_controllen` to it.
+fn write_pktinfo(h: &mut libc::msghdr, src: IpAddr) {
     // SAFETY: the control buffer is `Cmsgs`, 8-aligned and larger than
-    // CMSG_SPACE(in_pktinfo), so CMSG_FIRSTHDR is non-null and the data fits.
+    // CMSG_SPACE(in6_pktinfo) (> in_pktinfo), so CMSG_FIRSTHDR is non-null and the data
+    // fits.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(h);
-        (*c).cmsg_level = libc::IPPROTO_IP;
-        (*c).cmsg_type = libc::IP_PKTINFO;
-        (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in_pktinfo, info);
-        h.msg_controllen = libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
+        let len = match src {
+            IpAddr::V4(src) => {
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(src).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                (*c).cmsg_level = libc::IPPROTO_IP;
+                (*c).cmsg_type = libc::IP_PKTINFO;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in_pktinfo, info);
+                size_of::<libc::in_pktinfo>() as u32
+            }
+            IpAddr::V6(src) => {
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: src.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                (*c).cmsg_level = libc::IPPROTO_IPV6;
+                (*c).cmsg_type = libc::IPV6_PKTINFO;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in6_pktinfo, info);
+                size_of::<libc::in6_pktinfo>() as u32
+            }
+        };
+        (*c).cmsg_len = libc::CMSG_LEN(len) as usize;
+        h.msg_controllen = libc::CMSG_SPACE(len) as usize;
     }
 }
 
 #[derive(Clone, Copy)]
 struct Queued {
     dst: SocketAddr,
-    src: Option<Ipv4Addr>,
+    src: Option<IpAddr>,
     start: usize,
     end: usize,
 }
@@ -239,7 +259,7 @@ impl SendBatch {
         &mut self,
         fd: RawFd,
         dst: impl Into<SocketAddr>,
-        src: Option<Ipv4Addr>,
+        src: Option<IpAddr>,
         write: impl FnOnce(&mut Vec<u8>),
     ) {
         if self.queued.len() == MAX_BATCH {
@@ -296,8 +316,8 @@ unsafe impl Send for RecvBatch {}
 /// One received datagram.
 pub struct Received<'a> {
     pub src: SocketAddr,
-    /// The address the datagram was sent to (IP_PKTINFO).
-    pub dst: Option<Ipv4Addr>,
+    /// The address the datagram was sent to (IP_PKTINFO / IPV6_PKTINFO).
+    pub dst: Option<IpAddr>,
     pub data: &'a [u8],
     /// Longer than a slot: `data` holds its first RECV_SLOT bytes.
     pub truncated: bool,
@@ -396,7 +416,13 @@ impl RecvBatch {
                 if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
                     let info: libc::in_pktinfo =
                         std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
-                    dst = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
+                    dst = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)).into());
+                } else if (*c).cmsg_level == libc::IPPROTO_IPV6
+                    && (*c).cmsg_type == libc::IPV6_PKTINFO
+                {
+                    let info: libc::in6_pktinfo =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
+                    dst = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr).into());
                 } else if (*c).cmsg_level == libc::SOL_SOCKET
                     && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
                 {
@@ -435,7 +461,7 @@ mod tests {
 
     /// Everything `rx` receives within a second, until `want` datagrams: (source,
     /// destination, bytes).
-    fn receive(rx: &OwnedFd, want: usize) -> Vec<(SocketAddr, Option<Ipv4Addr>, Vec<u8>)> {
+    fn receive(rx: &OwnedFd, want: usize) -> Vec<(SocketAddr, Option<IpAddr>, Vec<u8>)> {
         let mut b = RecvBatch::new(64);
         let mut out = Vec::new();
         let deadline = Instant::now() + std::time::Duration::from_secs(1);
@@ -480,7 +506,7 @@ mod tests {
         assert_eq!(got.len(), 10);
         for (i, (src, dst, bytes)) in got.iter().enumerate() {
             assert_eq!(*src, SocketAddr::V4(from));
-            assert_eq!(*dst, Some(Ipv4Addr::LOCALHOST));
+            assert_eq!(*dst, Some(Ipv4Addr::LOCALHOST.into()));
             assert_eq!(bytes[..4], (i as u32).to_be_bytes());
             assert_eq!(bytes[4..], body[..]);
         }
@@ -508,7 +534,9 @@ mod tests {
         let mut b = SendBatch::new();
         for i in 0..3u8 {
             let src = Ipv4Addr::new(127, 0, 1, 1 + i);
-            b.push(tx.as_raw_fd(), to, Some(src), |out| out.extend([i; 5]));
+            b.push(tx.as_raw_fd(), to, Some(src.into()), |out| {
+                out.extend([i; 5])
+            });
         }
         b.push(tx.as_raw_fd(), to, None, |out| out.extend([9; 2]));
         assert_eq!(b.len(), 4);
@@ -564,6 +592,41 @@ mod tests {
         }
         let e = b.try_recv(rx.as_raw_fd()).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    }
+
+    /// The benchmark's IPv6 viewers: one socket, a source picked per datagram
+    /// (IPV6_PKTINFO), the destination reported on receive.
+    #[test]
+    fn ipv6_sources_are_picked_and_destinations_reported() {
+        use std::net::Ipv6Addr;
+        let any = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0);
+        let (Ok(rx), Ok(tx)) = (udp_socket(any, 1 << 20), udp_socket(any, 1 << 20)) else {
+            return eprintln!("no IPv6 here: skipped");
+        };
+        let port = crate::os::udp::local_port(&rx).unwrap();
+        let to = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port);
+        let mut b = SendBatch::new();
+        b.push(
+            tx.as_raw_fd(),
+            to,
+            Some(Ipv6Addr::LOCALHOST.into()),
+            |out| out.extend([1; 5]),
+        );
+        b.push(tx.as_raw_fd(), to, None, |out| out.extend([2; 5]));
+        b.flush(tx.as_raw_fd());
+        assert_eq!((b.sent, b.failed), (2, 0));
+        let got = receive(&rx, 2);
+        assert_eq!(got.len(), 2);
+        for (src, dst, _) in &got {
+            assert_eq!(src.ip(), Ipv6Addr::LOCALHOST);
+            assert_eq!(*dst, Some(Ipv6Addr::LOCALHOST.into()));
+        }
+        // An address of no interface: refused without IPV6_FREEBIND, sent with it (the
+        // benchmark's `local` route makes such addresses its own).
+        let odd: IpAddr = "fd88:128::7".parse().unwrap();
+        b.push(tx.as_raw_fd(), to, Some(odd), |out| out.extend([3; 5]));
+        b.flush(tx.as_raw_fd());
+        assert_eq!(b.failed, 0, "IPV6_FREEBIND lets the source through");
     }
 
     #[test]

@@ -2,15 +2,22 @@
 
 use socket2::{Domain, SockRef, Socket, Type};
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-/// A non-blocking IPv4 UDP socket bound to `bind`, with `buf_bytes` of send and receive
-/// buffer (forced past the sysctl limits when root), IP_PKTINFO on (receives report the
-/// destination address, sends can pick a source) and kernel receive timestamps on
-/// (transit time then does not depend on when the reader gets to it).
-pub fn udp_socket(bind: SocketAddrV4, buf_bytes: i32) -> io::Result<OwnedFd> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), None)?;
+/// A non-blocking UDP socket bound to `bind` (IPv4, or IPv6 only), with `buf_bytes` of send
+/// and receive buffer (forced past the sysctl limits when root), IP_PKTINFO / IPV6_PKTINFO
+/// on (receives report the destination address, sends can pick a source; an IPv6 socket
+/// also binds freely, so it may send from any address a `local` route makes its own) and
+/// kernel receive timestamps on (transit time then does not depend on when the reader
+/// gets to it).
+pub fn udp_socket(bind: impl Into<SocketAddr>, buf_bytes: i32) -> io::Result<OwnedFd> {
+    let bind: SocketAddr = bind.into();
+    let s = Socket::new(
+        Domain::for_address(bind),
+        Type::DGRAM.nonblocking().cloexec(),
+        None,
+    )?;
     let fd = s.as_raw_fd();
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
@@ -21,11 +28,28 @@ pub fn udp_socket(bind: SocketAddrV4, buf_bytes: i32) -> io::Result<OwnedFd> {
             let _ = set_int(fd, libc::SOL_SOCKET, plain, buf_bytes);
         }
     }
-    set_int(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    if bind.is_ipv4() {
+        set_int(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    } else {
+        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+        // IPV6_PKTINFO takes a source only if it is an address of an interface, unless
+        // the socket may bind freely (IPv4's IP_PKTINFO takes any local one).
+        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1)?;
+    }
     set_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
     s.bind(&bind.into())
         .map_err(|e| io::Error::new(e.kind(), format!("bind {bind}: {e}")))?;
     Ok(s.into())
+}
+
+/// The port a socket (of either family) is bound to.
+pub fn local_port(fd: &impl AsFd) -> io::Result<u16> {
+    SockRef::from(fd)
+        .local_addr()?
+        .as_socket()
+        .map(|a| a.port())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
 }
 
 /// The IPv4 address a socket is bound to.

@@ -78,7 +78,7 @@ pub fn attacker_thread(cfg: AttackerCfg, keys: Arc<KeyPool>, sh: Arc<Shared>) ->
                 let Ok(p) = Packet::parse(d.data) else {
                     continue;
                 };
-                if p.dest() != cn.id || d.src != std::net::SocketAddr::V4(cn.relay) {
+                if p.dest() != cn.id || d.src != cn.relay {
                     continue;
                 }
                 match p {

@@ -44,7 +44,7 @@ impl PubCfg {
         let sid = crate::caller::stream_id(&self.sid_template, "1", key, "publish");
         let (publ, shared) = new_publisher(
             fd,
-            self.relay,
+            self.relay.into(),
             sid,
             &self.media,
             first_index,

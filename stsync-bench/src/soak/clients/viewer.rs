@@ -71,7 +71,7 @@ impl Pool {
         now: Instant,
     ) -> u32 {
         let id = new_socket_id(|x| self.map.contains_key(&x));
-        let mut conn = Conn::new(id, c.relay, Some(src), c.sid(key, "request"), now);
+        let mut conn = Conn::new(id, c.relay, Some(src.into()), c.sid(key, "request"), now);
         conn.start(now, c.latency_ms, self.io.fd, &mut self.io.tx);
         self.map.insert(id, V::new(conn, role, silent, now));
         id

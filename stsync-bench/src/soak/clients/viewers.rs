@@ -146,7 +146,7 @@ impl Viewers<'_> {
                     sh.add(C::Stray, 1);
                     continue;
                 };
-                if d.src != std::net::SocketAddr::V4(v.conn.relay) {
+                if d.src != v.conn.relay {
                     sh.add(C::WrongSource, 1);
                     continue;
                 }
