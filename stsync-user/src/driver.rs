@@ -263,6 +263,8 @@ fn receive(
             // carry the previous `drained`, see `Relay::handle_kernel`).
             if n < RECV_BATCH {
                 datapath.drained(asked);
+            } else {
+                datapath.busy(asked);
             }
             // What other workers fed this one first: a viewer's loss report may ask for
             // what is waiting there.

@@ -184,11 +184,32 @@ impl EbpfDatapath {
     /// Worker `worker` (of `workers`) read its socket dry at `since`: the viewers waiting
     /// for it move onto the kernel path.
     pub fn activate_ready(&mut self, since: Instant, worker: u32, workers: u32) {
+        let mine = self.mine(worker, workers);
+        self.handover.activate_ready(since, mine, &mut self.kernel);
+    }
+
+    /// Worker `worker` read a full batch at `asked`: viewers that waited too long for it
+    /// to run dry move now (`Handover::activate_overdue`).
+    pub fn activate_overdue(&mut self, asked: Instant, worker: u32, workers: u32) {
+        let mine = self.mine(worker, workers);
+        let moved = self
+            .handover
+            .activate_overdue(asked, mine, &mut self.kernel);
+        if moved > 0 {
+            info!(
+                worker,
+                viewers = moved,
+                "the publisher's worker has not read its socket dry for 100 ms: its waiting viewers move onto the kernel path anyway (packets queued meanwhile are resent on their NAKs)"
+            );
+        }
+    }
+
+    /// Whether a stream's publisher is worker `worker`'s (of `workers`).
+    fn mine(&self, worker: u32, workers: u32) -> impl Fn(u32) -> bool {
         let owners: Vec<Option<u32>> = (0..self.slots.len() as u32)
             .map(|s| self.publisher_worker(s, workers))
             .collect();
-        let mine = |s: u32| owners.get(s as usize).copied().flatten() == Some(worker);
-        self.handover.activate_ready(since, mine, &mut self.kernel);
+        move |s: u32| owners.get(s as usize).copied().flatten() == Some(worker)
     }
 
     fn stream_index(&mut self, resource: &str) -> Option<u32> {

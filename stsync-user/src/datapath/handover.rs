@@ -74,8 +74,17 @@ pub struct Handover {
     /// publisher's worker has read its socket dry (`activate_ready`), so that what it read
     /// before went to the feed and what comes after is cloned.
     gated: bool,
-    ready: Vec<u32>,
+    /// Viewers waiting for their publisher's worker, and since when.
+    ready: Vec<(u32, Instant)>,
 }
+
+/// How long a viewer waits for its publisher's worker to read its socket dry before it
+/// moves onto the kernel path anyway (`activate_overdue`). An overloaded worker (hundreds
+/// of viewers still on userspace, their ACKs in its socket) may never read it dry, and
+/// the viewers that would relieve it would never move: seen at 1000 viewers on 2 workers.
+/// Moved while packets are queued, a viewer misses those (neither path sends them) and
+/// gets them again on its NAK.
+pub const GATE_WAIT: Duration = Duration::from_millis(100);
 
 impl Handover {
     pub fn new(lo_accept_local: bool) -> Self {
@@ -94,7 +103,7 @@ impl Handover {
     pub fn ready_streams(&self) -> impl Iterator<Item = u32> + '_ {
         self.ready
             .iter()
-            .filter_map(|c| self.viewers.get(c).map(|v| v.stream))
+            .filter_map(|(c, _)| self.viewers.get(c).map(|v| v.stream))
     }
 
     /// The publisher's worker read its socket dry at `since`: its streams' (`mine`)
@@ -106,13 +115,34 @@ impl Handover {
         table: &mut impl ViewerTable,
     ) {
         let ready = std::mem::take(&mut self.ready);
-        for conn in ready {
+        for (conn, t) in ready {
             match self.viewers.get(&conn) {
                 Some(v) if mine(v.stream) => self.activate(conn, Some(since), table),
-                Some(_) => self.ready.push(conn),
+                Some(_) => self.ready.push((conn, t)),
                 None => {}
             }
         }
+    }
+
+    /// The publisher's worker read a full batch at `asked` (its socket not dry): if one of
+    /// its streams' viewers has waited `GATE_WAIT`, they all move now, as if it had run
+    /// dry. Returns how many moved.
+    pub fn activate_overdue(
+        &mut self,
+        asked: Instant,
+        mine: impl Fn(u32) -> bool,
+        table: &mut impl ViewerTable,
+    ) -> usize {
+        let overdue = self.ready.iter().any(|&(c, t)| {
+            asked.saturating_duration_since(t) >= GATE_WAIT
+                && self.viewers.get(&c).is_some_and(|v| mine(v.stream))
+        });
+        if !overdue {
+            return 0;
+        }
+        let before = self.ready.len();
+        self.activate_ready(asked, mine, table);
+        before - self.ready.len()
     }
 
     /// A viewer of `stream` got slot `slot` in the table.
@@ -254,10 +284,10 @@ impl Handover {
         if !self.gated {
             return self.activate(conn, None, table);
         }
-        if self.ready.contains(&conn) || !self.can_activate(conn, table) {
+        if self.ready.iter().any(|&(c, _)| c == conn) || !self.can_activate(conn, table) {
             return;
         }
-        self.ready.push(conn);
+        self.ready.push((conn, Instant::now()));
     }
 
     /// Whether `try_activate` would move the viewer now.
@@ -450,6 +480,41 @@ mod tests {
                 since: Some(since),
             }]
         );
+        assert_eq!(table.writes, vec![(SLOT, 0), (SLOT, 1)]);
+        assert_eq!(h.ready_streams().count(), 0);
+    }
+
+    /// Gated, with a publisher's worker that never reads its socket dry: the viewer moves
+    /// at the first full batch after `GATE_WAIT`, not before, and only on its publisher's
+    /// worker.
+    #[test]
+    fn gated_a_viewer_moves_anyway_after_the_gate_wait() {
+        let t0 = Instant::now();
+        let (mut h, mut table) = (Handover::new(false), TestTable::default());
+        h.gate();
+        h.add(CONN, 1, SLOT, 0x55);
+        h.set_publisher(1, Some(false));
+        table.routes.insert(CONN, route(3, 1));
+        h.mapped(t0, CONN, offsets(1), &mut table);
+        let busy = |h: &mut Handover, table: &mut TestTable, at: Duration, stream: u32| {
+            h.activate_overdue(Instant::now() + at, |s| s == stream, table)
+        };
+        assert_eq!(busy(&mut h, &mut table, Duration::ZERO, 1), 0, "too early");
+        assert_eq!(
+            busy(&mut h, &mut table, GATE_WAIT * 2, 2),
+            0,
+            "another worker"
+        );
+        assert!(reports(&mut h).is_empty() && table.writes.is_empty());
+        assert_eq!(busy(&mut h, &mut table, GATE_WAIT * 2, 1), 1);
+        assert!(matches!(
+            reports(&mut h)[..],
+            [KernelReport::Serving {
+                epoch: Some(1),
+                since: Some(_),
+                ..
+            }]
+        ));
         assert_eq!(table.writes, vec![(SLOT, 0), (SLOT, 1)]);
         assert_eq!(h.ready_streams().count(), 0);
     }

@@ -38,6 +38,9 @@ pub trait Datapath: Send {
     /// The driver read the socket dry at `since` (and handed the relay all it read).
     fn drained(&mut self, _since: Instant) {}
 
+    /// The driver read a full batch at `asked`: the socket may hold more.
+    fn busy(&mut self, _asked: Instant) {}
+
     /// When the driver calls `poll` next (asked again after every poll); `None`: never.
     fn poll_interval(&self, _now: Instant) -> Option<Duration> {
         None

@@ -140,6 +140,19 @@ impl Datapath for WorkerDatapath {
         k.sort_reports(&mut dp, self.worker);
     }
 
+    fn busy(&mut self, asked: Instant) {
+        let Some(k) = &self.kernel else {
+            return;
+        };
+        // As in `drained`: one atomic read per batch when no viewer waits for this worker.
+        if !k.ready[self.worker].load(Ordering::Relaxed) {
+            return;
+        }
+        let mut dp = k.lock();
+        dp.activate_overdue(asked, self.worker as u32, k.inbox.len() as u32);
+        k.sort_reports(&mut dp, self.worker);
+    }
+
     fn poll_report(&mut self) -> Option<KernelReport> {
         if self.reports.is_empty() {
             let k = self.kernel.as_ref()?;
