@@ -10,14 +10,11 @@
 //! converting a datagram changes its UDP checksum by its addresses only.
 
 use crate::header::Header;
-use crate::patch::{csum_diff_sized, store, store_rcsum};
+use crate::patch::{csum_diff_sized, load_raw, store, store_rcsum};
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::generated::{
-        bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_change_proto, bpf_skb_load_bytes,
-    },
+    helpers::generated::{bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_change_proto},
 };
-use core::ffi::c_void;
 use stsync_common::frame::{v6, Layout, ETH_TYPE, IP, IPPROTO_UDP, IP_CSUM, V4, V6};
 use stsync_common::maps::{FAMILY_V4, FAMILY_V6};
 
@@ -228,7 +225,7 @@ pub(crate) fn convert<F: Family, T: Family>(
 ) -> Result<(), ()> {
     if F::FAMILY == FAMILY_V4 {
         let mut csum = [0u8; 2];
-        load(skb, F::UDP_CSUM, &mut csum)?;
+        load_raw(skb, F::UDP_CSUM, csum.as_mut_ptr().cast(), 2)?;
         if csum == [0, 0] {
             return Err(());
         }
@@ -267,18 +264,12 @@ fn change_family<F: Family, T: Family>(
     store(skb, ETH_TYPE, eth.as_ptr().cast(), 2)?;
     store_rcsum(skb, IP, header.as_ptr().cast(), T::IP_HLEN as u32)?;
     let mut to = [0u32; 8];
-    // SAFETY: `to` has room for 32 bytes, more than two addresses of either family.
-    let r = unsafe {
-        bpf_skb_load_bytes(
-            skb as *const c_void,
-            T::IP_SRC as u32,
-            to.as_mut_ptr().cast(),
-            2 * T::ADDR_LEN as u32,
-        )
-    };
-    if r != 0 {
-        return Err(());
-    }
+    load_raw(
+        skb,
+        T::IP_SRC,
+        to.as_mut_ptr().cast(),
+        2 * T::ADDR_LEN as u32,
+    )?;
     let diff = csum_diff_sized(
         cur.as_mut_ptr(),
         2 * F::ADDR_LEN as u32,
@@ -291,15 +282,4 @@ fn change_family<F: Family, T: Family>(
     }
     *cur = to;
     Ok(())
-}
-
-fn load(skb: *mut __sk_buff, off: usize, buf: &mut [u8; 2]) -> Result<(), ()> {
-    // SAFETY: `skb` is the program's context; `buf` is 2 bytes of stack.
-    let r =
-        unsafe { bpf_skb_load_bytes(skb as *const c_void, off as u32, buf.as_mut_ptr().cast(), 2) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(())
-    }
 }

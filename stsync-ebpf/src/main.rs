@@ -44,12 +44,10 @@ mod route;
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MMAPABLE, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::bpf_skb_load_bytes,
     macros::{classifier, map},
     maps::{Array, HashMap, PerCpuArray, Queue},
     programs::TcContext,
 };
-use core::ffi::c_void;
 use family::Family;
 use header::Header;
 use stsync_common::frame::{
@@ -174,20 +172,7 @@ fn try_stsync_tc(ctx: &TcContext) -> Result<i32, i32> {
 /// Copies `buf.len()` bytes of the packet from `off` into `buf`.
 #[inline(always)]
 fn load(skb: *mut __sk_buff, off: usize, buf: &mut [u8]) -> Result<(), ()> {
-    // SAFETY: `skb` is the program's context; `buf` is that many bytes of stack.
-    let r = unsafe {
-        bpf_skb_load_bytes(
-            skb as *const c_void,
-            off as u32,
-            buf.as_mut_ptr().cast(),
-            buf.len() as u32,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(())
-    }
+    patch::load_raw(skb, off, buf.as_mut_ptr().cast(), buf.len() as u32)
 }
 
 /// The "more fragments" bit of the IPv4 flags byte.
