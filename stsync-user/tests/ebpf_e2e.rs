@@ -343,6 +343,56 @@ fn kernel_fanout_across_namespaces() {
     );
 }
 
+/// An interface that comes up after the relay started (a container's veth, a VPN) gets the
+/// program too (rtnetlink): the viewers behind it are the kernel's.
+#[test]
+fn an_interface_that_comes_up_later_gets_the_kernel_path() {
+    if object_or_skip("an_interface_that_comes_up_later_gets_the_kernel_path").is_none() {
+        return;
+    }
+    let mut ns = Netns::create(&["pub", "relay", "view"]);
+    ns.link("relay", "10.79.1.1/24", "pub", "10.79.1.2/24");
+    let relay = start_relay(
+        ns.name("relay"),
+        Ipv4Addr::new(10, 79, 1, 1),
+        RelayOpts::default(),
+    );
+    assert!(relay.log().contains("datapath=ebpf"), "{}", relay.log());
+    assert!(!relay.log().contains("veth1a"), "{}", relay.log());
+    // The viewers' link, made after the start.
+    ns.link("relay", "10.79.2.1/24", "view", "10.79.2.2/24");
+    run(
+        "ip",
+        &[
+            "-n",
+            ns.name("view"),
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.79.2.1",
+        ],
+    )
+    .expect("route");
+    assert!(
+        wait_until(Duration::from_secs(5), || relay.log().contains(
+            "interface up: eBPF fan-out attached interface=\"veth1a\""
+        )),
+        "the new interface was not attached:\n{}",
+        tail_lines(&relay.log(), 20)
+    );
+    let dir = TempDir::new("ebpf-later-link");
+    let m = five_viewers(
+        "a link made after the start",
+        &relay,
+        ns.name("view"),
+        ns.name("pub"),
+        &dir,
+        || {},
+    );
+    assert_kernel_served("a link made after the start", &m, 5);
+}
+
 #[test]
 fn kernel_fanout_repairs_loss_on_the_viewer_leg() {
     if object_or_skip("kernel_fanout_repairs_loss_on_the_viewer_leg").is_none() {

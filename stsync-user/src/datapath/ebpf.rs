@@ -13,6 +13,7 @@ use super::kernel::{
 use super::userspace::Userspace;
 use super::{Datapath, DatapathStats};
 use crate::os::clock::monotonic_ns;
+use crate::os::link_watch::{LinkEvent, LinkWatch};
 use crate::relay::{KernelAcks, KernelReport, RouteEvent, Transmits};
 use crate::srt::seq::Seq;
 use std::collections::{HashMap, VecDeque};
@@ -90,6 +91,9 @@ pub struct EbpfDatapath {
     last_slow: Instant,
     last_ack_read: Instant,
     backlog_warned: bool,
+    /// Interfaces coming up after the start (attach to every interface: no
+    /// `--ebpf-interfaces`).
+    links: Option<LinkWatch>,
 }
 
 /// Poll cadence while nothing waits: `ACK_READ`'s.
@@ -126,6 +130,13 @@ impl EbpfDatapath {
             .is_ok_and(|v| v.trim() == "1");
         kernel.set_lo_accept_local(lo_accept_local)?;
         let strict = opts.interfaces.is_some();
+        // Subscribed before the interfaces are listed, so none comes up unseen between.
+        let links = match strict {
+            true => None,
+            false => LinkWatch::open()
+                .map_err(|e| warn!("cannot watch interfaces coming up ({e}): only those up now get the kernel path"))
+                .ok(),
+        };
         let ifaces = opts.interfaces.clone().unwrap_or_else(interfaces_up);
         for iface in &ifaces {
             match kernel.attach(iface) {
@@ -156,6 +167,7 @@ impl EbpfDatapath {
             last_slow: Instant::now(),
             last_ack_read: Instant::now(),
             backlog_warned: false,
+            links,
         })
     }
 
@@ -391,6 +403,25 @@ impl EbpfDatapath {
         }
     }
 
+    /// Attaches the program to interfaces that came up since the last poll.
+    fn watch_links(&mut self) {
+        let Some(w) = &mut self.links else {
+            return;
+        };
+        for ev in w.events() {
+            match ev {
+                LinkEvent::Up(name) if !self.kernel.attached().contains(&name) => {
+                    match self.kernel.attach(&name) {
+                        Ok(()) => info!(interface = name, "interface up: eBPF fan-out attached"),
+                        Err(e) => warn!("{e}; skipping that interface"),
+                    }
+                }
+                LinkEvent::Gone(name) => self.kernel.forget(&name),
+                LinkEvent::Up(_) => {}
+            }
+        }
+    }
+
     /// Reports what the program recorded of each viewer's ACKs: the latest ACK (a memory
     /// read per viewer) every time, the counts (one syscall per viewer) when `counts` is
     /// set.
@@ -480,6 +511,7 @@ impl Datapath for EbpfDatapath {
     }
 
     fn poll(&mut self, now: Instant) {
+        self.watch_links();
         let slow = now.duration_since(self.last_slow) >= SLOW;
         // Routes the program just learned (one syscall when there are none); once a
         // second, every viewer (in case the queue overflowed).

@@ -276,6 +276,12 @@ impl Kernel {
         &self.attached
     }
 
+    /// Interface `iface` is gone, and the program's attachment with it: a new interface
+    /// of that name gets the program again.
+    pub fn forget(&mut self, iface: &str) {
+        self.attached.retain(|a| a != iface);
+    }
+
     /// The relay's listening address, and with it the families the program serves: an
     /// IPv4 address (0.0.0.0: any) takes IPv4 callers, `[::]` both families (the relay's
     /// socket is dual-stack), an IPv4-mapped address IPv4 ones, any other IPv6 address

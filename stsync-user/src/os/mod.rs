@@ -3,6 +3,7 @@
 //! batched datagram I/O.
 
 pub mod clock;
+pub mod link_watch;
 pub mod mmsg;
 pub mod netns;
 pub mod proc;
