@@ -61,7 +61,8 @@ enum Cmd {
 }
 
 /// Debian packages the integration tests drive: real SRT clients (srt-live-transmit,
-/// ffmpeg/ffplay, VLC, GStreamer), pacing, loss, namespaces, and curl against the HTTPS API.
+/// ffmpeg/ffplay, VLC, GStreamer, OBS Studio), pacing, loss, namespaces, and curl against
+/// the HTTPS API.
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "ffmpeg",
@@ -76,6 +77,11 @@ const TEST_PACKAGES: &[&str] = &[
     "gstreamer1.0-tools",
     "gstreamer1.0-plugins-base",
     "gstreamer1.0-plugins-bad",
+    // OBS Studio as a publisher, headless (tests/obs_e2e.rs): Xvfb, and Mesa's software GL.
+    "obs-studio",
+    "xvfb",
+    "xauth",
+    "libgl1-mesa-dri",
 ];
 
 fn main() -> Result<()> {
