@@ -81,6 +81,38 @@ fn write_obs_config(home: &Path, server: &str) {
     std::fs::write(scenes.join("Stsync.json"), collection.to_string()).unwrap();
 }
 
+/// xvfb-run and OBS, one process group: stopped, and on drop (a failed test too) killed,
+/// as a group. OBS outlives xvfb-run's own exit, so the leader's status says nothing.
+struct ObsGroup(Proc);
+
+impl ObsGroup {
+    fn stop(&mut self) {
+        self.0.signal_group(libc::SIGTERM);
+        self.0.wait_exit(Duration::from_secs(5));
+        self.0.signal_group(libc::SIGKILL);
+    }
+}
+
+impl Drop for ObsGroup {
+    fn drop(&mut self) {
+        self.0.signal_group(libc::SIGKILL);
+    }
+}
+
+/// Whether an OBS process with this test's HOME still runs.
+fn obs_left(home: &Path) -> bool {
+    let want = format!("HOME={}", home.display());
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            comm.trim() == "obs" && env.split(|&b| b == 0).any(|kv| kv == want.as_bytes())
+        })
+}
+
 #[test]
 fn obs_publishes_a_stream_that_a_viewer_decodes() {
     let in_path = |p: &str| {
@@ -124,7 +156,7 @@ fn obs_publishes_a_stream_that_a_viewer_decodes() {
         .stdin(Stdio::null())
         .stdout(out_file(&err))
         .stderr(out_file(&dir.file("obs.stderr")));
-    let mut obs = Proc::spawn("obs", c, libc::SIGTERM, Some(err.clone()));
+    let mut obs = ObsGroup(Proc::spawn("obs", c, libc::SIGTERM, Some(err.clone())));
     let log = || std::fs::read_to_string(&err).unwrap_or_default();
     assert!(
         relay.wait_connections("publish", 1, Duration::from_secs(45)),
@@ -141,6 +173,10 @@ fn obs_publishes_a_stream_that_a_viewer_decodes() {
     v.assert_running("while OBS streamed");
     v.stop();
     obs.stop();
+    assert!(
+        wait_until(Duration::from_secs(5), || !obs_left(&home)),
+        "OBS still running after the stop"
+    );
     let frames = decode_frames_of_file(&v.out);
     let line = format!(
         "obs: OBS Studio 29 headless (Xvfb, software GL) published through the relay: the viewer decoded {} video frames",
