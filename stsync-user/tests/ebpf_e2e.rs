@@ -178,8 +178,17 @@ struct Topo {
 fn three_hosts() -> Topo {
     let mut ns = Netns::create(&["pub", "relay", "view"]);
     ns.link("relay", "10.79.1.1/24", "pub", "10.79.1.2/24");
+    link_viewers(&mut ns);
+    Topo {
+        ns,
+        relay_ip: Ipv4Addr::new(10, 79, 1, 1),
+    }
+}
+
+/// The viewers' link (relay's `veth1a`); viewers reach the relay's address (on the
+/// publisher side) through the relay host.
+fn link_viewers(ns: &mut Netns) {
     ns.link("relay", "10.79.2.1/24", "view", "10.79.2.2/24");
-    // Viewers reach the relay's address (on the publisher side) through the relay host.
     run(
         "ip",
         &[
@@ -193,10 +202,6 @@ fn three_hosts() -> Topo {
         ],
     )
     .expect("route");
-    Topo {
-        ns,
-        relay_ip: Ipv4Addr::new(10, 79, 1, 1),
-    }
 }
 
 fn start_relay(ns: &str, ip: Ipv4Addr, opts: RelayOpts) -> Relay {
@@ -360,20 +365,7 @@ fn an_interface_that_comes_up_later_gets_the_kernel_path() {
     assert!(relay.log().contains("datapath=ebpf"), "{}", relay.log());
     assert!(!relay.log().contains("veth1a"), "{}", relay.log());
     // The viewers' link, made after the start.
-    ns.link("relay", "10.79.2.1/24", "view", "10.79.2.2/24");
-    run(
-        "ip",
-        &[
-            "-n",
-            ns.name("view"),
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.79.2.1",
-        ],
-    )
-    .expect("route");
+    link_viewers(&mut ns);
     assert!(
         wait_until(Duration::from_secs(5), || relay.log().contains(
             "interface up: eBPF fan-out attached interface=\"veth1a\""
