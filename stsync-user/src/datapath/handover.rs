@@ -454,17 +454,24 @@ mod tests {
         }
     }
 
-    /// Gated (several workers): a viewer ready for the kernel waits for its publisher's
-    /// worker, which moves it when it has read its socket dry, saying when.
-    #[test]
-    fn gated_a_viewer_moves_when_its_publishers_worker_says() {
-        let t0 = Instant::now();
+    /// Gated (several workers): a viewer of stream 1 mapped at `t0`, its route learned,
+    /// ready for the kernel.
+    fn gated_viewer_ready(t0: Instant) -> (Handover, TestTable) {
         let (mut h, mut table) = (Handover::new(false), TestTable::default());
         h.gate();
         h.add(CONN, 1, SLOT, 0x55);
         h.set_publisher(1, Some(false));
         table.routes.insert(CONN, route(3, 1));
         h.mapped(t0, CONN, offsets(1), &mut table);
+        (h, table)
+    }
+
+    /// Gated (several workers): a viewer ready for the kernel waits for its publisher's
+    /// worker, which moves it when it has read its socket dry, saying when.
+    #[test]
+    fn gated_a_viewer_moves_when_its_publishers_worker_says() {
+        let t0 = Instant::now();
+        let (mut h, mut table) = gated_viewer_ready(t0);
         assert!(reports(&mut h).is_empty() && table.writes.is_empty());
         assert_eq!(h.ready_streams().collect::<Vec<_>>(), [1]);
         // Another stream's worker read its socket dry: not this viewer's turn.
@@ -490,12 +497,7 @@ mod tests {
     #[test]
     fn gated_a_viewer_moves_anyway_after_the_gate_wait() {
         let t0 = Instant::now();
-        let (mut h, mut table) = (Handover::new(false), TestTable::default());
-        h.gate();
-        h.add(CONN, 1, SLOT, 0x55);
-        h.set_publisher(1, Some(false));
-        table.routes.insert(CONN, route(3, 1));
-        h.mapped(t0, CONN, offsets(1), &mut table);
+        let (mut h, mut table) = gated_viewer_ready(t0);
         let busy = |h: &mut Handover, table: &mut TestTable, at: Duration, stream: u32| {
             h.activate_overdue(Instant::now() + at, |s| s == stream, table)
         };
