@@ -82,6 +82,9 @@ const TEST_PACKAGES: &[&str] = &[
     "xvfb",
     "xauth",
     "libgl1-mesa-dri",
+    // promtool and a real Prometheus server (tests/prometheus.rs, deploy/prometheus); the
+    // package's service is not started here (no init, policy-rc.d) and the test uses its own port.
+    "prometheus",
 ];
 
 fn main() -> Result<()> {
