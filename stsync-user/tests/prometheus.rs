@@ -47,9 +47,7 @@ fn free_port() -> u16 {
 fn enc(q: &str) -> String {
     q.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
-                (b as char).to_string()
-            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -158,8 +156,16 @@ fn real_prometheus_scrapes_the_relay() {
     }
     let t = Duration::from_secs(10);
     prom.wait_value(r#"up{job="stsync"}"#, 1.0, t);
-    prom.wait_value(r#"srt_connections_current{job="stsync",mode="request"}"#, 2.0, t);
-    prom.wait_value(r#"srt_connections_current{job="stsync",mode="publish"}"#, 1.0, t);
+    prom.wait_value(
+        r#"srt_connections_current{job="stsync",mode="request"}"#,
+        2.0,
+        t,
+    );
+    prom.wait_value(
+        r#"srt_connections_current{job="stsync",mode="publish"}"#,
+        1.0,
+        t,
+    );
     // The rules file is loaded and healthy.
     let rules = http("GET", &format!("{}/api/v1/rules", prom.url), &[]).unwrap();
     assert!(
