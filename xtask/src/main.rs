@@ -82,6 +82,9 @@ const TEST_PACKAGES: &[&str] = &[
     "xvfb",
     "xauth",
     "libgl1-mesa-dri",
+    // tests/systemd_unit.rs: systemd-analyze verify/security, setpriv.
+    "systemd",
+    "util-linux",
 ];
 
 fn main() -> Result<()> {
