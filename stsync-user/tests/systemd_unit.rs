@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::{Relay, RelayOpts};
 use std::path::Path;
 use std::process::Command;
 
@@ -73,4 +74,27 @@ fn unknown_log_format_is_refused() {
         stderr.contains("invalid value 'xml' for '--log-format") && stderr.contains("text, json"),
         "{stderr}"
     );
+}
+
+#[test]
+fn json_log_lines_parse() {
+    let relay = Relay::start(RelayOpts {
+        log_format: Some("json".into()),
+        ..RelayOpts::default()
+    });
+    let log = relay.log();
+    let mut startup = false;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+        assert!(v["target"].is_string(), "{line}");
+        assert!(v["fields"].is_object(), "{line}");
+        assert!(!line.contains('\u{1b}'), "ANSI escape in {line}");
+        let msg = v["fields"]["message"].as_str().unwrap_or("");
+        if msg.contains("listening") && msg.contains("datapath=") {
+            startup = true;
+        }
+    }
+    assert!(startup, "no startup line with datapath= in:\n{log}");
 }
