@@ -41,6 +41,10 @@ struct Args {
     /// `workers`, else the cores this process may use).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=stsync_user::config::MAX_WORKERS as i64))]
     workers: Option<u32>,
+    /// Log line format on stderr: `text` (human-readable) or `json` (one JSON object per
+    /// line, for log shippers; never coloured). `RUST_LOG` filters either.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -101,6 +105,12 @@ enum SessionMode {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum DatapathArg {
     Auto,
     Ebpf,
@@ -108,14 +118,23 @@ enum DatapathArg {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Parsed first: the log format is an option (clap prints its own usage errors).
     let mut args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init(),
+    }
     let cfg = Config::load(&args.config)?;
     match args.cmd.take() {
         Some(Cmd::Check) => return check(&args, &cfg),

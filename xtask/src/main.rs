@@ -85,6 +85,9 @@ const TEST_PACKAGES: &[&str] = &[
     // promtool and a real Prometheus server (tests/prometheus.rs, deploy/prometheus); the
     // package's service is not started here (no init, policy-rc.d) and the test uses its own port.
     "prometheus",
+    // tests/systemd_unit.rs: systemd-analyze verify/security, setpriv.
+    "systemd",
+    "util-linux",
 ];
 
 fn main() -> Result<()> {

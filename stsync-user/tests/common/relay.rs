@@ -63,6 +63,8 @@ pub struct RelayOpts {
     /// config.json's `http_listen` host instead of `http_ip` (e.g. `[::]`); the harness's
     /// own requests still go to `http_ip` (default 127.0.0.1).
     pub http_listen_ip: Option<std::net::IpAddr>,
+    /// `--log-format` (text, json). Default: the daemon's own (text).
+    pub log_format: Option<String>,
 }
 
 impl Default for RelayOpts {
@@ -103,6 +105,7 @@ impl Default for RelayOpts {
             key_secret: None,
             srt_listen_ip: None,
             http_listen_ip: None,
+            log_format: None,
         }
     }
 }
@@ -238,6 +241,9 @@ impl Relay {
         let mut cmd = command(opts.netns.as_deref(), "relay");
         if let Some(d) = &opts.datapath {
             cmd.args(["--datapath", d]);
+        }
+        if let Some(f) = &opts.log_format {
+            cmd.args(["--log-format", f]);
         }
         if let Some(w) = opts.workers {
             cmd.args(["--workers", &w.to_string()]);
