@@ -96,6 +96,20 @@ impl WorkerDatapath {
     fn polls(&self) -> bool {
         self.worker == 0
     }
+
+    /// Runs `f(kernel path, this worker, workers)` when a viewer waits for this worker
+    /// (one atomic read otherwise: this runs for every batch the worker reads).
+    fn with_waiting(&self, f: impl FnOnce(&mut EbpfDatapath, u32, u32)) {
+        let Some(k) = &self.kernel else {
+            return;
+        };
+        if !k.ready[self.worker].load(Ordering::Relaxed) {
+            return;
+        }
+        let mut dp = k.lock();
+        f(&mut dp, self.worker as u32, k.inbox.len() as u32);
+        k.sort_reports(&mut dp, self.worker);
+    }
 }
 
 impl Datapath for WorkerDatapath {
@@ -128,29 +142,11 @@ impl Datapath for WorkerDatapath {
     }
 
     fn drained(&mut self, since: Instant) {
-        let Some(k) = &self.kernel else {
-            return;
-        };
-        // One atomic read per read-dry socket when no viewer waits for this worker.
-        if !k.ready[self.worker].load(Ordering::Relaxed) {
-            return;
-        }
-        let mut dp = k.lock();
-        dp.activate_ready(since, self.worker as u32, k.inbox.len() as u32);
-        k.sort_reports(&mut dp, self.worker);
+        self.with_waiting(|dp, worker, workers| dp.activate_ready(since, worker, workers));
     }
 
     fn busy(&mut self, asked: Instant) {
-        let Some(k) = &self.kernel else {
-            return;
-        };
-        // As in `drained`: one atomic read per batch when no viewer waits for this worker.
-        if !k.ready[self.worker].load(Ordering::Relaxed) {
-            return;
-        }
-        let mut dp = k.lock();
-        dp.activate_overdue(asked, self.worker as u32, k.inbox.len() as u32);
-        k.sort_reports(&mut dp, self.worker);
+        self.with_waiting(|dp, worker, workers| dp.activate_overdue(asked, worker, workers));
     }
 
     fn poll_report(&mut self) -> Option<KernelReport> {
