@@ -78,6 +78,10 @@ pub struct Config {
     /// balancer or DNS round robin): minted keys are signed with it. None: random keys.
     #[serde(default)]
     pub key_secret: Option<String>,
+    /// Opens every stream's endpoints and the relay-wide ones (`/v1/connections`,
+    /// `/v1/reload`). None: those take only a stream's own token, for its own connections.
+    #[serde(default)]
+    pub admin_token: Option<String>,
     pub streams: Vec<StreamConfig>,
 }
 
@@ -362,13 +366,28 @@ impl Config {
                 ),
             ));
         }
+        let api_is_local = self.http_listen.ip().to_canonical().is_loopback();
+        if let Some(t) = self.admin_token.as_deref() {
+            if let Some(reason) = token_error(t) {
+                return Err(invalid("admin_token", reason));
+            }
+            // Weak is refused even on loopback: it opens every stream and every connection.
+            if let Some(weak) = token_weakness(t) {
+                return Err(invalid(
+                    "admin_token",
+                    format!(
+                        "this token {weak}: it opens every stream and can close any \
+                         connection. Generate one with `openssl rand -hex 24`"
+                    ),
+                ));
+            }
+        }
         if self.streams.is_empty() {
             return Err(invalid(
                 "streams",
                 "is empty: list at least one stream ({\"id\": \"1\", \"token\": \"...\"})",
             ));
         }
-        let api_is_local = self.http_listen.ip().to_canonical().is_loopback();
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.streams.iter_mut().enumerate() {
             let norm = normalize_hex(&s.id).ok_or_else(|| {
@@ -771,6 +790,25 @@ mod tests {
 
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn admin_token_must_be_strong_even_on_loopback() {
+        let with = |t: &str| {
+            format!(
+                r#"{{"http_listen":"127.0.0.1:9998","admin_token":"{t}",
+                "streams":[{{"id":"1","token":"{STRONG}"}}]}}"#
+            )
+        };
+        let c = Config::parse(&with("9d2b7f01c4e86a35b0f2d9c7e1a4f863")).unwrap();
+        assert_eq!(
+            c.admin_token.as_deref(),
+            Some("9d2b7f01c4e86a35b0f2d9c7e1a4f863")
+        );
+        let e = err(&with("replace-with-a-long-random-token"));
+        assert!(e.contains("admin_token") && e.contains("line 1"), "{e}");
+        assert!(err(&with("short")).contains("admin_token"));
+        assert!(err(&with("has space in it")).contains("admin_token"));
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct StreamEntry {
 
 pub struct AppState {
     pub streams: Vec<StreamEntry>,
+    /// config.json `admin_token`: every stream's endpoints and the relay-wide ones.
+    pub admin_token: Option<String>,
     /// Live state and changes go through the relay.
     pub relay: RelayHandle,
 }
@@ -179,17 +181,44 @@ fn stream<'a>(st: &'a AppState, id: &str) -> Result<&'a StreamEntry, ApiError> {
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown stream"))
 }
 
-/// The request carries the stream's bearer token (compared in constant time).
-fn authorize(stream: &StreamEntry, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
+/// The bearer token of the request, or 401.
+fn bearer(headers: &HeaderMap) -> Result<&[u8], ApiError> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
-    if !bool::from(given.as_bytes().ct_eq(stream.token.as_bytes())) {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"));
+        .map(str::as_bytes)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token"))
+}
+
+/// Whether `given` is `token` (compared in constant time).
+fn same_token(given: &[u8], token: Option<&str>) -> bool {
+    token.is_some_and(|t| bool::from(given.ct_eq(t.as_bytes())))
+}
+
+/// The request carries the stream's bearer token or the admin token.
+fn authorize(st: &AppState, stream: &StreamEntry, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = bearer(headers)?;
+    if same_token(given, Some(&stream.token)) || same_token(given, st.admin_token.as_deref()) {
+        return Ok(());
     }
-    Ok(())
+    Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))
+}
+
+/// The request carries the admin token (403 when the relay has none configured).
+#[allow(dead_code)] // used by the relay-wide endpoints
+fn authorize_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = bearer(headers)?;
+    if st.admin_token.is_none() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this endpoint needs the admin token, and config.json sets no `admin_token`",
+        ));
+    }
+    if same_token(given, st.admin_token.as_deref()) {
+        return Ok(());
+    }
+    Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))
 }
 
 async fn create_session(
@@ -199,7 +228,7 @@ async fn create_session(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let stream = stream(&st, &id)?;
-    authorize(stream, &headers)?;
+    authorize(&st, stream, &headers)?;
     let mut params = CreateSession::default();
     if !body.trim_ascii().is_empty() {
         params = json_object(
@@ -266,7 +295,7 @@ async fn put_delay(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let stream = stream(&st, &id)?;
-    authorize(stream, &headers)?;
+    authorize(&st, stream, &headers)?;
     let SetDelay { delay_ms } = json_object(&body, r#"{"delay_ms": <non-negative integer>}"#)?;
     let cmd = Command::SetDelay {
         resource: stream.id.clone(),

@@ -504,6 +504,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     let (handle, requests) = RelayHandle::new(sockets.len());
     let state = Arc::new(AppState {
         streams: entries,
+        admin_token: cfg.admin_token.clone(),
         relay: handle,
     });
     let nofile = http::nofile_limit();
