@@ -105,6 +105,68 @@ pub struct UpstreamInfo {
     pub packets_lost: u64,
 }
 
+/// One entry of `GET /v1/connections` and `GET /v1/streams/{id}/connections`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// When its handshake was accepted, Unix seconds.
+    pub connected_since: u64,
+    /// `kernel` while the eBPF program clones the publisher's packets to this viewer, else
+    /// `userspace`.
+    pub datapath: String,
+    /// As in the metrics' `id` label and `DELETE /v1/connections/{id}` (the relay's SRT
+    /// socket ID).
+    pub id: u32,
+    /// The TSBPD delay agreed in the handshake (the larger of both directions), ms.
+    pub latency_ms: u64,
+    /// `publish`, `request`, or `handshake` (accepted, the caller not heard from since).
+    pub mode: String,
+    /// The caller's address (`a.b.c.d:port` for IPv4 callers, also on a dual-stack socket).
+    pub peer: String,
+    pub stats: ConnectionStats,
+    /// The stream's id (hex).
+    pub stream: String,
+}
+
+/// A connection's SRT statistics (bytes are SRT bytes: header included, UDP/IP not), as
+/// the same names without the prefix in `/v1/metrics` (`srt_connection_*`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionStats {
+    pub ctrl_bytes_lost: u64,
+    pub ctrl_bytes_recv: u64,
+    pub ctrl_bytes_sent: u64,
+    pub ctrl_packets_lost: u64,
+    pub ctrl_packets_recv: u64,
+    pub ctrl_packets_sent: u64,
+    pub data_bytes_lost: u64,
+    pub data_bytes_recv: u64,
+    pub data_bytes_sent: u64,
+    /// Publishers: gaps given up on (libsrt's `pktRcvDrop`); viewers: packets it was told
+    /// to drop with DROPREQ (libsrt's `pktSndDrop`).
+    pub data_packets_dropped: u64,
+    pub data_packets_lost: u64,
+    pub data_packets_recv: u64,
+    /// Sent again on the peer's loss report (a subset of `data_packets_sent`).
+    pub data_packets_retransmitted: u64,
+    pub data_packets_sent: u64,
+    /// Cloned to this viewer by the kernel path (not in `data_packets_sent`).
+    pub data_packets_sent_kernel: u64,
+    /// Loss reports received (viewers) and sent (publishers).
+    pub naks_recv: u64,
+    pub naks_sent: u64,
+    /// A viewer's free receive buffer, packets, from its latest full ACK the relay read.
+    pub peer_buffer_available: Option<u32>,
+    /// The peer's receive buffer, packets, from its handshake.
+    pub peer_buffer_size: Option<u32>,
+    /// Viewers: how long before its play-out time the newest packet it acknowledged
+    /// reached it, ms.
+    pub playout_lead_ms: Option<f64>,
+    /// Over the last measurement interval (1 s), bit/s.
+    pub recv_rate_bps: u64,
+    pub rtt_ms: f64,
+    pub rtt_variance_ms: f64,
+    pub send_rate_bps: u64,
+}
+
 /// Body of `PUT /v1/streams/{id}/delay`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 /// More workers than this would mostly wait on each other's feeds.
 pub const MAX_WORKERS: u32 = 64;
+/// The most connections `metrics_max_connections` may give series of their own.
+pub const MAX_METRICS_CONNECTIONS: usize = 100_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +37,10 @@ pub struct Config {
     pub max_connections: usize,
     #[serde(default = "defaults::max_viewers_per_stream")]
     pub max_viewers_per_stream: usize,
+    /// Connections that get `srt_connection_*` series of their own on /v1/metrics (the
+    /// oldest; 0: none); the rest are counted in `srt_connection_series_omitted`.
+    #[serde(default = "defaults::metrics_max_connections")]
+    pub metrics_max_connections: usize,
     /// Open SRT connections from one source address.
     #[serde(default = "defaults::max_connections_per_ip")]
     pub max_connections_per_ip: usize,
@@ -169,6 +175,9 @@ mod defaults {
     }
     pub fn max_viewers_per_stream() -> usize {
         1024
+    }
+    pub fn metrics_max_connections() -> usize {
+        1000
     }
     pub fn max_connections_per_ip() -> usize {
         256
@@ -306,6 +315,17 @@ impl Config {
             if v == 0 {
                 return Err(invalid(name, "must be at least 1"));
             }
+        }
+        // Each connection adds about 30 series (2 KiB of text) to every scrape.
+        if self.metrics_max_connections > MAX_METRICS_CONNECTIONS {
+            return Err(invalid(
+                "metrics_max_connections",
+                format!(
+                    "must be at most {MAX_METRICS_CONNECTIONS} (the connections API lists \
+                     every connection), got {}",
+                    self.metrics_max_connections
+                ),
+            ));
         }
         // Long enough for a slow link, short enough that a held connection is let go.
         for (name, v, range) in [
@@ -826,6 +846,23 @@ mod tests {
         assert_eq!(c.http_shutdown_timeout_ms, 3_000);
         assert!(c.tls().is_none(), "plain HTTP by default");
         assert!(c.weak_tokens().is_empty());
+    }
+
+    #[test]
+    fn metrics_max_connections_is_bounded() {
+        let with = |n: usize| {
+            format!(
+                r#"{{"metrics_max_connections":{n},"streams":[{{"id":"1","token":"{STRONG}"}}]}}"#
+            )
+        };
+        let c = Config::parse(&format!(
+            r#"{{"streams":[{{"id":"1","token":"{STRONG}"}}]}}"#
+        ));
+        assert_eq!(c.unwrap().metrics_max_connections, 1000);
+        assert_eq!(Config::parse(&with(0)).unwrap().metrics_max_connections, 0);
+        assert!(Config::parse(&with(MAX_METRICS_CONNECTIONS)).is_ok());
+        let e = err(&with(MAX_METRICS_CONNECTIONS + 1));
+        assert!(e.contains("metrics_max_connections"), "{e}");
     }
 
     #[test]

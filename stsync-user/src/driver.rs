@@ -75,11 +75,19 @@ impl RelayHandle {
         Ok((snap, dp))
     }
 
-    /// A session key is minted once (the keys are shared); a stream's delay is set on
-    /// every worker that may serve its viewers, and the answer is the stream as all see it.
+    /// A session key is minted once (the keys are shared); a connection is closed by the
+    /// worker that owns it; a stream's delay is set on every worker that may serve its
+    /// viewers, and the answer is the stream as all see it.
     pub async fn command(&self, cmd: Command) -> Result<Result<Reply, CommandError>, Unavailable> {
-        if matches!(cmd, Command::MintSession { .. }) {
-            return self.ask(0, |tx| Request::Command(cmd, tx)).await;
+        match cmd {
+            Command::MintSession { .. } => {
+                return self.ask(0, |tx| Request::Command(cmd, tx)).await;
+            }
+            Command::Close { conn } => {
+                let w = conn as usize % self.0.len();
+                return self.ask(w, |tx| Request::Command(cmd, tx)).await;
+            }
+            Command::SetDelay { .. } => {}
         }
         let mut merged: Option<Reply> = None;
         for w in 0..self.0.len() {

@@ -6,19 +6,19 @@ mod serve;
 pub use serve::{connection_cap, nofile_limit, serve, ServeOptions, MAX_CONNECTIONS};
 
 use crate::api::{
-    CreateSession, Delay, ErrorBody, Health, SessionCreated, SetDelay, StreamInfo, UpstreamInfo,
-    METRICS_CONTENT_TYPE,
+    ConnectionInfo, ConnectionStats, CreateSession, Delay, ErrorBody, Health, SessionCreated,
+    SetDelay, StreamInfo, UpstreamInfo, METRICS_CONTENT_TYPE,
 };
 use crate::driver::{RelayHandle, Unavailable};
 use crate::metrics::Scrape;
-use crate::relay::{Command, CommandError, Reply, StreamSnapshot};
+use crate::relay::{Command, CommandError, ConnMode, ConnSnapshot, Reply, StreamSnapshot};
 use crate::srt::streamid::normalize_hex;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
@@ -46,6 +46,8 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// Live state and changes go through the relay.
     pub relay: RelayHandle,
+    /// config.json `metrics_max_connections`: connections with series of their own.
+    pub metrics_max_connections: usize,
 }
 
 struct ApiError(StatusCode, Cow<'static, str>);
@@ -65,7 +67,7 @@ impl From<Unavailable> for ApiError {
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         let status = match e {
-            CommandError::UnknownStream => StatusCode::NOT_FOUND,
+            CommandError::UnknownStream | CommandError::UnknownConnection => StatusCode::NOT_FOUND,
             CommandError::Passphrase => StatusCode::BAD_REQUEST,
             CommandError::TooManyKeys(_) => StatusCode::TOO_MANY_REQUESTS,
             CommandError::Delay(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -96,7 +98,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/streams/{id}/sessions", post(create_session))
         .route("/v1/streams/{id}/delay", get(get_delay).put(put_delay))
+        .route("/v1/streams/{id}/connections", get(stream_connections))
         .route("/v1/streams", get(list_streams))
+        .route("/v1/connections", get(list_connections))
+        .route("/v1/connections/{id}", delete(close_connection))
         .route("/v1/metrics", get(metrics))
         .route("/metrics", get(metrics))
         .route("/v1/health", get(|| async { Json(Health::ok()) }))
@@ -206,7 +211,6 @@ fn authorize(st: &AppState, stream: &StreamEntry, headers: &HeaderMap) -> Result
 }
 
 /// The request carries the admin token (403 when the relay has none configured).
-#[allow(dead_code)] // used by the relay-wide endpoints
 fn authorize_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = bearer(headers)?;
     if st.admin_token.is_none() {
@@ -351,9 +355,121 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Result<impl IntoResponse, A
         relay,
         datapath,
         heap_allocations: crate::alloc_count::allocations(),
+        max_connection_series: st.metrics_max_connections,
     };
     Ok((
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         scrape.render(),
     ))
+}
+
+fn connection_info(c: &ConnSnapshot) -> ConnectionInfo {
+    let s = &c.stats;
+    ConnectionInfo {
+        connected_since: c.since_unix_us / 1_000_000,
+        datapath: c.datapath.as_str().into(),
+        id: c.id,
+        latency_ms: c.latency_ms,
+        mode: c.mode.as_str().into(),
+        peer: c.peer.to_string(),
+        stats: ConnectionStats {
+            ctrl_bytes_lost: s.ctrl_bytes_lost,
+            ctrl_bytes_recv: s.ctrl_bytes_recv,
+            ctrl_bytes_sent: s.ctrl_bytes_sent,
+            ctrl_packets_lost: s.ctrl_packets_lost,
+            ctrl_packets_recv: s.ctrl_packets_recv,
+            ctrl_packets_sent: s.ctrl_packets_sent,
+            data_bytes_lost: s.data_bytes_lost,
+            data_bytes_recv: s.data_bytes_recv,
+            data_bytes_sent: s.data_bytes_sent,
+            data_packets_dropped: s.data_packets_dropped,
+            data_packets_lost: s.data_packets_lost,
+            data_packets_recv: s.data_packets_recv,
+            data_packets_retransmitted: s.data_packets_retrans,
+            data_packets_sent: s.data_packets_sent,
+            data_packets_sent_kernel: s.data_packets_sent_kernel,
+            naks_recv: s.naks_recv,
+            naks_sent: s.naks_sent,
+            peer_buffer_available: s.peer_buffer_available,
+            peer_buffer_size: s.peer_buffer_size,
+            playout_lead_ms: (c.mode == ConnMode::Request).then(|| s.playout_lead_us as f64 / 1e3),
+            recv_rate_bps: s.recv_rate_bps,
+            rtt_ms: s.rtt_us as f64 / 1e3,
+            rtt_variance_ms: s.rtt_var_us as f64 / 1e3,
+            send_rate_bps: s.send_rate_bps,
+        },
+        stream: c.resource.clone(),
+    }
+}
+
+/// Every connection, with the admin token.
+async fn list_connections(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize_admin(&st, &headers)?;
+    let (relay, _) = st.relay.stats().await?;
+    Ok(Json(
+        relay.conns.iter().map(connection_info).collect::<Vec<_>>(),
+    ))
+}
+
+/// One stream's connections, with its token or the admin token.
+async fn stream_connections(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let stream = stream(&st, &id)?;
+    authorize(&st, stream, &headers)?;
+    let (relay, _) = st.relay.stats().await?;
+    let list: Vec<ConnectionInfo> = relay
+        .conns
+        .iter()
+        .filter(|c| c.resource == stream.id)
+        .map(connection_info)
+        .collect();
+    Ok(Json(list))
+}
+
+/// Closes a connection (SHUTDOWN to its peer), with the admin token or the token of the
+/// connection's stream. Another stream's token sees no connection of this one: 404, as for
+/// an id that does not exist, so stream tokens cannot probe each other's connections; a
+/// token that is no stream's is 401.
+async fn close_connection(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let given = bearer(&headers)?;
+    let admin = same_token(given, st.admin_token.as_deref());
+    let own: Vec<&str> = st
+        .streams
+        .iter()
+        .filter(|s| same_token(given, Some(&s.token)))
+        .map(|s| s.id.as_str())
+        .collect();
+    if !admin && own.is_empty() {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"));
+    }
+    let conn: u32 = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "connection id must be a decimal number (the `id` of GET /v1/connections)",
+        )
+    })?;
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, "unknown connection");
+    if !admin {
+        let (relay, _) = st.relay.stats().await?;
+        let c = relay
+            .conns
+            .iter()
+            .find(|c| c.id == conn)
+            .ok_or_else(unknown)?;
+        if !own.contains(&c.resource.as_str()) {
+            return Err(unknown());
+        }
+    }
+    st.relay.command(Command::Close { conn }).await??;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -505,6 +505,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         streams: entries,
         admin_token: cfg.admin_token.clone(),
+        metrics_max_connections: cfg.metrics_max_connections,
         relay: handle,
     });
     let nofile = http::nofile_limit();

@@ -3,11 +3,12 @@
 //! scrapes: a closed connection's series are simply not in the next snapshot.
 
 use crate::datapath::DatapathStats;
-use crate::relay::{ConnMode, ConnStats, Snapshot};
+use crate::relay::{ConnMode, ConnSnapshot, ConnStats, Snapshot};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 const COUNTER_HELP: [(&str, &str); 12] = [
@@ -70,11 +71,94 @@ fn counters(s: &ConnStats) -> [u64; 12] {
     ]
 }
 
+/// Per-connection counters beyond `COUNTER_HELP`'s.
+const MORE_COUNTERS: [(&str, &str, fn(&ConnStats) -> u64); 5] = [
+    (
+        "data_packets_retransmitted",
+        "Data packets sent again on the peer's NAK.",
+        |s| s.data_packets_retrans,
+    ),
+    (
+        "data_packets_sent_kernel",
+        "Data packets the kernel fast path cloned to the viewer (not counted in srt_connection_data_packets_sent).",
+        |s| s.data_packets_sent_kernel,
+    ),
+    (
+        "data_packets_dropped",
+        "Data packets given up on. Publishers: gaps the relay stopped waiting for (too late to play, or dropped by the publisher; libsrt's receiver pktRcvDrop). Viewers: packets the relay told it to drop with DROPREQ (too old for the ring, too late, or too large for it; libsrt's sender pktSndDrop).",
+        |s| s.data_packets_dropped,
+    ),
+    (
+        "naks_recv",
+        "Loss reports (NAK packets) received from the peer (viewers).",
+        |s| s.naks_recv,
+    ),
+    (
+        "naks_sent",
+        "Loss reports (NAK packets) sent to the peer (publishers).",
+        |s| s.naks_sent,
+    ),
+];
+
+/// A per-connection gauge's value (none: the series is left out for it).
+type Gauge = fn(&ConnSnapshot) -> Option<f64>;
+
+const GAUGES: [(&str, &str, Gauge); 9] = [
+    (
+        "rtt",
+        "Round-trip time to the peer, seconds.",
+        |c| Some(c.stats.rtt_us as f64 / 1e6),
+    ),
+    (
+        "rtt_variance",
+        "Round-trip time variance, seconds.",
+        |c| Some(c.stats.rtt_var_us as f64 / 1e6),
+    ),
+    (
+        "playout_lead",
+        "Viewers: how long before its play-out time the newest packet the viewer acknowledged reached it, seconds (about the latency; negative: too late; minutes: its time base and the timestamps disagree).",
+        |c| (c.mode == ConnMode::Request).then(|| c.stats.playout_lead_us as f64 / 1e6),
+    ),
+    (
+        "send_rate_bps",
+        "SRT bytes sent to the peer over the last second, bit/s (the kernel path's clones at the stream's mean packet size).",
+        |c| Some(c.stats.send_rate_bps as f64),
+    ),
+    (
+        "recv_rate_bps",
+        "SRT bytes received from the peer over the last second, bit/s.",
+        |c| Some(c.stats.recv_rate_bps as f64),
+    ),
+    (
+        "peer_buffer_available",
+        "A viewer's free receive buffer, packets, from its latest full ACK the relay read (libsrt's pktFlowWindow).",
+        |c| c.stats.peer_buffer_available.map(f64::from),
+    ),
+    (
+        "peer_buffer_size",
+        "The peer's receive buffer, packets, as its handshake announced it.",
+        |c| c.stats.peer_buffer_size.map(f64::from),
+    ),
+    (
+        "latency",
+        "The TSBPD delay agreed in the handshake (the larger of both directions), seconds.",
+        |c| Some(c.latency_ms as f64 / 1e3),
+    ),
+    (
+        "connected_since",
+        "When the connection's handshake was accepted, Unix time in seconds.",
+        |c| Some(c.since_unix_us as f64 / 1e6),
+    ),
+];
+
 /// One scrape: the snapshot and what the daemon allocated so far.
 pub struct Scrape {
     pub relay: Snapshot,
     pub datapath: DatapathStats,
     pub heap_allocations: u64,
+    /// Connections with `srt_connection_*` series of their own (config.json
+    /// `metrics_max_connections`).
+    pub max_connection_series: usize,
 }
 
 fn counter(name: &str, help: &str, v: u64) -> MetricFamily {
@@ -112,63 +196,82 @@ impl Scrape {
             current.with_label_values(&[m.as_str()]).set(n as i64);
         }
         out.extend(current.collect());
+        self.per_connection(out);
+    }
+
+    /// The series labelled by connection `id`, for the `max_connection_series` oldest
+    /// connections (the newest go without: a scrape stays bounded however many connect);
+    /// `srt_connection_series_omitted` counts the others.
+    fn per_connection(&self, out: &mut Vec<MetricFamily>) {
+        let mut shown: Vec<&ConnSnapshot> = self.relay.conns.iter().collect();
+        if shown.len() > self.max_connection_series {
+            shown.sort_unstable_by_key(|c| (c.since_unix_us, c.id));
+            shown.truncate(self.max_connection_series);
+        }
+        let omitted = self.relay.conns.len() - shown.len();
         let per_conn: Vec<IntCounterVec> = COUNTER_HELP
             .iter()
             .map(|(name, help)| counter_vec(&format!("srt_connection_{name}"), help, "id"))
             .collect();
-        let retrans = counter_vec(
-            "srt_connection_data_packets_retransmitted",
-            "Data packets sent again on the peer's NAK.",
-            "id",
-        );
-        let kernel_sent = counter_vec(
-            "srt_connection_data_packets_sent_kernel",
-            "Data packets the kernel fast path cloned to the viewer (not counted in srt_connection_data_packets_sent).",
-            "id",
-        );
-        let rtt = gauge_vec(
-            "srt_connection_rtt",
-            "Round-trip time to the peer, seconds.",
-            "id",
-        );
-        let rtt_var = gauge_vec(
-            "srt_connection_rtt_variance",
-            "Round-trip time variance, seconds.",
-            "id",
-        );
-        let playout_lead = gauge_vec(
-            "srt_connection_playout_lead",
-            "Viewers: how long before its play-out time the newest packet the viewer acknowledged reached it, seconds (about the latency; negative: too late; minutes: its time base and the timestamps disagree).",
-            "id",
-        );
-        for c in &s.conns {
+        let more: Vec<(IntCounterVec, fn(&ConnStats) -> u64)> = MORE_COUNTERS
+            .iter()
+            .map(|(name, help, f)| {
+                (
+                    counter_vec(&format!("srt_connection_{name}"), help, "id"),
+                    *f,
+                )
+            })
+            .collect();
+        let gauges: Vec<(GaugeVec, Gauge)> = GAUGES
+            .iter()
+            .map(|(name, help, f)| (gauge_vec(&format!("srt_connection_{name}"), help, "id"), *f))
+            .collect();
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "srt_connection_info",
+                "1 for each connection with series of its own: its stream, mode (publish, request, handshake), peer address and datapath (kernel: the eBPF program clones the publisher's packets to this viewer; else userspace).",
+            ),
+            &["id", "stream", "mode", "peer", "datapath"],
+        )
+        .expect("valid metric");
+        for c in shown {
             let id = c.id.to_string();
             let l = [id.as_str()];
             for (series, v) in per_conn.iter().zip(counters(&c.stats)) {
                 series.with_label_values(&l).inc_by(v);
             }
-            retrans
-                .with_label_values(&l)
-                .inc_by(c.stats.data_packets_retrans);
-            kernel_sent
-                .with_label_values(&l)
-                .inc_by(c.stats.data_packets_sent_kernel);
-            rtt.with_label_values(&l).set(c.stats.rtt_us as f64 / 1e6);
-            rtt_var
-                .with_label_values(&l)
-                .set(c.stats.rtt_var_us as f64 / 1e6);
-            if c.mode == ConnMode::Request {
-                playout_lead
-                    .with_label_values(&l)
-                    .set(c.stats.playout_lead_us as f64 / 1e6);
+            for (series, f) in &more {
+                series.with_label_values(&l).inc_by(f(&c.stats));
             }
+            for (series, f) in &gauges {
+                if let Some(v) = f(c) {
+                    series.with_label_values(&l).set(v);
+                }
+            }
+            let peer = c.peer.to_string();
+            info.with_label_values(&[
+                &id,
+                &c.resource,
+                c.mode.as_str(),
+                &peer,
+                c.datapath.as_str(),
+            ])
+            .set(1);
         }
-        for v in per_conn.iter().chain([&retrans, &kernel_sent]) {
+        for v in per_conn.iter().chain(more.iter().map(|(v, _)| v)) {
             out.extend(v.collect());
         }
-        for v in [&rtt, &rtt_var, &playout_lead] {
+        for (v, _) in &gauges {
             out.extend(v.collect());
         }
+        out.extend(info.collect());
+        let omitted_gauge = IntGauge::new(
+            "srt_connection_series_omitted",
+            "Open connections without srt_connection_* series of their own: the newest beyond config.json's metrics_max_connections (GET /v1/connections lists every one).",
+        )
+        .expect("valid metric");
+        omitted_gauge.set(omitted as i64);
+        out.extend(omitted_gauge.collect());
     }
 
     fn streams(&self, out: &mut Vec<MetricFamily>) {
@@ -386,7 +489,69 @@ impl Collector for Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::{ConnSnapshot, StreamSnapshot};
+    use crate::relay::{ConnDatapath, ConnSnapshot, StreamSnapshot};
+
+    fn conn(id: u32, mode: ConnMode, stats: ConnStats) -> ConnSnapshot {
+        ConnSnapshot {
+            id,
+            mode,
+            resource: "1".into(),
+            peer: "192.0.2.1:5000".parse().unwrap(),
+            since_unix_us: 1_800_000_000_500_000 + u64::from(id),
+            latency_ms: 120,
+            datapath: ConnDatapath::Kernel,
+            stats,
+        }
+    }
+
+    fn scrape(relay: Snapshot, cap: usize) -> Scrape {
+        Scrape {
+            relay,
+            datapath: DatapathStats {
+                kind: "userspace",
+                ..Default::default()
+            },
+            heap_allocations: 0,
+            max_connection_series: cap,
+        }
+    }
+
+    /// Connections beyond the cap (the newest) have no series, whatever their number; the
+    /// omitted gauge says how many. Prints the render time and size at 10,000 (the README
+    /// quotes a release build's).
+    #[test]
+    fn per_connection_series_are_capped() {
+        let mut relay = Snapshot::default();
+        for id in 1..=10_000 {
+            relay
+                .conns
+                .push(conn(id, ConnMode::Request, ConnStats::default()));
+        }
+        for cap in [1000, 10_000] {
+            let t = std::time::Instant::now();
+            let text = scrape(relay.clone(), cap).render();
+            let took = t.elapsed();
+            let ids = |name: &str| {
+                let prefix = format!("{name}{{");
+                text.lines().filter(|l| l.starts_with(&prefix)).count()
+            };
+            let omitted = 10_000 - cap;
+            assert_eq!(ids("srt_connection_data_packets_sent"), cap);
+            assert_eq!(ids("srt_connection_info"), cap);
+            assert!(text.contains(&format!("\nsrt_connection_series_omitted {omitted}\n")));
+            // The oldest keep theirs: the first `cap` ids (connected in id order here).
+            assert!(text.contains(&format!("srt_connection_rtt{{id=\"{cap}\"}}")));
+            assert!(!text.contains(&format!("srt_connection_rtt{{id=\"{}\"}}", cap + 1)));
+            let series = text
+                .lines()
+                .filter(|l| l.starts_with("srt_connection_"))
+                .count();
+            println!(
+                "10000 connections, cap {cap}: {series} srt_connection_ series, {} bytes, rendered in {took:?}",
+                text.len()
+            );
+        }
+    }
 
     #[test]
     fn a_snapshot_becomes_the_exposition() {
@@ -399,11 +564,7 @@ mod tests {
             rtt_us: 1500,
             ..Default::default()
         };
-        relay.conns.push(ConnSnapshot {
-            id: 42,
-            mode: ConnMode::Request,
-            stats,
-        });
+        relay.conns.push(conn(42, ConnMode::Request, stats));
         relay.streams.push(StreamSnapshot {
             resource: "1".into(),
             publisher: false,
@@ -424,18 +585,15 @@ mod tests {
             }),
         });
         relay.drops.drop_packet("malformed");
-        let scrape = |relay: Snapshot| Scrape {
-            relay,
-            datapath: DatapathStats {
-                kind: "userspace",
-                ..Default::default()
-            },
-            heap_allocations: 0,
-        };
+        let scrape = |relay: Snapshot| scrape(relay, 1000);
         let text = scrape(relay.clone()).render();
         for line in [
             "srt_connection_data_packets_sent{id=\"42\"} 5",
             "srt_connection_rtt{id=\"42\"} 0.0015",
+            "srt_connection_latency{id=\"42\"} 0.12",
+            "srt_connection_connected_since{id=\"42\"} 1800000000.5",
+            "srt_connection_info{datapath=\"kernel\",id=\"42\",mode=\"request\",peer=\"192.0.2.1:5000\",stream=\"1\"} 1",
+            "srt_connection_series_omitted 0",
             "srt_connections_current{mode=\"request\"} 1",
             "srt_upstream_connected{stream=\"1\",upstream=\"origin:9999\"} 1",
             "srt_upstream_rtt{stream=\"1\",upstream=\"origin:9999\"} 0.0015",

@@ -2,7 +2,9 @@
 //! the tests. Blocking because all of them are synchronous, and because a caller that must
 //! reach a relay inside a network namespace switches the thread's namespace around the call.
 
-use super::{CreateSession, Delay, ErrorBody, Health, SessionCreated, SetDelay, StreamInfo};
+use super::{
+    ConnectionInfo, CreateSession, Delay, ErrorBody, Health, SessionCreated, SetDelay, StreamInfo,
+};
 use serde::de::DeserializeOwned;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -138,6 +140,24 @@ impl Client {
     pub fn set_delay(&self, stream: &str, delay_ms: u64) -> Result<Delay, ApiError> {
         let req = self.request("PUT", &delay_path(stream));
         json(req.send_json(SetDelay { delay_ms })?)
+    }
+
+    /// `GET /v1/connections` (the admin token).
+    pub fn connections(&self) -> Result<Vec<ConnectionInfo>, ApiError> {
+        json(self.request("GET", "/v1/connections").call()?)
+    }
+
+    /// `GET /v1/streams/{stream}/connections`.
+    pub fn stream_connections(&self, stream: &str) -> Result<Vec<ConnectionInfo>, ApiError> {
+        let path = format!("/v1/streams/{stream}/connections");
+        json(self.request("GET", &path).call()?)
+    }
+
+    /// `DELETE /v1/connections/{id}`: the relay closes the connection (204).
+    pub fn close_connection(&self, id: u32) -> Result<(), ApiError> {
+        self.request("DELETE", &format!("/v1/connections/{id}"))
+            .call()?;
+        Ok(())
     }
 
     /// `GET /v1/metrics`: the Prometheus text (see [`super::metrics`] to read it).

@@ -24,6 +24,7 @@ impl Relay {
         if let Some(f) = ack.full {
             conn.stats.rtt_us = f.rtt_us.into();
             conn.stats.rtt_var_us = f.rtt_var_us.into();
+            conn.stats.peer_buffer_available = Some(f.avail_buf);
             self.send_control(now, id, ctrl::ACKACK, c.info, &[0]);
         }
         self.after_ack(now, id, ack.ack_seq, advanced);

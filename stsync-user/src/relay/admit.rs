@@ -208,6 +208,9 @@ impl Relay {
             mode: ConnMode::Handshake,
             start: now.checked_sub(CLOCK_HEADROOM).unwrap_or(now),
             latency: Duration::from_millis(rcv_latency.max(snd_latency).into()),
+            since: now,
+            rates: super::rates::Rates::new(now),
+            kernel_bytes: 0,
             playout_warned: None,
             last_recv: now,
             last_sent: now,
@@ -216,7 +219,10 @@ impl Relay {
             kernel_epoch: None,
             serving_from: None,
             encryption: encryption.map(Box::new),
-            stats: ConnStats::default(),
+            stats: ConnStats {
+                peer_buffer_size: Some(hs.hs.flow_window),
+                ..ConnStats::default()
+            },
         };
         let start = conn.start;
         self.conns.insert(id, conn);

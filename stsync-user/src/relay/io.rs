@@ -122,6 +122,9 @@ pub enum Command {
     },
     /// Moves a stream's viewers to a new delay (gradually, see README).
     SetDelay { resource: String, delay_ms: u64 },
+    /// Closes connection `conn` as an idle timeout does: SHUTDOWN to the peer, then its
+    /// routes (and kernel-path entries) go. Its session key stays spent.
+    Close { conn: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,12 +133,15 @@ pub enum Reply {
     Session(Minted),
     /// The stream after the change.
     Stream(StreamSnapshot),
+    Closed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
     #[error("unknown stream")]
     UnknownStream,
+    #[error("unknown connection")]
+    UnknownConnection,
     #[error(transparent)]
     TooManyKeys(#[from] TooMany),
     #[error("a passphrase is 10 to 79 characters")]

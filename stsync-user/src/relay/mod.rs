@@ -27,6 +27,7 @@ mod outbox;
 mod per_address;
 mod playout;
 mod pull;
+mod rates;
 mod retransmit;
 pub mod ring;
 mod shared;
@@ -43,7 +44,7 @@ pub use per_address::{AddressLimits, PerAddress};
 pub use pull::{PullAnswer, PullRequest, PullSnapshot, Pulled};
 pub use shared::Shared;
 pub use signed_keys::{KeySecret, MIN_SECRET_LEN};
-pub use stats::{ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot};
+pub use stats::{ConnDatapath, ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot};
 pub use transmits::{Datagram, Transmits};
 
 use crate::srt::cookie::CookieJar;
@@ -166,6 +167,11 @@ struct Conn {
     /// The latency agreed in the handshake (the viewer plays a packet this long after its
     /// timestamp).
     latency: Duration,
+    /// When its handshake was accepted (or its call answered).
+    since: Instant,
+    rates: rates::Rates,
+    /// SRT bytes the kernel path cloned to this viewer, estimated (see `handle_kernel`).
+    kernel_bytes: u64,
     /// When a viewer's play-out was last found far off (warned at most every 10 s).
     playout_warned: Option<Instant>,
     last_recv: Instant,
@@ -374,6 +380,11 @@ impl Relay {
             .map(|(&id, c)| ConnSnapshot {
                 id,
                 mode: c.mode,
+                resource: self.streams[c.stream].resource.clone(),
+                peer: shown(c.peer),
+                since_unix_us: self.cfg.wall_clock.unix(c.since).as_micros() as u64,
+                latency_ms: c.latency.as_millis() as u64,
+                datapath: self.datapath_of(c),
                 stats: c.stats,
             })
             .collect();
@@ -420,7 +431,15 @@ impl Relay {
             }
             KernelReport::Acks { conn, acks } => self.on_kernel_acks(conn, &acks),
             KernelReport::Clones { conn, total } => {
+                // The kernel counts packets, not bytes: its clones count at the stream's
+                // mean packet size, for the viewer's send rate.
+                let Some(stream) = self.conns.get(&conn).map(|c| c.stream) else {
+                    return;
+                };
+                let len = self.mean_packet_len(stream);
                 if let Some(c) = self.conns.get_mut(&conn) {
+                    let new = total.saturating_sub(c.stats.data_packets_sent_kernel);
+                    c.kernel_bytes += new * len;
                     c.stats.data_packets_sent_kernel = total;
                 }
             }
@@ -468,6 +487,14 @@ impl Relay {
                 s.delay_target_ms = delay_ms;
                 debug!(resource = %resource, delay_ms, "stream delay set");
                 Ok(Reply::Stream(s.snapshot()))
+            }
+            Command::Close { conn } => {
+                if !self.conns.contains_key(&conn) {
+                    return Err(CommandError::UnknownConnection);
+                }
+                info!(conn, "closing the connection as the HTTP API asked");
+                self.close(now, conn, true);
+                Ok(Reply::Closed)
             }
         }
     }
@@ -532,7 +559,10 @@ impl Relay {
                 self.on_key_answer(now, id, c.body)
             }
             (ctrl::ACK, Role::Viewer(_)) => self.on_viewer_ack(now, id, c),
-            (ctrl::NAK, Role::Viewer(_)) => self.on_viewer_nak(now, id, c.body),
+            (ctrl::NAK, Role::Viewer(_)) => {
+                conn.stats.naks_recv += 1;
+                self.on_viewer_nak(now, id, c.body)
+            }
             (ctrl::HANDSHAKE, _) => {
                 // A conclusion repeated to our socket ID: the answer was lost.
                 if !self.answer_again(now, id, len) {
@@ -553,7 +583,12 @@ impl Relay {
                     let (w, n) = ack.words();
                     self.send_control(now, id, ctrl::ACK, number, &w[..n]);
                 }
-                Feedback::Nak(words) => self.send_control(now, id, ctrl::NAK, 0, &words),
+                Feedback::Nak(words) => {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.stats.naks_sent += 1;
+                    }
+                    self.send_control(now, id, ctrl::NAK, 0, &words)
+                }
             }
         }
     }
@@ -670,6 +705,7 @@ impl Relay {
                 rx.handle_timeout(now, &mut fb);
                 conn.stats.ctrl_packets_lost = rx.stats.acks_unanswered;
                 conn.stats.ctrl_bytes_lost = rx.stats.acks_unanswered * FULL_ACK_LEN;
+                conn.stats.data_packets_dropped = rx.stats.dropped;
                 self.send_feedback(now, pid, &mut fb);
             }
         }
@@ -702,6 +738,10 @@ impl Relay {
                     c.serving_from = None;
                 }
             }
+            let s = &c.stats;
+            let sent = s.data_bytes_sent + s.ctrl_bytes_sent + c.kernel_bytes;
+            let recv = s.data_bytes_recv + s.ctrl_bytes_recv;
+            c.rates.update(now, sent, recv, &mut c.stats);
             // Usually none: the sweep allocates nothing in steady state.
             if c.encryption.as_deref().is_some_and(Encryption::announcing) {
                 announcing.push(id);
@@ -762,6 +802,34 @@ impl Relay {
             Role::Publisher(rx) => Some(rx),
             Role::Viewer(_) => None,
         }
+    }
+
+    /// Which path sends connection `c` its data now.
+    fn datapath_of(&self, c: &Conn) -> ConnDatapath {
+        let epoch = self.streams[c.stream].epoch;
+        let serving = c.serving_from.map(|(e, _)| e);
+        if c.kernel_epoch == Some(epoch) || serving == Some(epoch) {
+            ConnDatapath::Kernel
+        } else {
+            ConnDatapath::Userspace
+        }
+    }
+
+    /// SRT bytes of the stream's mean data packet now (a full one while it has no rate).
+    fn mean_packet_len(&self, stream: usize) -> u64 {
+        let s = &self.streams[stream];
+        let feeder = match self.publisher_rx(s) {
+            Some(rx) => Some((rx.byte_rate(), rx.packet_rate())),
+            None => s
+                .remote
+                .as_ref()
+                .map(|r| (r.byte_rate, self.shared.packet_rate(stream) as u32)),
+        };
+        let payload = match feeder {
+            Some((bytes, pkts)) if pkts > 0 => u64::from(bytes / pkts),
+            _ => stsync_common::srt::MAX_PAYLOAD as u64,
+        };
+        stsync_common::srt::HEADER_LEN as u64 + payload
     }
 
     /// Graceful stop: every peer gets SHUTDOWN.

@@ -161,6 +161,7 @@ impl Relay {
                 let len = out.push_control(peer, ctrl::DROPREQ, 0, ts, peer_id, &body);
                 v.budget.spend(len as u64);
                 stats.sent_control(len);
+                stats.data_packets_dropped += run.1.diff(run.0).max(0) as u64 + 1;
             };
         for &run in gone {
             if !v.budget.available() {

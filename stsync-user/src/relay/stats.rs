@@ -4,6 +4,7 @@
 //! the relay owns its counters and a reader gets a copy.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 /// What a connection is doing, as the `mode` label of `srt_connections_current`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,6 +51,25 @@ pub struct ConnStats {
     /// A viewer's play-out lead (µs) for the newest packet it acknowledged: how long before
     /// its play-out time it had it (see `relay::playout`).
     pub playout_lead_us: i64,
+    /// Data packets given up on: a publisher's gaps the relay stopped waiting for (too late
+    /// to play, or dropped by the publisher: libsrt's receiver `pktRcvDrop`); a viewer's
+    /// packets it was told to drop (DROPREQ: too old for the ring, too late to play, or too
+    /// large for it; libsrt's sender `pktSndDrop`).
+    pub data_packets_dropped: u64,
+    /// Loss reports (NAK packets) received from the peer (viewers) and sent to it
+    /// (publishers).
+    pub naks_recv: u64,
+    pub naks_sent: u64,
+    /// SRT bytes sent and received over the last measurement interval (`rates`), bit/s;
+    /// sent includes the kernel path's clones (at the stream's mean packet size).
+    pub send_rate_bps: u64,
+    pub recv_rate_bps: u64,
+    /// A viewer's available receive buffer, packets, from its latest full ACK that the
+    /// relay read (libsrt's `pktFlowWindow`); none before one.
+    pub peer_buffer_available: Option<u32>,
+    /// The peer's receive buffer, packets, as its handshake announced it (the flow window:
+    /// libsrt sends the smaller of its receive buffer and its flight flag size).
+    pub peer_buffer_size: Option<u32>,
 }
 
 impl ConnStats {
@@ -69,11 +89,37 @@ impl ConnStats {
     }
 }
 
+/// Which path sends a connection its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnDatapath {
+    Userspace,
+    /// The eBPF program clones the publisher's packets to this viewer.
+    Kernel,
+}
+
+impl ConnDatapath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnDatapath::Userspace => "userspace",
+            ConnDatapath::Kernel => "kernel",
+        }
+    }
+}
+
 /// One connection in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnSnapshot {
     pub id: u32,
     pub mode: ConnMode,
+    /// The stream's resource (hex, as configured).
+    pub resource: String,
+    /// As logs show it (`relay::shown`: IPv4 for an IPv4-mapped caller).
+    pub peer: SocketAddr,
+    /// When its handshake was accepted, µs since the Unix epoch.
+    pub since_unix_us: u64,
+    /// The TSBPD delay agreed in the handshake (the larger of both directions), ms.
+    pub latency_ms: u64,
+    pub datapath: ConnDatapath,
     pub stats: ConnStats,
 }
 

@@ -186,6 +186,7 @@ impl Relay {
         let arrival = rx.on_data(now, d.seq, d.payload.len(), &mut fb);
         conn.stats.data_packets_lost = rx.stats.lost;
         conn.stats.data_bytes_lost = rx.stats.lost * MAX_PAYLOAD as u64;
+        conn.stats.data_packets_dropped = rx.stats.dropped;
         // Where a viewer that this packet maps starts. Only a fresh packet starts one: a
         // recovered packet's timing is its recovery's, and the viewer's time base follows
         // the packet that starts it. A late joiner starts at that packet: an older one
@@ -401,7 +402,10 @@ impl Relay {
             return;
         }
         match (be32(c.body, 0), be32(c.body, 4)) {
-            (Ok(a), Ok(b)) => rx.on_dropreq(Seq::new(a), Seq::new(b)),
+            (Ok(a), Ok(b)) => {
+                rx.on_dropreq(Seq::new(a), Seq::new(b));
+                conn.stats.data_packets_dropped = rx.stats.dropped;
+            }
             _ => self.drops.drop_packet("malformed"),
         }
     }
