@@ -498,6 +498,7 @@ impl Caller {
     }
 }
 
+mod conn_stats;
 mod connections;
 mod encryption;
 mod handover;
