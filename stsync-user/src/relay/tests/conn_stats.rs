@@ -62,7 +62,11 @@ fn connection_statistics_count_what_crossed() {
     let close = |bps: u64, to: f64| (bps as f64 / to - 1.0).abs() < 0.1;
     assert!(close(pc.stats.recv_rate_bps, 92_800.0), "{:?}", pc.stats);
     assert!(close(c2.stats.send_rate_bps, 92_800.0), "{:?}", c2.stats);
-    assert_eq!(c2.stats.recv_rate_bps, 10 * 20 * 8, "10 keepalives/s of 20 bytes");
+    assert_eq!(
+        c2.stats.recv_rate_bps,
+        10 * 20 * 8,
+        "10 keepalives/s of 20 bytes"
+    );
     // The viewer's free buffer from its full ACKs; both peers' buffers from the handshake.
     assert_eq!(c1.stats.peer_buffer_available, Some(8192));
     assert_eq!(c2.stats.peer_buffer_available, None);
