@@ -5,22 +5,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-fn assert_json_error(r: &HttpResp, status: u16, what: &str) {
-    assert_eq!(r.status, status, "{what}: {r:?}");
-    assert!(
-        r.content_type.starts_with("application/json"),
-        "{what}: content-type {:?}",
-        r.content_type
-    );
-    let v = r.json();
-    let e = v.get("error").and_then(|e| e.as_str());
-    assert!(
-        e.is_some_and(|e| !e.is_empty()),
-        "{what}: body should be {{\"error\": \"<reason>\"}}, got {}",
-        r.body
-    );
-}
-
 fn is_session_id(s: &str) -> bool {
     s.len() == 16 && s.chars().all(|c| c.is_ascii_hexdigit())
 }

@@ -54,18 +54,6 @@ fn raw_request_from(from: std::net::Ipv4Addr, addr: SocketAddrV4, request: &[u8]
     }
 }
 
-fn assert_json_error(r: &HttpResp, status: u16, what: &str) {
-    assert_eq!(r.status, status, "{what}: {r:?}");
-    assert!(
-        r.content_type.starts_with("application/json"),
-        "{what}: {r:?}"
-    );
-    assert!(
-        r.json()["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{what}: {r:?}"
-    );
-}
-
 /// Whether the server has closed `s` (without waiting).
 fn closed_by_server(s: &mut TcpStream) -> bool {
     s.set_nonblocking(true).unwrap();

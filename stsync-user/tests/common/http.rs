@@ -16,6 +16,23 @@ impl HttpResp {
     }
 }
 
+/// `r` is an API error: `status`, JSON, `{"error": "<reason>"}`.
+pub fn assert_json_error(r: &HttpResp, status: u16, what: &str) {
+    assert_eq!(r.status, status, "{what}: {r:?}");
+    assert!(
+        r.content_type.starts_with("application/json"),
+        "{what}: content-type {:?}",
+        r.content_type
+    );
+    let v = r.json();
+    let e = v.get("error").and_then(|e| e.as_str());
+    assert!(
+        e.is_some_and(|e| !e.is_empty()),
+        "{what}: body should be {{\"error\": \"<reason>\"}}, got {}",
+        r.body
+    );
+}
+
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<HttpResp, String> {
     http_body(method, url, headers, None)
 }

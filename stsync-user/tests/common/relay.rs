@@ -65,6 +65,10 @@ pub struct RelayOpts {
     pub http_listen_ip: Option<std::net::IpAddr>,
     /// `--log-format` (text, json). Default: the daemon's own (text).
     pub log_format: Option<String>,
+    /// config.json `admin_token` (none by default).
+    pub admin_token: Option<String>,
+    /// config.json `metrics_max_connections`.
+    pub metrics_max_connections: Option<u64>,
 }
 
 impl Default for RelayOpts {
@@ -106,6 +110,8 @@ impl Default for RelayOpts {
             srt_listen_ip: None,
             http_listen_ip: None,
             log_format: None,
+            admin_token: None,
+            metrics_max_connections: None,
         }
     }
 }
@@ -219,6 +225,7 @@ impl Relay {
             ("http_shutdown_timeout_ms", opts.http_shutdown_timeout_ms),
             ("kmrefreshrate", opts.kmrefreshrate),
             ("kmpreannounce", opts.kmpreannounce),
+            ("metrics_max_connections", opts.metrics_max_connections),
         ] {
             if let Some(v) = v {
                 m.insert(k.to_string(), serde_json::json!(v));
@@ -226,6 +233,9 @@ impl Relay {
         }
         if let Some(secret) = &opts.key_secret {
             m.insert("key_secret".into(), secret.as_str().into());
+        }
+        if let Some(t) = &opts.admin_token {
+            m.insert("admin_token".into(), t.as_str().into());
         }
         let tls_cert = opts.tls.as_ref().map(|(cert, key)| {
             fs::write(dir.file("cert.pem"), cert).unwrap();
