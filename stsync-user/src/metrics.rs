@@ -71,8 +71,11 @@ fn counters(s: &ConnStats) -> [u64; 12] {
     ]
 }
 
+/// A per-connection counter's value.
+type Count = fn(&ConnStats) -> u64;
+
 /// Per-connection counters beyond `COUNTER_HELP`'s.
-const MORE_COUNTERS: [(&str, &str, fn(&ConnStats) -> u64); 5] = [
+const MORE_COUNTERS: [(&str, &str, Count); 5] = [
     (
         "data_packets_retransmitted",
         "Data packets sent again on the peer's NAK.",
@@ -213,7 +216,7 @@ impl Scrape {
             .iter()
             .map(|(name, help)| counter_vec(&format!("srt_connection_{name}"), help, "id"))
             .collect();
-        let more: Vec<(IntCounterVec, fn(&ConnStats) -> u64)> = MORE_COUNTERS
+        let more: Vec<(IntCounterVec, Count)> = MORE_COUNTERS
             .iter()
             .map(|(name, help, f)| {
                 (
