@@ -336,6 +336,39 @@ mod tests {
     }
 
     #[test]
+    fn api_connection_listing() {
+        let stats = ConnectionStats {
+            data_packets_sent: 7,
+            peer_buffer_size: Some(8192),
+            rtt_ms: 1.5,
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&vec![ConnectionInfo {
+            connected_since: 1_800_000_000,
+            datapath: "kernel".into(),
+            id: 42,
+            latency_ms: 120,
+            mode: "request".into(),
+            peer: "192.0.2.1:5000".into(),
+            stats,
+            stream: "1".into(),
+        }])
+        .unwrap();
+        assert!(
+            json.starts_with(concat!(
+                r#"[{"connected_since":1800000000,"datapath":"kernel","id":42,"#,
+                r#""latency_ms":120,"mode":"request","peer":"192.0.2.1:5000","stats":"#,
+                r#"{"ctrl_bytes_lost":0,"#
+            )),
+            "{json}"
+        );
+        assert!(json.contains(r#""peer_buffer_available":null,"peer_buffer_size":8192,"#));
+        assert!(json.ends_with(r#""rtt_variance_ms":0.0,"send_rate_bps":0},"stream":"1"}]"#));
+        let back: Vec<ConnectionInfo> = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    }
+
+    #[test]
     fn api_health() {
         round_trip(r#"{"status":"ok"}"#, Health::ok());
     }

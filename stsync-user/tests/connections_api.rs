@@ -454,19 +454,24 @@ fn per_connection_series_are_capped() {
     });
     let dir = TempDir::new("conn-cap");
     let mut viewers = Vec::new();
+    // Ids in the order they connected: one at a time, each found as the new one listed.
+    let mut order: Vec<u32> = Vec::new();
     for i in 0..4 {
         let stream = if i % 2 == 0 { "1" } else { "2" };
-        viewers.push(SltViewer::start(
-            &dir,
-            &format!("v{i}"),
-            &relay.viewer_url(stream),
-        ));
-        // Connected one after the other: their order is the age order.
+        let url = relay.viewer_url(stream);
+        viewers.push(SltViewer::start(&dir, &format!("v{i}"), &url));
         assert!(
             relay.wait_connections("request", i + 1, secs(5.0)),
             "viewer {i} not connected"
         );
-        sleep_secs(0.05);
+        let list = admin(&relay).connections().unwrap();
+        let new: Vec<u32> = list
+            .iter()
+            .map(|c| c.id)
+            .filter(|id| !order.contains(id))
+            .collect();
+        assert_eq!(new.len(), 1, "{list:#?}");
+        order.push(new[0]);
     }
     let list = admin(&relay).connections().unwrap();
     assert_eq!(list.len(), 4, "{list:#?}");
@@ -475,25 +480,24 @@ fn per_connection_series_are_capped() {
         prom_value(&m, "srt_connection_series_omitted", &[]),
         Some(2.0)
     );
-    let shown: Vec<String> = prom_samples(&m, "srt_connection_info", &[])
-        .iter()
-        .filter_map(|s| s.label("id").map(str::to_string))
-        .collect();
-    assert_eq!(shown.len(), 2, "{shown:?}");
+    let ids = |name: &str| -> Vec<u32> {
+        let mut v: Vec<u32> = prom_samples(&m, name, &[])
+            .iter()
+            .filter_map(|s| s.label("id")?.parse().ok())
+            .collect();
+        v.sort();
+        v
+    };
+    // The two oldest keep theirs, in every per-connection family.
+    let mut oldest = order[..2].to_vec();
+    oldest.sort();
     assert_eq!(
-        prom_samples(&m, "srt_connection_ctrl_packets_recv", &[]).len(),
-        2
+        ids("srt_connection_info"),
+        oldest,
+        "connected in order {order:?}"
     );
-    let mut oldest = list.clone();
-    oldest.sort_by_key(|c| c.connected_since);
-    for c in &list {
-        let has = shown.contains(&c.id.to_string());
-        let rank = oldest.iter().position(|o| o.id == c.id).unwrap();
-        // Whole seconds in the API: only a clear age difference is checked.
-        if oldest[1].connected_since < oldest[2].connected_since {
-            assert_eq!(has, rank < 2, "{c:#?}");
-        }
-    }
+    assert_eq!(ids("srt_connection_ctrl_packets_recv"), oldest);
+    assert_eq!(ids("srt_connection_send_rate_bps"), oldest);
     for v in viewers.iter_mut() {
         v.stop();
     }
