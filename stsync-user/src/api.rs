@@ -153,7 +153,7 @@ pub struct ConnectionStats {
     /// Loss reports received (viewers) and sent (publishers).
     pub naks_recv: u64,
     pub naks_sent: u64,
-    /// A viewer's free receive buffer, packets, from its latest full ACK the relay read.
+    /// A viewer's free receive buffer, packets, from its latest full or small ACK.
     pub peer_buffer_available: Option<u32>,
     /// The peer's receive buffer, packets, from its handshake.
     pub peer_buffer_size: Option<u32>,

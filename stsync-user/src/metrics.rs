@@ -134,7 +134,7 @@ const GAUGES: [(&str, &str, Gauge); 9] = [
     ),
     (
         "peer_buffer_available",
-        "A viewer's free receive buffer, packets, from its latest full ACK the relay read (libsrt's pktFlowWindow).",
+        "A viewer's free receive buffer, packets, from its latest full or small ACK, read by the relay or the kernel path (libsrt's pktFlowWindow).",
         |c| c.stats.peer_buffer_available.map(f64::from),
     ),
     (

@@ -545,6 +545,8 @@ fn kernel_served_viewers_say_so() {
         let s = &v.stats;
         assert_eq!(v.datapath, "kernel", "{v:#?}");
         assert!(s.data_packets_sent_kernel > 100, "{v:#?}");
+        // From the ACKs the kernel answered.
+        assert!(s.peer_buffer_available.is_some_and(|b| b > 0), "{v:#?}");
         assert!(
             near(s.send_rate_bps as f64, stream_bps, 0.35),
             "viewer {}: send rate {} (kernel clones at the mean packet size) vs {stream_bps:.0}",

@@ -433,6 +433,7 @@ impl EbpfDatapath {
                 last: ns_to_instant(a.last_ns, now, now_ns),
                 ack_seq: Seq::new(a.ack_seq),
                 rtt: (a.ack_no != 0 || a.rtt_us != 0).then_some((a.rtt_us, a.rtt_var_us)),
+                avail_buf: (a.ack_no != 0 || a.rtt_us != 0).then_some(a.avail_buf),
                 answered: 0,
                 light: 0,
                 bytes: 0,

@@ -827,6 +827,7 @@ impl World {
                     last: self.now,
                     ack_seq: self.peers[p].isn.add(value & 0xFFFF),
                     rtt: (flags & 2 != 0).then_some((value >> 8, value >> 16)),
+                    avail_buf: (flags & 2 != 0).then_some(value >> 4),
                     answered: u64::from(value >> 24),
                     light: u64::from(value >> 28),
                     bytes: u64::from(value >> 16),

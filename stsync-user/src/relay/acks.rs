@@ -46,6 +46,9 @@ impl Relay {
             c.stats.rtt_us = rtt.into();
             c.stats.rtt_var_us = var.into();
         }
+        if k.avail_buf.is_some() {
+            c.stats.peer_buffer_available = k.avail_buf;
+        }
         if k.answered > 0 {
             c.last_sent = c.last_sent.max(k.last);
         }

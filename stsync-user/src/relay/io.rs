@@ -97,6 +97,8 @@ pub struct KernelAcks {
     pub ack_seq: Seq,
     /// The viewer's RTT and RTT variance (µs) from its latest full or small ACK.
     pub rtt: Option<(u32, u32)>,
+    /// The viewer's free receive buffer (packets) from the same ACK.
+    pub avail_buf: Option<u32>,
     /// Since the previous report: ACKs answered with an ACKACK, light ACKs, and the SRT
     /// bytes of both.
     pub answered: u64,

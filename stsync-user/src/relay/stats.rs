@@ -64,8 +64,9 @@ pub struct ConnStats {
     /// sent includes the kernel path's clones (at the stream's mean packet size).
     pub send_rate_bps: u64,
     pub recv_rate_bps: u64,
-    /// A viewer's available receive buffer, packets, from its latest full ACK that the
-    /// relay read (libsrt's `pktFlowWindow`); none before one.
+    /// A viewer's available receive buffer, packets, from its latest full or small ACK,
+    /// whether the relay or the kernel path read it (libsrt's `pktFlowWindow`); none
+    /// before one.
     pub peer_buffer_available: Option<u32>,
     /// The peer's receive buffer, packets, as its handshake announced it (the flow window:
     /// libsrt sends the smaller of its receive buffer and its flight flag size).

@@ -60,6 +60,7 @@ fn kernel_handled_acks_keep_a_viewer_alive_and_a_stuck_viewer_is_closed() {
                 last: w.now,
                 ack_seq: Seq::new(i),
                 rtt: Some((500, 100)),
+                avail_buf: Some(8000),
                 answered: 1,
                 light: 2,
                 bytes: 44 + 2 * 20,
@@ -99,6 +100,7 @@ fn kernel_handled_acks_keep_a_viewer_alive_and_a_stuck_viewer_is_closed() {
         Some(true)
     );
     assert_eq!(metric("srt_connection_rtt"), Some(0.0005));
+    assert_eq!(metric("srt_connection_peer_buffer_available"), Some(8000.0));
     assert!(metric("srt_connection_ctrl_packets_sent").unwrap() >= 80.0);
 }
 

@@ -287,6 +287,7 @@ fn a_lost_retransmission_is_sent_again_while_the_ack_stops_at_it() {
             last: w.now,
             ack_seq: Seq::new(125),
             rtt: Some((500, 100)),
+            avail_buf: None,
             answered: 1,
             light: 0,
             bytes: 44,
