@@ -65,6 +65,9 @@ pub struct RelayOpts {
     pub http_listen_ip: Option<std::net::IpAddr>,
     /// `--log-format` (text, json). Default: the daemon's own (text).
     pub log_format: Option<String>,
+    /// Runs the relay through this command line (e.g. `setpriv ... --`), the relay's own
+    /// path and arguments appended (not with `netns`).
+    pub wrapper: Option<Vec<String>>,
 }
 
 impl Default for RelayOpts {
@@ -106,6 +109,7 @@ impl Default for RelayOpts {
             srt_listen_ip: None,
             http_listen_ip: None,
             log_format: None,
+            wrapper: None,
         }
     }
 }
@@ -238,7 +242,14 @@ impl Relay {
         fs::write(&config_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
         let log_path = dir.file("relay.log");
         let log = out_file(&log_path);
-        let mut cmd = command(opts.netns.as_deref(), "relay");
+        let mut cmd = match &opts.wrapper {
+            Some(w) => {
+                let mut c = Command::new(&w[0]);
+                c.args(&w[1..]).arg(tool("relay"));
+                c
+            }
+            None => command(opts.netns.as_deref(), "relay"),
+        };
         if let Some(d) = &opts.datapath {
             cmd.args(["--datapath", d]);
         }
