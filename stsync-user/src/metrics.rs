@@ -309,8 +309,17 @@ impl Scrape {
                 .with_label_values(&[&code.to_string()])
                 .inc_by(*n);
         }
+        let closed = counter_vec(
+            "srt_connections_closed_total",
+            "Connections the relay ended, by reason: peer_shutdown (the peer sent SHUTDOWN), idle_timeout (nothing heard), stuck (a viewer acknowledging nothing new while data waited), taken_over (a publisher replaced), protocol_violation, pull_ended (an edge's upstream connection stopped or silent), relay_shutdown.",
+            "reason",
+        );
+        for (reason, n) in &self.relay.drops.closed {
+            closed.with_label_values(&[reason]).inc_by(*n);
+        }
         out.extend(dropped.collect());
         out.extend(rejections.collect());
+        out.extend(closed.collect());
     }
 
     fn datapath(&self, out: &mut Vec<MetricFamily>) {

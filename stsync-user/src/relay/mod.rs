@@ -43,7 +43,7 @@ pub use per_address::{AddressLimits, PerAddress};
 pub use pull::{PullAnswer, PullRequest, PullSnapshot, Pulled};
 pub use shared::Shared;
 pub use signed_keys::{KeySecret, MIN_SECRET_LEN};
-pub use stats::{ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot};
+pub use stats::{CloseReason, ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot};
 pub use transmits::{Datagram, Transmits};
 
 use crate::srt::cookie::CookieJar;
@@ -520,7 +520,7 @@ impl Relay {
             (ctrl::KEEPALIVE, _) => {}
             (ctrl::SHUTDOWN, _) => {
                 info!(conn = id, "peer sent SHUTDOWN");
-                self.close(now, id, false);
+                self.close(now, id, CloseReason::PeerShutdown);
             }
             (ctrl::ACKACK | ctrl::DROPREQ, Role::Publisher(_)) => {
                 self.on_publisher_control(now, id, c)
@@ -580,14 +580,16 @@ impl Relay {
         conn.stats.sent_control(len);
     }
 
-    /// Closes a connection; `notify` sends the peer a SHUTDOWN first.
-    fn close(&mut self, now: Instant, id: u32, notify: bool) {
-        if notify {
+    /// Closes a connection, counted by `reason`; the peer gets a SHUTDOWN unless it sent
+    /// one.
+    fn close(&mut self, now: Instant, id: u32, reason: CloseReason) {
+        if reason != CloseReason::PeerShutdown {
             self.send_control(now, id, ctrl::SHUTDOWN, 0, &[0]);
         }
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
+        self.drops.close(reason);
         self.by_peer.remove(&(conn.peer, conn.peer_id));
         self.shared.addresses().closed(conn.peer.ip());
         self.rexmit_pending.remove(&id);
@@ -623,7 +625,7 @@ impl Relay {
                     .push_back(RouteEvent::ViewerRemoved { conn: id });
             }
         }
-        info!(conn = id, peer = %shown(conn.peer), "connection closed");
+        info!(conn = id, peer = %shown(conn.peer), reason = reason.as_str(), "connection closed");
     }
 
     pub fn poll_timeout(&self) -> Instant {
@@ -723,7 +725,7 @@ impl Relay {
                 conn = id,
                 "peer silent for {:?}: timed out", self.cfg.idle_timeout
             );
-            self.close(now, id, true);
+            self.close(now, id, CloseReason::IdleTimeout);
         }
         for id in stuck {
             info!(
@@ -731,7 +733,7 @@ impl Relay {
                 "viewer acknowledged nothing new for {:?} while data waited: closed as stuck",
                 self.cfg.idle_timeout
             );
-            self.close(now, id, true);
+            self.close(now, id, CloseReason::Stuck);
         }
         for id in quiet {
             self.send_control(now, id, ctrl::KEEPALIVE, 0, &[0]);
@@ -746,7 +748,7 @@ impl Relay {
             if let Some(old) = self.streams[i].publisher {
                 if self.shared.epoch(i) != self.streams[i].epoch {
                     info!(conn = old, "publisher taken over on another worker");
-                    self.close(now, old, true);
+                    self.close(now, old, CloseReason::TakenOver);
                 }
             }
             self.sweep_stream(now, i);
@@ -768,7 +770,7 @@ impl Relay {
     pub fn shutdown(&mut self, now: Instant) {
         let ids: Vec<u32> = self.conns.keys().copied().collect();
         for id in ids {
-            self.close(now, id, true);
+            self.close(now, id, CloseReason::RelayShutdown);
         }
     }
 }
