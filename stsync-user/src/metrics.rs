@@ -283,9 +283,29 @@ impl Scrape {
             "The delay configured for the stream (config.json or PUT /v1/streams/:id/delay); viewers reach it gradually.",
             "stream",
         );
+        let delay_applied = gauge_vec(
+            "stsync_stream_delay_applied_seconds",
+            "The delay viewers of the stream get now (it moves towards stsync_stream_delay_seconds gradually).",
+            "stream",
+        );
         let ingest = gauge_vec(
             "stsync_stream_ingest_latency_seconds",
             "The relay's estimate of how late the publisher's packets arrive after it sent them (RTT/2 plus queueing beyond the best seen in the last 10 s); 0 without a publisher.",
+            "stream",
+        );
+        let publisher = gauge_vec(
+            "stsync_stream_publisher",
+            "1 while the stream has a publisher (or an edge's pull from its upstream is up), else 0.",
+            "stream",
+        );
+        let viewers = gauge_vec(
+            "stsync_stream_viewers",
+            "Viewers of the stream past their handshake, on either datapath.",
+            "stream",
+        );
+        let bitrate = gauge_vec(
+            "stsync_stream_bitrate_bits_per_second",
+            "The publisher's data rate over the relay's last measurement interval (SRT payload and headers), bit/s.",
             "stream",
         );
         for s in &self.relay.streams {
@@ -293,12 +313,21 @@ impl Scrape {
             delay
                 .with_label_values(&l)
                 .set(s.delay_target_ms as f64 / 1e3);
+            delay_applied
+                .with_label_values(&l)
+                .set(s.delay_applied_us as f64 / 1e6);
             ingest
                 .with_label_values(&l)
                 .set(s.ingest_latency_us as f64 / 1e6);
+            publisher
+                .with_label_values(&l)
+                .set(if s.publisher { 1.0 } else { 0.0 });
+            viewers.with_label_values(&l).set(s.viewers as f64);
+            bitrate.with_label_values(&l).set(s.bitrate_bps as f64);
         }
-        out.extend(delay.collect());
-        out.extend(ingest.collect());
+        for f in [delay, delay_applied, ingest, publisher, viewers, bitrate] {
+            out.extend(f.collect());
+        }
         self.pulls(out);
     }
 
@@ -386,8 +415,17 @@ impl Scrape {
                 .with_label_values(&[&code.to_string()])
                 .inc_by(*n);
         }
+        let closed = counter_vec(
+            "srt_connections_closed_total",
+            "Connections the relay ended, by reason: peer_shutdown (the peer sent SHUTDOWN), idle_timeout (nothing heard), stuck (a viewer acknowledging nothing new while data waited), taken_over (a publisher replaced), protocol_violation, pull_ended (an edge's upstream connection stopped or silent), relay_shutdown, kicked (DELETE /v1/connections/{id}).",
+            "reason",
+        );
+        for (reason, n) in &self.relay.drops.closed {
+            closed.with_label_values(&[reason]).inc_by(*n);
+        }
         out.extend(dropped.collect());
         out.extend(rejections.collect());
+        out.extend(closed.collect());
     }
 
     fn datapath(&self, out: &mut Vec<MetricFamily>) {
@@ -605,6 +643,8 @@ mod tests {
             "srt_packets_dropped_total{reason=\"malformed\"} 1",
             "stsync_datapath{kind=\"userspace\"} 1",
             "stsync_stream_delay_seconds{stream=\"1\"} 0.5",
+            "stsync_stream_viewers{stream=\"1\"} 1",
+            "stsync_stream_publisher{stream=\"1\"} 0",
             "stsync_kernel_clones_total 0",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");

@@ -249,6 +249,8 @@ fn a_kicked_viewer_is_gone_and_cannot_come_back() {
     assert_eq!(list.len(), 2, "{list:#?}");
     let m = relay.metrics();
     assert!(!m.contains(&format!("id=\"{id}\"")), "{m}");
+    let kicks = prom_value(&m, "srt_connections_closed_total", &[("reason", "kicked")]);
+    assert_eq!(kicks, Some(1.0));
     // Back with the same stream ID: its session key was spent.
     expect_reject(
         &relay,

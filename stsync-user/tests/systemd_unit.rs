@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Relay, RelayOpts};
+use common::*;
 use std::path::Path;
 use std::process::Command;
 
@@ -97,4 +97,105 @@ fn json_log_lines_parse() {
         }
     }
     assert!(startup, "no startup line with datapath= in:\n{log}");
+}
+
+/// The unit's `AmbientCapabilities=` names, lowercase without `cap_` (setpriv's spelling).
+fn unit_capabilities() -> Vec<String> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/stsync-proxy.service");
+    let text = std::fs::read_to_string(unit).unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("AmbientCapabilities= in the unit");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
+
+/// setpriv as the unit runs the relay: no new privileges, root not special (so exec grants
+/// nothing beyond the ambient set), and exactly `caps` in every set.
+fn with_caps(caps: &[String]) -> Vec<String> {
+    let list: String = caps.iter().map(|c| format!(",+{c}")).collect();
+    [
+        "setpriv",
+        "--no-new-privs",
+        "--securebits=+noroot,+noroot_locked,+no_setuid_fixup,+no_setuid_fixup_locked",
+        &format!("--bounding-set=-all{list}"),
+        &format!("--inh-caps=-all{list}"),
+        &format!("--ambient-caps=-all{list}"),
+        "--",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The relay's effective capabilities (/proc/PID/status CapEff).
+fn effective_caps(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+const CAP_NET_ADMIN: u64 = 1 << 12;
+const CAP_PERFMON: u64 = 1 << 38;
+const CAP_BPF: u64 = 1 << 39;
+
+/// The unit's ambient capabilities are enough for the kernel path: a relay holding only
+/// them (not root in any other way) loads and attaches the eBPF program and its program
+/// sees the publisher's packets; with none, it says why and serves from userspace.
+#[test]
+fn the_units_capabilities_are_enough_for_the_kernel_path() {
+    if !require_root("the_units_capabilities_are_enough_for_the_kernel_path") {
+        return;
+    }
+    let caps = unit_capabilities();
+    assert_eq!(caps, ["bpf", "net_admin", "perfmon"]);
+    let relay = Relay::start(RelayOpts {
+        wrapper: Some(with_caps(&caps)),
+        datapath: Some("auto".into()),
+        ..RelayOpts::default()
+    });
+    assert_eq!(
+        effective_caps(relay.pid()),
+        CAP_BPF | CAP_NET_ADMIN | CAP_PERFMON,
+        "the relay runs with exactly the unit's capabilities"
+    );
+    let log = relay.log();
+    assert!(log.contains("datapath=ebpf"), "{log}");
+    let dir = TempDir::new("caps");
+    let mut v = SltViewer::start(&dir, "view", &relay.viewer_url("1"));
+    let mut p = BytePublisher::start(&dir, "pub", &relay.publisher_url("1"), clip());
+    assert!(
+        v.wait_bytes(200_000, std::time::Duration::from_secs(10)),
+        "viewer: {}",
+        v.stderr()
+    );
+    let seen = relay
+        .metric("stsync_kernel_packets_seen_total", &[])
+        .unwrap_or(0.0);
+    record_result(&format!(
+        "systemd capabilities: relay with CapEff {:#x} runs datapath=ebpf, its program saw {seen} publisher packets",
+        effective_caps(relay.pid())
+    ));
+    assert!(seen > 0.0, "the program saw no publisher packet");
+    p.stop();
+    v.stop();
+
+    // Without them: the same start falls back and says so.
+    let bare = Relay::start(RelayOpts {
+        wrapper: Some(with_caps(&[])),
+        datapath: Some("auto".into()),
+        ..RelayOpts::default()
+    });
+    assert_eq!(effective_caps(bare.pid()), 0);
+    let log = bare.log();
+    assert!(
+        log.contains("datapath=userspace")
+            && log.contains("eBPF datapath unavailable, serving viewers from userspace"),
+        "{log}"
+    );
 }

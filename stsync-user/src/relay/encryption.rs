@@ -7,6 +7,7 @@
 
 use super::budget::TokenBucket;
 use super::outbox::Outbox;
+use super::stats::CloseReason;
 use super::{Conn, Relay, KEY_REFRESHES_PER_SEC, KEY_REFRESH_BURST, SRT_CMD_KMREQ, SRT_CMD_KMRSP};
 use crate::srt::crypto::{Kek, KeyMaterial, KmError, Parity, RawKeys, StreamKeys};
 use crate::srt::packet::be_words;
@@ -305,7 +306,7 @@ impl Relay {
                 // It cannot decrypt what comes next: cut off rather than served garbage.
                 warn!(conn = id, state, "viewer refused its new keys");
                 self.drops.drop_packet("key_refresh_refused");
-                self.close(now, id, true);
+                self.close(now, id, CloseReason::ProtocolViolation);
             }
         }
     }

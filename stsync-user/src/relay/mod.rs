@@ -44,7 +44,9 @@ pub use per_address::{AddressLimits, PerAddress};
 pub use pull::{PullAnswer, PullRequest, PullSnapshot, Pulled};
 pub use shared::Shared;
 pub use signed_keys::{KeySecret, MIN_SECRET_LEN};
-pub use stats::{ConnDatapath, ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot};
+pub use stats::{
+    CloseReason, ConnDatapath, ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot,
+};
 pub use transmits::{Datagram, Transmits};
 
 use crate::srt::cookie::CookieJar;
@@ -493,7 +495,7 @@ impl Relay {
                     return Err(CommandError::UnknownConnection);
                 }
                 info!(conn, "closing the connection as the HTTP API asked");
-                self.close(now, conn, true);
+                self.close(now, conn, CloseReason::Kicked);
                 Ok(Reply::Closed)
             }
         }
@@ -547,7 +549,7 @@ impl Relay {
             (ctrl::KEEPALIVE, _) => {}
             (ctrl::SHUTDOWN, _) => {
                 info!(conn = id, "peer sent SHUTDOWN");
-                self.close(now, id, false);
+                self.close(now, id, CloseReason::PeerShutdown);
             }
             (ctrl::ACKACK | ctrl::DROPREQ, Role::Publisher(_)) => {
                 self.on_publisher_control(now, id, c)
@@ -615,14 +617,16 @@ impl Relay {
         conn.stats.sent_control(len);
     }
 
-    /// Closes a connection; `notify` sends the peer a SHUTDOWN first.
-    fn close(&mut self, now: Instant, id: u32, notify: bool) {
-        if notify {
+    /// Closes a connection, counted by `reason`; the peer gets a SHUTDOWN unless it sent
+    /// one.
+    fn close(&mut self, now: Instant, id: u32, reason: CloseReason) {
+        if reason != CloseReason::PeerShutdown {
             self.send_control(now, id, ctrl::SHUTDOWN, 0, &[0]);
         }
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
+        self.drops.close(reason);
         self.by_peer.remove(&(conn.peer, conn.peer_id));
         self.shared.addresses().closed(conn.peer.ip());
         self.rexmit_pending.remove(&id);
@@ -658,7 +662,7 @@ impl Relay {
                     .push_back(RouteEvent::ViewerRemoved { conn: id });
             }
         }
-        info!(conn = id, peer = %shown(conn.peer), "connection closed");
+        info!(conn = id, peer = %shown(conn.peer), reason = reason.as_str(), "connection closed");
     }
 
     pub fn poll_timeout(&self) -> Instant {
@@ -763,7 +767,7 @@ impl Relay {
                 conn = id,
                 "peer silent for {:?}: timed out", self.cfg.idle_timeout
             );
-            self.close(now, id, true);
+            self.close(now, id, CloseReason::IdleTimeout);
         }
         for id in stuck {
             info!(
@@ -771,7 +775,7 @@ impl Relay {
                 "viewer acknowledged nothing new for {:?} while data waited: closed as stuck",
                 self.cfg.idle_timeout
             );
-            self.close(now, id, true);
+            self.close(now, id, CloseReason::Stuck);
         }
         for id in quiet {
             self.send_control(now, id, ctrl::KEEPALIVE, 0, &[0]);
@@ -786,7 +790,7 @@ impl Relay {
             if let Some(old) = self.streams[i].publisher {
                 if self.shared.epoch(i) != self.streams[i].epoch {
                     info!(conn = old, "publisher taken over on another worker");
-                    self.close(now, old, true);
+                    self.close(now, old, CloseReason::TakenOver);
                 }
             }
             self.sweep_stream(now, i);
@@ -836,7 +840,7 @@ impl Relay {
     pub fn shutdown(&mut self, now: Instant) {
         let ids: Vec<u32> = self.conns.keys().copied().collect();
         for id in ids {
-            self.close(now, id, true);
+            self.close(now, id, CloseReason::RelayShutdown);
         }
     }
 }

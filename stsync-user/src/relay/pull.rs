@@ -15,6 +15,7 @@ use super::admit::caller_encryption;
 use super::encryption::Encryption;
 use super::ingest::IngestLatency;
 use super::ring::Ring;
+use super::stats::CloseReason;
 use super::{Conn, ConnMode, ConnStats, Relay, Role, RouteEvent};
 use crate::srt::caller::{self, HsAnswer};
 use crate::srt::packet::ControlPacket;
@@ -419,7 +420,7 @@ impl Relay {
         });
         if let Some(old) = old {
             info!(conn = old, "publisher taken over by conn {id}");
-            self.close(now, old, true);
+            self.close(now, old, CloseReason::TakenOver);
         }
     }
 
@@ -463,7 +464,7 @@ impl Relay {
             p.state = State::Idle;
             debug!(resource = %resource, "pull: no viewers: stopped");
             if let Some(conn) = conn {
-                self.close(now, conn, true);
+                self.close(now, conn, CloseReason::PullEnded);
             }
             return;
         }
@@ -515,7 +516,7 @@ impl Relay {
                     .is_some_and(|c| now.saturating_duration_since(c.last_recv) >= SILENCE);
                 if silent {
                     info!(conn, resource = %resource, "pull: upstream silent for {SILENCE:?}: calling again");
-                    self.close(now, conn, true);
+                    self.close(now, conn, CloseReason::PullEnded);
                 }
             }
             _ => {}

@@ -2,6 +2,7 @@
 //! checked by the next ACK, all answered from the stream's ring within a budget per viewer.
 
 use super::outbox::{Outbox, Payload};
+use super::stats::CloseReason;
 use super::stream::Feeder;
 use super::viewer::{Unmapped, ViewerSend};
 use super::{playout, ConnStats, Relay, Role};
@@ -113,7 +114,7 @@ impl Relay {
     fn end_for_nak(&mut self, now: Instant, id: u32, reason: &'static str, why: &str) {
         self.drops.drop_packet(reason);
         info!(conn = id, "closing viewer: {why}");
-        self.close(now, id, true);
+        self.close(now, id, CloseReason::ProtocolViolation);
     }
 
     /// Resends to viewer `id` what it awaits (and DROPREQs `gone` first), as far as its

@@ -144,14 +144,56 @@ pub struct StreamSnapshot {
     pub pull: Option<super::PullSnapshot>,
 }
 
-/// Datagrams dropped without effect, by reason, and handshakes refused, by code.
+/// Why the relay ended a connection (the `reason` label of `srt_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer sent SHUTDOWN (the only case without a SHUTDOWN back).
+    PeerShutdown,
+    /// Nothing heard from the peer within the idle timeout.
+    IdleTimeout,
+    /// A viewer that acknowledged nothing new for the idle timeout while data waited.
+    Stuck,
+    /// A publisher replaced by a newer one for the same stream.
+    TakenOver,
+    /// The peer broke the protocol (a loss report out of range, refused keys).
+    ProtocolViolation,
+    /// An edge's pull from its upstream: stopped (no viewers left) or silent.
+    PullEnded,
+    /// The relay is shutting down.
+    RelayShutdown,
+    /// The HTTP API asked (`DELETE /v1/connections/{id}`).
+    Kicked,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerShutdown => "peer_shutdown",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Stuck => "stuck",
+            CloseReason::TakenOver => "taken_over",
+            CloseReason::ProtocolViolation => "protocol_violation",
+            CloseReason::PullEnded => "pull_ended",
+            CloseReason::RelayShutdown => "relay_shutdown",
+            CloseReason::Kicked => "kicked",
+        }
+    }
+}
+
+/// Datagrams dropped without effect, by reason, handshakes refused, by code, and
+/// connections the relay ended, by reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Drops {
     pub dropped: BTreeMap<&'static str, u64>,
     pub rejections: BTreeMap<u32, u64>,
+    pub closed: BTreeMap<&'static str, u64>,
 }
 
 impl Drops {
+    pub fn close(&mut self, reason: CloseReason) {
+        *self.closed.entry(reason.as_str()).or_default() += 1;
+    }
+
     pub fn drop_packet(&mut self, reason: &'static str) {
         *self.dropped.entry(reason).or_default() += 1;
     }
@@ -189,6 +231,9 @@ impl Snapshot {
         }
         for (k, v) in other.drops.rejections {
             *self.drops.rejections.entry(k).or_default() += v;
+        }
+        for (k, v) in other.drops.closed {
+            *self.drops.closed.entry(k).or_default() += v;
         }
     }
 }

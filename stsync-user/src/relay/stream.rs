@@ -7,6 +7,7 @@ use super::feed::{self, Kind, Read};
 use super::ingest::IngestLatency;
 use super::outbox::Payload;
 use super::ring::Ring;
+use super::stats::CloseReason;
 use super::{
     playout, Offsets, Relay, Role, RouteEvent, StreamConfig, StreamSnapshot, CLOCK_HEADROOM,
     FEED_POLL, SWEEP,
@@ -173,7 +174,7 @@ impl Relay {
             && self.shared.epoch(stream) != self.streams[stream].epoch
         {
             info!(conn = id, "publisher taken over on another worker");
-            return self.close(now, id, true);
+            return self.close(now, id, CloseReason::TakenOver);
         }
         conn.stats.data_packets_recv += 1;
         conn.stats.data_bytes_recv += (HEADER_LEN + d.payload.len()) as u64;
@@ -355,7 +356,7 @@ impl Relay {
             // again (as for a new publisher here).
             if let Some(old) = s.publisher {
                 info!(conn = old, "publisher taken over on another worker");
-                self.close(now, old, true);
+                self.close(now, old, CloseReason::TakenOver);
             }
             let s = &mut self.streams[i];
             s.epoch = h.epoch;

@@ -69,6 +69,9 @@ pub struct RelayOpts {
     pub admin_token: Option<String>,
     /// config.json `metrics_max_connections`.
     pub metrics_max_connections: Option<u64>,
+    /// Runs the relay through this command line (e.g. `setpriv ... --`), the relay's own
+    /// path and arguments appended (not with `netns`).
+    pub wrapper: Option<Vec<String>>,
 }
 
 impl Default for RelayOpts {
@@ -112,6 +115,7 @@ impl Default for RelayOpts {
             log_format: None,
             admin_token: None,
             metrics_max_connections: None,
+            wrapper: None,
         }
     }
 }
@@ -248,7 +252,14 @@ impl Relay {
         fs::write(&config_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
         let log_path = dir.file("relay.log");
         let log = out_file(&log_path);
-        let mut cmd = command(opts.netns.as_deref(), "relay");
+        let mut cmd = match &opts.wrapper {
+            Some(w) => {
+                let mut c = Command::new(&w[0]);
+                c.args(&w[1..]).arg(tool("relay"));
+                c
+            }
+            None => command(opts.netns.as_deref(), "relay"),
+        };
         if let Some(d) = &opts.datapath {
             cmd.args(["--datapath", d]);
         }

@@ -102,6 +102,7 @@ fn a_closed_connection_gets_shutdown_and_its_key_stays_spent() {
     );
     assert_eq!(ctrl(&w.take(kicked.addr), ctrl::SHUTDOWN).len(), 1);
     assert!(w.stats().conns.iter().all(|c| c.id != id));
+    assert_eq!(w.stats().drops.closed.get("kicked"), Some(&1));
     let events: Vec<_> = std::iter::from_fn(|| w.relay.poll_event()).collect();
     assert!(events.contains(&RouteEvent::ViewerRemoved { conn: id }));
     assert_eq!(

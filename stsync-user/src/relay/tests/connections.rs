@@ -86,6 +86,12 @@ fn kernel_handled_acks_keep_a_viewer_alive_and_a_stuck_viewer_is_closed() {
     assert!((495..=520).contains(&at), "closed as stuck at i = {at}");
     assert_eq!(w.relay.streams[0].viewers, vec![kern.relay_id]);
     let m = w.render();
+    // Counted by why: one stuck viewer, nothing else closed.
+    assert!(
+        m.contains("srt_connections_closed_total{reason=\"stuck\"} 1"),
+        "{m}"
+    );
+    assert_eq!(m.matches("srt_connections_closed_total{").count(), 1, "{m}");
     let id = kern.relay_id.to_string();
     let metric = |name: &str| {
         m.lines()
@@ -244,6 +250,7 @@ fn per_address_limits_on_connections_and_handshakes() {
     assert_eq!(c[2].connect(&mut w, &key), Err(1005), "burst spent");
     w.advance(Duration::from_secs(1));
     c[0].control(&mut w, ctrl::SHUTDOWN, 0, &[0]);
+    assert_eq!(w.relay.stats().drops.closed.get("peer_shutdown"), Some(&1));
     let key = sid(&mut w, "publish");
     c[2].connect(&mut w, &key)
         .expect("budget refilled, a connection free");
