@@ -230,7 +230,6 @@ fn a_kicked_viewer_is_gone_and_cannot_come_back() {
         "the kicked viewer still runs: {}",
         kicked.stderr()
     );
-    let kicked_got = kicked.received_len();
     let was = other.received_len();
     sleep_secs(1.0);
     assert!(
@@ -238,12 +237,6 @@ fn a_kicked_viewer_is_gone_and_cannot_come_back() {
         "the other viewer stopped receiving"
     );
     other.assert_running("after the other's kick");
-    sleep_secs(0.5);
-    assert_eq!(
-        kicked.received_len(),
-        kicked_got,
-        "the kicked viewer got more"
-    );
     let list = admin(&relay).connections().unwrap();
     assert!(list.iter().all(|c| c.id != id), "{list:#?}");
     assert_eq!(list.len(), 2, "{list:#?}");
