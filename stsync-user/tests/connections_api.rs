@@ -58,8 +58,10 @@ fn near(got: f64, want: f64, tolerance: f64) -> bool {
 #[test]
 fn connections_are_listed_with_their_statistics() {
     let c = clip();
+    // Two workers: the listing merges theirs.
     let relay = with_admin(RelayOpts {
         datapath: Some("userspace".into()),
+        workers: Some(2),
         ..RelayOpts::default()
     });
     let dir = TempDir::new("conn-list");
@@ -182,7 +184,11 @@ fn connections_are_listed_with_their_statistics() {
 #[test]
 fn a_kicked_viewer_is_gone_and_cannot_come_back() {
     let c = clip();
-    let relay = with_admin(RelayOpts::default());
+    // Two workers: the kick goes to the one that owns the connection.
+    let relay = with_admin(RelayOpts {
+        workers: Some(2),
+        ..RelayOpts::default()
+    });
     let dir = TempDir::new("conn-kick");
     // The one to kick connects first, so its id is the only one listed then.
     let kicked_url = relay.viewer_url("1");
