@@ -385,6 +385,16 @@ fn check_dashboard(prom: &Prom, relay_http: std::net::SocketAddrV4, stream: &str
     assert_eq!(one("Viewers"), 2.0);
     assert!(one("Ingest bitrate") > 100_000.0, "the clip is ~1 Mbit/s");
     assert_eq!(one("Delay"), 0.3, "configured 300 ms");
+    let (_, exprs) = panels(&d)
+        .into_iter()
+        .find(|(t, _)| t == "Viewers by datapath")
+        .unwrap();
+    let by_datapath = prom.query(&as_grafana_sends(&exprs[0], &instance, stream));
+    assert_eq!(
+        by_datapath.iter().map(|s| s.1).sum::<f64>(),
+        2.0,
+        "viewers by datapath: {by_datapath:?}"
+    );
     let share = one("Kernel share");
     assert!((0.0..=1.0).contains(&share), "kernel share {share}");
 }
