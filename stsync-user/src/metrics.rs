@@ -295,6 +295,15 @@ impl Scrape {
         .expect("valid metric");
         kind.with_label_values(&[self.datapath.kind]).set(1);
         out.extend(kind.collect());
+        if self.datapath.kernel.is_some() {
+            let no_row = prometheus::IntGauge::new(
+                "stsync_kernel_streams_without_row",
+                "Streams the kernel path has no row for (config.json `kernel_streams`): their viewers are served from userspace.",
+            )
+            .expect("valid metric");
+            no_row.set(self.datapath.streams_without_kernel_row as i64);
+            out.extend(no_row.collect());
+        }
         let k = self.datapath.kernel.unwrap_or_default();
         out.push(counter(
             "stsync_kernel_packets_seen_total",
