@@ -72,7 +72,10 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("{e:#}");
-                error!(trigger, "config reload refused, the running configuration stays: {msg}");
+                error!(
+                    trigger,
+                    "config reload refused, the running configuration stays: {msg}"
+                );
                 return Err(ReloadError::Invalid(msg));
             }
         };
@@ -122,7 +125,10 @@ impl Reloader {
             }
         }
         for a in &plan.added {
-            cmds.push((Command::AddStream(a.relay()), format!("adding stream {}", a.id)));
+            cmds.push((
+                Command::AddStream(a.relay()),
+                format!("adding stream {}", a.id),
+            ));
         }
         for (cmd, what) in cmds {
             match self.relay.command(cmd).await {

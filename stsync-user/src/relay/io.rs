@@ -47,7 +47,9 @@ pub enum RouteEvent {
     },
     /// A reload removed the stream; this worker closed its connections first (their own
     /// events came before), so the datapath may free what it kept for it.
-    StreamRemoved { resource: String },
+    StreamRemoved {
+        resource: String,
+    },
 }
 
 /// How a viewer's packets are numbered and timed, for one publisher epoch: viewer seq =

@@ -80,7 +80,12 @@ impl Relay {
         self.events.push_back(RouteEvent::StreamRemoved {
             resource: resource.to_string(),
         });
-        info!(resource, connections = n, worker = self.worker, "stream removed");
+        info!(
+            resource,
+            connections = n,
+            worker = self.worker,
+            "stream removed"
+        );
         Ok(Reply::Done)
     }
 

@@ -46,12 +46,7 @@ struct StreamShared {
 impl Shared {
     /// Room for `MAX_STREAMS` streams whatever the configuration holds: a reload adds
     /// streams in free slots, and the per-packet epoch read stays lock-free.
-    pub fn new(
-        workers: u32,
-        keys: SessionKeys,
-        limits: AddressLimits,
-        now: Instant,
-    ) -> Shared {
+    pub fn new(workers: u32, keys: SessionKeys, limits: AddressLimits, now: Instant) -> Shared {
         Shared {
             workers: workers.max(1),
             keys: Mutex::new(keys),

@@ -192,7 +192,8 @@ mod tests {
     const B: &str = "c0ffee9a8b7d6e5f4a3b";
 
     fn cfg(extra: &str, streams: &str) -> Config {
-        let text = format!(r#"{{"http_listen": "127.0.0.1:9998", {extra} "streams": [{streams}]}}"#);
+        let text =
+            format!(r#"{{"http_listen": "127.0.0.1:9998", {extra} "streams": [{streams}]}}"#);
         Config::parse(&text).unwrap()
     }
 
