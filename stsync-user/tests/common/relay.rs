@@ -65,6 +65,8 @@ pub struct RelayOpts {
     pub http_listen_ip: Option<std::net::IpAddr>,
     /// `--log-format` (text, json). Default: the daemon's own (text).
     pub log_format: Option<String>,
+    /// config.json `admin_token`.
+    pub admin_token: Option<String>,
 }
 
 impl Default for RelayOpts {
@@ -106,6 +108,7 @@ impl Default for RelayOpts {
             srt_listen_ip: None,
             http_listen_ip: None,
             log_format: None,
+            admin_token: None,
         }
     }
 }
@@ -226,6 +229,9 @@ impl Relay {
         }
         if let Some(secret) = &opts.key_secret {
             m.insert("key_secret".into(), secret.as_str().into());
+        }
+        if let Some(t) = &opts.admin_token {
+            m.insert("admin_token".into(), t.as_str().into());
         }
         let tls_cert = opts.tls.as_ref().map(|(cert, key)| {
             fs::write(dir.file("cert.pem"), cert).unwrap();
@@ -398,6 +404,77 @@ impl Relay {
         wait_until(within, || {
             self.metric("srt_connections_current", &[("mode", mode)]) == Some(n as f64)
         })
+    }
+
+    // --- config.json, live ---
+
+    /// config.json as the relay was started with it, or as last written.
+    pub fn config(&self) -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(&self.config_path).unwrap()).unwrap()
+    }
+
+    /// Rewrites config.json (the relay reads it again on SIGHUP or `POST /v1/reload`);
+    /// the harness's tokens follow the file's streams.
+    pub fn write_config(&mut self, cfg: &serde_json::Value) {
+        self.write_config_text(&serde_json::to_string_pretty(cfg).unwrap());
+        if let Some(streams) = cfg["streams"].as_array() {
+            self.tokens = streams
+                .iter()
+                .filter_map(|s| {
+                    Some((
+                        s["id"].as_str()?.to_string(),
+                        s["token"].as_str()?.to_string(),
+                    ))
+                })
+                .collect();
+        }
+    }
+
+    /// Writes config.json as is (an invalid one included); the harness's tokens stay.
+    pub fn write_config_text(&self, text: &str) {
+        // Written whole, then renamed: a reload never reads half a file.
+        let tmp = self.config_path.with_extension("json.tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// SIGHUP, then waits (10 s at most) for the relay's log line saying how the reload
+    /// went (applied, no change, or refused), and returns it.
+    pub fn sighup(&mut self) -> String {
+        let is_outcome = |l: &&str| {
+            l.contains("config reloaded")
+                || l.contains("config reload: no change")
+                || l.contains("config reload refused")
+        };
+        let before = self.log().lines().filter(is_outcome).count();
+        self.proc.signal(libc::SIGHUP);
+        let mut line = None;
+        wait_until(Duration::from_secs(10), || {
+            line = self
+                .log()
+                .lines()
+                .filter(is_outcome)
+                .nth(before)
+                .map(str::to_string);
+            line.is_some()
+        });
+        line.unwrap_or_else(|| {
+            panic!(
+                "no reload outcome logged within 10 s of SIGHUP; log:\n{}",
+                tail_lines(&self.log(), 30)
+            )
+        })
+    }
+
+    /// `POST /v1/reload` with this bearer token (None: no header).
+    pub fn post_reload(&self, token: Option<&str>) -> HttpResp {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        self.request("POST", "/v1/reload", &headers)
+            .expect("POST /v1/reload")
     }
 
     // --- HTTP ---
