@@ -491,3 +491,81 @@ fn a_stream_added_by_reload_is_served_by_the_kernel() {
         "the kernel cloned {kernel} packets for 2 viewers of {seen}\n{m}"
     );
 }
+
+/// With no kernel row left (`kernel_streams` 1, taken by stream 1), a stream added by a
+/// reload is served from userspace, said in the log and counted; once a reload removes
+/// stream 1, its row goes to the added stream's next viewer, publisher included.
+#[test]
+fn a_stream_without_a_kernel_row_is_served_from_userspace_until_one_frees() {
+    const TEST: &str = "a_stream_without_a_kernel_row_is_served_from_userspace_until_one_frees";
+    if ebpf_common::object_or_skip(TEST).is_none() {
+        return;
+    }
+    let ns = Netns::create(&["solo"]);
+    let solo = ns.name("solo");
+    let mut relay = Relay::start(RelayOpts {
+        netns: Some(solo.to_string()),
+        srt_ip: Ipv4Addr::LOCALHOST,
+        datapath: Some("ebpf".into()),
+        kernel_streams: Some(1),
+        ..Default::default()
+    });
+    let dir = TempDir::new("reload-ebpf-rows");
+    // Stream 1's viewer takes the one row.
+    let mut v1 = SltViewer::start_opts(&dir, "v1", &relay.viewer_url("1"), Some(solo), true);
+    let cfg = with_stream(relay.config(), json!({"id": "3", "token": token("three")}));
+    relay.write_config(&cfg);
+    assert!(relay.sighup().contains("added=[3]"));
+    let c = clip();
+    let mut a = SltViewer::start_opts(&dir, "a", &relay.viewer_url("3"), Some(solo), true);
+    sleep_secs(1.0);
+    let mut p =
+        BytePublisher::start_opts(&dir, "p", &relay.publisher_url("3"), c, Some(solo), false);
+    assert!(
+        a.wait_bytes(300_000, Duration::from_secs(5)),
+        "{}",
+        a.stderr()
+    );
+    let m = relay.metrics();
+    assert_eq!(
+        prom_value(&m, "stsync_kernel_streams_without_row", &[]),
+        Some(1.0)
+    );
+    assert_eq!(prom_value(&m, "stsync_kernel_clones_total", &[]), Some(0.0));
+    assert!(
+        relay.log().contains("no free kernel stream row"),
+        "{}",
+        tail_lines(&relay.log(), 20)
+    );
+
+    let cfg = without_stream(relay.config(), "1");
+    relay.write_config(&cfg);
+    assert!(relay.sighup().contains("removed=[1]"));
+    assert!(
+        wait_until(Duration::from_secs(5), || !v1.running()),
+        "stream 1's viewer ended"
+    );
+    let mut b = SltViewer::start_opts(&dir, "b", &relay.viewer_url("3"), Some(solo), true);
+    assert!(
+        b.wait_bytes(300_000, Duration::from_secs(5)),
+        "{}",
+        b.stderr()
+    );
+    sleep_secs(2.0);
+    let m = relay.metrics();
+    let clones = prom_value(&m, "stsync_kernel_clones_total", &[]).unwrap_or(0.0);
+    eprintln!("[check] after stream 1's row freed: kernel clones {clones}");
+    assert!(
+        clones > 100.0,
+        "the freed row serves stream 3's new viewer: {clones} clones\n{m}"
+    );
+    assert_eq!(
+        prom_value(&m, "stsync_kernel_streams_without_row", &[]),
+        Some(0.0)
+    );
+    p.stop();
+    for v in [&mut a, &mut b] {
+        v.assert_running("while the publisher ran");
+        v.stop();
+    }
+}

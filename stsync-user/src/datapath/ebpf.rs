@@ -92,6 +92,8 @@ pub struct EbpfDatapath {
     /// Streams that found no free row: their viewers are served from userspace (warned
     /// once each, and counted in the metrics).
     no_row: HashSet<String>,
+    /// The publisher of each stream without a row, installed when it gets one.
+    rowless_publishers: HashMap<String, ((SocketAddr, u32), u64)>,
     viewers: HashMap<u32, ViewerReads>,
     reports: VecDeque<KernelReport>,
     last_slow: Instant,
@@ -170,6 +172,7 @@ impl EbpfDatapath {
             slots: Vec::new(),
             free_rows: Vec::new(),
             no_row: HashSet::new(),
+            rowless_publishers: HashMap::new(),
             viewers: HashMap::new(),
             reports: VecDeque::new(),
             last_slow: Instant::now(),
@@ -256,6 +259,11 @@ impl EbpfDatapath {
             }
         };
         self.streams.insert(resource.to_string(), i);
+        self.no_row.remove(resource);
+        // A publisher that came while there was no row: the kernel clones its packets now.
+        if let Some((publisher, epoch)) = self.rowless_publishers.remove(resource) {
+            self.publisher_changed(resource, Some(publisher), epoch);
+        }
         Some(i)
     }
 
@@ -264,6 +272,7 @@ impl EbpfDatapath {
     /// (after it closed them) frees it.
     fn stream_removed(&mut self, resource: &str) {
         self.no_row.remove(resource);
+        self.rowless_publishers.remove(resource);
         let Some(&i) = self.streams.get(resource) else {
             return;
         };
@@ -404,9 +413,21 @@ impl EbpfDatapath {
     ) {
         // A publisher's end for a stream without a row (removed, or never given one).
         if publisher.is_none() && !self.streams.contains_key(resource) {
+            // Not an older publisher's end arriving after its successor's start.
+            if self
+                .rowless_publishers
+                .get(resource)
+                .is_some_and(|&(_, e)| e <= epoch)
+            {
+                self.rowless_publishers.remove(resource);
+            }
             return;
         }
         let Some(stream) = self.stream_index(resource) else {
+            if let Some(p) = publisher {
+                self.rowless_publishers
+                    .insert(resource.to_string(), (p, epoch));
+            }
             return;
         };
         let row = &mut self.slots[stream as usize];

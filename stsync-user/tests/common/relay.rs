@@ -67,6 +67,8 @@ pub struct RelayOpts {
     pub log_format: Option<String>,
     /// config.json `admin_token`.
     pub admin_token: Option<String>,
+    /// config.json `kernel_streams` (rows of the kernel path's stream table).
+    pub kernel_streams: Option<u64>,
 }
 
 impl Default for RelayOpts {
@@ -109,6 +111,7 @@ impl Default for RelayOpts {
             http_listen_ip: None,
             log_format: None,
             admin_token: None,
+            kernel_streams: None,
         }
     }
 }
@@ -222,6 +225,7 @@ impl Relay {
             ("http_shutdown_timeout_ms", opts.http_shutdown_timeout_ms),
             ("kmrefreshrate", opts.kmrefreshrate),
             ("kmpreannounce", opts.kmpreannounce),
+            ("kernel_streams", opts.kernel_streams),
         ] {
             if let Some(v) = v {
                 m.insert(k.to_string(), serde_json::json!(v));
