@@ -416,6 +416,30 @@ fn the_reload_endpoint_needs_the_admin_token_and_lists_the_diff() {
     let dir = TempDir::new("reload-endpoint");
     let (ok, err) = slt_attempt(&dir, "p", &relay.publisher_url("1"), Duration::from_secs(3));
     assert!(!err.contains("rejected"), "{ok} {err}");
+
+    // Concurrent reloads are serialised: of four at once, one adds the stream, the others
+    // find nothing new.
+    let cfg = with_stream(relay.config(), json!({"id": "3", "token": token("three")}));
+    relay.write_config(&cfg);
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| relay.post_reload(Some(&new_admin))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let r = h.join().unwrap();
+                assert_eq!(r.status, 200, "{}", r.body);
+                r.json()
+            })
+            .collect()
+    });
+    let added: Vec<&Value> = answers
+        .iter()
+        .filter(|a| a["added"] == json!(["3"]))
+        .collect();
+    assert_eq!(added.len(), 1, "{answers:?}");
+    assert_eq!(relay.try_session("3", Some(relay.token("3"))).status, 201);
 }
 
 /// A stream added by a reload gets kernel-served viewers (the maps keep rows for it).

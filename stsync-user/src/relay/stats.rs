@@ -134,8 +134,13 @@ impl Snapshot {
         self.connections_total += other.connections_total;
         self.conns.extend(other.conns);
         self.conns.sort_by_key(|c| c.id);
-        for (a, b) in self.streams.iter_mut().zip(other.streams) {
-            a.merge(&b);
+        // By resource, not position: a reload adds and removes streams on one worker after
+        // another, and a snapshot may be taken in between.
+        for b in other.streams {
+            match self.streams.iter_mut().find(|a| a.resource == b.resource) {
+                Some(a) => a.merge(&b),
+                None => self.streams.push(b),
+            }
         }
         for (k, v) in other.drops.dropped {
             *self.drops.dropped.entry(k).or_default() += v;
