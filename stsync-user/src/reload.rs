@@ -79,6 +79,24 @@ impl Reloader {
                 return Err(ReloadError::Invalid(msg));
             }
         };
+        // Weak tokens pass only on a loopback API, and the API stays where it runs whatever
+        // the new file says (`http_listen` needs a restart).
+        if !running.http_listen.ip().is_loopback() {
+            if let Some((stream, why)) = new.weak_tokens().first() {
+                let msg = format!(
+                    "invalid config file {}: stream {stream}: the token {why}, and the API \
+                     runs on {}, not a loopback address (a new `http_listen` applies only at \
+                     a restart)",
+                    self.path.display(),
+                    running.http_listen
+                );
+                error!(
+                    trigger,
+                    "config reload refused, the running configuration stays: {msg}"
+                );
+                return Err(ReloadError::Invalid(msg));
+            }
+        }
         let plan = diff::plan(&running, &new);
         if plan.is_empty() {
             info!(trigger, "config reload: no change");

@@ -161,3 +161,22 @@ fn lowered_limits_keep_new_viewers_out_and_open_ones_in() {
     assert!(c.connect(&mut w, &s).is_err());
     assert_eq!(w.relay.connection_count(), 2, "open viewers stay");
 }
+
+#[test]
+fn a_new_passphrase_is_for_new_connections_only() {
+    let mut w = World::with_passphrases(None, Some("first-passphrase"));
+    let mut old = Caller::encrypting(1001, 0, "first-passphrase", 16);
+    old.join(&mut w, "request");
+    let cfg = World::stream_config(None, Some("second-passphrase"));
+    on_all(&mut w, Command::UpdateStream(cfg));
+    let mut stale = Caller::encrypting(1002, 0, "first-passphrase", 16);
+    let s = sid(&mut w, "request");
+    assert_eq!(stale.connect(&mut w, &s), Err(1010), "REJ_BADSECRET");
+    let mut new = Caller::encrypting(1003, 0, "second-passphrase", 16);
+    new.join(&mut w, "request");
+    assert_eq!(
+        w.relay.connection_count(),
+        2,
+        "the open viewer keeps its keys"
+    );
+}
