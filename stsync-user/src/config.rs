@@ -11,8 +11,10 @@ use std::time::Duration;
 pub const MAX_WORKERS: u32 = 64;
 /// The most connections `metrics_max_connections` may give series of their own.
 pub const MAX_METRICS_CONNECTIONS: usize = 100_000;
+/// Kernel stream rows beyond the configured streams, by default, for streams a reload adds.
+pub const KERNEL_STREAMS_HEADROOM: u32 = 16;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default = "defaults::srt_listen")]
@@ -88,10 +90,15 @@ pub struct Config {
     /// `/v1/reload`). None: those take only a stream's own token, for its own connections.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// Streams the eBPF fast path has room for (its maps are sized at start), so that
+    /// streams a reload adds are served by the kernel too; a stream beyond them is served
+    /// from userspace. Default: the configured streams + `KERNEL_STREAMS_HEADROOM`.
+    #[serde(default)]
+    pub kernel_streams: Option<u32>,
     pub streams: Vec<StreamConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
     pub id: String,
@@ -120,8 +127,23 @@ pub struct StreamConfig {
     pub pull: Pull,
 }
 
+impl StreamConfig {
+    /// The stream as the relay core takes it.
+    pub fn relay(&self) -> crate::relay::StreamConfig {
+        crate::relay::StreamConfig {
+            resource: self.id.clone(),
+            delay_ms: self.delay_ms,
+            publish_passphrase: self.publish_passphrase.clone(),
+            view_passphrase: self.view_passphrase.clone(),
+            pbkeylen: self.pbkeylen,
+            upstreams: self.upstream.iter().map(|u| u.srt.clone()).collect(),
+            pull_always: self.pull == Pull::Always,
+        }
+    }
+}
+
 /// A relay an edge pulls a stream from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// Its SRT address, `host:port` (resolved at each connection attempt).
@@ -408,6 +430,22 @@ impl Config {
                 "is empty: list at least one stream ({\"id\": \"1\", \"token\": \"...\"})",
             ));
         }
+        let max = crate::relay::MAX_STREAMS;
+        if self.streams.len() > max {
+            return Err(invalid(
+                "streams",
+                format!("lists {} streams; at most {max}", self.streams.len()),
+            ));
+        }
+        if self
+            .kernel_streams
+            .is_some_and(|n| !(1..=max as u32).contains(&n))
+        {
+            return Err(invalid(
+                "kernel_streams",
+                format!("must be between 1 and {max}"),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.streams.iter_mut().enumerate() {
             let norm = normalize_hex(&s.id).ok_or_else(|| {
@@ -504,6 +542,28 @@ impl Config {
             refresh_rate: self.kmrefreshrate,
             pre_announce: self.kmpreannounce,
         }
+    }
+
+    /// The limits a reload may change, as the relay core takes them.
+    pub fn relay_limits(&self) -> crate::relay::RelayLimits {
+        crate::relay::RelayLimits {
+            max_connections: self.max_connections,
+            max_viewers_per_stream: self.max_viewers_per_stream,
+            per_address: crate::relay::AddressLimits {
+                max_connections: self.max_connections_per_ip,
+                handshakes_per_sec: self.handshakes_per_ip_per_sec,
+            },
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            session_ttl: Duration::from_secs(self.session_ttl_secs),
+        }
+    }
+
+    /// Rows of the kernel path's stream table (see `kernel_streams`).
+    pub fn kernel_streams(&self) -> u32 {
+        self.kernel_streams.unwrap_or_else(|| {
+            (self.streams.len() as u32 + KERNEL_STREAMS_HEADROOM)
+                .min(crate::relay::MAX_STREAMS as u32)
+        })
     }
 
     pub fn latency(&self) -> Duration {

@@ -76,8 +76,8 @@ impl RelayHandle {
     }
 
     /// A session key is minted once (the keys are shared); a connection is closed by the
-    /// worker that owns it; a stream's delay is set on every worker that may serve its
-    /// viewers, and the answer is the stream as all see it.
+    /// worker that owns it; a stream's delay and a reload's changes are made on every
+    /// worker, and the answer is the stream as all see it.
     pub async fn command(&self, cmd: Command) -> Result<Result<Reply, CommandError>, Unavailable> {
         match cmd {
             Command::MintSession { .. } => {
@@ -87,7 +87,11 @@ impl RelayHandle {
                 let w = conn as usize % self.0.len();
                 return self.ask(w, |tx| Request::Command(cmd, tx)).await;
             }
-            Command::SetDelay { .. } => {}
+            Command::SetDelay { .. }
+            | Command::AddStream(_)
+            | Command::RemoveStream { .. }
+            | Command::UpdateStream(_)
+            | Command::SetLimits(_) => {}
         }
         let mut merged: Option<Reply> = None;
         for w in 0..self.0.len() {

@@ -9,9 +9,11 @@ use crate::api::{
     ConnectionInfo, ConnectionStats, CreateSession, Delay, ErrorBody, Health, SessionCreated,
     SetDelay, StreamInfo, UpstreamInfo, METRICS_CONTENT_TYPE,
 };
+use crate::config::Config;
 use crate::driver::{RelayHandle, Unavailable};
 use crate::metrics::Scrape;
 use crate::relay::{Command, CommandError, ConnMode, ConnSnapshot, Reply, StreamSnapshot};
+use crate::reload::{ReloadError, Reloader};
 use crate::srt::streamid::normalize_hex;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -22,7 +24,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use subtle::ConstantTimeEq;
 
 /// A request's URI (path and query) may be this long; longer ones get 414.
@@ -34,20 +36,58 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// A request body may be this large; larger ones get 413. The API's bodies are a few bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
+#[derive(Clone)]
 pub struct StreamEntry {
     pub id: String,
     pub name: String,
     pub token: String,
 }
 
-pub struct AppState {
+/// Who may do what: the configured streams and tokens, replaced whole by a reload.
+pub struct Access {
     pub streams: Vec<StreamEntry>,
     /// config.json `admin_token`: every stream's endpoints and the relay-wide ones.
     pub admin_token: Option<String>,
-    /// Live state and changes go through the relay.
-    pub relay: RelayHandle,
     /// config.json `metrics_max_connections`: connections with series of their own.
     pub metrics_max_connections: usize,
+}
+
+impl Access {
+    pub fn from_config(cfg: &Config) -> Access {
+        Access {
+            streams: cfg
+                .streams
+                .iter()
+                .map(|s| StreamEntry {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    token: s.token.clone(),
+                })
+                .collect(),
+            admin_token: cfg.admin_token.clone(),
+            metrics_max_connections: cfg.metrics_max_connections,
+        }
+    }
+}
+
+/// A request reads the `Access` current when it starts (a reload swaps it).
+pub type SharedAccess = Arc<RwLock<Arc<Access>>>;
+
+pub struct AppState {
+    pub access: SharedAccess,
+    /// Live state and changes go through the relay.
+    pub relay: RelayHandle,
+    /// `POST /v1/reload` (none: answered 503).
+    pub reloader: Option<Arc<Reloader>>,
+}
+
+impl AppState {
+    fn access(&self) -> Arc<Access> {
+        self.access
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 struct ApiError(StatusCode, Cow<'static, str>);
@@ -71,6 +111,7 @@ impl From<CommandError> for ApiError {
             CommandError::Passphrase => StatusCode::BAD_REQUEST,
             CommandError::TooManyKeys(_) => StatusCode::TOO_MANY_REQUESTS,
             CommandError::Delay(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CommandError::TooManyStreams | CommandError::StreamExists => StatusCode::CONFLICT,
         };
         ApiError::new(status, e.to_string())
     }
@@ -102,6 +143,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/streams", get(list_streams))
         .route("/v1/connections", get(list_connections))
         .route("/v1/connections/{id}", delete(close_connection))
+        .route("/v1/reload", post(reload))
         .route("/v1/metrics", get(metrics))
         .route("/metrics", get(metrics))
         .route("/v1/health", get(|| async { Json(Health::ok()) }))
@@ -177,7 +219,7 @@ fn json_object<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiEr
 }
 
 /// The configured stream `id` names.
-fn stream<'a>(st: &'a AppState, id: &str) -> Result<&'a StreamEntry, ApiError> {
+fn stream<'a>(st: &'a Access, id: &str) -> Result<&'a StreamEntry, ApiError> {
     let resource = normalize_hex(id)
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "stream id must be hex"))?;
     st.streams
@@ -202,7 +244,7 @@ fn same_token(given: &[u8], token: Option<&str>) -> bool {
 }
 
 /// The request carries the stream's bearer token or the admin token.
-fn authorize(st: &AppState, stream: &StreamEntry, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorize(st: &Access, stream: &StreamEntry, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = bearer(headers)?;
     if same_token(given, Some(&stream.token)) || same_token(given, st.admin_token.as_deref()) {
         return Ok(());
@@ -211,7 +253,7 @@ fn authorize(st: &AppState, stream: &StreamEntry, headers: &HeaderMap) -> Result
 }
 
 /// The request carries the admin token (403 when the relay has none configured).
-fn authorize_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorize_admin(st: &Access, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = bearer(headers)?;
     if st.admin_token.is_none() {
         return Err(ApiError::new(
@@ -231,8 +273,9 @@ async fn create_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let stream = stream(&st, &id)?;
-    authorize(&st, stream, &headers)?;
+    let access = st.access();
+    let stream = stream(&access, &id)?;
+    authorize(&access, stream, &headers)?;
     let mut params = CreateSession::default();
     if !body.trim_ascii().is_empty() {
         params = json_object(
@@ -287,8 +330,8 @@ async fn get_delay(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let stream = stream(&st, &id)?;
-    Ok(Json(delay(&snapshot(&st, &stream.id).await?)))
+    let id = stream(&st.access(), &id)?.id.clone();
+    Ok(Json(delay(&snapshot(&st, &id).await?)))
 }
 
 /// `{"delay_ms": N}`: the stream's viewers move to the new delay gradually (see README).
@@ -298,8 +341,9 @@ async fn put_delay(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let stream = stream(&st, &id)?;
-    authorize(&st, stream, &headers)?;
+    let access = st.access();
+    let stream = stream(&access, &id)?;
+    authorize(&access, stream, &headers)?;
     let SetDelay { delay_ms } = json_object(&body, r#"{"delay_ms": <non-negative integer>}"#)?;
     let cmd = Command::SetDelay {
         resource: stream.id.clone(),
@@ -314,6 +358,7 @@ async fn put_delay(
 async fn list_streams(State(st): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     let (relay, _) = st.relay.stats().await?;
     let list: Vec<StreamInfo> = st
+        .access()
         .streams
         .iter()
         .filter_map(|e| {
@@ -349,13 +394,39 @@ async fn list_streams(State(st): State<Arc<AppState>>) -> Result<impl IntoRespon
     Ok(Json(list))
 }
 
+/// `POST /v1/reload` (admin token): config.json read again and applied; the answer says
+/// what changed (`reload::Summary`), or 422 with the reason the file is refused.
+async fn reload(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize_admin(&st.access(), &headers)?;
+    let Some(r) = st.reloader.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this relay cannot reload",
+        ));
+    };
+    match r.reload("POST /v1/reload").await {
+        Ok(summary) => Ok(Json(summary)),
+        Err(e @ ReloadError::Invalid(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string(),
+        )),
+        Err(e @ ReloadError::Unavailable) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
+}
+
 async fn metrics(State(st): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     let (relay, datapath) = st.relay.stats().await?;
     let scrape = Scrape {
         relay,
         datapath,
         heap_allocations: crate::alloc_count::allocations(),
-        max_connection_series: st.metrics_max_connections,
+        max_connection_series: st.access().metrics_max_connections,
     };
     Ok((
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
@@ -407,7 +478,7 @@ async fn list_connections(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize_admin(&st, &headers)?;
+    authorize_admin(&st.access(), &headers)?;
     let (relay, _) = st.relay.stats().await?;
     Ok(Json(
         relay.conns.iter().map(connection_info).collect::<Vec<_>>(),
@@ -420,8 +491,9 @@ async fn stream_connections(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let stream = stream(&st, &id)?;
-    authorize(&st, stream, &headers)?;
+    let access = st.access();
+    let stream = stream(&access, &id)?;
+    authorize(&access, stream, &headers)?;
     let (relay, _) = st.relay.stats().await?;
     let list: Vec<ConnectionInfo> = relay
         .conns
@@ -442,8 +514,9 @@ async fn close_connection(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let given = bearer(&headers)?;
-    let admin = same_token(given, st.admin_token.as_deref());
-    let own: Vec<&str> = st
+    let access = st.access();
+    let admin = same_token(given, access.admin_token.as_deref());
+    let own: Vec<&str> = access
         .streams
         .iter()
         .filter(|s| same_token(given, Some(&s.token)))

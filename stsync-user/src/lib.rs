@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod os;
 pub mod pull_keys;
 pub mod relay;
+pub mod reload;
 pub mod srt;
 pub mod tls;

@@ -9,10 +9,11 @@ use stsync_user::datapath::ebpf::{EbpfDatapath, EbpfOptions};
 use stsync_user::datapath::kernel::Kernel;
 use stsync_user::datapath::workers::{SharedKernel, WorkerDatapath};
 use stsync_user::driver::{RelayHandle, Wake};
-use stsync_user::http::{self, AppState, StreamEntry};
+use stsync_user::http::{self, Access, AppState};
 use stsync_user::os::reuseport::{self, GroupError};
 use stsync_user::pull_keys::{PullKeys, Upstreams};
-use stsync_user::relay::{AddressLimits, KeySecret, Relay, RelayConfig, StreamConfig, WallClock};
+use stsync_user::relay::{AddressLimits, KeySecret, Relay, RelayConfig, WallClock};
+use stsync_user::reload::Reloader;
 use tracing::{info, warn};
 
 #[global_allocator]
@@ -392,15 +393,6 @@ fn default_workers() -> u32 {
 
 async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     let datapath = args.datapath;
-    let entries: Vec<StreamEntry> = cfg
-        .streams
-        .iter()
-        .map(|s| StreamEntry {
-            id: s.id.clone(),
-            name: s.name.clone(),
-            token: s.token.clone(),
-        })
-        .collect();
     let workers = args
         .workers
         .or(cfg.workers)
@@ -432,18 +424,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
             wall_clock: WallClock { at: start, unix },
             key_schedule: cfg.key_schedule(),
         },
-        cfg.streams
-            .iter()
-            .map(|s| StreamConfig {
-                resource: s.id.clone(),
-                delay_ms: s.delay_ms,
-                publish_passphrase: s.publish_passphrase.clone(),
-                view_passphrase: s.view_passphrase.clone(),
-                pbkeylen: s.pbkeylen,
-                upstreams: s.upstream.iter().map(|u| u.srt.clone()).collect(),
-                pull_always: s.pull == stsync_user::config::Pull::Always,
-            })
-            .collect(),
+        cfg.streams.iter().map(|s| s.relay()).collect(),
         rand::random(),
         start,
         workers,
@@ -473,7 +454,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
                     .unwrap_or_else(Kernel::default_object_path),
                 interfaces: args.ebpf_interfaces.clone(),
                 listen: srt_addr,
-                streams: entries.len() as u32,
+                streams: cfg.kernel_streams(),
                 max_connections: cfg.max_connections.try_into().unwrap_or(u32::MAX),
             };
             match EbpfDatapath::start(&opts, &sockets[0]) {
@@ -494,7 +475,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     info!(
         srt = %srt_addr,
         api = %format_args!("{scheme}://{}", http_listener.local_addr()?),
-        streams = entries.len(),
+        streams = cfg.streams.len(),
         // Which keys it mints (never the secret itself).
         session_keys = if cfg.key_secret.is_some() { "signed" } else { "random" },
         "stsync-proxy listening, datapath={} workers={workers}",
@@ -502,11 +483,17 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     );
 
     let (handle, requests) = RelayHandle::new(sockets.len());
+    let access = Arc::new(std::sync::RwLock::new(Arc::new(Access::from_config(&cfg))));
+    let reloader = Arc::new(Reloader::new(
+        args.config.clone(),
+        cfg.clone(),
+        handle.clone(),
+        access.clone(),
+    ));
     let state = Arc::new(AppState {
-        streams: entries,
-        admin_token: cfg.admin_token.clone(),
-        metrics_max_connections: cfg.metrics_max_connections,
+        access,
         relay: handle,
+        reloader: Some(reloader.clone()),
     });
     let nofile = http::nofile_limit();
     let http_opts = http::ServeOptions {
@@ -555,6 +542,7 @@ async fn serve(cfg: Config, args: Args) -> anyhow::Result<()> {
     })?;
     let stop_tx = Arc::new(stop_tx);
     stop_on_signal(stop_tx.clone());
+    reload_on_sighup(reloader);
     // Each worker says when it ends; one that ends on its own (an error, a panic) stops
     // the others rather than leave the relay half served.
     let (ended_tx, mut ended) =
@@ -658,5 +646,18 @@ fn stop_on_signal(stop: Arc<tokio::sync::watch::Sender<bool>>) {
             _ = tokio::signal::ctrl_c() => info!("SIGINT"),
         }
         let _ = stop.send(true);
+    });
+}
+
+/// SIGHUP reloads config.json (see `reload`): one at a time, each logged; one refused
+/// keeps the running config.
+fn reload_on_sighup(reloader: Arc<Reloader>) {
+    tokio::spawn(async move {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .expect("signal handler");
+        while hup.recv().await.is_some() {
+            // The outcome is logged by the reload itself.
+            let _ = reloader.reload("SIGHUP").await;
+        }
     });
 }

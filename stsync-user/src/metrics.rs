@@ -417,7 +417,7 @@ impl Scrape {
         }
         let closed = counter_vec(
             "srt_connections_closed_total",
-            "Connections the relay ended, by reason: peer_shutdown (the peer sent SHUTDOWN), idle_timeout (nothing heard), stuck (a viewer acknowledging nothing new while data waited), taken_over (a publisher replaced), protocol_violation, pull_ended (an edge's upstream connection stopped or silent), relay_shutdown, kicked (DELETE /v1/connections/{id}).",
+            "Connections the relay ended, by reason: peer_shutdown (the peer sent SHUTDOWN), idle_timeout (nothing heard), stuck (a viewer acknowledging nothing new while data waited), taken_over (a publisher replaced), protocol_violation, pull_ended (an edge's upstream connection stopped or silent), relay_shutdown, kicked (DELETE /v1/connections/{id}), stream_removed (a reload removed its stream).",
             "reason",
         );
         for (reason, n) in &self.relay.drops.closed {
@@ -439,6 +439,15 @@ impl Scrape {
         .expect("valid metric");
         kind.with_label_values(&[self.datapath.kind]).set(1);
         out.extend(kind.collect());
+        if self.datapath.kernel.is_some() {
+            let no_row = prometheus::IntGauge::new(
+                "stsync_kernel_streams_without_row",
+                "Streams the kernel path has no row for (config.json `kernel_streams`): their viewers are served from userspace.",
+            )
+            .expect("valid metric");
+            no_row.set(self.datapath.streams_without_kernel_row as i64);
+            out.extend(no_row.collect());
+        }
         let k = self.datapath.kernel.unwrap_or_default();
         out.push(counter(
             "stsync_kernel_packets_seen_total",

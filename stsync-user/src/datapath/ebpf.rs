@@ -16,7 +16,7 @@ use crate::os::clock::monotonic_ns;
 use crate::os::link_watch::{LinkEvent, LinkWatch};
 use crate::relay::{KernelAcks, KernelReport, RouteEvent, Transmits};
 use crate::srt::seq::Seq;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -33,7 +33,8 @@ pub struct EbpfOptions {
     pub interfaces: Option<Vec<String>>,
     /// The relay's SRT listening address.
     pub listen: SocketAddr,
-    /// Streams in the configuration (rows of the viewer table).
+    /// Rows of the viewer table: the streams the kernel path can serve at once (config.json
+    /// `kernel_streams`, with room for streams a reload adds).
     pub streams: u32,
     /// The relay's connection limit (sizes the route maps).
     pub max_connections: u32,
@@ -86,6 +87,13 @@ pub struct EbpfDatapath {
     handover: Handover,
     streams: HashMap<String, u32>,
     slots: Vec<StreamSlots>,
+    /// Rows freed by streams a reload removed, for streams it adds.
+    free_rows: Vec<u32>,
+    /// Streams that found no free row: their viewers are served from userspace (warned
+    /// once each, and counted in the metrics).
+    no_row: HashSet<String>,
+    /// The publisher of each stream without a row, installed when it gets one.
+    rowless_publishers: HashMap<String, ((SocketAddr, u32), u64)>,
     viewers: HashMap<u32, ViewerReads>,
     reports: VecDeque<KernelReport>,
     last_slow: Instant,
@@ -162,6 +170,9 @@ impl EbpfDatapath {
             handover: Handover::new(lo_accept_local),
             streams: HashMap::new(),
             slots: Vec::new(),
+            free_rows: Vec::new(),
+            no_row: HashSet::new(),
+            rowless_publishers: HashMap::new(),
             viewers: HashMap::new(),
             reports: VecDeque::new(),
             last_slow: Instant::now(),
@@ -224,17 +235,60 @@ impl EbpfDatapath {
         move |s: u32| owners.get(s as usize).copied().flatten() == Some(worker)
     }
 
+    /// The stream's row, given one if it has none: a freed one, or the next; none left, its
+    /// viewers are served from userspace, which is said once and counted.
     fn stream_index(&mut self, resource: &str) -> Option<u32> {
         if let Some(&i) = self.streams.get(resource) {
             return Some(i);
         }
-        let i = self.slots.len() as u32;
-        if i >= self.kernel.max_streams() {
-            return None;
-        }
+        let i = match self.free_rows.pop() {
+            Some(i) => i,
+            None if (self.slots.len() as u32) < self.kernel.max_streams() => {
+                self.slots.push(StreamSlots::default());
+                self.slots.len() as u32 - 1
+            }
+            None => {
+                if self.no_row.insert(resource.to_string()) {
+                    warn!(
+                        resource,
+                        kernel_streams = self.kernel.max_streams(),
+                        "no free kernel stream row (config.json `kernel_streams`, sized at start): the stream's viewers are served from userspace"
+                    );
+                }
+                return None;
+            }
+        };
         self.streams.insert(resource.to_string(), i);
-        self.slots.push(StreamSlots::default());
+        self.no_row.remove(resource);
+        // A publisher that came while there was no row: the kernel clones its packets now.
+        if let Some((publisher, epoch)) = self.rowless_publishers.remove(resource) {
+            self.publisher_changed(resource, Some(publisher), epoch);
+        }
         Some(i)
+    }
+
+    /// A reload removed the stream. Its row is freed once empty: with workers, another
+    /// one's viewers of it may still be there, and that worker's own `StreamRemoved`
+    /// (after it closed them) frees it.
+    fn stream_removed(&mut self, resource: &str) {
+        self.no_row.remove(resource);
+        self.rowless_publishers.remove(resource);
+        let Some(&i) = self.streams.get(resource) else {
+            return;
+        };
+        let row = &self.slots[i as usize];
+        if row.publisher.is_some() || row.slots.iter().any(Option::is_some) {
+            return;
+        }
+        self.streams.remove(resource);
+        self.slots[i as usize] = StreamSlots::default();
+        self.handover.set_publisher(i, None);
+        self.kernel.clear_cross_blocked(i);
+        if let Err(e) = self.kernel.set_stream(i, StreamEntry::default()) {
+            warn!(resource, "cannot clear the stream's kernel row: {e}");
+        }
+        self.free_rows.push(i);
+        debug!(resource, row = i, "kernel stream row freed");
     }
 
     fn viewer_added(
@@ -357,7 +411,23 @@ impl EbpfDatapath {
         publisher: Option<(SocketAddr, u32)>,
         epoch: u64,
     ) {
+        // A publisher's end for a stream without a row (removed, or never given one).
+        if publisher.is_none() && !self.streams.contains_key(resource) {
+            // Not an older publisher's end arriving after its successor's start.
+            if self
+                .rowless_publishers
+                .get(resource)
+                .is_some_and(|&(_, e)| e <= epoch)
+            {
+                self.rowless_publishers.remove(resource);
+            }
+            return;
+        }
         let Some(stream) = self.stream_index(resource) else {
+            if let Some(p) = publisher {
+                self.rowless_publishers
+                    .insert(resource.to_string(), (p, epoch));
+            }
             return;
         };
         let row = &mut self.slots[stream as usize];
@@ -497,6 +567,7 @@ impl Datapath for EbpfDatapath {
             RouteEvent::StreamDelay { resource, delay_us } => {
                 self.stream_delay(resource, *delay_us)
             }
+            RouteEvent::StreamRemoved { resource } => self.stream_removed(resource),
             RouteEvent::PublisherChanged {
                 resource,
                 publisher,
@@ -554,6 +625,7 @@ impl Datapath for EbpfDatapath {
         DatapathStats {
             kind: self.kind(),
             kernel: Some(self.kernel.counters()),
+            streams_without_kernel_row: self.no_row.len() as u64,
             ..self.user.stats()
         }
     }

@@ -57,6 +57,9 @@ pub struct DatapathStats {
     pub send_failures: u64,
     /// The kernel program's counters (the eBPF datapath only).
     pub kernel: Option<KernelCounters>,
+    /// Streams the kernel path had no row for (see `EbpfOptions::streams`): their viewers
+    /// are served from userspace.
+    pub streams_without_kernel_row: u64,
 }
 
 impl DatapathStats {
@@ -64,5 +67,9 @@ impl DatapathStats {
     pub fn merge(&mut self, other: DatapathStats) {
         self.send_failures += other.send_failures;
         self.kernel = self.kernel.or(other.kernel);
+        // One kernel datapath, seen by each worker.
+        self.streams_without_kernel_row = self
+            .streams_without_kernel_row
+            .max(other.streams_without_kernel_row);
     }
 }

@@ -43,6 +43,7 @@ impl Datapath for Userspace {
             kind: self.kind(),
             send_failures: self.send_failures,
             kernel: None,
+            streams_without_kernel_row: 0,
         }
     }
 }

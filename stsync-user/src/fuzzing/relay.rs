@@ -549,6 +549,7 @@ impl World {
                 RouteEvent::StreamDelay { delay_us, .. } => {
                     assert!(delay_us <= 30_000_000, "delay {delay_us} µs")
                 }
+                RouteEvent::StreamRemoved { .. } => {}
             }
         }
         // Viewers within max_connections, plus at most one publisher per stream.

@@ -45,6 +45,11 @@ pub enum RouteEvent {
         resource: String,
         delay_us: u32,
     },
+    /// A reload removed the stream; this worker closed its connections first (their own
+    /// events came before), so the datapath may free what it kept for it.
+    StreamRemoved {
+        resource: String,
+    },
 }
 
 /// How a viewer's packets are numbered and timed, for one publisher epoch: viewer seq =
@@ -127,6 +132,15 @@ pub enum Command {
     /// Closes connection `conn` as an idle timeout does: SHUTDOWN to the peer, then its
     /// routes (and kernel-path entries) go. Its session key stays spent.
     Close { conn: u32 },
+    /// A reload added the stream: usable at once (in a retired slot, or a new one).
+    AddStream(super::StreamConfig),
+    /// A reload removed the stream: its connections get SHUTDOWN, its keys are forgotten.
+    RemoveStream { resource: String },
+    /// A reload changed the stream's passphrases or key length: new connections only (the
+    /// delay goes through `SetDelay`).
+    UpdateStream(super::StreamConfig),
+    /// A reload changed the relay's limits: new connections only.
+    SetLimits(super::RelayLimits),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +150,8 @@ pub enum Reply {
     /// The stream after the change.
     Stream(StreamSnapshot),
     Closed,
+    /// Done (a reload's change).
+    Done,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,4 +167,10 @@ pub enum CommandError {
     /// The delay does not fit (the message says why, for an operator).
     #[error("{0}")]
     Delay(String),
+    /// A reload would hold more streams than `MAX_STREAMS`.
+    #[error("no room for more than {} streams", super::MAX_STREAMS)]
+    TooManyStreams,
+    /// A reload added a stream that is there already.
+    #[error("the stream exists")]
+    StreamExists,
 }

@@ -270,6 +270,20 @@ impl SessionKeys {
         }
     }
 
+    /// Forgets `resource`'s keys (a reload removed the stream). Signed keys are not held:
+    /// the relay refuses them for a stream it does not have.
+    pub fn forget(&mut self, resource: &str) {
+        let Keys { map, per_resource } = &mut self.keys;
+        map.retain(|_, e| e.resource != resource);
+        per_resource.remove(resource);
+    }
+
+    /// How long keys minted from now on stay valid (a reload); keys minted before keep
+    /// their expiry.
+    pub fn set_ttl(&mut self, ttl: Duration) {
+        self.ttl = ttl;
+    }
+
     /// Random keys held, and used signed keys remembered.
     pub fn len(&self) -> usize {
         self.keys.map.len() + self.signed.as_ref().map_or(0, |s| s.used.len())

@@ -28,6 +28,7 @@ mod per_address;
 mod playout;
 mod pull;
 mod rates;
+mod reconfig;
 mod retransmit;
 pub mod ring;
 mod shared;
@@ -42,7 +43,8 @@ pub use io::{Command, CommandError, KernelAcks, KernelReport, Offsets, Reply, Ro
 pub use keys::{Denied, Minted, SessionKeys, TooMany, MAX_KEYS_PER_STREAM};
 pub use per_address::{AddressLimits, PerAddress};
 pub use pull::{PullAnswer, PullRequest, PullSnapshot, Pulled};
-pub use shared::Shared;
+pub use reconfig::RelayLimits;
+pub use shared::{Shared, MAX_STREAMS};
 pub use signed_keys::{KeySecret, MIN_SECRET_LEN};
 pub use stats::{
     CloseReason, ConnDatapath, ConnMode, ConnSnapshot, ConnStats, Drops, Snapshot, StreamSnapshot,
@@ -87,7 +89,7 @@ pub struct RelayConfig {
 }
 
 /// A configured stream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamConfig {
     /// Normalised hex, as in stream IDs.
     pub resource: String,
@@ -277,7 +279,7 @@ impl Relay {
     ) -> Vec<Relay> {
         let n = n.max(1);
         let keys = SessionKeys::with_secret(cfg.session_ttl, cfg.key_secret.clone());
-        let shared = Arc::new(Shared::new(n, streams.len(), keys, cfg.per_address, now));
+        let shared = Arc::new(Shared::new(n, keys, cfg.per_address, now));
         let (writers, sources): (Vec<_>, Vec<_>) = (0..n)
             .map(|_| feed::feed(if n > 1 { feed::FEED_SLOTS } else { 1 }))
             .unzip();
@@ -397,6 +399,7 @@ impl Relay {
             streams: self
                 .streams
                 .iter()
+                .filter(|s| !s.retired)
                 .map(|s| StreamSnapshot {
                     pull: s.pull.as_ref().map(pull::Pull::snapshot),
                     ..s.snapshot()
@@ -478,6 +481,13 @@ impl Relay {
                 // Per request, so not at info: a client could flood the log.
                 debug!(resource = %resource, "session key issued");
                 Ok(Reply::Session(minted))
+            }
+            Command::AddStream(cfg) => self.add_stream(cfg),
+            Command::RemoveStream { resource } => self.remove_stream(now, &resource),
+            Command::UpdateStream(cfg) => self.update_stream(cfg),
+            Command::SetLimits(limits) => {
+                self.set_limits(limits);
+                Ok(Reply::Done)
             }
             Command::SetDelay { resource, delay_ms } => {
                 let i = stream(&resource).ok_or(CommandError::UnknownStream)?;
@@ -785,6 +795,9 @@ impl Relay {
             self.announce_keys(now, id);
         }
         for i in 0..self.streams.len() {
+            if self.streams[i].retired {
+                continue;
+            }
             // A publisher taken over on another worker that has not sent since (or whose
             // successor fed nothing here): closed now.
             if let Some(old) = self.streams[i].publisher {

@@ -17,7 +17,7 @@ pub const MAX_TRACKED: usize = 65_536;
 /// A host's rejections are logged at info at most this often (the rest at debug).
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AddressLimits {
     pub max_connections: usize,
     /// Conclusions per second (the burst is twice this); for the HTTP API, connections
@@ -43,6 +43,12 @@ impl PerAddress {
             limits,
             peers: HashMap::new(),
         }
+    }
+
+    /// New limits (a reload): connections already open stay, new ones are counted
+    /// against these.
+    pub fn set_limits(&mut self, limits: AddressLimits) {
+        self.limits = limits;
     }
 
     /// The host `ip` belongs to, as the table keys it.

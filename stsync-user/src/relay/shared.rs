@@ -10,6 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
+/// Streams a relay can hold at once, those a reload adds included (config.json is
+/// validated against it). 32 bytes a slot.
+pub const MAX_STREAMS: usize = 4096;
+
 pub struct Shared {
     pub workers: u32,
     keys: Mutex<SessionKeys>,
@@ -40,19 +44,15 @@ struct StreamShared {
 }
 
 impl Shared {
-    pub fn new(
-        workers: u32,
-        streams: usize,
-        keys: SessionKeys,
-        limits: AddressLimits,
-        now: Instant,
-    ) -> Shared {
+    /// Room for `MAX_STREAMS` streams whatever the configuration holds: a reload adds
+    /// streams in free slots, and the per-packet epoch read stays lock-free.
+    pub fn new(workers: u32, keys: SessionKeys, limits: AddressLimits, now: Instant) -> Shared {
         Shared {
             workers: workers.max(1),
             keys: Mutex::new(keys),
             addresses: Mutex::new(PerAddress::new(limits)),
             viewers: AtomicUsize::new(0),
-            streams: (0..streams)
+            streams: (0..MAX_STREAMS)
                 .map(|_| StreamShared {
                     epoch: AtomicU64::new(0),
                     viewers: AtomicUsize::new(0),
@@ -132,6 +132,14 @@ impl Shared {
         let s = &self.streams[stream];
         s.publisher_worker.store(worker, Ordering::Relaxed);
         s.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Stream slot `stream` is retired (its stream removed by a reload): its epoch moves on,
+    /// so a packet of its last publisher still in a feed is not taken for the data of a
+    /// stream that reuses the slot. Every worker calls it; once would do.
+    pub fn retire(&self, stream: usize) {
+        self.streams[stream].epoch.fetch_add(1, Ordering::AcqRel);
+        self.set_packet_rate(stream, 0);
     }
 
     pub fn publisher_worker(&self, stream: usize) -> u32 {

@@ -163,6 +163,8 @@ pub enum CloseReason {
     RelayShutdown,
     /// The HTTP API asked (`DELETE /v1/connections/{id}`).
     Kicked,
+    /// A reload removed the connection's stream.
+    StreamRemoved,
 }
 
 impl CloseReason {
@@ -176,6 +178,7 @@ impl CloseReason {
             CloseReason::PullEnded => "pull_ended",
             CloseReason::RelayShutdown => "relay_shutdown",
             CloseReason::Kicked => "kicked",
+            CloseReason::StreamRemoved => "stream_removed",
         }
     }
 }
@@ -223,8 +226,13 @@ impl Snapshot {
         self.connections_total += other.connections_total;
         self.conns.extend(other.conns);
         self.conns.sort_by_key(|c| c.id);
-        for (a, b) in self.streams.iter_mut().zip(other.streams) {
-            a.merge(&b);
+        // By resource, not position: a reload adds and removes streams on one worker after
+        // another, and a snapshot may be taken in between.
+        for b in other.streams {
+            match self.streams.iter_mut().find(|a| a.resource == b.resource) {
+                Some(a) => a.merge(&b),
+                None => self.streams.push(b),
+            }
         }
         for (k, v) in other.drops.dropped {
             *self.drops.dropped.entry(k).or_default() += v;

@@ -64,6 +64,8 @@ pub(super) struct Stream {
     /// if it is the one that pulls it.
     pub pulled: bool,
     pub pull: Option<super::pull::Pull>,
+    /// Removed by a reload: the slot waits for a stream to reuse it (see `reconfig`).
+    pub retired: bool,
     /// As of the last sweep.
     pub bitrate_bps: u64,
     pub packet_rate: u64,
@@ -90,6 +92,7 @@ impl Stream {
             pbkeylen: cfg.pbkeylen,
             pulled: !cfg.upstreams.is_empty(),
             pull: None,
+            retired: false,
             bitrate_bps: 0,
             packet_rate: 0,
             ingest_latency_us: 0,
@@ -348,7 +351,8 @@ impl Relay {
     fn on_feed_entry(&mut self, now: Instant, h: &feed::Header, payload: &[u8]) -> Option<usize> {
         let i = h.stream as usize;
         let s = self.streams.get_mut(i)?;
-        if h.epoch < s.epoch {
+        // A removed stream's last packets (its slot's epoch moved on, see `Shared::retire`).
+        if s.retired || h.epoch < s.epoch {
             return None; // from a publisher since replaced
         }
         if h.epoch > s.epoch {

@@ -72,6 +72,8 @@ pub struct RelayOpts {
     /// Runs the relay through this command line (e.g. `setpriv ... --`), the relay's own
     /// path and arguments appended (not with `netns`).
     pub wrapper: Option<Vec<String>>,
+    /// config.json `kernel_streams` (rows of the kernel path's stream table).
+    pub kernel_streams: Option<u64>,
 }
 
 impl Default for RelayOpts {
@@ -116,6 +118,7 @@ impl Default for RelayOpts {
             admin_token: None,
             metrics_max_connections: None,
             wrapper: None,
+            kernel_streams: None,
         }
     }
 }
@@ -230,6 +233,7 @@ impl Relay {
             ("kmrefreshrate", opts.kmrefreshrate),
             ("kmpreannounce", opts.kmpreannounce),
             ("metrics_max_connections", opts.metrics_max_connections),
+            ("kernel_streams", opts.kernel_streams),
         ] {
             if let Some(v) = v {
                 m.insert(k.to_string(), serde_json::json!(v));
@@ -419,6 +423,77 @@ impl Relay {
         wait_until(within, || {
             self.metric("srt_connections_current", &[("mode", mode)]) == Some(n as f64)
         })
+    }
+
+    // --- config.json, live ---
+
+    /// config.json as the relay was started with it, or as last written.
+    pub fn config(&self) -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(&self.config_path).unwrap()).unwrap()
+    }
+
+    /// Rewrites config.json (the relay reads it again on SIGHUP or `POST /v1/reload`);
+    /// the harness's tokens follow the file's streams.
+    pub fn write_config(&mut self, cfg: &serde_json::Value) {
+        self.write_config_text(&serde_json::to_string_pretty(cfg).unwrap());
+        if let Some(streams) = cfg["streams"].as_array() {
+            self.tokens = streams
+                .iter()
+                .filter_map(|s| {
+                    Some((
+                        s["id"].as_str()?.to_string(),
+                        s["token"].as_str()?.to_string(),
+                    ))
+                })
+                .collect();
+        }
+    }
+
+    /// Writes config.json as is (an invalid one included); the harness's tokens stay.
+    pub fn write_config_text(&self, text: &str) {
+        // Written whole, then renamed: a reload never reads half a file.
+        let tmp = self.config_path.with_extension("json.tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// SIGHUP, then waits (10 s at most) for the relay's log line saying how the reload
+    /// went (applied, no change, or refused), and returns it.
+    pub fn sighup(&mut self) -> String {
+        let is_outcome = |l: &&str| {
+            l.contains("config reloaded")
+                || l.contains("config reload: no change")
+                || l.contains("config reload refused")
+        };
+        let before = self.log().lines().filter(is_outcome).count();
+        self.proc.signal(libc::SIGHUP);
+        let mut line = None;
+        wait_until(Duration::from_secs(10), || {
+            line = self
+                .log()
+                .lines()
+                .filter(is_outcome)
+                .nth(before)
+                .map(str::to_string);
+            line.is_some()
+        });
+        line.unwrap_or_else(|| {
+            panic!(
+                "no reload outcome logged within 10 s of SIGHUP; log:\n{}",
+                tail_lines(&self.log(), 30)
+            )
+        })
+    }
+
+    /// `POST /v1/reload` with this bearer token (None: no header).
+    pub fn post_reload(&self, token: Option<&str>) -> HttpResp {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        self.request("POST", "/v1/reload", &headers)
+            .expect("POST /v1/reload")
     }
 
     // --- HTTP ---

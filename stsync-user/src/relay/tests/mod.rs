@@ -504,6 +504,7 @@ mod encryption;
 mod handover;
 mod payload_size;
 mod pull;
+mod reconfig;
 mod retransmission;
 mod signed_keys;
 mod streaming;
