@@ -5,11 +5,11 @@ mod serve;
 
 pub use serve::{connection_cap, nofile_limit, serve, ServeOptions, MAX_CONNECTIONS};
 
+use crate::access::{Access, SharedAccess, StreamEntry};
 use crate::api::{
     ConnectionInfo, ConnectionStats, CreateSession, Delay, ErrorBody, Health, SessionCreated,
     SetDelay, StreamInfo, UpstreamInfo, METRICS_CONTENT_TYPE,
 };
-use crate::config::Config;
 use crate::driver::{RelayHandle, Unavailable};
 use crate::metrics::Scrape;
 use crate::relay::{Command, CommandError, ConnMode, ConnSnapshot, Reply, StreamSnapshot};
@@ -24,7 +24,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// A request's URI (path and query) may be this long; longer ones get 414.
@@ -37,42 +37,6 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 #[derive(Clone)]
-pub struct StreamEntry {
-    pub id: String,
-    pub name: String,
-    pub token: String,
-}
-
-/// Who may do what: the configured streams and tokens, replaced whole by a reload.
-pub struct Access {
-    pub streams: Vec<StreamEntry>,
-    /// config.json `admin_token`: every stream's endpoints and the relay-wide ones.
-    pub admin_token: Option<String>,
-    /// config.json `metrics_max_connections`: connections with series of their own.
-    pub metrics_max_connections: usize,
-}
-
-impl Access {
-    pub fn from_config(cfg: &Config) -> Access {
-        Access {
-            streams: cfg
-                .streams
-                .iter()
-                .map(|s| StreamEntry {
-                    id: s.id.clone(),
-                    name: s.name.clone(),
-                    token: s.token.clone(),
-                })
-                .collect(),
-            admin_token: cfg.admin_token.clone(),
-            metrics_max_connections: cfg.metrics_max_connections,
-        }
-    }
-}
-
-/// A request reads the `Access` current when it starts (a reload swaps it).
-pub type SharedAccess = Arc<RwLock<Arc<Access>>>;
-
 pub struct AppState {
     pub access: SharedAccess,
     /// Live state and changes go through the relay.

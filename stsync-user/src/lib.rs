@@ -1,5 +1,6 @@
 //! stsync-proxy: a live SRT relay. See the README for what it does and how to run it.
 
+pub mod access;
 pub mod alloc_count;
 pub mod api;
 pub mod clients;

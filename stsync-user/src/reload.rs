@@ -5,9 +5,9 @@
 
 pub mod diff;
 
+use crate::access::{Access, SharedAccess};
 use crate::config::Config;
 use crate::driver::RelayHandle;
-use crate::http::{Access, SharedAccess};
 use crate::relay::Command;
 use serde::Serialize;
 use std::path::PathBuf;
