@@ -1,4 +1,4 @@
-//! The HTTP API: session keys, stream listing, metrics, health. Every error is JSON,
+//! The HTTP API: session keys, streams, connections (list, close), reload, metrics, health.
 //! `{"error": "<reason>"}`. The server it runs on is `serve`.
 
 mod serve;
