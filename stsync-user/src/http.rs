@@ -1,5 +1,5 @@
 //! The HTTP API: session keys, streams, connections (list, close), reload, metrics, health.
-//! `{"error": "<reason>"}`. The server it runs on is `serve`.
+//! Every error is JSON, `{"error": "<reason>"}`. The server it runs on is `serve`.
 
 mod serve;
 
