@@ -140,6 +140,77 @@ fn a_running_stream_is_untouched_by_a_reload_that_adds_and_rotates() {
     eprintln!("[check] stream 1 byte-exact across the reload");
 }
 
+/// A new `view_passphrase` applies to new connections only: the viewer that agreed on the
+/// old one plays the whole clip byte-exact across the reload, a new viewer with the new
+/// passphrase plays, and one with the old passphrase is refused as libsrt says (1010).
+#[test]
+fn a_new_passphrase_is_for_new_viewers_only() {
+    const OLD: &str = "viewers-before-reload";
+    const NEW: &str = "viewers-after-reload";
+    let c = clip();
+    let mut relay = Relay::start(RelayOpts {
+        passphrases: vec![("1".into(), None, Some(OLD.into()))],
+        ..RelayOpts::default()
+    });
+    let dir = TempDir::new("reload-passphrase");
+    let with = |url: String, pass: &str| format!("{url}&passphrase={pass}&pbkeylen=16");
+    let mut v_old = SltViewer::start(&dir, "v-old", &with(relay.viewer_url("1"), OLD));
+    sleep_secs(0.5);
+    let mut p = BytePublisher::start(&dir, "p", &relay.publisher_url("1"), c);
+    assert!(
+        v_old.wait_bytes(100_000, Duration::from_secs(5)),
+        "the encrypted viewer before the reload: {}",
+        v_old.stderr()
+    );
+
+    let mut cfg = relay.config();
+    stream_mut(&mut cfg, "1")["view_passphrase"] = NEW.into();
+    relay.write_config(&cfg);
+    let line = relay.sighup();
+    assert!(
+        line.contains("config reloaded") && line.contains("1: view_passphrase"),
+        "{line}"
+    );
+
+    let mut v_new = SltViewer::start(&dir, "v-new", &with(relay.viewer_url("1"), NEW));
+    assert!(
+        v_new.wait_bytes(100_000, Duration::from_secs(8)),
+        "a viewer with the new passphrase got {} bytes: {}",
+        v_new.received_len(),
+        v_new.stderr()
+    );
+    let (_, stderr) = slt_attempt_until(
+        &dir,
+        &unique("old-pass"),
+        &with(relay.viewer_url("1"), OLD),
+        Duration::from_secs(5),
+        |e| e.contains("Incorrect passphrase"),
+    );
+    assert!(stderr.contains("Incorrect passphrase"), "{stderr}");
+    assert!(
+        wait_until(Duration::from_secs(2), || relay
+            .reject_codes()
+            .contains(&1010)),
+        "{:?}",
+        relay.reject_codes()
+    );
+
+    p.finish(LINGER);
+    v_new.stop();
+    v_old.assert_running("after the reload and the clip");
+    v_old.stop();
+    assert_contiguous(
+        "the viewer on the old passphrase across the reload",
+        &v_old.output(),
+        c,
+        Expect {
+            from_start: true,
+            to_end: true,
+            min_packets: c.n_packets(),
+        },
+    );
+}
+
 /// Removing a stream with a live viewer and publisher: both get SHUTDOWN (the viewer's
 /// srt-live-transmit ends), its API answers 404, a new caller is refused with 2404
 /// (REJ_NOTFOUND), and stream 1 flows on.
