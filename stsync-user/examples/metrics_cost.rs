@@ -44,6 +44,7 @@ fn main() {
                 ..Default::default()
             },
             heap_allocations: 0,
+            snapshots: 0,
             max_connection_series: cap,
         };
         let t = Instant::now();

@@ -9,6 +9,7 @@ use crate::pull_keys::PullKeys;
 use crate::relay::{Command, CommandError, Relay, Reply, Snapshot};
 use std::future::Future;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
@@ -24,6 +25,9 @@ const _: () = assert!(crate::os::mmsg::RECV_SLOT > stsync_common::srt::MAX_DATAG
 const DRAIN_MAX: usize = 4096;
 /// How long the HTTP side waits for the relay's answer before it gives up (503).
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+/// The workers copy their counters for the API at most this often, however many requests
+/// ask (`/v1/metrics`, `/v1/streams`, `/v1/connections`: anyone can send them back to back).
+pub const SNAPSHOT_GAP: Duration = Duration::from_millis(100);
 
 /// What the HTTP side asks the driver.
 enum Request {
@@ -34,7 +38,20 @@ enum Request {
 /// The HTTP side's way to the relay's workers: requests are answered between two batches
 /// of datagrams.
 #[derive(Clone)]
-pub struct RelayHandle(Vec<mpsc::Sender<Request>>);
+pub struct RelayHandle {
+    workers: Vec<mpsc::Sender<Request>>,
+    snapshots: Arc<tokio::sync::Mutex<Snapshots>>,
+    /// Copies the workers were asked for since start.
+    taken: Arc<AtomicU64>,
+}
+
+/// The last copy of the workers' counters (none: they did not answer), and when it was
+/// asked for.
+#[derive(Default)]
+struct Snapshots {
+    asked: Option<tokio::time::Instant>,
+    last: Option<(Snapshot, DatapathStats)>,
+}
 
 /// The relay did not answer (stopped, or busier than `ANSWER_WITHIN`).
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +62,12 @@ impl RelayHandle {
     /// A handle to `workers` drivers and the receiving end each takes.
     pub fn new(workers: usize) -> (RelayHandle, Vec<Requests>) {
         let (tx, rx): (Vec<_>, Vec<_>) = (0..workers.max(1)).map(|_| mpsc::channel(64)).unzip();
-        (RelayHandle(tx), rx.into_iter().map(Requests).collect())
+        let handle = RelayHandle {
+            workers: tx,
+            snapshots: Arc::default(),
+            taken: Arc::default(),
+        };
+        (handle, rx.into_iter().map(Requests).collect())
     }
 
     async fn ask<T>(
@@ -54,7 +76,7 @@ impl RelayHandle {
         req: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<T, Unavailable> {
         let (tx, rx) = oneshot::channel();
-        self.0[worker]
+        self.workers[worker]
             .send(req(tx))
             .await
             .map_err(|_| Unavailable)?;
@@ -64,10 +86,36 @@ impl RelayHandle {
         }
     }
 
-    /// The relay's and the datapath's counters, every worker's merged.
+    /// The relay's and the datapath's counters, every worker's merged, as of this call or
+    /// later. The workers are asked at most once per `SNAPSHOT_GAP`: callers queue, and one
+    /// that finds a copy asked for after it came takes that one, so a flood of requests
+    /// costs the workers 10 copies a second and no caller gets counters older than its
+    /// request.
     pub async fn stats(&self) -> Result<(Snapshot, DatapathStats), Unavailable> {
+        let came = tokio::time::Instant::now();
+        let mut s = self.snapshots.lock().await;
+        if let Some(asked) = s.asked {
+            // Asked for after this call came: as fresh as one of its own, failure included
+            // (so callers queued behind a relay that does not answer fail together).
+            if asked >= came {
+                return s.last.clone().ok_or(Unavailable);
+            }
+            tokio::time::sleep_until(asked + SNAPSHOT_GAP).await;
+        }
+        s.asked = Some(tokio::time::Instant::now());
+        self.taken.fetch_add(1, Relaxed);
+        s.last = self.take_stats().await.ok();
+        s.last.clone().ok_or(Unavailable)
+    }
+
+    /// Copies of the counters the workers were asked for since start (`stats`).
+    pub fn snapshots_taken(&self) -> u64 {
+        self.taken.load(Relaxed)
+    }
+
+    async fn take_stats(&self) -> Result<(Snapshot, DatapathStats), Unavailable> {
         let (mut snap, mut dp) = self.ask(0, Request::Stats).await?;
-        for w in 1..self.0.len() {
+        for w in 1..self.workers.len() {
             let (s, d) = self.ask(w, Request::Stats).await?;
             snap.merge(s);
             dp.merge(d);
@@ -84,7 +132,7 @@ impl RelayHandle {
                 return self.ask(0, |tx| Request::Command(cmd, tx)).await;
             }
             Command::Close { conn } => {
-                let w = conn as usize % self.0.len();
+                let w = conn as usize % self.workers.len();
                 return self.ask(w, |tx| Request::Command(cmd, tx)).await;
             }
             Command::SetDelay { .. }
@@ -94,7 +142,7 @@ impl RelayHandle {
             | Command::SetLimits(_) => {}
         }
         let mut merged: Option<Reply> = None;
-        for w in 0..self.0.len() {
+        for w in 0..self.workers.len() {
             let cmd = cmd.clone();
             match (
                 self.ask(w, |tx| Request::Command(cmd, tx)).await?,
@@ -299,5 +347,63 @@ fn receive(
             warn!("recv: {e}");
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    /// 100 requests over about a second, many at once: the worker copies its counters at
+    /// most once per `SNAPSHOT_GAP` (plus the first), and every caller gets a copy asked
+    /// for after it came (never an older one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_are_shared_and_never_older_than_the_request() {
+        let (handle, mut requests) = RelayHandle::new(1);
+        let mut rx = requests.remove(0).0;
+        let received = Arc::new(AtomicU64::new(0));
+        let seen = received.clone();
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                if let Request::Stats(tx) = req {
+                    let n = seen.fetch_add(1, SeqCst) + 1;
+                    let snap = Snapshot {
+                        connections_total: n,
+                        ..Default::default()
+                    };
+                    let _ = tx.send((snap, DatapathStats::default()));
+                }
+            }
+        });
+        let start = Instant::now();
+        let mut calls = Vec::new();
+        for i in 0..100 {
+            let h = handle.clone();
+            let r = received.clone();
+            calls.push(tokio::spawn(async move {
+                let before = r.load(SeqCst);
+                let (snap, _) = h.stats().await.unwrap();
+                (before, snap.connections_total)
+            }));
+            if i % 10 == 9 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        for c in calls {
+            let (before, got) = c.await.unwrap();
+            assert!(
+                got > before,
+                "a copy asked before the call: {got} <= {before}"
+            );
+        }
+        let took = start.elapsed();
+        let copies = received.load(SeqCst);
+        let bound = 1 + (took.as_millis() / SNAPSHOT_GAP.as_millis()) as u64;
+        assert!(
+            copies <= bound && copies >= 2,
+            "{copies} copies for 100 requests in {took:?}"
+        );
+        assert_eq!(handle.snapshots_taken(), copies);
     }
 }

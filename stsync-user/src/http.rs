@@ -390,6 +390,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Result<impl IntoResponse, A
         relay,
         datapath,
         heap_allocations: crate::alloc_count::allocations(),
+        snapshots: st.relay.snapshots_taken(),
         max_connection_series: st.access().metrics_max_connections,
     };
     Ok((

@@ -159,6 +159,8 @@ pub struct Scrape {
     pub relay: Snapshot,
     pub datapath: DatapathStats,
     pub heap_allocations: u64,
+    /// Snapshots the workers gave the API since start (`RelayHandle::stats`).
+    pub snapshots: u64,
     /// Connections with `srt_connection_*` series of their own (config.json
     /// `metrics_max_connections`).
     pub max_connection_series: usize,
@@ -503,6 +505,11 @@ impl Scrape {
             "Heap allocations by the daemon since start (0 unless its counting allocator is installed).",
             self.heap_allocations,
         ));
+        out.push(counter(
+            "stsync_api_snapshots_total",
+            "Copies of the workers' counters taken for the API (metrics, streams, connections): at most 10 a second, however many requests ask.",
+            self.snapshots,
+        ));
     }
 
     /// The text exposition, as a registry gathers it (empty families left out, series
@@ -562,6 +569,7 @@ mod tests {
                 ..Default::default()
             },
             heap_allocations: 0,
+            snapshots: 0,
             max_connection_series: cap,
         }
     }

@@ -505,3 +505,102 @@ fn one_address_holds_only_its_share_of_connections() {
     let back = raw_request_from(holder, relay.http, request);
     assert_eq!(back.status, 200, "{back:?}");
 }
+
+/// Sends `GET path` back to back on one kept-alive connection until `until`, reading each
+/// answer whole; how many were answered with 200.
+fn get_back_to_back(addr: SocketAddrV4, path: &str, until: Instant) -> usize {
+    use std::io::BufRead;
+    let s = connect(addr);
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut answered = 0;
+    while Instant::now() < until {
+        w.write_all(format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        if status.starts_with("HTTP/1.1 200") {
+            answered += 1;
+        }
+    }
+    answered
+}
+
+/// A hostile client asks for the metrics, the stream list and the health back to back on
+/// 8 kept-alive connections for 3 s, while a publisher streams to a viewer: the workers
+/// copy their counters at most 10 times a second however many requests come (each request
+/// still answered with counters as of its arrival), another client's requests are answered
+/// promptly, and the viewer gets the whole clip.
+#[test]
+fn back_to_back_metrics_requests_cost_the_workers_ten_copies_a_second() {
+    let c = clip();
+    let relay = Relay::start_default();
+    let dir = TempDir::new("http-scrape-flood");
+    let mut v = SltViewer::start(&dir, "view", &relay.viewer_url("1"));
+    sleep_secs(0.3);
+    let mut p = BytePublisher::start(&dir, "pub", &relay.publisher_url("1"), c);
+    assert!(
+        v.wait_bytes(50_000, Duration::from_secs(5)),
+        "{}",
+        v.stderr()
+    );
+    let copies = || relay.metric("stsync_api_snapshots_total", &[]).unwrap();
+    let before = copies();
+    let start = Instant::now();
+    let until = start + Duration::from_secs(3);
+    let http = relay.http;
+    let flood: Vec<_> = (0..8)
+        .map(|i| {
+            let path = ["/v1/metrics", "/v1/streams"][i % 2];
+            std::thread::spawn(move || get_back_to_back(http, path, until))
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    while Instant::now() < until {
+        let t = Instant::now();
+        let r = relay.get("/v1/streams").unwrap();
+        assert_eq!(r.status, 200);
+        slowest = slowest.max(t.elapsed());
+        sleep_secs(0.2);
+    }
+    let answered: usize = flood.into_iter().map(|t| t.join().unwrap()).sum();
+    let took = start.elapsed();
+    // The metric read itself is one more copy.
+    let made = copies() - before - 1.0;
+    record_result(&format!(
+        "http scrape flood: {answered} answers on 8 connections in {took:?}, {made} copies \
+         of the workers' counters; another client's slowest /v1/streams {slowest:?}"
+    ));
+    assert!(
+        answered >= 30,
+        "the flood was answered only {answered} times"
+    );
+    let bound = 1.0 + took.as_secs_f64() * 10.0 + 1.0;
+    assert!(made <= bound, "{made} copies in {took:?} (bound {bound})");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    p.finish(Duration::from_millis(1500));
+    v.stop();
+    assert_contiguous(
+        "the viewer through the flood",
+        &v.output(),
+        c,
+        Expect {
+            from_start: true,
+            to_end: true,
+            min_packets: c.n_packets(),
+        },
+    );
+}

@@ -198,6 +198,7 @@ impl World {
             relay: self.relay.stats(),
             datapath: Default::default(),
             heap_allocations: 0,
+            snapshots: 0,
             max_connection_series: 1000,
         }
         .render()
